@@ -1,0 +1,82 @@
+"""One exception hierarchy whose messages are written for people.
+
+Every error carries what is wrong, where (file, image, step, field) and, when known, what to do.
+The CLI prints ``str(error)`` as one paragraph and exits non-zero without a traceback.
+"""
+
+from __future__ import annotations
+
+
+class KlikoError(Exception):
+    """Base of every error kliko-async raises on purpose.
+
+    ``where`` names the file, image or step; ``hint`` says what to do about it.
+    """
+
+    exit_code = 1
+
+    def __init__(self, message: str, *, where: str | None = None, hint: str | None = None) -> None:
+        self.message = message
+        self.where = where
+        self.hint = hint
+        super().__init__(self.__str__())
+
+    def __str__(self) -> str:
+        text = f"{self.where}: {self.message}" if self.where else self.message
+        if self.hint:
+            text = f"{text.rstrip('.')}. {self.hint}"
+        return text
+
+
+class SpecError(KlikoError):
+    """A kliko.yml that is missing, unreadable or invalid."""
+
+
+class ParameterError(KlikoError):
+    """Parameters that do not fit an image's kliko.yml."""
+
+
+class ChainError(KlikoError):
+    """A chain file that is unreadable or describes an invalid DAG."""
+
+
+class CacheError(KlikoError):
+    """The cache folder cannot be used (not writable, full disk, corrupt entry)."""
+
+
+class RuntimeUnavailable(KlikoError):
+    """No container engine can be reached."""
+
+
+class ImageError(KlikoError):
+    """An image that does not exist locally and cannot be built or pulled."""
+
+
+class ContainerError(KlikoError):
+    """The container engine refused or lost a container."""
+
+
+class StepFailed(KlikoError):
+    """A step ended without success (non-zero exit, timeout, killed, cache publish failed)."""
+
+    def __init__(self, step: str, reason: str, *, log_path: str | None = None) -> None:
+        self.step = step
+        self.reason = reason
+        self.log_path = log_path
+        hint = f"Its full log is in {log_path}." if log_path else None
+        super().__init__(reason, where=f"step '{step}'", hint=hint)
+
+
+class RunFailed(KlikoError):
+    """A chain run in which at least one step failed."""
+
+    def __init__(self, failures: list[StepFailed]) -> None:
+        self.failures = failures
+        names = ", ".join(f.step for f in failures)
+        super().__init__(f"{len(failures)} step(s) failed: {names}")
+
+
+class Interrupted(KlikoError):
+    """The run was stopped by SIGINT or SIGTERM."""
+
+    exit_code = 130

@@ -1,0 +1,138 @@
+"""The seam between kliko-async and a container engine: plain values in, plain values out.
+
+The scheduler hands a :class:`Runtime` a fully resolved :class:`ContainerJob` and gets back a
+:class:`ContainerExit` plus log lines through a callback. ``docker.py`` (aiodocker) and ``fake.py``
+(in memory, for tests and benchmarks) implement the same protocol; nothing above this seam knows
+which engine runs the containers, and nothing below it knows what a chain or a cache is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Literal, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Stream = Literal["stdout", "stderr"]
+
+LogSink = Callable[[Stream, str], None]
+"""Receives one log line (without its newline) and the stream it came from. Called from the
+runtime's task for every line, in order per stream; it must not block (buffer, don't await)."""
+
+LABEL_PREFIX = "io.kliko-async"
+"""Every container started here carries ``io.kliko-async.managed=1`` and run/step/key labels."""
+
+
+class Mount(BaseModel):
+    """A host folder or file bound into the container."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    source: Path = Field(description="Absolute host path.")
+    target: str = Field(description="Absolute path inside the container.")
+    read_only: bool = False
+
+
+class ContainerJob(BaseModel):
+    """Everything needed to run one container, already resolved: no tags, no relative paths."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    image: str = Field(description="Immutable image ID (sha256:...).")
+    command: tuple[str, ...] | None = Field(None, description="None runs the image's own CMD.")
+    mounts: tuple[Mount, ...] = ()
+    env: dict[str, str] = Field(default_factory=dict)
+    user: str | None = Field(None, description="'uid:gid' or a name; None keeps the image's user.")
+    labels: dict[str, str] = Field(default_factory=dict)
+    cpus: float | None = Field(None, description="CPU limit (NanoCpus), None for no limit.")
+    memory: int | None = Field(None, description="Memory limit in bytes, None for no limit.")
+    workdir: str | None = None
+
+
+class ContainerExit(BaseModel):
+    """How a container ended."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    container_id: str
+    exit_code: int
+    oom_killed: bool = False
+    error: str | None = Field(None, description="The engine's own error text, if any.")
+
+
+class ImageFiles(BaseModel):
+    """Files read out of an image without running it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    contents: dict[str, bytes | None] = Field(description="Path -> bytes, None if absent.")
+    exists: dict[str, bool] = Field(description="Path -> whether it exists in the image.")
+
+
+class Runtime(Protocol):
+    """A container engine, as kliko-async uses it.
+
+    ``resolve_image(ref)``: the immutable image ID of a tag or ID present locally (implementations
+    may try to pull first). Raises :class:`~kliko_async.errors.ImageError` if there is none.
+
+    ``probe_image(image_id, read=..., stat=...)``: the bytes of each path in ``read`` and whether
+    each path in ``stat`` exists, taken from the image without running it (create, copy, remove).
+
+    ``build_image(context, tag=..., on_log=...)``: build a folder with a Dockerfile and return
+    the new image ID; build output lines go to ``on_log``. Raises ``ImageError`` with the build's
+    error text on failure.
+
+    ``run(job, on_log=..., on_start=...)``: create and start a container for ``job``, call
+    ``on_start(container_id)`` once it runs, stream every stdout/stderr line to ``on_log`` while it
+    runs (a final line without newline is delivered too), wait for it to end and return its
+    :class:`ContainerExit`. The container is always removed before ``run`` returns or raises,
+    including on cancellation: then it is stopped (killed after a short grace period) and removed
+    under a shielded cleanup with a deadline, and the cancellation propagates. Engine failures
+    raise :class:`~kliko_async.errors.ContainerError`.
+
+    ``remove_containers(labels)``: remove every container (running or not) carrying all of
+    ``labels``; returns how many were removed. Used to clear leftovers of a killed run.
+
+    ``aclose()``: release connections; the runtime is unusable afterwards.
+    """
+
+    async def resolve_image(self, ref: str) -> str: ...
+
+    async def probe_image(
+        self, image_id: str, *, read: Sequence[str] = (), stat: Sequence[str] = ()
+    ) -> ImageFiles: ...
+
+    async def build_image(
+        self, context: Path, *, tag: str | None = None, on_log: Callable[[str], None] | None = None
+    ) -> str: ...
+
+    async def run(
+        self,
+        job: ContainerJob,
+        *,
+        on_log: LogSink,
+        on_start: Callable[[str], None] | None = None,
+    ) -> ContainerExit: ...
+
+    async def remove_containers(self, labels: Mapping[str, str]) -> int: ...
+
+    async def aclose(self) -> None: ...
+
+
+class LineSplitter:
+    """Turns arbitrary byte chunks of one stream into complete decoded lines."""
+
+    __slots__ = ("_pending",)
+
+    def __init__(self) -> None:
+        self._pending = b""
+
+    def feed(self, chunk: bytes) -> list[str]:
+        data = self._pending + chunk
+        *lines, self._pending = data.split(b"\n")
+        return [line.decode("utf-8", "replace").rstrip("\r") for line in lines]
+
+    def flush(self) -> list[str]:
+        rest, self._pending = self._pending, b""
+        return [rest.decode("utf-8", "replace").rstrip("\r")] if rest else []
