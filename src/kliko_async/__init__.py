@@ -1,3 +1,78 @@
-"""kliko-async: run chains of Kliko containers as a concurrent DAG with a content-addressed cache."""
+"""kliko-async: run chains of Kliko containers as a concurrent DAG with a content-addressed cache.
+
+The names below are the promised surface for applications that embed kliko-async; everything
+else is importable but may change.
+"""
+
+from kliko_async.api import ChainRun, dry_run, open_run, run, run_chain
+from kliko_async.chain import Chain, Step, chain_from_pairs, load_chain
+from kliko_async.errors import (
+    CacheError,
+    ChainError,
+    ContainerError,
+    ImageError,
+    KlikoError,
+    ParameterError,
+    RunFailed,
+    RuntimeUnavailable,
+    SpecError,
+    StepFailed,
+)
+from kliko_async.events import (
+    Event,
+    ImageBuilding,
+    ImageBuilt,
+    LogLine,
+    RunFinished,
+    RunStarted,
+    StepCached,
+    StepCancelled,
+    StepFinished,
+    StepQueued,
+    StepRetried,
+    StepSkipped,
+    StepStarted,
+)
+from kliko_async.events import StepFailed as StepFailedEvent
+from kliko_async.scheduler import RunResult, StepResult
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "CacheError",
+    "Chain",
+    "ChainError",
+    "ChainRun",
+    "ContainerError",
+    "Event",
+    "ImageBuilding",
+    "ImageBuilt",
+    "ImageError",
+    "KlikoError",
+    "LogLine",
+    "ParameterError",
+    "RunFailed",
+    "RunFinished",
+    "RunResult",
+    "RunStarted",
+    "RuntimeUnavailable",
+    "SpecError",
+    "Step",
+    "StepCached",
+    "StepCancelled",
+    "StepFailed",
+    "StepFailedEvent",
+    "StepFinished",
+    "StepQueued",
+    "StepResult",
+    "StepRetried",
+    "StepSkipped",
+    "StepStarted",
+    "__version__",
+    "chain_from_pairs",
+    "dry_run",
+    "load_chain",
+    "open_run",
+    "run",
+    "run_chain",
+]

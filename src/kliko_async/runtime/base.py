@@ -91,8 +91,9 @@ class Runtime(Protocol):
     under a shielded cleanup with a deadline, and the cancellation propagates. Engine failures
     raise :class:`~kliko_async.errors.ContainerError`.
 
-    ``remove_containers(labels)``: remove every container (running or not) carrying all of
-    ``labels``; returns how many were removed. Used to clear leftovers of a killed run.
+    ``find_containers(labels)``: every container (running or not) carrying all of ``labels``, as
+    container ID -> all its labels. ``remove_container(id)``: stop and remove one; a container
+    that is already gone is not an error. Together they clear the leftovers of a killed run.
 
     ``aclose()``: release connections; the runtime is unusable afterwards.
     """
@@ -115,7 +116,9 @@ class Runtime(Protocol):
         on_start: Callable[[str], None] | None = None,
     ) -> ContainerExit: ...
 
-    async def remove_containers(self, labels: Mapping[str, str]) -> int: ...
+    async def find_containers(self, labels: Mapping[str, str]) -> dict[str, dict[str, str]]: ...
+
+    async def remove_container(self, container_id: str) -> None: ...
 
     async def aclose(self) -> None: ...
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import struct
 import tarfile
 from collections.abc import Callable, Mapping, Sequence
@@ -241,15 +242,16 @@ class DockerRuntime:
             for line in splitter.flush():
                 on_log(stream, line)
 
-    async def remove_containers(self, labels: Mapping[str, str]) -> int:
-        filters = {"label": [f"{k}={v}" for k, v in labels.items()]}
+    async def find_containers(self, labels: Mapping[str, str]) -> dict[str, dict[str, str]]:
+        filters = json.dumps({"label": [f"{k}={v}" for k, v in labels.items()]})
         try:
             found = await self.client.containers.list(all=True, filters=filters)
         except (aiohttp.ClientError, OSError) as exc:
             raise self._unavailable(exc) from None
-        for container in found:
-            await self._delete(container)
-        return len(found)
+        return {c.id: dict(c["Labels"] or {}) for c in found}
+
+    async def remove_container(self, container_id: str) -> None:
+        await self._delete(self.client.containers.container(container_id))
 
     async def aclose(self) -> None:
         if self._client is not None:

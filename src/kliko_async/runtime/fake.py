@@ -85,7 +85,7 @@ class FakeRuntime:
     max_running: int = 0
     removed: list[str] = field(default_factory=list)
     cancelled: list[str] = field(default_factory=list)
-    leftovers: list[dict[str, str]] = field(default_factory=list)
+    leftovers: dict[str, dict[str, str]] = field(default_factory=dict)
     _ids: itertools.count[int] = field(default_factory=itertools.count)
 
     def add_image(
@@ -153,12 +153,15 @@ class FakeRuntime:
             self.removed.append(container.id)
         return ContainerExit(container_id=container.id, exit_code=code)
 
-    async def remove_containers(self, labels: Mapping[str, str]) -> int:
-        before = len(self.leftovers)
-        self.leftovers = [
-            c for c in self.leftovers if not all(c.get(k) == v for k, v in labels.items())
-        ]
-        return before - len(self.leftovers)
+    async def find_containers(self, labels: Mapping[str, str]) -> dict[str, dict[str, str]]:
+        return {
+            cid: found
+            for cid, found in self.leftovers.items()
+            if all(found.get(k) == v for k, v in labels.items())
+        }
+
+    async def remove_container(self, container_id: str) -> None:
+        self.leftovers.pop(container_id, None)
 
     async def aclose(self) -> None:
         return None

@@ -1,0 +1,220 @@
+"""The library surface: run a chain from any anyio or asyncio application, or synchronously.
+
+>>> result = await kliko_async.run("chain.yaml", jobs=4)            # doctest: +SKIP
+>>> async with kliko_async.open_run(chain) as run:                   # doctest: +SKIP
+...     async for event in run.events():
+...         print(event.kind)
+>>> kliko_async.run_chain([("example/gen", {"n": 3}), ("example/upper", {})])  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+from anyio.abc import TaskGroup
+
+from kliko_async.cache import Cache, default_cache_dir
+from kliko_async.chain import Chain, chain_from_pairs, load_chain
+from kliko_async.events import Event, EventBus, EventSubscription
+from kliko_async.images import ImageResolver
+from kliko_async.plan import Plan, plan_chain
+from kliko_async.resources import machine_cpus
+from kliko_async.runtime.base import Runtime
+from kliko_async.scheduler import RunResult, Scheduler, remove_leftovers
+from kliko_async.workspace import copy_tree_writable
+
+
+def new_run_id() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+class ChainRun:
+    """One run of a chain in progress: subscribe to its events, then read its result."""
+
+    def __init__(self, bus: EventBus) -> None:
+        self._bus = bus
+        self._result: RunResult | None = None
+        self.plan: Plan | None = None
+
+    def events(self, max_log_lines: int = 10_000) -> EventSubscription:
+        """An async iterator over this run's events, ending after ``RunFinished``.
+
+        Subscribe right after ``open_run`` returns, before the first ``await``, to see every event.
+        """
+        return self._bus.subscribe(max_log_lines)
+
+    @property
+    def result(self) -> RunResult:
+        if self._result is None:
+            raise RuntimeError("the run has not finished yet")
+        return self._result
+
+
+@asynccontextmanager
+async def open_run(
+    chain: Chain | str | os.PathLike[str],
+    *,
+    runtime: Runtime | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    jobs: int | None = None,
+    keep_going: bool = False,
+    force: Collection[str] = (),
+    no_cache: bool = False,
+    out: str | os.PathLike[str] | None = None,
+    on_event: Callable[[Event], None] | None = None,
+    run_id: str | None = None,
+) -> AsyncIterator[ChainRun]:
+    """Start running ``chain`` in the background; leaving the block waits for the end.
+
+    Errors found before any container starts (bad chain, image, parameters) are raised from the
+    ``async with`` block as :class:`~kliko_async.errors.KlikoError`. Step failures are not
+    raised: see ``run.result`` (``ok``, ``raise_for_failures()``).
+    """
+    bus = EventBus()
+    if on_event is not None:
+        bus.on_event(on_event)
+    handle = ChainRun(bus)
+
+    async def execute() -> None:
+        try:
+            handle._result = await _execute(
+                chain,
+                bus=bus,
+                handle=handle,
+                runtime=runtime,
+                cache_dir=cache_dir,
+                jobs=jobs,
+                keep_going=keep_going,
+                force=force,
+                no_cache=no_cache,
+                out=out,
+                run_id=run_id or new_run_id(),
+            )
+        finally:
+            bus.close()
+
+    tg: TaskGroup
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(execute)
+        yield handle
+
+
+async def run(chain: Chain | str | os.PathLike[str], **options: Any) -> RunResult:
+    """Run ``chain`` to the end and return its result; options as for :func:`open_run`."""
+    async with open_run(chain, **options) as handle:
+        pass
+    return handle.result
+
+
+async def dry_run(
+    chain: Chain | str | os.PathLike[str],
+    *,
+    runtime: Runtime | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    force: Collection[str] = (),
+    no_cache: bool = False,
+) -> Plan:
+    """Check ``chain`` and compute its plan (keys, cache hits) without starting a container."""
+    loaded = chain if isinstance(chain, Chain) else load_chain(Path(chain))
+    cache = Cache(Path(cache_dir) if cache_dir else default_cache_dir())
+    async with _runtime_for(runtime) as rt:
+        resolver = ImageResolver(rt, cache.root / "specs")
+        return await plan_chain(
+            loaded, resolver=resolver, cache=cache, force=force, no_cache=no_cache
+        )
+
+
+def run_chain(
+    steps: Sequence[tuple[str, Mapping[str, Any]]],
+    *,
+    cache_dir: str | os.PathLike[str] | None = None,
+    out: str | os.PathLike[str] | None = None,
+    jobs: int | None = None,
+) -> RunResult:
+    """Kliko's ``run_chain([(image, params), ...])``: a linear chain, run synchronously.
+
+    Each step consumes the one before it. Raises :class:`~kliko_async.errors.RunFailed` when a
+    step fails. Step outputs are at ``result.steps[name].output`` (read-only cache folders).
+    """
+    chain = chain_from_pairs(steps)
+
+    async def main() -> RunResult:
+        return await run(chain, cache_dir=cache_dir, out=out, jobs=jobs)
+
+    result = anyio.run(main)
+    result.raise_for_failures()
+    return result
+
+
+def export_outputs(result: RunResult, out: Path) -> None:
+    """Copy every finished step's output to ``out/<step>/`` (copies never alter the cache)."""
+    for name, step in result.steps.items():
+        if step.output is None:
+            continue
+        target = out / name
+        if target.exists() or target.is_symlink():
+            shutil.rmtree(target) if target.is_dir() else target.unlink()
+        copy_tree_writable(step.output, target)
+
+
+@asynccontextmanager
+async def _runtime_for(runtime: Runtime | None) -> AsyncIterator[Runtime]:
+    if runtime is not None:
+        yield runtime
+        return
+    from kliko_async.runtime.docker import DockerRuntime  # only the Docker path needs aiodocker
+
+    docker = DockerRuntime()
+    try:
+        yield docker
+    finally:
+        with anyio.CancelScope(shield=True):
+            await docker.aclose()
+
+
+async def _execute(
+    chain: Chain | str | os.PathLike[str],
+    *,
+    bus: EventBus,
+    handle: ChainRun,
+    runtime: Runtime | None,
+    cache_dir: str | os.PathLike[str] | None,
+    jobs: int | None,
+    keep_going: bool,
+    force: Collection[str],
+    no_cache: bool,
+    out: str | os.PathLike[str] | None,
+    run_id: str,
+) -> RunResult:
+    loaded = chain if isinstance(chain, Chain) else load_chain(Path(chain))
+    cache = Cache(Path(cache_dir) if cache_dir else default_cache_dir())
+    cache.ensure_writable()
+    cache.clean_stale_staging()
+    async with _runtime_for(runtime) as rt:
+        await remove_leftovers(rt)
+        resolver = ImageResolver(rt, cache.root / "specs")
+        plan = await plan_chain(
+            loaded, resolver=resolver, cache=cache, force=force, no_cache=no_cache, emit=bus.emit
+        )
+        handle.plan = plan
+        scheduler = Scheduler(
+            plan,
+            runtime=rt,
+            cache=cache,
+            emit=bus.emit,
+            run_id=run_id,
+            jobs=jobs or machine_cpus(),
+            keep_going=keep_going,
+            wants_log_lines=bus.wants_log_lines,
+        )
+        result = await scheduler.run()
+    if out is not None:
+        export_outputs(result, Path(out))
+    return result

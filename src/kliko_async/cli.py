@@ -1,0 +1,306 @@
+"""The ``kliko-async`` command: argument parsing, exit codes, and which display to use.
+
+Errors meant for people (:class:`~kliko_async.errors.KlikoError`) are printed as one paragraph
+with a non-zero exit and no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+import anyio
+
+from kliko_async import __version__
+from kliko_async.errors import Interrupted, KlikoError, ParameterError
+
+EXIT_INTERRUPTED = {signal.SIGINT: 130, signal.SIGTERM: 143}
+
+
+def main(argv: Sequence[str] | None = None) -> NoReturn:
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        code = _dispatch(args)
+    except KlikoError as error:
+        print(f"kliko-async: error: {error}", file=sys.stderr)
+        code = error.exit_code
+    except KeyboardInterrupt:
+        print("kliko-async: interrupted", file=sys.stderr)
+        code = 130
+    sys.stdout.flush()
+    raise SystemExit(code)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kliko-async",
+        description="Run chains of Kliko containers as a concurrent DAG with a content-addressed "
+        "cache.",
+    )
+    parser.add_argument("--version", action="version", version=f"kliko-async {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser("run", help="run a chain file", description="Run a chain file.")
+    run.add_argument("chain", type=Path, help="the chain file (YAML)")
+    run.add_argument("-j", "--jobs", type=_positive_int, help="steps at once (default: CPUs)")
+    run.add_argument(
+        "--keep-going", action="store_true", help="after a failure, run what does not depend on it"
+    )
+    _cache_dir_option(run)
+    run.add_argument(
+        "--out", type=Path, default=Path("kliko-out"), help="copy outputs to OUT/<step>/"
+    )
+    run.add_argument(
+        "--force",
+        action="append",
+        default=[],
+        metavar="STEP",
+        help="re-run STEP (and what depends on it) even if cached; repeatable",
+    )
+    run.add_argument("--no-cache", action="store_true", help="re-run every step")
+    run.add_argument(
+        "--dry-run", action="store_true", help="print the plan (keys, cache hits) and stop"
+    )
+    shown = run.add_mutually_exclusive_group()
+    shown.add_argument("--plain", action="store_true", help="one line per event, no live view")
+    shown.add_argument("--json", action="store_true", help="one JSON event per line")
+    shown.add_argument("-q", "--quiet", action="store_true", help="only errors and the summary")
+
+    image = commands.add_parser(
+        "run-image",
+        help="run one Kliko image (like kliko-run)",
+        description="Run one Kliko image. Its parameters become flags: "
+        "kliko-async run-image IMAGE --help lists them.",
+        add_help=False,
+    )
+    image.add_argument("image", help="image tag or ID")
+    image.add_argument("-h", "--help", action="store_true", help="show this help (and the image's)")
+
+    validate = commands.add_parser(
+        "validate",
+        help="check a kliko.yml file or an image's kliko.yml",
+        description="Check a kliko.yml (a file, or an image's /kliko.yml) and list its parameters.",
+    )
+    validate.add_argument("target", help="a kliko.yml path or an image tag/ID")
+    _cache_dir_option(validate)
+
+    commands.add_parser(
+        "schema", help="print the chain file's JSON Schema", description="Print the JSON Schema."
+    )
+
+    cache = commands.add_parser("cache", help="inspect and clean the cache", description="Cache.")
+    cache_commands = cache.add_subparsers(dest="cache_command", required=True, metavar="ACTION")
+    for name, text in (("ls", "list entries"), ("verify", "re-hash outputs against manifests")):
+        _cache_dir_option(cache_commands.add_parser(name, help=text, description=text))
+    gc = cache_commands.add_parser("gc", help="remove old entries", description="Remove entries.")
+    gc.add_argument("--older-than", help="e.g. 30d, 12h")
+    gc.add_argument("--max-size", help="e.g. 10G: remove oldest entries until under it")
+    _cache_dir_option(gc)
+    return parser
+
+
+def _dispatch(args: list[str]) -> int:
+    parser = build_parser()
+    if args and args[0] == "run-image":
+        return _run_image(args[1:])
+    options = parser.parse_args(args)
+    handlers: dict[str, Callable[[argparse.Namespace], int]] = {
+        "run": _run,
+        "validate": _validate,
+        "schema": _schema,
+        "cache": _cache,
+    }
+    return handlers[options.command](options)
+
+
+def _cache_dir_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--cache-dir", type=Path, help="cache folder (default: $XDG_CACHE_HOME/kliko-async)"
+    )
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+# -- run ---------------------------------------------------------------------------------------
+
+
+def _run(options: argparse.Namespace) -> int:
+    from kliko_async.api import dry_run
+
+    if options.dry_run:
+        plan = anyio.run(
+            lambda: dry_run(
+                options.chain,
+                cache_dir=options.cache_dir,
+                force=options.force,
+                no_cache=options.no_cache,
+            )
+        )
+        from kliko_async.display.plan import print_plan
+
+        print_plan(plan, sys.stdout)
+        return 0
+    display = _pick_display(options)
+    try:
+        return anyio.run(_run_until_signal, options, display)
+    finally:
+        display.close()
+
+
+def _pick_display(options: argparse.Namespace) -> Any:
+    if options.json:
+        from kliko_async.display.jsonl import JsonLinesDisplay
+
+        return JsonLinesDisplay(sys.stdout)
+    if options.plain or options.quiet or not sys.stdout.isatty():
+        from kliko_async.display.plain import PlainDisplay
+
+        return PlainDisplay(sys.stdout, quiet=options.quiet)
+    from kliko_async.display.live import LiveDisplay
+
+    return LiveDisplay()
+
+
+async def _run_until_signal(options: argparse.Namespace, display: Any) -> int:
+    from kliko_async.api import open_run
+
+    received: list[int] = []
+    async with anyio.create_task_group() as outer:
+
+        async def watch_signals(scope: anyio.CancelScope) -> None:
+            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for signum in signals:
+                    if received:  # a second signal: stop waiting for the cleanup
+                        os._exit(EXIT_INTERRUPTED.get(signal.Signals(signum), 130))
+                    received.append(signum)
+                    print(
+                        "\nkliko-async: stopping: removing running containers "
+                        "(signal again to force)",
+                        file=sys.stderr,
+                    )
+                    scope.cancel()
+
+        with anyio.CancelScope() as run_scope:
+            outer.start_soon(watch_signals, run_scope)
+            async with open_run(
+                options.chain,
+                cache_dir=options.cache_dir,
+                jobs=options.jobs,
+                keep_going=options.keep_going,
+                force=options.force,
+                no_cache=options.no_cache,
+                out=options.out,
+                on_event=display,
+            ) as handle:
+                display.attach(handle) if hasattr(display, "attach") else None
+        outer.cancel_scope.cancel()
+    if received:
+        error = Interrupted("interrupted; finished steps are kept in the cache")
+        error.exit_code = EXIT_INTERRUPTED.get(signal.Signals(received[0]), 130)
+        raise error
+    return 0 if handle.result.ok else 1
+
+
+# -- run-image ---------------------------------------------------------------------------------
+
+
+def _run_image(args: list[str]) -> int:
+    first = argparse.ArgumentParser(prog="kliko-async run-image", add_help=False)
+    first.add_argument("image", nargs="?")
+    first.add_argument("-h", "--help", action="store_true")
+    known, _ = first.parse_known_args(args)
+    if known.image is None:
+        build_parser().parse_args(["run-image", "--help"]) if known.help else None
+        raise KlikoError("run-image needs an image: kliko-async run-image IMAGE [--PARAM VALUE]")
+    return anyio.run(_run_image_async, known.image, args)
+
+
+async def _run_image_async(ref: str, args: list[str]) -> int:
+    from kliko_async.cache import Cache, default_cache_dir
+    from kliko_async.images import ImageResolver
+    from kliko_async.runtime.docker import DockerRuntime
+    from kliko_async.single import image_parser, run_single_image
+
+    runtime = DockerRuntime()
+    try:
+        resolver = ImageResolver(runtime, Cache(default_cache_dir()).root / "specs")
+        image = await resolver.resolve(ref)
+        parser = image_parser(image)
+        options = parser.parse_args(args)
+        return await run_single_image(runtime, image, options)
+    finally:
+        with anyio.CancelScope(shield=True):
+            await runtime.aclose()
+
+
+# -- validate, schema, cache -------------------------------------------------------------------
+
+
+def _validate(options: argparse.Namespace) -> int:
+    from kliko_async.display.tables import print_spec
+    from kliko_async.spec import load_spec
+
+    target = Path(options.target)
+    if target.exists():
+        spec = load_spec(target / "kliko.yml" if target.is_dir() else target)
+        print_spec(spec, str(target))
+        return 0
+
+    async def from_image() -> int:
+        from kliko_async.cache import Cache, default_cache_dir
+        from kliko_async.images import ImageResolver
+        from kliko_async.runtime.docker import DockerRuntime
+
+        runtime = DockerRuntime()
+        try:
+            cache = Cache(options.cache_dir or default_cache_dir())
+            image = await ImageResolver(runtime, cache.root / "specs").resolve(options.target)
+        finally:
+            await runtime.aclose()
+        print_spec(image.spec, f"image {options.target} ({image.id[:19]})")
+        return 0
+
+    return anyio.run(from_image)
+
+
+def _schema(options: argparse.Namespace) -> int:
+    from kliko_async.chain import chain_json_schema
+
+    print(json.dumps(chain_json_schema(), indent=2))
+    return 0
+
+
+def _cache(options: argparse.Namespace) -> int:
+    from kliko_async.cache import Cache, default_cache_dir, parse_age, parse_size
+    from kliko_async.display.tables import print_entries
+
+    cache = Cache(options.cache_dir or default_cache_dir())
+    if options.cache_command == "ls":
+        print_entries(list(cache.entries()), cache.root)
+        return 0
+    if options.cache_command == "verify":
+        problems = cache.verify()
+        for problem in problems:
+            print(problem)
+        print(f"{len(problems)} problem(s) in {cache.root}")
+        return 1 if problems else 0
+    if options.older_than is None and options.max_size is None:
+        raise ParameterError("cache gc needs --older-than AGE and/or --max-size SIZE")
+    removed = cache.gc(
+        older_than=parse_age(options.older_than) if options.older_than else None,
+        max_size=parse_size(options.max_size) if options.max_size else None,
+    )
+    freed = sum(len(e.manifest.outputs) for e in removed)
+    print(f"removed {len(removed)} entr{'y' if len(removed) == 1 else 'ies'} ({freed} files)")
+    return 0

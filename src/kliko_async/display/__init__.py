@@ -1,0 +1,1 @@
+"""Consumers of run events: a rich live view, plain prefixed lines, JSON lines."""

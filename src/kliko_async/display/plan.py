@@ -1,0 +1,23 @@
+"""``run --dry-run``: each step, its key, and whether it would run or come from the cache."""
+
+from __future__ import annotations
+
+from typing import TextIO
+
+from kliko_async.plan import Plan
+
+
+def print_plan(plan: Plan, stream: TextIO) -> None:
+    width = max((len(n) for n in plan.order), default=4)
+    for name in plan.order:
+        step = plan.steps[name]
+        if step.cached is not None:
+            state = f"cached (ran {step.cached.manifest.duration_s:.1f}s)"
+        else:
+            state = "forced" if step.forced else "would run"
+        inputs = ", ".join(step.step.inputs) or "-"
+        stream.write(
+            f"{name:<{width}}  {step.key[:16]}  {state:<22}  {step.image.ref}  <- {inputs}\n"
+        )
+    runs = len(plan.to_run)
+    stream.write(f"{runs} to run, {len(plan.order) - runs} cached\n")

@@ -1,0 +1,66 @@
+"""Tables printed by ``validate`` and ``cache ls``."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from kliko_async.cache import CacheEntry
+from kliko_async.spec import KlikoSpec
+
+
+def print_spec(spec: KlikoSpec, source: str, console: Console | None = None) -> None:
+    """The parameters of a kliko.yml: name, type, default, required, help."""
+    console = console or Console()
+    title = f"{source}: {spec.name or 'unnamed'} (schema {spec.schema_version}, {spec.io} IO)"
+    table = Table(title=title, title_justify="left")
+    for column in ("section", "name", "type", "default", "required", "help"):
+        table.add_column(column)
+    for section in spec.sections:
+        for field in section.fields:
+            kind = field.type
+            if field.choices:
+                kind += " (" + ", ".join(field.choices) + ")"
+            table.add_row(
+                section.name,
+                field.name,
+                kind,
+                "" if field.initial is None else repr(field.initial),
+                "yes" if field.required else "",
+                "; ".join(p for p in (field.label, field.help_text) if p),
+            )
+    console.print(table)
+    console.print(f"valid: {len(spec.fields())} parameter(s)")
+
+
+def print_entries(entries: list[CacheEntry], root: Path, console: Console | None = None) -> None:
+    """Cache entries, newest first."""
+    console = console or Console()
+    table = Table(title=f"cache {root}", title_justify="left")
+    for column in ("key", "step", "image", "finished", "took", "files"):
+        table.add_column(column)
+    now = datetime.now(UTC)
+    for entry in sorted(entries, key=lambda e: e.manifest.finished_at, reverse=True):
+        m = entry.manifest
+        finished = m.finished_at if m.finished_at.tzinfo else m.finished_at.replace(tzinfo=UTC)
+        ago = (now - finished).total_seconds()
+        table.add_row(
+            entry.key[:12],
+            m.step,
+            m.image,
+            f"{_ago(ago)} ago",
+            f"{m.duration_s:.1f}s",
+            str(len(m.outputs)),
+        )
+    console.print(table)
+    console.print(f"{len(entries)} entr{'y' if len(entries) == 1 else 'ies'}")
+
+
+def _ago(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f}{unit}"
+    return f"{seconds:.0f}s"

@@ -1,0 +1,226 @@
+"""The events every consumer sees: one frozen pydantic model per state change.
+
+The scheduler emits them and never prints; displays, the JSON log and library users consume them.
+``EventBus`` fans them out without ever blocking the run: state events are always delivered, and
+a slow consumer only loses on-screen log lines (the saved step log is written separately).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
+from typing import Annotated, Literal
+
+import anyio
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class _Event(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    time: datetime = Field(default_factory=_now, description="When it happened (UTC).")
+
+
+class RunStarted(_Event):
+    kind: Literal["run_started"] = "run_started"
+    run_id: str
+    steps: list[str] = Field(description="Step names in a valid execution order.")
+    images: dict[str, str] = Field(default_factory=dict, description="Step -> image reference.")
+    jobs: int = Field(description="At most this many steps run at once.")
+
+
+class StepQueued(_Event):
+    kind: Literal["step_queued"] = "step_queued"
+    step: str
+    key: str
+
+
+class StepCached(_Event):
+    kind: Literal["step_cached"] = "step_cached"
+    step: str
+    key: str
+    original_duration_s: float = Field(description="How long the run that produced it took.")
+
+
+class ImageBuilding(_Event):
+    kind: Literal["image_building"] = "image_building"
+    step: str
+    context: str
+
+
+class ImageBuilt(_Event):
+    kind: Literal["image_built"] = "image_built"
+    step: str
+    context: str
+    image_id: str
+
+
+class StepStarted(_Event):
+    kind: Literal["step_started"] = "step_started"
+    step: str
+    key: str
+    container_id: str
+    attempt: int = 1
+
+
+class LogLine(_Event):
+    kind: Literal["log_line"] = "log_line"
+    step: str
+    stream: Literal["stdout", "stderr"]
+    text: str
+
+
+class StepFinished(_Event):
+    kind: Literal["step_finished"] = "step_finished"
+    step: str
+    key: str
+    exit_code: int
+    duration_s: float
+
+
+class StepFailed(_Event):
+    kind: Literal["step_failed"] = "step_failed"
+    step: str
+    key: str
+    reason: str
+    exit_code: int | None = None
+    last_lines: list[str] = Field(default_factory=list)
+    log_path: str | None = Field(None, description="Where the failed attempt's full log is.")
+
+
+class StepRetried(_Event):
+    kind: Literal["step_retried"] = "step_retried"
+    step: str
+    attempt: int = Field(description="The attempt about to start (2 for the first retry).")
+    reason: str
+    delay_s: float
+
+
+class StepSkipped(_Event):
+    kind: Literal["step_skipped"] = "step_skipped"
+    step: str
+    reason: str
+
+
+class StepCancelled(_Event):
+    kind: Literal["step_cancelled"] = "step_cancelled"
+    step: str
+
+
+class RunFinished(_Event):
+    kind: Literal["run_finished"] = "run_finished"
+    run_id: str
+    ran: int
+    cached: int
+    failed: int
+    skipped: int
+    cancelled: int
+    wall_s: float
+    saved_s: float = Field(description="Sum of the original durations of the cache hits.")
+    ok: bool
+
+
+Event = Annotated[
+    RunStarted
+    | StepQueued
+    | StepCached
+    | ImageBuilding
+    | ImageBuilt
+    | StepStarted
+    | LogLine
+    | StepFinished
+    | StepFailed
+    | StepRetried
+    | StepSkipped
+    | StepCancelled
+    | RunFinished,
+    Field(discriminator="kind"),
+]
+
+EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
+"""Parses any event from JSON (``EVENT_ADAPTER.validate_json(line)``)."""
+
+
+def log_line(step: str, stream: Literal["stdout", "stderr"], text: str) -> LogLine:
+    """A LogLine without validation: log floods make hundreds of thousands of them."""
+    return LogLine.model_construct(
+        time=_now(), kind="log_line", step=step, stream=stream, text=text
+    )
+
+
+class EventSubscription:
+    """An async iterator over the events of one run, fed without ever blocking the producer.
+
+    At most ``max_log_lines`` undelivered log lines are kept; older ones are dropped (counted in
+    ``dropped_log_lines``). Every other event is kept until consumed.
+    """
+
+    def __init__(self, max_log_lines: int) -> None:
+        self._queue: deque[Event] = deque()
+        self._log_lines = 0
+        self._max_log_lines = max_log_lines
+        self._wakeup = anyio.Event()
+        self._closed = False
+        self.dropped_log_lines = 0
+
+    def put(self, event: Event) -> None:
+        if isinstance(event, LogLine):
+            if self._log_lines >= self._max_log_lines:
+                self.dropped_log_lines += 1
+                return
+            self._log_lines += 1
+        self._queue.append(event)
+        self._wakeup.set()
+
+    def close(self) -> None:
+        self._closed = True
+        self._wakeup.set()
+
+    def __aiter__(self) -> AsyncIterator[Event]:
+        return self
+
+    async def __anext__(self) -> Event:
+        while not self._queue:
+            if self._closed:
+                raise StopAsyncIteration
+            await self._wakeup.wait()
+            self._wakeup = anyio.Event()
+        event = self._queue.popleft()
+        if isinstance(event, LogLine):
+            self._log_lines -= 1
+        return event
+
+
+class EventBus:
+    """Delivers each emitted event to callbacks (synchronously) and to subscriptions."""
+
+    def __init__(self) -> None:
+        self._callbacks: list[Callable[[Event], None]] = []
+        self._subscriptions: list[EventSubscription] = []
+
+    def on_event(self, callback: Callable[[Event], None]) -> None:
+        self._callbacks.append(callback)
+
+    def subscribe(self, max_log_lines: int = 10_000) -> EventSubscription:
+        subscription = EventSubscription(max_log_lines)
+        self._subscriptions.append(subscription)
+        return subscription
+
+    @property
+    def wants_log_lines(self) -> bool:
+        return bool(self._callbacks or self._subscriptions)
+
+    def emit(self, event: Event) -> None:
+        for callback in self._callbacks:
+            callback(event)
+        for subscription in self._subscriptions:
+            subscription.put(event)
+
+    def close(self) -> None:
+        for subscription in self._subscriptions:
+            subscription.close()

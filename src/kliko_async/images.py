@@ -1,0 +1,102 @@
+"""Resolve Kliko images to immutable IDs and read their kliko.yml without running them.
+
+A kliko.yml is read once per image ID (create a container, copy the file out, remove it) and
+kept under ``<cache>/specs/``, so later reads of the same image start no container at all.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict
+
+from kliko_async.errors import SpecError
+from kliko_async.runtime.base import Runtime
+from kliko_async.spec import KlikoSpec, parse_spec
+
+KLIKO_YML = "/kliko.yml"
+KLIKO_EXECUTABLE = "/kliko"
+
+
+class KlikoImage(BaseModel):
+    """A Kliko image: how it was named, its immutable ID and its parsed kliko.yml."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    ref: str
+    id: str
+    spec: KlikoSpec
+
+
+class ImageResolver:
+    """Resolves references to :class:`KlikoImage`, remembering results for one run and on disk."""
+
+    def __init__(self, runtime: Runtime, specs_dir: Path | None) -> None:
+        self._runtime = runtime
+        self._specs_dir = specs_dir
+        self._by_ref: dict[str, KlikoImage] = {}
+        self._by_id: dict[str, KlikoSpec] = {}
+
+    async def resolve(self, ref: str) -> KlikoImage:
+        """The image ``ref`` names (tag or ID), with its spec; raises ImageError or SpecError."""
+        known = self._by_ref.get(ref)
+        if known is None:
+            image_id = await self._runtime.resolve_image(ref)
+            known = KlikoImage(ref=ref, id=image_id, spec=await self.spec_of(image_id, ref))
+            self._by_ref[ref] = known
+        return known
+
+    async def build(
+        self, context: Path, *, tag: str | None = None, on_log: Callable[[str], None] | None = None
+    ) -> KlikoImage:
+        """Build ``context`` (a folder with a Dockerfile) and return the resulting Kliko image."""
+        image_id = await self._runtime.build_image(context, tag=tag, on_log=on_log)
+        return KlikoImage(ref=tag or str(context), id=image_id, spec=await self.spec_of(image_id))
+
+    async def spec_of(self, image_id: str, ref: str | None = None) -> KlikoSpec:
+        spec = self._by_id.get(image_id)
+        if spec is not None:
+            return spec
+        source = f"image {ref or image_id}:{KLIKO_YML}"
+        memo = self._memo_path(image_id)
+        if memo is not None and memo.is_file():
+            spec = parse_spec(memo.read_bytes(), source)
+        else:
+            files = await self._runtime.probe_image(
+                image_id, read=[KLIKO_YML], stat=[KLIKO_EXECUTABLE]
+            )
+            text = files.contents.get(KLIKO_YML)
+            if text is None:
+                raise SpecError(
+                    f"the image has no {KLIKO_YML}, so it is not a Kliko image",
+                    where=f"image {ref or image_id}",
+                    hint="Add a kliko.yml describing its parameters (COPY kliko.yml /kliko.yml).",
+                )
+            if not files.exists.get(KLIKO_EXECUTABLE, False):
+                raise SpecError(
+                    f"the image has no {KLIKO_EXECUTABLE} executable, so it is not a Kliko image",
+                    where=f"image {ref or image_id}",
+                    hint="Add the program the container runs as /kliko (COPY kliko /kliko).",
+                )
+            spec = parse_spec(text, source)
+            if memo is not None:
+                _write_atomically(memo, text)
+        self._by_id[image_id] = spec
+        return spec
+
+    def _memo_path(self, image_id: str) -> Path | None:
+        if self._specs_dir is None:
+            return None
+        return self._specs_dir / (image_id.replace(":", "-") + ".kliko.yml")
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except OSError:
+        pass  # the memo is an optimisation; an unwritable cache is reported where it matters

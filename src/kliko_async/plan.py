@@ -1,0 +1,134 @@
+"""Turn a chain into a plan before any container starts: images, parameters, cache keys.
+
+Every step's image is resolved (or built), its parameters are validated against its kliko.yml,
+and its cache key is computed from everything that determines its output, including the keys of
+its inputs, so a change anywhere upstream changes every key below it. All problems of all steps
+are reported together.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict
+
+from kliko_async.cache import Cache, CacheEntry, KeyIngredients, cache_key
+from kliko_async.chain import RUN_CHAIN_SOURCE, Chain, Step
+from kliko_async.errors import ChainError, KlikoError
+from kliko_async.events import Event, ImageBuilding, ImageBuilt
+from kliko_async.images import ImageResolver, KlikoImage
+from kliko_async.spec import ValidatedParameters, validate_parameters
+
+
+class PlannedStep(BaseModel):
+    """One step, resolved: what runs, with which parameters, under which cache key."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    step: Step
+    image: KlikoImage
+    params: ValidatedParameters
+    key: str
+    cached: CacheEntry | None = None
+    forced: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.step.name
+
+
+class Plan(BaseModel):
+    """A checked chain: steps in a valid order, each with its key and cache state."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    source: str
+    order: list[str]
+    steps: dict[str, PlannedStep]
+
+    @property
+    def to_run(self) -> list[str]:
+        return [n for n in self.order if self.steps[n].cached is None]
+
+
+async def plan_chain(
+    chain: Chain,
+    *,
+    resolver: ImageResolver,
+    cache: Cache | None,
+    force: Collection[str] = (),
+    no_cache: bool = False,
+    emit: Callable[[Event], None] | None = None,
+) -> Plan:
+    """Resolve, validate and key every step of ``chain``; raise one error listing all problems.
+
+    ``force`` names steps to re-run even when cached; their downstream steps re-run too.
+    ``no_cache`` re-runs every step (results are still stored).
+    """
+    unknown = sorted(set(force) - set(chain.steps))
+    if unknown:
+        raise ChainError(
+            f"--force names unknown step(s): {', '.join(unknown)}",
+            where=chain.source,
+            hint=f"Steps are: {', '.join(chain.steps)}.",
+        )
+    forced = set(force)
+    for name in force:
+        forced |= chain.downstream(name)
+    base_dir = Path.cwd() if chain.source == RUN_CHAIN_SOURCE else Path(chain.source).parent
+    order = chain.topological_order()
+    planned: dict[str, PlannedStep] = {}
+    problems: list[KlikoError] = []
+    for name in order:
+        step = chain.steps[name]
+        try:
+            image = await _image_of(step, resolver, emit)
+            params = validate_parameters(
+                image.spec,
+                step.params,
+                where=f"step '{name}' (image {image.ref})",
+                base_dir=base_dir.resolve(),
+            )
+        except KlikoError as error:
+            problems.append(error)
+            continue
+        if any(i not in planned for i in step.inputs):
+            continue  # an input is already reported as broken
+        key = cache_key(
+            KeyIngredients(
+                image_id=image.id,
+                io=image.spec.io,
+                parameters=params.values,
+                file_hashes={f.container_path: f.sha256 for f in params.files},
+                inputs={i: planned[i].key for i in step.inputs},
+                env=step.env,
+            )
+        )
+        is_forced = no_cache or name in forced
+        cached = None if is_forced or cache is None else cache.lookup(key)
+        planned[name] = PlannedStep(
+            step=step, image=image, params=params, key=key, cached=cached, forced=is_forced
+        )
+    if len(problems) == 1:
+        raise problems[0]
+    if problems:
+        details = " ".join(f"({n}) {p}" for n, p in enumerate(problems, 1))
+        raise ChainError(
+            f"{len(problems)} problems were found before running: {details}", where=chain.source
+        )
+    return Plan(source=chain.source, order=order, steps=planned)
+
+
+async def _image_of(
+    step: Step, resolver: ImageResolver, emit: Callable[[Event], None] | None
+) -> KlikoImage:
+    if step.build is not None:
+        if emit:
+            emit(ImageBuilding(step=step.name, context=str(step.build)))
+        image = await resolver.build(step.build)
+        if emit:
+            emit(ImageBuilt(step=step.name, context=str(step.build), image_id=image.id))
+        return image
+    assert step.image is not None  # the chain model guarantees one of image / build
+    return await resolver.resolve(step.image)

@@ -1,0 +1,55 @@
+"""What the machine can give steps at once (CPUs, memory), shared by the running steps."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio
+
+
+def machine_cpus() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def machine_memory() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        return 1 << 62  # unknown: do not limit
+
+
+class ResourcePool:
+    """Steps claim CPUs and memory; a claim waits until enough is free.
+
+    A claim larger than the machine is capped at the machine, so such a step still runs, alone.
+    """
+
+    def __init__(self, cpus: float | None = None, memory: int | None = None) -> None:
+        self.cpus_total = float(cpus if cpus is not None else machine_cpus())
+        self.memory_total = memory if memory is not None else machine_memory()
+        self._cpus_free = self.cpus_total
+        self._memory_free = self.memory_total
+        self._changed = anyio.Condition()
+
+    @asynccontextmanager
+    async def claim(self, cpus: float | None, memory: int | None) -> AsyncIterator[None]:
+        want_cpus = min(cpus or 0.0, self.cpus_total)
+        want_memory = min(memory or 0, self.memory_total)
+        if not want_cpus and not want_memory:
+            yield
+            return
+        async with self._changed:
+            while self._cpus_free < want_cpus or self._memory_free < want_memory:
+                await self._changed.wait()
+            self._cpus_free -= want_cpus
+            self._memory_free -= want_memory
+        try:
+            yield
+        finally:
+            with anyio.CancelScope(shield=True):
+                async with self._changed:
+                    self._cpus_free += want_cpus
+                    self._memory_free += want_memory
+                    self._changed.notify_all()

@@ -1,0 +1,439 @@
+"""The async engine: run a plan's steps as soon as their inputs are done, within limits.
+
+anyio only; it knows the Runtime protocol, never a container engine. Every step runs inside the
+scheduler's task group: at most ``jobs`` at once, within the machine's CPUs and memory, each
+under its cache key's lock. A step's outputs are written to a fresh staging folder and published
+to the cache only on success. Everything that happens is emitted as an event.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import time
+from collections import deque
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Literal
+
+import anyio
+from pydantic import BaseModel, ConfigDict
+
+from kliko_async.cache import Cache, CacheEntry, Manifest, Staging
+from kliko_async.errors import CacheError, ContainerError, RunFailed, StepFailed
+from kliko_async.events import (
+    Event,
+    RunFinished,
+    RunStarted,
+    StepCached,
+    StepCancelled,
+    StepFinished,
+    StepQueued,
+    StepRetried,
+    StepSkipped,
+    StepStarted,
+    log_line,
+)
+from kliko_async.events import (
+    StepFailed as StepFailedEvent,
+)
+from kliko_async.plan import Plan, PlannedStep
+from kliko_async.resources import ResourcePool
+from kliko_async.runtime.base import LABEL_PREFIX, Runtime, Stream
+from kliko_async.workspace import build_job
+
+StepState = Literal["done", "cached", "failed", "skipped", "cancelled"]
+LAST_LINES = 20
+
+
+def owner_label() -> str:
+    """``host:pid`` of this process, on every container it starts, to find leftovers later."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class StepResult(BaseModel):
+    """How one step ended."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    key: str
+    state: StepState
+    output: Path | None = None
+    exit_code: int | None = None
+    duration_s: float = 0.0
+    reason: str | None = None
+    log_path: Path | None = None
+
+
+class RunResult(BaseModel):
+    """How a whole run ended, step by step."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    run_id: str
+    steps: dict[str, StepResult]
+    wall_s: float
+    saved_s: float
+
+    @property
+    def ok(self) -> bool:
+        return all(r.state in ("done", "cached") for r in self.steps.values())
+
+    def count(self, state: StepState) -> int:
+        return sum(1 for r in self.steps.values() if r.state == state)
+
+    def raise_for_failures(self) -> None:
+        failures = [
+            StepFailed(
+                r.name, r.reason or r.state, log_path=str(r.log_path) if r.log_path else None
+            )
+            for r in self.steps.values()
+            if r.state in ("failed", "cancelled")
+        ]
+        if failures:
+            raise RunFailed(failures)
+
+
+class _Attempt(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    ok: bool
+    reason: str | None = None
+    exit_code: int | None = None
+    entry: CacheEntry | None = None
+    log_path: Path | None = None
+    last_lines: list[str] = []
+
+
+class Scheduler:
+    """Runs one plan once. Results so far are in ``results``, also after a cancellation."""
+
+    def __init__(
+        self,
+        plan: Plan,
+        *,
+        runtime: Runtime,
+        cache: Cache,
+        emit: Callable[[Event], None],
+        run_id: str,
+        jobs: int,
+        keep_going: bool = False,
+        log_dir: Path | None = None,
+        pool: ResourcePool | None = None,
+        wants_log_lines: bool = True,
+    ) -> None:
+        self.plan = plan
+        self.runtime = runtime
+        self.cache = cache
+        self.emit = emit
+        self.run_id = run_id
+        self.jobs = max(1, jobs)
+        self.keep_going = keep_going
+        self.log_dir = log_dir or cache.root / "logs" / run_id
+        self.pool = pool or ResourcePool()
+        self.wants_log_lines = wants_log_lines
+        self.results: dict[str, StepResult] = {}
+        self._done = {name: anyio.Event() for name in plan.order}
+        self._slots = anyio.CapacityLimiter(self.jobs)
+        self._stopping = False
+        self._owner = owner_label()
+
+    async def run(self) -> RunResult:
+        started = time.monotonic()
+        self.emit(
+            RunStarted(
+                run_id=self.run_id,
+                steps=self.plan.order,
+                images={n: s.image.ref for n, s in self.plan.steps.items()},
+                jobs=self.jobs,
+            )
+        )
+        for name in self.plan.to_run:
+            self.emit(StepQueued(step=name, key=self.plan.steps[name].key))
+        async with anyio.create_task_group() as tg:
+            for name in self.plan.order:
+                tg.start_soon(self._step, self.plan.steps[name])
+        result = RunResult(
+            run_id=self.run_id,
+            steps={n: self.results[n] for n in self.plan.order},
+            wall_s=time.monotonic() - started,
+            saved_s=sum(r.duration_s for r in self.results.values() if r.state == "cached"),
+        )
+        self.emit(
+            RunFinished(
+                run_id=self.run_id,
+                ran=result.count("done"),
+                cached=result.count("cached"),
+                failed=result.count("failed"),
+                skipped=result.count("skipped"),
+                cancelled=result.count("cancelled"),
+                wall_s=result.wall_s,
+                saved_s=result.saved_s,
+                ok=result.ok,
+            )
+        )
+        return result
+
+    async def _step(self, planned: PlannedStep) -> None:
+        name = planned.name
+        try:
+            for dep in planned.step.inputs:
+                await self._done[dep].wait()
+            self.results[name] = await self._settle(planned)
+        except anyio.get_cancelled_exc_class():
+            self.results[name] = StepResult(name=name, key=planned.key, state="cancelled")
+            self.emit(StepCancelled(step=name))
+            raise
+        finally:
+            self._done[name].set()
+
+    async def _settle(self, planned: PlannedStep) -> StepResult:
+        key = planned.key
+        broken = [d for d in planned.step.inputs if self.results[d].state not in ("done", "cached")]
+        if broken:
+            return self._skip(planned, f"input {', '.join(repr(b) for b in broken)} did not finish")
+        if planned.cached is not None:
+            return self._cached(planned, planned.cached)
+        if self._stopping:
+            return self._skip(planned, "an earlier step failed (use --keep-going to go on)")
+        resources = planned.step.resources
+        async with self._slots, self.pool.claim(resources.cpus, resources.memory):
+            if self._stopping:
+                return self._skip(planned, "an earlier step failed (use --keep-going to go on)")
+            async with self.cache.lock(key):
+                entry = self.cache.lookup(key)
+                if entry is not None and not planned.forced:
+                    return self._cached(planned, entry)  # another run made it meanwhile
+                result = await self._run_with_retries(planned)
+        if result.state == "failed" and not self.keep_going:
+            self._stopping = True
+        return result
+
+    def _skip(self, planned: PlannedStep, reason: str) -> StepResult:
+        self.emit(StepSkipped(step=planned.name, reason=reason))
+        return StepResult(name=planned.name, key=planned.key, state="skipped", reason=reason)
+
+    def _cached(self, planned: PlannedStep, entry: CacheEntry) -> StepResult:
+        self.emit(
+            StepCached(
+                step=planned.name,
+                key=planned.key,
+                original_duration_s=entry.manifest.duration_s,
+            )
+        )
+        return StepResult(
+            name=planned.name,
+            key=planned.key,
+            state="cached",
+            output=entry.output_dir,
+            exit_code=entry.manifest.exit_code,
+            duration_s=entry.manifest.duration_s,
+            log_path=entry.log_path,
+        )
+
+    async def _run_with_retries(self, planned: PlannedStep) -> StepResult:
+        step = planned.step
+        started = time.monotonic()
+        attempt = 1
+        while True:
+            outcome = await self._attempt(planned, attempt)
+            if outcome.ok or attempt > step.retries:
+                break
+            delay = step.retry_backoff * 2 ** (attempt - 1)
+            attempt += 1
+            self.emit(
+                StepRetried(
+                    step=step.name, attempt=attempt, reason=outcome.reason or "", delay_s=delay
+                )
+            )
+            await anyio.sleep(delay)
+        duration = time.monotonic() - started
+        if outcome.ok and outcome.entry is not None:
+            self.emit(
+                StepFinished(step=step.name, key=planned.key, exit_code=0, duration_s=duration)
+            )
+            return StepResult(
+                name=step.name,
+                key=planned.key,
+                state="done",
+                output=outcome.entry.output_dir,
+                exit_code=0,
+                duration_s=duration,
+                log_path=outcome.entry.log_path,
+            )
+        reason = outcome.reason or "failed"
+        if attempt > 1:
+            reason = f"{reason} (after {attempt} attempts)"
+        self.emit(
+            StepFailedEvent(
+                step=step.name,
+                key=planned.key,
+                reason=reason,
+                exit_code=outcome.exit_code,
+                last_lines=outcome.last_lines,
+                log_path=str(outcome.log_path) if outcome.log_path else None,
+            )
+        )
+        return StepResult(
+            name=step.name,
+            key=planned.key,
+            state="failed",
+            exit_code=outcome.exit_code,
+            duration_s=duration,
+            reason=reason,
+            log_path=outcome.log_path,
+        )
+
+    async def _attempt(self, planned: PlannedStep, attempt: int) -> _Attempt:
+        step = planned.step
+        staging = self.cache.stage(planned.key)
+        last: deque[str] = deque(maxlen=LAST_LINES)
+        started_at = datetime.now(UTC)
+        started = time.monotonic()
+        try:
+            job = build_job(
+                planned.image,
+                planned.params,
+                scratch=staging.path / "scratch",
+                output=staging.output_dir,
+                inputs={i: self._output_of(i) for i in step.inputs},
+                user=step.user,
+                env=step.env,
+                labels=self._labels(planned),
+                cpus=step.resources.cpus,
+                memory=step.resources.memory,
+            )
+            with staging.log_path.open("w", encoding="utf-8", buffering=1 << 16) as log:
+                on_log = self._log_sink(step.name, log, last)
+                on_start = self._start_sink(planned, attempt)
+                timed_out = False
+                with anyio.move_on_after(step.timeout) as scope:
+                    exited = await self.runtime.run(job, on_log=on_log, on_start=on_start)
+                timed_out = scope.cancelled_caught
+        except ContainerError as error:
+            return self._failed_attempt(planned, staging, str(error), None, last)
+        except BaseException:
+            self._discard(staging)  # synchronous: runs even while being cancelled
+            raise
+        if timed_out:
+            reason = f"timed out after {step.timeout:g} s; the container was stopped"
+            return self._failed_attempt(planned, staging, reason, None, last)
+        if exited.exit_code != 0:
+            if exited.oom_killed:
+                limit = step.resources.memory
+                reason = f"killed for running out of memory (limit {limit} bytes)"
+            elif exited.exit_code == 137:
+                reason = "killed (exit code 137: SIGKILL, from outside or out of memory)"
+            else:
+                reason = f"exited with code {exited.exit_code}"
+            return self._failed_attempt(planned, staging, reason, exited.exit_code, last)
+        shutil.rmtree(staging.path / "scratch", ignore_errors=True)
+        finished_at = datetime.now(UTC)
+        manifest = Manifest(
+            key=planned.key,
+            step=step.name,
+            image=planned.image.ref,
+            image_id=planned.image.id,
+            io=planned.image.spec.io,
+            parameters=planned.params.values,
+            inputs={i: self.plan.steps[i].key for i in step.inputs},
+            started_at=started_at,
+            finished_at=finished_at,
+            duration_s=time.monotonic() - started,
+            exit_code=0,
+            outputs={},
+        )
+        try:
+            if planned.forced:
+                self.cache.remove(planned.key)
+            entry = self.cache.publish(staging, manifest)
+        except CacheError as error:
+            return _Attempt(ok=False, reason=str(error), exit_code=0, last_lines=list(last))
+        return _Attempt(ok=True, exit_code=0, entry=entry)
+
+    def _failed_attempt(
+        self,
+        planned: PlannedStep,
+        staging: Staging,
+        reason: str,
+        exit_code: int | None,
+        last: deque[str],
+    ) -> _Attempt:
+        """Keep the failed attempt's log in the run's log folder; drop everything else."""
+        log_path: Path | None = self.log_dir / f"{planned.name}.log"
+        try:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(staging.log_path, self.log_dir / f"{planned.name}.log")
+        except OSError:
+            log_path = None
+        self._discard(staging)
+        return _Attempt(
+            ok=False, reason=reason, exit_code=exit_code, log_path=log_path, last_lines=list(last)
+        )
+
+    def _discard(self, staging: Staging) -> None:
+        # A leftover staging folder is never taken as cached, and gc removes it.
+        with contextlib.suppress(CacheError):
+            self.cache.discard(staging)
+
+    def _output_of(self, name: str) -> Path:
+        output = self.results[name].output
+        assert output is not None  # only done or cached inputs get here
+        return output
+
+    def _labels(self, planned: PlannedStep) -> dict[str, str]:
+        return {
+            f"{LABEL_PREFIX}.run": self.run_id,
+            f"{LABEL_PREFIX}.step": planned.name,
+            f"{LABEL_PREFIX}.key": planned.key,
+            f"{LABEL_PREFIX}.owner": self._owner,
+        }
+
+    def _log_sink(self, step: str, log: IO[str], last: deque[str]) -> Callable[[Stream, str], None]:
+        emit, wants = self.emit, self.wants_log_lines
+
+        def on_log(stream: Stream, text: str) -> None:
+            log.write(text + "\n")
+            last.append(text)
+            if wants:
+                emit(log_line(step, stream, text))
+
+        return on_log
+
+    def _start_sink(self, planned: PlannedStep, attempt: int) -> Callable[[str], None]:
+        def on_start(container_id: str) -> None:
+            self.emit(
+                StepStarted(
+                    step=planned.name, key=planned.key, container_id=container_id, attempt=attempt
+                )
+            )
+
+        return on_start
+
+
+async def remove_leftovers(runtime: Runtime) -> int:
+    """Remove containers of earlier kliko-async processes on this host that no longer exist."""
+    host = socket.gethostname()
+    found = await runtime.find_containers({f"{LABEL_PREFIX}.managed": "1"})
+    removed = 0
+    for container_id, labels in found.items():
+        owner = labels.get(f"{LABEL_PREFIX}.owner", "")
+        owner_host, _, pid = owner.rpartition(":")
+        if owner_host == host and pid.isdigit() and not _pid_alive(int(pid)):
+            await runtime.remove_container(container_id)
+            removed += 1
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,0 +1,127 @@
+"""``kliko-async run-image``: Kliko 0.8's ``kliko-run``, one image with typed parameter flags.
+
+The image's kliko.yml becomes an argument parser (``--n 5``, ``--mode fast``), the parameters
+are validated, the container runs with its logs streamed to this terminal, and the exit status
+is the container's. No cache: the outputs go where ``--output`` / ``--work`` say.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from kliko_async.errors import ParameterError
+from kliko_async.images import KlikoImage
+from kliko_async.runtime.base import LABEL_PREFIX, Runtime, Stream
+from kliko_async.scheduler import owner_label
+from kliko_async.spec import Field, parse_cli_value, validate_parameters
+from kliko_async.workspace import build_job
+
+_RESERVED = {"input", "output", "work", "params", "user", "help", "image"}
+
+
+def image_parser(image: KlikoImage) -> argparse.ArgumentParser:
+    """An argument parser for ``image``: its IO folders plus one flag per kliko.yml field."""
+    spec = image.spec
+    parser = argparse.ArgumentParser(
+        prog=f"kliko-async run-image {image.ref}",
+        description=spec.description or spec.name or image.ref,
+    )
+    parser.add_argument("image", help=argparse.SUPPRESS)
+    io = parser.add_argument_group(f"folders ({spec.io} IO)")
+    if spec.io == "split":
+        io.add_argument("--input", type=Path, help="folder mounted read-only at /input")
+        io.add_argument(
+            "--output", type=Path, default=Path("output"), help="folder for /output (./output)"
+        )
+    else:
+        io.add_argument(
+            "--work", type=Path, default=Path("work"), help="folder mounted at /work (./work)"
+        )
+    io.add_argument("--params", type=Path, help="parameters from a JSON or YAML file")
+    io.add_argument("--user", help="run as this uid:gid (default: yours)")
+    group = parser.add_argument_group("parameters of this image")
+    for field in spec.fields().values():
+        flag = field.name if field.name not in _RESERVED else f"param-{field.name}"
+        group.add_argument(
+            f"--{flag}", dest=f"param__{field.name}", metavar=_metavar(field), help=_help(field)
+        )
+    return parser
+
+
+def _metavar(field: Field) -> str:
+    if field.type == "choice" and field.choices:
+        return "{" + ",".join(field.choices) + "}"
+    return field.type.upper().replace("[", "_").replace("]", "")
+
+
+def _help(field: Field) -> str:
+    parts = [p for p in (field.label, field.help_text) if p]
+    if field.initial is not None:
+        parts.append(f"default: {field.initial!r}")
+    elif field.required:
+        parts.append("required")
+    if field.is_list():
+        parts.append("comma-separated")
+    return "; ".join(parts) or field.type
+
+
+def gather_parameters(image: KlikoImage, options: argparse.Namespace) -> dict[str, Any]:
+    """Parameters from ``--params FILE`` overridden by per-parameter flags."""
+    params: dict[str, Any] = {}
+    if options.params is not None:
+        params.update(_read_params_file(options.params))
+    fields = image.spec.fields()
+    for name, value in vars(options).items():
+        if name.startswith("param__") and value is not None:
+            field_name = name.removeprefix("param__")
+            params[field_name] = parse_cli_value(fields[field_name], value)
+    return params
+
+
+def _read_params_file(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise ParameterError(f"cannot read it ({error.strerror})", where=str(path)) from None
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (ValueError, yaml.YAMLError) as error:
+        raise ParameterError(f"is not valid JSON/YAML: {error}", where=str(path)) from None
+    if not isinstance(data, dict):
+        raise ParameterError("must hold a mapping of parameter names to values", where=str(path))
+    return data
+
+
+async def run_single_image(runtime: Runtime, image: KlikoImage, options: argparse.Namespace) -> int:
+    params = validate_parameters(
+        image.spec, gather_parameters(image, options), where=f"image {image.ref}"
+    )
+    folder = options.output if image.spec.io == "split" else options.work
+    inputs = {"input": options.input} if getattr(options, "input", None) else {}
+    if inputs and not inputs["input"].is_dir():
+        raise ParameterError("is not a folder", where=f"--input {inputs['input']}")
+    with tempfile.TemporaryDirectory(prefix="kliko-run-") as scratch:
+        job = build_job(
+            image,
+            params,
+            scratch=Path(scratch),
+            output=folder,
+            inputs=inputs,
+            user=options.user,
+            labels={f"{LABEL_PREFIX}.owner": owner_label(), f"{LABEL_PREFIX}.step": "run-image"},
+        )
+        exited = await runtime.run(job, on_log=_print_line)
+    if exited.oom_killed:
+        print("kliko-async: the container ran out of memory", file=sys.stderr)
+    return exited.exit_code
+
+
+def _print_line(stream: Stream, text: str) -> None:
+    print(text, file=sys.stdout if stream == "stdout" else sys.stderr, flush=True)

@@ -1,0 +1,564 @@
+"""The Kliko container specification (``kliko.yml``) and validation of parameters against it.
+
+Parsing and validation errors are reported as one readable paragraph naming the file and field.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import math
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import pydantic
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
+from pydantic_core import ErrorDetails
+
+from kliko_async.errors import ParameterError, SpecError
+from kliko_async.hashing import sha256_file
+
+FIELD_TYPES: tuple[str, ...] = (
+    "choice",
+    "str",
+    "float",
+    "file",
+    "bool",
+    "int",
+    "List[int]",
+    "List[float]",
+    "List[bool]",
+    "List[str]",
+    "List[file]",
+)
+"""Every parameter type a kliko.yml may declare."""
+
+LEGACY_TYPE_ALIASES: Mapping[str, str] = {"char": "str"}
+"""Older type names still accepted, mapped to their current name."""
+
+PARAM_FILES_DIR = "/param_files"
+"""Where the runner copies file parameters inside the container."""
+
+_NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
+_LIST_PREFIX = "List["
+_BOOL_WORDS: Mapping[str, bool] = {
+    "true": True,
+    "yes": True,
+    "1": True,
+    "false": False,
+    "no": False,
+    "0": False,
+}
+
+
+class Field(BaseModel):
+    """One typed parameter of a Kliko container."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    name: str = pydantic.Field(description="Parameter name; also its CLI flag (--name).")
+    type: str = pydantic.Field(description="One of FIELD_TYPES (legacy 'char' becomes 'str').")
+    initial: Any = pydantic.Field(default=None, description="Default value, used when not given.")
+    max_length: int | None = pydantic.Field(
+        default=None, gt=0, description="Longest allowed string (str and List[str] only)."
+    )
+    choices: dict[str, str] | None = pydantic.Field(
+        default=None, description="Allowed values mapped to their labels (choice only)."
+    )
+    label: str | None = pydantic.Field(default=None, description="Short human-readable name.")
+    help_text: str | None = pydantic.Field(default=None, description="Longer explanation.")
+    required: bool = pydantic.Field(
+        default=False, description="Whether a value (given or initial) must be present."
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, value: str) -> str:
+        if not _NAME_PATTERN.match(value):
+            raise ValueError(
+                f"name {value!r} cannot be used as a command-line flag; use letters, digits, "
+                "'_' and '-', starting with a letter or '_'"
+            )
+        return value
+
+    @field_validator("type")
+    @classmethod
+    def _check_type(cls, value: str) -> str:
+        value = LEGACY_TYPE_ALIASES.get(value, value)
+        if value not in FIELD_TYPES:
+            raise ValueError(
+                f"type {value!r} is not a Kliko type; use one of {', '.join(FIELD_TYPES)}"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _check_consistency(self) -> Field:
+        if self.type == "choice" and not self.choices:
+            raise ValueError("type 'choice' needs a non-empty 'choices' mapping of value to label")
+        if self.choices is not None and self.type != "choice":
+            raise ValueError(f"'choices' is only allowed with type 'choice', not {self.type!r}")
+        if self.max_length is not None and self.type not in ("str", "List[str]"):
+            raise ValueError(
+                f"'max_length' is only allowed with type 'str' or 'List[str]', not {self.type!r}"
+            )
+        if self.initial is not None:
+            _, problem = _check_value(self, self.initial)
+            if problem is not None:
+                raise ValueError(f"initial value {self.initial!r} does not fit: {problem}")
+        return self
+
+    def is_file(self) -> bool:
+        """Whether values are host paths copied into the container (file or List[file])."""
+        return self.item_type() == "file"
+
+    def is_list(self) -> bool:
+        """Whether values are lists (any List[...] type)."""
+        return self.type.startswith(_LIST_PREFIX)
+
+    def item_type(self) -> str:
+        """The type of one value: the element type for List[...] types, else the type itself."""
+        return self.type[len(_LIST_PREFIX) : -1] if self.is_list() else self.type
+
+
+class Section(BaseModel):
+    """A named group of fields, as shown together in a form."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    name: str = pydantic.Field(description="Section title.")
+    description: str = pydantic.Field(default="", description="What the section is about.")
+    fields: list[Field] = pydantic.Field(description="The parameters of this section, in order.")
+
+
+class KlikoSpec(BaseModel):
+    """The contents of a container's /kliko.yml."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    schema_version: Literal[2, 3, 4] = pydantic.Field(description="Kliko schema version.")
+    name: str | None = pydantic.Field(default=None, description="Name of the container's tool.")
+    description: str | None = pydantic.Field(default=None, description="What the container does.")
+    author: str | None = pydantic.Field(default=None, description="Who made it.")
+    email: str | None = pydantic.Field(default=None, description="How to reach the author.")
+    url: str | None = pydantic.Field(default=None, description="Where to read more.")
+    container: str | None = pydantic.Field(default=None, description="Image name it is built as.")
+    io: Literal["split", "join"] = pydantic.Field(
+        description="'split': separate /input and /output folders; 'join': one /work folder."
+    )
+    sections: list[Section] = pydantic.Field(description="Parameter sections, in order.")
+
+    @model_validator(mode="after")
+    def _check_unique_names(self) -> KlikoSpec:
+        seen: dict[str, str] = {}
+        problems: list[str] = []
+        for s_index, section in enumerate(self.sections):
+            for f_index, field in enumerate(section.fields):
+                here = f"sections[{s_index}].fields[{f_index}] ({field.name!r})"
+                if field.name in seen:
+                    problems.append(
+                        f"{here}: field name {field.name!r} is already used by {seen[field.name]}"
+                    )
+                else:
+                    seen[field.name] = f"sections[{s_index}].fields[{f_index}]"
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def fields(self) -> dict[str, Field]:
+        """Every field by name, in file order."""
+        return {field.name: field for section in self.sections for field in section.fields}
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """A safe YAML loader that rejects a key repeated within one mapping."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                duplicate = key in seen
+                seen.add(key)
+            except TypeError:
+                continue  # unhashable key: the base class reports it
+            if duplicate:
+                raise yaml.constructor.ConstructorError(
+                    "while reading a mapping",
+                    node.start_mark,
+                    f"key {key!r} appears more than once",
+                    key_node.start_mark,
+                )
+        return super().construct_mapping(node, deep=deep)
+
+
+def parse_spec(text: str | bytes, source: str) -> KlikoSpec:
+    """Parse kliko.yml text; ``source`` names the file or image in error messages."""
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise SpecError(
+                f"is not UTF-8 text (byte {error.start} cannot be decoded)", where=source
+            ) from error
+    try:
+        data = yaml.load(text, Loader=_StrictLoader)
+    except yaml.MarkedYAMLError as error:
+        raise SpecError(_describe_yaml_error(error), where=source) from error
+    except yaml.YAMLError as error:
+        raise SpecError(f"YAML syntax error: {error}", where=source) from error
+    if data is None:
+        raise SpecError(
+            "is empty",
+            where=source,
+            hint="A kliko.yml needs at least schema_version, io and sections.",
+        )
+    if not isinstance(data, dict):
+        raise SpecError(
+            f"the document is {_describe(data)}, not a mapping of keys",
+            where=source,
+            hint="A kliko.yml needs at least schema_version, io and sections.",
+        )
+    try:
+        return KlikoSpec.model_validate(data)
+    except ValidationError as error:
+        message = "; ".join(_describe_spec_error(detail, data) for detail in error.errors())
+        raise SpecError(message, where=source) from error
+
+
+def load_spec(path: Path) -> KlikoSpec:
+    """Read and parse a kliko.yml file."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError as error:
+        raise SpecError("file does not exist", where=str(path)) from error
+    except IsADirectoryError as error:
+        raise SpecError(
+            "is a folder, not a file", where=str(path), hint="Point at the kliko.yml inside it."
+        ) from error
+    except OSError as error:
+        raise SpecError(f"cannot be read: {error.strerror or error}", where=str(path)) from error
+    return parse_spec(data, str(path))
+
+
+class FileParameter(BaseModel):
+    """A host file given as a parameter, and where it appears inside the container."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = pydantic.Field(description="The field it was given for.")
+    host_path: Path = pydantic.Field(description="Absolute, resolved path on the host.")
+    container_path: str = pydantic.Field(description="Path of the copy inside the container.")
+    sha256: str = pydantic.Field(description="Hex SHA-256 of the file's bytes.")
+
+    @field_validator("host_path")
+    @classmethod
+    def _check_absolute(cls, value: Path) -> Path:
+        if not value.is_absolute():
+            raise ValueError(f"host_path {str(value)!r} must be absolute")
+        return value
+
+
+class ValidatedParameters(BaseModel):
+    """A complete, checked parameter set ready to be written as /parameters.json."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    values: dict[str, Any] = pydantic.Field(
+        description="Every field with a value (given or initial); files as container paths."
+    )
+    files: tuple[FileParameter, ...] = pydantic.Field(
+        default=(), description="The host files to copy into /param_files, in field order."
+    )
+
+    def parameters_json(self) -> str:
+        """The text of /parameters.json."""
+        return json.dumps(self.values, sort_keys=True, indent=2) + "\n"
+
+
+def validate_parameters(
+    spec: KlikoSpec,
+    params: Mapping[str, Any],
+    *,
+    where: str,
+    base_dir: Path | None = None,
+) -> ValidatedParameters:
+    """Check ``params`` against ``spec``, fill in defaults and locate file parameters.
+
+    All problems are collected and raised together as one ParameterError. Relative file paths
+    are resolved against ``base_dir`` (the current folder when None).
+    """
+    fields = spec.fields()
+    problems: list[str] = []
+    for name in params:
+        if name not in fields:
+            problems.append(_describe_unknown(name, list(fields)))
+    values: dict[str, Any] = {}
+    files: list[FileParameter] = []
+    for name, field in fields.items():
+        given = params.get(name)
+        value = field.initial if given is None else given
+        if value is None:
+            if field.required:
+                problems.append(f"parameter {name!r} ({field.type}) is required but not given")
+            continue
+        normalized, problem = _check_value(field, value)
+        if problem is not None:
+            problems.append(f"parameter {name!r}: {problem}")
+            continue
+        if field.is_file():
+            normalized = _locate_files(field, normalized, base_dir, files, problems)
+        values[name] = normalized
+    if problems:
+        raise ParameterError("; ".join(problems), where=where)
+    return ValidatedParameters(values=values, files=tuple(files))
+
+
+def parse_cli_value(field: Field, text: str) -> Any:
+    """Turn the text of a ``--name`` command-line flag into a value of the field's type.
+
+    List types take comma-separated items; an empty text is an empty list.
+    """
+    if field.is_list():
+        items = [item.strip() for item in text.split(",")] if text.strip() else []
+        return [_parse_cli_item(field, field.item_type(), item, text) for item in items]
+    return _parse_cli_item(field, field.type, text, text)
+
+
+def _parse_cli_item(field: Field, kind: str, item: str, text: str) -> Any:
+    flag = f"flag --{field.name}"
+    shown = repr(text) if item == text else f"{item!r} in {text!r}"
+    if kind == "int":
+        try:
+            return int(item)
+        except ValueError:
+            raise ParameterError(f"{shown} is not an integer", where=flag) from None
+    if kind == "float":
+        try:
+            number = float(item)
+        except ValueError:
+            raise ParameterError(f"{shown} is not a number", where=flag) from None
+        if not math.isfinite(number):
+            raise ParameterError(f"{shown} is not a finite number", where=flag)
+        return number
+    if kind == "bool":
+        word = item.strip().lower()
+        if word not in _BOOL_WORDS:
+            raise ParameterError(
+                f"{shown} is not a boolean", where=flag, hint="Use true/false, yes/no or 1/0."
+            )
+        return _BOOL_WORDS[word]
+    return item
+
+
+def _check_value(field: Field, value: Any) -> tuple[Any, str | None]:
+    """Return ``(normalized value, None)`` or ``(None, what is wrong)``."""
+    if not field.is_list():
+        return _check_item(field, field.type, value)
+    if not isinstance(value, list | tuple):
+        return None, f"expected a list of {field.item_type()}, got {_describe(value)}"
+    normalized: list[Any] = []
+    for index, item in enumerate(value):
+        checked, problem = _check_item(field, field.item_type(), item)
+        if problem is not None:
+            return None, f"item {index}: {problem}"
+        normalized.append(checked)
+    return normalized, None
+
+
+def _check_item(field: Field, kind: str, value: Any) -> tuple[Any, str | None]:
+    if kind == "int":
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value, None
+        return None, f"expected an integer, got {_describe(value)}"
+    if kind == "float":
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                return None, f"expected a finite number, got {value!r}"
+            return float(value), None
+        return None, f"expected a number, got {_describe(value)}"
+    if kind == "bool":
+        if isinstance(value, bool):
+            return value, None
+        return None, f"expected true or false, got {_describe(value)}"
+    if kind == "str":
+        if not isinstance(value, str):
+            return None, f"expected a string, got {_describe(value)}"
+        if field.max_length is not None and len(value) > field.max_length:
+            return None, (
+                f"{value!r} is {len(value)} characters long; the limit is {field.max_length}"
+            )
+        return value, None
+    if kind == "choice":
+        choices = field.choices or {}
+        if isinstance(value, str) and value in choices:
+            return value, None
+        return None, f"{value!r} is not one of the choices {', '.join(choices)}"
+    # file: a path on the host; existence is checked by validate_parameters
+    if isinstance(value, str | os.PathLike):
+        return os.fspath(value), None
+    return None, f"expected a file path, got {_describe(value)}"
+
+
+def _locate_files(
+    field: Field,
+    value: Any,
+    base_dir: Path | None,
+    files: list[FileParameter],
+    problems: list[str],
+) -> Any:
+    """Resolve, check and hash the file(s) of one field; return the container path(s)."""
+    if field.is_list():
+        paths: list[tuple[str, str]] = [
+            (item, f"{PARAM_FILES_DIR}/{field.name}/{index}-{Path(item).name}")
+            for index, item in enumerate(value)
+        ]
+    else:
+        paths = [(value, f"{PARAM_FILES_DIR}/{field.name}")]
+    base = base_dir if base_dir is not None else Path.cwd()
+    for given, container_path in paths:
+        host_path = (base / Path(given).expanduser()).resolve()
+        label = f"file parameter {field.name!r}: {given!r}"
+        if given != str(host_path):
+            label += f" ({host_path})"
+        if not host_path.exists():
+            problems.append(f"{label} does not exist")
+        elif host_path.is_dir():
+            problems.append(f"{label} is a folder, not a file")
+        else:
+            try:
+                digest = sha256_file(host_path)
+            except OSError as error:
+                problems.append(f"{label} cannot be read: {error.strerror or error}")
+                continue
+            files.append(
+                FileParameter(
+                    name=field.name,
+                    host_path=host_path,
+                    container_path=container_path,
+                    sha256=digest,
+                )
+            )
+    return [container for _, container in paths] if field.is_list() else paths[0][1]
+
+
+def _describe_unknown(name: str, known: list[str]) -> str:
+    if not known:
+        return f"unknown parameter {name!r}; this image takes no parameters"
+    close = difflib.get_close_matches(name, known, n=3)
+    if close:
+        return f"unknown parameter {name!r} (did you mean {' or '.join(map(repr, close))}?)"
+    return f"unknown parameter {name!r}; known parameters are {', '.join(known)}"
+
+
+def _describe(value: Any) -> str:
+    """A short phrase naming a value's YAML/JSON kind and the value itself."""
+    if value is None:
+        return "null"
+    kinds: tuple[tuple[type | tuple[type, ...], str], ...] = (
+        (bool, "boolean"),
+        (int, "integer"),
+        (float, "number"),
+        (str, "string"),
+        ((list, tuple), "list"),
+        (dict, "mapping"),
+    )
+    for kinds_type, kind in kinds:
+        if isinstance(value, kinds_type):
+            text = repr(value)
+            if len(text) > 40:
+                text = text[:37] + "..."
+            return f"a {kind} {text}" if kind != "integer" else f"an integer {text}"
+    return f"a {type(value).__name__}"
+
+
+def _describe_yaml_error(error: yaml.MarkedYAMLError) -> str:
+    mark = error.problem_mark or error.context_mark
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    problem = error.problem or error.context or "invalid YAML"
+    what = (
+        "YAML error"
+        if isinstance(error, yaml.constructor.ConstructorError)
+        else "YAML syntax error"
+    )
+    return f"{what}{where}: {problem}"
+
+
+_SECTION_KEYS = ("sections", "fields")
+_EXPECTED = {
+    "string_type": "a string",
+    "int_type": "an integer",
+    "bool_type": "true or false",
+    "list_type": "a list",
+    "dict_type": "a mapping",
+    "model_type": "a mapping of keys",
+    "model_attributes_type": "a mapping of keys",
+    "float_type": "a number",
+}
+
+
+def _describe_spec_error(detail: ErrorDetails, data: Any) -> str:
+    """Turn one pydantic error on kliko.yml data into 'location: what is wrong'."""
+    loc = tuple(detail["loc"])
+    # The location splits into the model it is in (sections[i].fields[j]) and the key path within.
+    split = 0
+    for index in range(1, len(loc)):
+        if isinstance(loc[index], int) and loc[index - 1] in _SECTION_KEYS:
+            split = index + 1
+    container, rest = loc[:split], loc[split:]
+    kind = detail["type"]
+    key = ".".join(str(part) for part in rest)
+    if kind == "value_error":
+        error = detail.get("ctx", {}).get("error")
+        message = str(error) if error is not None else detail["msg"]
+    elif kind == "extra_forbidden":
+        message = _describe_unknown_key(str(rest[-1]), container)
+    elif kind == "missing":
+        message = f"missing required key {key!r}"
+    elif kind == "invalid_key":
+        message = f"key {detail['input']!r} must be a string (quote it in the YAML)"
+        if len(rest) > 1:
+            message = f"{'.'.join(str(part) for part in rest[:-1])}: {message}"
+    elif kind == "literal_error":
+        expected = detail.get("ctx", {}).get("expected", "")
+        message = f"{key} must be {expected}, not {_describe(detail['input'])}"
+    elif kind in _EXPECTED:
+        what = f"{key} must be" if key else "must be"
+        message = f"{what} {_EXPECTED[kind]}, not {_describe(detail['input'])}"
+    else:
+        text = detail["msg"]
+        text = text[:1].lower() + text[1:]
+        message = f"{key}: {text}" if key else text
+    location = _render_container(container, data)
+    return f"{location}: {message}" if location else message
+
+
+def _describe_unknown_key(key: str, container: tuple[int | str, ...]) -> str:
+    model: type[BaseModel] = KlikoSpec
+    if container:
+        model = Section if container[-2] == "sections" else Field
+    known = list(model.model_fields)
+    close = difflib.get_close_matches(key, known, n=1)
+    if close:
+        return f"unknown key {key!r} (did you mean {close[0]!r}?)"
+    return f"unknown key {key!r}; allowed keys are {', '.join(known)}"
+
+
+def _render_container(container: tuple[int | str, ...], data: Any) -> str:
+    """Render e.g. ("sections", 0, "fields", 2) as "sections[0].fields[2] ('mode')"."""
+    text = ""
+    node = data
+    for part in container:
+        if isinstance(part, int):
+            text += f"[{part}]"
+            node = node[part] if isinstance(node, list) and 0 <= part < len(node) else None
+        else:
+            text += f".{part}" if text else part
+            node = node.get(part) if isinstance(node, dict) else None
+    name = node.get("name") if isinstance(node, dict) else None
+    if container and isinstance(name, str):
+        text += f" ({name!r})"
+    return text

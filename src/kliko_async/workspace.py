@@ -1,0 +1,136 @@
+"""Lay out the host folders one Kliko container sees, and describe its job for a runtime.
+
+Split IO: ``/input`` (read-only; one input at ``/input``, several at ``/input/<step>/``) and
+``/output``. Join IO: ``/work``, pre-filled with a *copy* of the inputs (one subfolder per input
+when there are several), so a later step can never change a cached result. Always:
+``/parameters.json`` and, for file parameters, ``/param_files/`` (both read-only).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+
+from kliko_async.images import KlikoImage
+from kliko_async.runtime.base import ContainerJob, Mount
+from kliko_async.spec import PARAM_FILES_DIR, ValidatedParameters
+
+
+def invoking_user() -> str:
+    """``uid:gid`` of this process: containers run as it, so outputs are not owned by root."""
+    return f"{os.getuid()}:{os.getgid()}"
+
+
+def build_job(
+    image: KlikoImage,
+    params: ValidatedParameters,
+    *,
+    scratch: Path,
+    output: Path,
+    inputs: Mapping[str, Path],
+    user: str | None = None,
+    env: Mapping[str, str] | None = None,
+    labels: Mapping[str, str] | None = None,
+    cpus: float | None = None,
+    memory: int | None = None,
+) -> ContainerJob:
+    """Write parameters into ``scratch``, prepare ``output`` and return the container's job.
+
+    ``output`` becomes ``/output`` (split IO) or ``/work`` (join IO). ``inputs`` maps input
+    names to host folders; for join IO they are copied into ``output`` first.
+    """
+    scratch.mkdir(parents=True, exist_ok=True)
+    output.mkdir(parents=True, exist_ok=True)
+    mounts = parameter_mounts(params, scratch)
+    if image.spec.io == "split":
+        mounts += split_input_mounts(inputs, scratch)
+        mounts.append(Mount(source=output.resolve(), target="/output"))
+    else:
+        fill_work(output, inputs)
+        mounts.append(Mount(source=output.resolve(), target="/work"))
+    run_as = user or invoking_user()
+    if user and user != invoking_user():
+        open_for_anyone(output)  # a different uid must be able to write its own outputs
+    return ContainerJob(
+        image=image.id,
+        mounts=tuple(mounts),
+        env=dict(env or {}),
+        user=run_as,
+        labels=dict(labels or {}),
+        cpus=cpus,
+        memory=memory,
+    )
+
+
+def parameter_mounts(params: ValidatedParameters, scratch: Path) -> list[Mount]:
+    """Write /parameters.json and copy file parameters; return their read-only mounts."""
+    parameters = scratch / "parameters.json"
+    parameters.write_text(params.parameters_json())
+    parameters.chmod(0o644)
+    mounts = [Mount(source=parameters.resolve(), target="/parameters.json", read_only=True)]
+    if params.files:
+        root = scratch / "param_files"
+        for item in params.files:
+            rel = Path(item.container_path).relative_to(PARAM_FILES_DIR)
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(item.host_path, root / rel)
+        open_for_anyone(root, write=False)
+        mounts.append(Mount(source=root.resolve(), target=PARAM_FILES_DIR, read_only=True))
+    return mounts
+
+
+def split_input_mounts(inputs: Mapping[str, Path], scratch: Path) -> list[Mount]:
+    if not inputs:
+        empty = scratch / "empty-input"
+        empty.mkdir(exist_ok=True)
+        return [Mount(source=empty.resolve(), target="/input", read_only=True)]
+    if len(inputs) == 1:
+        (source,) = inputs.values()
+        return [Mount(source=source.resolve(), target="/input", read_only=True)]
+    return [
+        Mount(source=source.resolve(), target=f"/input/{name}", read_only=True)
+        for name, source in sorted(inputs.items())
+    ]
+
+
+def fill_work(work: Path, inputs: Mapping[str, Path]) -> None:
+    if len(inputs) == 1:
+        (source,) = inputs.values()
+        copy_tree_writable(source, work)
+    else:
+        for name, source in sorted(inputs.items()):
+            copy_tree_writable(source, work / name)
+
+
+def copy_tree_writable(source: Path, target: Path) -> None:
+    """Copy a (possibly read-only) tree so that the copy is writable by its owner."""
+    target.mkdir(parents=True, exist_ok=True)
+    for dirpath, dirnames, filenames in os.walk(source):
+        rel = Path(dirpath).relative_to(source)
+        for name in dirnames:
+            src = Path(dirpath) / name
+            if src.is_symlink():
+                os.symlink(os.readlink(src), target / rel / name)
+            else:
+                (target / rel / name).mkdir(exist_ok=True)
+        for name in filenames:
+            src = Path(dirpath) / name
+            if src.is_symlink():
+                os.symlink(os.readlink(src), target / rel / name)
+            else:
+                shutil.copyfile(src, target / rel / name)
+
+
+def open_for_anyone(root: Path, *, write: bool = True) -> None:
+    """Let any uid read (and, with ``write``, write) the tree: for steps with their own user."""
+    dir_mode, file_mode = (0o777, 0o666) if write else (0o755, 0o644)
+    root.chmod(dir_mode)
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames:
+            (Path(dirpath) / name).chmod(dir_mode)
+        for name in filenames:
+            path = Path(dirpath) / name
+            if not path.is_symlink():
+                path.chmod(file_mode)

@@ -1,0 +1,856 @@
+"""Tests of the content-addressed step cache: keys, publishing, locking, gc and verify."""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from kliko_async import cache as cache_module
+from kliko_async.cache import (
+    CACHE_FORMAT_VERSION,
+    Cache,
+    CacheEntry,
+    KeyIngredients,
+    Manifest,
+    Staging,
+    VerifyProblem,
+    cache_key,
+    default_cache_dir,
+    parse_age,
+    parse_size,
+)
+from kliko_async.errors import CacheError
+from kliko_async.hashing import sha256_file
+
+NOW = datetime(2024, 6, 1, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def cache(tmp_path: Path) -> Cache:
+    return Cache(tmp_path / "cache")
+
+
+def ingredients(**changes: Any) -> KeyIngredients:
+    fields: dict[str, Any] = {
+        "image_id": "sha256:" + "1" * 64,
+        "io": "split",
+        "parameters": {"threshold": 5, "name": "m31", "flags": [1, 2]},
+        "file_hashes": {"model": "a" * 64},
+        "inputs": {"calibrate": "b" * 64, "flag": "c" * 64},
+    }
+    fields.update(changes)
+    return KeyIngredients(**fields)
+
+
+def manifest_for(key: str, *, step: str = "image", finished_at: datetime = NOW) -> Manifest:
+    return Manifest(
+        key=key,
+        step=step,
+        image="kliko/wsclean:1.0",
+        image_id="sha256:" + "1" * 64,
+        io="split",
+        parameters={"threshold": 5},
+        inputs={"calibrate": "b" * 64},
+        started_at=finished_at - timedelta(seconds=3),
+        finished_at=finished_at,
+        duration_s=3.0,
+        exit_code=0,
+    )
+
+
+def key_of(n: int) -> str:
+    return cache_key(ingredients(parameters={"n": n}))
+
+
+def stage_files(cache: Cache, key: str, files: dict[str, bytes], log: bytes = b"ok\n") -> Staging:
+    staging = cache.stage(key)
+    for rel, data in files.items():
+        path = staging.output_dir / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    staging.log_path.write_bytes(log)
+    return staging
+
+
+def publish_files(
+    cache: Cache, key: str, files: dict[str, bytes], *, finished_at: datetime = NOW
+) -> CacheEntry:
+    staging = stage_files(cache, key, files)
+    return cache.publish(staging, manifest_for(key, finished_at=finished_at))
+
+
+def make_writable(path: Path) -> None:
+    path.chmod(path.stat().st_mode | stat.S_IWUSR)
+
+
+def tmp_children(cache: Cache) -> list[str]:
+    tmp = cache.root / "tmp"
+    return sorted(p.name for p in tmp.iterdir()) if tmp.exists() else []
+
+
+def open_fd_count() -> int | None:
+    fd_dir = Path("/proc/self/fd")
+    return len(os.listdir(fd_dir)) if fd_dir.is_dir() else None
+
+
+def dead_pid() -> int:
+    process = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return int(process.stdout)
+
+
+# -- keys ----------------------------------------------------------------------------------------
+
+
+def test_key_is_a_sha256_hex_digest_and_stable() -> None:
+    key = cache_key(ingredients())
+    assert len(key) == 64
+    assert set(key) <= set("0123456789abcdef")
+    assert cache_key(ingredients()) == key
+
+
+CHANGES: dict[str, dict[str, Any]] = {
+    "image id": {"image_id": "sha256:" + "2" * 64},
+    "io": {"io": "join"},
+    "parameter value": {"parameters": {"threshold": 6, "name": "m31", "flags": [1, 2]}},
+    "parameter type": {"parameters": {"threshold": 5.0, "name": "m31", "flags": [1, 2]}},
+    "parameter list order": {"parameters": {"threshold": 5, "name": "m31", "flags": [2, 1]}},
+    "parameter added": {"parameters": {"threshold": 5, "name": "m31", "flags": [1, 2], "x": None}},
+    "parameter removed": {"parameters": {"threshold": 5, "name": "m31"}},
+    "parameter renamed": {"parameters": {"limit": 5, "name": "m31", "flags": [1, 2]}},
+    "file hash": {"file_hashes": {"model": "d" * 64}},
+    "file hash name": {"file_hashes": {"sky": "a" * 64}},
+    "input key": {"inputs": {"calibrate": "e" * 64, "flag": "c" * 64}},
+    "input name": {"inputs": {"calibrated": "b" * 64, "flag": "c" * 64}},
+    "input names swapped": {"inputs": {"calibrate": "c" * 64, "flag": "b" * 64}},
+    "input dropped": {"inputs": {"calibrate": "b" * 64}},
+    "env": {"env": {"OMP_NUM_THREADS": "4"}},
+    "command": {"command": ["wsclean", "-size", "1024"]},
+    "empty command": {"command": []},
+}
+
+
+@pytest.mark.parametrize("change", CHANGES.values(), ids=CHANGES.keys())
+def test_every_ingredient_changes_the_key(change: dict[str, Any]) -> None:
+    assert cache_key(ingredients(**change)) != cache_key(ingredients())
+
+
+def test_all_changed_keys_differ_from_each_other() -> None:
+    keys = {cache_key(ingredients(**change)) for change in CHANGES.values()}
+    assert len(keys) == len(CHANGES)
+
+
+def test_env_value_and_command_argument_change_the_key() -> None:
+    base_env = cache_key(ingredients(env={"A": "1"}))
+    assert cache_key(ingredients(env={"A": "2"})) != base_env
+    base_cmd = cache_key(ingredients(command=["run", "a"]))
+    assert cache_key(ingredients(command=["run", "b"])) != base_cmd
+
+
+def test_format_version_changes_the_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    before = cache_key(ingredients())
+    monkeypatch.setattr(cache_module, "CACHE_FORMAT_VERSION", CACHE_FORMAT_VERSION + 1)
+    assert cache_key(ingredients()) != before
+
+
+def test_order_of_inputs_parameters_and_env_does_not_matter() -> None:
+    one = ingredients(
+        inputs={"a": "1" * 64, "b": "2" * 64},
+        parameters={"x": 1, "y": {"p": 1, "q": 2}},
+        env={"A": "1", "B": "2"},
+    )
+    two = ingredients(
+        inputs={"b": "2" * 64, "a": "1" * 64},
+        parameters={"y": {"q": 2, "p": 1}, "x": 1},
+        env={"B": "2", "A": "1"},
+    )
+    assert cache_key(one) == cache_key(two)
+
+
+@given(st.dictionaries(st.text(min_size=1), st.text(min_size=64, max_size=64), max_size=6))
+def test_any_permutation_of_inputs_keeps_the_key(inputs: dict[str, str]) -> None:
+    reordered = dict(reversed(list(inputs.items())))
+    assert cache_key(ingredients(inputs=reordered)) == cache_key(ingredients(inputs=inputs))
+
+
+def test_key_ingredients_are_frozen_and_strict() -> None:
+    with pytest.raises(ValueError, match="frozen"):
+        ingredients().image_id = "other"  # type: ignore[misc]
+    with pytest.raises(ValueError, match="Extra inputs"):
+        ingredients(surprise=1)
+    with pytest.raises(ValueError, match="split"):
+        ingredients(io="both")
+
+
+# -- folders -------------------------------------------------------------------------------------
+
+
+def test_default_cache_dir_follows_xdg(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert default_cache_dir() == tmp_path / "kliko-async"
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative/ignored")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert default_cache_dir() == tmp_path / "home" / ".cache" / "kliko-async"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert default_cache_dir() == tmp_path / "home" / ".cache" / "kliko-async"
+
+
+def test_constructing_a_cache_does_not_touch_disk(tmp_path: Path) -> None:
+    cache = Cache(tmp_path / "nowhere")
+    assert cache.root == tmp_path / "nowhere"
+    assert cache.lookup(key_of(1)) is None
+    assert list(cache.entries()) == []
+    assert cache.verify() == []
+    assert not (tmp_path / "nowhere").exists()
+
+
+def test_ensure_writable_creates_the_folders(cache: Cache) -> None:
+    cache.ensure_writable()
+    for name in ("entries", "tmp", "locks"):
+        assert (cache.root / name).is_dir()
+        assert list((cache.root / name).iterdir()) == []  # the probe file is gone
+
+
+def test_ensure_writable_raises_a_cache_error_when_it_cannot_write(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(CacheError, match="is not writable") as caught:
+        Cache(blocker).ensure_writable()
+    assert str(blocker) in str(caught.value)
+    assert caught.value.hint
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores permission bits")
+def test_ensure_writable_notices_a_read_only_folder(tmp_path: Path) -> None:
+    root = tmp_path / "cache"
+    (root / "entries").mkdir(parents=True)
+    (root / "entries").chmod(0o555)
+    try:
+        with pytest.raises(CacheError, match="is not writable"):
+            Cache(root).ensure_writable()
+    finally:
+        (root / "entries").chmod(0o755)
+
+
+# -- stage, publish, lookup ----------------------------------------------------------------------
+
+
+def test_stage_publish_lookup_round_trip(cache: Cache) -> None:
+    key = key_of(1)
+    staging = stage_files(cache, key, {"a.txt": b"alpha", "sub/b.bin": b"\x00\x01"}, log=b"done\n")
+    assert staging.path.parent == cache.root / "tmp"
+    assert staging.path.name.startswith(f"{key}.{os.getpid()}.")
+    manifest = manifest_for(key)
+
+    published = cache.publish(staging, manifest)
+
+    assert not staging.path.exists()
+    assert published.path == cache.root / "entries" / key[:2] / key
+    found = cache.lookup(key)
+    assert found == published
+    assert found.manifest.outputs == {
+        "a.txt": sha256_file(found.output_dir / "a.txt"),
+        "sub/b.bin": sha256_file(found.output_dir / "sub" / "b.bin"),
+    }
+    assert found.manifest.model_dump(exclude={"outputs"}) == manifest.model_dump(
+        exclude={"outputs"}
+    )
+    assert (found.output_dir / "a.txt").read_bytes() == b"alpha"
+    assert found.log_path.read_bytes() == b"done\n"
+    on_disk = Manifest.model_validate_json((found.path / "manifest.json").read_text())
+    assert on_disk == found.manifest
+    assert found.size_bytes() >= len(b"alpha") + 2 + len(b"done\n")
+    assert list(cache.entries()) == [found]
+    assert tmp_children(cache) == []
+
+
+def test_published_entry_is_read_only(cache: Cache) -> None:
+    key = key_of(1)
+    staging = stage_files(cache, key, {"a.txt": b"a", "deep/er/b.txt": b"b", "run.sh": b"#!"})
+    (staging.output_dir / "run.sh").chmod(0o755)
+    (staging.output_dir / "link").symlink_to("a.txt")
+    entry = cache.publish(staging, manifest_for(key))
+
+    def mode(path: Path) -> int:
+        return stat.S_IMODE(path.lstat().st_mode)
+
+    assert mode(entry.path) == 0o555
+    assert mode(entry.output_dir) == 0o555
+    assert mode(entry.output_dir / "deep") == 0o555
+    assert mode(entry.output_dir / "deep" / "er") == 0o555
+    assert mode(entry.output_dir / "a.txt") == 0o444
+    assert mode(entry.output_dir / "deep" / "er" / "b.txt") == 0o444
+    assert mode(entry.output_dir / "run.sh") == 0o555  # executables stay executable
+    assert mode(entry.path / "manifest.json") == 0o444
+    assert mode(entry.log_path) == 0o444
+    assert (entry.output_dir / "link").is_symlink()
+    assert entry.manifest.outputs["link"] == "symlink:a.txt"
+    if os.geteuid() != 0:
+        with pytest.raises(PermissionError):
+            (entry.output_dir / "a.txt").write_text("changed")
+
+
+def test_unpublished_staging_is_never_found(cache: Cache) -> None:
+    key = key_of(1)
+    staging = stage_files(cache, key, {"a.txt": b"a"})
+    assert staging.output_dir.is_dir()
+    assert cache.lookup(key) is None
+    assert list(cache.entries()) == []
+
+
+def test_discard_removes_staging_even_when_read_only(cache: Cache) -> None:
+    key = key_of(1)
+    staging = stage_files(cache, key, {"sub/a.txt": b"a"})
+    (staging.output_dir / "sub" / "a.txt").chmod(0o444)
+    (staging.output_dir / "sub").chmod(0o555)
+    staging.output_dir.chmod(0o555)
+
+    cache.discard(staging)
+
+    assert not staging.path.exists()
+    assert cache.lookup(key) is None
+    cache.discard(staging)  # discarding twice is harmless
+    assert tmp_children(cache) == []
+
+
+def test_discard_refuses_folders_outside_tmp(cache: Cache, tmp_path: Path) -> None:
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    with pytest.raises(CacheError, match="not a staging folder"):
+        cache.discard(Staging(key=key_of(1), path=precious))
+    assert precious.is_dir()
+
+
+def test_stage_gives_a_fresh_folder_each_time(cache: Cache) -> None:
+    one = cache.stage(key_of(1))
+    two = cache.stage(key_of(1))
+    assert one.path != two.path
+    assert one.output_dir.is_dir()
+    assert two.output_dir.is_dir()
+    assert list(one.output_dir.iterdir()) == []
+
+
+@pytest.mark.parametrize("bad", ["", "a", "../etc", "ab/cd", "a.b", "x" * 200])
+def test_malformed_keys_are_rejected(cache: Cache, bad: str) -> None:
+    assert cache.lookup(bad) is None
+    with pytest.raises(CacheError, match="not a cache key"):
+        cache.stage(bad)
+    with pytest.raises(CacheError, match="not a cache key"):
+        cache.remove(bad)
+
+
+def test_publish_failure_leaves_nothing(cache: Cache, monkeypatch: pytest.MonkeyPatch) -> None:
+    key = key_of(1)
+    staging = stage_files(cache, key, {"a.txt": b"a"})
+
+    def full_disk(src: Any, dst: Any) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(dst))
+
+    monkeypatch.setattr(os, "rename", full_disk)
+    with pytest.raises(CacheError) as caught:
+        cache.publish(staging, manifest_for(key, step="image"))
+    monkeypatch.undo()
+
+    message = str(caught.value)
+    assert "step 'image'" in message
+    assert "moving the entry into place failed" in message
+    assert os.strerror(errno.ENOSPC) in message
+    assert "gc" in message  # the hint says how to free space
+    assert not staging.path.exists()
+    assert not (cache.root / "entries" / key[:2] / key).exists()
+    assert cache.lookup(key) is None
+    assert tmp_children(cache) == []
+
+
+def test_publish_failure_while_writing_the_manifest_leaves_nothing(
+    cache: Cache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key = key_of(1)
+    staging = stage_files(cache, key, {"a.txt": b"a"})
+
+    def denied(src: Any, dst: Any) -> None:
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(dst))
+
+    monkeypatch.setattr(os, "replace", denied)
+    with pytest.raises(CacheError, match=r"writing manifest\.json failed"):
+        cache.publish(staging, manifest_for(key, step="calibrate"))
+    monkeypatch.undo()
+
+    assert not staging.path.exists()
+    assert cache.lookup(key) is None
+    assert list(cache.entries()) == []
+
+
+def test_publish_rejects_a_manifest_for_another_key(cache: Cache) -> None:
+    staging = stage_files(cache, key_of(1), {"a.txt": b"a"})
+    with pytest.raises(CacheError, match="does not match"):
+        cache.publish(staging, manifest_for(key_of(2)))
+    assert cache.lookup(key_of(1)) is None
+    assert cache.lookup(key_of(2)) is None
+    assert not staging.path.exists()
+
+
+def test_publish_returns_the_existing_entry(cache: Cache) -> None:
+    key = key_of(1)
+    first = publish_files(cache, key, {"a.txt": b"first"})
+    late = stage_files(cache, key, {"a.txt": b"second"})
+
+    second = cache.publish(late, manifest_for(key))
+
+    assert second == first
+    assert (second.output_dir / "a.txt").read_bytes() == b"first"
+    assert not late.path.exists()
+    assert tmp_children(cache) == []
+
+
+def test_publish_returns_the_winner_of_a_race(
+    cache: Cache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key = key_of(1)
+    mine = stage_files(cache, key, {"a.txt": b"mine"})
+    theirs = stage_files(cache, key, {"a.txt": b"theirs"})
+    real_lookup = Cache.lookup
+    calls = {"n": 0}
+
+    def lookup_that_misses_once(self: Cache, k: str) -> CacheEntry | None:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            # Another process publishes between our check and our rename.
+            monkeypatch.setattr(Cache, "lookup", real_lookup)
+            cache.publish(theirs, manifest_for(key))
+            return None
+        return real_lookup(self, k)
+
+    monkeypatch.setattr(Cache, "lookup", lookup_that_misses_once)
+    entry = cache.publish(mine, manifest_for(key))
+
+    assert (entry.output_dir / "a.txt").read_bytes() == b"theirs"
+    assert not mine.path.exists()
+    assert not theirs.path.exists()
+    assert cache.lookup(key) == entry
+
+
+def test_publish_replaces_a_half_written_folder(cache: Cache) -> None:
+    key = key_of(1)
+    junk = cache.root / "entries" / key[:2] / key / "output"
+    junk.mkdir(parents=True)
+    (junk / "partial.txt").write_text("half")
+
+    entry = publish_files(cache, key, {"a.txt": b"whole"})
+
+    assert cache.lookup(key) == entry
+    assert sorted(p.name for p in entry.output_dir.iterdir()) == ["a.txt"]
+
+
+def test_half_written_or_foreign_entry_folders_are_not_found(cache: Cache) -> None:
+    no_manifest, bad_manifest, wrong_key, no_output = key_of(1), key_of(2), key_of(3), key_of(4)
+    for key in (no_manifest, bad_manifest, wrong_key, no_output):
+        (cache.root / "entries" / key[:2] / key / "output").mkdir(parents=True)
+    (cache.root / "entries" / bad_manifest[:2] / bad_manifest / "manifest.json").write_text("{")
+    (cache.root / "entries" / wrong_key[:2] / wrong_key / "manifest.json").write_text(
+        manifest_for(key_of(9)).model_dump_json()
+    )
+    no_output_dir = cache.root / "entries" / no_output[:2] / no_output
+    (no_output_dir / "manifest.json").write_text(manifest_for(no_output).model_dump_json())
+    (no_output_dir / "output").rmdir()
+
+    for key in (no_manifest, bad_manifest, wrong_key, no_output):
+        assert cache.lookup(key) is None
+    assert list(cache.entries()) == []
+
+
+def test_old_format_entries_are_not_found(cache: Cache) -> None:
+    key = key_of(1)
+    entry = publish_files(cache, key, {"a.txt": b"a"})
+    manifest_path = entry.path / "manifest.json"
+    make_writable(entry.path)
+    make_writable(manifest_path)
+    old = entry.manifest.model_copy(update={"format_version": CACHE_FORMAT_VERSION - 1})
+    manifest_path.write_text(old.model_dump_json())
+    assert cache.lookup(key) is None
+
+
+def test_lookup_is_fast(cache: Cache) -> None:
+    key = key_of(1)
+    publish_files(cache, key, {f"f{i:03}.txt": b"x" * 100 for i in range(100)})
+    started = time.perf_counter()
+    found = [cache.lookup(key) for _ in range(1000)]
+    elapsed = time.perf_counter() - started
+    assert all(entry is not None for entry in found)
+    assert elapsed < 1.0
+
+
+# -- stale staging -------------------------------------------------------------------------------
+
+
+def test_staging_of_a_dead_process_is_no_entry_and_is_cleaned(cache: Cache) -> None:
+    key = key_of(1)
+    stale = cache.root / "tmp" / f"{key}.{dead_pid()}.x"
+    (stale / "output" / "sub").mkdir(parents=True)
+    (stale / "output" / "sub" / "a.txt").write_text("left behind")
+    (stale / "manifest.json").write_text(manifest_for(key).model_dump_json())
+    (stale / "output" / "sub").chmod(0o555)
+    live = cache.stage(key)
+    odd = cache.root / "tmp" / "not-a-staging-name"
+    odd.mkdir()
+
+    assert cache.lookup(key) is None
+    assert list(cache.entries()) == []
+    assert cache.clean_stale_staging() == 1
+
+    assert not stale.exists()
+    assert live.path.is_dir()  # our own process is alive
+    assert odd.is_dir()
+    assert cache.clean_stale_staging() == 0
+
+
+def test_clean_stale_staging_without_tmp_folder(cache: Cache) -> None:
+    assert cache.clean_stale_staging() == 0
+    assert not cache.root.exists()
+
+
+# -- locking -------------------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_lock_excludes_a_second_task(cache: Cache) -> None:
+    key = key_of(1)
+    events: list[str] = []
+    first_holds = anyio.Event()
+
+    async def first() -> None:
+        async with cache.lock(key, poll=0.01):
+            events.append("first in")
+            first_holds.set()
+            await anyio.sleep(0.2)
+            events.append("first out")
+
+    async def second() -> None:
+        await first_holds.wait()
+        async with cache.lock(key, poll=0.01):
+            events.append("second in")
+        events.append("second out")
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as group:
+            group.start_soon(first)
+            group.start_soon(second)
+
+    assert events == ["first in", "first out", "second in", "second out"]
+
+
+@pytest.mark.anyio
+async def test_locks_of_different_keys_do_not_interfere(cache: Cache) -> None:
+    with anyio.fail_after(2):
+        async with cache.lock(key_of(1)), cache.lock(key_of(2)):
+            held = True
+    assert held
+    assert (cache.root / "locks" / f"{key_of(1)}.lock").exists()
+
+
+@pytest.mark.anyio
+async def test_waiting_for_a_lock_is_cancellable(cache: Cache) -> None:
+    key = key_of(1)
+    fds_before = open_fd_count()
+    acquired = False
+    async with cache.lock(key):
+        with anyio.move_on_after(0.2) as scope:
+            async with cache.lock(key, poll=0.01):
+                acquired = True
+    assert scope.cancelled_caught
+    assert not acquired
+    if fds_before is not None:
+        assert open_fd_count() == fds_before  # nothing leaked
+    with anyio.fail_after(2):
+        async with cache.lock(key):
+            acquired = True
+    assert acquired
+
+
+@pytest.mark.anyio
+async def test_lock_is_released_when_the_body_raises(cache: Cache) -> None:
+    key = key_of(1)
+    with pytest.raises(RuntimeError, match="boom"):
+        async with cache.lock(key):
+            raise RuntimeError("boom")
+    with anyio.fail_after(2):
+        async with cache.lock(key):
+            reacquired = True
+    assert reacquired
+
+
+HOLD_LOCK = """
+import fcntl, os, sys
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o644)
+fcntl.flock(fd, fcntl.LOCK_EX)
+print("locked", flush=True)
+sys.stdin.read()
+"""
+
+TRY_LOCK = """
+import fcntl, os, sys
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o644)
+try:
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+except BlockingIOError:
+    sys.exit(3)
+"""
+
+
+@pytest.fixture
+def other_process_lock() -> Iterator[Callable[[Path], Callable[[], None]]]:
+    """Take a flock in a child process; returns a function that makes the child release it."""
+    children: list[subprocess.Popen[str]] = []
+
+    def hold(path: Path) -> Callable[[], None]:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        child = subprocess.Popen(
+            [sys.executable, "-c", HOLD_LOCK, str(path)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        children.append(child)
+        assert child.stdout is not None
+        assert child.stdout.readline().strip() == "locked"
+
+        def release() -> None:
+            assert child.stdin is not None
+            child.stdin.close()
+            child.wait(timeout=10)
+
+        return release
+
+    yield hold
+    for child in children:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+
+
+@pytest.mark.anyio
+async def test_lock_waits_for_another_process(
+    cache: Cache, other_process_lock: Callable[[Path], Callable[[], None]]
+) -> None:
+    key = key_of(1)
+    release = other_process_lock(cache.root / "locks" / f"{key}.lock")
+    acquired = False
+    with anyio.move_on_after(0.3):
+        async with cache.lock(key, poll=0.01):
+            acquired = True
+    assert not acquired
+
+    release()
+    with anyio.fail_after(5):
+        async with cache.lock(key, poll=0.01):
+            acquired = True
+    assert acquired
+
+
+@pytest.mark.anyio
+async def test_lock_excludes_another_process(cache: Cache) -> None:
+    key = key_of(1)
+    path = cache.root / "locks" / f"{key}.lock"
+    async with cache.lock(key):
+        held = await anyio.run_process([sys.executable, "-c", TRY_LOCK, str(path)], check=False)
+    free = await anyio.run_process([sys.executable, "-c", TRY_LOCK, str(path)], check=False)
+    assert held.returncode == 3
+    assert free.returncode == 0
+
+
+# -- removal and gc ------------------------------------------------------------------------------
+
+
+def test_remove(cache: Cache) -> None:
+    key = key_of(1)
+    publish_files(cache, key, {"a.txt": b"a"})
+    assert cache.remove(key) is True
+    assert cache.lookup(key) is None
+    assert not (cache.root / "entries" / key[:2] / key).exists()
+    assert tmp_children(cache) == []
+    assert cache.remove(key) is False
+
+
+def test_gc_by_age(cache: Cache) -> None:
+    old = publish_files(cache, key_of(1), {"a": b"1"}, finished_at=NOW - timedelta(days=10))
+    middle = publish_files(cache, key_of(2), {"a": b"2"}, finished_at=NOW - timedelta(days=2))
+    young = publish_files(cache, key_of(3), {"a": b"3"}, finished_at=NOW - timedelta(hours=1))
+
+    removed = cache.gc(older_than=timedelta(days=3), now=NOW)
+
+    assert removed == [old]
+    assert cache.lookup(old.key) is None
+    assert cache.lookup(middle.key) == middle
+    assert cache.lookup(young.key) == young
+    assert cache.gc(older_than=timedelta(days=3), now=NOW) == []
+
+
+def test_gc_by_size_removes_oldest_first(cache: Cache) -> None:
+    entries = [
+        publish_files(cache, key_of(n), {"data": b"x" * 1000}, finished_at=NOW - timedelta(days=n))
+        for n in range(4)
+    ]  # entries[3] is the oldest
+    sizes = {entry.key: entry.size_bytes() for entry in entries}
+    total = cache.total_size()
+    assert total == sum(sizes.values())
+    limit = total - sizes[entries[3].key] - 1  # the oldest alone is not quite enough
+
+    removed = cache.gc(max_size=limit, now=NOW)
+
+    assert removed == [entries[3], entries[2]]
+    assert cache.total_size() <= limit
+    assert {entry.key for entry in cache.entries()} == {entries[0].key, entries[1].key}
+    assert cache.gc(max_size=0, now=NOW) == [entries[1], entries[0]]
+    assert cache.total_size() == 0
+
+
+def test_gc_applies_age_then_size(cache: Cache) -> None:
+    old = publish_files(cache, key_of(1), {"a": b"1"}, finished_at=NOW - timedelta(days=30))
+    young = publish_files(cache, key_of(2), {"a": b"2"}, finished_at=NOW)
+    removed = cache.gc(older_than=timedelta(days=7), max_size=10**9, now=NOW)
+    assert removed == [old]
+    assert list(cache.entries()) == [young]
+
+
+def test_gc_tidies_invalid_folders_and_stale_staging(cache: Cache) -> None:
+    good = publish_files(cache, key_of(1), {"a": b"1"})
+    invalid = cache.root / "entries" / key_of(2)[:2] / key_of(2)
+    (invalid / "output").mkdir(parents=True)
+    (invalid / "output").chmod(0o555)
+    stale = cache.root / "tmp" / f"{key_of(3)}.{dead_pid()}.abc"
+    (stale / "output").mkdir(parents=True)
+    spec = cache.root / "specs" / "sha256-1111" / "kliko.yml"
+    spec.parent.mkdir(parents=True)
+    spec.write_text("schema_version: 3\n")
+
+    removed = cache.gc(now=NOW)
+
+    assert removed == []  # nothing valid was removed
+    assert not invalid.exists()
+    assert not stale.exists()
+    assert cache.lookup(good.key) == good
+    assert spec.read_text() == "schema_version: 3\n"
+
+
+def test_gc_takes_naive_times_as_local(cache: Cache) -> None:
+    naive_now = datetime(2024, 6, 1, 12, 0)
+    entry = publish_files(cache, key_of(1), {"a": b"1"}, finished_at=naive_now - timedelta(days=2))
+    assert cache.gc(older_than=timedelta(days=3), now=naive_now) == []
+    assert cache.gc(older_than=timedelta(days=1), now=naive_now.astimezone(UTC)) == [entry]
+
+
+# -- verify --------------------------------------------------------------------------------------
+
+
+def test_verify_of_a_sound_cache_finds_nothing(cache: Cache) -> None:
+    publish_files(cache, key_of(1), {"a.txt": b"a", "sub/b.txt": b"b"})
+    assert cache.verify() == []
+
+
+def test_verify_finds_changed_missing_and_extra_files(cache: Cache) -> None:
+    key = key_of(1)
+    entry = publish_files(cache, key, {"a.txt": b"a", "b.txt": b"b", "sub/c.txt": b"c"})
+    make_writable(entry.output_dir / "a.txt")
+    (entry.output_dir / "a.txt").write_bytes(b"tampered")
+    make_writable(entry.output_dir / "sub")
+    (entry.output_dir / "sub" / "c.txt").unlink()
+    make_writable(entry.output_dir)
+    (entry.output_dir / "extra.txt").write_bytes(b"new")
+
+    problems = cache.verify()
+
+    assert problems == [
+        VerifyProblem(key=key, path="output/a.txt", problem="content changed"),
+        VerifyProblem(key=key, path="output/extra.txt", problem="unexpected file"),
+        VerifyProblem(key=key, path="output/sub/c.txt", problem="missing"),
+    ]
+    assert str(problems[0]) == f"{key}: output/a.txt: content changed"
+
+
+def test_verify_reports_unreadable_and_missing_manifests(cache: Cache) -> None:
+    missing, broken = key_of(1), key_of(2)
+    (cache.root / "entries" / missing[:2] / missing / "output").mkdir(parents=True)
+    (cache.root / "entries" / broken[:2] / broken / "output").mkdir(parents=True)
+    (cache.root / "entries" / broken[:2] / broken / "manifest.json").write_text("not json")
+
+    problems = {(p.key, p.problem) for p in cache.verify()}
+
+    assert problems == {(missing, "manifest missing"), (broken, "manifest unreadable")}
+
+
+# -- sizes and ages ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("123", 123),
+        ("0", 0),
+        ("10b", 10),
+        ("100k", 100 * 1024),
+        ("100K", 100 * 1024),
+        ("500M", 500 * 1024**2),
+        ("2G", 2 * 1024**3),
+        ("1.5GiB", 3 * 1024**3 // 2),
+        ("1T", 1024**4),
+        ("10MB", 10 * 1000**2),
+        ("3kb", 3000),
+        (" 7 MiB ", 7 * 1024**2),
+        ("0.5k", 512),
+    ],
+)
+def test_parse_size(text: str, expected: int) -> None:
+    assert parse_size(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "M", "-1G", "1.2.3G", "12 apples", "1e3", "G2", "1 G B"])
+def test_parse_size_rejects_nonsense(text: str) -> None:
+    with pytest.raises(CacheError, match="is not a size"):
+        parse_size(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("45s", timedelta(seconds=45)),
+        ("90m", timedelta(minutes=90)),
+        ("12h", timedelta(hours=12)),
+        ("30d", timedelta(days=30)),
+        ("2w", timedelta(weeks=2)),
+        ("1.5h", timedelta(minutes=90)),
+        ("1d12h", timedelta(days=1, hours=12)),
+        ("1d 12h", timedelta(days=1, hours=12)),
+        (" 3 days ", timedelta(days=3)),
+        ("2H", timedelta(hours=2)),
+    ],
+)
+def test_parse_age(text: str, expected: timedelta) -> None:
+    assert parse_age(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "30", "d", "3y", "-2d", "2d-", "ten days", "1d,2h"])
+def test_parse_age_rejects_nonsense(text: str) -> None:
+    with pytest.raises(CacheError, match="is not an age"):
+        parse_age(text)
