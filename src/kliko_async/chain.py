@@ -41,6 +41,7 @@ except ImportError:  # pragma: no cover - PyYAML built without libyaml
     from yaml import SafeLoader as _BaseLoader  # type: ignore[assignment]
 
 __all__ = [
+    "RUN_CHAIN_SOURCE",
     "STEP_NAME_PATTERN",
     "Chain",
     "ChainFile",
@@ -611,7 +612,7 @@ def chain_from_pairs(pairs: Sequence[tuple[str, Mapping[str, Any]]]) -> Chain:
                 hint="Pass a list of (image, parameters) tuples.",
             )
         image, params = pair
-        data.append({"image": image, "params": dict(params) if params is not None else {}})
+        data.append({"image": image, "params": {} if params is None else params})
     return parse_chain({"steps": data}, source=RUN_CHAIN_SOURCE, base_dir=Path.cwd())
 
 
