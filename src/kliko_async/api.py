@@ -22,6 +22,7 @@ from anyio.abc import TaskGroup
 
 from kliko_async.cache import Cache, default_cache_dir
 from kliko_async.chain import Chain, chain_from_pairs, load_chain
+from kliko_async.errors import KlikoError
 from kliko_async.events import Event, EventBus, EventSubscription
 from kliko_async.images import ImageResolver
 from kliko_async.plan import Plan, plan_chain
@@ -82,6 +83,8 @@ async def open_run(
         bus.on_event(on_event)
     handle = ChainRun(bus)
 
+    failure: list[KlikoError] = []
+
     async def execute() -> None:
         try:
             handle._result = await _execute(
@@ -97,6 +100,8 @@ async def open_run(
                 out=out,
                 run_id=run_id or new_run_id(),
             )
+        except KlikoError as error:
+            failure.append(error)  # raised below, outside the task group, not in a group
         finally:
             bus.close()
 
@@ -104,6 +109,8 @@ async def open_run(
     async with anyio.create_task_group() as tg:
         tg.start_soon(execute)
         yield handle
+    if failure:
+        raise failure[0]
 
 
 async def run(chain: Chain | str | os.PathLike[str], **options: Any) -> RunResult:

@@ -33,8 +33,20 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     except KeyboardInterrupt:
         print("kliko-async: interrupted", file=sys.stderr)
         code = 130
+    except BaseExceptionGroup as group:  # a task group wrapped an error meant for people
+        matched, _ = group.split(KlikoError)
+        if matched is None:
+            raise
+        first = _first_leaf(matched)
+        print(f"kliko-async: error: {first}", file=sys.stderr)
+        code = getattr(first, "exit_code", 1)
     sys.stdout.flush()
     raise SystemExit(code)
+
+
+def _first_leaf(group: BaseExceptionGroup[Any]) -> BaseException:
+    first = group.exceptions[0]
+    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -90,6 +102,17 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("target", help="a kliko.yml path or an image tag/ID")
     _cache_dir_option(validate)
 
+    logs = commands.add_parser(
+        "logs",
+        help="print a step's saved log",
+        description="Print the full saved log (stdout and stderr) of a step of a chain: the "
+        "cached entry's log, or the latest failed attempt's log.",
+    )
+    logs.add_argument("chain", nargs="?", type=Path, help="the chain file")
+    logs.add_argument("step", nargs="?", help="the step name")
+    logs.add_argument("--key", help="a cache key (or its first characters) instead")
+    _cache_dir_option(logs)
+
     commands.add_parser(
         "schema", help="print the chain file's JSON Schema", description="Print the JSON Schema."
     )
@@ -114,6 +137,7 @@ def _dispatch(args: list[str]) -> int:
         "run": _run,
         "validate": _validate,
         "schema": _schema,
+        "logs": _logs,
         "cache": _cache,
     }
     return handlers[options.command](options)
@@ -176,6 +200,7 @@ async def _run_until_signal(options: argparse.Namespace, display: Any) -> int:
     from kliko_async.api import open_run
 
     received: list[int] = []
+    failure: list[KlikoError] = []
     async with anyio.create_task_group() as outer:
 
         async def watch_signals(scope: anyio.CancelScope) -> None:
@@ -193,22 +218,27 @@ async def _run_until_signal(options: argparse.Namespace, display: Any) -> int:
 
         with anyio.CancelScope() as run_scope:
             outer.start_soon(watch_signals, run_scope)
-            async with open_run(
-                options.chain,
-                cache_dir=options.cache_dir,
-                jobs=options.jobs,
-                keep_going=options.keep_going,
-                force=options.force,
-                no_cache=options.no_cache,
-                out=options.out,
-                on_event=display,
-            ) as handle:
-                display.attach(handle) if hasattr(display, "attach") else None
+            try:
+                async with open_run(
+                    options.chain,
+                    cache_dir=options.cache_dir,
+                    jobs=options.jobs,
+                    keep_going=options.keep_going,
+                    force=options.force,
+                    no_cache=options.no_cache,
+                    out=options.out,
+                    on_event=display,
+                ) as handle:
+                    pass
+            except KlikoError as error:
+                failure.append(error)
         outer.cancel_scope.cancel()
+    if failure:
+        raise failure[0]
     if received:
-        error = Interrupted("interrupted; finished steps are kept in the cache")
-        error.exit_code = EXIT_INTERRUPTED.get(signal.Signals(received[0]), 130)
-        raise error
+        interrupted = Interrupted("interrupted; finished steps are kept in the cache")
+        interrupted.exit_code = EXIT_INTERRUPTED.get(signal.Signals(received[0]), 130)
+        raise interrupted
     return 0 if handle.result.ok else 1
 
 
@@ -272,6 +302,25 @@ def _validate(options: argparse.Namespace) -> int:
         return 0
 
     return anyio.run(from_image)
+
+
+def _logs(options: argparse.Namespace) -> int:
+    from kliko_async.api import dry_run
+    from kliko_async.cache import Cache, default_cache_dir
+    from kliko_async.steplogs import find_step_log, log_by_key
+
+    cache = Cache(options.cache_dir or default_cache_dir())
+    if options.key:
+        path = log_by_key(cache, options.key)
+    elif options.chain is not None and options.step is not None:
+        plan = anyio.run(lambda: dry_run(options.chain, cache_dir=cache.root))
+        path = find_step_log(cache, plan, options.step)
+    else:
+        raise ParameterError("logs needs CHAIN STEP, or --key KEY")
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 16):
+            sys.stdout.buffer.write(chunk)
+    return 0
 
 
 def _schema(options: argparse.Namespace) -> int:

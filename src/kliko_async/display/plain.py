@@ -5,6 +5,7 @@ Each line is prefixed by the step name, like ``docker compose up``, and flushed 
 
 from __future__ import annotations
 
+import time
 from typing import TextIO
 
 from kliko_async.events import Event
@@ -53,14 +54,22 @@ def describe(event: Event) -> str | None:
 class PlainDisplay:
     """Writes prefixed lines; with ``quiet`` only failures and the final summary."""
 
+    FLUSH_EVERY_S = 0.1
+    """Log lines are flushed at least this often, so a pipe sees them promptly."""
+
     def __init__(self, stream: TextIO, *, quiet: bool = False) -> None:
         self._stream = stream
         self._quiet = quiet
+        self._flushed = time.monotonic()
 
     def __call__(self, event: Event) -> None:
         if event.kind == "log_line":
             if not self._quiet:
                 self._stream.write(f"{event.step} | {event.text}\n")
+                now = time.monotonic()
+                if now - self._flushed >= self.FLUSH_EVERY_S:
+                    self._stream.flush()
+                    self._flushed = now
             return
         if self._quiet and event.kind not in ("step_failed", "run_finished"):
             return

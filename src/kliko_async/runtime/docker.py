@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import struct
 import tarfile
 from collections.abc import Callable, Mapping, Sequence
@@ -45,6 +46,7 @@ class DockerRuntime:
     def __init__(self, url: str | None = None) -> None:
         self._url = url
         self._client: aiodocker.Docker | None = None
+        self._version: str | None = None
 
     @property
     def client(self) -> aiodocker.Docker:
@@ -56,24 +58,29 @@ class DockerRuntime:
         """The engine's version; raises RuntimeUnavailable when no engine answers."""
         try:
             info: dict[str, Any] = await self.client.version()
-        except (aiohttp.ClientError, OSError) as exc:
+        except (aiohttp.ClientError, OSError, aiodocker.DockerError) as exc:
             raise self._unavailable(exc) from None
-        except aiodocker.DockerError as exc:
-            raise RuntimeUnavailable(
-                f"the Docker Engine answered with an error: {exc.message}"
-            ) from None
-        return str(info.get("Version", "?"))
+        self._version = str(info.get("Version", "?"))
+        return self._version
+
+    async def _ready(self) -> None:
+        """Fail early, and readably, when no engine can be reached (checked once)."""
+        if self._version is None:
+            await self.ping()
 
     def _unavailable(self, exc: BaseException) -> RuntimeUnavailable:
-        where = self._url or str(getattr(self.client, "docker_host", "the Docker socket"))
-        cause = exc.__cause__ or exc
-        if isinstance(cause, PermissionError) or "Permission denied" in str(exc):
+        where = self._url or os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+        text = str(exc)
+        if "Permission denied" in text or isinstance(exc.__cause__, PermissionError):
             message = f"permission denied on the Docker Engine socket ({where})"
+        elif isinstance(exc, aiodocker.DockerError) and exc.status != 900:
+            message = f"the Docker Engine at {where} answered with an error: {exc.message}"
         else:
-            message = f"no Docker Engine answers at {where} ({exc})"
+            message = f"no Docker Engine answers at {where}"
         return RuntimeUnavailable(message, hint=_UNAVAILABLE_HINT)
 
     async def resolve_image(self, ref: str) -> str:
+        await self._ready()
         try:
             return await self._inspect_image_id(ref)
         except aiodocker.DockerError as exc:
@@ -103,6 +110,7 @@ class DockerRuntime:
     async def probe_image(
         self, image_id: str, *, read: Sequence[str] = (), stat: Sequence[str] = ()
     ) -> ImageFiles:
+        await self._ready()
         config = {
             "Image": image_id,
             "Cmd": ["/kliko"],
@@ -148,6 +156,7 @@ class DockerRuntime:
     async def build_image(
         self, context: Path, *, tag: str | None = None, on_log: Callable[[str], None] | None = None
     ) -> str:
+        await self._ready()
         if not (context / "Dockerfile").is_file():
             raise ImageError("no Dockerfile in the build folder", where=f"build '{context}'")
         archive = await anyio.to_thread.run_sync(_tar_context, context)
@@ -189,6 +198,7 @@ class DockerRuntime:
         on_log: LogSink,
         on_start: Callable[[str], None] | None = None,
     ) -> ContainerExit:
+        await self._ready()
         container = await self._create(_container_config(job))
         try:
             try:
@@ -243,6 +253,7 @@ class DockerRuntime:
                 on_log(stream, line)
 
     async def find_containers(self, labels: Mapping[str, str]) -> dict[str, dict[str, str]]:
+        await self._ready()
         filters = json.dumps({"label": [f"{k}={v}" for k, v in labels.items()]})
         try:
             found = await self.client.containers.list(all=True, filters=filters)

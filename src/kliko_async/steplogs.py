@@ -1,0 +1,43 @@
+"""Find a step's saved log: in its cache entry, or in the log folder of the run where it failed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from kliko_async.cache import Cache
+from kliko_async.errors import CacheError, ParameterError
+from kliko_async.plan import Plan
+
+
+def run_log_dir(cache: Cache, run_id: str) -> Path:
+    """Where a run keeps the logs of its failed steps."""
+    return cache.root / "logs" / run_id
+
+
+def find_step_log(cache: Cache, plan: Plan, step: str) -> Path:
+    """The cached log of ``step`` as the chain is now, else its latest failed attempt's log."""
+    if step not in plan.steps:
+        raise ParameterError(
+            f"no step named '{step}'", where=plan.source, hint=f"Steps: {', '.join(plan.order)}."
+        )
+    entry = plan.steps[step].cached or cache.lookup(plan.steps[step].key)
+    if entry is not None:
+        return entry.log_path
+    failed = sorted(
+        (cache.root / "logs").glob(f"*/{step}.log"), key=lambda p: p.stat().st_mtime
+    )
+    if failed:
+        return failed[-1]
+    raise CacheError(
+        f"no saved log for step '{step}': it has not run with its current inputs and parameters",
+        where=plan.source,
+        hint="Run the chain first.",
+    )
+
+
+def log_by_key(cache: Cache, key: str) -> Path:
+    matches = [e for e in cache.entries() if e.key.startswith(key)]
+    if len(matches) != 1:
+        found = "no entry" if not matches else f"{len(matches)} entries"
+        raise CacheError(f"{found} with a key starting '{key}'", where=str(cache.root))
+    return matches[0].log_path
