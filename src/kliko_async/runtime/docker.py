@@ -200,6 +200,7 @@ class DockerRuntime:
     ) -> ContainerExit:
         await self._ready()
         container = await self._create(_container_config(job))
+        exited = False
         try:
             try:
                 await container.start()
@@ -212,13 +213,16 @@ class DockerRuntime:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._follow_logs, container.id, on_log)
                 status = await container.wait()
-            info = await container.show()
-            state = info.get("State", {})
+            exited = True
+            code = int(status.get("StatusCode", -1))
+            error = (status.get("Error") or {}).get("Message") or None
+            oom_killed = False
+            if code != 0:  # only a failure needs the full state: was it out of memory?
+                state = (await container.show()).get("State", {})
+                oom_killed = bool(state.get("OOMKilled", False))
+                error = error or state.get("Error") or None
             return ContainerExit(
-                container_id=container.id,
-                exit_code=int(status.get("StatusCode", state.get("ExitCode", -1))),
-                oom_killed=bool(state.get("OOMKilled", False)),
-                error=(status.get("Error") or {}).get("Message") or state.get("Error") or None,
+                container_id=container.id, exit_code=code, oom_killed=oom_killed, error=error
             )
         except aiodocker.DockerError as exc:
             if exc.status == 404:
@@ -228,7 +232,10 @@ class DockerRuntime:
             raise self._unavailable(exc) from None
         finally:
             with anyio.CancelScope(shield=True), anyio.move_on_after(CLEANUP_DEADLINE_SECONDS):
-                await self._stop_and_delete(container)
+                if exited:
+                    await self._delete(container)
+                else:  # cancelled or failed while running: stop it gracefully first
+                    await self._stop_and_delete(container)
 
     async def _follow_logs(self, container_id: str, on_log: LogSink) -> None:
         """Read the multiplexed log stream, keeping stdout and stderr apart, line by line."""
