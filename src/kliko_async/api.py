@@ -106,9 +106,21 @@ async def open_run(
             bus.close()
 
     tg: TaskGroup
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(execute)
-        yield handle
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(execute)
+            yield handle
+    except BaseExceptionGroup as group:
+        if len(group.exceptions) != 1:
+            raise
+        # The caller's own error in the block (or a crash of the run): raise it as it is, not
+        # wrapped in the task group's ExceptionGroup, and without the group as its context.
+        error = group.exceptions[0]
+        context = error.__context__
+        try:
+            raise error
+        finally:
+            error.__context__ = context
     if failure:
         raise failure[0]
 

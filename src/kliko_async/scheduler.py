@@ -9,6 +9,7 @@ to the cache only on success. Everything that happens is emitted as an event.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 import socket
@@ -23,7 +24,7 @@ import anyio
 from pydantic import BaseModel, ConfigDict
 
 from kliko_async.cache import Cache, CacheEntry, Manifest, Staging
-from kliko_async.errors import CacheError, ContainerError, RunFailed, StepFailed
+from kliko_async.errors import CacheError, KlikoError, RunFailed, StepFailed
 from kliko_async.events import (
     Event,
     RunFinished,
@@ -154,9 +155,21 @@ class Scheduler:
         )
         for name in self.plan.to_run:
             self.emit(StepQueued(step=name, key=self.plan.steps[name].key))
-        async with anyio.create_task_group() as tg:
-            for name in self.plan.order:
-                tg.start_soon(self._step, self.plan.steps[name])
+        try:
+            async with anyio.create_task_group() as tg:
+                for name in self.plan.order:
+                    tg.start_soon(self._step, self.plan.steps[name])
+        except anyio.get_cancelled_exc_class():
+            self._finish(started)  # the summary of a cancelled run, with its cancelled steps
+            raise
+        return self._finish(started)
+
+    def _finish(self, started: float) -> RunResult:
+        for name in self.plan.order:
+            if name not in self.results:  # cancelled before its task ever ran
+                key = self.plan.steps[name].key
+                self.results[name] = StepResult(name=name, key=key, state="cancelled")
+                self.emit(StepCancelled(step=name))
         result = RunResult(
             run_id=self.run_id,
             steps={n: self.results[n] for n in self.plan.order},
@@ -209,8 +222,8 @@ class Scheduler:
                 if entry is not None and not planned.forced:
                     return self._cached(planned, entry)  # another run made it meanwhile
                 result = await self._run_with_retries(planned)
-        if result.state == "failed" and not self.keep_going:
-            self._stopping = True
+                if result.state == "failed" and not self.keep_going:
+                    self._stopping = True  # before the slot is released to a waiting step
         return result
 
     def _skip(self, planned: PlannedStep, reason: str) -> StepResult:
@@ -290,22 +303,30 @@ class Scheduler:
 
     async def _attempt(self, planned: PlannedStep, attempt: int) -> _Attempt:
         step = planned.step
-        staging = self.cache.stage(planned.key)
         last: deque[str] = deque(maxlen=LAST_LINES)
+        try:
+            staging = self.cache.stage(planned.key)
+        except CacheError as error:
+            return _Attempt(ok=False, reason=str(error))
         started_at = datetime.now(UTC)
         started = time.monotonic()
         try:
-            job = build_job(
-                planned.image,
-                planned.params,
-                scratch=staging.path / "scratch",
-                output=staging.output_dir,
-                inputs={i: self._output_of(i) for i in step.inputs},
-                user=step.user,
-                env=step.env,
-                labels=self._labels(planned),
-                cpus=step.resources.cpus,
-                memory=step.resources.memory,
+            # File work (parameters, copies of join inputs) runs in a worker thread, so that a
+            # big copy never stalls the log streams and timers of the other running steps.
+            job = await anyio.to_thread.run_sync(
+                functools.partial(
+                    build_job,
+                    planned.image,
+                    planned.params,
+                    scratch=staging.path / "scratch",
+                    output=staging.output_dir,
+                    inputs={i: self._output_of(i) for i in step.inputs},
+                    user=step.user,
+                    env=step.env,
+                    labels=self._labels(planned),
+                    cpus=step.resources.cpus,
+                    memory=step.resources.memory,
+                )
             )
             with staging.log_path.open("w", encoding="utf-8", buffering=1 << 16) as log:
                 on_log = self._log_sink(step.name, log, last)
@@ -314,8 +335,11 @@ class Scheduler:
                 with anyio.move_on_after(step.timeout) as scope:
                     exited = await self.runtime.run(job, on_log=on_log, on_start=on_start)
                 timed_out = scope.cancelled_caught
-        except ContainerError as error:
+        except KlikoError as error:  # the engine refused or lost the container, or went away
             return self._failed_attempt(planned, staging, str(error), None, last)
+        except OSError as error:  # preparing the step's folders failed (full disk, permissions)
+            reason = f"could not prepare the step's folders: {error.strerror or error}"
+            return self._failed_attempt(planned, staging, reason, None, last)
         except BaseException:
             self._discard(staging)  # synchronous: runs even while being cancelled
             raise
@@ -350,7 +374,8 @@ class Scheduler:
         try:
             if planned.forced:
                 self.cache.remove(planned.key)
-            entry = self.cache.publish(staging, manifest)
+            # Hashing and fsyncing the outputs may take seconds for big outputs: off the loop.
+            entry = await anyio.to_thread.run_sync(self.cache.publish, staging, manifest)
         except CacheError as error:
             return _Attempt(ok=False, reason=str(error), exit_code=0, last_lines=list(last))
         return _Attempt(ok=True, exit_code=0, entry=entry)

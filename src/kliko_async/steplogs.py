@@ -23,9 +23,7 @@ def find_step_log(cache: Cache, plan: Plan, step: str) -> Path:
     entry = plan.steps[step].cached or cache.lookup(plan.steps[step].key)
     if entry is not None:
         return entry.log_path
-    failed = sorted(
-        (cache.root / "logs").glob(f"*/{step}.log"), key=lambda p: p.stat().st_mtime
-    )
+    failed = sorted((cache.root / "logs").glob(f"*/{step}.log"), key=lambda p: p.stat().st_mtime)
     if failed:
         return failed[-1]
     raise CacheError(

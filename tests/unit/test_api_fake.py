@@ -1,0 +1,225 @@
+"""The library API (``run``, ``open_run``, ``dry_run``) as an application uses it, on the fake
+runtime: chain files, results, exported outputs, errors and the caller's own exceptions."""
+
+from __future__ import annotations
+
+import json
+import stat
+import textwrap
+from pathlib import Path
+
+import anyio
+import pytest
+
+from kliko_async import api
+from kliko_async.cache import Cache
+from kliko_async.chain import Chain, parse_chain
+from kliko_async.errors import ParameterError, RunFailed
+from kliko_async.events import Event, ImageBuilding, ImageBuilt, RunFinished, StepCancelled
+from kliko_async.runtime.base import LABEL_PREFIX
+from kliko_async.runtime.fake import FakeContainer, FakeRuntime
+
+pytestmark = pytest.mark.anyio
+
+KLIKO_YML = """\
+schema_version: 3
+io: split
+sections:
+  - name: main
+    fields:
+      - {name: text, type: str, initial: hello}
+      - {name: exit, type: int, initial: 0}
+      - {name: delay, type: float, initial: 0.0}
+"""
+
+
+async def write_text(container: FakeContainer) -> int:
+    """Write /output/text.txt from the ``text`` parameter, then sleep and exit as asked."""
+    params = json.loads(container.path("/parameters.json").read_text())
+    (container.path("/output") / "text.txt").write_text(params["text"])
+    container.log(f"wrote {params['text']}")
+    await anyio.sleep(params["delay"])
+    code: int = params["exit"]
+    return code
+
+
+@pytest.fixture
+def fake() -> FakeRuntime:
+    runtime = FakeRuntime()
+    runtime.add_image("example/text", KLIKO_YML, write_text)
+    return runtime
+
+
+def read(path: str) -> str:
+    return Path(path).read_text()
+
+
+def chain_of(tmp_path: Path, **steps: dict[str, object]) -> Chain:
+    return parse_chain({"steps": steps}, source=str(tmp_path / "chain.yml"), base_dir=tmp_path)
+
+
+async def test_a_chain_file_path_runs_and_its_build_steps_are_built(
+    tmp_path: Path, fake: FakeRuntime
+) -> None:
+    (tmp_path / "tool").mkdir()
+    (tmp_path / "tool" / "kliko.yml").write_text(KLIKO_YML)
+    chain_file = tmp_path / "chain.yml"
+    chain_file.write_text(
+        textwrap.dedent(
+            """\
+            steps:
+              - image: example/text
+                params: {text: first}
+              - build: tool
+            """
+        )
+    )
+    events: list[Event] = []
+
+    result = await api.run(
+        chain_file, runtime=fake, cache_dir=tmp_path / "cache", on_event=events.append
+    )
+
+    assert result.ok
+    assert list(result.steps) == ["text", "tool"]
+    (building,) = [e for e in events if isinstance(e, ImageBuilding)]
+    (built,) = [e for e in events if isinstance(e, ImageBuilt)]
+    assert building.context == built.context == str(tmp_path / "tool")
+    assert built.image_id == fake.images[str(tmp_path / "tool")].id
+    output = result.steps["tool"].output
+    assert output is not None
+    assert (output / "text.txt").read_text() == "first"  # the default program copies /input
+
+
+async def test_out_exports_writable_copies_and_leaves_the_cache_intact(
+    tmp_path: Path, fake: FakeRuntime
+) -> None:
+    chain = chain_of(
+        tmp_path,
+        a={"image": "example/text", "params": {"text": "A"}},
+        broken={"image": "example/text", "params": {"exit": 1}},
+    )
+    out = tmp_path / "results"
+
+    result = await api.run(
+        chain, runtime=fake, cache_dir=tmp_path / "cache", out=out, keep_going=True
+    )
+
+    assert sorted(p.name for p in out.iterdir()) == ["a"]  # nothing for the failed step
+    exported = out / "a" / "text.txt"
+    assert exported.read_text() == "A"
+    assert stat.S_IMODE(exported.stat().st_mode) & 0o200
+    exported.write_text("edited")
+    output = result.steps["a"].output
+    assert output is not None
+    assert (output / "text.txt").read_text() == "A"
+    assert Cache(tmp_path / "cache").verify() == []
+
+
+async def test_dry_run_shows_the_cache_state_without_starting_a_container(
+    tmp_path: Path, fake: FakeRuntime
+) -> None:
+    chain = chain_of(
+        tmp_path,
+        a={"image": "example/text"},
+        b={"image": "example/text", "inputs": ["a"], "params": {"text": "b"}},
+    )
+    before = await api.dry_run(chain, runtime=fake, cache_dir=tmp_path / "cache")
+    assert before.to_run == ["a", "b"]
+
+    result = await api.run(chain, runtime=fake, cache_dir=tmp_path / "cache")
+    jobs = len(fake.jobs)
+    after = await api.dry_run(chain, runtime=fake, cache_dir=tmp_path / "cache")
+    forced = await api.dry_run(chain, runtime=fake, cache_dir=tmp_path / "cache", force=["b"])
+
+    assert after.to_run == []
+    assert {n: s.key for n, s in after.steps.items()} == {n: s.key for n, s in result.steps.items()}
+    assert forced.to_run == ["b"]
+    assert len(fake.jobs) == jobs
+
+
+async def test_raise_for_failures_names_the_failed_step_and_its_log(
+    tmp_path: Path, fake: FakeRuntime
+) -> None:
+    chain = chain_of(tmp_path, bad={"image": "example/text", "params": {"exit": 4}})
+
+    result = await api.run(chain, runtime=fake, cache_dir=tmp_path / "cache")
+
+    assert not result.ok
+    with pytest.raises(RunFailed) as info:
+        result.raise_for_failures()
+    (failure,) = info.value.failures
+    assert failure.step == "bad"
+    assert failure.reason == "exited with code 4"
+    assert failure.log_path is not None
+    assert read(failure.log_path) == "wrote hello\n"
+    assert "1 step(s) failed: bad" in str(info.value)
+
+
+async def test_the_run_id_option_names_the_run_and_labels_its_containers(
+    tmp_path: Path, fake: FakeRuntime
+) -> None:
+    chain = chain_of(tmp_path, a={"image": "example/text"})
+
+    result = await api.run(chain, runtime=fake, cache_dir=tmp_path / "cache", run_id="nightly-1")
+
+    assert result.run_id == "nightly-1"
+    assert fake.jobs[0].labels[f"{LABEL_PREFIX}.run"] == "nightly-1"
+
+
+async def test_the_result_is_not_there_before_the_run_ends(
+    tmp_path: Path, fake: FakeRuntime
+) -> None:
+    chain = chain_of(tmp_path, a={"image": "example/text"})
+
+    async with api.open_run(chain, runtime=fake, cache_dir=tmp_path / "cache") as run:
+        with pytest.raises(RuntimeError, match="not finished"):
+            _ = run.result
+
+    assert run.result.ok
+
+
+async def test_an_error_before_running_ends_the_events_and_leaves_the_block(
+    tmp_path: Path, fake: FakeRuntime
+) -> None:
+    chain = chain_of(tmp_path, a={"image": "example/text", "params": {"txt": "x"}})
+    seen: list[Event] = []
+
+    async def watch() -> None:
+        async with api.open_run(chain, runtime=fake, cache_dir=tmp_path / "cache") as run:
+            async for event in run.events():
+                seen.append(event)
+
+    with pytest.raises(ParameterError, match="'txt'"):
+        await watch()
+
+    assert seen == []
+    assert fake.jobs == []
+
+
+async def test_an_exception_in_the_block_stops_the_run_and_is_raised_as_it_is(
+    tmp_path: Path, fake: FakeRuntime
+) -> None:
+    chain = chain_of(tmp_path, slow={"image": "example/text", "params": {"delay": 10}})
+    events: list[Event] = []
+
+    class Enough(Exception):
+        pass
+
+    async def watch_until_started() -> None:
+        async with api.open_run(
+            chain, runtime=fake, cache_dir=tmp_path / "cache", on_event=events.append
+        ) as run:
+            async for event in run.events():
+                if event.kind == "step_started":
+                    raise Enough
+
+    with anyio.fail_after(5), pytest.raises(Enough):
+        await watch_until_started()
+
+    assert len(fake.cancelled) == 1
+    assert [e.step for e in events if isinstance(e, StepCancelled)] == ["slow"]
+    summary = events[-1]
+    assert isinstance(summary, RunFinished)
+    assert summary.cancelled == 1
+    assert list(Cache(tmp_path / "cache").entries()) == []
