@@ -9,13 +9,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import os
 import shutil
 import uuid
-from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 from anyio.abc import TaskGroup
@@ -30,6 +32,8 @@ from kliko_async.resources import machine_cpus
 from kliko_async.runtime.base import Runtime
 from kliko_async.scheduler import RunResult, Scheduler, remove_leftovers
 from kliko_async.workspace import copy_tree_writable
+
+T = TypeVar("T")
 
 
 def new_run_id() -> str:
@@ -167,9 +171,23 @@ def run_chain(
     async def main() -> RunResult:
         return await run(chain, cache_dir=cache_dir, out=out, jobs=jobs)
 
-    result = anyio.run(main)
+    result = run_blocking(main)
     result.raise_for_failures()
     return result
+
+
+def run_blocking(function: Callable[[], Awaitable[T]]) -> T:
+    """Run an async function to the end from synchronous code.
+
+    Where an event loop already runs in this thread (Jupyter, Luigi's worker), it runs on a
+    fresh loop in a helper thread instead, since loops do not nest.
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:  # no loop here: the common case
+        return anyio.run(function)
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="kliko-async") as pool:
+        return pool.submit(anyio.run, function).result()
 
 
 def export_outputs(result: RunResult, out: Path) -> None:

@@ -226,6 +226,11 @@ class Cache:
     def _entry_path(self, key: str) -> Path:
         return self._entries_dir / key[:2] / key
 
+    def entry_path(self, key: str) -> Path:
+        """Where the entry of ``key`` is (or will be) published; it exists only once complete."""
+        _check_key(key)
+        return self._entry_path(key)
+
     def _new_tmp_path(self, key: str) -> Path:
         return self._tmp_dir / f"{key}.{os.getpid()}.{secrets.token_hex(6)}"
 
