@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -18,9 +16,7 @@ from typing import Any, NoReturn
 import anyio
 
 from kliko_async import __version__
-from kliko_async.errors import Interrupted, KlikoError, ParameterError
-
-EXIT_INTERRUPTED = {signal.SIGINT: 130, signal.SIGTERM: 143}
+from kliko_async.errors import KlikoError, ParameterError
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:
@@ -198,48 +194,24 @@ def _pick_display(options: argparse.Namespace) -> Any:
 
 async def _run_until_signal(options: argparse.Namespace, display: Any) -> int:
     from kliko_async.api import open_run
+    from kliko_async.signals import until_signal
 
-    received: list[int] = []
-    failure: list[KlikoError] = []
-    async with anyio.create_task_group() as outer:
+    async def work() -> bool:
+        async with open_run(
+            options.chain,
+            cache_dir=options.cache_dir,
+            jobs=options.jobs,
+            keep_going=options.keep_going,
+            force=options.force,
+            no_cache=options.no_cache,
+            out=options.out,
+            on_event=display,
+        ) as handle:
+            pass
+        return handle.result.ok
 
-        async def watch_signals(scope: anyio.CancelScope) -> None:
-            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                async for signum in signals:
-                    if received:  # a second signal: stop waiting for the cleanup
-                        os._exit(EXIT_INTERRUPTED.get(signal.Signals(signum), 130))
-                    received.append(signum)
-                    print(
-                        "\nkliko-async: stopping: removing running containers "
-                        "(signal again to force)",
-                        file=sys.stderr,
-                    )
-                    scope.cancel()
-
-        with anyio.CancelScope() as run_scope:
-            outer.start_soon(watch_signals, run_scope)
-            try:
-                async with open_run(
-                    options.chain,
-                    cache_dir=options.cache_dir,
-                    jobs=options.jobs,
-                    keep_going=options.keep_going,
-                    force=options.force,
-                    no_cache=options.no_cache,
-                    out=options.out,
-                    on_event=display,
-                ) as handle:
-                    pass
-            except KlikoError as error:
-                failure.append(error)
-        outer.cancel_scope.cancel()
-    if failure:
-        raise failure[0]
-    if received:
-        interrupted = Interrupted("interrupted; finished steps are kept in the cache")
-        interrupted.exit_code = EXIT_INTERRUPTED.get(signal.Signals(received[0]), 130)
-        raise interrupted
-    return 0 if handle.result.ok else 1
+    ok = await until_signal(work, what="removing running containers; finished steps stay cached")
+    return 0 if ok else 1
 
 
 # -- run-image ---------------------------------------------------------------------------------
@@ -249,26 +221,29 @@ def _run_image(args: list[str]) -> int:
     first = argparse.ArgumentParser(prog="kliko-async run-image", add_help=False)
     first.add_argument("image", nargs="?")
     first.add_argument("-h", "--help", action="store_true")
+    first.add_argument("--cache-dir", type=Path)
     known, _ = first.parse_known_args(args)
     if known.image is None:
         build_parser().parse_args(["run-image", "--help"]) if known.help else None
         raise KlikoError("run-image needs an image: kliko-async run-image IMAGE [--PARAM VALUE]")
-    return anyio.run(_run_image_async, known.image, args)
+    return anyio.run(_run_image_async, known.image, known.cache_dir, args)
 
 
-async def _run_image_async(ref: str, args: list[str]) -> int:
+async def _run_image_async(ref: str, cache_dir: Path | None, args: list[str]) -> int:
     from kliko_async.cache import Cache, default_cache_dir
     from kliko_async.images import ImageResolver
     from kliko_async.runtime.docker import DockerRuntime
+    from kliko_async.signals import until_signal
     from kliko_async.single import image_parser, run_single_image
 
     runtime = DockerRuntime()
     try:
-        resolver = ImageResolver(runtime, Cache(default_cache_dir()).root / "specs")
+        resolver = ImageResolver(runtime, Cache(cache_dir or default_cache_dir()).root / "specs")
         image = await resolver.resolve(ref)
-        parser = image_parser(image)
-        options = parser.parse_args(args)
-        return await run_single_image(runtime, image, options)
+        options = image_parser(image).parse_args(args)
+        return await until_signal(
+            lambda: run_single_image(runtime, image, options), what="removing the container"
+        )
     finally:
         with anyio.CancelScope(shield=True):
             await runtime.aclose()

@@ -43,16 +43,11 @@ from kliko_async.events import (
 )
 from kliko_async.plan import Plan, PlannedStep
 from kliko_async.resources import ResourcePool
-from kliko_async.runtime.base import LABEL_PREFIX, Runtime, Stream
+from kliko_async.runtime.base import LABEL_PREFIX, OWNER_LABEL, Runtime, Stream, owner_label
 from kliko_async.workspace import build_job
 
 StepState = Literal["done", "cached", "failed", "skipped", "cancelled"]
 LAST_LINES = 20
-
-
-def owner_label() -> str:
-    """``host:pid`` of this process, on every container it starts, to find leftovers later."""
-    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 class StepResult(BaseModel):
@@ -415,7 +410,7 @@ class Scheduler:
             f"{LABEL_PREFIX}.run": self.run_id,
             f"{LABEL_PREFIX}.step": planned.name,
             f"{LABEL_PREFIX}.key": planned.key,
-            f"{LABEL_PREFIX}.owner": self._owner,
+            OWNER_LABEL: self._owner,
         }
 
     def _log_sink(self, step: str, log: IO[str], last: deque[str]) -> Callable[[Stream, str], None]:
@@ -446,7 +441,7 @@ async def remove_leftovers(runtime: Runtime) -> int:
     found = await runtime.find_containers({f"{LABEL_PREFIX}.managed": "1"})
     removed = 0
     for container_id, labels in found.items():
-        owner = labels.get(f"{LABEL_PREFIX}.owner", "")
+        owner = labels.get(OWNER_LABEL, "")
         owner_host, _, pid = owner.rpartition(":")
         if owner_host == host and pid.isdigit() and not _pid_alive(int(pid)):
             await runtime.remove_container(container_id)

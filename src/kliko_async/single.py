@@ -18,12 +18,11 @@ import yaml
 
 from kliko_async.errors import ParameterError
 from kliko_async.images import KlikoImage
-from kliko_async.runtime.base import LABEL_PREFIX, Runtime, Stream
-from kliko_async.scheduler import owner_label
+from kliko_async.runtime.base import LABEL_PREFIX, OWNER_LABEL, Runtime, Stream, owner_label
 from kliko_async.spec import Field, parse_cli_value, validate_parameters
 from kliko_async.workspace import build_job
 
-_RESERVED = {"input", "output", "work", "params", "user", "help", "image"}
+_RESERVED = {"input", "output", "work", "params", "user", "help", "image", "cache-dir"}
 
 
 def image_parser(image: KlikoImage) -> argparse.ArgumentParser:
@@ -46,6 +45,7 @@ def image_parser(image: KlikoImage) -> argparse.ArgumentParser:
         )
     io.add_argument("--params", type=Path, help="parameters from a JSON or YAML file")
     io.add_argument("--user", help="run as this uid:gid (default: yours)")
+    io.add_argument("--cache-dir", type=Path, help="where image specs are remembered")
     group = parser.add_argument_group("parameters of this image")
     for field in spec.fields().values():
         flag = field.name if field.name not in _RESERVED else f"param-{field.name}"
@@ -115,7 +115,7 @@ async def run_single_image(runtime: Runtime, image: KlikoImage, options: argpars
             output=folder,
             inputs=inputs,
             user=options.user,
-            labels={f"{LABEL_PREFIX}.owner": owner_label(), f"{LABEL_PREFIX}.step": "run-image"},
+            labels={OWNER_LABEL: owner_label(), f"{LABEL_PREFIX}.step": "run-image"},
         )
         exited = await runtime.run(job, on_log=_print_line)
     if exited.oom_killed:

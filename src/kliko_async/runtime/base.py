@@ -8,6 +8,8 @@ which engine runs the containers, and nothing below it knows what a chain or a c
 
 from __future__ import annotations
 
+import os
+import socket
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Literal, Protocol
@@ -22,6 +24,13 @@ runtime's task for every line, in order per stream; it must not block (buffer, d
 
 LABEL_PREFIX = "io.kliko-async"
 """Every container started here carries ``io.kliko-async.managed=1`` and run/step/key labels."""
+
+OWNER_LABEL = f"{LABEL_PREFIX}.owner"
+
+
+def owner_label() -> str:
+    """``host:pid`` of this process, on every container it starts, to find leftovers later."""
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 class Mount(BaseModel):

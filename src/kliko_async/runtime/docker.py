@@ -19,12 +19,14 @@ import anyio
 from kliko_async.errors import ContainerError, ImageError, RuntimeUnavailable
 from kliko_async.runtime.base import (
     LABEL_PREFIX,
+    OWNER_LABEL,
     ContainerExit,
     ContainerJob,
     ImageFiles,
     LineSplitter,
     LogSink,
     Stream,
+    owner_label,
 )
 
 STOP_GRACE_SECONDS = 3
@@ -115,7 +117,11 @@ class DockerRuntime:
             "Image": image_id,
             "Cmd": ["/kliko"],
             "Entrypoint": [],
-            "Labels": {f"{LABEL_PREFIX}.managed": "1", f"{LABEL_PREFIX}.probe": "1"},
+            "Labels": {
+                f"{LABEL_PREFIX}.managed": "1",
+                f"{LABEL_PREFIX}.probe": "1",
+                OWNER_LABEL: owner_label(),
+            },
         }
         container = await self._create(config)
         try:

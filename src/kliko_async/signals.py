@@ -1,0 +1,57 @@
+"""Ctrl-C and SIGTERM for commands that run containers: stop cleanly, or at once if asked twice.
+
+The first SIGINT or SIGTERM cancels the work; cancellation reaches each running container's
+shielded cleanup, which stops and removes it. A second signal exits immediately.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import anyio
+
+from kliko_async.errors import Interrupted, KlikoError
+
+T = TypeVar("T")
+
+EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
+
+
+async def until_signal(work: Callable[[], Awaitable[T]], *, what: str) -> T:
+    """Run ``work``; on SIGINT/SIGTERM cancel it and raise :class:`Interrupted` (130/143).
+
+    Errors meant for people raised by ``work`` come out as themselves, not in a group.
+    """
+    received: list[signal.Signals] = []
+    outcome: list[T] = []
+    failure: list[KlikoError] = []
+
+    async def watch(scope: anyio.CancelScope) -> None:
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for signum in signals:
+                number = signal.Signals(signum)
+                if received:  # a second signal: stop waiting for the cleanup
+                    os._exit(EXIT_CODES.get(number, 130))
+                received.append(number)
+                print(f"\nkliko-async: stopping: {what} (signal again to force)", file=sys.stderr)
+                scope.cancel()
+
+    async with anyio.create_task_group() as group:
+        with anyio.CancelScope() as scope:
+            group.start_soon(watch, scope)
+            try:
+                outcome.append(await work())
+            except KlikoError as error:
+                failure.append(error)
+        group.cancel_scope.cancel()
+    if failure:
+        raise failure[0]
+    if received:
+        interrupted = Interrupted("interrupted; finished work is kept")
+        interrupted.exit_code = EXIT_CODES.get(received[0], 130)
+        raise interrupted
+    return outcome[0]

@@ -1,0 +1,393 @@
+"""Chains of Kliko images on a real engine: ``kliko-async run``, the cache, and the library API."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+import yaml
+
+import kliko_async
+from kliko_async.events import Event, LogLine, StepCached, StepFinished, StepStarted
+
+if TYPE_CHECKING:
+    from conftest import KlikoCli
+
+pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("example_images")]
+
+ROOT = Path(__file__).resolve().parents[2]
+DIAMOND = ROOT / "examples" / "chains" / "diamond.yaml"
+DIAMOND_STEPS = ["gen", "upper", "lower", "merge"]
+Creations = Callable[[float, float], list[dict[str, str]]]
+
+
+def numbers(n: int, scale: float = 1.5, prefix: str = "line") -> str:
+    return "".join(f"{prefix} {i * scale:g}\n" for i in range(1, n + 1))
+
+
+def diamond_merged(n: int) -> str:
+    """merged.txt of the diamond: merge reads its inputs' subfolders in sorted order."""
+    return numbers(n) + "----\n" + numbers(n).upper() + "----\n"
+
+
+def write_chain(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def diamond_copy(folder: Path, **gen_params: object) -> Path:
+    """examples/chains/diamond.yaml, with some of gen's parameters changed."""
+    data = yaml.safe_load(DIAMOND.read_text())
+    data["steps"]["gen"]["params"].update(gen_params)
+    return write_chain(folder / "diamond.yaml", yaml.safe_dump(data, sort_keys=False))
+
+
+def states(stdout: str) -> dict[str, str]:
+    """The last state the --plain display reported for each step (started, cached, done ...)."""
+    found: dict[str, str] = {}
+    for line in stdout.splitlines():
+        match = re.match(r"(\S+) \| (started|cached|done|FAILED|skipped|cancelled)\b", line)
+        if match:
+            found[match.group(1)] = match.group(2)
+    return found
+
+
+def image_ids(*refs: str) -> set[str]:
+    done = subprocess.run(
+        ["docker", "image", "inspect", "--format", "{{.Id}}", *refs],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return set(done.stdout.split())
+
+
+# -- kliko-async run ---------------------------------------------------------------------------
+
+
+def test_diamond_chain_runs_every_step_and_merges(kliko: KlikoCli, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+
+    done = kliko("run", DIAMOND, "--cache-dir", tmp_path / "cache", "--out", out, "--plain")
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert states(done.stdout) == dict.fromkeys(DIAMOND_STEPS, "done")
+    assert (out / "merge" / "merged.txt").read_text() == diamond_merged(5)
+    assert (out / "gen" / "numbers.txt").read_text() == numbers(5, prefix="Line")
+    assert (out / "lower" / "numbers.txt.low").read_text() == numbers(5)
+    assert "gen | gen: writing 5 lines" in done.stdout, "log lines are shown, prefixed"
+    assert "4 ran, 0 cached, 0 failed" in done.stdout
+
+
+def test_a_fully_cached_rerun_starts_no_container(
+    kliko: KlikoCli, tmp_path: Path, container_creations: Creations
+) -> None:
+    cache, out = tmp_path / "cache", tmp_path / "out"
+    first = kliko("run", DIAMOND, "--cache-dir", cache, "--out", out, "--plain")
+    assert first.returncode == 0, first.stdout + first.stderr
+    (out / "merge" / "merged.txt").unlink()
+
+    since = time.time()
+    log = tmp_path / "rerun.log"
+    process = kliko.popen("run", DIAMOND, "--cache-dir", cache, "--out", out, "--plain", log=log)
+    code = process.wait(timeout=60)
+    until = time.time() + 0.5
+    rerun = log.read_text()
+
+    assert code == 0, rerun
+    assert states(rerun) == dict.fromkeys(DIAMOND_STEPS, "cached")
+    assert "0 ran, 4 cached" in rerun
+    assert (out / "merge" / "merged.txt").read_text() == diamond_merged(5), "outputs exported"
+    # Only this process's containers count: others may use the same engine meanwhile.
+    ours = f"{socket.gethostname()}:{process.pid}"
+    images = image_ids(*(f"example/{name}" for name in DIAMOND_STEPS))
+    created = [
+        c
+        for c in container_creations(since, until)
+        if c.get("io.kliko-async.owner") == ours
+        or (c.get("io.kliko-async.probe") == "1" and c.get("image") in images)
+    ]
+    assert created == [], "no step container and no kliko.yml probe on a fully cached run"
+
+
+def test_changing_a_parameter_upstream_reruns_everything_below(
+    kliko: KlikoCli, tmp_path: Path
+) -> None:
+    cache, out = tmp_path / "cache", tmp_path / "out"
+    first = kliko("run", diamond_copy(tmp_path), "--cache-dir", cache, "--out", out, "--plain")
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert (out / "merge" / "merged.txt").read_text() == diamond_merged(5)
+
+    changed = kliko(
+        "run", diamond_copy(tmp_path, n=7), "--cache-dir", cache, "--out", out, "--plain"
+    )
+
+    assert changed.returncode == 0, changed.stdout + changed.stderr
+    assert states(changed.stdout) == dict.fromkeys(DIAMOND_STEPS, "done")
+    assert "4 ran, 0 cached" in changed.stdout
+    assert (out / "merge" / "merged.txt").read_text() == diamond_merged(7)
+
+
+def test_dry_run_tells_what_would_run_and_what_is_cached(kliko: KlikoCli, tmp_path: Path) -> None:
+    cache, out = tmp_path / "cache", tmp_path / "out"
+    assert kliko("run", DIAMOND, "--cache-dir", cache, "--out", out, "--plain").returncode == 0
+    chain = yaml.safe_load(DIAMOND.read_text())
+    chain["steps"]["lower"]["params"]["suffix"] = ".lc"
+    changed = write_chain(tmp_path / "changed.yaml", yaml.safe_dump(chain))
+    entries_before = sorted((cache / "entries").rglob("manifest.json"))
+
+    done = kliko("run", changed, "--cache-dir", cache, "--out", tmp_path / "dry", "--dry-run")
+
+    assert done.returncode == 0, done.stderr
+    plan = {line.split()[0]: line for line in done.stdout.splitlines() if line.strip()}
+    assert "cached" in plan["gen"]
+    assert "cached" in plan["upper"]
+    assert "would run" in plan["lower"]
+    assert "would run" in plan["merge"], "merge depends on lower"
+    assert "2 to run, 2 cached" in done.stdout
+    assert not (tmp_path / "dry").exists(), "a dry run runs nothing and writes no output"
+    assert sorted((cache / "entries").rglob("manifest.json")) == entries_before
+
+
+FAILING_CHAIN = """\
+# 'bad' fails fast; 'slow' is an independent branch still running when it does.
+steps:
+  bad:
+    image: example/fail
+    params: {code: 7, message: "detector on fire"}
+  after_bad:
+    image: example/upper
+    inputs: [bad]
+  slow:
+    image: example/sleep
+    params: {seconds: 3, tag: slow}
+  after_slow:
+    image: example/upper
+    inputs: [slow]
+"""
+
+
+def test_a_failure_stops_new_steps_and_points_to_the_log(kliko: KlikoCli, tmp_path: Path) -> None:
+    chain = write_chain(tmp_path / "failing.yaml", FAILING_CHAIN)
+
+    done = kliko(
+        "run", chain, "--cache-dir", tmp_path / "cache", "--out", "out", "--plain", "-j", "4"
+    )
+
+    assert done.returncode == 1
+    assert states(done.stdout) == {
+        "bad": "FAILED",
+        "after_bad": "skipped",
+        "slow": "done",  # it was running already: running steps finish
+        "after_slow": "skipped",  # not started after the failure without --keep-going
+    }
+    assert "exited with code 7" in done.stdout
+    match = re.search(r"full log: (\S+)", done.stdout)
+    assert match, done.stdout
+    log = Path(match.group(1))
+    log = log if log.is_absolute() else tmp_path / log
+    assert "detector on fire" in log.read_text()
+    assert "Traceback" not in done.stderr
+
+
+def test_keep_going_finishes_the_independent_branch(kliko: KlikoCli, tmp_path: Path) -> None:
+    chain = write_chain(tmp_path / "failing.yaml", FAILING_CHAIN)
+    out = tmp_path / "out"
+
+    done = kliko(
+        "run", chain, "--cache-dir", tmp_path / "cache", "--out", out, "--plain", "--keep-going"
+    )
+
+    assert done.returncode == 1, "a failed step still fails the run"
+    assert states(done.stdout) == {
+        "bad": "FAILED",
+        "after_bad": "skipped",
+        "slow": "done",
+        "after_slow": "done",
+    }
+    assert (out / "after_slow" / "slept.txt").read_text().split() == ["SLEPT", "3.0", "SLOW"]
+    assert not (out / "after_bad").exists()
+
+
+def test_a_failed_step_is_not_cached(kliko: KlikoCli, tmp_path: Path) -> None:
+    chain = write_chain(
+        tmp_path / "fail.yaml",
+        "steps:\n  bad:\n    image: example/fail\n    params: {code: 3}\n",
+    )
+    cache = tmp_path / "cache"
+
+    first = kliko("run", chain, "--cache-dir", cache, "--out", "out", "--plain")
+    again = kliko("run", chain, "--cache-dir", cache, "--out", "out", "--plain")
+
+    assert (first.returncode, again.returncode) == (1, 1)
+    assert "bad | started" in again.stdout, "the failed step runs again"
+    assert states(again.stdout) == {"bad": "FAILED"}
+    listed = kliko("cache", "ls", "--cache-dir", cache)
+    assert "0 entries" in listed.stdout
+
+
+def test_a_step_timeout_stops_the_container(kliko: KlikoCli, tmp_path: Path) -> None:
+    chain = write_chain(
+        tmp_path / "slow.yaml",
+        "steps:\n  nap:\n    image: example/sleep\n    params: {seconds: 30}\n    timeout: 1\n",
+    )
+
+    started = time.monotonic()
+    done = kliko("run", chain, "--cache-dir", tmp_path / "cache", "--out", "out", "--plain")
+    took = time.monotonic() - started
+
+    assert done.returncode == 1
+    assert "nap | FAILED: timed out" in done.stdout
+    assert took < 15, f"a 1 s timeout took {took:.1f} s"
+
+
+def test_outputs_belong_to_the_invoking_user_even_from_another_user(
+    kliko: KlikoCli, tmp_path: Path
+) -> None:
+    chain = write_chain(
+        tmp_path / "users.yaml",
+        """\
+steps:
+  mine:
+    image: example/gen
+    params: {n: 2}
+  theirs:
+    image: example/upper
+    inputs: [mine]
+    user: "1234:1234"
+""",
+    )
+    cache, out = tmp_path / "cache", tmp_path / "out"
+
+    done = kliko("run", chain, "--cache-dir", cache, "--out", out, "--plain")
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert (out / "theirs" / "numbers.txt").read_text() == "LINE 1\nLINE 2\n"
+    owners = {path.stat().st_uid for path in out.rglob("*")}
+    assert owners == {os.getuid()}
+    # The step itself ran as the user it names: its cached output is that user's.
+    cached = [
+        m.parent / "output" / "numbers.txt"
+        for m in (cache / "entries").rglob("manifest.json")
+        if json.loads(m.read_text())["step"] == "theirs"
+    ]
+    assert [p.stat().st_uid for p in cached] == [1234]
+
+
+def test_step_containers_run_as_the_invoking_uid_and_gid(kliko: KlikoCli, tmp_path: Path) -> None:
+    """Checked on the container itself: when the tests run as root, file owners cannot tell."""
+    chain = write_chain(
+        tmp_path / "nap.yaml",
+        "steps:\n  nap:\n    image: example/sleep\n    params: {seconds: 3}\n",
+    )
+    log = tmp_path / "run.log"
+    process = kliko.popen("run", chain, "--cache-dir", tmp_path / "cache", "--plain", log=log)
+    try:
+        owner = f"label=io.kliko-async.owner={socket.gethostname()}:{process.pid}"
+        users: list[str] = []
+        deadline = time.monotonic() + 20
+        while not users and process.poll() is None and time.monotonic() < deadline:
+            found = subprocess.run(
+                ["docker", "ps", "-q", "--filter", owner], capture_output=True, text=True
+            ).stdout.split()
+            if found:
+                users = subprocess.run(
+                    ["docker", "inspect", "--format", "{{.Config.User}}", *found],
+                    capture_output=True,
+                    text=True,
+                ).stdout.split()
+            time.sleep(0.1)
+        assert process.wait(timeout=60) == 0, log.read_text()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert users == [f"{os.getuid()}:{os.getgid()}"]
+
+
+def test_cache_ls_and_verify(kliko: KlikoCli, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    assert kliko("run", DIAMOND, "--cache-dir", cache, "--out", "out", "--plain").returncode == 0
+
+    listed = kliko("cache", "ls", "--cache-dir", cache)
+    assert listed.returncode == 0, listed.stderr
+    assert "4 entries" in listed.stdout
+    for step in DIAMOND_STEPS:
+        assert re.search(rf"│ {step}\s+│ example/{step}\s+│", listed.stdout), step
+
+    verified = kliko("cache", "verify", "--cache-dir", cache)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert "0 problem(s)" in verified.stdout
+
+    (manifest,) = [
+        m
+        for m in (cache / "entries").rglob("manifest.json")
+        if json.loads(m.read_text())["step"] == "gen"
+    ]
+    tampered = manifest.parent / "output" / "numbers.txt"
+    tampered.chmod(0o644)
+    tampered.write_text("not what gen wrote\n")
+
+    verified = kliko("cache", "verify", "--cache-dir", cache)
+    assert verified.returncode == 1
+    key = manifest.parent.name
+    assert f"{key}: output/numbers.txt: content changed" in verified.stdout
+    assert "1 problem(s)" in verified.stdout
+
+
+# -- the library -------------------------------------------------------------------------------
+
+
+def test_run_chain_like_kliko(tmp_path: Path) -> None:
+    result = kliko_async.run_chain(
+        [("example/gen", {"n": 2}), ("example/upper", {})], cache_dir=tmp_path / "cache"
+    )
+
+    assert result.ok
+    last = list(result.steps.values())[-1]
+    assert last.output is not None
+    assert (last.output / "numbers.txt").read_text() == "LINE 1\nLINE 2\n"
+
+
+def test_run_chain_raises_when_a_step_fails(tmp_path: Path) -> None:
+    with pytest.raises(kliko_async.RunFailed) as failed:
+        kliko_async.run_chain(
+            [("example/gen", {"n": 2}), ("example/fail", {"code": 4})],
+            cache_dir=tmp_path / "cache",
+        )
+
+    assert "exited with code 4" in str(failed.value.failures[0])
+
+
+@pytest.mark.anyio
+async def test_run_from_async_code_with_events(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    events: list[Event] = []
+
+    result = await kliko_async.run(DIAMOND, cache_dir=cache, on_event=events.append)
+
+    assert result.ok
+    assert {e.step for e in events if isinstance(e, StepStarted)} == set(DIAMOND_STEPS)
+    assert {e.step for e in events if isinstance(e, StepFinished)} == set(DIAMOND_STEPS)
+    logs = [(e.step, e.stream, e.text) for e in events if isinstance(e, LogLine)]
+    assert ("gen", "stdout", "gen: writing 5 lines") in logs
+    assert ("gen", "stderr", "gen: done") in logs
+    assert events[-1].kind == "run_finished"
+    merged = result.steps["merge"].output
+    assert merged is not None
+    assert (merged / "merged.txt").read_text() == diamond_merged(5)
+
+    # The same run again, its events read as an async iterator: everything comes from the cache.
+    async with kliko_async.open_run(DIAMOND, cache_dir=cache) as run:
+        seen = [event async for event in run.events()]
+    assert {e.step for e in seen if isinstance(e, StepCached)} == set(DIAMOND_STEPS)
+    assert not [e for e in seen if isinstance(e, StepStarted)]
+    assert run.result.count("cached") == 4

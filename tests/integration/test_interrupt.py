@@ -1,0 +1,189 @@
+"""Stopping kliko-async: Ctrl-C and SIGTERM remove running containers; after kill -9, the next run
+cleans up the leftovers and reuses every finished step."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+if TYPE_CHECKING:
+    from conftest import KlikoCli
+
+pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("example_images")]
+
+SLEEPS = """\
+steps:
+  - image: example/sleep
+    params: {seconds: 30, tag: first}
+  - image: example/sleep
+    params: {seconds: 30, tag: second}
+"""
+
+
+def owner_filter(pid: int) -> str:
+    """Containers started by the kliko-async process ``pid`` carry this label."""
+    return f"label=io.kliko-async.owner={socket.gethostname()}:{pid}"
+
+
+def containers(*filters: str, running_only: bool = False) -> list[str]:
+    args = ["docker", "ps", "-q", "--no-trunc"]
+    if not running_only:
+        args.append("-a")
+    for item in filters:
+        args += ["--filter", item]
+    return subprocess.run(args, capture_output=True, text=True, check=True).stdout.split()
+
+
+def wait_for_running_container(process: subprocess.Popen[bytes], *filters: str) -> str:
+    """The ID of the first running container matching ``filters`` of ``process``."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        assert process.poll() is None, f"kliko-async ended early with {process.returncode}"
+        found = containers(owner_filter(process.pid), *filters, running_only=True)
+        if found:
+            return found[0]
+        time.sleep(0.1)
+    raise AssertionError("no container started within 60 s")
+
+
+@pytest.fixture
+def remove_afterwards() -> Iterator[list[str]]:
+    """Filters of containers to force-remove after the test, should it fail halfway."""
+    filters: list[str] = []
+    yield filters
+    for item in filters:
+        leftover = containers(item)
+        if leftover:
+            subprocess.run(["docker", "rm", "-f", *leftover], capture_output=True)
+
+
+def stop_with(process: subprocess.Popen[bytes], signum: signal.Signals) -> tuple[int, float]:
+    """Send ``signum``; the exit code and how long the process took to end."""
+    sent = time.monotonic()
+    process.send_signal(signum)
+    try:
+        code = process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+        raise AssertionError(f"kliko-async did not end within 30 s of {signum.name}") from None
+    return code, time.monotonic() - sent
+
+
+@pytest.mark.parametrize(
+    ("signum", "exit_code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["INT", "TERM"]
+)
+def test_a_signal_stops_the_run_and_removes_its_containers(
+    kliko: KlikoCli,
+    tmp_path: Path,
+    remove_afterwards: list[str],
+    signum: signal.Signals,
+    exit_code: int,
+) -> None:
+    chain = tmp_path / "sleeps.yaml"
+    chain.write_text(SLEEPS)
+    log = tmp_path / "run.log"
+    cache = tmp_path / "cache"
+    process = kliko.popen("run", chain, "--cache-dir", cache, "--plain", log=log)
+    remove_afterwards.append(owner_filter(process.pid))
+
+    wait_for_running_container(process)
+    code, took = stop_with(process, signum)
+
+    assert code == exit_code, log.read_text()
+    assert took < 10, f"stopping took {took:.1f} s"
+    assert containers(owner_filter(process.pid)) == [], "its containers are removed"
+    assert list((cache / "tmp").iterdir()) == [], "the interrupted step's staging is deleted"
+    assert not list((cache / "entries").rglob("manifest.json")), "and nothing counts as cached"
+    output = log.read_text()
+    assert "interrupted" in output
+    assert "Traceback" not in output
+
+
+@pytest.mark.parametrize(
+    ("signum", "exit_code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["INT", "TERM"]
+)
+def test_a_signal_stops_run_image_and_removes_its_container(
+    kliko: KlikoCli,
+    tmp_path: Path,
+    remove_afterwards: list[str],
+    signum: signal.Signals,
+    exit_code: int,
+) -> None:
+    log = tmp_path / "run.log"
+    process = kliko.popen(
+        "run-image", "example/sleep", "--seconds", "30", "--output", tmp_path / "out", log=log
+    )
+    remove_afterwards.append(owner_filter(process.pid))
+
+    wait_for_running_container(process)
+    code, took = stop_with(process, signum)
+
+    assert code == exit_code, log.read_text()
+    assert took < 10, f"stopping took {took:.1f} s"
+    assert containers(owner_filter(process.pid)) == [], "its container is removed"
+    assert "Traceback" not in log.read_text()
+
+
+def event_times(*filters: str, since: float, until: float) -> list[int]:
+    """Nanosecond times of the engine's events matching ``filters``, between two times."""
+    args = ["docker", "events", "--since", f"{since:.6f}", "--until", f"{until:.6f}"]
+    for item in filters:
+        args += ["--filter", item]
+    done = subprocess.run(
+        [*args, "--format", "{{.TimeNano}}"], capture_output=True, text=True, check=True
+    )
+    return [int(t) for t in done.stdout.split()]
+
+
+def test_after_kill_9_a_rerun_removes_leftovers_and_reuses_finished_steps(
+    kliko: KlikoCli, tmp_path: Path, remove_afterwards: list[str]
+) -> None:
+    chain = tmp_path / "two.yaml"
+    chain.write_text(
+        """\
+steps:
+  quick:
+    image: example/sleep
+    params: {seconds: 0.1, tag: quick}
+  long:
+    image: example/sleep
+    params: {seconds: 4, tag: long}
+    inputs: [quick]
+"""
+    )
+    cache, out = tmp_path / "cache", tmp_path / "out"
+    killed = kliko.popen("run", chain, "--cache-dir", cache, "--plain", log=tmp_path / "1.log")
+    remove_afterwards.append(owner_filter(killed.pid))
+    leftover = wait_for_running_container(killed, "label=io.kliko-async.step=long")
+    killed.kill()
+    killed.wait()
+    assert containers(owner_filter(killed.pid)) == [leftover], "kill -9 leaves its container"
+    assert list((cache / "tmp").iterdir()), "and the killed step's half-written staging folder"
+
+    since = time.time()
+    log = tmp_path / "2.log"
+    rerun = kliko.popen("run", chain, "--cache-dir", cache, "--out", out, "--plain", log=log)
+    code = rerun.wait(timeout=120)
+    until = time.time() + 0.5
+    output = log.read_text()
+
+    assert code == 0, output
+    assert "quick | cached" in output, "the step that finished before the kill is a cache hit"
+    assert "long | started" in output, "the killed step's half-written output is not cached"
+    assert "1 ran, 1 cached" in output
+    assert (out / "long" / "slept.txt").read_text() == "slept 4.0 long\n"
+    assert containers(owner_filter(killed.pid)) == [], "the dead run's container is removed"
+    assert list((cache / "tmp").iterdir()) == [], "and the dead run's staging folder"
+    removed = event_times(f"container={leftover}", "event=destroy", since=since, until=until)
+    created = event_times(owner_filter(rerun.pid), "event=create", since=since, until=until)
+    assert len(removed) == 1
+    assert created, "the re-run started the long step"
+    assert removed[0] < min(created), "leftovers are removed when the re-run starts"
