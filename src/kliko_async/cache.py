@@ -45,6 +45,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from kliko_async.errors import CacheError
 from kliko_async.hashing import hash_tree
+from kliko_async.processes import pid_alive
 
 __all__ = [
     "CACHE_FORMAT_VERSION",
@@ -488,7 +489,7 @@ class Cache:
             parts = child.name.split(".", 2)
             if len(parts) != 3 or not parts[1].isdigit():
                 continue
-            if _pid_alive(int(parts[1])):
+            if pid_alive(int(parts[1])):
                 continue
             try:
                 _remove_tree(child)
@@ -707,20 +708,6 @@ def _read_manifest(entry_path: Path) -> Manifest | None:
 def _aware(moment: datetime) -> datetime:
     """``moment`` with a time zone; a naive one is taken as local time, as Python does."""
     return moment if moment.tzinfo is not None else moment.astimezone()
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # PermissionError: alive, but someone else's
-        return True
-    return True
 
 
 def _sorted_subdirs(folder: Path) -> list[Path]:
