@@ -196,9 +196,30 @@ def export_outputs(result: RunResult, out: Path) -> None:
         if step.output is None:
             continue
         target = out / name
-        if target.exists() or target.is_symlink():
-            shutil.rmtree(target) if target.is_dir() else target.unlink()
-        copy_tree_writable(step.output, target)
+        try:
+            if target.exists() or target.is_symlink():
+                shutil.rmtree(target) if target.is_dir() else target.unlink()
+            copy_tree_writable(step.output, target)
+        except OSError as error:
+            raise KlikoError(
+                f"could not copy the output of step '{name}' to {target}: "
+                f"{error.strerror or error}",
+                where=f"--out {out}",
+                hint="Every finished step is kept in the cache: run again with another --out.",
+            ) from None
+
+
+def check_out_folder(out: Path) -> None:
+    """Refuse an ``--out`` that can never become a folder, before any step runs."""
+    existing = out
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        raise KlikoError(
+            f"{existing} is not a folder, so step outputs cannot be copied under it",
+            where=f"--out {out}",
+            hint="Give --out a folder (it is created if missing).",
+        )
 
 
 @asynccontextmanager
@@ -231,6 +252,8 @@ async def _execute(
     run_id: str,
 ) -> RunResult:
     loaded = chain if isinstance(chain, Chain) else load_chain(Path(chain))
+    if out is not None:
+        check_out_folder(Path(out))
     cache = Cache(Path(cache_dir) if cache_dir else default_cache_dir())
     cache.ensure_writable()
     cache.clean_stale_staging()

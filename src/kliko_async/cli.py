@@ -257,7 +257,7 @@ def _validate(options: argparse.Namespace) -> int:
     from kliko_async.spec import load_spec
 
     target = Path(options.target)
-    if target.exists():
+    if target.exists() or _looks_like_a_path(options.target):
         spec = load_spec(target / "kliko.yml" if target.is_dir() else target)
         print_spec(spec, str(target))
         return 0
@@ -277,6 +277,11 @@ def _validate(options: argparse.Namespace) -> int:
         return 0
 
     return anyio.run(from_image)
+
+
+def _looks_like_a_path(text: str) -> bool:
+    """A missing ``./x``, ``/x`` or ``x.yml`` is a file to report missing, not an image tag."""
+    return text.startswith(("/", "./", "../", "~")) or text.endswith((".yml", ".yaml"))
 
 
 def _logs(options: argparse.Namespace) -> int:

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict
 
 from kliko_async.cache import Cache, CacheEntry, KeyIngredients, cache_key
 from kliko_async.chain import RUN_CHAIN_SOURCE, Chain, Step
-from kliko_async.errors import ChainError, KlikoError
+from kliko_async.errors import ChainError, KlikoError, RuntimeUnavailable
 from kliko_async.events import Event, ImageBuilding, ImageBuilt
 from kliko_async.images import ImageResolver, KlikoImage
 from kliko_async.spec import ValidatedParameters, validate_parameters
@@ -84,6 +84,12 @@ async def plan_chain(
         step = chain.steps[name]
         try:
             image = await _image_of(step, resolver, emit)
+        except RuntimeUnavailable:
+            raise  # no engine: the same for every step, so said once
+        except KlikoError as error:
+            problems.append(_in_step(error, name))
+            continue
+        try:
             params = validate_parameters(
                 image.spec,
                 step.params,
@@ -118,6 +124,13 @@ async def plan_chain(
             f"{len(problems)} problems were found before running: {details}", where=chain.source
         )
     return Plan(source=chain.source, order=order, steps=planned)
+
+
+def _in_step(error: KlikoError, name: str) -> KlikoError:
+    """``error`` (about an image, its kliko.yml or its build) saying which step it concerns."""
+    error.where = f"step '{name}', {error.where}" if error.where else f"step '{name}'"
+    error.args = (str(error),)
+    return error
 
 
 async def _image_of(

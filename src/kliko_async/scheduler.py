@@ -9,6 +9,7 @@ to the cache only on success. Everything that happens is emitted as an event.
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import os
 import shutil
@@ -18,7 +19,7 @@ from collections import deque
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Literal
+from typing import Literal
 
 import anyio
 from pydantic import BaseModel, ConfigDict
@@ -42,8 +43,16 @@ from kliko_async.events import (
     StepFailed as StepFailedEvent,
 )
 from kliko_async.plan import Plan, PlannedStep
+from kliko_async.processes import pid_alive
 from kliko_async.resources import ResourcePool
-from kliko_async.runtime.base import LABEL_PREFIX, OWNER_LABEL, Runtime, Stream, owner_label
+from kliko_async.runtime.base import (
+    LABEL_PREFIX,
+    OWNER_LABEL,
+    ContainerExit,
+    Runtime,
+    Stream,
+    owner_label,
+)
 from kliko_async.workspace import build_job
 
 StepState = Literal["done", "cached", "failed", "skipped", "cancelled"]
@@ -323,13 +332,19 @@ class Scheduler:
                     memory=step.resources.memory,
                 )
             )
-            with staging.log_path.open("w", encoding="utf-8", buffering=1 << 16) as log:
+            log = _StepLog(staging.log_path)
+            try:
                 on_log = self._log_sink(step.name, log, last)
                 on_start = self._start_sink(planned, attempt)
-                timed_out = False
                 with anyio.move_on_after(step.timeout) as scope:
+                    log.on_error = scope.cancel  # a log that cannot be saved stops the step
                     exited = await self.runtime.run(job, on_log=on_log, on_start=on_start)
-                timed_out = scope.cancelled_caught
+                timed_out = scope.cancelled_caught and log.error is None
+            finally:
+                log.close()
+            if log.error is not None:
+                reason = f"could not save its log: {log.error.strerror or log.error}"
+                return self._failed_attempt(planned, staging, reason, None, last)
         except KlikoError as error:  # the engine refused or lost the container, or went away
             return self._failed_attempt(planned, staging, str(error), None, last)
         except OSError as error:  # preparing the step's folders failed (full disk, permissions)
@@ -342,13 +357,7 @@ class Scheduler:
             reason = f"timed out after {step.timeout:g} s; the container was stopped"
             return self._failed_attempt(planned, staging, reason, None, last)
         if exited.exit_code != 0:
-            if exited.oom_killed:
-                limit = step.resources.memory
-                reason = f"killed for running out of memory (limit {limit} bytes)"
-            elif exited.exit_code == 137:
-                reason = "killed (exit code 137: SIGKILL, from outside or out of memory)"
-            else:
-                reason = f"exited with code {exited.exit_code}"
+            reason = _exit_reason(exited, step.resources.memory)
             return self._failed_attempt(planned, staging, reason, exited.exit_code, last)
         shutil.rmtree(staging.path / "scratch", ignore_errors=True)
         finished_at = datetime.now(UTC)
@@ -384,12 +393,10 @@ class Scheduler:
         last: deque[str],
     ) -> _Attempt:
         """Keep the failed attempt's log in the run's log folder; drop everything else."""
-        log_path: Path | None = self.log_dir / f"{planned.name}.log"
-        try:
-            self.log_dir.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(staging.log_path, self.log_dir / f"{planned.name}.log")
-        except OSError:
-            log_path = None
+        full = _full_disk(staging.path, self.cache.root)
+        if full is not None and "is full" not in reason:
+            reason = f"{reason}; {full}"
+        log_path = _keep_log(staging.log_path, self.log_dir / f"{planned.name}.log")
         self._discard(staging)
         return _Attempt(
             ok=False, reason=reason, exit_code=exit_code, log_path=log_path, last_lines=list(last)
@@ -413,7 +420,9 @@ class Scheduler:
             OWNER_LABEL: self._owner,
         }
 
-    def _log_sink(self, step: str, log: IO[str], last: deque[str]) -> Callable[[Stream, str], None]:
+    def _log_sink(
+        self, step: str, log: _StepLog, last: deque[str]
+    ) -> Callable[[Stream, str], None]:
         emit, wants = self.emit, self.wants_log_lines
 
         def on_log(stream: Stream, text: str) -> None:
@@ -435,6 +444,90 @@ class Scheduler:
         return on_start
 
 
+class _StepLog:
+    """A step's saved log file. Writing never raises into the runtime's log stream: the first
+    error (a full disk) is kept in ``error`` and reported through ``on_error``, and the attempt
+    fails, since an entry's log must be complete."""
+
+    def __init__(self, path: Path) -> None:
+        self._file = path.open("w", encoding="utf-8", buffering=1 << 16)
+        self.error: OSError | None = None
+        self.on_error: Callable[[], None] | None = None
+
+    def write(self, text: str) -> None:
+        if self.error is not None:
+            return
+        try:
+            self._file.write(text)
+        except OSError as error:
+            self._failed(error)
+
+    def close(self) -> None:
+        try:
+            self._file.close()
+        except OSError as error:
+            self._failed(error)
+
+    def _failed(self, error: OSError) -> None:
+        if self.error is None:
+            self.error = error
+            if self.on_error is not None:
+                self.on_error()
+
+
+def _exit_reason(exited: ContainerExit, memory: int | None) -> str:
+    code = exited.exit_code
+    if exited.oom_killed:
+        limit = f"its memory limit is {_bytes(memory)}" if memory else "it had no memory limit"
+        return f"killed for running out of memory (exit code {code}; {limit})"
+    if exited.killed_by is not None:
+        return (
+            f"killed from outside the run: {exited.killed_by} (docker kill/stop), exit code {code}"
+        )
+    if code == 137:
+        return "killed (exit code 137: SIGKILL, from outside or out of memory)"
+    return f"exited with code {code}"
+
+
+def _bytes(size: int) -> str:
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if size >= scale:
+            return f"{size / scale:g} {unit}"
+    return f"{size} bytes"
+
+
+def _full_disk(path: Path, cache_root: Path) -> str | None:
+    """Why a step failed, if the disk of its staging folder is (nearly) full; else None."""
+    try:
+        disk = os.statvfs(path)
+    except OSError:
+        return None
+    free = disk.f_bavail * disk.f_frsize
+    if free >= min(1 << 20, disk.f_blocks * disk.f_frsize // 100):
+        return None
+    return (
+        f"the disk holding the cache folder {cache_root} is full ({_bytes(free)} free); free "
+        "space, for example with 'kliko-async cache gc --max-size 10G'"
+    )
+
+
+def _keep_log(source: Path, target: Path) -> Path | None:
+    """Move a failed attempt's log to ``target`` (no copy: the disk may be full); its path."""
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.replace(source, target)
+        except OSError as error:
+            if error.errno != errno.EXDEV:
+                raise
+            shutil.copyfile(source, target)  # the log folder is on another file system
+    except OSError:
+        with contextlib.suppress(OSError):
+            target.unlink()
+        return None
+    return target
+
+
 async def remove_leftovers(runtime: Runtime) -> int:
     """Remove containers of earlier kliko-async processes on this host that no longer exist."""
     host = socket.gethostname()
@@ -443,17 +536,7 @@ async def remove_leftovers(runtime: Runtime) -> int:
     for container_id, labels in found.items():
         owner = labels.get(OWNER_LABEL, "")
         owner_host, _, pid = owner.rpartition(":")
-        if owner_host == host and pid.isdigit() and not _pid_alive(int(pid)):
+        if owner_host == host and pid.isdigit() and not pid_alive(int(pid)):
             await runtime.remove_container(container_id)
             removed += 1
     return removed
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

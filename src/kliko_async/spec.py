@@ -428,6 +428,8 @@ def _locate_files(
             problems.append(f"{label} does not exist")
         elif host_path.is_dir():
             problems.append(f"{label} is a folder, not a file")
+        elif not host_path.is_file():  # a device or pipe: hashing it might never end
+            problems.append(f"{label} is not a regular file (a device, pipe or socket)")
         else:
             try:
                 digest = sha256_file(host_path)

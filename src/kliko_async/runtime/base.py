@@ -67,6 +67,9 @@ class ContainerExit(BaseModel):
     container_id: str
     exit_code: int
     oom_killed: bool = False
+    killed_by: str | None = Field(
+        None, description="The signal sent from outside the run (docker kill/stop), if any."
+    )
     error: str | None = Field(None, description="The engine's own error text, if any.")
 
 

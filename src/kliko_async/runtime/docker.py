@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
 import json
 import os
+import signal
 import struct
 import tarfile
 from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +37,9 @@ STOP_GRACE_SECONDS = 3
 
 CLEANUP_DEADLINE_SECONDS = 15
 """The shielded cleanup (stop + remove) gives up after this long."""
+
+EVENTS_DEADLINE_SECONDS = 5
+"""How long reading the engine's events of a failed container (was it killed?) may take."""
 
 _STREAMS: dict[int, Stream] = {1: "stdout", 2: "stderr"}
 _UNAVAILABLE_HINT = (
@@ -216,20 +222,23 @@ class DockerRuntime:
                 ) from None
             if on_start:
                 on_start(container.id)
+            logs = _LogReader(on_log)
             async with anyio.create_task_group() as tg:
-                tg.start_soon(self._follow_logs, container.id, on_log)
+                tg.start_soon(self._follow_logs, container.id, logs)
                 status = await container.wait()
             exited = True
             code = int(status.get("StatusCode", -1))
+            try:
+                await self._catch_up_logs(container.id, logs)
+            except aiodocker.DockerError:
+                if code == 0:
+                    raise  # the log may be incomplete: no success without all of it
+                # A failure is explained below (a container being removed has no log left).
+            logs.flush()
             error = (status.get("Error") or {}).get("Message") or None
-            oom_killed = False
-            if code != 0:  # only a failure needs the full state: was it out of memory?
-                state = (await container.show()).get("State", {})
-                oom_killed = bool(state.get("OOMKilled", False))
-                error = error or state.get("Error") or None
-            return ContainerExit(
-                container_id=container.id, exit_code=code, oom_killed=oom_killed, error=error
-            )
+            if code == 0:  # only a failure needs the full state: killed? out of memory?
+                return ContainerExit(container_id=container.id, exit_code=0, error=error)
+            return await self._failed_exit(container, code, error, job.memory)
         except aiodocker.DockerError as exc:
             if exc.status == 404:
                 raise ContainerError("the container was removed while it ran") from None
@@ -243,27 +252,109 @@ class DockerRuntime:
                 else:  # cancelled or failed while running: stop it gracefully first
                     await self._stop_and_delete(container)
 
-    async def _follow_logs(self, container_id: str, on_log: LogSink) -> None:
-        """Read the multiplexed log stream, keeping stdout and stderr apart, line by line."""
-        splitters: dict[Stream, LineSplitter] = {"stdout": LineSplitter(), "stderr": LineSplitter()}
-        params = {"stdout": 1, "stderr": 1, "follow": 1}
+    async def _failed_exit(
+        self, container: Any, code: int, error: str | None, memory: int | None
+    ) -> ContainerExit:
+        """How a container that exited non-zero ended: removed, killed from outside, or OOM."""
+        state = (await container.show()).get("State", {})
+        if state.get("Status") == "removing":
+            raise ContainerError("the container was removed while it ran (docker rm from outside)")
+        oom_killed = bool(state.get("OOMKilled", False))
+        events = await self._ending_events(container.id, str(state.get("StartedAt", "")))
+        killed_by = events.get("kill")
+        # With cgroup v1 the engine misses some OOM kills (no OOMKilled, no 'oom' event). A
+        # SIGKILL under a memory limit that no one sent from outside is the kernel's OOM killer.
+        oom_killed = oom_killed or "oom" in events
+        oom_killed = oom_killed or (code == 137 and memory is not None and killed_by is None)
+        return ContainerExit(
+            container_id=container.id,
+            exit_code=code,
+            oom_killed=oom_killed,
+            killed_by=None if oom_killed else killed_by,
+            error=error or state.get("Error") or None,
+        )
+
+    async def _ending_events(self, container_id: str, started_at: str) -> dict[str, str]:
+        """The engine's 'kill' (as the signal sent) and 'oom' events of an ended container.
+
+        The engine replays past events from memory up to the container's 'die'; a busy engine
+        may have dropped them, hence the deadline.
+        """
+        found: dict[str, str] = {}
+        try:
+            since = int(datetime.fromisoformat(started_at).timestamp()) - 1
+        except ValueError:
+            since = 0
+        filters = {"container": [container_id], "event": ["kill", "oom", "die"]}
+        params = {"since": str(max(since, 0)), "filters": json.dumps(filters)}
+        with anyio.move_on_after(EVENTS_DEADLINE_SECONDS):
+            try:
+                async with self.client._query(
+                    "events", method="GET", params=params, timeout=None
+                ) as response:
+                    async for line in response.content:
+                        event = json.loads(line) if line.strip() else {}
+                        action = event.get("Action") or event.get("status")
+                        if action == "die":
+                            break
+                        if action == "kill":
+                            actor = event.get("Actor") or {}
+                            number = (actor.get("Attributes") or {}).get("signal")
+                            found["kill"] = _signal_name(number)
+                        elif action == "oom":
+                            found["oom"] = "oom"
+            except (aiohttp.ClientError, aiodocker.DockerError, OSError, ValueError):
+                pass  # only the explanation of a failure is lost, not the failure
+        return found
+
+    async def _follow_logs(self, container_id: str, logs: _LogReader) -> None:
+        """Read the multiplexed log stream, keeping stdout and stderr apart, line by line.
+
+        If the stream breaks, what it missed is fetched once the container has ended.
+        """
+        params = {"stdout": 1, "stderr": 1, "follow": 1, "timestamps": 1}
+        try:
+            async with self.client._query(
+                f"containers/{container_id}/logs", method="GET", params=params, timeout=None
+            ) as response:
+                while (frame := await _read_frame(response.content)) is not None:
+                    logs.feed(*frame)
+        except (aiohttp.ClientError, aiodocker.DockerError, OSError):
+            pass
+
+    async def _catch_up_logs(self, container_id: str, logs: _LogReader) -> None:
+        """Deliver the lines that the follow stream missed, if any.
+
+        Some engines (Docker 20.10) end a followed log stream when the container exits, before
+        its last lines were sent. The last frame seen (its time stamp has nanoseconds) is
+        compared with the container's last frame; only if they differ is the log read again,
+        and the frames after the last one seen are delivered.
+        """
+        last = await self._log_frames(container_id, {"tail": "1"})
+        if last == ([logs.last] if logs.last is not None else []):
+            return
+        params: dict[str, Any] = {"stdout": 1, "stderr": 1, "timestamps": 1, "tail": "all"}
+        found = logs.last is None
         async with self.client._query(
             f"containers/{container_id}/logs", method="GET", params=params, timeout=None
         ) as response:
-            content = response.content
-            while True:
-                try:
-                    header = await content.readexactly(8)
-                except Exception:  # incomplete read: the stream ended
-                    break
-                kind, length = struct.unpack(">BxxxL", header)
-                stream: Stream = _STREAMS.get(kind, "stdout")
-                data = await content.readexactly(length) if length else b""
-                for line in splitters[stream].feed(data):
-                    on_log(stream, line)
-        for stream, splitter in splitters.items():
-            for line in splitter.flush():
-                on_log(stream, line)
+            while (frame := await _read_frame(response.content)) is not None:
+                if found:
+                    logs.feed(*frame)
+                else:
+                    found = frame == logs.last
+
+    async def _log_frames(
+        self, container_id: str, extra: dict[str, str]
+    ) -> list[tuple[int, bytes]]:
+        params: dict[str, Any] = {"stdout": 1, "stderr": 1, "timestamps": 1, **extra}
+        frames: list[tuple[int, bytes]] = []
+        async with self.client._query(
+            f"containers/{container_id}/logs", method="GET", params=params
+        ) as response:
+            while (frame := await _read_frame(response.content)) is not None:
+                frames.append(frame)
+        return frames
 
     async def find_containers(self, labels: Mapping[str, str]) -> dict[str, dict[str, str]]:
         await self._ready()
@@ -304,6 +395,47 @@ class DockerRuntime:
         except aiodocker.DockerError as exc:
             if exc.status not in (404, 409):  # gone already, or removal in progress
                 raise ContainerError(f"could not remove container {container.id[:12]}") from None
+
+
+class _LogReader:
+    """Turns log frames (``<time stamp> <bytes>``) into lines for a sink, stream by stream."""
+
+    def __init__(self, on_log: LogSink) -> None:
+        self._on_log = on_log
+        self._splitters: dict[Stream, LineSplitter] = {
+            "stdout": LineSplitter(),
+            "stderr": LineSplitter(),
+        }
+        self.last: tuple[int, bytes] | None = None
+
+    def feed(self, kind: int, payload: bytes) -> None:
+        self.last = (kind, payload)
+        stream: Stream = _STREAMS.get(kind, "stdout")
+        _, _, data = payload.partition(b" ")  # the time stamp
+        for line in self._splitters[stream].feed(data):
+            self._on_log(stream, line)
+
+    def flush(self) -> None:
+        for stream, splitter in self._splitters.items():
+            for line in splitter.flush():
+                self._on_log(stream, line)
+
+
+async def _read_frame(content: aiohttp.StreamReader) -> tuple[int, bytes] | None:
+    """One frame of a multiplexed log stream: (stream number, payload); None at its end."""
+    try:
+        header = await content.readexactly(8)
+        kind, length = struct.unpack(">BxxxL", header)
+        return kind, (await content.readexactly(length) if length else b"")
+    except asyncio.IncompleteReadError:  # the stream ended
+        return None
+
+
+def _signal_name(number: object) -> str:
+    try:
+        return signal.Signals(int(str(number))).name
+    except ValueError:
+        return f"signal {number}"
 
 
 def _container_config(job: ContainerJob) -> dict[str, Any]:

@@ -1,0 +1,295 @@
+"""What a step's container can and cannot do: never privileged, never the Docker socket, the
+invoking user unless the step says otherwise, read-only inputs and parameters, read-only cache
+entries, and nothing written outside its own folders."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import stat
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+if TYPE_CHECKING:
+    from conftest import KlikoCli
+
+pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("example_images")]
+
+TAMPER_SPEC = """\
+schema_version: 3
+name: tamper
+io: split
+sections:
+  - name: s
+    fields:
+      - {name: secret, type: file}
+"""
+
+# Tries to write everywhere it must not; reports each attempt and succeeds anyway, so that the
+# test sees what happened rather than a failed step.
+TAMPER_SCRIPT = """\
+#!/bin/sh
+for target in /input/numbers.txt /input/new.txt /param_files/secret /parameters.json; do
+    if echo tampered > "$target" 2>/dev/null
+    then echo "WROTE $target"
+    else echo "refused $target"
+    fi
+done
+if rm -f /input/numbers.txt 2>/dev/null && [ ! -e /input/numbers.txt ]; then
+    echo "WROTE rm /input/numbers.txt"
+else
+    echo "refused rm /input/numbers.txt"
+fi
+cat /param_files/secret > /output/secret-seen.txt
+echo done > /output/done.txt
+"""
+
+JOIN_TAMPER_SPEC = "schema_version: 3\nname: join-tamper\nio: join\nsections: []\n"
+JOIN_TAMPER_SCRIPT = """\
+#!/bin/sh
+echo tampered > /work/numbers.txt
+echo extra > /work/extra.txt
+"""
+
+
+def build_image(context: Path, spec: str, script: str) -> str:
+    context.mkdir(parents=True)
+    (context / "kliko.yml").write_text(spec)
+    (context / "kliko").write_text(script)
+    (context / "kliko").chmod(0o755)
+    (context / "Dockerfile").write_text(
+        'FROM kliko-async/busybox\nCOPY kliko.yml /kliko.yml\nCOPY kliko /kliko\nCMD ["/kliko"]\n'
+    )
+    tag = f"kliko-async-test/{context.name}-{uuid.uuid4().hex[:10]}"
+    subprocess.run(
+        ["docker", "build", "-q", "-t", tag, str(context)], check=True, capture_output=True
+    )
+    return tag
+
+
+@pytest.fixture(scope="module")
+def images(
+    tmp_path_factory: pytest.TempPathFactory, example_images: None
+) -> Iterator[dict[str, str]]:
+    root = tmp_path_factory.mktemp("images")
+    tags: dict[str, str] = {}
+    try:
+        tags["tamper"] = build_image(root / "tamper", TAMPER_SPEC, TAMPER_SCRIPT)
+        tags["join-tamper"] = build_image(
+            root / "join-tamper", JOIN_TAMPER_SPEC, JOIN_TAMPER_SCRIPT
+        )
+        yield tags
+    finally:
+        if tags:
+            subprocess.run(["docker", "rmi", "-f", *tags.values()], capture_output=True)
+
+
+def entries_by_step(cache: Path) -> dict[str, Path]:
+    found = {}
+    for manifest in (cache / "entries").rglob("manifest.json"):
+        found[json.loads(manifest.read_text())["step"]] = manifest.parent
+    return found
+
+
+def tree_state(root: Path) -> dict[str, tuple[int, bytes | None]]:
+    """Every path under ``root``: its mode and, for files, its bytes."""
+    return {
+        p.relative_to(root).as_posix(): (p.lstat().st_mode, p.read_bytes() if p.is_file() else None)
+        for p in sorted(root.rglob("*"))
+    }
+
+
+# -- the containers themselves -----------------------------------------------------------------
+
+TWO_NAPS = """\
+steps:
+  mine: {image: example/sleep, params: {seconds: 4, tag: mine}}
+  theirs: {image: example/sleep, params: {seconds: 4, tag: theirs}, user: "1234:1234"}
+  reader: {image: example/upper, inputs: [mine]}
+"""
+
+
+def inspect_running(process: subprocess.Popen[bytes], steps: set[str]) -> dict[str, Any]:
+    """``docker inspect`` of the running container of each of ``steps``, by step name."""
+    found: dict[str, Any] = {}
+    owner = f"label=io.kliko-async.owner={socket.gethostname()}:{process.pid}"
+    deadline = time.monotonic() + 60
+    while set(found) != steps and time.monotonic() < deadline:
+        assert process.poll() is None, "kliko-async ended before its containers were seen"
+        ids = subprocess.run(
+            ["docker", "ps", "-q", "--filter", owner], capture_output=True, text=True, check=True
+        ).stdout.split()
+        if ids:
+            done = subprocess.run(["docker", "inspect", *ids], capture_output=True, text=True)
+            for info in json.loads(done.stdout or "[]"):
+                step = info["Config"]["Labels"].get("io.kliko-async.step")
+                if step in steps and info["State"]["Running"]:
+                    found[step] = info
+        time.sleep(0.1)
+    assert set(found) == steps, f"saw only {sorted(found)}"
+    return found
+
+
+def test_step_containers_are_unprivileged_without_the_docker_socket_and_run_as_the_user(
+    kliko: KlikoCli, tmp_path: Path
+) -> None:
+    chain = tmp_path / "naps.yaml"
+    chain.write_text(TWO_NAPS)
+    cache = tmp_path / "cache"
+    log = tmp_path / "run.log"
+    process = kliko.popen("run", chain, "--cache-dir", cache, "--plain", "-j", "4", log=log)
+    try:
+        seen = inspect_running(process, {"mine", "theirs"})
+        assert process.wait(timeout=60) == 0, log.read_text()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+    assert seen["mine"]["Config"]["User"] == f"{os.getuid()}:{os.getgid()}"
+    assert seen["theirs"]["Config"]["User"] == "1234:1234", "a step's own user is respected"
+    for step, info in seen.items():
+        host = info["HostConfig"]
+        assert host["Privileged"] is False, step
+        assert not host.get("CapAdd"), step
+        assert not host.get("Devices"), step
+        for mode in ("PidMode", "IpcMode", "NetworkMode", "UsernsMode"):
+            assert host.get(mode) != "host", (step, mode)
+        binds = host.get("Binds") or []
+        sources = [m["Source"] for m in info["Mounts"]]
+        assert not any("docker.sock" in b for b in binds), binds
+        assert not any("docker.sock" in s for s in sources), sources
+        root = str(cache.resolve())
+        for mount in info["Mounts"]:
+            assert mount["Type"] == "bind", mount
+            assert mount["Source"].startswith(root + "/"), f"only the cache's folders: {mount}"
+            writable = mount["Destination"] in ("/output", "/work")
+            assert mount["RW"] is writable, mount
+
+
+# -- inputs and parameters are read-only -------------------------------------------------------
+
+
+def test_a_step_cannot_change_its_inputs_or_parameters(
+    kliko: KlikoCli, tmp_path: Path, images: dict[str, str]
+) -> None:
+    secret = tmp_path / "outside" / "secret.txt"
+    secret.parent.mkdir()
+    secret.write_text("calibration table v3\n")
+    secret_before = (secret.read_bytes(), secret.stat().st_mtime_ns)
+    chains = tmp_path / "chains"
+    chains.mkdir()
+    chain = chains / "tamper.yaml"
+    chain.write_text(
+        "steps:\n"
+        "  gen: {image: example/gen, params: {n: 3}}\n"
+        f"  tamper: {{image: {images['tamper']}, inputs: [gen],"
+        " params: {secret: ../outside/secret.txt}}\n"
+    )
+    cache, out = tmp_path / "cache", tmp_path / "out"
+
+    done = kliko("run", chain, "--cache-dir", cache, "--out", out, "--plain")
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    attempts = [line.split(" | ", 1)[1] for line in done.stdout.splitlines() if "tamper | " in line]
+    assert [a for a in attempts if a.startswith("WROTE")] == [], attempts
+    for target in (
+        "/input/numbers.txt",
+        "/input/new.txt",
+        "/param_files/secret",
+        "/parameters.json",
+    ):
+        assert f"refused {target}" in attempts, attempts
+    assert "refused rm /input/numbers.txt" in attempts
+    gen = entries_by_step(cache)["gen"]
+    assert (gen / "output" / "numbers.txt").read_text() == "line 1\nline 2\nline 3\n"
+    assert sorted(p.name for p in (gen / "output").iterdir()) == ["numbers.txt"]
+    verified = kliko("cache", "verify", "--cache-dir", cache)
+    assert verified.returncode == 0, verified.stdout
+    # A file parameter with '..' resolves to a host file that is copied in, never written.
+    assert (secret.read_bytes(), secret.stat().st_mtime_ns) == secret_before
+    assert (out / "tamper" / "secret-seen.txt").read_text() == "calibration table v3\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "chains", "out", "outside"]
+
+
+def test_a_join_step_changes_only_its_copy_of_the_inputs(
+    kliko: KlikoCli, tmp_path: Path, images: dict[str, str]
+) -> None:
+    chain = tmp_path / "join.yaml"
+    chain.write_text(
+        "steps:\n"
+        "  gen: {image: example/gen, params: {n: 2}}\n"
+        f"  scribble: {{image: {images['join-tamper']}, inputs: [gen]}}\n"
+    )
+    cache, out = tmp_path / "cache", tmp_path / "out"
+    first = kliko("run", chain, "--cache-dir", cache, "--plain", "--force", "scribble")
+    assert first.returncode == 0, first.stdout + first.stderr
+    gen = entries_by_step(cache)["gen"]
+    before = tree_state(gen)
+
+    done = kliko("run", chain, "--cache-dir", cache, "--out", out, "--plain", "--force", "scribble")
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert (out / "scribble" / "numbers.txt").read_text() == "tampered\n"
+    assert (out / "scribble" / "extra.txt").read_text() == "extra\n"
+    assert tree_state(gen) == before, "the cached input is untouched"
+    assert (gen / "output" / "numbers.txt").read_text() == "line 1\nline 2\n"
+
+
+# -- published entries -------------------------------------------------------------------------
+
+
+def test_published_entries_are_read_only(kliko: KlikoCli, tmp_path: Path) -> None:
+    chain = tmp_path / "chain.yaml"
+    chain.write_text(
+        "steps:\n"
+        "  gen: {image: example/gen, params: {n: 2}}\n"
+        "  up: {image: example/upper, inputs: [gen], params: {suffix: .u}}\n"
+        "  both: {image: example/merge, inputs: [gen, up]}\n"
+    )
+    cache = tmp_path / "cache"
+
+    done = kliko("run", chain, "--cache-dir", cache, "--out", tmp_path / "out", "--plain")
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    entries = entries_by_step(cache)
+    assert sorted(entries) == ["both", "gen", "up"]
+    for step, entry in entries.items():
+        paths = [entry, *entry.rglob("*")]
+        assert len(paths) > 4, step
+        for path in paths:
+            mode = path.lstat().st_mode
+            assert mode & 0o222 == 0, f"{path} is writable ({stat.filemode(mode)})"
+            if path.is_dir():
+                assert stat.S_IMODE(mode) == 0o555, path
+            else:
+                assert stat.S_IMODE(mode) in (0o444, 0o555), path
+    # The exported copies are the user's to change, and changing them leaves the cache alone.
+    exported = tmp_path / "out" / "gen" / "numbers.txt"
+    exported.write_text("edited\n")
+    assert (entries["gen"] / "output" / "numbers.txt").read_text() == "line 1\nline 2\n"
+
+
+def test_unsafe_step_names_never_become_folders(kliko: KlikoCli, tmp_path: Path) -> None:
+    chains = tmp_path / "chains"
+    chains.mkdir()
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    for name in ("../escape", "a/b", "/tmp/abs", "..", "."):
+        chain = chains / "chain.yaml"
+        chain.write_text(f"steps:\n  - {{name: '{name}', image: example/gen}}\n")
+        done = kliko(
+            "run", chain, "--cache-dir", tmp_path / "cache", "--out", tmp_path / "out", "--plain"
+        )
+        assert done.returncode != 0
+        assert "is not safe as a folder name" in done.stderr, done.stderr
+    after = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    assert [p for p in after if p not in before] == [Path("chains/chain.yaml")], after
+    assert not (tmp_path / "escape").exists()
+    assert not (tmp_path / "out").exists()
