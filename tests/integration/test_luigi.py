@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
-import luigi
 import pytest
+
+with warnings.catch_warnings():  # luigi warns about its own range-task autoloading
+    warnings.simplefilter("ignore", DeprecationWarning)
+    import luigi
 
 from kliko_async.luigi import KlikoTask
 

@@ -242,16 +242,22 @@ def test_ensure_writable_raises_a_cache_error_when_it_cannot_write(tmp_path: Pat
     assert caught.value.hint
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores permission bits")
 def test_ensure_writable_notices_a_read_only_folder(tmp_path: Path) -> None:
     root = tmp_path / "cache"
-    (root / "entries").mkdir(parents=True)
-    (root / "entries").chmod(0o555)
+    entries = root / "entries"
+    entries.mkdir(parents=True)
+    if os.geteuid() == 0:  # root ignores permission bits, but not a read-only mount
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", entries], check=True)
+    else:
+        entries.chmod(0o555)
     try:
         with pytest.raises(CacheError, match="is not writable"):
             Cache(root).ensure_writable()
     finally:
-        (root / "entries").chmod(0o755)
+        if os.geteuid() == 0:
+            subprocess.run(["umount", entries], check=True)
+        else:
+            entries.chmod(0o755)
 
 
 # -- stage, publish, lookup ----------------------------------------------------------------------

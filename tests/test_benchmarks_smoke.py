@@ -1,0 +1,74 @@
+"""Smoke test of the benchmark suite: the fake-runtime scheduler scenario, tiny, no Docker.
+
+It checks that the scenario runs end to end (in-process and in its measuring subprocess) and
+reports sane numbers; it asserts nothing about speed.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import anyio
+
+ROOT = Path(__file__).resolve().parents[1]
+STEPS = 200
+
+
+def load(name: str) -> ModuleType:
+    """Import ``benchmarks.<name>`` from the repository (it is not an installed package)."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    return importlib.import_module(f"benchmarks.{name}")
+
+
+def test_random_dag_is_a_dag_with_the_requested_size() -> None:
+    scheduler = load("scheduler")
+    data = scheduler.random_dag(STEPS, seed=3)
+    names = list(data["steps"])
+    assert len(names) == STEPS
+    for position, (_name, step) in enumerate(data["steps"].items()):
+        assert all(names.index(i) < position for i in step.get("inputs", []))
+
+
+def test_measure_in_process_runs_every_step(tmp_path: Path) -> None:
+    scheduler = load("scheduler")
+
+    async def main() -> dict[str, float]:
+        numbers: dict[str, float] = await scheduler.measure(STEPS, workdir=tmp_path)
+        return numbers
+
+    numbers = anyio.run(main)
+    assert numbers["ok"]
+    assert numbers["done"] == numbers["containers"] == STEPS
+    for key in ("load_s", "plan_s", "run_s", "total_s"):
+        assert 0 < numbers[key] < 120, key
+    assert abs(numbers["total_s"] - numbers["plan_s"] - numbers["run_s"]) < 1e-6
+
+
+def test_scheduler_scenario_reports_sane_numbers(tmp_path: Path) -> None:
+    scheduler = load("scheduler")
+    harness = load("harness")
+    cfg = harness.Config(quick=True, reps=1, workdir=tmp_path)
+
+    result = anyio.run(scheduler.scenario, cfg, STEPS)
+
+    assert result.error is None
+    assert result.params["steps"] == STEPS
+    rows = {row.metric: row for row in result.rows}
+    total = rows["plan + run"]
+    assert total.kliko is not None and total.kliko > 0
+    assert total.ok is not None  # a target was checked, whatever the outcome
+    memory = rows["peak RSS (ru_maxrss); floor: RSS after imports"]
+    assert memory.floor is not None and memory.kliko is not None
+    assert 0 < memory.floor <= memory.kliko < 10_000
+    text = harness.table([result])
+    assert "plan + run" in text and "scheduler" in text
+    out = tmp_path / "results.json"
+    harness.write_json(out, [result], {"quick": True})
+    saved = json.loads(out.read_text())
+    assert saved["scenarios"][0]["name"] == "scheduler"
+    assert saved["scenarios"][0]["samples"]["total_s"]
