@@ -15,8 +15,6 @@ with warnings.catch_warnings():  # luigi warns about its own range-task autoload
 
 from kliko_async.luigi import KlikoTask
 
-CACHE: Path | None = None
-
 
 class Simulate(KlikoTask):
     @classmethod
