@@ -13,6 +13,7 @@ from pathlib import Path
 from types import ModuleType
 
 import anyio
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 200
@@ -34,11 +35,14 @@ def test_random_dag_is_a_dag_with_the_requested_size() -> None:
         assert all(names.index(i) < position for i in step.get("inputs", []))
 
 
-def test_measure_in_process_runs_every_step(tmp_path: Path) -> None:
+@pytest.mark.parametrize("memory_cache", [False, True], ids=["disk-cache", "memory-cache"])
+def test_measure_in_process_runs_every_step(tmp_path: Path, memory_cache: bool) -> None:
     scheduler = load("scheduler")
 
     async def main() -> dict[str, float]:
-        numbers: dict[str, float] = await scheduler.measure(STEPS, workdir=tmp_path)
+        numbers: dict[str, float] = await scheduler.measure(
+            STEPS, workdir=tmp_path, memory_cache=memory_cache
+        )
         return numbers
 
     numbers = anyio.run(main)
@@ -54,7 +58,7 @@ def test_scheduler_scenario_reports_sane_numbers(tmp_path: Path) -> None:
     harness = load("harness")
     cfg = harness.Config(quick=True, reps=1, workdir=tmp_path)
 
-    result = anyio.run(scheduler.scenario, cfg, STEPS)
+    result = anyio.run(lambda: scheduler.scenario(cfg, STEPS, variants=False))
 
     assert result.error is None
     assert result.params["steps"] == STEPS

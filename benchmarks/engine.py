@@ -1,0 +1,96 @@
+"""The floors: the same containers kliko-async runs, run with bare aiodocker and nothing else.
+
+A floor container gets what a kliko-async step gets (``/parameters.json`` read-only, an empty
+``/input`` read-only, a writable ``/output``, the invoking uid:gid, bridge networking), so the
+difference to kliko-async is kliko-async's own work: planning, the cache, log handling, events.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiodocker
+import anyio
+
+from benchmarks.harness import BENCH_LABEL, invoking_user, parameters_json
+
+
+@dataclass
+class FloorRun:
+    container_id: str
+    exit_code: int
+    lines: int
+    """Log lines read (only when logs were consumed)."""
+    wall_s: float
+
+
+class Engine:
+    """A bare aiodocker client for floors; ``async with Engine() as engine``."""
+
+    def __init__(self) -> None:
+        self.client = aiodocker.Docker()
+
+    async def __aenter__(self) -> Engine:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.client.close()
+
+    async def image_id(self, ref: str) -> str:
+        info: dict[str, Any] = await self.client.images.inspect(ref)
+        return str(info["Id"])
+
+    def kliko_config(self, image_id: str, params: dict[str, Any], folder: Path) -> dict[str, Any]:
+        """A container config like kliko-async's for a split-IO Kliko image, files in ``folder``."""
+        folder.mkdir(parents=True, exist_ok=True)
+        parameters = folder / "parameters.json"
+        parameters.write_text(parameters_json(params))
+        (folder / "input").mkdir(exist_ok=True)
+        (folder / "output").mkdir(exist_ok=True)
+        binds = [
+            f"{parameters.resolve()}:/parameters.json:ro",
+            f"{(folder / 'input').resolve()}:/input:ro",
+            f"{(folder / 'output').resolve()}:/output:rw",
+        ]
+        return {
+            "Image": image_id,
+            "Labels": {BENCH_LABEL: "1"},
+            "User": invoking_user(),
+            "HostConfig": {"Binds": binds, "NetworkMode": "bridge", "Privileged": False},
+            "AttachStdout": False,
+            "AttachStderr": False,
+            "Tty": False,
+        }
+
+    async def run(self, config: dict[str, Any], *, consume_logs: bool = False) -> FloorRun:
+        """Create, start, wait for and remove one container; optionally read all its logs."""
+        started = time.perf_counter()
+        container = await self.client.containers.create(config)
+        lines = 0
+        try:
+            await container.start()
+            if consume_logs:
+
+                async def read_logs() -> None:
+                    nonlocal lines
+                    stream = container.log(stdout=True, stderr=True, follow=True)
+                    async for chunk in stream:
+                        lines += chunk.count("\n")
+
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(read_logs)
+                    status = await container.wait()
+            else:
+                status = await container.wait()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await container.delete(force=True, v=True)
+        return FloorRun(
+            container_id=container.id,
+            exit_code=int(status.get("StatusCode", -1)),
+            lines=lines,
+            wall_s=time.perf_counter() - started,
+        )

@@ -1,0 +1,324 @@
+"""The scheduler alone: a big random DAG planned and run on the fake runtime.
+
+No Docker: ``kliko_async.runtime.fake.FakeRuntime`` plays every container with a coroutine that
+writes one small file and one log line. The cache is real (a temporary folder), so every step is
+staged, published (fsync, hash, manifest, rename) and locked as with real containers. The chain
+is a seeded random DAG: step i reads up to three random earlier steps.
+
+Each measurement runs in a fresh subprocess (``python -m benchmarks.scheduler --steps N``) so that
+its peak RSS (``ru_maxrss``) is its own; the Python start-up and imports are in that peak but not
+in the times. Times: building the Chain (``parse_chain``), planning (until ``RunStarted``), and
+running (the scheduler, until ``api.run`` returns). Target: plan + run < 2 s, peak < 200 MB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import resource
+import sys
+import tempfile
+import time
+import tracemalloc
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from benchmarks.harness import (
+    ROOT,
+    Config,
+    EventClock,
+    ScenarioResult,
+    progress,
+    remove_tree,
+    run_process,
+)
+from kliko_async import api
+from kliko_async.cache import Cache, CacheEntry, Manifest, Staging
+from kliko_async.chain import parse_chain
+from kliko_async.events import EventBus, RunStarted
+from kliko_async.images import ImageResolver
+from kliko_async.plan import plan_chain
+from kliko_async.resources import machine_cpus
+from kliko_async.runtime.fake import FakeContainer, FakeRuntime
+from kliko_async.scheduler import Scheduler
+
+NAME = "scheduler"
+IMAGE = "bench/noop"
+TARGET_S = 2.0
+TARGET_MB = 200.0
+
+NOOP_KLIKO_YML = """\
+schema_version: 3
+name: bench/noop
+description: Writes one small file; for the scheduler benchmark.
+io: split
+sections:
+  - name: noop
+    description: Which step
+    fields:
+      - name: i
+        type: int
+        initial: 0
+"""
+
+
+async def noop_program(container: FakeContainer) -> int:
+    """A trivial step: one small output file, one log line."""
+    (container.path("/output") / "out.txt").write_text("ok\n")
+    container.log("noop: done")
+    return 0
+
+
+def random_dag(steps: int, seed: int = 1, max_inputs: int = 3) -> dict[str, Any]:
+    """Chain file data: ``steps`` steps, each reading 0..max_inputs random earlier steps."""
+    rng = random.Random(seed)
+    data: dict[str, Any] = {}
+    for i in range(steps):
+        step: dict[str, Any] = {"image": IMAGE, "params": {"i": i}}
+        if i > 0:
+            inputs = rng.sample(range(i), rng.randint(0, min(max_inputs, i)))
+            step["inputs"] = [f"s{j:05d}" for j in sorted(inputs)]
+        data[f"s{i:05d}"] = step
+    return {"steps": data}
+
+
+def tmpfs_dir() -> Path | None:
+    """/dev/shm when it is there and writable: a cache there costs no disk I/O and no fsync."""
+    shm = Path("/dev/shm")
+    return shm if shm.is_dir() and os.access(shm, os.W_OK) else None
+
+
+def rss_mb() -> float:
+    """Current resident set size in MB (VmRSS), 0 when /proc is not there."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+class MemoryCache(Cache):
+    """Entries and locks in memory; staging folders stay real (the scheduler writes into them).
+
+    With it the scheduler's own cost shows without the cache's file work (manifest reads,
+    sealing, fsync, hashing, renames): what the "scheduler alone" target can be held to.
+    """
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self._entries: dict[str, CacheEntry] = {}
+
+    def lookup(self, key: str) -> CacheEntry | None:
+        return self._entries.get(key)
+
+    def publish(self, staging: Staging, manifest_without_outputs: Manifest) -> CacheEntry:
+        entry = CacheEntry(key=staging.key, path=staging.path, manifest=manifest_without_outputs)
+        self._entries[staging.key] = entry
+        return entry
+
+    @asynccontextmanager
+    async def lock(self, key: str, *, poll: float = 0.05) -> AsyncIterator[None]:
+        yield
+
+
+async def measure(
+    steps: int,
+    *,
+    workdir: Path,
+    seed: int = 1,
+    jobs: int | None = None,
+    memory_cache: bool = False,
+) -> dict[str, Any]:
+    """Build, plan and run a random DAG of ``steps`` fake steps with a cache under ``workdir``.
+
+    Returns the times (``load_s``, ``plan_s``, ``run_s``, ``total_s`` = plan + run) and counts.
+    ``memory_cache`` runs the plan and the scheduler directly (as ``api.run`` does) with a
+    :class:`MemoryCache`.
+    """
+    data = random_dag(steps, seed)
+    edges = sum(len(s.get("inputs", [])) for s in data["steps"].values())
+    runtime = FakeRuntime()
+    runtime.add_image(IMAGE, NOOP_KLIKO_YML, noop_program)
+    started = time.perf_counter()
+    chain = parse_chain(data, source="benchmarks/scheduler", base_dir=workdir)
+    loaded = time.perf_counter()
+    clock = EventClock(keep=False)
+    if memory_cache:
+        cache = MemoryCache(workdir / "cache")
+        cache.ensure_writable()
+        bus = EventBus()
+        bus.on_event(clock)
+        resolver = ImageResolver(runtime, None)
+        plan = await plan_chain(chain, resolver=resolver, cache=cache, emit=bus.emit)
+        clock(RunStarted(run_id="bench", steps=[], jobs=0))  # marks the end of planning
+        scheduler = Scheduler(
+            plan,
+            runtime=runtime,
+            cache=cache,
+            emit=bus.emit,
+            run_id="bench",
+            jobs=jobs or machine_cpus(),
+            wants_log_lines=bus.wants_log_lines,
+        )
+        outcome = await scheduler.run()
+    else:
+        outcome = await api.run(
+            chain, runtime=runtime, cache_dir=workdir / "cache", jobs=jobs, on_event=clock
+        )
+    ended = time.perf_counter()
+    planned = clock.first["run_started"]
+    return {
+        "steps": steps,
+        "edges": edges,
+        "done": outcome.count("done"),
+        "ok": outcome.ok,
+        "containers": len(runtime.jobs),
+        "max_running": runtime.max_running,
+        "load_s": loaded - started,
+        "plan_s": planned - loaded,
+        "run_s": ended - planned,
+        "total_s": ended - loaded,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The subprocess: one measurement, printed as one JSON object on stdout."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.scheduler")
+    parser.add_argument("--steps", type=int, default=10_000)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--jobs", type=int, default=None)
+    parser.add_argument("--tmp-root", type=Path, default=None, help="where the cache goes")
+    parser.add_argument("--tracemalloc", action="store_true", help="also trace Python allocations")
+    parser.add_argument("--memory-cache", action="store_true", help="entries and locks in memory")
+    options = parser.parse_args(argv)
+    baseline = rss_mb()
+    if options.tracemalloc:
+        tracemalloc.start()
+    with tempfile.TemporaryDirectory(prefix="kliko-bench-sched-", dir=options.tmp_root) as folder:
+        numbers = anyio.run(
+            lambda: measure(
+                options.steps,
+                workdir=Path(folder),
+                seed=options.seed,
+                jobs=options.jobs,
+                memory_cache=options.memory_cache,
+            )
+        )
+        if options.tracemalloc:
+            numbers["tracemalloc_peak_mb"] = tracemalloc.get_traced_memory()[1] / 2**20
+            tracemalloc.stop()
+        numbers["peak_rss_mb"] = peak_rss_mb()
+        remove_tree(Path(folder) / "cache")
+    numbers["rss_before_mb"] = baseline
+    print(json.dumps(numbers))
+
+
+async def measure_in_subprocess(
+    steps: int,
+    *,
+    tmp_root: Path | None = None,
+    seed: int = 1,
+    trace: bool = False,
+    memory_cache: bool = False,
+) -> dict[str, Any]:
+    """One measurement in a fresh ``python -m benchmarks.scheduler`` process."""
+    command = [sys.executable, "-m", "benchmarks.scheduler", "--steps", str(steps)]
+    command += ["--seed", str(seed)] + (["--tracemalloc"] if trace else [])
+    command += ["--memory-cache"] if memory_cache else []
+    if tmp_root is not None:
+        command += ["--tmp-root", str(tmp_root)]
+    done = await run_process(command, cwd=ROOT)
+    numbers: dict[str, Any] = json.loads(done.stdout.decode().strip().splitlines()[-1])
+    if not numbers["ok"] or numbers["done"] != steps:
+        raise RuntimeError(f"the fake run did not finish every step: {numbers}")
+    return numbers
+
+
+async def run(cfg: Config) -> ScenarioResult:
+    return await scenario(cfg, cfg.size(10_000, 1_000))
+
+
+async def scenario(cfg: Config, steps: int, *, variants: bool = True) -> ScenarioResult:
+    """The scenario for a DAG of ``steps`` steps (the smoke test uses a tiny one).
+
+    Without ``variants`` only the run with the cache in the tmp folder is measured (no tmpfs,
+    no in-memory cache): one subprocess per repetition.
+    """
+    reps = cfg.repeats(3, 1)
+    tmpfs = tmpfs_dir() if variants else None
+    result = ScenarioResult(
+        NAME,
+        f"{steps}-step random DAG on the fake runtime, real cache in a tmp folder",
+        params={
+            "steps": steps,
+            "reps": reps,
+            "max_inputs": 3,
+            "seed": 1,
+            "jobs": "CPUs",
+            "tmp_folder": str(cfg.workdir),
+            "tmpfs_folder": str(tmpfs),
+        },
+    )
+    for rep in range(reps):
+        progress(f"  rep {rep + 1}/{reps}: cache in {cfg.workdir}")
+        numbers = await measure_in_subprocess(steps, tmp_root=cfg.workdir)
+        for key in ("load_s", "plan_s", "run_s", "total_s", "peak_rss_mb", "rss_before_mb"):
+            result.add(key, float(numbers[key]))
+        result.params["edges"] = numbers["edges"]
+        if tmpfs is not None:
+            progress(f"  rep {rep + 1}/{reps}: cache in {tmpfs} (tmpfs: no disk, no fsync cost)")
+            numbers = await measure_in_subprocess(steps, tmp_root=tmpfs)
+            for key in ("plan_s", "run_s", "total_s"):
+                result.add(f"tmpfs_{key}", float(numbers[key]))
+        if variants:
+            where = tmpfs or cfg.workdir
+            progress(f"  rep {rep + 1}/{reps}: in-memory cache (staging in {where})")
+            numbers = await measure_in_subprocess(steps, tmp_root=where, memory_cache=True)
+            for key in ("plan_s", "run_s", "total_s", "peak_rss_mb"):
+                result.add(f"memory_{key}", float(numbers[key]))
+    if variants and not cfg.quick:
+        progress("  one more run under tracemalloc (slower; memory only)")
+        traced = await measure_in_subprocess(steps, tmp_root=tmpfs or cfg.workdir, trace=True)
+        result.add("tracemalloc_peak_mb", float(traced["tracemalloc_peak_mb"]))
+
+    total = result.median("total_s")
+    peak = result.median("peak_rss_mb")
+    result.row("plan + run", "s", kliko=total, target=f"< {TARGET_S:g} s", ok=total < TARGET_S)
+    result.row("  plan", "s", kliko=result.median("plan_s"))
+    result.row("  run", "s", kliko=result.median("run_s"))
+    if tmpfs is not None:
+        result.row("plan + run, cache on tmpfs", "s", kliko=result.median("tmpfs_total_s"))
+        result.row("  run, cache on tmpfs", "s", kliko=result.median("tmpfs_run_s"))
+    if variants:
+        result.row("plan + run, in-memory cache stub", "s", kliko=result.median("memory_total_s"))
+        result.row("  run, in-memory cache stub", "s", kliko=result.median("memory_run_s"))
+    result.row("building the Chain (parse_chain)", "s", kliko=result.median("load_s"))
+    result.row(
+        "peak RSS (ru_maxrss); floor: RSS after imports",
+        "MB",
+        floor=result.median("rss_before_mb"),
+        kliko=peak,
+        target=f"< {TARGET_MB:g} MB",
+        ok=peak < TARGET_MB,
+    )
+    if "tracemalloc_peak_mb" in result.samples:
+        result.row(
+            "tracemalloc peak (Python heap)", "MB", kliko=result.median("tracemalloc_peak_mb")
+        )
+    return result
+
+
+if __name__ == "__main__":
+    main()
