@@ -287,7 +287,7 @@ class Cache:
         """Make ``staging`` the entry of its key, atomically.
 
         The output tree is fsynced and made read-only, hashed into ``manifest.outputs``, the
-        manifest is written (temporary file, fsync, rename) and the folder renamed into
+        manifest is written and fsynced, and the folder renamed into
         ``entries/``. If another process published the same key first, the staging folder is
         discarded and the existing entry returned. On any OS error the staging folder is
         discarded and :class:`CacheError` raised; ``entries/`` then holds nothing of it.
@@ -313,10 +313,11 @@ class Cache:
             outputs = hash_tree(staging.output_dir)
             manifest = manifest_without_outputs.model_copy(update={"outputs": outputs})
             action = "writing manifest.json"
-            _write_durably(staging.path / _MANIFEST, manifest.model_dump_json(indent=2).encode())
+            # No temporary file needed: nobody reads a staging folder before its rename.
+            _write_sealed(staging.path / _MANIFEST, manifest.model_dump_json(indent=2).encode())
             action = "making the entry read-only"
             for child in staging.path.iterdir():
-                if child.name != _OUTPUT:
+                if child.name not in (_OUTPUT, _MANIFEST):
                     _seal_tree(child)
             _fsync_dir(staging.path)
             action = "creating the entry folder"
@@ -735,10 +736,9 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _write_durably(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file, fsync and rename."""
-    temporary = path.with_name(path.name + ".tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+def _write_sealed(path: Path, data: bytes) -> None:
+    """Write ``data`` to a new file, fsync it and make it read-only."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, _FILE_MODE)
     try:
         view = memoryview(data)
         while view:
@@ -746,7 +746,6 @@ def _write_durably(path: Path, data: bytes) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-    os.replace(temporary, path)
 
 
 def _seal_tree(root: Path) -> None:

@@ -77,6 +77,7 @@ async def plan_chain(
     for name in force:
         forced |= chain.downstream(name)
     base_dir = Path.cwd() if chain.source == RUN_CHAIN_SOURCE else Path(chain.source).parent
+    base_dir = base_dir.resolve()
     order = chain.topological_order()
     planned: dict[str, PlannedStep] = {}
     problems: list[KlikoError] = []
@@ -94,7 +95,7 @@ async def plan_chain(
                 image.spec,
                 step.params,
                 where=f"step '{name}' (image {image.ref})",
-                base_dir=base_dir.resolve(),
+                base_dir=base_dir,
             )
         except KlikoError as error:
             problems.append(error)

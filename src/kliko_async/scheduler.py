@@ -315,23 +315,25 @@ class Scheduler:
         started_at = datetime.now(UTC)
         started = time.monotonic()
         try:
-            # File work (parameters, copies of join inputs) runs in a worker thread, so that a
-            # big copy never stalls the log streams and timers of the other running steps.
-            job = await anyio.to_thread.run_sync(
-                functools.partial(
-                    build_job,
-                    planned.image,
-                    planned.params,
-                    scratch=staging.path / "scratch",
-                    output=staging.output_dir,
-                    inputs={i: self._output_of(i) for i in step.inputs},
-                    user=step.user,
-                    env=step.env,
-                    labels=self._labels(planned),
-                    cpus=step.resources.cpus,
-                    memory=step.resources.memory,
-                )
+            prepare = functools.partial(
+                build_job,
+                planned.image,
+                planned.params,
+                scratch=staging.path / "scratch",
+                output=staging.output_dir,
+                inputs={i: self._output_of(i) for i in step.inputs},
+                user=step.user,
+                env=step.env,
+                labels=self._labels(planned),
+                cpus=step.resources.cpus,
+                memory=step.resources.memory,
             )
+            if planned.image.spec.io == "join" and step.inputs:
+                # Copying the inputs into /work may take long: in a worker thread, so that it
+                # never stalls the log streams and timers of the other running steps.
+                job = await anyio.to_thread.run_sync(prepare)
+            else:  # a few small files: cheaper here than a round trip to a thread
+                job = prepare()
             log = _StepLog(staging.log_path)
             try:
                 on_log = self._log_sink(step.name, log, last)

@@ -18,6 +18,11 @@ from kliko_async.runtime.base import ContainerJob, Mount
 from kliko_async.spec import PARAM_FILES_DIR, ValidatedParameters
 
 
+def absolute(path: Path) -> Path:
+    """``path`` made absolute and normalised without touching the disk (Docker wants both)."""
+    return Path(os.path.abspath(path))
+
+
 def invoking_user() -> str:
     """``uid:gid`` of this process: containers run as it, so outputs are not owned by root."""
     return f"{os.getuid()}:{os.getgid()}"
@@ -46,10 +51,10 @@ def build_job(
     mounts = parameter_mounts(params, scratch)
     if image.spec.io == "split":
         mounts += split_input_mounts(inputs, scratch)
-        mounts.append(Mount(source=output.resolve(), target="/output"))
+        mounts.append(Mount(source=absolute(output), target="/output"))
     else:
         fill_work(output, inputs)
-        mounts.append(Mount(source=output.resolve(), target="/work"))
+        mounts.append(Mount(source=absolute(output), target="/work"))
     run_as = user or invoking_user()
     if user and user != invoking_user():
         open_for_anyone(output)  # a different uid must be able to write its own outputs
@@ -69,7 +74,7 @@ def parameter_mounts(params: ValidatedParameters, scratch: Path) -> list[Mount]:
     parameters = scratch / "parameters.json"
     parameters.write_text(params.parameters_json())
     parameters.chmod(0o644)
-    mounts = [Mount(source=parameters.resolve(), target="/parameters.json", read_only=True)]
+    mounts = [Mount(source=absolute(parameters), target="/parameters.json", read_only=True)]
     if params.files:
         root = scratch / "param_files"
         for item in params.files:
@@ -77,7 +82,7 @@ def parameter_mounts(params: ValidatedParameters, scratch: Path) -> list[Mount]:
             (root / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(item.host_path, root / rel)
         open_for_anyone(root, write=False)
-        mounts.append(Mount(source=root.resolve(), target=PARAM_FILES_DIR, read_only=True))
+        mounts.append(Mount(source=absolute(root), target=PARAM_FILES_DIR, read_only=True))
     return mounts
 
 
@@ -85,12 +90,12 @@ def split_input_mounts(inputs: Mapping[str, Path], scratch: Path) -> list[Mount]
     if not inputs:
         empty = scratch / "empty-input"
         empty.mkdir(exist_ok=True)
-        return [Mount(source=empty.resolve(), target="/input", read_only=True)]
+        return [Mount(source=absolute(empty), target="/input", read_only=True)]
     if len(inputs) == 1:
         (source,) = inputs.values()
-        return [Mount(source=source.resolve(), target="/input", read_only=True)]
+        return [Mount(source=absolute(source), target="/input", read_only=True)]
     return [
-        Mount(source=source.resolve(), target=f"/input/{name}", read_only=True)
+        Mount(source=absolute(source), target=f"/input/{name}", read_only=True)
         for name, source in sorted(inputs.items())
     ]
 

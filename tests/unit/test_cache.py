@@ -396,10 +396,10 @@ def test_publish_failure_while_writing_the_manifest_leaves_nothing(
     key = key_of(1)
     staging = stage_files(cache, key, {"a.txt": b"a"})
 
-    def denied(src: Any, dst: Any) -> None:
-        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(dst))
+    def disk_full(fd: int, data: Any) -> int:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(os, "replace", denied)
+    monkeypatch.setattr(os, "write", disk_full)  # only the manifest is written while publishing
     with pytest.raises(CacheError, match=r"writing manifest\.json failed"):
         cache.publish(staging, manifest_for(key, step="calibrate"))
     monkeypatch.undo()
