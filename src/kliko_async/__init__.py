@@ -34,7 +34,7 @@ from kliko_async.events import (
     StepStarted,
 )
 from kliko_async.events import StepFailed as StepFailedEvent
-from kliko_async.scheduler import RunResult, StepResult
+from kliko_async.results import RunResult, StepResult
 
 __version__ = "0.1.0"
 

@@ -29,8 +29,9 @@ from kliko_async.events import Event, EventBus, EventSubscription
 from kliko_async.images import ImageResolver
 from kliko_async.plan import Plan, plan_chain
 from kliko_async.resources import machine_cpus
+from kliko_async.results import RunResult
 from kliko_async.runtime.base import Runtime
-from kliko_async.scheduler import RunResult, Scheduler, remove_leftovers
+from kliko_async.scheduler import Scheduler, remove_leftovers
 from kliko_async.workspace import copy_tree_writable
 
 T = TypeVar("T")

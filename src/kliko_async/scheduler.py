@@ -9,9 +9,7 @@ to the cache only on success. Everything that happens is emitted as an event.
 from __future__ import annotations
 
 import contextlib
-import errno
 import functools
-import os
 import shutil
 import socket
 import time
@@ -19,13 +17,13 @@ from collections import deque
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
 
 import anyio
 from pydantic import BaseModel, ConfigDict
 
+from kliko_async.attempts import StepLog, exit_reason, full_disk, keep_log
 from kliko_async.cache import Cache, CacheEntry, Manifest, Staging
-from kliko_async.errors import CacheError, KlikoError, RunFailed, StepFailed
+from kliko_async.errors import CacheError, KlikoError
 from kliko_async.events import (
     Event,
     RunFinished,
@@ -45,62 +43,18 @@ from kliko_async.events import (
 from kliko_async.plan import Plan, PlannedStep
 from kliko_async.processes import pid_alive
 from kliko_async.resources import ResourcePool
+from kliko_async.results import RunResult, StepResult
 from kliko_async.runtime.base import (
     LABEL_PREFIX,
     OWNER_LABEL,
-    ContainerExit,
     Runtime,
     Stream,
     owner_label,
 )
+from kliko_async.steplogs import run_log_dir
 from kliko_async.workspace import build_job
 
-StepState = Literal["done", "cached", "failed", "skipped", "cancelled"]
 LAST_LINES = 20
-
-
-class StepResult(BaseModel):
-    """How one step ended."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    name: str
-    key: str
-    state: StepState
-    output: Path | None = None
-    exit_code: int | None = None
-    duration_s: float = 0.0
-    reason: str | None = None
-    log_path: Path | None = None
-
-
-class RunResult(BaseModel):
-    """How a whole run ended, step by step."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    run_id: str
-    steps: dict[str, StepResult]
-    wall_s: float
-    saved_s: float
-
-    @property
-    def ok(self) -> bool:
-        return all(r.state in ("done", "cached") for r in self.steps.values())
-
-    def count(self, state: StepState) -> int:
-        return sum(1 for r in self.steps.values() if r.state == state)
-
-    def raise_for_failures(self) -> None:
-        failures = [
-            StepFailed(
-                r.name, r.reason or r.state, log_path=str(r.log_path) if r.log_path else None
-            )
-            for r in self.steps.values()
-            if r.state in ("failed", "cancelled")
-        ]
-        if failures:
-            raise RunFailed(failures)
 
 
 class _Attempt(BaseModel):
@@ -138,7 +92,7 @@ class Scheduler:
         self.run_id = run_id
         self.jobs = max(1, jobs)
         self.keep_going = keep_going
-        self.log_dir = log_dir or cache.root / "logs" / run_id
+        self.log_dir = log_dir or run_log_dir(cache, run_id)
         self.pool = pool or ResourcePool()
         self.wants_log_lines = wants_log_lines
         self.results: dict[str, StepResult] = {}
@@ -334,7 +288,7 @@ class Scheduler:
                 job = await anyio.to_thread.run_sync(prepare)
             else:  # a few small files: cheaper here than a round trip to a thread
                 job = prepare()
-            log = _StepLog(staging.log_path)
+            log = StepLog(staging.log_path)
             try:
                 on_log = self._log_sink(step.name, log, last)
                 on_start = self._start_sink(planned, attempt)
@@ -359,7 +313,7 @@ class Scheduler:
             reason = f"timed out after {step.timeout:g} s; the container was stopped"
             return self._failed_attempt(planned, staging, reason, None, last)
         if exited.exit_code != 0:
-            reason = _exit_reason(exited, step.resources.memory)
+            reason = exit_reason(exited, step.resources.memory)
             return self._failed_attempt(planned, staging, reason, exited.exit_code, last)
         shutil.rmtree(staging.path / "scratch", ignore_errors=True)
         finished_at = datetime.now(UTC)
@@ -395,10 +349,10 @@ class Scheduler:
         last: deque[str],
     ) -> _Attempt:
         """Keep the failed attempt's log in the run's log folder; drop everything else."""
-        full = _full_disk(staging.path, self.cache.root)
+        full = full_disk(staging.path, self.cache.root)
         if full is not None and "is full" not in reason:
             reason = f"{reason}; {full}"
-        log_path = _keep_log(staging.log_path, self.log_dir / f"{planned.name}.log")
+        log_path = keep_log(staging.log_path, self.log_dir / f"{planned.name}.log")
         self._discard(staging)
         return _Attempt(
             ok=False, reason=reason, exit_code=exit_code, log_path=log_path, last_lines=list(last)
@@ -422,9 +376,7 @@ class Scheduler:
             OWNER_LABEL: self._owner,
         }
 
-    def _log_sink(
-        self, step: str, log: _StepLog, last: deque[str]
-    ) -> Callable[[Stream, str], None]:
+    def _log_sink(self, step: str, log: StepLog, last: deque[str]) -> Callable[[Stream, str], None]:
         emit, wants = self.emit, self.wants_log_lines
 
         def on_log(stream: Stream, text: str) -> None:
@@ -444,90 +396,6 @@ class Scheduler:
             )
 
         return on_start
-
-
-class _StepLog:
-    """A step's saved log file. Writing never raises into the runtime's log stream: the first
-    error (a full disk) is kept in ``error`` and reported through ``on_error``, and the attempt
-    fails, since an entry's log must be complete."""
-
-    def __init__(self, path: Path) -> None:
-        self._file = path.open("w", encoding="utf-8", buffering=1 << 16)
-        self.error: OSError | None = None
-        self.on_error: Callable[[], None] | None = None
-
-    def write(self, text: str) -> None:
-        if self.error is not None:
-            return
-        try:
-            self._file.write(text)
-        except OSError as error:
-            self._failed(error)
-
-    def close(self) -> None:
-        try:
-            self._file.close()
-        except OSError as error:
-            self._failed(error)
-
-    def _failed(self, error: OSError) -> None:
-        if self.error is None:
-            self.error = error
-            if self.on_error is not None:
-                self.on_error()
-
-
-def _exit_reason(exited: ContainerExit, memory: int | None) -> str:
-    code = exited.exit_code
-    if exited.oom_killed:
-        limit = f"its memory limit is {_bytes(memory)}" if memory else "it had no memory limit"
-        return f"killed for running out of memory (exit code {code}; {limit})"
-    if exited.killed_by is not None:
-        return (
-            f"killed from outside the run: {exited.killed_by} (docker kill/stop), exit code {code}"
-        )
-    if code == 137:
-        return "killed (exit code 137: SIGKILL, from outside or out of memory)"
-    return f"exited with code {code}"
-
-
-def _bytes(size: int) -> str:
-    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if size >= scale:
-            return f"{size / scale:g} {unit}"
-    return f"{size} bytes"
-
-
-def _full_disk(path: Path, cache_root: Path) -> str | None:
-    """Why a step failed, if the disk of its staging folder is (nearly) full; else None."""
-    try:
-        disk = os.statvfs(path)
-    except OSError:
-        return None
-    free = disk.f_bavail * disk.f_frsize
-    if free >= min(1 << 20, disk.f_blocks * disk.f_frsize // 100):
-        return None
-    return (
-        f"the disk holding the cache folder {cache_root} is full ({_bytes(free)} free); free "
-        "space, for example with 'kliko-async cache gc --max-size 10G'"
-    )
-
-
-def _keep_log(source: Path, target: Path) -> Path | None:
-    """Move a failed attempt's log to ``target`` (no copy: the disk may be full); its path."""
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.replace(source, target)
-        except OSError as error:
-            if error.errno != errno.EXDEV:
-                raise
-            shutil.copyfile(source, target)  # the log folder is on another file system
-    except OSError:
-        with contextlib.suppress(OSError):
-            target.unlink()
-        return None
-    return target
 
 
 async def remove_leftovers(runtime: Runtime) -> int:

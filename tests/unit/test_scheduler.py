@@ -44,9 +44,10 @@ from kliko_async.events import (
 from kliko_async.images import ImageResolver
 from kliko_async.plan import plan_chain
 from kliko_async.resources import ResourcePool
+from kliko_async.results import RunResult
 from kliko_async.runtime.base import LABEL_PREFIX
 from kliko_async.runtime.fake import FakeContainer, FakeRuntime
-from kliko_async.scheduler import RunResult, Scheduler
+from kliko_async.scheduler import Scheduler
 
 pytestmark = pytest.mark.anyio
 

@@ -1,0 +1,100 @@
+"""The pieces of one attempt at a step that are not scheduling: its saved log, why it ended.
+
+Kept apart from the scheduler so that the engine module holds ordering, limits, retries and
+failure policy only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+from kliko_async.runtime.base import ContainerExit
+
+
+class StepLog:
+    """A step's saved log file. Writing never raises into the runtime's log stream: the first
+    error (a full disk) is kept in ``error`` and reported through ``on_error``, and the attempt
+    fails, since an entry's log must be complete."""
+
+    def __init__(self, path: Path) -> None:
+        self._file = path.open("w", encoding="utf-8", buffering=1 << 16)
+        self.error: OSError | None = None
+        self.on_error: Callable[[], None] | None = None
+
+    def write(self, text: str) -> None:
+        if self.error is not None:
+            return
+        try:
+            self._file.write(text)
+        except OSError as error:
+            self._failed(error)
+
+    def close(self) -> None:
+        try:
+            self._file.close()
+        except OSError as error:
+            self._failed(error)
+
+    def _failed(self, error: OSError) -> None:
+        if self.error is None:
+            self.error = error
+            if self.on_error is not None:
+                self.on_error()
+
+
+def exit_reason(exited: ContainerExit, memory: int | None) -> str:
+    code = exited.exit_code
+    if exited.oom_killed:
+        limit = f"its memory limit is {_bytes(memory)}" if memory else "it had no memory limit"
+        return f"killed for running out of memory (exit code {code}; {limit})"
+    if exited.killed_by is not None:
+        return (
+            f"killed from outside the run: {exited.killed_by} (docker kill/stop), exit code {code}"
+        )
+    if code == 137:
+        return "killed (exit code 137: SIGKILL, from outside or out of memory)"
+    return f"exited with code {code}"
+
+
+def _bytes(size: int) -> str:
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if size >= scale:
+            return f"{size / scale:g} {unit}"
+    return f"{size} bytes"
+
+
+def full_disk(path: Path, cache_root: Path) -> str | None:
+    """Why a step failed, if the disk of its staging folder is (nearly) full; else None."""
+    try:
+        disk = os.statvfs(path)
+    except OSError:
+        return None
+    free = disk.f_bavail * disk.f_frsize
+    if free >= min(1 << 20, disk.f_blocks * disk.f_frsize // 100):
+        return None
+    return (
+        f"the disk holding the cache folder {cache_root} is full ({_bytes(free)} free); free "
+        "space, for example with 'kliko-async cache gc --max-size 10G'"
+    )
+
+
+def keep_log(source: Path, target: Path) -> Path | None:
+    """Move a failed attempt's log to ``target`` (no copy: the disk may be full); its path."""
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.replace(source, target)
+        except OSError as error:
+            if error.errno != errno.EXDEV:
+                raise
+            shutil.copyfile(source, target)  # the log folder is on another file system
+    except OSError:
+        with contextlib.suppress(OSError):
+            target.unlink()
+        return None
+    return target

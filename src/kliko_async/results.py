@@ -1,0 +1,56 @@
+"""What a run gives back: how each step ended, and the run as a whole."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from kliko_async.errors import RunFailed, StepFailed
+
+StepState = Literal["done", "cached", "failed", "skipped", "cancelled"]
+
+
+class StepResult(BaseModel):
+    """How one step ended."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    key: str
+    state: StepState
+    output: Path | None = None
+    exit_code: int | None = None
+    duration_s: float = 0.0
+    reason: str | None = None
+    log_path: Path | None = None
+
+
+class RunResult(BaseModel):
+    """How a whole run ended, step by step."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    run_id: str
+    steps: dict[str, StepResult]
+    wall_s: float
+    saved_s: float
+
+    @property
+    def ok(self) -> bool:
+        return all(r.state in ("done", "cached") for r in self.steps.values())
+
+    def count(self, state: StepState) -> int:
+        return sum(1 for r in self.steps.values() if r.state == state)
+
+    def raise_for_failures(self) -> None:
+        failures = [
+            StepFailed(
+                r.name, r.reason or r.state, log_path=str(r.log_path) if r.log_path else None
+            )
+            for r in self.steps.values()
+            if r.state in ("failed", "cancelled")
+        ]
+        if failures:
+            raise RunFailed(failures)
