@@ -142,6 +142,7 @@ def test_live_view_ends_with_a_summary_and_the_failed_steps_log() -> None:
     assert "12.5s" in text  # time saved by the cache
     assert "log of failed step fail: /cache/logs/r1/fail.log" in text
     assert "upper: ./numbers.txt" not in text  # finished steps no longer show log lines
+    assert "something went wrong" in text  # a failed step shows its last lines: why it failed
 
 
 def test_live_view_keeps_only_the_last_few_lines_of_a_flood() -> None:

@@ -81,6 +81,10 @@ class RunView:
             case "step_failed":
                 view = self.step(event.step)
                 view.state = "failed"
+                if view.started is not None:
+                    view.duration = time.monotonic() - view.started
+                view.lines.clear()
+                view.lines.extend(event.last_lines[-LOG_LINES_SHOWN:])  # why, in its own words
                 code = f"exit {event.exit_code}: " if event.exit_code is not None else ""
                 view.detail = code + event.reason
                 if event.log_path:
@@ -113,9 +117,10 @@ class RunView:
                 view.image,
                 view.detail,
             )
-            if view.state == "running":
+            if view.state in ("running", "failed"):
+                style = "dim" if view.state == "running" else "red"
                 for line in view.lines:
-                    table.add_row("", "", "", Text("  " + line, style="dim"), "")
+                    table.add_row("", "", "", Text("  " + line, style=style), "")
         yield header
         yield table
         if self.finished is not None:
