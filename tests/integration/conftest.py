@@ -195,3 +195,38 @@ def created_containers(since: float, until: float) -> list[dict[str, str]]:
 def container_creations() -> Callable[[float, float], list[dict[str, str]]]:
     """``container_creations(since, until)``: see :func:`created_containers`."""
     return created_containers
+
+
+def users_of_running_containers(process: subprocess.Popen[bytes], log: Path) -> list[str]:
+    """The ``Config.User`` of the containers a background kliko-async ``process`` runs.
+
+    Polls until one of its containers (found by its owner label) is running, then lets the
+    process finish; it must succeed.
+    """
+    owner = f"label=io.kliko-async.owner={socket.gethostname()}:{process.pid}"
+    users: list[str] = []
+    try:
+        deadline = time.monotonic() + 20
+        while not users and process.poll() is None and time.monotonic() < deadline:
+            found = subprocess.run(
+                ["docker", "ps", "-q", "--filter", owner], capture_output=True, text=True
+            ).stdout.split()
+            if found:
+                users = subprocess.run(
+                    ["docker", "inspect", "--format", "{{.Config.User}}", *found],
+                    capture_output=True,
+                    text=True,
+                ).stdout.split()
+            time.sleep(0.1)
+        assert process.wait(timeout=60) == 0, log.read_text()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    return users
+
+
+@pytest.fixture
+def container_users() -> Callable[[subprocess.Popen[bytes], Path], list[str]]:
+    """``container_users(process, log)``: see :func:`users_of_running_containers`."""
+    return users_of_running_containers

@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[2]
 DIAMOND = ROOT / "examples" / "chains" / "diamond.yaml"
 DIAMOND_STEPS = ["gen", "upper", "lower", "merge"]
 Creations = Callable[[float, float], list[dict[str, str]]]
+Users = Callable[[subprocess.Popen[bytes], Path], list[str]]
 
 
 def numbers(n: int, scale: float = 1.5, prefix: str = "line") -> str:
@@ -282,7 +283,9 @@ steps:
     assert [p.stat().st_uid for p in cached] == [1234]
 
 
-def test_step_containers_run_as_the_invoking_uid_and_gid(kliko: KlikoCli, tmp_path: Path) -> None:
+def test_step_containers_run_as_the_invoking_uid_and_gid(
+    kliko: KlikoCli, tmp_path: Path, container_users: Users
+) -> None:
     """Checked on the container itself: when the tests run as root, file owners cannot tell."""
     chain = write_chain(
         tmp_path / "nap.yaml",
@@ -290,27 +293,8 @@ def test_step_containers_run_as_the_invoking_uid_and_gid(kliko: KlikoCli, tmp_pa
     )
     log = tmp_path / "run.log"
     process = kliko.popen("run", chain, "--cache-dir", tmp_path / "cache", "--plain", log=log)
-    try:
-        owner = f"label=io.kliko-async.owner={socket.gethostname()}:{process.pid}"
-        users: list[str] = []
-        deadline = time.monotonic() + 20
-        while not users and process.poll() is None and time.monotonic() < deadline:
-            found = subprocess.run(
-                ["docker", "ps", "-q", "--filter", owner], capture_output=True, text=True
-            ).stdout.split()
-            if found:
-                users = subprocess.run(
-                    ["docker", "inspect", "--format", "{{.Config.User}}", *found],
-                    capture_output=True,
-                    text=True,
-                ).stdout.split()
-            time.sleep(0.1)
-        assert process.wait(timeout=60) == 0, log.read_text()
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-    assert users == [f"{os.getuid()}:{os.getgid()}"]
+
+    assert container_users(process, log) == [f"{os.getuid()}:{os.getgid()}"]
 
 
 def test_cache_ls_and_verify(kliko: KlikoCli, tmp_path: Path) -> None:

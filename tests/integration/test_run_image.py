@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
-import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -14,6 +13,8 @@ import pytest
 
 if TYPE_CHECKING:
     from conftest import KlikoCli
+
+Users = Callable[[subprocess.Popen[bytes], Path], list[str]]
 
 pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("example_images")]
 
@@ -165,7 +166,9 @@ def test_outputs_belong_to_the_invoking_user(kliko: KlikoCli, tmp_path: Path) ->
     assert owner_of(out) == {os.getuid()}
 
 
-def test_the_container_runs_as_the_invoking_uid_and_gid(kliko: KlikoCli, tmp_path: Path) -> None:
+def test_the_container_runs_as_the_invoking_uid_and_gid(
+    kliko: KlikoCli, tmp_path: Path, container_users: Users
+) -> None:
     """Checked on the container itself: when the tests run as root, file owners cannot tell."""
     process = kliko.popen(
         "run-image",
@@ -176,27 +179,8 @@ def test_the_container_runs_as_the_invoking_uid_and_gid(kliko: KlikoCli, tmp_pat
         tmp_path / "out",
         log=tmp_path / "log.txt",
     )
-    try:
-        owner = f"label=io.kliko-async.owner={socket.gethostname()}:{process.pid}"
-        users: list[str] = []
-        deadline = time.monotonic() + 20
-        while not users and process.poll() is None and time.monotonic() < deadline:
-            found = subprocess.run(
-                ["docker", "ps", "-q", "--filter", owner], capture_output=True, text=True
-            ).stdout.split()
-            if found:
-                inspected = subprocess.run(
-                    ["docker", "inspect", "--format", "{{.Config.User}}", *found],
-                    capture_output=True,
-                    text=True,
-                )
-                users = inspected.stdout.split()
-            time.sleep(0.1)
-        assert process.wait(timeout=60) == 0, (tmp_path / "log.txt").read_text()
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+
+    users = container_users(process, tmp_path / "log.txt")
     assert users == [f"{os.getuid()}:{os.getgid()}"]
 
 
