@@ -141,14 +141,13 @@ class Manifest(BaseModel):
     """Path relative to ``output/`` -> SHA-256, as :func:`kliko_async.hashing.hash_tree` gives."""
 
 
-class CacheEntry(BaseModel):
-    """A published, complete and read-only entry."""
+class _EntryFolder(BaseModel):
+    """The layout shared by a staging folder and the entry it becomes: output/ and log.txt."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     key: str
     path: Path
-    manifest: Manifest
 
     @property
     def output_dir(self) -> Path:
@@ -157,28 +156,23 @@ class CacheEntry(BaseModel):
     @property
     def log_path(self) -> Path:
         return self.path / _LOG
+
+
+class CacheEntry(_EntryFolder):
+    """A published, complete and read-only entry."""
+
+    manifest: Manifest
 
     def size_bytes(self) -> int:
         """Apparent size (sum of ``st_size``) of every file in the entry, manifest and log too."""
         return _tree_size(self.path)
 
 
-class Staging(BaseModel):
-    """A private folder under ``tmp/`` that a step writes into before it is published."""
+class Staging(_EntryFolder):
+    """A private folder under ``tmp/`` that a step writes into before it is published.
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    key: str
-    path: Path
-
-    @property
-    def output_dir(self) -> Path:
-        """``output/`` inside the staging folder; :meth:`Cache.stage` has created it."""
-        return self.path / _OUTPUT
-
-    @property
-    def log_path(self) -> Path:
-        return self.path / _LOG
+    :meth:`Cache.stage` has created its ``output/``.
+    """
 
 
 class VerifyProblem(BaseModel):
