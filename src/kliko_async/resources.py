@@ -1,10 +1,11 @@
-"""What the machine can give steps at once (CPUs, memory), shared by the running steps."""
+"""What the machine can give steps at once (CPUs, memory, GPUs), shared by the running steps."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import anyio
 
@@ -20,31 +21,48 @@ def machine_memory() -> int:
         return 1 << 62  # unknown: do not limit
 
 
+def machine_gpus() -> int:
+    """NVIDIA GPUs visible on this host (their /dev/nvidiaN devices); 0 when there are none."""
+    return sum(1 for d in Path("/dev").glob("nvidia[0-9]*") if d.name[6:].isdigit())
+
+
 class ResourcePool:
     """Steps claim CPUs and memory; a claim waits until enough is free.
 
     A claim larger than the machine is capped at the machine, so such a step still runs, alone.
     """
 
-    def __init__(self, cpus: float | None = None, memory: int | None = None) -> None:
+    def __init__(
+        self, cpus: float | None = None, memory: int | None = None, gpus: int | None = None
+    ) -> None:
         self.cpus_total = float(cpus if cpus is not None else machine_cpus())
         self.memory_total = memory if memory is not None else machine_memory()
+        self.gpus_total = gpus if gpus is not None else machine_gpus()
         self._cpus_free = self.cpus_total
         self._memory_free = self.memory_total
+        self._gpus_free = self.gpus_total
         self._changed = anyio.Condition()
 
     @asynccontextmanager
-    async def claim(self, cpus: float | None, memory: int | None) -> AsyncIterator[None]:
+    async def claim(
+        self, cpus: float | None, memory: int | None, gpus: int | None = None
+    ) -> AsyncIterator[None]:
         want_cpus = min(cpus or 0.0, self.cpus_total)
         want_memory = min(memory or 0, self.memory_total)
-        if not want_cpus and not want_memory:
+        want_gpus = min(gpus or 0, self.gpus_total)  # none here: the engine will say so
+        if not want_cpus and not want_memory and not want_gpus:
             yield
             return
         async with self._changed:
-            while self._cpus_free < want_cpus or self._memory_free < want_memory:
+            while (
+                self._cpus_free < want_cpus
+                or self._memory_free < want_memory
+                or self._gpus_free < want_gpus
+            ):
                 await self._changed.wait()
             self._cpus_free -= want_cpus
             self._memory_free -= want_memory
+            self._gpus_free -= want_gpus
         try:
             yield
         finally:
@@ -52,4 +70,5 @@ class ResourcePool:
                 async with self._changed:
                     self._cpus_free += want_cpus
                     self._memory_free += want_memory
+                    self._gpus_free += want_gpus
                     self._changed.notify_all()

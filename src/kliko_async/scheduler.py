@@ -172,7 +172,7 @@ class Scheduler:
         if self._stopping:
             return self._skip(planned, "an earlier step failed (use --keep-going to go on)")
         resources = planned.step.resources
-        async with self._slots, self.pool.claim(resources.cpus, resources.memory):
+        async with self._slots, self.pool.claim(resources.cpus, resources.memory, resources.gpus):
             if self._stopping:
                 return self._skip(planned, "an earlier step failed (use --keep-going to go on)")
             async with self.cache.lock(key):
@@ -281,6 +281,7 @@ class Scheduler:
                 labels=self._labels(planned),
                 cpus=step.resources.cpus,
                 memory=step.resources.memory,
+                gpus=step.resources.gpus,
             )
             if planned.image.spec.io == "join" and step.inputs:
                 # Copying the inputs into /work may take long: in a worker thread, so that it

@@ -40,6 +40,7 @@ def build_job(
     labels: Mapping[str, str] | None = None,
     cpus: float | None = None,
     memory: int | None = None,
+    gpus: int | None = None,
 ) -> ContainerJob:
     """Write parameters into ``scratch``, prepare ``output`` and return the container's job.
 
@@ -66,6 +67,7 @@ def build_job(
         labels=dict(labels or {}),
         cpus=cpus,
         memory=memory,
+        gpus=gpus,
     )
 
 

@@ -375,3 +375,18 @@ async def test_run_from_async_code_with_events(tmp_path: Path) -> None:
     assert {e.step for e in seen if isinstance(e, StepCached)} == set(DIAMOND_STEPS)
     assert not [e for e in seen if isinstance(e, StepStarted)]
     assert run.result.count("cached") == 4
+
+
+def test_a_gpu_step_on_a_machine_without_gpus_fails_with_the_engines_reason(
+    kliko: KlikoCli, tmp_path: Path
+) -> None:
+    chain = write_chain(
+        tmp_path / "gpu.yaml", "steps:\n  g: {image: example/gen, resources: {gpus: 1}}\n"
+    )
+
+    done = kliko("run", chain, "--cache-dir", tmp_path / "cache", "--plain")
+
+    assert done.returncode == 1
+    assert "g | FAILED: the engine could not start the container" in done.stdout
+    assert "gpu" in done.stdout
+    assert "Traceback" not in done.stderr

@@ -265,6 +265,21 @@ async def test_a_claim_larger_than_the_machine_still_runs_alone(lab: Lab) -> Non
     assert not lab.overlapped("huge", "small")
 
 
+async def test_gpu_claims_are_respected_and_reach_the_container_job(lab: Lab) -> None:
+    steps = {
+        "train": {"image": "work", "params": {"n": 1, "delay": 0.05}, "resources": {"gpus": 1}},
+        "tune": {"image": "work", "params": {"n": 2, "delay": 0.05}, "resources": {"gpus": 1}},
+        "plot": {"image": "work", "params": {"n": 3, "delay": 0.05}},
+    }
+
+    result, _ = await plan_and_schedule(lab, steps, jobs=8, pool=ResourcePool(cpus=8, gpus=1))
+
+    assert result.count("done") == 3
+    assert not lab.overlapped("train", "tune")  # one GPU: one GPU step at a time
+    assert lab.overlapped("train", "plot") or lab.overlapped("tune", "plot")
+    assert sorted(job.gpus or 0 for job in lab.fake.jobs) == [0, 1, 1]
+
+
 # --------------------------------------------------------------------------------------------
 # Failures
 # --------------------------------------------------------------------------------------------

@@ -56,6 +56,7 @@ class ContainerJob(BaseModel):
     labels: dict[str, str] = Field(default_factory=dict)
     cpus: float | None = Field(None, description="CPU limit (NanoCpus), None for no limit.")
     memory: int | None = Field(None, description="Memory limit in bytes, None for no limit.")
+    gpus: int | None = Field(None, description="GPUs to give the container, None for none.")
     workdir: str | None = None
 
 

@@ -449,6 +449,8 @@ def _container_config(job: ContainerJob) -> dict[str, Any]:
         host["MemorySwap"] = job.memory
     if job.cpus is not None:
         host["NanoCpus"] = int(job.cpus * 1e9)
+    if job.gpus:  # as `docker run --gpus N`: the engine's GPU device driver picks them
+        host["DeviceRequests"] = [{"Driver": "", "Count": job.gpus, "Capabilities": [["gpu"]]}]
     config: dict[str, Any] = {
         "Image": job.image,
         "Env": [f"{k}={v}" for k, v in job.env.items()],

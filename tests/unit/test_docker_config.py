@@ -1,0 +1,50 @@
+"""How a ContainerJob becomes a Docker Engine create request (no engine needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from kliko_async.runtime.base import ContainerJob, Mount
+from kliko_async.runtime.docker import _container_config
+
+
+def test_a_job_becomes_an_unprivileged_container_with_its_mounts_limits_and_labels() -> None:
+    job = ContainerJob(
+        image="sha256:" + "a" * 64,
+        mounts=(
+            Mount(
+                source=Path("/cache/tmp/k/parameters.json"),
+                target="/parameters.json",
+                read_only=True,
+            ),
+            Mount(source=Path("/cache/tmp/k/output"), target="/output"),
+        ),
+        env={"OMP_NUM_THREADS": "1"},
+        user="1000:1000",
+        labels={"io.kliko-async.step": "gen"},
+        cpus=1.5,
+        memory=512 << 20,
+        gpus=2,
+    )
+
+    config = _container_config(job)
+
+    host = config["HostConfig"]
+    assert host["Binds"] == [
+        "/cache/tmp/k/parameters.json:/parameters.json:ro",
+        "/cache/tmp/k/output:/output:rw",
+    ]
+    assert host["Privileged"] is False
+    assert host["NanoCpus"] == 1_500_000_000
+    assert host["Memory"] == host["MemorySwap"] == 512 << 20
+    assert host["DeviceRequests"] == [{"Driver": "", "Count": 2, "Capabilities": [["gpu"]]}]
+    assert config["User"] == "1000:1000"
+    assert config["Env"] == ["OMP_NUM_THREADS=1"]
+    assert config["Labels"] == {"io.kliko-async.managed": "1", "io.kliko-async.step": "gen"}
+    assert "Cmd" not in config  # the image's own CMD (/kliko) runs
+
+
+def test_no_limits_means_no_limit_keys() -> None:
+    config = _container_config(ContainerJob(image="sha256:" + "b" * 64))
+
+    assert not {"NanoCpus", "Memory", "DeviceRequests"} & set(config["HostConfig"])
