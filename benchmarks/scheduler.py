@@ -129,7 +129,9 @@ class MemoryCache(Cache):
         return entry
 
     @asynccontextmanager
-    async def lock(self, key: str, *, poll: float = 0.05) -> AsyncIterator[None]:
+    async def lock(
+        self, key: str, *, shared: bool = False, poll: float = 0.05
+    ) -> AsyncIterator[None]:
         yield
 
 

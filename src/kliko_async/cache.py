@@ -374,36 +374,31 @@ class Cache:
     # -- locking -------------------------------------------------------------------------------
 
     @asynccontextmanager
-    async def lock(self, key: str, *, poll: float = 0.05) -> AsyncIterator[None]:
-        """Hold the exclusive lock of ``key``, against other processes and other tasks alike.
+    async def lock(
+        self, key: str, *, shared: bool = False, poll: float = 0.05
+    ) -> AsyncIterator[None]:
+        """Hold the lock of ``key``, against other processes and other tasks alike.
 
+        Exclusive (the default) while computing ``key``; ``shared`` while reading its entry as
+        an input, which keeps ``gc`` (and a forced re-run elsewhere) from removing it meanwhile.
         ``flock`` locks belong to open file descriptions, and every call opens the lock file
         anew, so two tasks of one process exclude each other just as two processes do. Waiting
         polls with ``anyio.sleep`` and can be cancelled. Lock files are never deleted: deleting
         one while another process waits on it would let two holders in.
         """
-        _check_key(key)
-        path = self._locks_dir / f"{key}.lock"
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        except OSError as err:
-            raise CacheError(
-                f"could not open the lock file ({_describe(err)})",
-                where=str(path),
-                hint=_hint_for(err, self.root),
-            ) from err
+        fd = self._open_lock(key)
+        mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
         try:
             while True:
                 try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    fcntl.flock(fd, mode | fcntl.LOCK_NB)
                     break
                 except BlockingIOError:
                     await anyio.sleep(poll)
                 except OSError as err:
                     raise CacheError(
                         f"could not lock the lock file ({_describe(err)})",
-                        where=str(path),
+                        where=str(self._lock_path(key)),
                         hint="Put the cache on a local filesystem that supports flock.",
                     ) from err
             try:
@@ -412,6 +407,38 @@ class Cache:
                 fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
             os.close(fd)
+
+    def _lock_path(self, key: str) -> Path:
+        return self._locks_dir / f"{key}.lock"
+
+    def _open_lock(self, key: str) -> int:
+        _check_key(key)
+        path = self._lock_path(key)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as err:
+            raise CacheError(
+                f"could not open the lock file ({_describe(err)})",
+                where=str(path),
+                hint=_hint_for(err, self.root),
+            ) from err
+
+    def _remove_unless_in_use(self, entry: CacheEntry) -> bool:
+        """Remove ``entry`` unless a run holds its lock (computing it, or reading it as input)."""
+        fd = self._open_lock(entry.key)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False
+            try:
+                self._remove_path(entry.path)
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+        return True
 
     # -- listing and removal -------------------------------------------------------------------
 
@@ -514,6 +541,7 @@ class Cache:
         then, while the total size of entries exceeds ``max_size`` bytes, the entry with the
         oldest ``finished_at`` (ties by key). Age is the manifest's ``finished_at`` rather
         than an access time, because ``lookup`` stays read-only and atime is often disabled.
+        An entry whose lock a run holds (being computed, or read as a step's input) is kept.
         """
         now = _aware(now) if now is not None else datetime.now(UTC)
         self.clean_stale_staging()
@@ -529,8 +557,8 @@ class Cache:
         if older_than is not None:
             young: list[CacheEntry] = []
             for entry in kept:
-                if now - _aware(entry.manifest.finished_at) > older_than:
-                    self._remove_path(entry.path)
+                old = now - _aware(entry.manifest.finished_at) > older_than
+                if old and self._remove_unless_in_use(entry):
                     removed.append(entry)
                 else:
                     young.append(entry)
@@ -543,9 +571,9 @@ class Cache:
             for entry, size in zip(kept, sizes, strict=True):
                 if total <= max_size:
                     break
-                self._remove_path(entry.path)
-                removed.append(entry)
-                total -= size
+                if self._remove_unless_in_use(entry):
+                    removed.append(entry)
+                    total -= size
         return removed
 
     def _remove_path(self, path: Path) -> None:

@@ -175,14 +175,30 @@ class Scheduler:
         async with self._slots, self.pool.claim(resources.cpus, resources.memory, resources.gpus):
             if self._stopping:
                 return self._skip(planned, "an earlier step failed (use --keep-going to go on)")
-            async with self.cache.lock(key):
+            async with self.cache.lock(key), contextlib.AsyncExitStack() as reading:
                 entry = self.cache.lookup(key)
                 if entry is not None and not planned.forced:
                     return self._cached(planned, entry)  # another run made it meanwhile
-                result = await self._run_with_retries(planned)
+                for input_key in sorted({self.results[i].key for i in planned.step.inputs}):
+                    # Readers hold a shared lock: `cache gc` leaves these entries alone.
+                    await reading.enter_async_context(self.cache.lock(input_key, shared=True))
+                gone = [i for i in planned.step.inputs if not self._output_of(i).is_dir()]
+                if gone:
+                    result = self._input_gone(planned, gone)
+                else:
+                    result = await self._run_with_retries(planned)
                 if result.state == "failed" and not self.keep_going:
                     self._stopping = True  # before the slot is released to a waiting step
         return result
+
+    def _input_gone(self, planned: PlannedStep, gone: list[str]) -> StepResult:
+        names = ", ".join(repr(g) for g in gone)
+        reason = (
+            f"the cache entry of input {names} was removed before this step could read it "
+            "(by 'kliko-async cache gc'?); run the chain again to recompute it"
+        )
+        self.emit(StepFailedEvent(step=planned.name, key=planned.key, reason=reason))
+        return StepResult(name=planned.name, key=planned.key, state="failed", reason=reason)
 
     def _skip(self, planned: PlannedStep, reason: str) -> StepResult:
         self.emit(StepSkipped(step=planned.name, reason=reason))

@@ -732,6 +732,33 @@ def test_gc_by_size_removes_oldest_first(cache: Cache) -> None:
     assert cache.total_size() == 0
 
 
+@pytest.mark.anyio
+async def test_gc_keeps_entries_that_a_run_is_reading_or_computing(cache: Cache) -> None:
+    read = publish_files(cache, key_of(1), {"a": b"1"}, finished_at=NOW - timedelta(days=9))
+    computed = publish_files(cache, key_of(2), {"a": b"2"}, finished_at=NOW - timedelta(days=9))
+    idle = publish_files(cache, key_of(3), {"a": b"3"}, finished_at=NOW - timedelta(days=9))
+
+    async with cache.lock(read.key, shared=True), cache.lock(computed.key):
+        assert cache.gc(older_than=timedelta(days=1), now=NOW) == [idle]
+        assert cache.gc(max_size=0, now=NOW) == []
+        assert cache.lookup(read.key) == read
+        assert cache.lookup(computed.key) == computed
+
+    assert cache.gc(max_size=0, now=NOW) == [read, computed]
+
+
+@pytest.mark.anyio
+async def test_shared_locks_admit_each_other_but_not_an_exclusive_one(cache: Cache) -> None:
+    key = key_of(1)
+    async with cache.lock(key, shared=True), cache.lock(key, shared=True):
+        with anyio.move_on_after(0.2) as waited:
+            async with cache.lock(key):
+                pytest.fail("an exclusive lock was granted beside shared ones")
+        assert waited.cancelled_caught
+    async with cache.lock(key):
+        pass  # free again
+
+
 def test_gc_applies_age_then_size(cache: Cache) -> None:
     old = publish_files(cache, key_of(1), {"a": b"1"}, finished_at=NOW - timedelta(days=30))
     young = publish_files(cache, key_of(2), {"a": b"2"}, finished_at=NOW)

@@ -265,6 +265,45 @@ async def test_a_claim_larger_than_the_machine_still_runs_alone(lab: Lab) -> Non
     assert not lab.overlapped("huge", "small")
 
 
+async def test_inputs_being_read_are_safe_from_gc_and_a_vanished_input_fails_clearly(
+    lab: Lab,
+) -> None:
+    steps = {
+        "up": {"image": "work", "params": {"n": 1}},
+        "down": {"image": "reader", "inputs": ["up"]},
+    }
+    removed_while_reading: list[list[str]] = []
+
+    async def reader(container: FakeContainer) -> int:
+        removed = lab.cache.gc(max_size=0)  # a `cache gc` in another terminal, mid-run
+        removed_while_reading.append([entry.manifest.step for entry in removed])
+        source = container.path("/input") / "data.txt"
+        (container.path("/output") / "copy.txt").write_text(source.read_text())
+        return 0
+
+    lab.program("reader", reader)
+    first, _ = await lab.run(steps)
+    assert states(first) == {"up": "done", "down": "done"}
+    assert removed_while_reading == [[]]  # "up" was in use, so gc kept it
+
+    # An input that vanishes between planning and reading fails its reader clearly.
+    cache = lab.cache
+    plan = await plan_chain(
+        lab.chain(steps | {"down": {"image": "work", "inputs": ["up"]}}),
+        resolver=ImageResolver(lab.fake, None),
+        cache=cache,
+    )
+    assert plan.steps["up"].cached is not None
+    cache.remove(plan.steps["up"].key)
+    events: list[Event] = []
+    second = await Scheduler(
+        plan, runtime=lab.fake, cache=cache, emit=events.append, run_id="t", jobs=2
+    ).run()
+    assert states(second) == {"up": "cached", "down": "failed"}
+    assert "cache entry of input 'up' was removed" in (second.steps["down"].reason or "")
+    assert any(isinstance(e, StepFailed) and e.step == "down" for e in events)
+
+
 async def test_gpu_claims_are_respected_and_reach_the_container_job(lab: Lab) -> None:
     steps = {
         "train": {"image": "work", "params": {"n": 1, "delay": 0.05}, "resources": {"gpus": 1}},
