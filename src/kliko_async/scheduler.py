@@ -163,7 +163,6 @@ class Scheduler:
             self._done[name].set()
 
     async def _settle(self, planned: PlannedStep) -> StepResult:
-        key = planned.key
         broken = [d for d in planned.step.inputs if self.results[d].state not in ("done", "cached")]
         if broken:
             return self._skip(planned, f"input {', '.join(repr(b) for b in broken)} did not finish")
@@ -171,9 +170,31 @@ class Scheduler:
             return self._cached(planned, planned.cached)
         if self._stopping:
             return self._skip(planned, "an earlier step failed (use --keep-going to go on)")
-        resources = planned.step.resources
+        step = planned.step
+        started = time.monotonic()
+        attempt = 1
+        while True:
+            outcome = await self._attempt_in_slot(planned, attempt)
+            if isinstance(outcome, StepResult):
+                return outcome  # skipped, made by another run meanwhile, or an input vanished
+            if outcome.ok or attempt > step.retries or self._stopping:
+                return self._conclude(planned, outcome, attempt, started)
+            delay = step.retry_backoff * 2 ** (attempt - 1)
+            self.emit(
+                StepRetried(
+                    step=step.name, attempt=attempt + 1, reason=outcome.reason or "", delay_s=delay
+                )
+            )
+            await anyio.sleep(delay)  # holding no job slot, no resources and no lock
+            if self._stopping:  # another step failed meanwhile: no new attempt starts
+                return self._conclude(planned, outcome, attempt, started)
+            attempt += 1
+
+    async def _attempt_in_slot(self, planned: PlannedStep, attempt: int) -> _Attempt | StepResult:
+        """One attempt within the limits: a job slot, the step's resources, its key's lock."""
+        key, resources = planned.key, planned.step.resources
         async with self._slots, self.pool.claim(resources.cpus, resources.memory, resources.gpus):
-            if self._stopping:
+            if self._stopping and attempt == 1:
                 return self._skip(planned, "an earlier step failed (use --keep-going to go on)")
             async with self.cache.lock(key), contextlib.AsyncExitStack() as reading:
                 entry = self.cache.lookup(key)
@@ -185,11 +206,16 @@ class Scheduler:
                 gone = [i for i in planned.step.inputs if not self._output_of(i).is_dir()]
                 if gone:
                     result = self._input_gone(planned, gone)
-                else:
-                    result = await self._run_with_retries(planned)
-                if result.state == "failed" and not self.keep_going:
-                    self._stopping = True  # before the slot is released to a waiting step
-        return result
+                    self._stop_unless_keep_going()
+                    return result
+                outcome = await self._attempt(planned, attempt)
+                if not outcome.ok and attempt > planned.step.retries:
+                    self._stop_unless_keep_going()  # before the slot goes to a waiting step
+                return outcome
+
+    def _stop_unless_keep_going(self) -> None:
+        if not self.keep_going:
+            self._stopping = True
 
     def _input_gone(self, planned: PlannedStep, gone: list[str]) -> StepResult:
         names = ", ".join(repr(g) for g in gone)
@@ -222,22 +248,11 @@ class Scheduler:
             log_path=entry.log_path,
         )
 
-    async def _run_with_retries(self, planned: PlannedStep) -> StepResult:
+    def _conclude(
+        self, planned: PlannedStep, outcome: _Attempt, attempts: int, started: float
+    ) -> StepResult:
+        """The step's result after its last attempt, announced as finished or failed."""
         step = planned.step
-        started = time.monotonic()
-        attempt = 1
-        while True:
-            outcome = await self._attempt(planned, attempt)
-            if outcome.ok or attempt > step.retries:
-                break
-            delay = step.retry_backoff * 2 ** (attempt - 1)
-            attempt += 1
-            self.emit(
-                StepRetried(
-                    step=step.name, attempt=attempt, reason=outcome.reason or "", delay_s=delay
-                )
-            )
-            await anyio.sleep(delay)
         duration = time.monotonic() - started
         if outcome.ok and outcome.entry is not None:
             self.emit(
@@ -253,8 +268,10 @@ class Scheduler:
                 log_path=outcome.entry.log_path,
             )
         reason = outcome.reason or "failed"
-        if attempt > 1:
-            reason = f"{reason} (after {attempt} attempts)"
+        if attempts > 1:
+            reason = f"{reason} (after {attempts} attempts)"
+        if attempts <= step.retries:
+            reason = f"{reason}; not retried, since another step failed"
         self.emit(
             StepFailedEvent(
                 step=step.name,

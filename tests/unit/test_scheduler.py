@@ -426,6 +426,43 @@ async def test_a_step_that_fails_every_retry_fails_naming_the_attempts(lab: Lab)
     assert failed.log_path.read_text() == "bad wrote n=0\n"
 
 
+async def test_a_step_waiting_to_retry_holds_no_job_slot(lab: Lab) -> None:
+    calls = 0
+
+    async def flaky(container: FakeContainer) -> int:
+        nonlocal calls
+        calls += 1
+        lab.timeline.append(("start", f"flaky{calls}"))
+        lab.timeline.append(("end", f"flaky{calls}"))
+        return 0 if calls == 2 else 1
+
+    lab.program("flaky", flaky)
+    steps = {
+        "f": {"image": "flaky", "retries": 1, "retry_backoff": 0.5},
+        "other": {"image": "work", "params": {"delay": 0.05}},
+    }
+
+    result, _ = await lab.run(steps, jobs=1)
+
+    assert states(result) == {"f": "done", "other": "done"}
+    # With one job slot, "other" ran while "f" waited to retry.
+    assert lab.index("end", "flaky1") < lab.index("start", "other")
+    assert lab.index("end", "other") < lab.index("start", "flaky2")
+
+
+async def test_no_retry_starts_after_another_step_failed(lab: Lab) -> None:
+    steps = {
+        "flaky": {"image": "work", "params": {"exit": 1}, "retries": 3, "retry_backoff": 0.3},
+        "bad": {"image": "work", "params": {"delay": 0.1, "exit": 2}},
+    }
+
+    result, _ = await lab.run(steps, jobs=2)
+
+    assert states(result) == {"flaky": "failed", "bad": "failed"}
+    assert lab.started().count("flaky") == 1  # its retry never started
+    assert "not retried, since another step failed" in (result.steps["flaky"].reason or "")
+
+
 async def test_a_step_that_runs_past_its_timeout_is_stopped_and_fails(lab: Lab) -> None:
     with anyio.fail_after(5):
         result, events = await lab.run(
