@@ -8,9 +8,11 @@ are reported together.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection
+import functools
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 
+import anyio
 from pydantic import BaseModel, ConfigDict
 
 from kliko_async.cache import Cache, CacheEntry, KeyIngredients, cache_key
@@ -90,13 +92,19 @@ async def plan_chain(
         except KlikoError as error:
             problems.append(_in_step(error, name))
             continue
+        validate = functools.partial(
+            validate_parameters,
+            image.spec,
+            step.params,
+            where=f"step '{name}' (image {image.ref})",
+            base_dir=base_dir,
+        )
         try:
-            params = validate_parameters(
-                image.spec,
-                step.params,
-                where=f"step '{name}' (image {image.ref})",
-                base_dir=base_dir,
-            )
+            if _gives_files(image, step.params):
+                # Hashing a big file parameter takes a while: off the loop, so Ctrl-C still works.
+                params = await anyio.to_thread.run_sync(validate, abandon_on_cancel=True)
+            else:
+                params = validate()
         except KlikoError as error:
             problems.append(error)
             continue
@@ -146,3 +154,9 @@ async def _image_of(
         return image
     assert step.image is not None  # the chain model guarantees one of image / build
     return await resolver.resolve(step.image)
+
+
+def _gives_files(image: KlikoImage, params: Mapping[str, object]) -> bool:
+    """Whether ``params`` sets a file parameter of ``image`` (which is then hashed)."""
+    fields = image.spec.fields()
+    return any(name in fields and fields[name].is_file() for name in params)

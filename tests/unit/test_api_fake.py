@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import stat
 import textwrap
+import time
 from pathlib import Path
 
 import anyio
@@ -223,3 +224,28 @@ async def test_an_exception_in_the_block_stops_the_run_and_is_raised_as_it_is(
     assert isinstance(summary, RunFinished)
     assert summary.cancelled == 1
     assert list(Cache(tmp_path / "cache").entries()) == []
+
+
+@pytest.mark.anyio
+async def test_hashing_a_big_file_parameter_does_not_hold_up_cancellation(tmp_path: Path) -> None:
+    fake = FakeRuntime()
+    fake.add_image(
+        "model",
+        "schema_version: 3\nio: split\nsections:\n  - name: s\n    fields:\n"
+        "      - {name: weights, type: file}\n",
+    )
+    big = tmp_path / "weights.bin"
+    with big.open("wb") as handle:
+        handle.truncate(2 << 30)  # 2 GiB, sparse: hashing it takes seconds
+    chain = parse_chain(
+        {"steps": {"m": {"image": "model", "params": {"weights": str(big)}}}},
+        source=str(tmp_path / "chain.yaml"),
+        base_dir=tmp_path,
+    )
+
+    started = time.monotonic()
+    with anyio.move_on_after(0.3) as scope:
+        await api.dry_run(chain, runtime=fake, cache_dir=tmp_path / "cache")
+
+    assert scope.cancelled_caught
+    assert time.monotonic() - started < 1.5  # not the seconds the hash takes
