@@ -7,12 +7,13 @@ kept under ``<cache>/specs/``, so later reads of the same image start no contain
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
+import anyio
 from pydantic import BaseModel, ConfigDict
 
-from kliko_async.errors import SpecError
+from kliko_async.errors import KlikoError, SpecError
 from kliko_async.runtime.base import Runtime
 from kliko_async.spec import KlikoSpec, parse_spec
 
@@ -38,15 +39,37 @@ class ImageResolver:
         self._specs_dir = specs_dir
         self._by_ref: dict[str, KlikoImage] = {}
         self._by_id: dict[str, KlikoSpec] = {}
+        self._failed: dict[str, KlikoError] = {}
 
     async def resolve(self, ref: str) -> KlikoImage:
         """The image ``ref`` names (tag or ID), with its spec; raises ImageError or SpecError."""
         known = self._by_ref.get(ref)
         if known is None:
+            failed = self._failed.get(ref)
+            if failed is not None:
+                raise failed
             image_id = await self._runtime.resolve_image(ref)
             known = KlikoImage(ref=ref, id=image_id, spec=await self.spec_of(image_id, ref))
             self._by_ref[ref] = known
         return known
+
+    async def prefetch(self, refs: Iterable[str], *, at_once: int = 8) -> None:
+        """Resolve several images concurrently (each a probe container on a first read).
+
+        Failures are kept and raised by :meth:`resolve` of that reference, in its turn.
+        """
+        limiter = anyio.CapacityLimiter(at_once)
+
+        async def one(ref: str) -> None:
+            async with limiter:
+                try:
+                    await self.resolve(ref)
+                except KlikoError as error:
+                    self._failed[ref] = error
+
+        async with anyio.create_task_group() as group:
+            for ref in dict.fromkeys(refs):
+                group.start_soon(one, ref)
 
     async def build(
         self, context: Path, *, tag: str | None = None, on_log: Callable[[str], None] | None = None

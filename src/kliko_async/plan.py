@@ -81,6 +81,8 @@ async def plan_chain(
     base_dir = Path.cwd() if chain.source == RUN_CHAIN_SOURCE else Path(chain.source).parent
     base_dir = base_dir.resolve()
     order = chain.topological_order()
+    # First reads of images start a probe container each: do them all at once, not in turn.
+    await resolver.prefetch(s.image for s in chain.steps.values() if s.image is not None)
     planned: dict[str, PlannedStep] = {}
     problems: list[KlikoError] = []
     for name in order:

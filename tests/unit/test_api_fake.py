@@ -8,14 +8,15 @@ import stat
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
 
 from kliko_async import api
 from kliko_async.cache import Cache
-from kliko_async.chain import Chain, parse_chain
-from kliko_async.errors import ParameterError, RunFailed
+from kliko_async.chain import Chain, chain_from_pairs, parse_chain
+from kliko_async.errors import ParameterError, RunFailed, SpecError
 from kliko_async.events import Event, ImageBuilding, ImageBuilt, RunFinished, StepCancelled
 from kliko_async.runtime.base import LABEL_PREFIX
 from kliko_async.runtime.fake import FakeContainer, FakeRuntime
@@ -249,3 +250,38 @@ async def test_hashing_a_big_file_parameter_does_not_hold_up_cancellation(tmp_pa
 
     assert scope.cancelled_caught
     assert time.monotonic() - started < 1.5  # not the seconds the hash takes
+
+
+class SlowProbes(FakeRuntime):
+    """Reading kliko.yml out of an image takes a while, as a probe container does."""
+
+    probing = 0
+    most_at_once = 0
+
+    async def probe_image(self, image_id: str, **kwargs: Any) -> Any:
+        self.probing += 1
+        self.most_at_once = max(self.most_at_once, self.probing)
+        try:
+            await anyio.sleep(0.05)
+            return await super().probe_image(image_id, **kwargs)
+        finally:
+            self.probing -= 1
+
+
+async def test_the_images_of_a_chain_are_read_at_the_same_time(tmp_path: Path) -> None:
+    fake = SlowProbes()
+    yml = "schema_version: 3\nio: split\nsections: []\n"
+    for name in ("sim", "cal", "flag", "img"):
+        fake.add_image(f"kliko/{name}", yml)
+    fake.add_image("kliko/broken", yml, has_kliko=False)
+    steps = [("kliko/sim", {}), ("kliko/cal", {}), ("kliko/flag", {}), ("kliko/img", {})]
+
+    plan = await api.dry_run(chain_from_pairs(steps), runtime=fake, cache_dir=tmp_path / "c")
+
+    assert [s.image.ref for s in plan.steps.values()] == [ref for ref, _ in steps]
+    assert fake.most_at_once == 4
+    assert fake.probes == 4  # each image once
+
+    broken = chain_from_pairs([*steps, ("kliko/broken", {})])
+    with pytest.raises(SpecError, match="no /kliko executable"):
+        await api.dry_run(broken, runtime=fake, cache_dir=tmp_path / "c")
