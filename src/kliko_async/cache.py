@@ -36,7 +36,6 @@ import tempfile
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, suppress
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, Literal
 
@@ -57,8 +56,6 @@ __all__ = [
     "VerifyProblem",
     "cache_key",
     "default_cache_dir",
-    "parse_age",
-    "parse_size",
 ]
 
 CACHE_FORMAT_VERSION = 1
@@ -637,77 +634,6 @@ class Cache:
     def total_size(self) -> int:
         """Apparent size in bytes of all valid entries (staging and locks not counted)."""
         return sum(entry.size_bytes() for entry in self.entries())
-
-
-# -- parsing of command-line sizes and ages ------------------------------------------------------
-
-_SIZE_RE = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([A-Za-z]*)\s*")
-_SIZE_UNITS: dict[str, int] = {
-    "": 1,
-    "b": 1,
-    **{letter: 1024**power for power, letter in enumerate("kmgtp", start=1)},
-    **{letter + "ib": 1024**power for power, letter in enumerate("kmgtp", start=1)},
-    **{letter + "b": 1000**power for power, letter in enumerate("kmgtp", start=1)},
-}
-
-
-def parse_size(text: str) -> int:
-    """Bytes from ``123``, ``100k``, ``500M``, ``2G``, ``1.5GiB``, ``10MB``.
-
-    Like GNU coreutils: a bare letter (``K``, ``M``, ``G``, ``T``, ``P``, any case) and ``KiB``
-    etc. are powers of 1024; ``KB``, ``MB`` etc. are powers of 1000. Fractions round down.
-    """
-    match = _SIZE_RE.fullmatch(text)
-    unit = match.group(2).lower() if match else ""
-    if match is None or unit not in _SIZE_UNITS:
-        raise CacheError(
-            f"'{text}' is not a size",
-            hint="Write a number with an optional unit, such as 500M, 2G, 1.5GiB or 100k.",
-        )
-    try:
-        number = Decimal(match.group(1))
-    except InvalidOperation as err:  # pragma: no cover - the pattern admits only decimals
-        raise CacheError(f"'{text}' is not a size") from err
-    return int(number * _SIZE_UNITS[unit])
-
-
-_AGE_PART_RE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*([A-Za-z]+)")
-_AGE_UNITS: dict[str, timedelta] = {
-    name: span
-    for names, span in (
-        (("s", "sec", "secs", "second", "seconds"), timedelta(seconds=1)),
-        (("m", "min", "mins", "minute", "minutes"), timedelta(minutes=1)),
-        (("h", "hr", "hrs", "hour", "hours"), timedelta(hours=1)),
-        (("d", "day", "days"), timedelta(days=1)),
-        (("w", "week", "weeks"), timedelta(weeks=1)),
-    )
-    for name in names
-}
-
-
-def parse_age(text: str) -> timedelta:
-    """A span from ``45s``, ``90m``, ``12h``, ``30d``, ``2w`` or a sum such as ``1d12h``.
-
-    A unit is required (a bare number is ambiguous); ``m`` is minutes, never months.
-    """
-    bad = CacheError(
-        f"'{text}' is not an age",
-        hint="Write a number with a unit s, m, h, d or w, such as 30d, 12h or 1d12h.",
-    )
-    rest = text.strip()
-    if not rest:
-        raise bad
-    total = timedelta()
-    position = 0
-    while position < len(rest):
-        match = _AGE_PART_RE.match(rest, position)
-        if match is None or match.group(2).lower() not in _AGE_UNITS:
-            raise bad
-        total += float(match.group(1)) * _AGE_UNITS[match.group(2).lower()]
-        position = match.end()
-        while position < len(rest) and rest[position].isspace():
-            position += 1
-    return total
 
 
 # -- filesystem --------------------------------------------------------------------------------

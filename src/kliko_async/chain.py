@@ -17,7 +17,6 @@ import os
 import re
 from collections import deque
 from collections.abc import Hashable, Mapping, Sequence
-from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -34,6 +33,7 @@ from pydantic import (
 )
 
 from kliko_async.errors import ChainError
+from kliko_async.quantities import SIZE_PATTERN, size_in_bytes
 
 try:
     from yaml import CSafeLoader as _BaseLoader
@@ -101,13 +101,6 @@ StepName = Annotated[
     WithJsonSchema({"type": "string", "pattern": STEP_NAME_PATTERN, "maxLength": _NAME_MAX}),
 ]
 
-_MEMORY_RE = re.compile(
-    r"^\s*(?P<number>\d+(?:\.\d*)?|\.\d+)\s*(?:(?P<unit>[kmgtp])(?P<suffix>i?b)?|b)?\s*$",
-    re.IGNORECASE,
-)
-_MEMORY_POWERS = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4, "p": 5}
-_MEMORY_PATTERN = r"^\s*(\d+(\.\d*)?|\.\d+)\s*(([kmgtpKMGTP]([iI]?[bB])?)|[bB])?\s*$"
-
 
 def _parse_memory(value: object) -> object:
     """Turn ``512m``, ``2g``, ``1.5GiB``, ``100k`` (binary units, as Docker reads them) into bytes.
@@ -122,18 +115,13 @@ def _parse_memory(value: object) -> object:
         raise ValueError(f"memory {value!r} is not a whole number of bytes")
     if not isinstance(value, str):
         return value
-    match = _MEMORY_RE.match(value)
-    if match is None:
+    size = size_in_bytes(value, decimal_kb=False)
+    if size is None:
         raise ValueError(
             f"memory {value!r} is not a size; write bytes or a number with a unit, "
             "such as '512m', '2g', '1.5GiB' or '100k'"
         )
-    try:
-        number = Decimal(match["number"])
-    except InvalidOperation as exc:  # pragma: no cover - the regular expression rules it out
-        raise ValueError(f"memory {value!r} is not a size") from exc
-    power = _MEMORY_POWERS[(match["unit"] or "").lower()]
-    return int(number * (1024**power))
+    return size
 
 
 Memory = Annotated[
@@ -144,7 +132,7 @@ Memory = Annotated[
         {
             "anyOf": [
                 {"type": "integer", "exclusiveMinimum": 0},
-                {"type": "string", "pattern": _MEMORY_PATTERN},
+                {"type": "string", "pattern": SIZE_PATTERN},
             ]
         },
         mode="validation",

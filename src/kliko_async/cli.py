@@ -311,8 +311,9 @@ def _schema(options: argparse.Namespace) -> int:
 
 
 def _cache(options: argparse.Namespace) -> int:
-    from kliko_async.cache import Cache, default_cache_dir, parse_age, parse_size
+    from kliko_async.cache import Cache, default_cache_dir
     from kliko_async.display.tables import print_entries
+    from kliko_async.quantities import parse_age, parse_size
 
     cache = Cache(options.cache_dir or default_cache_dir())
     if options.cache_command == "ls":

@@ -29,11 +29,10 @@ from kliko_async.cache import (
     VerifyProblem,
     cache_key,
     default_cache_dir,
-    parse_age,
-    parse_size,
 )
 from kliko_async.errors import CacheError
 from kliko_async.hashing import sha256_file
+from kliko_async.quantities import parse_age, parse_size
 
 NOW = datetime(2024, 6, 1, 12, 0, tzinfo=UTC)
 
