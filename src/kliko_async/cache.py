@@ -30,8 +30,6 @@ import json
 import os
 import re
 import secrets
-import shutil
-import stat
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, suppress
@@ -42,6 +40,14 @@ from typing import Any, Literal
 import anyio
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from kliko_async.durable import (
+    DIR_MODE,
+    fsync_dir,
+    remove_tree,
+    seal_tree,
+    tree_size,
+    write_sealed,
+)
 from kliko_async.errors import CacheError
 from kliko_async.hashing import hash_tree
 from kliko_async.processes import pid_alive
@@ -72,10 +78,6 @@ _LOG = "log.txt"
 # named ``<key>.<pid>.<random>``). Real keys are 64 lowercase hex digits; anything this pattern
 # allows is accepted so that tests and tools may use short readable keys.
 _KEY_RE = re.compile(r"[A-Za-z0-9_-]{2,128}")
-
-_FILE_MODE = 0o444
-_EXEC_FILE_MODE = 0o555
-_DIR_MODE = 0o555
 
 
 def default_cache_dir() -> Path:
@@ -162,7 +164,7 @@ class CacheEntry(_EntryFolder):
 
     def size_bytes(self) -> int:
         """Apparent size (sum of ``st_size``) of every file in the entry, manifest and log too."""
-        return _tree_size(self.path)
+        return tree_size(self.path)
 
 
 class Staging(_EntryFolder):
@@ -266,7 +268,7 @@ class Cache:
             (path / _OUTPUT).mkdir()
         except OSError as err:
             with suppress(OSError):
-                _remove_tree(path)
+                remove_tree(path)
             raise CacheError(
                 f"could not create a staging folder: {_describe(err)}",
                 where=str(path),
@@ -299,18 +301,18 @@ class Cache:
         final = self._entry_path(key)
         action = "making the output read-only"
         try:
-            _seal_tree(staging.output_dir)
+            seal_tree(staging.output_dir)
             action = "hashing the output"
             outputs = hash_tree(staging.output_dir)
             manifest = manifest_without_outputs.model_copy(update={"outputs": outputs})
             action = "writing manifest.json"
             # No temporary file needed: nobody reads a staging folder before its rename.
-            _write_sealed(staging.path / _MANIFEST, manifest.model_dump_json(indent=2).encode())
+            write_sealed(staging.path / _MANIFEST, manifest.model_dump_json(indent=2).encode())
             action = "making the entry read-only"
             for child in staging.path.iterdir():
                 if child.name not in (_OUTPUT, _MANIFEST):
-                    _seal_tree(child)
-            _fsync_dir(staging.path)
+                    seal_tree(child)
+            fsync_dir(staging.path)
             action = "creating the entry folder"
             final.parent.mkdir(parents=True, exist_ok=True)
             action = "moving the entry into place"
@@ -327,9 +329,9 @@ class Cache:
             return winner
         # Published. What follows only makes it more durable and tidy; it cannot make it partial.
         with suppress(OSError):
-            _fsync_dir(final.parent)
+            fsync_dir(final.parent)
         with suppress(OSError):
-            os.chmod(final, _DIR_MODE)
+            os.chmod(final, DIR_MODE)
         return CacheEntry(key=key, path=final, manifest=manifest)
 
     def _rename_into_place(self, staging: Staging, final: Path) -> CacheEntry | None:
@@ -356,7 +358,7 @@ class Cache:
                 where=str(staging.path),
             )
         try:
-            _remove_tree(staging.path)
+            remove_tree(staging.path)
         except OSError as err:
             raise CacheError(
                 f"could not delete the staging folder ({_describe(err)})",
@@ -494,7 +496,7 @@ class Cache:
         # Moving a folder to another parent rewrites its "..", which needs write permission.
         os.chmod(path, 0o755)
         os.rename(path, trash)
-        _remove_tree(trash)
+        remove_tree(trash)
 
     def clean_stale_staging(self) -> int:
         """Delete staging folders whose process is gone; how many were deleted.
@@ -511,7 +513,7 @@ class Cache:
             if pid_alive(int(parts[1])):
                 continue
             try:
-                _remove_tree(child)
+                remove_tree(child)
             except FileNotFoundError:
                 continue
             except OSError as err:
@@ -665,82 +667,6 @@ def _sorted_subdirs(folder: Path) -> list[Path]:
             return sorted(Path(item.path) for item in scan if item.is_dir(follow_symlinks=False))
     except (FileNotFoundError, NotADirectoryError):
         return []
-
-
-def _tree_size(root: Path) -> int:
-    total = 0
-    for dirpath, _dirnames, filenames in os.walk(root):
-        for name in filenames:
-            with suppress(OSError):
-                total += os.lstat(os.path.join(dirpath, name)).st_size
-    return total
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_sealed(path: Path, data: bytes) -> None:
-    """Write ``data`` to a new file, fsync it and make it read-only."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, _FILE_MODE)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _seal_tree(root: Path) -> None:
-    """fsync ``root`` and everything under it and make it read-only, bottom up.
-
-    Files become 0444 (0555 if they were executable), folders 0555. Symbolic links and special
-    files are left as they are; links are never followed.
-    """
-    if stat.S_ISDIR(os.lstat(root).st_mode):
-        for dirpath, dirnames, filenames in os.walk(root, topdown=False):
-            for name in [*filenames, *dirnames]:
-                _seal_one(os.path.join(dirpath, name))
-    _seal_one(str(root))
-
-
-def _seal_one(path: str) -> None:
-    info = os.lstat(path)
-    if stat.S_ISREG(info.st_mode):
-        os.chmod(path, _EXEC_FILE_MODE if info.st_mode & 0o111 else _FILE_MODE)
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    elif stat.S_ISDIR(info.st_mode):
-        _fsync_dir(Path(path))
-        os.chmod(path, _DIR_MODE)
-
-
-def _remove_tree(path: Path) -> None:
-    """Delete ``path`` recursively, first making its folders writable. Missing is fine."""
-    if path.is_symlink() or not path.exists():
-        with suppress(FileNotFoundError):
-            path.unlink()
-        return
-    if not path.is_dir():
-        path.unlink()
-        return
-    with suppress(FileNotFoundError):
-        os.chmod(path, 0o700)
-    for dirpath, dirnames, _filenames in os.walk(path):
-        for name in dirnames:
-            child = os.path.join(dirpath, name)
-            if not os.path.islink(child):
-                with suppress(FileNotFoundError):
-                    os.chmod(child, 0o700)
-    shutil.rmtree(path)
 
 
 def _describe(err: OSError) -> str:
