@@ -26,7 +26,7 @@ from kliko_async.cache import Cache, default_cache_dir
 from kliko_async.chain import Chain, chain_from_pairs, load_chain
 from kliko_async.errors import KlikoError
 from kliko_async.events import Event, EventBus, EventSubscription
-from kliko_async.images import ImageResolver
+from kliko_async.images import ImageResolver, KlikoImage
 from kliko_async.plan import Plan, plan_chain
 from kliko_async.resources import machine_cpus
 from kliko_async.results import RunResult
@@ -148,8 +148,8 @@ async def dry_run(
     """Check ``chain`` and compute its plan (keys, cache hits) without starting a container."""
     loaded = chain if isinstance(chain, Chain) else load_chain(Path(chain))
     cache = Cache(Path(cache_dir) if cache_dir else default_cache_dir())
-    async with _runtime_for(runtime) as rt:
-        resolver = ImageResolver(rt, cache.root / "specs")
+    async with open_runtime(runtime) as rt:
+        resolver = ImageResolver(rt, cache.specs_dir)
         return await plan_chain(
             loaded, resolver=resolver, cache=cache, force=force, no_cache=no_cache
         )
@@ -223,8 +223,21 @@ def check_out_folder(out: Path) -> None:
         )
 
 
+async def read_image(
+    ref: str,
+    *,
+    cache_dir: str | os.PathLike[str] | None = None,
+    runtime: Runtime | None = None,
+) -> KlikoImage:
+    """The Kliko image ``ref`` names, with its kliko.yml (remembered in the cache folder)."""
+    cache = Cache(Path(cache_dir) if cache_dir else default_cache_dir())
+    async with open_runtime(runtime) as rt:
+        return await ImageResolver(rt, cache.specs_dir).resolve(ref)
+
+
 @asynccontextmanager
-async def _runtime_for(runtime: Runtime | None) -> AsyncIterator[Runtime]:
+async def open_runtime(runtime: Runtime | None) -> AsyncIterator[Runtime]:
+    """``runtime`` as given, or a Docker runtime that is closed on leaving (even if cancelled)."""
     if runtime is not None:
         yield runtime
         return
@@ -258,9 +271,9 @@ async def _execute(
     cache = Cache(Path(cache_dir) if cache_dir else default_cache_dir())
     cache.ensure_writable()
     cache.clean_stale_staging()
-    async with _runtime_for(runtime) as rt:
+    async with open_runtime(runtime) as rt:
         await remove_leftovers(rt)
-        resolver = ImageResolver(rt, cache.root / "specs")
+        resolver = ImageResolver(rt, cache.specs_dir)
         plan = await plan_chain(
             loaded, resolver=resolver, cache=cache, force=force, no_cache=no_cache, emit=bus.emit
         )

@@ -220,6 +220,11 @@ class Cache:
     def _entry_path(self, key: str) -> Path:
         return self._entries_dir / key[:2] / key
 
+    @property
+    def specs_dir(self) -> Path:
+        """Where kliko.yml files read out of images are remembered, one per image ID."""
+        return self.root / "specs"
+
     def entry_path(self, key: str) -> Path:
         """Where the entry of ``key`` is (or will be) published; it exists only once complete."""
         _check_key(key)

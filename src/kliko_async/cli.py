@@ -230,23 +230,16 @@ def _run_image(args: list[str]) -> int:
 
 
 async def _run_image_async(ref: str, cache_dir: Path | None, args: list[str]) -> int:
-    from kliko_async.cache import Cache, default_cache_dir
-    from kliko_async.images import ImageResolver
-    from kliko_async.runtime.docker import DockerRuntime
+    from kliko_async.api import open_runtime, read_image
     from kliko_async.signals import until_signal
     from kliko_async.single import image_parser, run_single_image
 
-    runtime = DockerRuntime()
-    try:
-        resolver = ImageResolver(runtime, Cache(cache_dir or default_cache_dir()).root / "specs")
-        image = await resolver.resolve(ref)
+    async with open_runtime(None) as runtime:
+        image = await read_image(ref, cache_dir=cache_dir, runtime=runtime)
         options = image_parser(image).parse_args(args)
         return await until_signal(
             lambda: run_single_image(runtime, image, options), what="removing the container"
         )
-    finally:
-        with anyio.CancelScope(shield=True):
-            await runtime.aclose()
 
 
 # -- validate, schema, cache -------------------------------------------------------------------
@@ -263,16 +256,9 @@ def _validate(options: argparse.Namespace) -> int:
         return 0
 
     async def from_image() -> int:
-        from kliko_async.cache import Cache, default_cache_dir
-        from kliko_async.images import ImageResolver
-        from kliko_async.runtime.docker import DockerRuntime
+        from kliko_async.api import read_image
 
-        runtime = DockerRuntime()
-        try:
-            cache = Cache(options.cache_dir or default_cache_dir())
-            image = await ImageResolver(runtime, cache.root / "specs").resolve(options.target)
-        finally:
-            await runtime.aclose()
+        image = await read_image(options.target, cache_dir=options.cache_dir)
         print_spec(image.spec, f"image {options.target} ({image.id[:19]})")
         return 0
 

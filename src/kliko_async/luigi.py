@@ -31,10 +31,9 @@ from typing import Any, ClassVar
 import luigi
 from luigi.task import flatten
 
-from kliko_async.api import dry_run, run, run_blocking
+from kliko_async.api import dry_run, read_image, run, run_blocking
 from kliko_async.cache import Cache, default_cache_dir
 from kliko_async.chain import Chain, parse_chain
-from kliko_async.images import ImageResolver
 from kliko_async.spec import Field, KlikoSpec
 
 _SCALAR_PARAMETERS: dict[str, type[luigi.Parameter[Any]]] = {
@@ -58,12 +57,17 @@ class KlikoTask(luigi.Task):
         raise NotImplementedError(f"{cls.__name__} must define image_name()")
 
     @classmethod
+    def spec(cls) -> KlikoSpec:
+        """The image's kliko.yml, remembered in this task's cache folder."""
+        return _spec_of(cls.image_name(), os.fspath(cls.cache_dir) if cls.cache_dir else None)
+
+    @classmethod
     def get_params(cls) -> list[tuple[str, luigi.Parameter[Any]]]:
         params: list[tuple[str, luigi.Parameter[Any]]] = list(super().get_params())
         if cls.image_name.__func__ is KlikoTask.image_name.__func__:  # type: ignore[attr-defined]
             return params  # the abstract base: no image, no generated parameters
         taken = {name for name, _ in params}
-        for field in _spec_of(cls.image_name()).fields().values():
+        for field in cls.spec().fields().values():
             if field.name not in taken:
                 params.append((field.name, _parameter_for(field)))
         return params
@@ -71,7 +75,7 @@ class KlikoTask(luigi.Task):
     def kliko_params(self) -> dict[str, Any]:
         """This task's Kliko parameters: the generated Luigi parameters that have a value."""
         values: dict[str, Any] = {}
-        for name in _spec_of(self.image_name()).fields():
+        for name in self.spec().fields():
             value = getattr(self, name, None)
             if value is not None:
                 values[name] = list(value) if isinstance(value, tuple) else value
@@ -127,17 +131,6 @@ def _parameter_for(field: Field) -> luigi.Parameter[Any]:
 
 
 @functools.cache
-def _spec_of(image: str) -> KlikoSpec:
+def _spec_of(image: str, cache_dir: str | None) -> KlikoSpec:
     """An image's kliko.yml, read once per process (and once per image ID on disk)."""
-
-    async def read() -> KlikoSpec:
-        from kliko_async.runtime.docker import DockerRuntime
-
-        runtime = DockerRuntime()
-        try:
-            resolver = ImageResolver(runtime, default_cache_dir() / "specs")
-            return (await resolver.resolve(image)).spec
-        finally:
-            await runtime.aclose()
-
-    return run_blocking(read)
+    return run_blocking(lambda: read_image(image, cache_dir=cache_dir)).spec
