@@ -39,8 +39,9 @@ from benchmarks.harness import (
     run_process,
 )
 from kliko_async import api
-from kliko_async.cache import Cache, CacheEntry, Manifest, Staging
+from kliko_async.cache import Cache
 from kliko_async.chain import parse_chain
+from kliko_async.entry import CacheEntry, Manifest, Staging
 from kliko_async.events import EventBus, RunStarted
 from kliko_async.images import ImageResolver
 from kliko_async.plan import plan_chain

@@ -27,11 +27,13 @@ from kliko_async.chain import Chain, chain_from_pairs, load_chain
 from kliko_async.errors import KlikoError
 from kliko_async.events import Event, EventBus, EventSubscription
 from kliko_async.images import ImageResolver, KlikoImage
+from kliko_async.paramfiles import FileSnapshots
 from kliko_async.plan import Plan, plan_chain
 from kliko_async.resources import machine_cpus
 from kliko_async.results import RunResult
 from kliko_async.runtime.base import Runtime
 from kliko_async.scheduler import Scheduler, remove_leftovers
+from kliko_async.upkeep import clean_stale_staging
 from kliko_async.workspace import copy_tree_writable
 
 T = TypeVar("T")
@@ -270,25 +272,35 @@ async def _execute(
         check_out_folder(Path(out))
     cache = Cache(Path(cache_dir) if cache_dir else default_cache_dir())
     cache.ensure_writable()
-    cache.clean_stale_staging()
-    async with open_runtime(runtime) as rt:
-        await remove_leftovers(rt)
-        resolver = ImageResolver(rt, cache.specs_dir)
-        plan = await plan_chain(
-            loaded, resolver=resolver, cache=cache, force=force, no_cache=no_cache, emit=bus.emit
-        )
-        handle.plan = plan
-        scheduler = Scheduler(
-            plan,
-            runtime=rt,
-            cache=cache,
-            emit=bus.emit,
-            run_id=run_id,
-            jobs=jobs or machine_cpus(),
-            keep_going=keep_going,
-            wants_log_lines=bus.wants_log_lines,
-        )
-        result = await scheduler.run()
+    clean_stale_staging(cache)
+    files = FileSnapshots(cache.private_path(f"files-{run_id}"), cache.root)
+    try:
+        async with open_runtime(runtime) as rt:
+            await remove_leftovers(rt)
+            resolver = ImageResolver(rt, cache.specs_dir)
+            plan = await plan_chain(
+                loaded,
+                resolver=resolver,
+                cache=cache,
+                force=force,
+                no_cache=no_cache,
+                emit=bus.emit,
+                snapshots=files,
+            )
+            handle.plan = plan
+            scheduler = Scheduler(
+                plan,
+                runtime=rt,
+                cache=cache,
+                emit=bus.emit,
+                run_id=run_id,
+                jobs=jobs or machine_cpus(),
+                keep_going=keep_going,
+                wants_log_lines=bus.wants_log_lines,
+            )
+            result = await scheduler.run()
+    finally:
+        files.discard()  # synchronous: runs even while being cancelled
     if out is not None:
         export_outputs(result, Path(out))
     return result

@@ -300,20 +300,22 @@ def _cache(options: argparse.Namespace) -> int:
     from kliko_async.cache import Cache, default_cache_dir
     from kliko_async.display.tables import print_entries
     from kliko_async.quantities import parse_age, parse_size
+    from kliko_async.upkeep import gc, verify
 
     cache = Cache(options.cache_dir or default_cache_dir())
     if options.cache_command == "ls":
         print_entries(list(cache.entries()), cache.root)
         return 0
     if options.cache_command == "verify":
-        problems = cache.verify()
+        problems = verify(cache)
         for problem in problems:
             print(problem)
         print(f"{len(problems)} problem(s) in {cache.root}")
         return 1 if problems else 0
     if options.older_than is None and options.max_size is None:
         raise ParameterError("cache gc needs --older-than AGE and/or --max-size SIZE")
-    removed = cache.gc(
+    removed = gc(
+        cache,
         older_than=parse_age(options.older_than) if options.older_than else None,
         max_size=parse_size(options.max_size) if options.max_size else None,
     )

@@ -6,6 +6,9 @@ The CLI prints ``str(error)`` as one paragraph and exits non-zero without a trac
 
 from __future__ import annotations
 
+import errno
+from pathlib import Path
+
 
 class KlikoError(Exception):
     """Base of every error kliko-async raises on purpose.
@@ -80,3 +83,20 @@ class Interrupted(KlikoError):
     """The run was stopped by SIGINT or SIGTERM."""
 
     exit_code = 130
+
+
+def os_error_text(err: OSError) -> str:
+    """The readable part of an OS error ("No space left on device")."""
+    return err.strerror or str(err)
+
+
+def cache_hint(err: OSError, root: Path) -> str:
+    """What to do about an OS error met in the cache folder ``root``."""
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return (
+            f"The disk holding {root} is full; free space, for example with "
+            "'kliko-async cache gc --max-size 10G'."
+        )
+    if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"Check that {root} and everything in it belong to you and can be written."
+    return f"Check the cache folder {root}."

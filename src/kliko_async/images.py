@@ -19,6 +19,9 @@ from kliko_async.spec import KlikoSpec, parse_spec
 
 KLIKO_YML = "/kliko.yml"
 KLIKO_EXECUTABLE = "/kliko"
+KLIKO_COMMAND = (KLIKO_EXECUTABLE,)
+"""What every Kliko container runs, whatever the image's CMD, as Kliko 0.8 does
+(``create_container(..., command='/kliko')``); the image's ENTRYPOINT, if any, is kept."""
 
 
 class KlikoImage(BaseModel):

@@ -9,17 +9,20 @@ are reported together.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection
 from pathlib import Path
 
 import anyio
 from pydantic import BaseModel, ConfigDict
 
-from kliko_async.cache import Cache, CacheEntry, KeyIngredients, cache_key
+from kliko_async.cache import Cache
 from kliko_async.chain import RUN_CHAIN_SOURCE, Chain, Step
+from kliko_async.entry import CacheEntry
 from kliko_async.errors import ChainError, KlikoError, RuntimeUnavailable
 from kliko_async.events import Event, ImageBuilding, ImageBuilt
-from kliko_async.images import ImageResolver, KlikoImage
+from kliko_async.images import KLIKO_COMMAND, ImageResolver, KlikoImage
+from kliko_async.key import KeyIngredients, cache_key
+from kliko_async.paramfiles import FileSnapshots, hash_files
 from kliko_async.spec import ValidatedParameters, validate_parameters
 
 
@@ -31,6 +34,7 @@ class PlannedStep(BaseModel):
     step: Step
     image: KlikoImage
     params: ValidatedParameters
+    ingredients: KeyIngredients
     key: str
     cached: CacheEntry | None = None
     forced: bool = False
@@ -62,11 +66,14 @@ async def plan_chain(
     force: Collection[str] = (),
     no_cache: bool = False,
     emit: Callable[[Event], None] | None = None,
+    snapshots: FileSnapshots | None = None,
 ) -> Plan:
     """Resolve, validate and key every step of ``chain``; raise one error listing all problems.
 
     ``force`` names steps to re-run even when cached; their downstream steps re-run too.
-    ``no_cache`` re-runs every step (results are still stored).
+    ``no_cache`` re-runs every step (results are still stored). With ``snapshots``, file
+    parameters are copied there and keyed by the copies the containers will see; without
+    (a dry run), they are hashed where they are.
     """
     unknown = sorted(set(force) - set(chain.steps))
     if unknown:
@@ -94,38 +101,40 @@ async def plan_chain(
         except KlikoError as error:
             problems.append(_in_step(error, name))
             continue
-        validate = functools.partial(
-            validate_parameters,
-            image.spec,
-            step.params,
-            where=f"step '{name}' (image {image.ref})",
-            base_dir=base_dir,
-        )
+        where = f"step '{name}' (image {image.ref})"
         try:
-            if _gives_files(image, step.params):
-                # Hashing a big file parameter takes a while: off the loop, so Ctrl-C still works.
-                params = await anyio.to_thread.run_sync(validate, abandon_on_cancel=True)
-            else:
-                params = validate()
+            params = validate_parameters(image.spec, step.params, where=where, base_dir=base_dir)
+            if params.files:
+                # Copying or hashing a big file takes a while: off the loop, so Ctrl-C still works.
+                take = functools.partial(
+                    snapshots.take if snapshots else hash_files, params, where=where
+                )
+                params = await anyio.to_thread.run_sync(take, abandon_on_cancel=True)
         except KlikoError as error:
             problems.append(error)
             continue
         if any(i not in planned for i in step.inputs):
             continue  # an input is already reported as broken
-        key = cache_key(
-            KeyIngredients(
-                image_id=image.id,
-                io=image.spec.io,
-                parameters=params.values,
-                file_hashes={f.container_path: f.sha256 for f in params.files},
-                inputs={i: planned[i].key for i in step.inputs},
-                env=step.env,
-            )
+        ingredients = KeyIngredients(
+            image_id=image.id,
+            command=KLIKO_COMMAND,
+            io=image.spec.io,
+            parameters=params.values,
+            file_hashes=_file_hashes(params),
+            inputs={i: planned[i].key for i in step.inputs},
+            env=step.env,
         )
+        key = cache_key(ingredients)
         is_forced = no_cache or name in forced
         cached = None if is_forced or cache is None else cache.lookup(key)
         planned[name] = PlannedStep(
-            step=step, image=image, params=params, key=key, cached=cached, forced=is_forced
+            step=step,
+            image=image,
+            params=params,
+            ingredients=ingredients,
+            key=key,
+            cached=cached,
+            forced=is_forced,
         )
     if len(problems) == 1:
         raise problems[0]
@@ -158,7 +167,10 @@ async def _image_of(
     return await resolver.resolve(step.image)
 
 
-def _gives_files(image: KlikoImage, params: Mapping[str, object]) -> bool:
-    """Whether ``params`` sets a file parameter of ``image`` (which is then hashed)."""
-    fields = image.spec.fields()
-    return any(name in fields and fields[name].is_file() for name in params)
+def _file_hashes(params: ValidatedParameters) -> dict[str, str]:
+    """Container path -> content hash of every file parameter (all hashed by now)."""
+    hashes = {f.container_path: f.sha256 for f in params.files}
+    unhashed = [path for path, digest in hashes.items() if digest is None]
+    if unhashed:
+        raise AssertionError(f"file parameters were not hashed: {unhashed}")
+    return {path: digest for path, digest in hashes.items() if digest is not None}

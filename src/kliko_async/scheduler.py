@@ -22,7 +22,8 @@ import anyio
 from pydantic import BaseModel, ConfigDict
 
 from kliko_async.attempts import StepLog, exit_reason, full_disk, keep_log
-from kliko_async.cache import Cache, CacheEntry, Manifest, Staging
+from kliko_async.cache import Cache
+from kliko_async.entry import CacheEntry, Manifest, Staging
 from kliko_async.errors import CacheError, KlikoError
 from kliko_async.events import (
     Event,
@@ -355,10 +356,8 @@ class Scheduler:
             key=planned.key,
             step=step.name,
             image=planned.image.ref,
-            image_id=planned.image.id,
-            io=planned.image.spec.io,
-            parameters=planned.params.values,
-            inputs={i: self.plan.steps[i].key for i in step.inputs},
+            ingredients=planned.ingredients,
+            run_id=self.run_id,
             started_at=started_at,
             finished_at=finished_at,
             duration_s=time.monotonic() - started,

@@ -20,7 +20,6 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, mo
 from pydantic_core import ErrorDetails
 
 from kliko_async.errors import ParameterError, SpecError
-from kliko_async.hashing import sha256_file
 
 FIELD_TYPES: tuple[str, ...] = (
     "choice",
@@ -252,7 +251,10 @@ class FileParameter(BaseModel):
     name: str = pydantic.Field(description="The field it was given for.")
     host_path: Path = pydantic.Field(description="Absolute, resolved path on the host.")
     container_path: str = pydantic.Field(description="Path of the copy inside the container.")
-    sha256: str = pydantic.Field(description="Hex SHA-256 of the file's bytes.")
+    sha256: str | None = pydantic.Field(
+        None,
+        description="Hex SHA-256 of the bytes the container sees; set by kliko_async.paramfiles.",
+    )
 
     @field_validator("host_path")
     @classmethod
@@ -272,6 +274,11 @@ class ValidatedParameters(BaseModel):
     )
     files: tuple[FileParameter, ...] = pydantic.Field(
         default=(), description="The host files to copy into /param_files, in field order."
+    )
+    files_root: Path | None = pydantic.Field(
+        None,
+        description="A private folder already laid out as /param_files, holding the very "
+        "copies that were hashed (see kliko_async.paramfiles); None to copy the host files.",
     )
 
     def parameters_json(self) -> str:
@@ -410,7 +417,10 @@ def _locate_files(
     files: list[FileParameter],
     problems: list[str],
 ) -> Any:
-    """Resolve, check and hash the file(s) of one field; return the container path(s)."""
+    """Resolve and check the file(s) of one field; return the container path(s).
+
+    They are hashed later, as the copies the container sees (:mod:`kliko_async.paramfiles`).
+    """
     if field.is_list():
         paths: list[tuple[str, str]] = [
             (item, f"{PARAM_FILES_DIR}/{field.name}/{index}-{Path(item).name}")
@@ -432,17 +442,12 @@ def _locate_files(
             problems.append(f"{label} is not a regular file (a device, pipe or socket)")
         else:
             try:
-                digest = sha256_file(host_path)
+                host_path.open("rb").close()
             except OSError as error:
                 problems.append(f"{label} cannot be read: {error.strerror or error}")
                 continue
             files.append(
-                FileParameter(
-                    name=field.name,
-                    host_path=host_path,
-                    container_path=container_path,
-                    sha256=digest,
-                )
+                FileParameter(name=field.name, host_path=host_path, container_path=container_path)
             )
     return [container for _, container in paths] if field.is_list() else paths[0][1]
 

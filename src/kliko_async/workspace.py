@@ -13,7 +13,7 @@ import shutil
 from collections.abc import Mapping
 from pathlib import Path
 
-from kliko_async.images import KlikoImage
+from kliko_async.images import KLIKO_COMMAND, KlikoImage
 from kliko_async.runtime.base import ContainerJob, Mount
 from kliko_async.spec import PARAM_FILES_DIR, ValidatedParameters
 
@@ -61,6 +61,7 @@ def build_job(
         open_for_anyone(output)  # a different uid must be able to write its own outputs
     return ContainerJob(
         image=image.id,
+        command=KLIKO_COMMAND,
         mounts=tuple(mounts),
         env=dict(env or {}),
         user=run_as,
@@ -72,12 +73,20 @@ def build_job(
 
 
 def parameter_mounts(params: ValidatedParameters, scratch: Path) -> list[Mount]:
-    """Write /parameters.json and copy file parameters; return their read-only mounts."""
+    """Write /parameters.json and copy file parameters; return their read-only mounts.
+
+    Files already copied at planning (``params.files_root``) are mounted as they are: those
+    very copies were hashed into the step's key.
+    """
     parameters = scratch / "parameters.json"
     parameters.write_text(params.parameters_json())
     parameters.chmod(0o644)
     mounts = [Mount(source=absolute(parameters), target="/parameters.json", read_only=True)]
-    if params.files:
+    if params.files_root is not None:
+        mounts.append(
+            Mount(source=absolute(params.files_root), target=PARAM_FILES_DIR, read_only=True)
+        )
+    elif params.files:
         root = scratch / "param_files"
         for item in params.files:
             rel = Path(item.container_path).relative_to(PARAM_FILES_DIR)

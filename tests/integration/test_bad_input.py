@@ -39,7 +39,6 @@ def build_image(context: Path, files: dict[str, str], *, executable: bool = True
         if name == "kliko" and executable:
             (context / name).chmod(0o755)
         lines.append(f"COPY {name} /{name}")
-    lines.append('CMD ["/kliko"]')
     (context / "Dockerfile").write_text("\n".join(lines) + "\n")
     tag = f"kliko-async-test/{context.name}-{uuid.uuid4().hex[:10]}"
     subprocess.run(
@@ -400,9 +399,6 @@ def tiny_cache(tmp_path: Path) -> Iterator[Path]:
     [
         pytest.param("{image: example/flood, params: {lines: 200000}}", "log", id="log-flood"),
         pytest.param("{image: FILLER}", "output", id="big-output"),
-        pytest.param(
-            "{image: example/gen, params: {header: big.txt}}", "parameter", id="big-file-param"
-        ),
     ],
 )
 def test_a_full_disk_fails_the_step_clearly_and_publishes_nothing(
@@ -413,8 +409,7 @@ def test_a_full_disk_fails_the_step_clearly_and_publishes_nothing(
     step: str,
     writes: str,
 ) -> None:
-    """The step's log, its output, or the copy of its file parameter fills the cache's disk."""
-    (tmp_path / "big.txt").write_bytes(b"header line\n" * 200_000)
+    """The step's log or its output fills the cache's disk."""
     before = snapshot(tiny_cache)
     chain = tmp_path / "big.yaml"
     chain.write_text(f"steps:\n  big: {step.replace('FILLER', images['filler'])}\n")
@@ -430,5 +425,29 @@ def test_a_full_disk_fails_the_step_clearly_and_publishes_nothing(
     assert snapshot(tiny_cache) == before, "no partial entry, and the earlier entry is intact"
     assert list((tiny_cache / "tmp").iterdir()) == [], "the staging folder is deleted"
     assert not (tmp_path / "out" / "big").exists()
+    verified = kliko("cache", "verify", "--cache-dir", tiny_cache)
+    assert verified.returncode == 0, verified.stdout
+
+
+def test_a_file_parameter_too_big_for_the_cache_disk_is_refused_before_running(
+    kliko: KlikoCli, tmp_path: Path, tiny_cache: Path
+) -> None:
+    """File parameters are copied into the cache when planning (the copy is what is hashed and
+    what the container sees), so one that does not fit is refused before any step starts."""
+    (tmp_path / "big.txt").write_bytes(b"header line\n" * 200_000)
+    before = snapshot(tiny_cache)
+    chain = tmp_path / "big.yaml"
+    chain.write_text("steps:\n  big: {image: example/gen, params: {header: big.txt}}\n")
+
+    done = kliko("run", chain, "--cache-dir", tiny_cache, "--out", tmp_path / "out", "--plain")
+
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr
+    assert "step 'big' (image example/gen): file parameter 'header'" in done.stderr, done.stderr
+    assert "No space left on device" in done.stderr, done.stderr
+    assert f"The disk holding {tiny_cache} is full" in done.stderr, done.stderr
+    assert "big | started" not in done.stdout
+    assert snapshot(tiny_cache) == before, "no partial entry, and the earlier entry is intact"
+    assert list((tiny_cache / "tmp").iterdir()) == [], "the copies of file parameters are deleted"
     verified = kliko("cache", "verify", "--cache-dir", tiny_cache)
     assert verified.returncode == 0, verified.stdout

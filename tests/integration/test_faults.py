@@ -208,7 +208,7 @@ def hog_image(tmp_path_factory: pytest.TempPathFactory, example_images: None) ->
     (context / "kliko").write_text(HOG_SCRIPT)
     (context / "kliko").chmod(0o755)
     (context / "Dockerfile").write_text(
-        'FROM kliko-async/busybox\nCOPY kliko.yml /kliko.yml\nCOPY kliko /kliko\nCMD ["/kliko"]\n'
+        "FROM kliko-async/busybox\nCOPY kliko.yml /kliko.yml\nCOPY kliko /kliko\n"
     )
     tag = f"kliko-async-test/hog-{uuid.uuid4().hex[:10]}"
     subprocess.run(

@@ -65,7 +65,7 @@ def build_image(context: Path, spec: str, script: str) -> str:
     (context / "kliko").write_text(script)
     (context / "kliko").chmod(0o755)
     (context / "Dockerfile").write_text(
-        'FROM kliko-async/busybox\nCOPY kliko.yml /kliko.yml\nCOPY kliko /kliko\nCMD ["/kliko"]\n'
+        "FROM kliko-async/busybox\nCOPY kliko.yml /kliko.yml\nCOPY kliko /kliko\n"
     )
     tag = f"kliko-async-test/{context.name}-{uuid.uuid4().hex[:10]}"
     subprocess.run(

@@ -20,6 +20,7 @@ from kliko_async.errors import ParameterError, RunFailed, SpecError
 from kliko_async.events import Event, ImageBuilding, ImageBuilt, RunFinished, StepCancelled
 from kliko_async.runtime.base import LABEL_PREFIX
 from kliko_async.runtime.fake import FakeContainer, FakeRuntime
+from kliko_async.upkeep import verify
 
 pytestmark = pytest.mark.anyio
 
@@ -115,7 +116,7 @@ async def test_out_exports_writable_copies_and_leaves_the_cache_intact(
     output = result.steps["a"].output
     assert output is not None
     assert (output / "text.txt").read_text() == "A"
-    assert Cache(tmp_path / "cache").verify() == []
+    assert verify(Cache(tmp_path / "cache")) == []
 
 
 async def test_dry_run_shows_the_cache_state_without_starting_a_container(

@@ -18,21 +18,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kliko_async import cache as cache_module
-from kliko_async.cache import (
-    CACHE_FORMAT_VERSION,
-    Cache,
-    CacheEntry,
-    KeyIngredients,
-    Manifest,
-    Staging,
-    VerifyProblem,
-    cache_key,
-    default_cache_dir,
-)
+from kliko_async import key as key_module
+from kliko_async.cache import Cache, default_cache_dir
+from kliko_async.entry import CacheEntry, Manifest, Staging
 from kliko_async.errors import CacheError
 from kliko_async.hashing import sha256_file
+from kliko_async.key import CACHE_FORMAT_VERSION, KeyIngredients, cache_key
 from kliko_async.quantities import parse_age, parse_size
+from kliko_async.upkeep import VerifyProblem, clean_stale_staging, gc, verify
 
 NOW = datetime(2024, 6, 1, 12, 0, tzinfo=UTC)
 
@@ -50,6 +43,7 @@ def cache(tmp_path: Path) -> Cache:
 def ingredients(**changes: Any) -> KeyIngredients:
     fields: dict[str, Any] = {
         "image_id": "sha256:" + "1" * 64,
+        "command": ("/kliko",),
         "io": "split",
         "parameters": {"threshold": 5, "name": "m31", "flags": [1, 2]},
         "file_hashes": {"model": "a" * 64},
@@ -64,10 +58,8 @@ def manifest_for(key: str, *, step: str = "image", finished_at: datetime = NOW) 
         key=key,
         step=step,
         image="kliko/wsclean:1.0",
-        image_id="sha256:" + "1" * 64,
-        io="split",
-        parameters={"threshold": 5},
-        inputs={"calibrate": "b" * 64},
+        ingredients=ingredients(),
+        run_id="run-1",
         started_at=finished_at - timedelta(seconds=3),
         finished_at=finished_at,
         duration_s=3.0,
@@ -170,7 +162,7 @@ def test_env_value_and_command_argument_change_the_key() -> None:
 
 def test_format_version_changes_the_key(monkeypatch: pytest.MonkeyPatch) -> None:
     before = cache_key(ingredients())
-    monkeypatch.setattr(cache_module, "CACHE_FORMAT_VERSION", CACHE_FORMAT_VERSION + 1)
+    monkeypatch.setattr(key_module, "CACHE_FORMAT_VERSION", CACHE_FORMAT_VERSION + 1)
     assert cache_key(ingredients()) != before
 
 
@@ -221,7 +213,7 @@ def test_constructing_a_cache_does_not_touch_disk(tmp_path: Path) -> None:
     assert cache.root == tmp_path / "nowhere"
     assert cache.lookup(key_of(1)) is None
     assert list(cache.entries()) == []
-    assert cache.verify() == []
+    assert verify(cache) == []
     assert not (tmp_path / "nowhere").exists()
 
 
@@ -523,16 +515,16 @@ def test_staging_of_a_dead_process_is_no_entry_and_is_cleaned(cache: Cache) -> N
 
     assert cache.lookup(key) is None
     assert list(cache.entries()) == []
-    assert cache.clean_stale_staging() == 1
+    assert clean_stale_staging(cache) == 1
 
     assert not stale.exists()
     assert live.path.is_dir()  # our own process is alive
     assert odd.is_dir()
-    assert cache.clean_stale_staging() == 0
+    assert clean_stale_staging(cache) == 0
 
 
 def test_clean_stale_staging_without_tmp_folder(cache: Cache) -> None:
-    assert cache.clean_stale_staging() == 0
+    assert clean_stale_staging(cache) == 0
     assert not cache.root.exists()
 
 
@@ -703,13 +695,13 @@ def test_gc_by_age(cache: Cache) -> None:
     middle = publish_files(cache, key_of(2), {"a": b"2"}, finished_at=NOW - timedelta(days=2))
     young = publish_files(cache, key_of(3), {"a": b"3"}, finished_at=NOW - timedelta(hours=1))
 
-    removed = cache.gc(older_than=timedelta(days=3), now=NOW)
+    removed = gc(cache, older_than=timedelta(days=3), now=NOW)
 
     assert removed == [old]
     assert cache.lookup(old.key) is None
     assert cache.lookup(middle.key) == middle
     assert cache.lookup(young.key) == young
-    assert cache.gc(older_than=timedelta(days=3), now=NOW) == []
+    assert gc(cache, older_than=timedelta(days=3), now=NOW) == []
 
 
 def test_gc_by_size_removes_oldest_first(cache: Cache) -> None:
@@ -722,12 +714,12 @@ def test_gc_by_size_removes_oldest_first(cache: Cache) -> None:
     assert total == sum(sizes.values())
     limit = total - sizes[entries[3].key] - 1  # the oldest alone is not quite enough
 
-    removed = cache.gc(max_size=limit, now=NOW)
+    removed = gc(cache, max_size=limit, now=NOW)
 
     assert removed == [entries[3], entries[2]]
     assert cache.total_size() <= limit
     assert {entry.key for entry in cache.entries()} == {entries[0].key, entries[1].key}
-    assert cache.gc(max_size=0, now=NOW) == [entries[1], entries[0]]
+    assert gc(cache, max_size=0, now=NOW) == [entries[1], entries[0]]
     assert cache.total_size() == 0
 
 
@@ -738,12 +730,12 @@ async def test_gc_keeps_entries_that_a_run_is_reading_or_computing(cache: Cache)
     idle = publish_files(cache, key_of(3), {"a": b"3"}, finished_at=NOW - timedelta(days=9))
 
     async with cache.lock(read.key, shared=True), cache.lock(computed.key):
-        assert cache.gc(older_than=timedelta(days=1), now=NOW) == [idle]
-        assert cache.gc(max_size=0, now=NOW) == []
+        assert gc(cache, older_than=timedelta(days=1), now=NOW) == [idle]
+        assert gc(cache, max_size=0, now=NOW) == []
         assert cache.lookup(read.key) == read
         assert cache.lookup(computed.key) == computed
 
-    assert cache.gc(max_size=0, now=NOW) == [read, computed]
+    assert gc(cache, max_size=0, now=NOW) == [read, computed]
 
 
 @pytest.mark.anyio
@@ -761,7 +753,7 @@ async def test_shared_locks_admit_each_other_but_not_an_exclusive_one(cache: Cac
 def test_gc_applies_age_then_size(cache: Cache) -> None:
     old = publish_files(cache, key_of(1), {"a": b"1"}, finished_at=NOW - timedelta(days=30))
     young = publish_files(cache, key_of(2), {"a": b"2"}, finished_at=NOW)
-    removed = cache.gc(older_than=timedelta(days=7), max_size=10**9, now=NOW)
+    removed = gc(cache, older_than=timedelta(days=7), max_size=10**9, now=NOW)
     assert removed == [old]
     assert list(cache.entries()) == [young]
 
@@ -777,7 +769,7 @@ def test_gc_tidies_invalid_folders_and_stale_staging(cache: Cache) -> None:
     spec.parent.mkdir(parents=True)
     spec.write_text("schema_version: 3\n")
 
-    removed = cache.gc(now=NOW)
+    removed = gc(cache, now=NOW)
 
     assert removed == []  # nothing valid was removed
     assert not invalid.exists()
@@ -789,8 +781,8 @@ def test_gc_tidies_invalid_folders_and_stale_staging(cache: Cache) -> None:
 def test_gc_takes_naive_times_as_local(cache: Cache) -> None:
     naive_now = datetime(2024, 6, 1, 12, 0)
     entry = publish_files(cache, key_of(1), {"a": b"1"}, finished_at=naive_now - timedelta(days=2))
-    assert cache.gc(older_than=timedelta(days=3), now=naive_now) == []
-    assert cache.gc(older_than=timedelta(days=1), now=naive_now.astimezone(UTC)) == [entry]
+    assert gc(cache, older_than=timedelta(days=3), now=naive_now) == []
+    assert gc(cache, older_than=timedelta(days=1), now=naive_now.astimezone(UTC)) == [entry]
 
 
 # -- verify --------------------------------------------------------------------------------------
@@ -798,7 +790,7 @@ def test_gc_takes_naive_times_as_local(cache: Cache) -> None:
 
 def test_verify_of_a_sound_cache_finds_nothing(cache: Cache) -> None:
     publish_files(cache, key_of(1), {"a.txt": b"a", "sub/b.txt": b"b"})
-    assert cache.verify() == []
+    assert verify(cache) == []
 
 
 def test_verify_finds_changed_missing_and_extra_files(cache: Cache) -> None:
@@ -811,7 +803,7 @@ def test_verify_finds_changed_missing_and_extra_files(cache: Cache) -> None:
     make_writable(entry.output_dir)
     (entry.output_dir / "extra.txt").write_bytes(b"new")
 
-    problems = cache.verify()
+    problems = verify(cache)
 
     assert problems == [
         VerifyProblem(key=key, path="output/a.txt", problem="content changed"),
@@ -827,7 +819,7 @@ def test_verify_reports_unreadable_and_missing_manifests(cache: Cache) -> None:
     (cache.root / "entries" / broken[:2] / broken / "output").mkdir(parents=True)
     (cache.root / "entries" / broken[:2] / broken / "manifest.json").write_text("not json")
 
-    problems = {(p.key, p.problem) for p in cache.verify()}
+    problems = {(p.key, p.problem) for p in verify(cache)}
 
     assert problems == {(missing, "manifest missing"), (broken, "manifest unreadable")}
 

@@ -16,7 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from kliko_async.cache import Cache, KeyIngredients, Manifest, cache_key
+from kliko_async.cache import Cache
+from kliko_async.entry import Manifest
+from kliko_async.key import KeyIngredients, cache_key
 
 KLIKO_ASYNC = str(Path(sys.executable).parent / "kliko-async")
 NO_ENGINE = "unix:///nonexistent.sock"
@@ -41,11 +43,15 @@ def seed_cache(root: Path) -> Cache:
     """A cache folder holding one published entry, as a finished step leaves it."""
     cache = Cache(root)
     cache.ensure_writable()
-    key = cache_key(
-        KeyIngredients(
-            image_id="sha256:" + "0" * 64, io="split", parameters={}, file_hashes={}, inputs={}
-        )
+    ingredients = KeyIngredients(
+        image_id="sha256:" + "0" * 64,
+        command=("/kliko",),
+        io="split",
+        parameters={},
+        file_hashes={},
+        inputs={},
     )
+    key = cache_key(ingredients)
     staging = cache.stage(key)
     (staging.output_dir / "result.txt").write_text("computed for hours\n")
     staging.log_path.write_text("step log\n")
@@ -56,10 +62,7 @@ def seed_cache(root: Path) -> Cache:
             key=key,
             step="earlier",
             image="example/gen",
-            image_id="sha256:" + "0" * 64,
-            io="split",
-            parameters={},
-            inputs={},
+            ingredients=ingredients,
             started_at=now,
             finished_at=now,
             duration_s=3600.0,

@@ -11,6 +11,7 @@ from kliko_async.runtime.docker import _container_config
 def test_a_job_becomes_an_unprivileged_container_with_its_mounts_limits_and_labels() -> None:
     job = ContainerJob(
         image="sha256:" + "a" * 64,
+        command=("/kliko",),
         mounts=(
             Mount(
                 source=Path("/cache/tmp/k/parameters.json"),
@@ -41,7 +42,8 @@ def test_a_job_becomes_an_unprivileged_container_with_its_mounts_limits_and_labe
     assert config["User"] == "1000:1000"
     assert config["Env"] == ["OMP_NUM_THREADS=1"]
     assert config["Labels"] == {"io.kliko-async.managed": "1", "io.kliko-async.step": "gen"}
-    assert "Cmd" not in config  # the image's own CMD (/kliko) runs
+    assert config["Cmd"] == ["/kliko"]  # as Kliko 0.8: /kliko, whatever the image's CMD
+    assert "Entrypoint" not in config  # the image's ENTRYPOINT is kept, as Kliko 0.8 keeps it
 
 
 def test_no_limits_means_no_limit_keys() -> None:

@@ -48,6 +48,7 @@ from kliko_async.results import RunResult
 from kliko_async.runtime.base import LABEL_PREFIX
 from kliko_async.runtime.fake import FakeContainer, FakeRuntime
 from kliko_async.scheduler import Scheduler
+from kliko_async.upkeep import gc, verify
 
 pytestmark = pytest.mark.anyio
 
@@ -275,7 +276,7 @@ async def test_inputs_being_read_are_safe_from_gc_and_a_vanished_input_fails_cle
     removed_while_reading: list[list[str]] = []
 
     async def reader(container: FakeContainer) -> int:
-        removed = lab.cache.gc(max_size=0)  # a `cache gc` in another terminal, mid-run
+        removed = gc(lab.cache, max_size=0)  # a `cache gc` in another terminal, mid-run
         removed_while_reading.append([entry.manifest.step for entry in removed])
         source = container.path("/input") / "data.txt"
         (container.path("/output") / "copy.txt").write_text(source.read_text())
@@ -689,7 +690,7 @@ async def test_a_join_step_gets_a_copy_of_each_input_in_a_subfolder_named_after_
         "b/data.txt": "b 2\n",
         "summary.txt": "joined\n",
     }
-    assert lab.cache.verify() == []
+    assert verify(lab.cache) == []
 
 
 async def test_a_join_step_with_one_input_starts_from_a_flat_copy_of_it(lab: Lab) -> None:

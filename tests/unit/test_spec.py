@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import textwrap
 from pathlib import Path
@@ -541,11 +540,7 @@ def test_several_problems_reported_together(spec: KlikoSpec, tmp_path: Path) -> 
     assert any(p.startswith("file parameter 'model'") for p in problems)
 
 
-def _sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def test_file_parameter_path_rewriting_and_hash(spec: KlikoSpec, tmp_path: Path) -> None:
+def test_file_parameter_path_rewriting(spec: KlikoSpec, tmp_path: Path) -> None:
     (tmp_path / "model.bin").write_bytes(b"weights")
     result = validate_parameters(
         spec, {"title": "t", "model": "model.bin"}, where=WHERE, base_dir=tmp_path
@@ -556,13 +551,12 @@ def test_file_parameter_path_rewriting_and_hash(spec: KlikoSpec, tmp_path: Path)
             name="model",
             host_path=(tmp_path / "model.bin").resolve(),
             container_path="/param_files/model",
-            sha256=_sha(b"weights"),
         ),
     )
     assert json.loads(result.parameters_json())["model"] == "/param_files/model"
 
 
-def test_list_of_files_path_rewriting_and_hashes(spec: KlikoSpec, tmp_path: Path) -> None:
+def test_list_of_files_path_rewriting(spec: KlikoSpec, tmp_path: Path) -> None:
     (tmp_path / "sub").mkdir()
     (tmp_path / "a.txt").write_bytes(b"A")
     (tmp_path / "sub" / "b.txt").write_bytes(b"B")
@@ -579,9 +573,9 @@ def test_list_of_files_path_rewriting_and_hashes(spec: KlikoSpec, tmp_path: Path
         "/param_files/inputs/2-a.txt",
     ]
     assert [(f.name, f.container_path, f.sha256) for f in result.files] == [
-        ("inputs", "/param_files/inputs/0-a.txt", _sha(b"A")),
-        ("inputs", "/param_files/inputs/1-b.txt", _sha(b"B")),
-        ("inputs", "/param_files/inputs/2-a.txt", _sha(b"A")),
+        ("inputs", "/param_files/inputs/0-a.txt", None),
+        ("inputs", "/param_files/inputs/1-b.txt", None),
+        ("inputs", "/param_files/inputs/2-a.txt", None),
     ]
     assert [f.host_path for f in result.files] == [
         (tmp_path / "a.txt").resolve(),

@@ -8,7 +8,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from kliko_async.cache import CacheEntry
+from kliko_async.entry import CacheEntry
 from kliko_async.spec import KlikoSpec
 
 

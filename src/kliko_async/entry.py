@@ -1,0 +1,85 @@
+"""What a cache entry is on disk: its layout, its manifest, published or still staging.
+
+Layout of one entry folder (a staging folder has the same, minus the manifest)::
+
+    output/        the step's /output (or /work), read-only once published
+    log.txt        the step's complete stdout and stderr
+    manifest.json  how it was made: the key's ingredients, timings, exit code, output hashes
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from kliko_async.durable import tree_size
+from kliko_async.key import CACHE_FORMAT_VERSION, KeyIngredients
+
+__all__ = ["MANIFEST", "CacheEntry", "Manifest", "Staging", "read_manifest"]
+
+MANIFEST = "manifest.json"
+OUTPUT = "output"
+LOG = "log.txt"
+
+
+class Manifest(BaseModel):
+    """What an entry holds and how it was made; ``manifest.json`` in the entry folder."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    format_version: int = CACHE_FORMAT_VERSION
+    key: str
+    step: str = Field(description="The step's name in the run that made it.")
+    image: str = Field(description="The image as the chain named it (tag, ID or build folder).")
+    ingredients: KeyIngredients = Field(description="Everything the key hashes, as it was.")
+    run_id: str | None = Field(None, description="The run that made it.")
+    started_at: datetime
+    finished_at: datetime
+    duration_s: float
+    exit_code: int
+    outputs: dict[str, str] = Field(default_factory=dict)
+    """Path relative to ``output/`` -> SHA-256, as :func:`kliko_async.hashing.hash_tree` gives."""
+
+
+class _EntryFolder(BaseModel):
+    """The layout shared by a staging folder and the entry it becomes: output/ and log.txt."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    key: str
+    path: Path
+
+    @property
+    def output_dir(self) -> Path:
+        return self.path / OUTPUT
+
+    @property
+    def log_path(self) -> Path:
+        return self.path / LOG
+
+
+class CacheEntry(_EntryFolder):
+    """A published, complete and read-only entry."""
+
+    manifest: Manifest
+
+    def size_bytes(self) -> int:
+        """Apparent size (sum of ``st_size``) of every file in the entry, manifest and log too."""
+        return tree_size(self.path)
+
+
+class Staging(_EntryFolder):
+    """A private folder under ``tmp/`` that a step writes into before it is published.
+
+    :meth:`kliko_async.cache.Cache.stage` has created its ``output/``.
+    """
+
+
+def read_manifest(entry_path: Path) -> Manifest | None:
+    """The manifest in ``entry_path``, or None if it is missing or unreadable."""
+    try:
+        return Manifest.model_validate_json((entry_path / MANIFEST).read_bytes())
+    except (OSError, ValidationError, ValueError):
+        return None

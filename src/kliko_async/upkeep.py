@@ -1,0 +1,172 @@
+"""Keeping a cache folder tidy and honest: stale staging, ``cache gc`` and ``cache verify``."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict
+
+from kliko_async.cache import KEY_PATTERN, Cache
+from kliko_async.durable import remove_tree
+from kliko_async.entry import MANIFEST, OUTPUT, CacheEntry, read_manifest
+from kliko_async.errors import CacheError, cache_hint, os_error_text
+from kliko_async.hashing import hash_tree
+from kliko_async.key import CACHE_FORMAT_VERSION
+from kliko_async.processes import pid_alive
+
+__all__ = ["VerifyProblem", "clean_stale_staging", "gc", "verify"]
+
+
+class VerifyProblem(BaseModel):
+    """One thing :func:`verify` found wrong.
+
+    ``path`` is relative to the entry folder (``output/a.txt``, ``manifest.json``) or ``None``
+    when the problem concerns the whole entry. ``problem`` is one of: ``content changed``,
+    ``missing``, ``unexpected file``, ``output folder missing``, ``manifest missing``,
+    ``manifest unreadable``, ``manifest key mismatch``, ``misplaced entry``.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    key: str
+    path: str | None
+    problem: str
+
+    def __str__(self) -> str:
+        return (
+            f"{self.key}: {self.path}: {self.problem}"
+            if self.path
+            else f"{self.key}: {self.problem}"
+        )
+
+
+def clean_stale_staging(cache: Cache) -> int:
+    """Delete staging folders whose process is gone; how many were deleted.
+
+    A name that does not parse as ``<key>.<pid>.<random>`` is left alone.
+    """
+    removed = 0
+    if not cache.tmp_dir.is_dir():
+        return 0
+    for child in sorted(cache.tmp_dir.iterdir()):
+        parts = child.name.split(".", 2)
+        if len(parts) != 3 or not parts[1].isdigit():
+            continue
+        if pid_alive(int(parts[1])):
+            continue
+        try:
+            remove_tree(child)
+        except FileNotFoundError:
+            continue
+        except OSError as err:
+            raise CacheError(
+                f"could not delete a stale staging folder ({os_error_text(err)})",
+                where=str(child),
+                hint=cache_hint(err, cache.root),
+            ) from err
+        removed += 1
+    return removed
+
+
+def gc(
+    cache: Cache,
+    *,
+    older_than: timedelta | None = None,
+    max_size: int | None = None,
+    now: datetime | None = None,
+) -> list[CacheEntry]:
+    """Tidy the cache; the valid entries removed, in order of removal.
+
+    Always deletes stale staging folders (dead pids) and invalid entry folders (no or bad
+    manifest; these are not in the returned list, having no manifest to report). Then removes
+    entries whose ``finished_at`` is more than ``older_than`` before ``now``, and then, while the
+    total size of entries exceeds ``max_size`` bytes, the entry with the oldest ``finished_at``
+    (ties by key). Age is the manifest's ``finished_at`` rather than an access time, because
+    ``lookup`` stays read-only and atime is often disabled. An entry whose lock a run holds
+    (being computed, or read as a step's input) is kept.
+    """
+    now = _aware(now) if now is not None else datetime.now(UTC)
+    clean_stale_staging(cache)
+    kept: list[CacheEntry] = []
+    for path in list(cache.entry_dirs()):
+        entry = cache.load_dir(path)
+        if entry is None:
+            cache.remove_path(path)
+        else:
+            kept.append(entry)
+
+    removed: list[CacheEntry] = []
+    if older_than is not None:
+        young: list[CacheEntry] = []
+        for entry in kept:
+            old = now - _aware(entry.manifest.finished_at) > older_than
+            if old and _remove_unless_in_use(cache, entry):
+                removed.append(entry)
+            else:
+                young.append(entry)
+        kept = young
+
+    if max_size is not None:
+        kept.sort(key=lambda e: (_aware(e.manifest.finished_at), e.key))
+        sizes = [entry.size_bytes() for entry in kept]
+        total = sum(sizes)
+        for entry, size in zip(kept, sizes, strict=True):
+            if total <= max_size:
+                break
+            if _remove_unless_in_use(cache, entry):
+                removed.append(entry)
+                total -= size
+    return removed
+
+
+def _remove_unless_in_use(cache: Cache, entry: CacheEntry) -> bool:
+    """Remove ``entry`` unless a run holds its lock (computing it, or reading it as input)."""
+    with cache.locks.try_exclusive(entry.key) as free:
+        if free:
+            cache.remove_path(entry.path)
+        return free
+
+
+def verify(cache: Cache) -> list[VerifyProblem]:
+    """Re-hash every entry's output against its manifest; every problem found."""
+    problems: list[VerifyProblem] = []
+    for path in cache.entry_dirs():
+        problems += _verify_entry(path)
+    return problems
+
+
+def _verify_entry(path: Path) -> list[VerifyProblem]:
+    key = path.name
+    if not KEY_PATTERN.fullmatch(key) or path.parent.name != key[:2]:
+        return [VerifyProblem(key=key, path=None, problem="misplaced entry")]
+    if not (path / MANIFEST).exists():
+        return [VerifyProblem(key=key, path=MANIFEST, problem="manifest missing")]
+    manifest = read_manifest(path)
+    if manifest is None or manifest.format_version != CACHE_FORMAT_VERSION:
+        return [VerifyProblem(key=key, path=MANIFEST, problem="manifest unreadable")]
+    if manifest.key != key:
+        return [VerifyProblem(key=key, path=MANIFEST, problem="manifest key mismatch")]
+    output = path / OUTPUT
+    if not output.is_dir():
+        return [VerifyProblem(key=key, path=OUTPUT, problem="output folder missing")]
+    try:
+        actual = hash_tree(output)
+    except OSError as err:
+        return [VerifyProblem(key=key, path=OUTPUT, problem=f"unreadable ({os_error_text(err)})")]
+    problems: list[VerifyProblem] = []
+    expected = manifest.outputs
+    for rel in sorted(expected.keys() | actual.keys()):
+        where = f"{OUTPUT}/{rel}"
+        if rel not in actual:
+            problems.append(VerifyProblem(key=key, path=where, problem="missing"))
+        elif rel not in expected:
+            problems.append(VerifyProblem(key=key, path=where, problem="unexpected file"))
+        elif actual[rel] != expected[rel]:
+            problems.append(VerifyProblem(key=key, path=where, problem="content changed"))
+    return problems
+
+
+def _aware(moment: datetime) -> datetime:
+    """``moment`` with a time zone; a naive one is taken as local time, as Python does."""
+    return moment if moment.tzinfo is not None else moment.astimezone()
