@@ -19,6 +19,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 MANAGED = "label=io.kliko-async.managed=1"
+OWNER = "io.kliko-async.owner"
 
 
 def _engine_answers() -> bool:
@@ -162,12 +163,20 @@ def kliko(tmp_path: Path) -> KlikoCli:
     return KlikoCli(tmp_path)
 
 
-def created_containers(since: float, until: float) -> list[dict[str, str]]:
+def created_containers(
+    since: float, until: float, *, owner_pid: int | None = None
+) -> list[dict[str, str]]:
     """Labels (and image, name) of every kliko-async container created between two times.
 
     Containers are removed after use, so ``docker ps -a`` cannot tell whether one existed;
-    the engine's event log can.
+    the engine's event log can. With ``owner_pid``, only those of that kliko-async process
+    (on this host), so other runs on a shared engine do not count.
     """
+    owner = (
+        []
+        if owner_pid is None
+        else ["--filter", f"label={OWNER}={socket.gethostname()}:{owner_pid}"]
+    )
     done = subprocess.run(
         [
             "docker",
@@ -180,6 +189,7 @@ def created_containers(since: float, until: float) -> list[dict[str, str]]:
             "event=create",
             "--filter",
             MANAGED,
+            *owner,
             "--format",
             "{{json .Actor.Attributes}}",
         ],
@@ -192,7 +202,7 @@ def created_containers(since: float, until: float) -> list[dict[str, str]]:
 
 
 @pytest.fixture
-def container_creations() -> Callable[[float, float], list[dict[str, str]]]:
+def container_creations() -> Callable[..., list[dict[str, str]]]:
     """``container_creations(since, until)``: see :func:`created_containers`."""
     return created_containers
 
