@@ -16,7 +16,7 @@ from kliko_async.errors import (
     RunFailed,
     RuntimeUnavailable,
     SpecError,
-    StepFailed,
+    StepFailure,
 )
 from kliko_async.events import (
     Event,
@@ -27,14 +27,17 @@ from kliko_async.events import (
     RunStarted,
     StepCached,
     StepCancelled,
+    StepFailed,
     StepFinished,
     StepQueued,
     StepRetried,
     StepSkipped,
     StepStarted,
 )
-from kliko_async.events import StepFailed as StepFailedEvent
 from kliko_async.results import RunResult, StepResult
+
+StepFailedEvent = StepFailed
+"""The step-failed event under its former alias; the error is :class:`StepFailure`."""
 
 __version__ = "0.1.0"
 
@@ -62,6 +65,7 @@ __all__ = [
     "StepCancelled",
     "StepFailed",
     "StepFailedEvent",
+    "StepFailure",
     "StepFinished",
     "StepQueued",
     "StepResult",

@@ -25,7 +25,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         code = _dispatch(args)
     except KlikoError as error:
         print(f"kliko-async: error: {error}", file=sys.stderr)
-        code = error.exit_code
+        code = error.exit_status
     except KeyboardInterrupt:
         print("kliko-async: interrupted", file=sys.stderr)
         code = 130

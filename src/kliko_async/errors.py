@@ -16,7 +16,8 @@ class KlikoError(Exception):
     ``where`` names the file, image or step; ``hint`` says what to do about it.
     """
 
-    exit_code = 1
+    exit_status = 1
+    """The status the ``kliko-async`` command exits with when this error ends it."""
 
     def __init__(self, message: str, *, where: str | None = None, hint: str | None = None) -> None:
         self.message = message
@@ -59,30 +60,52 @@ class ContainerError(KlikoError):
     """The container engine refused or lost a container."""
 
 
-class StepFailed(KlikoError):
-    """A step ended without success (non-zero exit, timeout, killed, cache publish failed)."""
+class StepFailure(KlikoError):
+    """A step ended without success (non-zero exit, timeout, killed, cache publish failed).
 
-    def __init__(self, step: str, reason: str, *, log_path: str | None = None) -> None:
+    Its fields say why: ``exit_code`` (None when the container never exited by itself),
+    ``reason`` in words, the ``last_lines`` of its log and ``log_path``, its full saved log.
+    """
+
+    SHOWN_LINES = 10
+    """How many of the last log lines the message quotes (``last_lines`` keeps them all)."""
+
+    def __init__(
+        self,
+        step: str,
+        reason: str,
+        *,
+        exit_code: int | None = None,
+        last_lines: tuple[str, ...] | list[str] = (),
+        log_path: str | None = None,
+    ) -> None:
         self.step = step
         self.reason = reason
+        self.exit_code = exit_code
+        self.last_lines = tuple(last_lines)
         self.log_path = log_path
+        message = reason
+        shown = self.last_lines[-self.SHOWN_LINES :]
+        if shown:
+            message += "; its last lines:\n" + "\n".join(f"    | {line}" for line in shown) + "\n"
         hint = f"Its full log is in {log_path}." if log_path else None
-        super().__init__(reason, where=f"step '{step}'", hint=hint)
+        super().__init__(message, where=f"step '{step}'", hint=hint)
 
 
 class RunFailed(KlikoError):
-    """A chain run in which at least one step failed."""
+    """A chain run in which at least one step failed; ``failures`` holds each one's details."""
 
-    def __init__(self, failures: list[StepFailed]) -> None:
+    def __init__(self, failures: list[StepFailure]) -> None:
         self.failures = failures
-        names = ", ".join(f.step for f in failures)
-        super().__init__(f"{len(failures)} step(s) failed: {names}")
+        count = f"{len(failures)} step{'s' if len(failures) != 1 else ''} failed"
+        details = "\n".join(f"  {failure}" for failure in failures)
+        super().__init__(f"{count}:\n{details}")
 
 
 class Interrupted(KlikoError):
     """The run was stopped by SIGINT or SIGTERM."""
 
-    exit_code = 130
+    exit_status = 130
 
 
 def os_error_text(err: OSError) -> str:

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from kliko_async.errors import RunFailed, StepFailed
+from kliko_async.errors import RunFailed, StepFailure
 
 StepState = Literal["done", "cached", "failed", "skipped", "cancelled"]
 
@@ -25,6 +25,8 @@ class StepResult(BaseModel):
     duration_s: float = 0.0
     reason: str | None = None
     log_path: Path | None = None
+    last_lines: tuple[str, ...] = ()
+    """The last lines of a failed step's log (its full log is at ``log_path``)."""
 
 
 class RunResult(BaseModel):
@@ -46,8 +48,12 @@ class RunResult(BaseModel):
 
     def raise_for_failures(self) -> None:
         failures = [
-            StepFailed(
-                r.name, r.reason or r.state, log_path=str(r.log_path) if r.log_path else None
+            StepFailure(
+                r.name,
+                r.reason or r.state,
+                exit_code=r.exit_code,
+                last_lines=r.last_lines,
+                log_path=str(r.log_path) if r.log_path else None,
             )
             for r in self.steps.values()
             if r.state in ("failed", "cancelled")

@@ -291,6 +291,7 @@ class Scheduler:
             duration_s=duration,
             reason=reason,
             log_path=outcome.log_path,
+            last_lines=tuple(outcome.last_lines),
         )
 
     async def _attempt(self, planned: PlannedStep, attempt: int) -> _Attempt:

@@ -52,6 +52,6 @@ async def until_signal(work: Callable[[], Awaitable[T]], *, what: str) -> T:
         raise failure[0]
     if received:
         interrupted = Interrupted("interrupted; finished work is kept")
-        interrupted.exit_code = EXIT_CODES.get(received[0], 130)
+        interrupted.exit_status = EXIT_CODES.get(received[0], 130)
         raise interrupted
     return outcome[0]

@@ -341,14 +341,24 @@ def test_run_chain_like_kliko(tmp_path: Path) -> None:
     assert (last.output / "numbers.txt").read_text() == "LINE 1\nLINE 2\n"
 
 
-def test_run_chain_raises_when_a_step_fails(tmp_path: Path) -> None:
+def test_run_chain_raises_saying_why_a_step_failed(tmp_path: Path) -> None:
     with pytest.raises(kliko_async.RunFailed) as failed:
         kliko_async.run_chain(
-            [("example/gen", {"n": 2}), ("example/fail", {"code": 4})],
+            [("example/gen", {"n": 2}), ("example/fail", {"code": 4, "message": "no beam"})],
             cache_dir=tmp_path / "cache",
         )
 
-    assert "exited with code 4" in str(failed.value.failures[0])
+    (failure,) = failed.value.failures
+    assert failure.exit_code == 4
+    assert failure.reason == "exited with code 4"
+    # stdout and stderr lines, each stream in order (the order between streams may vary)
+    assert sorted(failure.last_lines) == ["fail: about to fail", "no beam"]
+    assert failure.log_path is not None
+    assert sorted(Path(failure.log_path).read_text().splitlines()) == sorted(failure.last_lines)
+    message = str(failed.value)
+    assert f"step '{failure.step}': exited with code 4; its last lines:" in message
+    assert "    | no beam\n" in message
+    assert f"Its full log is in {failure.log_path}" in message
 
 
 @pytest.mark.anyio

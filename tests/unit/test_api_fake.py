@@ -141,7 +141,7 @@ async def test_dry_run_shows_the_cache_state_without_starting_a_container(
     assert len(fake.jobs) == jobs
 
 
-async def test_raise_for_failures_names_the_failed_step_and_its_log(
+async def test_raise_for_failures_says_why_each_step_failed_with_its_last_lines_and_log(
     tmp_path: Path, fake: FakeRuntime
 ) -> None:
     chain = chain_of(tmp_path, bad={"image": "example/text", "params": {"exit": 4}})
@@ -154,9 +154,14 @@ async def test_raise_for_failures_names_the_failed_step_and_its_log(
     (failure,) = info.value.failures
     assert failure.step == "bad"
     assert failure.reason == "exited with code 4"
+    assert failure.exit_code == 4
+    assert failure.last_lines == ("wrote hello",)
     assert failure.log_path is not None
     assert read(failure.log_path) == "wrote hello\n"
-    assert "1 step(s) failed: bad" in str(info.value)
+    message = str(info.value)
+    assert message.startswith("1 step failed:\n  step 'bad': exited with code 4")
+    assert "    | wrote hello\n" in message
+    assert f"Its full log is in {failure.log_path}" in message
 
 
 async def test_the_run_id_option_names_the_run_and_labels_its_containers(
