@@ -19,29 +19,55 @@ cache entry of the task's key, and Luigi and the CLI share results::
             return Simulate(n=10)
 
     luigi.build([Image()], local_scheduler=True)
+
+As with Kliko 0.8: required kliko.yml fields are required Luigi parameters, and parameters are
+validated when a task is created (so Luigi reports a bad value at once, naming the task); the
+container's log lines go to Python logging while it runs (logger ``luigi-interface.kliko``,
+shown by Luigi's default logging); a failed task raises :class:`~kliko_async.errors.RunFailed`
+with the step's exit code, reason, last log lines and log file. Kliko 0.8's ``connection`` held
+a docker-py client; kliko-async talks to the engine itself, so a class sets ``docker_url``
+instead (``connection`` may hold such a URL too; a client object there is refused clearly).
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 import os
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
+import anyio
 import luigi
 from luigi.task import flatten
 
 from kliko_async.api import dry_run, read_image, run, run_blocking
 from kliko_async.cache import Cache, default_cache_dir
 from kliko_async.chain import Chain, parse_chain
-from kliko_async.spec import Field, KlikoSpec
+from kliko_async.errors import ParameterError
+from kliko_async.events import Event, LogLine
+from kliko_async.runtime.base import Runtime
+from kliko_async.spec import Field, KlikoSpec, validate_parameters
 
-_SCALAR_PARAMETERS: dict[str, type[luigi.Parameter[Any]]] = {
+T = TypeVar("T")
+
+LOGGER = logging.getLogger("luigi-interface.kliko")
+"""Container log lines, as ``<step> | <line>``: a child of Luigi's own interface logger."""
+
+_OPTIONAL: dict[str, type[luigi.Parameter[Any]]] = {
     "str": luigi.OptionalStrParameter,
     "file": luigi.OptionalStrParameter,
     "int": luigi.OptionalIntParameter,
     "float": luigi.OptionalFloatParameter,
     "bool": luigi.OptionalBoolParameter,
+}
+_REQUIRED: dict[str, type[luigi.Parameter[Any]]] = {
+    "str": luigi.Parameter,
+    "file": luigi.Parameter,
+    "int": luigi.IntParameter,
+    "float": luigi.FloatParameter,
+    "bool": luigi.BoolParameter,
 }
 
 
@@ -51,6 +77,33 @@ class KlikoTask(luigi.Task):
     cache_dir: ClassVar[str | os.PathLike[str] | None] = None
     """The kliko-async cache folder; None for the default ($XDG_CACHE_HOME/kliko-async)."""
 
+    docker_url: ClassVar[str | None] = None
+    """The Docker Engine of this task class (``unix://...``, ``tcp://...``); None for
+    ``DOCKER_HOST`` or the local socket."""
+
+    connection: ClassVar[object] = None
+    """Kliko 0.8's docker-py client. Only a URL string is accepted here (as ``docker_url``)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.image_name.__func__ is not KlikoTask.image_name.__func__:  # type: ignore[attr-defined]
+            validate_parameters(
+                self.spec(), self.kliko_params(), where=f"Luigi task {self.task_id}"
+            )
+
+    @classmethod
+    def engine_url(cls) -> str | None:
+        """The Docker Engine URL of this class: ``docker_url``, or ``connection`` if a URL."""
+        if cls.connection is None or isinstance(cls.connection, str):
+            return cls.docker_url or cls.connection
+        raise ParameterError(
+            f"{cls.__name__}.connection holds {type(cls.connection).__name__!r}, a Docker "
+            "client as Kliko 0.8 used; kliko-async talks to the Docker Engine itself",
+            where=f"Luigi task class {cls.__name__}",
+            hint="Set docker_url = 'unix:///var/run/docker.sock' (or a tcp:// URL) on the class "
+            "instead, or leave both unset for DOCKER_HOST or the local socket.",
+        )
+
     @classmethod
     def image_name(cls) -> str:
         """The Kliko image this task runs (a tag or an image ID)."""
@@ -59,7 +112,8 @@ class KlikoTask(luigi.Task):
     @classmethod
     def spec(cls) -> KlikoSpec:
         """The image's kliko.yml, remembered in this task's cache folder."""
-        return _spec_of(cls.image_name(), os.fspath(cls.cache_dir) if cls.cache_dir else None)
+        cache_dir = os.fspath(cls.cache_dir) if cls.cache_dir else None
+        return _spec_of(cls.image_name(), cache_dir, cls.engine_url())
 
     @classmethod
     def get_params(cls) -> list[tuple[str, luigi.Parameter[Any]]]:
@@ -106,7 +160,13 @@ class KlikoTask(luigi.Task):
 
     @functools.cached_property
     def cache_key(self) -> str:
-        plan = run_blocking(lambda: dry_run(self.to_chain(), cache_dir=self.cache_dir))
+        chain = self.to_chain()
+        plan = run_blocking(
+            lambda: _on_engine(
+                self.engine_url(),
+                lambda engine: dry_run(chain, runtime=engine, cache_dir=self.cache_dir),
+            )
+        )
         return plan.steps[self.step_name()].key
 
     def output(self) -> luigi.LocalTarget:
@@ -115,22 +175,57 @@ class KlikoTask(luigi.Task):
         return luigi.LocalTarget(str(cache.entry_path(self.cache_key) / "output"))
 
     def run(self) -> None:
-        result = run_blocking(lambda: run(self.to_chain(), cache_dir=self.cache_dir))
+        chain = self.to_chain()
+        result = run_blocking(
+            lambda: _on_engine(
+                self.engine_url(),
+                lambda engine: run(
+                    chain, runtime=engine, cache_dir=self.cache_dir, on_event=_log_line
+                ),
+            )
+        )
         result.raise_for_failures()
 
 
+def _log_line(event: Event) -> None:
+    if isinstance(event, LogLine):
+        LOGGER.info("%s | %s", event.step, event.text)
+
+
 def _parameter_for(field: Field) -> luigi.Parameter[Any]:
-    options: dict[str, Any] = {"default": field.initial, "description": field.help_text}
+    """A required field without a default is a required Luigi parameter; others optional."""
+    required = field.required and field.initial is None
+    options: dict[str, Any] = {"description": field.help_text}
+    if not required:
+        options["default"] = field.initial
     if field.type == "choice":
-        return luigi.OptionalChoiceParameter(
-            choices=list(field.choices or {}), var_type=str, **options
-        )
+        kind = luigi.ChoiceParameter if required else luigi.OptionalChoiceParameter
+        return kind(choices=list(field.choices or {}), var_type=str, **options)
     if field.is_list():
-        return luigi.OptionalListParameter(**options)
-    return _SCALAR_PARAMETERS[field.type](**options)
+        return (luigi.ListParameter if required else luigi.OptionalListParameter)(**options)
+    return (_REQUIRED if required else _OPTIONAL)[field.type](**options)
+
+
+async def _on_engine(url: str | None, work: Callable[[Runtime | None], Awaitable[T]]) -> T:
+    """``work`` on the Docker Engine at ``url`` (closed afterwards), or on the default one."""
+    if url is None:
+        return await work(None)
+    from kliko_async.runtime.docker import DockerRuntime
+
+    engine = DockerRuntime(url)
+    try:
+        return await work(engine)
+    finally:
+        with anyio.CancelScope(shield=True):
+            await engine.aclose()
 
 
 @functools.cache
-def _spec_of(image: str, cache_dir: str | None) -> KlikoSpec:
+def _spec_of(image: str, cache_dir: str | None, url: str | None) -> KlikoSpec:
     """An image's kliko.yml, read once per process (and once per image ID on disk)."""
-    return run_blocking(lambda: read_image(image, cache_dir=cache_dir)).spec
+    found = run_blocking(
+        lambda: _on_engine(
+            url, lambda engine: read_image(image, cache_dir=cache_dir, runtime=engine)
+        )
+    )
+    return found.spec
