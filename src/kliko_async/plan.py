@@ -9,7 +9,7 @@ are reported together.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 
 import anyio
@@ -75,14 +75,15 @@ async def plan_chain(
     parameters are copied there and keyed by the copies the containers will see; without
     (a dry run), they are hashed where they are.
     """
-    unknown = sorted(set(force) - set(chain.steps))
+    groups = {step.matrix.step for step in chain.steps.values() if step.matrix is not None}
+    unknown = sorted(set(force) - set(chain.steps) - groups)
     if unknown:
         raise ChainError(
             f"--force names unknown step(s): {', '.join(unknown)}",
             where=chain.source,
-            hint=f"Steps are: {', '.join(chain.steps)}.",
+            hint=f"Steps are: {', '.join([*chain.steps, *sorted(groups)])}.",
         )
-    forced = set(force)
+    forced = set(chain.select(force)) if force else set()
     for name in force:
         forced |= chain.downstream(name)
     base_dir = Path.cwd() if chain.source == RUN_CHAIN_SOURCE else Path(chain.source).parent
@@ -121,7 +122,7 @@ async def plan_chain(
             io=image.spec.io,
             parameters=params.values,
             file_hashes=_file_hashes(params),
-            inputs={i: planned[i].key for i in step.inputs},
+            inputs=_input_keys(step, planned),
             env=step.env,
         )
         key = cache_key(ingredients)
@@ -144,6 +145,18 @@ async def plan_chain(
             f"{len(problems)} problems were found before running: {details}", where=chain.source
         )
     return Plan(source=chain.source, order=order, steps=planned)
+
+
+def _input_keys(step: Step, planned: Mapping[str, PlannedStep]) -> dict[str, str]:
+    """The key ingredient of ``step``'s inputs: name -> key.
+
+    A lone input mounted in its own subfolder (a consumer of a one-value matrix) is written
+    ``name/``: the folder layout differs from a lone input's, so the key must differ too.
+    """
+    keys = {name: planned[name].key for name in step.inputs}
+    if step.inputs_in_folders and len(keys) == 1:
+        return {f"{name}/": key for name, key in keys.items()}
+    return keys
 
 
 def _in_step(error: KlikoError, name: str) -> KlikoError:

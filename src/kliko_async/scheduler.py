@@ -311,6 +311,7 @@ class Scheduler:
                 scratch=staging.path / "scratch",
                 output=staging.output_dir,
                 inputs={i: self._output_of(i) for i in step.inputs},
+                inputs_in_folders=step.inputs_in_folders,
                 user=step.user,
                 env=step.env,
                 labels=self._labels(planned),

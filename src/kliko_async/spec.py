@@ -5,7 +5,6 @@ Parsing and validation errors are reported as one readable paragraph naming the 
 
 from __future__ import annotations
 
-import difflib
 import json
 import math
 import os
@@ -15,11 +14,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pydantic
-import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 from pydantic_core import ErrorDetails
 
 from kliko_async.errors import ParameterError, SpecError
+from kliko_async.yamltext import YamlTextError, did_you_mean, parse_yaml_bytes, parse_yaml_text
 
 FIELD_TYPES: tuple[str, ...] = (
     "choice",
@@ -172,43 +171,12 @@ class KlikoSpec(BaseModel):
         return {field.name: field for section in self.sections for field in section.fields}
 
 
-class _StrictLoader(yaml.SafeLoader):
-    """A safe YAML loader that rejects a key repeated within one mapping."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: set[Any] = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            try:
-                duplicate = key in seen
-                seen.add(key)
-            except TypeError:
-                continue  # unhashable key: the base class reports it
-            if duplicate:
-                raise yaml.constructor.ConstructorError(
-                    "while reading a mapping",
-                    node.start_mark,
-                    f"key {key!r} appears more than once",
-                    key_node.start_mark,
-                )
-        return super().construct_mapping(node, deep=deep)
-
-
 def parse_spec(text: str | bytes, source: str) -> KlikoSpec:
     """Parse kliko.yml text; ``source`` names the file or image in error messages."""
-    if isinstance(text, bytes):
-        try:
-            text = text.decode("utf-8")
-        except UnicodeDecodeError as error:
-            raise SpecError(
-                f"is not UTF-8 text (byte {error.start} cannot be decoded)", where=source
-            ) from error
     try:
-        data = yaml.load(text, Loader=_StrictLoader)
-    except yaml.MarkedYAMLError as error:
-        raise SpecError(_describe_yaml_error(error), where=source) from error
-    except yaml.YAMLError as error:
-        raise SpecError(f"YAML syntax error: {error}", where=source) from error
+        data = parse_yaml_bytes(text) if isinstance(text, bytes) else parse_yaml_text(text)
+    except YamlTextError as error:
+        raise SpecError(error.message, where=source, hint=error.hint) from None
     if data is None:
         raise SpecError(
             "is empty",
@@ -455,9 +423,8 @@ def _locate_files(
 def _describe_unknown(name: str, known: list[str]) -> str:
     if not known:
         return f"unknown parameter {name!r}; this image takes no parameters"
-    close = difflib.get_close_matches(name, known, n=3)
-    if close:
-        return f"unknown parameter {name!r} (did you mean {' or '.join(map(repr, close))}?)"
+    if suggestion := did_you_mean(name, known):
+        return f"unknown parameter {name!r}{suggestion}"
     return f"unknown parameter {name!r}; known parameters are {', '.join(known)}"
 
 
@@ -480,18 +447,6 @@ def _describe(value: Any) -> str:
                 text = text[:37] + "..."
             return f"a {kind} {text}" if kind != "integer" else f"an integer {text}"
     return f"a {type(value).__name__}"
-
-
-def _describe_yaml_error(error: yaml.MarkedYAMLError) -> str:
-    mark = error.problem_mark or error.context_mark
-    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-    problem = error.problem or error.context or "invalid YAML"
-    what = (
-        "YAML error"
-        if isinstance(error, yaml.constructor.ConstructorError)
-        else "YAML syntax error"
-    )
-    return f"{what}{where}: {problem}"
 
 
 _SECTION_KEYS = ("sections", "fields")
@@ -548,9 +503,8 @@ def _describe_unknown_key(key: str, container: tuple[int | str, ...]) -> str:
     if container:
         model = Section if container[-2] == "sections" else Field
     known = list(model.model_fields)
-    close = difflib.get_close_matches(key, known, n=1)
-    if close:
-        return f"unknown key {key!r} (did you mean {close[0]!r}?)"
+    if suggestion := did_you_mean(key, known):
+        return f"unknown key {key!r}{suggestion}"
     return f"unknown key {key!r}; allowed keys are {', '.join(known)}"
 
 

@@ -35,6 +35,7 @@ def build_job(
     scratch: Path,
     output: Path,
     inputs: Mapping[str, Path],
+    inputs_in_folders: bool = False,
     user: str | None = None,
     env: Mapping[str, str] | None = None,
     labels: Mapping[str, str] | None = None,
@@ -45,16 +46,17 @@ def build_job(
     """Write parameters into ``scratch``, prepare ``output`` and return the container's job.
 
     ``output`` becomes ``/output`` (split IO) or ``/work`` (join IO). ``inputs`` maps input
-    names to host folders; for join IO they are copied into ``output`` first.
+    names to host folders; for join IO they are copied into ``output`` first. One input is the
+    whole of /input (or /work) unless ``inputs_in_folders`` (a consumer of a matrix step).
     """
     scratch.mkdir(parents=True, exist_ok=True)
     output.mkdir(parents=True, exist_ok=True)
     mounts = parameter_mounts(params, scratch)
     if image.spec.io == "split":
-        mounts += split_input_mounts(inputs, scratch)
+        mounts += split_input_mounts(inputs, scratch, in_folders=inputs_in_folders)
         mounts.append(Mount(source=absolute(output), target="/output"))
     else:
-        fill_work(output, inputs)
+        fill_work(output, inputs, in_folders=inputs_in_folders)
         mounts.append(Mount(source=absolute(output), target="/work"))
     run_as = user or invoking_user()
     if user and user != invoking_user():
@@ -97,12 +99,14 @@ def parameter_mounts(params: ValidatedParameters, scratch: Path) -> list[Mount]:
     return mounts
 
 
-def split_input_mounts(inputs: Mapping[str, Path], scratch: Path) -> list[Mount]:
+def split_input_mounts(
+    inputs: Mapping[str, Path], scratch: Path, *, in_folders: bool = False
+) -> list[Mount]:
     if not inputs:
         empty = scratch / "empty-input"
         empty.mkdir(exist_ok=True)
         return [Mount(source=absolute(empty), target="/input", read_only=True)]
-    if len(inputs) == 1:
+    if len(inputs) == 1 and not in_folders:
         (source,) = inputs.values()
         return [Mount(source=absolute(source), target="/input", read_only=True)]
     return [
@@ -111,8 +115,8 @@ def split_input_mounts(inputs: Mapping[str, Path], scratch: Path) -> list[Mount]
     ]
 
 
-def fill_work(work: Path, inputs: Mapping[str, Path]) -> None:
-    if len(inputs) == 1:
+def fill_work(work: Path, inputs: Mapping[str, Path], *, in_folders: bool = False) -> None:
+    if len(inputs) == 1 and not in_folders:
         (source,) = inputs.values()
         copy_tree_writable(source, work)
     else:

@@ -318,7 +318,7 @@ KLIKO_YML_CASES = [
         "schema_version: 3\nio: split\n", ["missing required key 'sections'"], id="no-sections"
     ),
     pytest.param(
-        "schema_version: 3\nio: split\nsections: [\n", ["YAML syntax error at line"], id="not-yaml"
+        "schema_version: 3\nio: split\nsections: [\n", ["is not valid YAML at line"], id="not-yaml"
     ),
     pytest.param("", ["is empty"], id="empty"),
     pytest.param(

@@ -336,20 +336,24 @@ def test_duplicate_field_names_across_sections() -> None:
 
 def test_yaml_syntax_error_gives_line_and_column() -> None:
     message = spec_error("schema_version: 3\nio: split\n  bad: indent\nsections: []\n")
-    assert message == (
-        f"{SOURCE}: YAML syntax error at line 3, column 6: mapping values are not allowed here"
+    assert message.startswith(
+        f"{SOURCE}: is not valid YAML at line 3, column 6: mapping values are not allowed"
     )
+    assert message.endswith("Fix the YAML syntax there (indentation, colons, quotes).")
 
 
 def test_yaml_syntax_error_in_a_flow_list() -> None:
     message = spec_error("schema_version: 3\nio: split\nsections: [\n  - name: a\n")
-    assert message.startswith(f"{SOURCE}: YAML syntax error at line 4, column 3: ")
+    assert message.startswith(f"{SOURCE}: is not valid YAML at line 4, column 3: ")
 
 
 def test_duplicate_yaml_key_is_an_error() -> None:
     message = spec_error("schema_version: 3\nio: split\nio: join\nsections: []\n")
     assert "line 3" in message
-    assert "key 'io' appears more than once" in message
+    assert (
+        "key 'io' appears twice in the same mapping, at line 2, column 1 and again at line 3, "
+        "column 1; YAML would silently keep only the last one"
+    ) in message
 
 
 def test_document_that_is_not_a_mapping() -> None:

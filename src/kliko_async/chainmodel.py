@@ -1,0 +1,304 @@
+"""The checked chain: :class:`Step` and :class:`Chain`, with their names, limits and inputs.
+
+A ``Chain`` is what a chain file becomes once it is loaded (see :mod:`kliko_async.chain`), and
+what a library user may also build directly: building one runs the graph checks of
+:mod:`kliko_async.dag`, so an invalid DAG never exists as a ``Chain``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import deque
+from collections.abc import Collection
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    WithJsonSchema,
+    model_validator,
+)
+
+from kliko_async.dag import CYCLE_HINT, check_dag, cycle_text, topological_order
+from kliko_async.errors import ChainError
+from kliko_async.quantities import SIZE_PATTERN, size_in_bytes
+from kliko_async.yamltext import did_you_mean, yaml_kind
+
+__all__ = [
+    "EXPANDED_NAME_PATTERN",
+    "RUN_CHAIN_SOURCE",
+    "STEP_NAME_PATTERN",
+    "Chain",
+    "MatrixOrigin",
+    "Resources",
+    "Step",
+    "StepName",
+    "folder_name_problem",
+    "step_name_problem",
+]
+
+STEP_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
+"""Step names become folder names: 1-100 characters, no ``/``, never ``.`` or ``..``."""
+
+EXPANDED_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._=,+\[\]-]{0,199}$"
+"""Names of matrix expansions, such as ``image[weight=natural,robust=0.5]``: also folder names
+(mounted as ``/input/<name>``), 1-200 characters, never with ``/``, ``:`` or spaces."""
+
+RUN_CHAIN_SOURCE = "<run_chain>"
+
+_NAME_RE = re.compile(STEP_NAME_PATTERN)
+_EXPANDED_RE = re.compile(EXPANDED_NAME_PATTERN)
+_NAME_MAX = 100
+_EXPANDED_MAX = 200
+
+
+def step_name_problem(name: object) -> str | None:
+    """Why ``name`` cannot be a step name in a chain file, or None when it can."""
+    if not isinstance(name, str):
+        return (
+            f"step name {name!r} is a {yaml_kind(name)}, not text; quote it in the chain file "
+            "so YAML reads it as a string"
+        )
+    if not name:
+        return "a step name is empty; step names become folder names and cannot be empty"
+    if len(name) > _NAME_MAX:
+        return f"step name {name[:20]!r}... is {len(name)} characters long; the limit is 100"
+    if not _NAME_RE.match(name):
+        return (
+            f"step name {name!r} is not safe as a folder name; use letters, digits, '.', '_' "
+            "or '-', starting with a letter or digit (no '/' and no '..')"
+        )
+    return None
+
+
+def folder_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot name a step of a loaded chain (a folder under /input), or None."""
+    if _NAME_RE.match(name):
+        return None
+    if len(name) > _EXPANDED_MAX:
+        return f"name {name[:20]!r}... is {len(name)} characters long; the limit is 200"
+    if not _EXPANDED_RE.match(name):
+        return (
+            f"name {name!r} is not safe as a folder name; use letters, digits and "
+            "'.', '_', '-', '=', ',', '+', '[', ']', starting with a letter or digit"
+        )
+    return None
+
+
+def _check_step_name(name: str) -> str:
+    problem = step_name_problem(name)
+    if problem is not None:
+        raise ValueError(problem)
+    return name
+
+
+def _check_folder_name(name: str) -> str:
+    problem = folder_name_problem(name)
+    if problem is not None:
+        raise ValueError(problem)
+    return name
+
+
+StepName = Annotated[
+    str,
+    AfterValidator(_check_step_name),
+    WithJsonSchema({"type": "string", "pattern": STEP_NAME_PATTERN, "maxLength": _NAME_MAX}),
+]
+"""A step name as written in a chain file."""
+
+_LoadedName = Annotated[str, AfterValidator(_check_folder_name)]
+
+
+def _parse_memory(value: object) -> object:
+    """Turn ``512m``, ``2g``, ``1.5GiB``, ``100k`` (binary units, as Docker reads them) into bytes.
+
+    Integers pass through; anything else is left for the integer check to reject.
+    """
+    if isinstance(value, bool):
+        raise ValueError("memory must be a number of bytes or a size such as '512m', not a boolean")
+    if isinstance(value, float):
+        if value.is_integer():
+            return int(value)
+        raise ValueError(f"memory {value!r} is not a whole number of bytes")
+    if not isinstance(value, str):
+        return value
+    size = size_in_bytes(value, decimal_kb=False)
+    if size is None:
+        raise ValueError(
+            f"memory {value!r} is not a size; write bytes or a number with a unit, "
+            "such as '512m', '2g', '1.5GiB' or '100k'"
+        )
+    return size
+
+
+Memory = Annotated[
+    int,
+    Field(gt=0),
+    BeforeValidator(_parse_memory),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "integer", "exclusiveMinimum": 0},
+                {"type": "string", "pattern": SIZE_PATTERN},
+            ]
+        },
+        mode="validation",
+    ),
+]
+
+
+class Resources(BaseModel):
+    """Limits for one step's container."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    cpus: float | None = Field(
+        default=None,
+        gt=0,
+        allow_inf_nan=False,
+        description="CPU limit in cores, such as 0.5 or 2. No limit when absent.",
+    )
+    memory: Memory | None = Field(
+        default=None,
+        description=(
+            "Memory limit: a number of bytes, or a size with a binary unit such as '512m', "
+            "'2g', '1.5GiB' or '100k' (case-insensitive). Stored as bytes. No limit when absent."
+        ),
+    )
+    gpus: int | None = Field(
+        default=None,
+        ge=0,
+        description="Number of GPUs to give the container. None when absent.",
+    )
+
+
+class MatrixOrigin(BaseModel):
+    """Where a step expanded from a ``matrix:`` came from, and its combination of values."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    step: str = Field(description="The name of the matrix step as written in the chain file.")
+    values: dict[str, Any] = Field(
+        description=(
+            "The combination: parameter -> value. For a step paired with 'same-as', the "
+            "combination of the step it pairs with (not parameters of this step)."
+        )
+    )
+    same_as: str | None = Field(
+        default=None, description="The matrix step this one pairs with, one to one, or None."
+    )
+
+
+class Step(BaseModel):
+    """One step of a loaded chain, with its name, inputs and build folder resolved."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: _LoadedName = Field(description="The step's unique name, also its folder name.")
+    image: str | None = Field(description="The image to run, or None when it is built.")
+    build: Path | None = Field(description="Absolute path of the build context, or None.")
+    params: dict[str, Any] = Field(description="Parameters for the image.")
+    inputs: tuple[str, ...] = Field(description="Names of the steps this step reads from.")
+    retries: int = Field(ge=0, description="How many times to run the step again on failure.")
+    retry_backoff: float = Field(
+        ge=0, description="Seconds before the first retry; doubles each retry."
+    )
+    timeout: float | None = Field(gt=0, description="Seconds before the step is stopped.")
+    resources: Resources = Field(description="CPU, memory and GPU limits.")
+    user: str | None = Field(description="The user to run the container as.")
+    env: dict[str, str] = Field(description="Extra environment variables.")
+    matrix: MatrixOrigin | None = Field(
+        default=None, description="The matrix this step is one expansion of, or None."
+    )
+    inputs_in_folders: bool = Field(
+        default=False,
+        description=(
+            "Mount every input in a subfolder named after it, even a single one (a consumer of "
+            "a matrix step always sees /input/<expansion>/ or /work/<expansion>/)."
+        ),
+    )
+
+
+class Chain(BaseModel):
+    """A checked chain: unique safe names, known inputs and no cycle.
+
+    Building a ``Chain`` directly runs the same graph checks as loading a chain file does.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    source: str = Field(description="The chain file path as given, or '<run_chain>'.")
+    steps: dict[str, Step] = Field(description="The steps by name, in file order.")
+
+    @model_validator(mode="after")
+    def _check_graph(self) -> Chain:
+        problems = [
+            f"step {key!r} is stored under a different name, {step.name!r}"
+            for key, step in self.steps.items()
+            if key != step.name
+        ]
+        check_dag(self.source, self._graph(), problems)
+        return self
+
+    def _graph(self) -> dict[str, tuple[str, ...]]:
+        return {name: step.inputs for name, step in self.steps.items()}
+
+    def topological_order(self) -> list[str]:
+        """Step names with every step after its inputs, in file order where the inputs allow."""
+        order = topological_order(self._graph())
+        if order is None:  # only reachable through model_construct
+            raise ChainError(cycle_text(self._graph()), where=self.source, hint=CYCLE_HINT)
+        return order
+
+    def dependents(self) -> dict[str, tuple[str, ...]]:
+        """Every step mapped to the steps that list it as an input, in file order."""
+        found: dict[str, list[str]] = {name: [] for name in self.steps}
+        for step in self.steps.values():
+            for source in step.inputs:
+                found[source].append(step.name)
+        return {name: tuple(names) for name, names in found.items()}
+
+    def select(self, names: Collection[str], *, what: str = "step") -> list[str]:
+        """The steps ``names`` mean: a step's own name, or a matrix step's name for all of its
+        expansions. Unknown names are one ChainError; ``what`` names the option in it."""
+        members: dict[str, list[str]] = {}
+        for step in self.steps.values():
+            if step.matrix is not None:
+                members.setdefault(step.matrix.step, []).append(step.name)
+        selected: list[str] = []
+        unknown: list[str] = []
+        for name in names:
+            if name in self.steps:
+                selected.append(name)
+            elif name in members:
+                selected.extend(members[name])
+            else:
+                unknown.append(name)
+        if unknown:
+            known = [*self.steps, *members]
+            text = ", ".join(f"{name!r}{did_you_mean(name, known)}" for name in unknown)
+            raise ChainError(
+                f"has no {what} named {text}",
+                where=self.source,
+                hint="Use one of the step names in the chain file (a matrix step's name means "
+                "all of its expansions).",
+            )
+        return list(dict.fromkeys(selected))
+
+    def downstream(self, name: str) -> set[str]:
+        """Every step that depends on ``name`` (or on any expansion of the matrix step ``name``),
+        directly or through other steps."""
+        starts = self.select([name])
+        dependents = self.dependents()
+        seen: set[str] = set()
+        queue = deque(starts)
+        while queue:
+            for child in dependents[queue.popleft()]:
+                if child not in seen:
+                    seen.add(child)
+                    queue.append(child)
+        return seen

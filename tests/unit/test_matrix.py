@@ -1,0 +1,366 @@
+"""``matrix:`` on a step: expansion at loading, names, include/exclude, value files, pairing with
+``same-as``, and every way a matrix can be wrong; then planning and running on the fake runtime."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from kliko_async import api
+from kliko_async.chain import Chain, chain_json_schema, load_chain
+from kliko_async.errors import ChainError, ParameterError
+from kliko_async.runtime.fake import FakeContainer, FakeRuntime
+
+IMAGER = """\
+schema_version: 3
+io: split
+sections:
+  - name: main
+    fields:
+      - {name: weight, type: choice, choices: {natural: n, uniform: u, briggs: b}, initial: natural}
+      - {name: robust, type: float, initial: 0.0}
+"""
+
+PLAIN = """\
+schema_version: 3
+io: split
+sections: []
+"""
+
+
+def load(tmp_path: Path, text: str) -> Chain:
+    path = tmp_path / "chain.yml"
+    path.write_text(textwrap.dedent(text), encoding="utf-8")
+    return load_chain(path)
+
+
+def load_error(tmp_path: Path, text: str) -> str:
+    with pytest.raises(ChainError) as info:
+        load(tmp_path, text)
+    return str(info.value)
+
+
+def test_one_step_per_combination_named_predictably_in_product_order(tmp_path: Path) -> None:
+    chain = load(
+        tmp_path,
+        """\
+        steps:
+          image:
+            image: example/imager
+            params: {cell: 2}
+            matrix: {weight: [natural, uniform], robust: [0, 0.5]}
+        """,
+    )
+    assert list(chain.steps) == [
+        "image[weight=natural,robust=0]",
+        "image[weight=natural,robust=0.5]",
+        "image[weight=uniform,robust=0]",
+        "image[weight=uniform,robust=0.5]",
+    ]
+    step = chain.steps["image[weight=uniform,robust=0.5]"]
+    assert step.params == {"cell": 2, "weight": "uniform", "robust": 0.5}
+    assert step.matrix is not None
+    assert step.matrix.step == "image"
+    assert step.matrix.values == {"weight": "uniform", "robust": 0.5}
+
+
+def test_a_consumer_receives_every_expansion_in_its_own_folder(tmp_path: Path) -> None:
+    chain = load(
+        tmp_path,
+        """\
+        steps:
+          gen: {image: example/gen}
+          image: {image: example/imager, inputs: [gen], matrix: {weight: [natural]}}
+          report: {image: example/merge, inputs: [image, gen]}
+        """,
+    )
+    assert chain.steps["image[weight=natural]"].inputs == ("gen",)
+    assert chain.steps["image[weight=natural]"].inputs_in_folders is False
+    report = chain.steps["report"]
+    assert report.inputs == ("image[weight=natural]", "gen")
+    assert report.inputs_in_folders is True  # even one expansion is a subfolder
+    assert chain.select(["image"]) == ["image[weight=natural]"]
+    assert chain.downstream("image") == {"report"}
+
+
+def test_list_form_default_input_is_every_expansion_of_the_step_before(tmp_path: Path) -> None:
+    chain = load(
+        tmp_path,
+        """\
+        steps:
+          - {image: example/imager, matrix: {weight: [natural, uniform]}}
+          - {image: example/merge}
+        """,
+    )
+    assert chain.steps["merge"].inputs == ("imager[weight=natural]", "imager[weight=uniform]")
+
+
+def test_name_template_and_index(tmp_path: Path) -> None:
+    chain = load(
+        tmp_path,
+        """\
+        steps:
+          image:
+            image: example/imager
+            matrix: {weight: [natural, uniform], name: "img-{index}-{weight}"}
+        """,
+    )
+    assert list(chain.steps) == ["img-1-natural", "img-2-uniform"]
+
+
+def test_exclude_and_include(tmp_path: Path) -> None:
+    chain = load(
+        tmp_path,
+        """\
+        steps:
+          image:
+            image: example/imager
+            matrix:
+              weight: [natural, uniform]
+              robust: [0, 1]
+              exclude: [{weight: uniform, robust: 1}]
+              include: [{weight: briggs, robust: 0.5}, {weight: natural, robust: 0}]
+        """,
+    )
+    assert list(chain.steps) == [
+        "image[weight=natural,robust=0]",
+        "image[weight=natural,robust=1]",
+        "image[weight=uniform,robust=0]",
+        "image[weight=briggs,robust=0.5]",  # the repeated include is not added twice
+    ]
+
+
+def test_values_from_a_yaml_file_relative_to_the_chain_file(tmp_path: Path) -> None:
+    (tmp_path / "seeds.yml").write_text("- 1\n- 2\n- 3\n")
+    chain = load(
+        tmp_path,
+        """\
+        steps:
+          sim: {image: example/sim, matrix: {seed: {from-file: seeds.yml}}}
+        """,
+    )
+    assert list(chain.steps) == ["sim[seed=1]", "sim[seed=2]", "sim[seed=3]"]
+
+
+def test_same_as_pairs_one_to_one_through_a_chain_of_pairings(tmp_path: Path) -> None:
+    chain = load(
+        tmp_path,
+        """\
+        steps:
+          gen: {image: example/gen}
+          image: {image: example/imager, inputs: [gen], matrix: {weight: [natural, uniform]}}
+          restore: {image: example/restore, inputs: [image, gen], matrix: {same-as: image}}
+          plot:
+            image: example/plot
+            inputs: [restore, image]
+            matrix: {same-as: restore, name: "plot-{weight}"}
+          report: {image: example/merge, inputs: [plot]}
+        """,
+    )
+    restore = chain.steps["restore[weight=uniform]"]
+    assert restore.inputs == ("image[weight=uniform]", "gen")
+    assert restore.params == {}  # pairing does not pass the values on as parameters
+    assert restore.inputs_in_folders is False
+    assert restore.matrix is not None and restore.matrix.same_as == "image"
+    assert chain.steps["plot-natural"].inputs == (
+        "restore[weight=natural]",
+        "image[weight=natural]",
+    )
+    assert chain.steps["report"].inputs == ("plot-natural", "plot-uniform")
+
+
+@pytest.mark.parametrize(
+    ("matrix", "expected"),
+    [
+        ("{weight: natural}", "matrix.weight: is a string; give a list of values"),
+        ("{weight: []}", "matrix.weight: is an empty list"),
+        ("{}", "matrix: lists no parameter"),
+        ("[natural]", "matrix: Input should be a valid dictionary"),
+        ("{weight: [a, b, a]}", 'matrix.weight lists "a" more than once'),
+        ("{weight: [a/b]}", "gives the name 'image[weight=a/b]' is not safe as a folder name"),
+        ("{weight: ['a b']}", "give matrix.name a template such as 'image-{index}'"),
+        ("{weight: [a, b], name: img}", "gives the same name 'img' to several combinations"),
+        ("{weight: [a], name: 'img-{wieght}'}", "uses 'wieght', which is not a matrix parameter"),
+        ("{weight: [a], name: 'img-{'}", "is not a template"),
+        ("{weight: [a, b], exclude: [{weight: c}]}", 'exclude #1 {"weight": "c"} matches no'),
+        ("{weight: [a], exclude: [{wieght: a}]}", "names 'wieght' (did you mean 'weight'?)"),
+        ("{weight: [a], exclude: [{weight: a}]}", "'exclude' leaves no combination"),
+        ("{weight: [a], include: [{}]}", "include #1 {}: give a mapping of parameter names"),
+        ("{weight: [a], same-as: gen}", "'same-as' pairs with another matrix step's values"),
+        ("{same-as: gne}", "names 'gne', but there is no such step (did you mean 'gen'?)"),
+        ("{same-as: gen}", "names 'gen', which has no matrix"),
+        ("{same-as: image}", "the pairings form a loop: image -> image"),
+        ("{seed: {from-file: missing.yml}}", "from-file 'missing.yml'"),
+        ("{seed: {from-file: seeds.txt}}", "holds a string; it must hold a non-empty YAML list"),
+        ("{seed: {from-file: bad.yml}}", "from-file 'bad.yml' is not valid YAML at line 2"),
+        ("{seed: {from: seeds.txt}}", "matrix.seed: is a mapping; give a list of values"),
+        ("{'bad name': [1]}", "'bad name' is not a parameter name"),
+        ("{cell: [1, 2]}", "parameter(s) 'cell' are given both in 'params' and in 'matrix'"),
+    ],
+)
+def test_a_wrong_matrix_is_one_clear_error(tmp_path: Path, matrix: str, expected: str) -> None:
+    (tmp_path / "seeds.txt").write_text("1\n2\n")
+    (tmp_path / "bad.yml").write_text("[1, 2\n")
+    message = load_error(
+        tmp_path,
+        f"""\
+        steps:
+          gen: {{image: example/gen}}
+          image: {{image: example/imager, params: {{cell: 2}}, matrix: {matrix}}}
+        """,
+    )
+    assert str(tmp_path / "chain.yml") in message
+    assert "step 'image'" in message
+    assert expected in message
+
+
+def test_expansion_names_must_not_clash_with_other_steps(tmp_path: Path) -> None:
+    message = load_error(
+        tmp_path,
+        """\
+        steps:
+          a: {image: example/gen, matrix: {n: [1], name: b}}
+          b: {image: example/gen}
+        """,
+    )
+    assert "expansion 'b' has the same name as step 'b'" in message
+
+
+def test_force_and_unknown_names_know_matrix_steps(tmp_path: Path) -> None:
+    chain = load(
+        tmp_path,
+        """\
+        steps:
+          image: {image: example/imager, matrix: {weight: [natural, uniform]}}
+        """,
+    )
+    assert chain.select(["image"]) == ["image[weight=natural]", "image[weight=uniform]"]
+    with pytest.raises(ChainError, match=r"no step named 'imag' \(did you mean 'image'"):
+        chain.select(["imag"])
+
+
+def test_the_json_schema_describes_matrix() -> None:
+    schema = chain_json_schema()
+    matrix = schema["$defs"]["MatrixSpec"]
+    assert set(matrix["properties"]) == {"include", "exclude", "name", "same-as"}
+    values = matrix["additionalProperties"]["anyOf"]
+    assert {"type": "array", "minItems": 1} in values
+    assert values[1]["required"] == ["from-file"]
+    step = schema["$defs"]["StepSpec"]["properties"]["matrix"]
+    assert {"$ref": "#/$defs/MatrixSpec"} in step["anyOf"]
+
+
+# ---- planning and running on the fake runtime ------------------------------------------------
+
+
+async def write_weight(container: FakeContainer) -> int:
+    params = json.loads(container.path("/parameters.json").read_text())
+    (container.path("/output") / "image.txt").write_text(f"{params['weight']} {params['robust']}")
+    return 0
+
+
+async def list_inputs(container: FakeContainer) -> int:
+    found = sorted(
+        f"{mount.target}/{path.name}={path.read_text()}"
+        for mount in container.job.mounts
+        if mount.target.startswith("/input")
+        for path in mount.source.glob("*.txt")
+    )
+    (container.path("/output") / "seen.txt").write_text("\n".join(found))
+    return 0
+
+
+@pytest.fixture
+def fake() -> FakeRuntime:
+    runtime = FakeRuntime()
+    runtime.add_image("example/imager", IMAGER, write_weight)
+    runtime.add_image("example/merge", PLAIN, list_inputs)
+    return runtime
+
+
+MATRIX_CHAIN = """\
+steps:
+  image:
+    image: example/imager
+    matrix: {{weight: [{weights}], robust: [0.5]}}
+  report: {{image: example/merge, inputs: [image]}}
+"""
+
+
+@pytest.mark.anyio
+async def test_every_combination_is_validated_against_kliko_yml(
+    tmp_path: Path, fake: FakeRuntime
+) -> None:
+    chain = load(tmp_path, MATRIX_CHAIN.format(weights="natural, robust, fancy"))
+    with pytest.raises(ChainError) as info:
+        await api.dry_run(chain, runtime=fake, cache_dir=tmp_path / "cache")
+    message = str(info.value)
+    assert "2 problems" in message
+    assert "step 'image[weight=robust,robust=0.5]'" in message
+    assert "step 'image[weight=fancy,robust=0.5]'" in message
+    assert "'natural]" not in message
+    one = load(tmp_path, MATRIX_CHAIN.format(weights="natural, fancy"))
+    with pytest.raises(ParameterError, match=r"image\[weight=fancy,robust=0.5\]"):
+        await api.dry_run(one, runtime=fake, cache_dir=tmp_path / "cache")
+
+
+@pytest.mark.anyio
+async def test_changing_one_value_reruns_only_that_expansion_and_its_consumers(
+    tmp_path: Path, fake: FakeRuntime
+) -> None:
+    cache = tmp_path / "cache"
+    first = await api.run(
+        load(tmp_path, MATRIX_CHAIN.format(weights="natural, uniform")),
+        runtime=fake,
+        cache_dir=cache,
+    )
+    assert first.ok
+    seen = (first.steps["report"].output / "seen.txt").read_text()  # type: ignore[operator]
+    assert seen.splitlines() == [
+        "/input/image[weight=natural,robust=0.5]/image.txt=natural 0.5",
+        "/input/image[weight=uniform,robust=0.5]/image.txt=uniform 0.5",
+    ]
+    second = await api.run(
+        load(tmp_path, MATRIX_CHAIN.format(weights="natural, briggs")),
+        runtime=fake,
+        cache_dir=cache,
+    )
+    states = {name: step.state for name, step in second.steps.items()}
+    assert states == {
+        "image[weight=natural,robust=0.5]": "cached",
+        "image[weight=briggs,robust=0.5]": "done",
+        "report": "done",
+    }
+    third = await api.run(
+        load(tmp_path, MATRIX_CHAIN.format(weights="natural")), runtime=fake, cache_dir=cache
+    )
+    assert third.steps["image[weight=natural,robust=0.5]"].state == "cached"
+    seen = (third.steps["report"].output / "seen.txt").read_text()  # type: ignore[operator]
+    assert seen == "/input/image[weight=natural,robust=0.5]/image.txt=natural 0.5"
+
+
+@pytest.mark.anyio
+async def test_a_1000_way_matrix_plans_in_well_under_a_second(
+    tmp_path: Path, fake: FakeRuntime
+) -> None:
+    (tmp_path / "robust.yml").write_text("".join(f"- {n / 100}\n" for n in range(334)))
+    started = time.perf_counter()
+    chain = load(
+        tmp_path,
+        """\
+        steps:
+          image:
+            image: example/imager
+            matrix: {weight: [natural, uniform, briggs], robust: {from-file: robust.yml}}
+          report: {image: example/merge, inputs: [image]}
+        """,
+    )
+    plan = await api.dry_run(chain, runtime=fake, cache_dir=tmp_path / "cache")
+    elapsed = time.perf_counter() - started
+    assert len(plan.order) == 3 * 334 + 1
+    assert len(set(step.key for step in plan.steps.values())) == len(plan.order)
+    assert elapsed < 1.0, f"loading and planning took {elapsed:.2f}s"
