@@ -26,6 +26,7 @@ from kliko_async.cache import Cache, default_cache_dir
 from kliko_async.chain import Chain, chain_from_pairs, load_chain
 from kliko_async.errors import KlikoError
 from kliko_async.events import Event, EventBus, EventSubscription
+from kliko_async.explain import ManifestIndex, StepExplanation, explain_plan
 from kliko_async.images import ImageResolver, KlikoImage
 from kliko_async.paramfiles import FileSnapshots
 from kliko_async.plan import Plan, plan_chain
@@ -155,6 +156,27 @@ async def dry_run(
         return await plan_chain(
             loaded, resolver=resolver, cache=cache, force=force, no_cache=no_cache
         )
+
+
+async def explain(
+    chain: Chain | str | os.PathLike[str],
+    steps: Collection[str] = (),
+    *,
+    runtime: Runtime | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    force: Collection[str] = (),
+    no_cache: bool = False,
+) -> list[StepExplanation]:
+    """Why each of ``steps`` (a matrix step's name means all its expansions; none: every step)
+    would run, or which cache entry it comes from. Plans as :func:`dry_run`, starts nothing."""
+    loaded = chain if isinstance(chain, Chain) else load_chain(Path(chain))
+    names = loaded.select(steps) if steps else None
+    plan = await dry_run(
+        loaded, runtime=runtime, cache_dir=cache_dir, force=force, no_cache=no_cache
+    )
+    cache = Cache(Path(cache_dir) if cache_dir else default_cache_dir())
+    index = await anyio.to_thread.run_sync(ManifestIndex.of_cache, cache)
+    return explain_plan(plan, index, names)
 
 
 def run_chain(

@@ -7,6 +7,7 @@ with a non-zero exit and no traceback.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from collections.abc import Callable, Sequence
@@ -79,6 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
     shown.add_argument("--plain", action="store_true", help="one line per event, no live view")
     shown.add_argument("--json", action="store_true", help="one JSON event per line")
     shown.add_argument("-q", "--quiet", action="store_true", help="only errors and the summary")
+    run.add_argument(
+        "--explain",
+        action="store_true",
+        help="first say why each step would run or where its cached result comes from",
+    )
 
     image = commands.add_parser(
         "run-image",
@@ -109,6 +115,19 @@ def build_parser() -> argparse.ArgumentParser:
     logs.add_argument("--key", help="a cache key (or its first characters) instead")
     _cache_dir_option(logs)
 
+    why = commands.add_parser(
+        "why",
+        help="say why steps would run, or which cache entry they come from",
+        description="For each STEP that would run: the cache entry it would have matched and "
+        "every ingredient that differs (chasing changed inputs upstream), or 'never ran'. For a "
+        "cached STEP: its entry, when and by which run it was made, how long it took. Without "
+        "STEP: every step. A matrix step's name means all of its expansions.",
+    )
+    why.add_argument("chain", type=Path, help="the chain file")
+    why.add_argument("steps", nargs="*", metavar="STEP", help="step names (default: all)")
+    why.add_argument("--json", action="store_true", help="one JSON explanation per line")
+    _cache_dir_option(why)
+
     commands.add_parser(
         "schema", help="print the chain file's JSON Schema", description="Print the JSON Schema."
     )
@@ -134,6 +153,7 @@ def _dispatch(args: list[str]) -> int:
         "validate": _validate,
         "schema": _schema,
         "logs": _logs,
+        "why": _why,
         "cache": _cache,
     }
     return handlers[options.command](options)
@@ -158,6 +178,17 @@ def _positive_int(text: str) -> int:
 def _run(options: argparse.Namespace) -> int:
     from kliko_async.api import dry_run
 
+    explain = functools.partial(
+        _print_explanations,
+        options.chain,
+        [],
+        cache_dir=options.cache_dir,
+        as_json=options.json,
+        force=options.force,
+        no_cache=options.no_cache,
+    )
+    if options.explain and not options.dry_run:
+        explain()
     if options.dry_run:
         plan = anyio.run(
             lambda: dry_run(
@@ -170,6 +201,8 @@ def _run(options: argparse.Namespace) -> int:
         from kliko_async.display.plan import print_plan
 
         print_plan(plan, sys.stdout)
+        if options.explain:
+            explain()
         return 0
     display = _pick_display(options)
     try:
@@ -287,6 +320,35 @@ def _logs(options: argparse.Namespace) -> int:
         while chunk := handle.read(1 << 16):
             sys.stdout.buffer.write(chunk)
     return 0
+
+
+def _why(options: argparse.Namespace) -> int:
+    _print_explanations(
+        options.chain, options.steps, cache_dir=options.cache_dir, as_json=options.json
+    )
+    return 0
+
+
+def _print_explanations(
+    chain: Path,
+    steps: list[str],
+    *,
+    cache_dir: Path | None,
+    as_json: bool,
+    force: Sequence[str] = (),
+    no_cache: bool = False,
+) -> None:
+    from kliko_async.api import explain
+
+    explanations = anyio.run(
+        lambda: explain(chain, steps, cache_dir=cache_dir, force=force, no_cache=no_cache)
+    )
+    for explanation in explanations:
+        if as_json:
+            sys.stdout.write(explanation.model_dump_json() + "\n")
+        else:
+            sys.stdout.write("".join(f"{line}\n" for line in explanation.lines()))
+    sys.stdout.flush()
 
 
 def _schema(options: argparse.Namespace) -> int:
