@@ -4,7 +4,7 @@ The names below are the promised surface for applications that embed kliko-async
 else is importable but may change.
 """
 
-from kliko_async.api import ChainRun, dry_run, open_run, run, run_chain
+from kliko_async.api import ChainRun, dry_run, explain, open_run, run, run_chain
 from kliko_async.chain import Chain, Step, chain_from_pairs, load_chain
 from kliko_async.errors import (
     CacheError,
@@ -34,6 +34,7 @@ from kliko_async.events import (
     StepSkipped,
     StepStarted,
 )
+from kliko_async.explain import IngredientChange, StepExplanation
 from kliko_async.results import RunResult, StepResult
 
 StepFailedEvent = StepFailed
@@ -51,6 +52,7 @@ __all__ = [
     "ImageBuilding",
     "ImageBuilt",
     "ImageError",
+    "IngredientChange",
     "KlikoError",
     "LogLine",
     "ParameterError",
@@ -63,6 +65,7 @@ __all__ = [
     "Step",
     "StepCached",
     "StepCancelled",
+    "StepExplanation",
     "StepFailed",
     "StepFailedEvent",
     "StepFailure",
@@ -75,6 +78,7 @@ __all__ = [
     "__version__",
     "chain_from_pairs",
     "dry_run",
+    "explain",
     "load_chain",
     "open_run",
     "run",
