@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import glob
+
 from pathlib import Path
 
 from kliko_async.cache import Cache
@@ -23,7 +25,9 @@ def find_step_log(cache: Cache, plan: Plan, step: str) -> Path:
     entry = plan.steps[step].cached or cache.lookup(plan.steps[step].key)
     if entry is not None:
         return entry.log_path
-    failed = sorted((cache.root / "logs").glob(f"*/{step}.log"), key=lambda p: p.stat().st_mtime)
+    failed = sorted(
+        (cache.root / "logs").glob(f"*/{glob.escape(step)}.log"), key=lambda p: p.stat().st_mtime
+    )
     if failed:
         return failed[-1]
     raise CacheError(

@@ -11,9 +11,11 @@ from pathlib import Path
 import pytest
 
 from kliko_async import api
+from kliko_async.cache import Cache
 from kliko_async.chain import Chain, chain_json_schema, load_chain
 from kliko_async.errors import ChainError, ParameterError
 from kliko_async.runtime.fake import FakeContainer, FakeRuntime
+from kliko_async.steplogs import find_step_log
 
 IMAGER = """\
 schema_version: 3
@@ -364,3 +366,24 @@ async def test_a_1000_way_matrix_plans_in_well_under_a_second(
     assert len(plan.order) == 3 * 334 + 1
     assert len(set(step.key for step in plan.steps.values())) == len(plan.order)
     assert elapsed < 1.0, f"loading and planning took {elapsed:.2f}s"
+
+
+async def fail_for_uniform(container: FakeContainer) -> int:
+    params = json.loads(container.path("/parameters.json").read_text())
+    container.log(f"imaging {params['weight']}")
+    return 3 if params["weight"] == "uniform" else 0
+
+
+@pytest.mark.anyio
+async def test_the_log_of_a_failed_expansion_is_found_by_its_name(tmp_path: Path) -> None:
+    runtime = FakeRuntime()
+    runtime.add_image("example/imager", IMAGER, fail_for_uniform)
+    runtime.add_image("example/merge", PLAIN, list_inputs)
+    chain = load(tmp_path, MATRIX_CHAIN.format(weights="natural, uniform"))
+    cache = Cache(tmp_path / "cache")
+    result = await api.run(chain, runtime=runtime, cache_dir=cache.root, keep_going=True)
+    name = "image[weight=uniform,robust=0.5]"
+    assert result.steps[name].state == "failed"
+    plan = await api.dry_run(chain, runtime=runtime, cache_dir=cache.root)
+    # '[...]' is not a glob pattern here: the log of exactly this expansion.
+    assert find_step_log(cache, plan, name).read_text().strip().endswith("imaging uniform")
