@@ -387,3 +387,29 @@ async def test_the_log_of_a_failed_expansion_is_found_by_its_name(tmp_path: Path
     plan = await api.dry_run(chain, runtime=runtime, cache_dir=cache.root)
     # '[...]' is not a glob pattern here: the log of exactly this expansion.
     assert find_step_log(cache, plan, name).read_text().strip().endswith("imaging uniform")
+
+
+@pytest.mark.anyio
+async def test_a_lone_input_in_its_own_folder_has_another_key_than_a_lone_input(
+    tmp_path: Path, fake: FakeRuntime
+) -> None:
+    """A consumer of a one-value matrix sees /input/<expansion>/; one that names the expansion
+    itself sees /input: different outputs, so the keys must differ."""
+    expansion = "image[weight=natural,robust=0.5]"
+    of_matrix = load(tmp_path, MATRIX_CHAIN.format(weights="natural"))
+    named = load(
+        tmp_path,
+        MATRIX_CHAIN.format(weights="natural").replace(
+            "inputs: [image]", f"inputs: ['{expansion}']"
+        ),
+    )
+    assert of_matrix.steps["report"].inputs == named.steps["report"].inputs == (expansion,)
+    plans = [
+        await api.dry_run(chain, runtime=fake, cache_dir=tmp_path / "cache")
+        for chain in (of_matrix, named)
+    ]
+    assert plans[0].steps[expansion].key == plans[1].steps[expansion].key
+    assert plans[0].steps["report"].ingredients.inputs == {
+        f"{expansion}/": plans[0].steps[expansion].key
+    }
+    assert plans[0].steps["report"].key != plans[1].steps["report"].key
