@@ -260,7 +260,8 @@ def _expansion_names(
                 else f"give matrix.name a template such as '{name}-{{index}}'"
             )
             problems.append(
-                f"step {name!r}: the combination {_shown(combination)} gives the {problem}; {fix}"
+                f"step {name!r}: the combination {_shown(combination)} cannot name a step: "
+                f"{problem}; {fix}"
             )
             return []
         names.append(expansion)

@@ -183,7 +183,10 @@ def test_same_as_pairs_one_to_one_through_a_chain_of_pairings(tmp_path: Path) ->
         ("{}", "matrix: lists no parameter"),
         ("[natural]", "matrix: Input should be a valid dictionary"),
         ("{weight: [a, b, a]}", 'matrix.weight lists "a" more than once'),
-        ("{weight: [a/b]}", "gives the name 'image[weight=a/b]' is not safe as a folder name"),
+        (
+            "{weight: [a/b]}",
+            "cannot name a step: name 'image[weight=a/b]' is not safe as a folder name",
+        ),
         ("{weight: ['a b']}", "give matrix.name a template such as 'image-{index}'"),
         ("{weight: [a, b], name: img}", "gives the same name 'img' to several combinations"),
         ("{weight: [a], name: 'img-{wieght}'}", "uses 'wieght', which is not a matrix parameter"),
