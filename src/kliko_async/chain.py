@@ -240,7 +240,6 @@ def _validate_spec(label: str, raw: Any, problems: list[str]) -> StepSpec | None
 _KNOWN_KEYS: dict[tuple[str, ...], list[str]] = {
     (): list(StepSpec.model_fields),
     ("resources",): list(Resources.model_fields),
-    ("matrix",): ["include", "exclude", "name", "same-as"],
 }
 
 

@@ -25,8 +25,6 @@ from kliko_async.yamltext import yaml_kind
 __all__ = ["ChainFile", "MatrixFile", "MatrixSpec", "StepSpec", "chain_json_schema"]
 
 _JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
-MATRIX_KEYS = ("include", "exclude", "name", "same-as")
-"""The keys of ``matrix:`` that are not parameters."""
 
 
 class MatrixFile(BaseModel):
