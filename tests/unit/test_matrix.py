@@ -416,3 +416,20 @@ async def test_a_lone_input_in_its_own_folder_has_another_key_than_a_lone_input(
         f"{expansion}/": plans[0].steps[expansion].key
     }
     assert plans[0].steps["report"].key != plans[1].steps["report"].key
+
+
+@pytest.mark.anyio
+async def test_force_with_the_matrix_steps_name_reruns_every_expansion(
+    tmp_path: Path, fake: FakeRuntime
+) -> None:
+    chain = load(tmp_path, MATRIX_CHAIN.format(weights="natural, uniform"))
+    cache = tmp_path / "cache"
+    assert (await api.run(chain, runtime=fake, cache_dir=cache)).ok
+    plan = await api.dry_run(chain, runtime=fake, cache_dir=cache, force=["image"])
+    assert {name: step.forced for name, step in plan.steps.items()} == {
+        "image[weight=natural,robust=0.5]": True,
+        "image[weight=uniform,robust=0.5]": True,
+        "report": True,
+    }
+    with pytest.raises(ChainError, match="--force names unknown step"):
+        await api.dry_run(chain, runtime=fake, cache_dir=cache, force=["imag"])
