@@ -159,6 +159,21 @@ def test_validate_each_image_built_the_upstream_way(
     assert f"image kliko-compat/{name}" in flat(done.stdout)
 
 
+def test_validate_shows_help_texts_and_paths_as_written(kliko: KlikoCli, tmp_path: Path) -> None:
+    """simms's help texts hold ``val[unit]``: text from a kliko.yml is not terminal markup."""
+    folder = tmp_path / "[v2]"
+    folder.mkdir()
+    (folder / "kliko.yml").write_bytes((EXAMPLES / "simms" / "kliko.yml").read_bytes())
+    kliko.env["COLUMNS"] = "250"  # wide enough for every help text on one line of the table
+
+    done = kliko("validate", folder / "kliko.yml")
+
+    assert done.returncode == 0, done.stderr
+    assert f"{folder}/kliko.yml: simms (schema 3, split IO)" in done.stdout
+    assert "start frequency; Specify as val[unit]. E.g 700MHz, not unit => Hz" in done.stdout
+    assert "synthesis-time" in parameter_names(done.stdout)
+
+
 # -- run-image, as kliko-run -------------------------------------------------------------------
 
 

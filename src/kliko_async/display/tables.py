@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from kliko_async.entry import CacheEntry
@@ -13,9 +14,14 @@ from kliko_async.spec import KlikoSpec
 
 
 def print_spec(spec: KlikoSpec, source: str, console: Console | None = None) -> None:
-    """The parameters of a kliko.yml: name, type, default, required, help."""
+    """The parameters of a kliko.yml: name, type, default, required, help.
+
+    Every text from the file (or its path) is escaped: Kliko's own examples write help such as
+    ``val[unit]``, which rich would otherwise take for markup and drop.
+    """
     console = console or Console()
-    title = f"{source}: {spec.name or 'unnamed'} (schema {spec.schema_version}, {spec.io} IO)"
+    title = escape(f"{source}: {spec.name or 'unnamed'}")
+    title += f" (schema {spec.schema_version}, {spec.io} IO)"
     table = Table(title=title, title_justify="left")
     for column in ("section", "name", "type", "default", "required", "help"):
         table.add_column(column)
@@ -24,7 +30,7 @@ def print_spec(spec: KlikoSpec, source: str, console: Console | None = None) -> 
             kind = field.type
             if field.choices:
                 kind += " (" + ", ".join(field.choices) + ")"
-            table.add_row(
+            cells = (
                 section.name,
                 field.name,
                 kind,
@@ -32,6 +38,7 @@ def print_spec(spec: KlikoSpec, source: str, console: Console | None = None) -> 
                 "yes" if field.required else "",
                 "; ".join(p for p in (field.label, field.help_text) if p),
             )
+            table.add_row(*map(escape, cells))
     console.print(table)
     console.print(f"valid: {len(spec.fields())} parameter(s)")
 
