@@ -69,7 +69,7 @@ def _help(field: Field) -> str:
         parts.append("required")
     if field.is_list():
         parts.append("comma-separated")
-    return "; ".join(parts) or field.type
+    return ("; ".join(parts) or field.type).replace("%", "%%")  # argparse %-formats help
 
 
 def gather_parameters(image: KlikoImage, options: argparse.Namespace) -> dict[str, Any]:
