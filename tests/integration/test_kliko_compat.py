@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import socket
 import subprocess
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -119,6 +121,11 @@ def image_id(ref: str) -> str:
     ).stdout.strip()
 
 
+def run_image(kliko: KlikoCli, command: str) -> subprocess.CompletedProcess[str]:
+    """``kliko-async run-image`` + ``command``, split as a shell would: as the seed's kliko-run."""
+    return kliko("run-image", *shlex.split(command))
+
+
 def docker_build(tag: str, context: Path) -> None:
     done = subprocess.run(
         ["docker", "build", "-q", "-t", tag, str(context)], capture_output=True, text=True
@@ -182,35 +189,19 @@ def test_the_seeds_kliko_run_chain_by_hand(kliko: KlikoCli, tmp_path: Path) -> N
     """kliko-run kliko/simms --output simms --tel meerkat, then each next step --input the last."""
     simms, meqtree, wsclean = tmp_path / "simms", tmp_path / "meqtree", tmp_path / "wsclean"
 
-    first = kliko(
-        "run-image",
-        "kliko-compat/simms",
-        "--output",
-        simms,
-        "--tel",
-        "meerkat",
-        "--synthesis-time",
-        "2.5",
+    first = run_image(
+        kliko, f"kliko-compat/simms --output {simms} --tel meerkat --synthesis-time 2.5"
     )
     assert first.returncode == 0, first.stderr
     assert contents(simms) == simms_output()
-    assert f"simms: calling simms {SIMMS_TABLE.replace(chr(10), ' ').strip()}" in first.stdout
+    assert f"simms: calling simms {' '.join(SIMMS_TABLE.split())}\n" in first.stdout
 
-    second = kliko(
-        "run-image", "kliko-compat/meqtree-pipeliner", "--input", simms, "--output", meqtree
-    )
+    second = run_image(kliko, f"kliko-compat/meqtree-pipeliner --input {simms} --output {meqtree}")
     assert second.returncode == 0, second.stderr
     assert contents(meqtree) == meqtree_output()
 
-    third = kliko(
-        "run-image",
-        "kliko-compat/wsclean",
-        "--input",
-        meqtree,
-        "--output",
-        wsclean,
-        "--weight",
-        "briggs",
+    third = run_image(
+        kliko, f"kliko-compat/wsclean --input {meqtree} --output {wsclean} --weight briggs"
     )
     assert third.returncode == 0, third.stderr
     assert contents(wsclean) == wsclean_output("briggs")
@@ -222,19 +213,10 @@ def test_the_seeds_kliko_run_chain_by_hand(kliko: KlikoCli, tmp_path: Path) -> N
 def test_flags_of_every_type_reach_parameters_json(kliko: KlikoCli, tmp_path: Path) -> None:
     out = tmp_path / "out"
 
-    done = kliko(
-        "run-image",
-        "kliko-compat/meqtree-pipeliner",
-        "--output",
-        out,
-        "--addnoise",
-        "false",
-        "--pbeam",
-        "yes",
-        "--sefd",
-        "420",
-        "--skymodel",
-        "nvss1deg.lsm.html",
+    done = run_image(
+        kliko,
+        f"kliko-compat/meqtree-pipeliner --output {out} --addnoise false --pbeam yes --sefd 420"
+        " --skymodel nvss1deg.lsm.html",
     )
 
     assert done.returncode == 0, done.stderr
@@ -255,19 +237,10 @@ def test_minimal_gets_its_file_parameter_at_param_files(kliko: KlikoCli, tmp_pat
     beam.write_text("beam 1\n")
     out = tmp_path / "out"
 
-    done = kliko(
-        "run-image",
-        "kliko-compat/minimal",
-        "--output",
-        out,
-        "--file",
-        beam,
-        "--int",
-        "7",
-        "--string",
-        "abcdefghij",
-        "--choice",
-        "first",
+    done = run_image(
+        kliko,
+        f"kliko-compat/minimal --output {out} --file {beam} --int 7 --string abcdefghij"
+        " --choice first",
     )
 
     assert done.returncode == 0, done.stderr
@@ -279,7 +252,8 @@ def test_minimal_gets_its_file_parameter_at_param_files(kliko: KlikoCli, tmp_pat
         "string": "abcdefghij",
     }
     listing = (
-        f"the parameters: {json.dumps(given, indent=2, sort_keys=True).replace(chr(10), '')}\n"
+        'the parameters: {  "choice": "first",  "file": "/param_files/file",  "float": 0.0,'
+        '  "int": 7,  "string": "abcdefghij"}\n'
         "content of /input: \n"
         "content of /output: \n"
         "content of /param_files: file \n"
@@ -363,9 +337,7 @@ def test_fitsdoublerjoined_multiplies_matching_files_in_work(
     }
     assert "a factor of '3.0'" in done.stdout
 
-    again = kliko(
-        "run-image", "kliko-compat/fitsdoublerjoined", "--work", work, "--pattern", "*.txt"
-    )
+    again = run_image(kliko, f"kliko-compat/fitsdoublerjoined --work {work} --pattern '*.txt'")
     assert again.returncode == 0, again.stderr
     assert contents(work)["notes.txt"] == "14\n", "the pattern picks the files, factor 2.0"
     assert contents(work)["b.fits"] == "12\n"
@@ -445,6 +417,86 @@ def test_run_chain_into_join_io_works_on_a_copy(tmp_path: Path) -> None:
     assert kliko_async.run_chain(chain, cache_dir=tmp_path / "cache").count("cached") == 4
 
 
+# -- kliko-async run, and Luigi --------------------------------------------------------------
+
+SEED_CHAIN_FILE = """\
+steps:
+  - image: kliko-compat/simms
+    params: {tel: meerkat, synthesis-time: 2.5}
+  - image: kliko-compat/meqtree-pipeliner
+  - image: kliko-compat/wsclean
+    params: {weight: natural}
+  - image: kliko-compat/fitsdoublerjoined
+    params: {pattern: "*.fits", factor: -1}
+"""
+
+
+@pytest.mark.usefixtures("compat_images")
+def test_a_chain_file_of_the_examples_runs_and_exports_every_output(
+    kliko: KlikoCli, tmp_path: Path
+) -> None:
+    chain = tmp_path / "chain.yaml"
+    chain.write_text(SEED_CHAIN_FILE)
+    out = tmp_path / "out"
+
+    done = kliko("run", chain, "--cache-dir", tmp_path / "cache", "--out", out, "--plain")
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "4 ran, 0 cached, 0 failed" in done.stdout
+    assert sorted(p.name for p in out.iterdir()) == [
+        "fitsdoublerjoined", "meqtree-pipeliner", "simms", "wsclean"
+    ]  # fmt: skip
+    assert contents(out / "simms") == simms_output()
+    assert contents(out / "meqtree-pipeliner") == meqtree_output()
+    assert contents(out / "wsclean") == wsclean_output("natural")
+    assert contents(out / "fitsdoublerjoined") == {
+        **wsclean_output("natural"),
+        "wsclean-image.fits": wsclean_image("natural", pixels="-1\n-2.5\n4\n"),
+        "fitsdoublerjoined.parameters.json": {"factor": -1.0, "pattern": "*.fits"},
+    }
+
+
+def test_kliko_task_runs_the_examples_as_kliko_08_luigi_did(
+    tmp_path: Path, compat_images: dict[str, str]
+) -> None:
+    """Kliko's examples/luigi/simms.py shape (image_name, requires) over the seed's chain."""
+    with warnings.catch_warnings():  # luigi warns about its own range-task autoloading
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import luigi
+
+    from kliko_async.luigi import KlikoTask
+
+    class SimmsTask(KlikoTask):
+        cache_dir = tmp_path / "cache"
+
+        @classmethod
+        def image_name(cls) -> str:
+            return compat_images["simms"]
+
+    class MeqtreeTask(SimmsTask):
+        @classmethod
+        def image_name(cls) -> str:
+            return compat_images["meqtree-pipeliner"]
+
+        def requires(self) -> SimmsTask:
+            return SimmsTask(tel="meerkat", **{"synthesis-time": 2.5})
+
+    class WscleanTask(SimmsTask):
+        @classmethod
+        def image_name(cls) -> str:
+            return compat_images["wsclean"]
+
+        def requires(self) -> MeqtreeTask:
+            return MeqtreeTask()
+
+    final = WscleanTask(weight="briggs")
+
+    assert luigi.build([final], local_scheduler=True, detailed_summary=False) is True
+    assert contents(Path(final.output().path)) == wsclean_output("briggs")
+    simms = SimmsTask(tel="meerkat", **{"synthesis-time": 2.5})
+    assert contents(Path(simms.output().path)) == simms_output()
+
+
 # -- the command /kliko, whatever the image's CMD; its ENTRYPOINT kept -------------------------
 
 
@@ -492,16 +544,7 @@ def test_an_images_entrypoint_runs_the_command_kliko(kliko: KlikoCli, tmp_path: 
     assert config["Entrypoint"] == ["/entrypoint.sh"] and not config.get("Cmd")
     out = tmp_path / "out"
 
-    done = kliko(
-        "run-image",
-        ENTRYPOINT_IMAGE,
-        "--output",
-        out,
-        "--tel",
-        "meerkat",
-        "--synthesis-time",
-        "2.5",
-    )
+    done = run_image(kliko, f"{ENTRYPOINT_IMAGE} --output {out} --tel meerkat --synthesis-time 2.5")
     result = kliko_async.run_chain(
         [(ENTRYPOINT_IMAGE, {"tel": "meerkat", "synthesis-time": 2.5})],
         cache_dir=tmp_path / "cache",
