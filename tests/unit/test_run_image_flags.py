@@ -47,3 +47,17 @@ def test_a_dashed_field_name_is_a_dashed_flag() -> None:
     )
 
     assert gather_parameters(kliko_image, options) == {"tel": "meerkat", "synthesis-time": 2.5}
+
+
+def test_a_field_named_like_a_folder_option_is_a_param_flag() -> None:
+    spec = (
+        "schema_version: 3\nio: split\nsections:\n  - name: s\n    fields:\n"
+        "      - {name: output, type: str}\n      - {name: help, type: int}\n"
+    )
+    kliko_image = image(parse_spec(spec, "kliko.yml"))
+    options = image_parser(kliko_image).parse_args(
+        ["test/image", "--output", "out", "--param-output", "ms", "--param-help", "3"]
+    )
+
+    assert options.output == Path("out")
+    assert gather_parameters(kliko_image, options) == {"output": "ms", "help": 3}
