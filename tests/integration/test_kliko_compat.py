@@ -417,6 +417,39 @@ def test_run_chain_into_join_io_works_on_a_copy(tmp_path: Path) -> None:
     assert kliko_async.run_chain(chain, cache_dir=tmp_path / "cache").count("cached") == 4
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="published entries are read-only (0555 folders) and a copy keeps the modes, so an "
+    "image that copies /input to /output and writes into the copy, as Kliko's meqtree-pipeliner "
+    "and wsclean do (shutil.copytree), fails for any user but root; Kliko 0.8 ran as root",
+)
+@pytest.mark.usefixtures("compat_images")
+def test_copying_the_input_and_writing_into_the_copy_works_for_any_user(
+    kliko: KlikoCli, tmp_path: Path
+) -> None:
+    tag = "kliko-compat/meqtree-pipeliner-copytree"  # as upstream: no chmod after the copy
+    subprocess.run(
+        ["docker", "build", "-q", "-t", tag, "-"],
+        input="FROM kliko-compat/meqtree-pipeliner\nRUN sed -i '/chmod -R/d' /kliko\n",
+        text=True,
+        capture_output=True,
+        check=True,
+    )
+    chain = tmp_path / "chain.yaml"
+    chain.write_text(
+        "steps:\n"
+        "  - {image: kliko-compat/simms, params: {tel: meerkat, synthesis-time: 2.5}}\n"
+        f"  - {{image: {tag}, user: '1000:1000'}}\n"
+    )
+    out = tmp_path / "out"
+
+    done = kliko("run", chain, "--cache-dir", tmp_path / "cache", "--out", out, "--plain")
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Permission denied" not in done.stdout
+    assert contents(out / "meqtree-pipeliner-copytree") == meqtree_output()
+
+
 # -- kliko-async run, and Luigi --------------------------------------------------------------
 
 SEED_CHAIN_FILE = """\
