@@ -181,6 +181,8 @@ async def explain(
 
 def run_chain(
     steps: Sequence[tuple[str, Mapping[str, Any]]],
+    docker_client: object = None,
+    kliko_dir: str | os.PathLike[str] | None = None,
     *,
     cache_dir: str | os.PathLike[str] | None = None,
     out: str | os.PathLike[str] | None = None,
@@ -190,15 +192,55 @@ def run_chain(
 
     Each step consumes the one before it. Raises :class:`~kliko_async.errors.RunFailed` when a
     step fails. Step outputs are at ``result.steps[name].output`` (read-only cache folders).
+    Kliko 0.8's own arguments keep working: ``docker_client`` (a docker-py client, or an
+    engine URL) says which Docker Engine to use, and ``kliko_dir`` is the cache folder.
     """
     chain = chain_from_pairs(steps)
+    url = engine_url_of(docker_client)
+    folder = cache_dir if cache_dir is not None else kliko_dir
 
     async def main() -> RunResult:
-        return await run(chain, cache_dir=cache_dir, out=out, jobs=jobs)
+        return await on_engine(
+            url, lambda engine: run(chain, runtime=engine, cache_dir=folder, out=out, jobs=jobs)
+        )
 
     result = run_blocking(main)
     result.raise_for_failures()
     return result
+
+
+def engine_url_of(client: object) -> str | None:
+    """The Docker Engine URL that ``client`` names: None (the default engine), a URL as given,
+    or the engine a docker-py client (Kliko 0.8's ``docker.Client()``) talks to."""
+    if client is None or isinstance(client, str):
+        return client
+    api = getattr(client, "api", client)  # docker.DockerClient wraps an APIClient
+    base = getattr(api, "base_url", None)
+    if isinstance(base, str) and base.startswith("http+docker://"):
+        socket = getattr(getattr(api, "_custom_adapter", None), "socket_path", None)
+        return f"unix://{socket}" if isinstance(socket, str) else None
+    if isinstance(base, str) and base.startswith("http://"):
+        return "tcp://" + base.removeprefix("http://")
+    raise KlikoError(
+        f"cannot tell which Docker Engine {type(client).__name__!r} talks to (base_url {base!r})",
+        where="run_chain(steps, docker_client)",
+        hint="Pass the engine's URL instead ('unix:///var/run/docker.sock', 'tcp://host:2375'), "
+        "or nothing for DOCKER_HOST or the local socket.",
+    )
+
+
+async def on_engine(url: str | None, work: Callable[[Runtime | None], Awaitable[T]]) -> T:
+    """``work`` on the Docker Engine at ``url`` (closed afterwards), or on the default one."""
+    if url is None:
+        return await work(None)
+    from kliko_async.runtime.docker import DockerRuntime  # only the Docker path needs aiodocker
+
+    engine = DockerRuntime(url)
+    try:
+        return await work(engine)
+    finally:
+        with anyio.CancelScope(shield=True):
+            await engine.aclose()
 
 
 def run_blocking(function: Callable[[], Awaitable[T]]) -> T:

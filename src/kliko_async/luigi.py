@@ -34,20 +34,17 @@ from __future__ import annotations
 import functools
 import logging
 import os
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
-import anyio
 import luigi
 from luigi.task import flatten
 
-from kliko_async.api import dry_run, read_image, run, run_blocking
+from kliko_async.api import dry_run, on_engine, read_image, run, run_blocking
 from kliko_async.cache import Cache, default_cache_dir
 from kliko_async.chain import Chain, parse_chain
 from kliko_async.errors import ParameterError
 from kliko_async.events import Event, LogLine
-from kliko_async.runtime.base import Runtime
 from kliko_async.spec import Field, KlikoSpec, validate_parameters
 
 T = TypeVar("T")
@@ -162,7 +159,7 @@ class KlikoTask(luigi.Task):
     def cache_key(self) -> str:
         chain = self.to_chain()
         plan = run_blocking(
-            lambda: _on_engine(
+            lambda: on_engine(
                 self.engine_url(),
                 lambda engine: dry_run(chain, runtime=engine, cache_dir=self.cache_dir),
             )
@@ -177,7 +174,7 @@ class KlikoTask(luigi.Task):
     def run(self) -> None:
         chain = self.to_chain()
         result = run_blocking(
-            lambda: _on_engine(
+            lambda: on_engine(
                 self.engine_url(),
                 lambda engine: run(
                     chain, runtime=engine, cache_dir=self.cache_dir, on_event=_log_line
@@ -206,25 +203,11 @@ def _parameter_for(field: Field) -> luigi.Parameter[Any]:
     return (_REQUIRED if required else _OPTIONAL)[field.type](**options)
 
 
-async def _on_engine(url: str | None, work: Callable[[Runtime | None], Awaitable[T]]) -> T:
-    """``work`` on the Docker Engine at ``url`` (closed afterwards), or on the default one."""
-    if url is None:
-        return await work(None)
-    from kliko_async.runtime.docker import DockerRuntime
-
-    engine = DockerRuntime(url)
-    try:
-        return await work(engine)
-    finally:
-        with anyio.CancelScope(shield=True):
-            await engine.aclose()
-
-
 @functools.cache
 def _spec_of(image: str, cache_dir: str | None, url: str | None) -> KlikoSpec:
     """An image's kliko.yml, read once per process (and once per image ID on disk)."""
     found = run_blocking(
-        lambda: _on_engine(
+        lambda: on_engine(
             url, lambda engine: read_image(image, cache_dir=cache_dir, runtime=engine)
         )
     )

@@ -104,9 +104,11 @@ class Field(BaseModel):
                 f"'max_length' is only allowed with type 'str' or 'List[str]', not {self.type!r}"
             )
         if self.initial is not None:
-            _, problem = _check_value(self, self.initial)
+            normalized, problem = _check_value(self, self.initial)
             if problem is not None:
                 raise ValueError(f"initial value {self.initial!r} does not fit: {problem}")
+            if self.item_type() == "float":  # Kliko's simms writes `type: float, initial: 10`
+                object.__setattr__(self, "initial", normalized)
         return self
 
     def is_file(self) -> bool:

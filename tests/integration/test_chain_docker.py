@@ -341,6 +341,28 @@ def test_run_chain_like_kliko(tmp_path: Path) -> None:
     assert (last.output / "numbers.txt").read_text() == "LINE 1\nLINE 2\n"
 
 
+def test_run_chain_as_kliko_08_called_it_with_a_docker_client_and_kliko_dir(
+    tmp_path: Path,
+) -> None:
+    """Kliko 0.8's ``run_chain(steps, docker.Client(), kliko_dir=...)``: the client says which
+    engine to use (here a docker-py client on the local socket), ``kliko_dir`` is the cache."""
+    import docker
+
+    steps = [("example/gen", {"n": 2}), ("example/upper", {})]
+    client = docker.APIClient(base_url="unix:///var/run/docker.sock")
+    result = kliko_async.run_chain(steps, client, kliko_dir=tmp_path / "kliko")
+    last = list(result.steps.values())[-1]
+    assert last.output is not None
+    assert last.output.is_relative_to(tmp_path / "kliko")
+    assert (last.output / "numbers.txt").read_text() == "LINE 1\nLINE 2\n"
+    again = kliko_async.run_chain(steps, docker.from_env(), kliko_dir=tmp_path / "kliko")
+    assert again.count("cached") == 2
+
+    elsewhere = docker.APIClient(base_url=f"unix://{tmp_path}/no-engine.sock", version="1.41")
+    with pytest.raises(kliko_async.RuntimeUnavailable, match=r"no-engine\.sock"):
+        kliko_async.run_chain(steps, elsewhere, kliko_dir=tmp_path / "kliko")
+
+
 def test_run_chain_raises_saying_why_a_step_failed(tmp_path: Path) -> None:
     with pytest.raises(kliko_async.RunFailed) as failed:
         kliko_async.run_chain(

@@ -701,3 +701,18 @@ def test_parse_cli_value_int_list_round_trip(numbers: list[int]) -> None:
 def test_parse_cli_value_float_list_round_trip(numbers: list[float]) -> None:
     text = ",".join(repr(n) for n in numbers)
     assert parse_cli_value(_field("List[float]"), text) == numbers
+
+
+def test_an_integer_initial_of_a_float_field_is_a_float() -> None:
+    """Kliko's own simms example writes ``type: float, initial: 10``: the default is 10.0, as
+    parameters.json will carry it, in validate's table and Luigi's parameters alike."""
+    spec = parse_spec(
+        "schema_version: 3\nio: split\nsections:\n  - name: s\n    fields:\n"
+        "      - {name: dtime, type: float, initial: 10}\n"
+        "      - {name: steps, type: 'List[float]', initial: [1, 2.5]}\n",
+        "simms.yml",
+    )
+    fields = spec.fields()
+    assert fields["dtime"].initial == 10.0 and isinstance(fields["dtime"].initial, float)
+    assert fields["steps"].initial == [1.0, 2.5]
+    assert all(isinstance(v, float) for v in fields["steps"].initial)
