@@ -267,3 +267,35 @@ def test_changing_the_simulation_would_rerun_everything(
 
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"{len(STEPS)} to run, 0 cached" in done.stdout, done.stdout
+
+
+def test_every_step_works_as_a_user_the_image_does_not_know(
+    radio_run: tuple[Path, Path, list[dict[str, Any]]], kliko: KlikoCli, tmp_path: Path
+) -> None:
+    # A uid with no passwd entry and no home in the image: casacore, AOFlagger, WSClean and
+    # matplotlib must still find somewhere to write (the /kliko scripts see to it).
+    cache, _, _ = radio_run
+    data = yaml.safe_load(CHAIN.read_text())
+    for step in data["steps"].values():
+        step["user"] = "4321:4321"
+    chain = tmp_path / "chain.yaml"
+    chain.write_text(yaml.safe_dump(data, sort_keys=False))
+    out = tmp_path / "out"
+
+    done = kliko(
+        "run",
+        chain,
+        "--cache-dir",
+        cache,
+        "--out",
+        out,
+        "--no-cache",
+        "--jobs",
+        "3",
+        "--json",
+        timeout=RUN_TIMEOUT,
+    )
+
+    assert done.returncode == 0, done.stdout[-5000:] + done.stderr[-5000:]
+    assert step_states(events(done.stdout)) == dict.fromkeys(STEPS, "ran")
+    assert png_size(out / "render" / "contact-sheet.png")[0] > 0
