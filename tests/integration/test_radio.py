@@ -299,3 +299,35 @@ def test_every_step_works_as_a_user_the_image_does_not_know(
     assert done.returncode == 0, done.stdout[-5000:] + done.stderr[-5000:]
     assert step_states(events(done.stdout)) == dict.fromkeys(STEPS, "ran")
     assert png_size(out / "render" / "contact-sheet.png")[0] > 0
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--sources", "1 2"], "simulate: source '1 2' is not three numbers 'east north flux'"),
+        (["--sources", "0 0 1", "--sources", "1e6 0 1"], "more than 90 degrees from the phase"),
+        (["--antennas", "1"], "simulate: need at least 2 antennas and 1 channel"),
+        (["--integration", "0"], "simulate: integration must be more than 0, not 0.0"),
+    ],
+)
+def test_a_bad_simulation_fails_saying_what_is_wrong(
+    radio_images: None, kliko: KlikoCli, tmp_path: Path, flags: list[str], message: str
+) -> None:
+    done = kliko("run-image", "radio/simulate", *flags, "--output", tmp_path / "out")
+
+    assert done.returncode != 0
+    assert message in done.stdout + done.stderr
+    assert "Traceback" not in done.stdout + done.stderr
+
+
+def test_an_unknown_weighting_is_refused_before_anything_runs(
+    radio_images: None, kliko: KlikoCli, tmp_path: Path
+) -> None:
+    chain = chain_copy(tmp_path, "briggs", weighting="briggz")
+
+    done = kliko("run", chain, "--cache-dir", tmp_path / "cache", "--out", tmp_path / "out")
+
+    assert done.returncode != 0
+    assert "briggs" in done.stderr and "weighting" in done.stderr and "briggz" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "out").exists(), "nothing ran"
