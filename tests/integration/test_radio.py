@@ -331,3 +331,16 @@ def test_an_unknown_weighting_is_refused_before_anything_runs(
     assert "briggs" in done.stderr and "weighting" in done.stderr and "briggz" in done.stderr
     assert "Traceback" not in done.stderr
     assert not (tmp_path / "out").exists(), "nothing ran"
+
+
+def test_render_of_a_single_image_step_names_the_picture_after_the_file(
+    radio_run: tuple[Path, Path, list[dict[str, Any]]], kliko: KlikoCli, tmp_path: Path
+) -> None:
+    _, out, _ = radio_run
+    pictures = tmp_path / "pictures"
+
+    done = kliko("run-image", "radio/render", "--input", out / "uniform", "--output", pictures)
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert sorted(p.name for p in pictures.iterdir()) == ["contact-sheet.png", "wsclean-image.png"]
+    assert "render: wsclean-image.png (uniform weighting" in done.stdout
