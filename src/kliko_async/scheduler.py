@@ -318,6 +318,7 @@ class Scheduler:
                 cpus=step.resources.cpus,
                 memory=step.resources.memory,
                 gpus=step.resources.gpus,
+                timeout=step.timeout,
             )
             if planned.image.spec.io == "join" and step.inputs:
                 # Copying the inputs into /work may take long: in a worker thread, so that it

@@ -42,6 +42,7 @@ def build_job(
     cpus: float | None = None,
     memory: int | None = None,
     gpus: int | None = None,
+    timeout: float | None = None,
 ) -> ContainerJob:
     """Write parameters into ``scratch``, prepare ``output`` and return the container's job.
 
@@ -71,6 +72,7 @@ def build_job(
         cpus=cpus,
         memory=memory,
         gpus=gpus,
+        timeout=timeout,
     )
 
 

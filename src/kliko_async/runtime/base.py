@@ -58,6 +58,11 @@ class ContainerJob(BaseModel):
     memory: int | None = Field(None, description="Memory limit in bytes, None for no limit.")
     gpus: int | None = Field(None, description="GPUs to give the container, None for none.")
     workdir: str | None = None
+    timeout: float | None = Field(
+        None,
+        description="The step's timeout in seconds. The scheduler enforces it; a runtime whose "
+        "containers outlive this process (Slurm jobs) may enforce it too, as a safety net.",
+    )
 
 
 class ContainerExit(BaseModel):

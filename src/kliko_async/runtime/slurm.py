@@ -1,0 +1,575 @@
+"""The Slurm runtime: each container runs as one Slurm job on a cluster node (see ``Runtime``).
+
+Images are resolved, read and built on the local Docker Engine (the submitting host's); each
+``run`` submits one batch job (``sbatch --parsable``, named ``kliko-<run>-<step>``) whose script
+(``slurmscript.py``) runs the container on its node with Docker, or with Charliecloud where the
+node has no Docker Engine. The job's folder is in the step's staging folder in the cache, which
+must be on a filesystem every node sees at the same path: the container's stdout and stderr are
+written there and followed from here while the job runs, and the job's end is read from its
+``status`` file, or, when the job never got that far, from ``squeue --json``.
+
+What this relies on across nodes: files written on a node become visible here (NFS close-to-open
+consistency is enough, since every file is read after it was closed or renamed), and ``rename``
+within one folder is atomic (cache publish, converted images). It does not rely on ``flock``
+across nodes: the cache's per-key locks are taken on the submitting host only, so runs from two
+hosts may compute one key twice, and the first rename wins.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+import secrets
+import socket
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import anyio
+from pydantic import BaseModel, ConfigDict, Field
+
+from kliko_async.durable import remove_tree
+from kliko_async.errors import ContainerError, RuntimeUnavailable
+from kliko_async.runtime.base import (
+    LABEL_PREFIX,
+    ContainerExit,
+    ContainerJob,
+    ImageFiles,
+    LineSplitter,
+    LogSink,
+    Stream,
+)
+from kliko_async.runtime.docker import DockerRuntime
+from kliko_async.runtime.slurmqueue import (
+    HOPELESS_REASONS,
+    JobQueue,
+    SlurmJob,
+    all_jobs,
+    command_error,
+    slurm_command,
+)
+from kliko_async.runtime.slurmscript import (
+    UNSEEN_EXIT,
+    Engine,
+    env_file,
+    job_script,
+)
+
+CLEANUP_DEADLINE_SECONDS = 30
+"""How long cancelling a job (scancel, then waiting for it to leave the node) may take."""
+
+TIME_LIMIT_MARGIN_SECONDS = 10
+"""The job stops its container this long after the step's timeout: the run's own timer, which
+stops the job with scancel, comes first; the job's own limit holds when nobody is left to."""
+
+STATUS_GRACE_SECONDS = 3
+"""After Slurm says a job ended, how long its status file may take to appear here."""
+
+PROBE_DEADLINE_SECONDS = 60
+"""How long the shared-filesystem check at start waits for its job to run."""
+
+JOB_PREFIX = "kliko-"
+
+_FOLLOW_FASTEST, _FOLLOW_SLOWEST = 0.05, 0.25
+_SAFE = re.compile(r"[^A-Za-z0-9_.-]")
+
+
+class SlurmOptions(BaseModel):
+    """How kliko-async submits jobs: the partition, extra ``sbatch`` options, the engine."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    partition: str | None = Field(None, description="sbatch --partition; None: the default.")
+    sbatch_options: tuple[str, ...] = Field((), description="Added to every sbatch call.")
+    engine: Engine = Field(
+        "auto",
+        description="docker, charliecloud, or auto: Docker where the node has an engine, "
+        "Charliecloud's ch-run elsewhere (images are then converted into the cache).",
+    )
+    poll_fastest: float = Field(0.25, gt=0, description="Seconds between squeue calls at first.")
+    poll_slowest: float = Field(3.0, gt=0, description="The longest wait between squeue calls.")
+
+
+class SlurmRuntime:
+    """Runs each Kliko container as one Slurm job (see ``Runtime`` for the contract)."""
+
+    def __init__(
+        self,
+        cache_root: Path,
+        options: SlurmOptions | None = None,
+        *,
+        docker: DockerRuntime | None = None,
+    ) -> None:
+        self.options = options or SlurmOptions()
+        self.folder = Path(os.path.abspath(cache_root)) / "slurm"
+        self.queue = JobQueue(self.options.poll_fastest, self.options.poll_slowest)
+        self.submitted = 0
+        self._docker = docker or DockerRuntime()
+        self._converting: dict[str, anyio.Lock] = {}
+        self._live: set[str] = set()
+
+    # -- images: on the local engine ---------------------------------------------------------
+
+    async def resolve_image(self, ref: str) -> str:
+        return await self._docker.resolve_image(ref)
+
+    async def probe_image(
+        self, image_id: str, *, read: Sequence[str] = (), stat: Sequence[str] = ()
+    ) -> ImageFiles:
+        return await self._docker.probe_image(image_id, read=read, stat=stat)
+
+    async def build_image(
+        self, context: Path, *, tag: str | None = None, on_log: Callable[[str], None] | None = None
+    ) -> str:
+        return await self._docker.build_image(context, tag=tag, on_log=on_log)
+
+    # -- the cluster -------------------------------------------------------------------------
+
+    def _partition_args(self) -> list[str]:
+        return [f"--partition={self.options.partition}"] if self.options.partition else []
+
+    async def _sinfo(self, fields: str, *, per_node: bool) -> list[list[str]]:
+        """sinfo's rows of the partition (the cluster's default one when none is set)."""
+        args = ["sinfo", "-h", "-o", f"%P {fields}", *(["-N"] if per_node else [])]
+        done = await slurm_command(args)
+        if done.returncode != 0:
+            raise RuntimeUnavailable(
+                f"Slurm does not answer: {command_error(done)}",
+                hint="Check that slurmctld runs and SLURM_CONF points at its slurm.conf "
+                "(the test cluster: scripts/slurm-cluster up).",
+            )
+        rows = [line.split() for line in done.stdout.decode().splitlines() if line.strip()]
+        wanted = self.options.partition
+        chosen = [r[1:] for r in rows if (r[0] == wanted if wanted else r[0].endswith("*"))]
+        if not chosen:
+            if wanted:
+                known = ", ".join(sorted({r[0].rstrip("*") for r in rows}))
+                raise RuntimeUnavailable(f"Slurm has no partition '{wanted}' (it has: {known})")
+            raise RuntimeUnavailable("Slurm has no default partition: give one with --partition")
+        return chosen
+
+    async def nodes(self) -> list[str]:
+        """The partition's nodes that respond (not down, drained or unknown)."""
+        usable = {
+            name
+            for name, state in await self._sinfo("%N %t", per_node=True)
+            if state.rstrip("*~#%!$@^-") in ("idle", "mix", "alloc", "comp", "resv")
+        }
+        if not usable:
+            where = self.options.partition or "default"
+            raise RuntimeUnavailable(f"Slurm's {where} partition has no node that takes jobs")
+        return sorted(usable)
+
+    async def total_cpus(self) -> int:
+        """The CPUs of the partition's nodes, all together: how many steps may be queued."""
+        try:
+            return max(
+                1, sum(int(r[0].split("/")[3]) for r in await self._sinfo("%C", per_node=False))
+            )
+        except (ValueError, IndexError):
+            return 1
+
+    async def check_shared_cache(self) -> None:
+        """Refuse, clearly, when a node cannot see the cache folder at the same path.
+
+        One job on every responding node reads a token written here and writes it back; the
+        answer is remembered for that set of nodes. A check that cannot run within
+        ``PROBE_DEADLINE_SECONDS`` (a busy cluster) is left to the jobs themselves.
+        """
+        nodes = await self.nodes()
+        check = self.folder / "shared"
+        name = hashlib.sha256(" ".join([self.options.partition or "", *nodes]).encode())
+        verified = check / f"{name.hexdigest()[:16]}.ok"
+        if verified.is_file():
+            return
+        probe = check / f"probe-{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
+        probe.mkdir(parents=True)
+        token = secrets.token_hex(8)
+        (probe / "token").write_text(token)
+        copy = f'cat "{probe}/token" > "{probe}/seen.$SLURMD_NODENAME"'
+        script = f"srun --ntasks-per-node=1 sh -c '{copy}'"
+        args = [
+            "sbatch",
+            "--parsable",
+            f"--job-name={JOB_PREFIX}check-shared",
+            f"--nodes={len(nodes)}",
+            "--ntasks-per-node=1",
+            f"--nodelist={','.join(nodes)}",
+            f"--output={probe}/slurm.out",
+            "--time=2",
+            *self._partition_args(),
+            *self.options.sbatch_options,
+            f"--wrap={script}",
+        ]
+        try:
+            done = await slurm_command(args)
+            if done.returncode != 0:
+                raise RuntimeUnavailable(
+                    f"could not submit the check of the cache folder: {command_error(done)}"
+                )
+            job_id = done.stdout.decode().strip().split(";")[0]
+            ended = await self._wait_probe(job_id)
+            if not ended:
+                return  # not run in time: each job checks that it sees its folder
+            blind = [n for n in nodes if _read(probe / f"seen.{n}") != token]
+            if blind:
+                raise RuntimeUnavailable(
+                    f"the cache folder {self.folder.parent} is not visible at the same path on "
+                    f"node(s) {', '.join(blind)}, so jobs there could not read their inputs or "
+                    "write their outputs",
+                    hint="Put the cache on a filesystem shared by every node (NFS, Lustre, "
+                    "GPFS, BeeGFS) and point --cache-dir at it.",
+                )
+            verified.write_text(" ".join(nodes) + "\n")
+        finally:
+            remove_tree(probe)
+
+    async def _wait_probe(self, job_id: str) -> bool:
+        self.queue.watch(job_id)
+        try:
+            with anyio.move_on_after(PROBE_DEADLINE_SECONDS):
+                while True:
+                    info = await self.queue.next_state(job_id)
+                    if info is not None and not info.active:
+                        return True
+            with anyio.CancelScope(shield=True):
+                await self._cancel(job_id)
+            return False
+        except BaseException:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(CLEANUP_DEADLINE_SECONDS):
+                await self._cancel(job_id)
+            raise
+        finally:
+            self.queue.forget(job_id)
+
+    # -- running one container as one job ----------------------------------------------------
+
+    async def run(
+        self,
+        job: ContainerJob,
+        *,
+        on_log: LogSink,
+        on_start: Callable[[str], None] | None = None,
+    ) -> ContainerExit:
+        folder = self._job_folder(job)
+        image_dir = None
+        if self.options.engine != "docker":
+            image_dir = await self._charliecloud_image(job.image)
+        limit = job.timeout + TIME_LIMIT_MARGIN_SECONDS if job.timeout is not None else None
+        (folder / "env").write_text(env_file(job))
+        script = folder / "job.sh"
+        script.write_text(
+            job_script(
+                job, folder=folder, image_dir=image_dir, engine=self.options.engine, limit=limit
+            )
+        )
+        script.chmod(0o755)
+        job_id = await self._submit(job, folder, script, limit)
+        try:
+            return await self._follow(job_id, folder, on_log, on_start)
+        except BaseException:
+            # Cancelled (Ctrl-C, a timeout, a failed sibling) or failed while the job may live.
+            with anyio.CancelScope(shield=True), anyio.move_on_after(CLEANUP_DEADLINE_SECONDS):
+                await self._cancel(job_id)
+            raise
+        finally:
+            self.queue.forget(job_id)
+            self._live.discard(job_id)
+
+    def _job_folder(self, job: ContainerJob) -> Path:
+        """The job's folder: in the step's staging folder (next to its parameters.json)."""
+        parameters = next((m.source for m in job.mounts if m.target == "/parameters.json"), None)
+        if parameters is not None:
+            folder = parameters.parent / "slurm"
+        else:  # a job without parameters (not one the scheduler makes)
+            folder = self.folder / "jobs" / secrets.token_hex(8)
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
+    async def _submit(
+        self, job: ContainerJob, folder: Path, script: Path, limit: float | None
+    ) -> str:
+        run = job.labels.get(f"{LABEL_PREFIX}.run", "run")
+        step = job.labels.get(f"{LABEL_PREFIX}.step", "step")
+        args = [
+            "sbatch",
+            "--parsable",
+            f"--job-name={JOB_PREFIX}{run}-{_SAFE.sub('_', step)}",
+            f"--output={folder}/slurm.out",
+            f"--chdir={folder}",
+            f"--comment={json.dumps(job.labels, separators=(',', ':'))}",
+            "--nodes=1",
+            "--ntasks=1",
+            *self._partition_args(),
+        ]
+        if job.cpus is not None:
+            args.append(f"--cpus-per-task={max(1, math.ceil(job.cpus))}")
+        if job.memory is not None:
+            args.append(f"--mem={max(1, math.ceil(job.memory / (1 << 20)))}M")
+        if job.gpus:
+            args.append(f"--gres=gpu:{job.gpus}")
+        if limit is not None:  # Slurm's limits are minutes; leave time to start the container
+            args.append(f"--time={math.ceil((limit + 60) / 60)}")
+        args += [*self.options.sbatch_options, str(script)]
+        done = await slurm_command(args)
+        if done.returncode != 0:
+            raise ContainerError(f"Slurm refused the job: {command_error(done)}")
+        job_id = done.stdout.decode().strip().split(";")[0]
+        self.submitted += 1
+        self.queue.watch(job_id)
+        self._live.add(job_id)
+        return job_id
+
+    async def _follow(
+        self,
+        job_id: str,
+        folder: Path,
+        on_log: LogSink,
+        on_start: Callable[[str], None] | None,
+    ) -> ContainerExit:
+        logs = _LogFiles(folder, on_log)
+        latest: list[SlurmJob] = []
+        status = folder / "status"
+
+        async def watch_state() -> None:
+            while True:
+                info = await self.queue.next_state(job_id)
+                if info is not None:
+                    latest[:] = [info]
+                    if not info.active:
+                        return
+
+        container_id = f"slurm-{job_id}"
+        started = False
+        ended_at: float | None = None
+        hopeless: SlurmJob | None = None
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(watch_state)
+            pause = _FOLLOW_FASTEST
+            while True:
+                if not started and (node := _read(folder / "started").strip()):
+                    started = True
+                    container_id = f"{job_id}@{node}"
+                    if on_start:
+                        on_start(container_id)
+                got = logs.read()
+                if status.exists():
+                    break
+                info = latest[0] if latest else None
+                if info is not None and info.state == "PENDING" and info.reason in HOPELESS_REASONS:
+                    hopeless = info
+                    break
+                if info is not None and not info.active:
+                    now = anyio.current_time()
+                    ended_at = ended_at or now
+                    if now - ended_at > STATUS_GRACE_SECONDS:
+                        break
+                pause = _FOLLOW_FASTEST if got else min(pause * 1.5, _FOLLOW_SLOWEST)
+                await anyio.sleep(pause)
+            tg.cancel_scope.cancel()
+        logs.read()
+        logs.flush()
+        if hopeless is not None:
+            await self._cancel(job_id)
+            where = f" in partition '{self.options.partition}'" if self.options.partition else ""
+            raise ContainerError(
+                f"Slurm cannot run job {job_id}{where}: it is pending with reason "
+                f"'{hopeless.reason}', which waiting will not change"
+            )
+        if status.exists():
+            return self._status_exit(job_id, folder, container_id, on_start, started)
+        return self._ended_without_status(job_id, folder, latest[0] if latest else None)
+
+    def _status_exit(
+        self,
+        job_id: str,
+        folder: Path,
+        container_id: str,
+        on_start: Callable[[str], None] | None,
+        started: bool,
+    ) -> ContainerExit:
+        code_text, oom, *_ = [*_read(folder / "status").split(), "", ""]
+        if not started and on_start:  # the job was over before its start was seen
+            on_start(container_id)
+        code = int(code_text) if code_text.lstrip("-").isdigit() else -1
+        if (folder / "timed-out").exists():
+            raise ContainerError(
+                f"stopped by its own time limit inside Slurm job {job_id} (exit code {code})"
+            )
+        return ContainerExit(container_id=container_id, exit_code=code, oom_killed=oom == "true")
+
+    def _ended_without_status(
+        self, job_id: str, folder: Path, info: SlurmJob | None
+    ) -> ContainerExit:
+        """A job that ended before its container could say how it ended: Slurm's reason."""
+        if info is None:
+            raise ContainerError(f"Slurm job {job_id} vanished from squeue before it ended")
+        node = f" on node {info.node}" if info.node else ""
+        if info.state == "OUT_OF_MEMORY":
+            return ContainerExit(
+                container_id=f"{job_id}@{info.node}", exit_code=137, oom_killed=True
+            )
+        if info.state == "CANCELLED":
+            raise ContainerError(
+                f"killed from outside the run: Slurm job {job_id} was cancelled{node} (scancel)"
+            )
+        if info.state == "TIMEOUT":
+            raise ContainerError(f"Slurm ended job {job_id}{node} at its time limit (TIMEOUT)")
+        if info.state in ("NODE_FAIL", "BOOT_FAIL"):
+            raise ContainerError(
+                f"node {info.node or '?'} failed while it ran Slurm job {job_id} ({info.state})"
+            )
+        if info.exit_code == UNSEEN_EXIT:
+            raise ContainerError(
+                f"node {info.node or '?'} cannot see the job's folder {folder}: the cache must be "
+                "on a filesystem shared by every node, at the same path"
+            )
+        said = _read(folder / "slurm.out").strip().splitlines()[-5:]
+        raise ContainerError(
+            f"Slurm job {job_id} ended {info.state}{node} (exit code {info.exit_code}) before "
+            "its container reported" + (": " + " | ".join(said) if said else "")
+        )
+
+    async def _cancel(self, job_id: str) -> None:
+        """scancel the job; wait until it has left its node (its script removes the container)."""
+        await slurm_command(["scancel", job_id])
+        self.queue.watch(job_id)
+        self.queue.hurry()
+        try:
+            while True:
+                info = await self.queue.next_state(job_id)
+                if info is None or not info.active:
+                    return
+        finally:
+            self.queue.forget(job_id)
+
+    # -- Charliecloud images -----------------------------------------------------------------
+
+    async def _charliecloud_image(self, image_id: str) -> Path:
+        """The image converted for ``ch-run``, once per image ID, kept in the cache folder."""
+        final = self.folder / "images" / image_id.removeprefix("sha256:")
+        lock = self._converting.setdefault(image_id, anyio.Lock())
+        async with lock:
+            if final.is_dir():
+                return final
+            final.parent.mkdir(parents=True, exist_ok=True)
+            tmp = final.parent / f".{final.name}.{socket.gethostname()}.{os.getpid()}"
+            remove_tree(tmp)
+            env = dict(os.environ)
+            env.setdefault("USER", _user_name())
+            # ch-convert finds Docker images by name only: a temporary tag of this process.
+            name = f"kliko-async-convert/{final.name[:12]}:{os.getpid()}"
+            await self._docker.client.images.tag(image_id, name.split(":")[0], tag=str(os.getpid()))
+            try:
+                done = await anyio.run_process(
+                    ["ch-convert", "-i", "docker", "-o", "dir", name, str(tmp)],
+                    check=False,
+                    env=env,
+                )
+            except OSError as error:
+                raise ContainerError(
+                    f"cannot convert the image for Charliecloud ({error}); install Charliecloud "
+                    "or set engine: docker"
+                ) from None
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await self._docker.client.images.delete(name)
+            if done.returncode != 0:
+                remove_tree(tmp)
+                raise ContainerError(
+                    f"ch-convert could not convert image {image_id[:19]}: {command_error(done)}"
+                )
+            for mount_point in ("input", "output", "work", "param_files", "tmp", "home"):
+                (tmp / mount_point).mkdir(exist_ok=True)
+            (tmp / "parameters.json").touch()
+            try:
+                os.rename(tmp, final)
+            except OSError:
+                remove_tree(tmp)
+                if not final.is_dir():
+                    raise
+            return final
+
+    # -- leftovers ---------------------------------------------------------------------------
+
+    async def find_containers(self, labels: Mapping[str, str]) -> dict[str, dict[str, str]]:
+        """This user's kliko-async jobs still pending or running, by ``slurm-<id>``, with the
+        labels they carry in their comment; and the local engine's containers (image probes)."""
+        me = _user_name()
+        found: dict[str, dict[str, str]] = {}
+        for job in (await all_jobs()).values():
+            if not job.active or not job.name.startswith(JOB_PREFIX) or job.user != me:
+                continue
+            try:
+                carried = {str(k): str(v) for k, v in dict(json.loads(job.comment)).items()}
+            except (ValueError, TypeError):
+                continue
+            carried[f"{LABEL_PREFIX}.managed"] = "1"
+            if all(carried.get(k) == v for k, v in labels.items()):
+                found[f"slurm-{job.job_id}"] = carried
+        found.update(await self._docker.find_containers(labels))
+        return found
+
+    async def remove_container(self, container_id: str) -> None:
+        if container_id.startswith("slurm-"):
+            await self._cancel(container_id.removeprefix("slurm-"))
+        else:
+            await self._docker.remove_container(container_id)
+
+    async def aclose(self) -> None:
+        with anyio.CancelScope(shield=True), anyio.move_on_after(CLEANUP_DEADLINE_SECONDS):
+            for job_id in sorted(self._live):
+                await self._cancel(job_id)
+        await self._docker.aclose()
+
+
+class _LogFiles:
+    """Follows the container's stdout and stderr files, delivering complete lines."""
+
+    def __init__(self, folder: Path, on_log: LogSink) -> None:
+        self._on_log = on_log
+        self._files: dict[Stream, tuple[Path, LineSplitter]] = {
+            "stdout": (folder / "stdout", LineSplitter()),
+            "stderr": (folder / "stderr", LineSplitter()),
+        }
+        self._offsets: dict[Stream, int] = {"stdout": 0, "stderr": 0}
+
+    def read(self) -> bool:
+        """Deliver what was written since the last call; whether anything was."""
+        got = False
+        for stream, (path, splitter) in self._files.items():
+            try:
+                with path.open("rb") as handle:
+                    handle.seek(self._offsets[stream])
+                    chunk = handle.read()
+            except FileNotFoundError:
+                continue
+            if chunk:
+                got = True
+                self._offsets[stream] += len(chunk)
+                for line in splitter.feed(chunk):
+                    self._on_log(stream, line)
+        return got
+
+    def flush(self) -> None:
+        for stream, (_, splitter) in self._files.items():
+            for line in splitter.flush():
+                self._on_log(stream, line)
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")
+    except OSError:
+        return ""
+
+
+def _user_name() -> str:
+    import pwd
+
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return str(os.getuid())

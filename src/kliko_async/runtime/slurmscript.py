@@ -1,0 +1,182 @@
+"""The batch script of one Slurm job: run one Kliko container on the node, and say how it ended.
+
+On the node the container runs with ``docker run`` when a Docker Engine answers there, else with
+Charliecloud's ``ch-run`` on the image converted into the cache (``engine="auto"``), with the
+same mounts, user, environment, labels (Docker only) and command as the local runtime. Its
+stdout and stderr go to files in the job's folder, which the submitting process follows; at the
+end the script writes ``status`` (``<exit code> <oom killed> <engine>``) with one rename. It
+stops the container itself at its time limit, and on SIGTERM (scancel) before it exits.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+from typing import Literal
+
+from kliko_async.errors import ContainerError
+from kliko_async.runtime.base import LABEL_PREFIX, ContainerJob
+
+Engine = Literal["auto", "docker", "charliecloud"]
+
+DEFAULT_COMMAND = ("/kliko",)
+
+TIMEOUT_EXIT = 124
+"""The status the script reports when it stopped the container at its time limit."""
+
+UNSEEN_EXIT = 97
+"""The job's exit code when the node cannot see the job's folder (no shared filesystem)."""
+
+_NUMERIC_USER = re.compile(r"^(\d+)(?::(\d+))?$")
+
+
+def job_script(
+    job: ContainerJob,
+    *,
+    folder: Path,
+    image_dir: Path | None,
+    engine: Engine,
+    limit: float | None,
+) -> str:
+    """The script for ``job``. ``image_dir``: its Charliecloud image (None: Docker only);
+    ``limit``: seconds after which the container is stopped (None: no limit)."""
+    docker = _shell(docker_command(job))
+    charliecloud = (
+        _shell(charliecloud_command(job, image_dir, folder)) if image_dir is not None else "false"
+    )
+    pick = {
+        "auto": "if docker version >/dev/null 2>&1; then engine=docker; else engine=ch-run; fi",
+        "docker": "engine=docker",
+        "charliecloud": "engine=ch-run",
+    }[engine]
+    inputs = " ".join(
+        shlex.quote(str(folder / "input" / Path(m.target).name))
+        for m in job.mounts
+        if m.target.startswith("/input/")
+    )
+    return _TEMPLATE.format(
+        folder=shlex.quote(str(folder)),
+        unseen=UNSEEN_EXIT,
+        timeout_exit=TIMEOUT_EXIT,
+        pick=pick,
+        docker=docker,
+        charliecloud=charliecloud,
+        inputs=inputs,
+        limit=f"{limit:.3f}" if limit is not None else "",
+        cpus=f"{job.cpus:g}" if job.cpus is not None else 1,
+    )
+
+
+_SHELL_WORDS = {"$CNAME": '"$CNAME"', "USER=$USER": '"USER=$USER"', "$CPUS": '"$CPUS"'}
+"""Words the script must expand itself (the container's name, the user's name)."""
+
+
+def _shell(args: list[str]) -> str:
+    return " ".join(_SHELL_WORDS.get(a) or shlex.quote(a) for a in args)
+
+
+def docker_command(job: ContainerJob) -> list[str]:
+    """``docker run`` for ``job``, as ``runtime/docker.py`` configures the container."""
+    args = ["docker", "run", "--name", "$CNAME", "--network", "bridge", "--init=false"]
+    for key, value in {f"{LABEL_PREFIX}.managed": "1", **job.labels}.items():
+        args += ["--label", f"{key}={value}"]
+    for mount in job.mounts:
+        args += ["-v", f"{mount.source}:{mount.target}:{'ro' if mount.read_only else 'rw'}"]
+    for key, value in job.env.items():
+        args += ["-e", f"{key}={value}"]
+    if job.user is not None:
+        args += ["--user", job.user]
+    if job.memory is not None:
+        args += ["--memory", str(job.memory), "--memory-swap", str(job.memory)]
+    if job.cpus is not None:
+        args += ["--cpus", "$CPUS"]  # the job's, at most the node's (Docker refuses more)
+    if job.gpus:
+        args += ["--gpus", str(job.gpus)]
+    if job.workdir is not None:
+        args += ["--workdir", job.workdir]
+    return [*args, job.image, *(job.command or DEFAULT_COMMAND)]
+
+
+def charliecloud_command(job: ContainerJob, image_dir: Path | None, folder: Path) -> list[str]:
+    """``ch-run`` for ``job`` on its converted image, with a clean environment like Docker's.
+
+    Charliecloud 0.31 binds read-write only: read-only inputs are protected by their modes
+    (cached entries are 0444/0555), which holds for any user but root.
+    """
+    assert image_dir is not None
+    args = ["env", "-i", "USER=$USER", "PATH=/usr/bin:/bin", "ch-run", "--no-passwd", "-t"]
+    args += ["--set-env", f"--set-env={folder / 'env'}"]
+    found = _NUMERIC_USER.match(job.user or "")
+    if found:
+        args += ["--uid", found.group(1)]
+        if found.group(2):
+            args += ["--gid", found.group(2)]
+    if any(m.target.startswith("/input/") for m in job.mounts):
+        args += ["-b", f"{folder / 'input'}:/input"]  # mount points for /input/<step>
+    for mount in job.mounts:
+        args += ["-b", f"{mount.source}:{mount.target}"]
+    if job.workdir is not None:
+        args += ["--cd", job.workdir]
+    return [*args, str(image_dir), "--", *(job.command or DEFAULT_COMMAND)]
+
+
+def env_file(job: ContainerJob) -> str:
+    """The job's environment as ``ch-run --set-env`` reads it: one KEY=VALUE per line."""
+    bad = [key for key, value in job.env.items() if "\n" in value or "\n" in key]
+    if bad:
+        raise ContainerError(
+            f"the environment variable {bad[0]!r} holds a newline, which ch-run cannot pass"
+        )
+    return "".join(f"{key}={value}\n" for key, value in job.env.items())
+
+
+_TEMPLATE = """\
+#!/bin/bash
+# A kliko-async step, submitted by runtime/slurm.py: run one Kliko container on this node.
+dir={folder}
+[ -f "$dir/job.sh" ] || {{ echo "cannot see $dir on $(hostname)" >&2; exit {unseen}; }}
+cd "$dir" || exit {unseen}
+CNAME="kliko-slurm-$SLURM_JOB_ID"
+CPUS=$(awk -v want={cpus} -v have="$(nproc --all)" 'BEGIN {{ print (want < have) ? want : have }}')
+export USER="${{USER:-$(id -un)}}"
+{pick}
+printf '%s\n' "${{SLURMD_NODENAME:-$(hostname)}}" >"$dir/started"
+pid=
+finish() {{
+    printf '%s %s %s\\n' "$1" "$2" "$engine" >"$dir/status.tmp" &&
+        mv "$dir/status.tmp" "$dir/status"
+}}
+stop() {{ # the container, wherever it runs; the scancel/time limit path
+    if [ "$engine" = docker ]; then
+        docker rm -f "$CNAME" >/dev/null 2>&1
+    elif [ -n "$pid" ]; then
+        kill -TERM "$pid" 2>/dev/null; sleep 2; kill -KILL "$pid" 2>/dev/null
+    fi
+}}
+on_signal() {{ trap - TERM INT; stop; exit 143; }}
+trap on_signal TERM INT
+for d in {inputs}; do mkdir -p "$d"; done
+if [ "$engine" = docker ]; then
+    {docker} >"$dir/stdout" 2>"$dir/stderr" </dev/null &
+else
+    {charliecloud} >"$dir/stdout" 2>"$dir/stderr" </dev/null &
+fi
+pid=$!
+watchdog=
+if [ -n "{limit}" ]; then
+    (sleep {limit}; touch "$dir/timed-out"; stop) &
+    watchdog=$!
+fi
+wait "$pid"
+code=$?
+[ -n "$watchdog" ] && kill "$watchdog" 2>/dev/null
+oom=false
+if [ "$engine" = docker ]; then
+    oom=$(docker inspect --format '{{{{.State.OOMKilled}}}}' "$CNAME" 2>/dev/null || echo false)
+    docker rm -f "$CNAME" >/dev/null 2>&1
+fi
+[ -f "$dir/timed-out" ] && code={timeout_exit}
+finish "$code" "$oom"
+exit "$code"
+"""
