@@ -17,7 +17,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import anyio
 from anyio.abc import TaskGroup
@@ -30,14 +30,20 @@ from kliko_async.explain import ManifestIndex, StepExplanation, explain_plan
 from kliko_async.images import ImageResolver, KlikoImage
 from kliko_async.paramfiles import FileSnapshots
 from kliko_async.plan import Plan, plan_chain
-from kliko_async.resources import machine_cpus
+from kliko_async.resources import ResourcePool, machine_cpus
 from kliko_async.results import RunResult
 from kliko_async.runtime.base import Runtime
 from kliko_async.scheduler import Scheduler, remove_leftovers
 from kliko_async.upkeep import clean_stale_staging
 from kliko_async.workspace import copy_tree_writable
 
+if TYPE_CHECKING:
+    from kliko_async.runtime.slurm import SlurmOptions
+
 T = TypeVar("T")
+
+Backend = Literal["docker", "slurm"]
+"""Where steps run: the local Docker Engine, or Slurm jobs on a cluster."""
 
 
 def new_run_id() -> str:
@@ -79,8 +85,13 @@ async def open_run(
     out: str | os.PathLike[str] | None = None,
     on_event: Callable[[Event], None] | None = None,
     run_id: str | None = None,
+    backend: Backend = "docker",
+    slurm: SlurmOptions | None = None,
 ) -> AsyncIterator[ChainRun]:
     """Start running ``chain`` in the background; leaving the block waits for the end.
+
+    ``backend="slurm"`` runs every step as a Slurm job (``slurm``: partition, sbatch options,
+    engine); the cache must then be on a filesystem every node sees at the same path.
 
     Errors found before any container starts (bad chain, image, parameters) are raised from the
     ``async with`` block as :class:`~kliko_async.errors.KlikoError`. Step failures are not
@@ -107,6 +118,8 @@ async def open_run(
                 no_cache=no_cache,
                 out=out,
                 run_id=run_id or new_run_id(),
+                backend=backend,
+                slurm=slurm,
             )
         except KlikoError as error:
             failure.append(error)  # raised below, outside the task group, not in a group
@@ -302,10 +315,16 @@ async def read_image(
 
 
 @asynccontextmanager
-async def open_runtime(runtime: Runtime | None) -> AsyncIterator[Runtime]:
-    """``runtime`` as given, or a Docker runtime that is closed on leaving (even if cancelled)."""
+async def open_runtime(runtime: Runtime | None, *, close: bool = False) -> AsyncIterator[Runtime]:
+    """``runtime`` as given (closed on leaving if ``close``), or a Docker runtime that is
+    closed on leaving (even if cancelled)."""
     if runtime is not None:
-        yield runtime
+        try:
+            yield runtime
+        finally:
+            if close:
+                with anyio.CancelScope(shield=True):
+                    await runtime.aclose()
         return
     from kliko_async.runtime.docker import DockerRuntime  # only the Docker path needs aiodocker
 
@@ -330,6 +349,8 @@ async def _execute(
     no_cache: bool,
     out: str | os.PathLike[str] | None,
     run_id: str,
+    backend: Backend = "docker",
+    slurm: SlurmOptions | None = None,
 ) -> RunResult:
     loaded = chain if isinstance(chain, Chain) else load_chain(Path(chain))
     if out is not None:
@@ -337,9 +358,18 @@ async def _execute(
     cache = Cache(Path(cache_dir) if cache_dir else default_cache_dir())
     cache.ensure_writable()
     clean_stale_staging(cache)
+    pool: ResourcePool | None = None
+    owned = runtime is None and backend == "slurm"
+    if owned:
+        from kliko_async.runtime.slurm import SlurmRuntime
+
+        runtime = slurm_runtime = SlurmRuntime(cache.root, slurm)
+        await slurm_runtime.check_shared_cache()
+        jobs = jobs or await slurm_runtime.total_cpus()
+        pool = ResourcePool(cpus=1 << 20, memory=1 << 62, gpus=1 << 20)  # Slurm accounts
     files = FileSnapshots(cache.private_path(f"files-{run_id}"), cache.root)
     try:
-        async with open_runtime(runtime) as rt:
+        async with open_runtime(runtime, close=owned) as rt:
             await remove_leftovers(rt)
             resolver = ImageResolver(rt, cache.specs_dir)
             plan = await plan_chain(
@@ -361,6 +391,7 @@ async def _execute(
                 jobs=jobs or machine_cpus(),
                 keep_going=keep_going,
                 wants_log_lines=bus.wants_log_lines,
+                pool=pool,
             )
             result = await scheduler.run()
     finally:

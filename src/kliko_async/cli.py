@@ -74,6 +74,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--no-cache", action="store_true", help="re-run every step")
     run.add_argument(
+        "--backend",
+        choices=("docker", "slurm"),
+        help="where steps run: the local Docker Engine (default) or Slurm jobs on a cluster",
+    )
+    run.add_argument("--partition", help="Slurm partition for the steps' jobs")
+    run.add_argument(
+        "--slurm-opt",
+        action="append",
+        default=[],
+        metavar="OPTION",
+        help="an extra sbatch option for every job (e.g. --slurm-opt=--account=radio); repeatable",
+    )
+    run.add_argument(
+        "--profile", help="a profile of run options from the config file (see the README)"
+    )
+    run.add_argument(
         "--dry-run", action="store_true", help="print the plan (keys, cache hits) and stop"
     )
     shown = run.add_mutually_exclusive_group()
@@ -190,6 +206,7 @@ def _run(options: argparse.Namespace) -> int:
     if options.explain and not options.dry_run:
         explain()
     if options.dry_run:
+        _apply_profile(options)
         plan = anyio.run(
             lambda: dry_run(
                 options.chain,
@@ -204,11 +221,37 @@ def _run(options: argparse.Namespace) -> int:
         if options.explain:
             explain()
         return 0
+    _apply_profile(options)
     display = _pick_display(options)
     try:
         return anyio.run(_run_until_signal, options, display)
     finally:
         display.close()
+
+
+def _apply_profile(options: argparse.Namespace) -> None:
+    """Fill the options not given on the command line from the chosen profile."""
+    from kliko_async.profiles import load_profile
+
+    profile = load_profile(options.profile)
+    options.backend = options.backend or profile.backend or "docker"
+    options.partition = options.partition or profile.partition
+    options.slurm_opt = [*profile.slurm_opts, *options.slurm_opt]
+    options.engine = profile.engine or "auto"
+    options.cache_dir = options.cache_dir or profile.cache_dir
+    options.jobs = options.jobs or profile.jobs
+    if options.backend != "slurm" and (options.partition or options.slurm_opt):
+        raise ParameterError("--partition and --slurm-opt need --backend slurm")
+
+
+def _slurm_options(options: argparse.Namespace) -> Any:
+    if options.backend != "slurm":
+        return None
+    from kliko_async.runtime.slurm import SlurmOptions
+
+    return SlurmOptions(
+        partition=options.partition, sbatch_options=tuple(options.slurm_opt), engine=options.engine
+    )
 
 
 def _pick_display(options: argparse.Namespace) -> Any:
@@ -239,11 +282,18 @@ async def _run_until_signal(options: argparse.Namespace, display: Any) -> int:
             no_cache=options.no_cache,
             out=options.out,
             on_event=display,
+            backend=options.backend,
+            slurm=_slurm_options(options),
         ) as handle:
             pass
         return handle.result.ok
 
-    ok = await until_signal(work, what="removing running containers; finished steps stay cached")
+    what = (
+        "cancelling the run's Slurm jobs"
+        if options.backend == "slurm"
+        else "removing running containers"
+    )
+    ok = await until_signal(work, what=f"{what}; finished steps stay cached")
     return 0 if ok else 1
 
 

@@ -1,0 +1,94 @@
+"""Profiles: named sets of ``run`` options in a config file, so a user need not repeat them.
+
+``$KLIKO_ASYNC_CONFIG``, else ``$XDG_CONFIG_HOME/kliko-async/config.yaml`` (or
+``~/.config/kliko-async/config.yaml``)::
+
+    default: cluster            # used when no --profile is given (optional)
+    profiles:
+      cluster:
+        backend: slurm
+        partition: compute
+        slurm_opts: [--account=radio, --qos=normal]
+        cache_dir: /shared/scratch/me/kliko-cache
+        jobs: 64
+
+Options given on the command line win over the profile's.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from kliko_async.errors import KlikoError
+
+
+class Profile(BaseModel):
+    """The ``run`` options one profile sets; unset ones keep their defaults."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    backend: Literal["docker", "slurm"] | None = None
+    partition: str | None = Field(None, description="Slurm partition (sbatch --partition).")
+    slurm_opts: tuple[str, ...] = Field((), description="Extra sbatch options, e.g. --account=X.")
+    engine: Literal["auto", "docker", "charliecloud"] | None = Field(
+        None, description="How Slurm jobs run containers on the nodes."
+    )
+    cache_dir: Path | None = None
+    jobs: int | None = Field(None, ge=1)
+
+
+class ConfigFile(BaseModel):
+    """The config file: named profiles and the one used by default."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    default: str | None = None
+    profiles: dict[str, Profile] = {}
+
+
+def config_path() -> Path:
+    if explicit := os.environ.get("KLIKO_ASYNC_CONFIG"):
+        return Path(explicit)
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "kliko-async" / "config.yaml"
+
+
+def load_profile(name: str | None) -> Profile:
+    """The profile ``name`` (or the file's default, or none) from the config file."""
+    path = config_path()
+    if not path.is_file():
+        if name is not None:
+            raise KlikoError(
+                f"no config file, so there is no profile '{name}'",
+                where=str(path),
+                hint="Write the file with a 'profiles:' mapping (see the README), or set "
+                "KLIKO_ASYNC_CONFIG to its path.",
+            )
+        return Profile()
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        config = ConfigFile.model_validate(data)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+        raise KlikoError(f"cannot read the config file: {error}", where=str(path)) from None
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'the file'}: {e['msg']}"
+            for e in error.errors()
+        )
+        raise KlikoError(f"invalid config file: {problems}", where=str(path)) from None
+    chosen = name or config.default
+    if chosen is None:
+        return Profile()
+    if chosen not in config.profiles:
+        known = ", ".join(sorted(config.profiles)) or "none"
+        raise KlikoError(
+            f"no profile '{chosen}' (profiles: {known})",
+            where=str(path),
+            hint="Pick one of them with --profile, or add it under 'profiles:'.",
+        )
+    return config.profiles[chosen]
