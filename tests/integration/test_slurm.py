@@ -1,0 +1,310 @@
+"""The Slurm backend on a real Slurm 22.05 cluster that scripts/slurm-cluster starts here.
+
+Two nodes with Docker (partition 'kliko', the default) and one without ('bare1', partition
+'bare', where containers run with Charliecloud). Every node sees this machine's filesystem, so
+the test's cache folder is shared as a site's NFS would be. With ``CI=true`` a cluster that does
+not come up is a failure, never a skip.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from conftest import KLIKO_ASYNC
+
+if TYPE_CHECKING:
+    from conftest import KlikoCli
+
+ROOT = Path(__file__).resolve().parents[2]
+DIAMOND = ROOT / "examples" / "chains" / "diamond.yaml"
+
+pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("example_images", "slurm_cluster")]
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster() -> None:
+    """The project's two-node test cluster, up (idempotent; it stays up for later tests)."""
+    in_ci = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+    if os.geteuid() != 0 and not in_ci:
+        pytest.skip("scripts/slurm-cluster needs root")
+    done = subprocess.run(
+        [str(ROOT / "scripts" / "slurm-cluster"), "up"], capture_output=True, text=True
+    )
+    if done.returncode != 0:
+        pytest.fail(f"scripts/slurm-cluster up failed:\n{done.stderr}")
+
+
+def slurm_jobs() -> list[dict[str, Any]]:
+    out = subprocess.run(
+        ["squeue", "--json", "--states=all"], capture_output=True, text=True, check=True
+    )
+    return list(json.loads(out.stdout)["jobs"])
+
+
+def last_job_id() -> int:
+    return max((int(j["job_id"]) for j in slurm_jobs()), default=0)
+
+
+def jobs_after(first: int) -> list[dict[str, Any]]:
+    """The kliko-async step jobs submitted after job ``first`` (not the cache checks)."""
+    return [
+        j
+        for j in slurm_jobs()
+        if int(j["job_id"]) > first
+        and j["name"].startswith("kliko-")
+        and j["name"] != "kliko-check-shared"
+    ]
+
+
+def active(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    states = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED"}
+    return [j for j in jobs if j["job_state"] in states]
+
+
+def tree_bytes(root: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
+    }
+
+
+def write_chain(tmp_path: Path, text: str) -> Path:
+    chain = tmp_path / "chain.yaml"
+    chain.write_text(text)
+    return chain
+
+
+def test_diamond_is_byte_identical_on_slurm_and_locally_and_a_rerun_submits_nothing(
+    kliko: KlikoCli, tmp_path: Path
+) -> None:
+    local = kliko("run", DIAMOND, "--plain", "--cache-dir", "local-cache", "--out", "local")
+    assert local.returncode == 0, local.stdout + local.stderr
+    first = last_job_id()
+    slurm = kliko(
+        "run", DIAMOND, "--backend", "slurm", "--plain", "--cache-dir", "c", "--out", "slurm"
+    )
+    assert slurm.returncode == 0, slurm.stdout + slurm.stderr
+    assert sorted(j["name"].rsplit("-", 1)[1] for j in jobs_after(first)) == [
+        "gen",
+        "lower",
+        "merge",
+        "upper",
+    ]
+    assert tree_bytes(tmp_path / "slurm") == tree_bytes(tmp_path / "local")
+    assert len(tree_bytes(tmp_path / "local")) >= 4
+    # The saved log of each step is complete, as for local steps.
+    assert "gen: writing 5 lines" in slurm.stdout
+
+    before_rerun = last_job_id()
+    again = kliko("run", DIAMOND, "--backend", "slurm", "--plain", "--cache-dir", "c")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "4 cached" in again.stdout
+    assert last_job_id() == before_rerun, "a fully cached re-run submitted a job"
+
+
+def test_independent_steps_run_on_both_nodes(kliko: KlikoCli, tmp_path: Path) -> None:
+    # Each branch wants a whole node's CPUs, so Slurm must put them on different nodes.
+    branches = "\n".join(
+        f"  b{i}: {{image: example/sleep, params: {{seconds: 1, tag: b{i}}}, "
+        "resources: {cpus: 8}}"
+        for i in range(2)
+    )
+    chain = write_chain(tmp_path, f"steps:\n{branches}\n")
+    first = last_job_id()
+    done = kliko("run", chain, "--backend", "slurm", "--plain", "--cache-dir", "c")
+    assert done.returncode == 0, done.stdout + done.stderr
+    jobs = jobs_after(first)
+    assert len(jobs) == 2
+    assert sorted(j["nodes"] for j in jobs) == ["node1", "node2"]
+    assert all(j["cpus_per_task"] == 8 and j["job_state"] == "COMPLETED" for j in jobs)
+    assert (tmp_path / "kliko-out" / "b1" / "slept.txt").read_text() == "slept 1 b1\n"
+
+
+FAILING = """\
+steps:
+  broken: {image: example/fail, params: {code: 7, message: disk on fire}}
+  after: {image: example/upper, inputs: [broken]}
+  other: {image: example/sleep, params: {seconds: 3, tag: other}}
+"""
+
+
+def test_a_failing_step_reports_its_exit_code_and_its_dependents_are_not_submitted(
+    kliko: KlikoCli, tmp_path: Path
+) -> None:
+    chain = write_chain(tmp_path, FAILING)
+    first = last_job_id()
+    done = kliko("run", chain, "--backend", "slurm", "--plain", "--cache-dir", "c")
+    assert done.returncode == 1
+    assert "broken | FAILED: exited with code 7" in done.stdout
+    assert "disk on fire" in done.stdout  # its last lines, from the followed log
+    assert "after | skipped: input 'broken' did not finish" in done.stdout
+    names = {j["name"].rsplit("-", 1)[1] for j in jobs_after(first)}
+    assert "after" not in names
+    saved = list((tmp_path / "c" / "logs").rglob("broken.log"))
+    assert saved and "disk on fire" in saved[0].read_text()
+
+
+def test_keep_going_runs_the_independent_branch_on_slurm(kliko: KlikoCli, tmp_path: Path) -> None:
+    chain = write_chain(tmp_path, FAILING)
+    done = kliko("run", chain, "--backend", "slurm", "--plain", "--cache-dir", "c", "--keep-going")
+    assert done.returncode == 1
+    assert "other | done" in done.stdout
+    assert "after | skipped" in done.stdout
+    assert (tmp_path / "kliko-out" / "other" / "slept.txt").read_text() == "slept 3.0 other\n"
+
+
+def test_a_seconds_level_timeout_stops_the_job(kliko: KlikoCli, tmp_path: Path) -> None:
+    chain = write_chain(
+        tmp_path,
+        "steps:\n  slow: {image: example/sleep, params: {seconds: 60, tag: t}, timeout: 2}\n",
+    )
+    first = last_job_id()
+    started = time.monotonic()
+    done = kliko("run", chain, "--backend", "slurm", "--plain", "--cache-dir", "c")
+    took = time.monotonic() - started
+    assert done.returncode == 1
+    assert "slow | FAILED: timed out after 2 s" in done.stdout
+    assert took < 30, f"a 2 s timeout took {took:.1f} s"
+    (job,) = jobs_after(first)
+    assert job["job_state"] == "CANCELLED"
+    assert job["time_limit"] == 2  # minutes: 2 s + the job's own margin, rounded up
+
+
+def test_an_impossible_request_fails_with_slurms_reason(kliko: KlikoCli, tmp_path: Path) -> None:
+    chain = write_chain(
+        tmp_path,
+        "steps:\n"
+        "  huge: {image: example/sleep, params: {seconds: 0}, resources: {memory: 64g}}\n"
+        "  gpu: {image: example/sleep, params: {seconds: 0, tag: g}, resources: {gpus: 1}}\n",
+    )
+    started = time.monotonic()
+    done = kliko("run", chain, "--backend", "slurm", "--plain", "--cache-dir", "c", "--keep-going")
+    assert done.returncode == 1
+    assert time.monotonic() - started < 30
+    assert "huge | FAILED: Slurm refused the job: sbatch: error: Memory specification" in (
+        done.stdout
+    )
+    assert "gpu | FAILED: Slurm refused the job: sbatch: error: Invalid generic resource" in (
+        done.stdout
+    )
+
+
+def test_charliecloud_runs_the_steps_on_a_node_without_docker(
+    kliko: KlikoCli,
+    tmp_path: Path,
+    container_creations: Callable[[float, float], list[dict[str, str]]],
+) -> None:
+    local = kliko("run", DIAMOND, "--plain", "--cache-dir", "local-cache", "--out", "local")
+    assert local.returncode == 0, local.stdout + local.stderr
+    first = last_job_id()
+    since = time.time()
+    done = kliko(
+        "run", DIAMOND, "--backend", "slurm", "--partition", "bare", "--plain",
+        "--cache-dir", "c", "--out", "bare",
+    )  # fmt: skip
+    until = time.time()
+    assert done.returncode == 0, done.stdout + done.stderr
+    jobs = jobs_after(first)
+    assert len(jobs) == 4 and {j["nodes"] for j in jobs} == {"bare1"}
+    # No Docker container ran the steps: ch-run did, on the image converted into the cache.
+    run_id = done.stdout.split()[1].rstrip(":")
+    mine = [c for c in container_creations(since, until) if c.get("io.kliko-async.run") == run_id]
+    assert mine == []
+    assert list((tmp_path / "c" / "slurm" / "images").iterdir())
+    assert tree_bytes(tmp_path / "bare") == tree_bytes(tmp_path / "local")
+
+
+SLOW = """\
+steps:
+  a: {image: example/sleep, params: {seconds: 60, tag: a}}
+  b: {image: example/sleep, params: {seconds: 60, tag: b}}
+  c: {image: example/sleep, params: {seconds: 60, tag: c}, resources: {cpus: 8}}
+  d: {image: example/sleep, params: {seconds: 60, tag: d}, resources: {cpus: 8}}
+  e: {image: example/sleep, params: {seconds: 60, tag: e}, resources: {cpus: 8}}
+"""
+
+
+def wait_until(check: Callable[[], bool], what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def test_sigterm_mid_run_leaves_no_job_pending_or_running(kliko: KlikoCli, tmp_path: Path) -> None:
+    chain = write_chain(tmp_path, SLOW)
+    first = last_job_id()
+    log = tmp_path / "run.log"
+    process = kliko.popen(
+        "run", chain, "--backend", "slurm", "--plain", "--cache-dir", "c", log=log
+    )
+    try:
+        # Some jobs run, at least one waits for a node (c, d, e each need a whole node).
+        wait_until(
+            lambda: {j["job_state"] for j in jobs_after(first)} >= {"RUNNING", "PENDING"},
+            "running and pending jobs",
+        )
+        wait_until(lambda: "| started" in log.read_text(), "a started step")
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 143, log.read_text()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    jobs = jobs_after(first)
+    assert len(jobs) >= 3
+    assert active(jobs) == []
+    assert {j["job_state"] for j in jobs} == {"CANCELLED"}
+    assert not list((tmp_path / "c" / "tmp").iterdir())  # no staging folder left
+
+
+def test_a_later_run_cancels_the_jobs_of_a_killed_run(kliko: KlikoCli, tmp_path: Path) -> None:
+    chain = write_chain(
+        tmp_path, "steps:\n  a: {image: example/sleep, params: {seconds: 120, tag: kill9}}\n"
+    )
+    first = last_job_id()
+    log = tmp_path / "run.log"
+    process = kliko.popen(
+        "run", chain, "--backend", "slurm", "--plain", "--cache-dir", "c", log=log
+    )
+    try:
+        wait_until(lambda: "| started" in log.read_text(), "a started step")
+    finally:
+        process.kill()  # kill -9: nothing cleans up
+        process.wait()
+    assert [j["job_state"] for j in jobs_after(first)] == ["RUNNING"]
+    (tmp_path / "other").mkdir()
+    other = write_chain(tmp_path / "other", "steps:\n  x: {image: example/gen, params: {n: 1}}\n")
+    done = kliko("run", other, "--backend", "slurm", "--plain", "--cache-dir", "c")
+    assert done.returncode == 0, done.stdout + done.stderr
+    leftover = [j for j in jobs_after(first) if j["name"].endswith("-a")]
+    assert [j["job_state"] for j in leftover] == ["CANCELLED"]
+
+
+def test_a_cache_the_nodes_cannot_see_is_refused(kliko: KlikoCli, tmp_path: Path) -> None:
+    # In a mount namespace of its own, kliko-async's cache is a tmpfs that no node can see.
+    hidden = tmp_path / "hidden"
+    hidden.mkdir()
+    script = (
+        f"mount -t tmpfs none {hidden} && exec {KLIKO_ASYNC} run {DIAMOND} "
+        f"--backend slurm --plain --cache-dir {hidden}/cache"
+    )
+    done = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+        cwd=tmp_path,
+        env=kliko.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "is not visible at the same path on node(s) node1, node2" in done.stderr
+    assert "Traceback" not in done.stderr
