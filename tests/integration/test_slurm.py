@@ -124,8 +124,8 @@ def test_independent_steps_run_on_both_nodes(kliko: KlikoCli, tmp_path: Path) ->
     jobs = jobs_after(first)
     assert len(jobs) == 2
     assert sorted(j["nodes"] for j in jobs) == ["node1", "node2"]
-    assert all(j["cpus_per_task"] == 8 and j["job_state"] == "COMPLETED" for j in jobs)
-    assert (tmp_path / "kliko-out" / "b1" / "slept.txt").read_text() == "slept 1 b1\n"
+    assert all(j["cpus"] == 8 and j["job_state"] == "COMPLETED" for j in jobs)
+    assert (tmp_path / "kliko-out" / "b1" / "slept.txt").read_text() == "slept 1.0 b1\n"
 
 
 FAILING = """\
