@@ -286,6 +286,8 @@ class SlurmRuntime:
         else:  # a job without parameters (not one the scheduler makes)
             folder = self.folder / "jobs" / secrets.token_hex(8)
         folder.mkdir(parents=True, exist_ok=True)
+        for name in ("started", "status", "timed-out", "stdout", "stderr"):
+            (folder / name).unlink(missing_ok=True)  # of an earlier job in this folder
         return folder
 
     async def _submit(

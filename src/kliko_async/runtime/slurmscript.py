@@ -65,6 +65,7 @@ def job_script(
         inputs=inputs,
         limit=f"{limit:.3f}" if limit is not None else "",
         cpus=f"{job.cpus:g}" if job.cpus is not None else 1,
+        memory=job.memory or "",
     )
 
 
@@ -79,6 +80,8 @@ def _shell(args: list[str]) -> str:
 def docker_command(job: ContainerJob) -> list[str]:
     """``docker run`` for ``job``, as ``runtime/docker.py`` configures the container."""
     args = ["docker", "run", "--name", "$CNAME", "--network", "bridge", "--init=false"]
+    if job.memory is None:  # nothing to ask the engine afterwards (was it out of memory?)
+        args.append("--rm")
     for key, value in {f"{LABEL_PREFIX}.managed": "1", **job.labels}.items():
         args += ["--label", f"{key}={value}"]
     for mount in job.mounts:
@@ -172,7 +175,7 @@ wait "$pid"
 code=$?
 [ -n "$watchdog" ] && kill "$watchdog" 2>/dev/null
 oom=false
-if [ "$engine" = docker ]; then
+if [ "$engine" = docker ] && [ -n "{memory}" ]; then
     oom=$(docker inspect --format '{{{{.State.OOMKilled}}}}' "$CNAME" 2>/dev/null || echo false)
     docker rm -f "$CNAME" >/dev/null 2>&1
 fi
