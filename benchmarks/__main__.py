@@ -17,7 +17,7 @@ from pathlib import Path
 
 import anyio
 
-from benchmarks import bigoutput, cached, fanout, logflood, overhead, scheduler
+from benchmarks import bigoutput, cached, fanout, logflood, overhead, scheduler, slurmfanout
 from benchmarks.harness import (
     RESULTS_DIR,
     Config,
@@ -43,7 +43,9 @@ SCENARIOS: dict[str, tuple[Scenario, bool]] = {
     scheduler.NAME: (scheduler.run, False),
     logflood.NAME: (logflood.run, True),
     bigoutput.NAME: (bigoutput.run, True),
+    slurmfanout.NAME: (slurmfanout.run, True),  # only with --only: needs scripts/slurm-cluster
 }
+OPT_IN = {slurmfanout.NAME}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -99,7 +101,7 @@ async def run_all(names: list[str], cfg: Config) -> list[ScenarioResult]:
 
 def main(argv: list[str] | None = None) -> int:
     options = parse_args(argv)
-    names = options.only or list(SCENARIOS)
+    names = options.only or [n for n in SCENARIOS if n not in OPT_IN]
     meta = machine_info()
     meta["command"] = shlex.join(["python", "-m", "benchmarks", *sys.argv[1:]])
     meta["quick"] = options.quick

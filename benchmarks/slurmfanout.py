@@ -1,0 +1,113 @@
+"""Fan-out on Slurm: one source step feeding 16 branches of 2 s each, on the two-node cluster.
+
+Needs the test cluster (``scripts/slurm-cluster up``, as root); not part of the default run.
+Floor: a bare shell script that submits the same 17 jobs with ``sbatch`` at once, the branches
+with ``--dependency=afterok:<source>``, each running the same container (example/sleep, with
+the same parameters.json and /output mounts) with ``docker run --rm``, then waits until none is
+pending or running (``squeue`` every 0.1 s). kliko-async: the same chain as ``fanout``, with
+``backend="slurm"``, ``jobs=16``, a fresh cache. Both sides interleaved; medians.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+
+import anyio
+
+from benchmarks.harness import Config, ScenarioResult, interleaved, remove_tree
+from kliko_async import api
+from kliko_async.chain import parse_chain
+
+NAME = "slurm-fanout"
+IMAGE = "example/sleep"
+
+FLOOR_SCRIPT = """\
+#!/bin/bash
+# The floor: the fan-out's 17 jobs as a bare sbatch script would submit them.
+set -euo pipefail
+dir=$1; image=$2; branches=$3; seconds=$4
+job() { # $1: name, $2: seconds, $3..: sbatch options
+    local name=$1 secs=$2; shift 2
+    mkdir -p "$dir/$name/out"
+    printf '{"seconds": %s, "tag": "%s"}' "$secs" "$name" >"$dir/$name/parameters.json"
+    sbatch --parsable --job-name="floor-$name" --output=/dev/null "$@" --wrap \\
+        "docker run --rm --user $(id -u):$(id -g) \\
+         -v $dir/$name/parameters.json:/parameters.json:ro \\
+         -v $dir/$name/out:/output $image /kliko"
+}
+src=$(job src 0)
+ids=$src
+for i in $(seq -w 0 $((branches - 1))); do
+    ids+=,$(job "b$i" "$seconds" --dependency=afterok:"$src")
+done
+while [ -n "$(squeue -h -t PD,R,CF,CG -j "$ids" -o %i)" ]; do sleep 0.1; done
+"""
+
+
+async def run(cfg: Config) -> ScenarioResult:
+    branches = 16
+    seconds = 2.0
+    reps = cfg.repeats(3, 1)
+    result = ScenarioResult(
+        NAME,
+        f"1 source -> {branches} branches of {seconds:g} s on Slurm, jobs={branches}, "
+        "vs a bare sbatch script",
+        params={"branches": branches, "seconds": seconds, "reps": reps, "image": IMAGE},
+    )
+    floor_script = cfg.workdir / "slurm-floor.sh"
+    floor_script.write_text(FLOOR_SCRIPT)
+    floor_script.chmod(0o755)
+
+    async def floor(rep: int) -> None:
+        work = cfg.tmp(f"slurm-floor-{rep}")
+        started = time.perf_counter()
+        await anyio.run_process(
+            [str(floor_script), str(work), IMAGE, str(branches), f"{seconds:g}"], check=True
+        )
+        result.add("floor_wall_s", time.perf_counter() - started)
+        assert (work / "b15" / "out" / "slept.txt").is_file(), "the floor's fan-out failed"
+        remove_tree(work)
+
+    async def kliko(rep: int) -> None:
+        work = cfg.tmp(f"slurm-kliko-{rep}")
+        nonce = uuid.uuid4().hex[:8]
+        steps: dict[str, object] = {
+            "src": {"image": IMAGE, "params": {"seconds": 0, "tag": f"{nonce}-src"}}
+        }
+        for i in range(branches):
+            steps[f"b{i:02d}"] = {
+                "image": IMAGE,
+                "params": {"seconds": seconds, "tag": f"{nonce}-{i}"},
+                "inputs": ["src"],
+            }
+        chain = parse_chain({"steps": steps}, source="benchmarks/slurmfanout", base_dir=work)
+        started = time.perf_counter()
+        outcome = await api.run(chain, cache_dir=work / "cache", jobs=branches, backend="slurm")
+        result.add("kliko_wall_s", time.perf_counter() - started)
+        assert outcome.ok and outcome.count("done") == branches + 1, "the fan-out failed"
+        remove_tree(work)
+
+    await interleaved(reps, [("floor", floor), ("kliko-async", kliko)])
+    nodes = await _nodes_of_last_jobs(branches)
+    result.notes.append(f"branches ran on: {nodes}")
+    result.row(
+        "wall time, source + 16 branches",
+        "s",
+        floor=result.median("floor_wall_s"),
+        kliko=result.median("kliko_wall_s"),
+    )
+    result.row("ideal (source + 2 s, no overhead)", "s", floor=seconds, kliko=seconds)
+    return result
+
+
+async def _nodes_of_last_jobs(count: int) -> str:
+    """Where the last run's branches ran, from ``squeue --json`` (both nodes, one hopes)."""
+    done = await anyio.run_process(["squeue", "--json", "--states=all"])
+    jobs = [j for j in json.loads(done.stdout)["jobs"] if str(j["name"]).startswith("kliko-")]
+    last = sorted(jobs, key=lambda j: int(j["job_id"]))[-count:]
+    counts: dict[str, int] = {}
+    for job in last:
+        counts[str(job["nodes"])] = counts.get(str(job["nodes"]), 0) + 1
+    return ", ".join(f"{n}: {c}" for n, c in sorted(counts.items()))
