@@ -172,6 +172,8 @@ def test_a_seconds_level_timeout_stops_the_job(kliko: KlikoCli, tmp_path: Path) 
     took = time.monotonic() - started
     assert done.returncode == 1
     assert "slow | FAILED: timed out after 2 s" in done.stdout
+    # Its first line was followed while the job ran: the container never finished.
+    assert "slow | sleep: 60.0s" in done.stdout
     assert took < 30, f"a 2 s timeout took {took:.1f} s"
     (job,) = jobs_after(first)
     assert job["job_state"] == "CANCELLED"
