@@ -164,20 +164,20 @@ def test_keep_going_runs_the_independent_branch_on_slurm(kliko: KlikoCli, tmp_pa
 def test_a_seconds_level_timeout_stops_the_job(kliko: KlikoCli, tmp_path: Path) -> None:
     chain = write_chain(
         tmp_path,
-        "steps:\n  slow: {image: example/sleep, params: {seconds: 60, tag: t}, timeout: 2}\n",
+        "steps:\n  slow: {image: example/sleep, params: {seconds: 60, tag: t}, timeout: 5}\n",
     )
     first = last_job_id()
     started = time.monotonic()
     done = kliko("run", chain, "--backend", "slurm", "--plain", "--cache-dir", "c")
     took = time.monotonic() - started
     assert done.returncode == 1
-    assert "slow | FAILED: timed out after 2 s" in done.stdout
+    assert "slow | FAILED: timed out after 5 s" in done.stdout
     # Its first line was followed while the job ran: the container never finished.
     assert "slow | sleep: 60.0s" in done.stdout
-    assert took < 30, f"a 2 s timeout took {took:.1f} s"
+    assert took < 30, f"a 5 s timeout took {took:.1f} s"
     (job,) = jobs_after(first)
     assert job["job_state"] == "CANCELLED"
-    assert job["time_limit"] == 2  # minutes: 2 s + the job's own margin, rounded up
+    assert job["time_limit"] == 2  # minutes: 5 s + the job's own margin, rounded up
 
 
 def test_an_impossible_request_fails_with_slurms_reason(kliko: KlikoCli, tmp_path: Path) -> None:

@@ -27,6 +27,8 @@ import socket
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
+import aiodocker
+import aiohttp
 import anyio
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -34,12 +36,14 @@ from kliko_async.durable import remove_tree
 from kliko_async.errors import ContainerError, RuntimeUnavailable
 from kliko_async.runtime.base import (
     LABEL_PREFIX,
+    OWNER_LABEL,
     ContainerExit,
     ContainerJob,
     ImageFiles,
     LineSplitter,
     LogSink,
     Stream,
+    owner_label,
 )
 from kliko_async.runtime.docker import DockerRuntime
 from kliko_async.runtime.slurmqueue import (
@@ -450,7 +454,12 @@ class SlurmRuntime:
     # -- Charliecloud images -----------------------------------------------------------------
 
     async def _charliecloud_image(self, image_id: str) -> Path:
-        """The image converted for ``ch-run``, once per image ID, kept in the cache folder."""
+        """The image converted for ``ch-run``, once per image ID, kept in the cache folder.
+
+        The image's filesystem is exported from the local engine (``docker export`` of a
+        created container: no tag is added or removed, so no image can be lost) and unpacked
+        by ``ch-convert``; its environment is written where ``ch-run --set-env`` reads it.
+        """
         final = self.folder / "images" / image_id.removeprefix("sha256:")
         lock = self._converting.setdefault(image_id, anyio.Lock())
         async with lock:
@@ -458,34 +467,17 @@ class SlurmRuntime:
                 return final
             final.parent.mkdir(parents=True, exist_ok=True)
             tmp = final.parent / f".{final.name}.{socket.gethostname()}.{os.getpid()}"
+            archive = tmp.with_name(tmp.name + ".tar")
             remove_tree(tmp)
-            env = dict(os.environ)
-            env.setdefault("USER", _user_name())
-            # ch-convert finds Docker images by name only: a temporary tag of this process.
-            name = f"kliko-async-convert/{final.name[:12]}:{os.getpid()}"
-            await self._docker.client.images.tag(image_id, name.split(":")[0], tag=str(os.getpid()))
             try:
-                done = await anyio.run_process(
-                    ["ch-convert", "-i", "docker", "-o", "dir", name, str(tmp)],
-                    check=False,
-                    env=env,
-                )
-            except OSError as error:
-                raise ContainerError(
-                    f"cannot convert the image for Charliecloud ({error}); install Charliecloud "
-                    "or set engine: docker"
-                ) from None
+                image_env = await self._export(image_id, archive)
+                await self._unpack(archive, tmp, image_id)
             finally:
-                with anyio.CancelScope(shield=True):
-                    await self._docker.client.images.delete(name)
-            if done.returncode != 0:
-                remove_tree(tmp)
-                raise ContainerError(
-                    f"ch-convert could not convert image {image_id[:19]}: {command_error(done)}"
-                )
-            for mount_point in ("input", "output", "work", "param_files", "tmp", "home"):
+                archive.unlink(missing_ok=True)
+            for mount_point in ("input", "output", "work", "param_files", "tmp", "home", "ch"):
                 (tmp / mount_point).mkdir(exist_ok=True)
             (tmp / "parameters.json").touch()
+            (tmp / "ch" / "environment").write_text("".join(f"{e}\n" for e in image_env))
             try:
                 os.rename(tmp, final)
             except OSError:
@@ -493,6 +485,61 @@ class SlurmRuntime:
                 if not final.is_dir():
                     raise
             return final
+
+    async def _export(self, image_id: str, archive: Path) -> list[str]:
+        """Write the image's filesystem to ``archive``; the image's environment (KEY=VALUE)."""
+        client = self._docker.client
+        try:
+            info = await client.images.inspect(image_id)
+            container = await client.containers.create(
+                {
+                    "Image": image_id,
+                    "Cmd": ["/kliko"],
+                    "Entrypoint": [],
+                    "Labels": {
+                        f"{LABEL_PREFIX}.managed": "1",
+                        f"{LABEL_PREFIX}.probe": "1",
+                        OWNER_LABEL: owner_label(),
+                    },
+                }
+            )
+        except (aiodocker.DockerError, aiohttp.ClientError, OSError) as error:
+            raise ContainerError(f"cannot export image {image_id[:19]}: {error}") from None
+        try:
+            async with (
+                client._query(
+                    f"containers/{container.id}/export", method="GET", timeout=None
+                ) as response,
+                await anyio.open_file(archive, "wb") as handle,
+            ):
+                async for chunk in response.content.iter_chunked(1 << 20):
+                    await handle.write(chunk)
+        except (aiodocker.DockerError, aiohttp.ClientError, OSError) as error:
+            raise ContainerError(f"cannot export image {image_id[:19]}: {error}") from None
+        finally:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(CLEANUP_DEADLINE_SECONDS):
+                await self._docker.remove_container(container.id)
+        return [str(e) for e in (info.get("Config") or {}).get("Env") or []]
+
+    async def _unpack(self, archive: Path, target: Path, image_id: str) -> None:
+        env = dict(os.environ)
+        env.setdefault("USER", _user_name())
+        try:
+            done = await anyio.run_process(
+                ["ch-convert", "-i", "tar", "-o", "dir", str(archive), str(target)],
+                check=False,
+                env=env,
+            )
+        except OSError as error:
+            raise ContainerError(
+                f"cannot convert the image for Charliecloud ({error}); install Charliecloud "
+                "on this machine, or set engine: docker"
+            ) from None
+        if done.returncode != 0:
+            remove_tree(target)
+            raise ContainerError(
+                f"ch-convert could not convert image {image_id[:19]}: {command_error(done)}"
+            )
 
     # -- leftovers ---------------------------------------------------------------------------
 

@@ -152,7 +152,16 @@ finish() {{
 }}
 stop() {{ # the container, wherever it runs; the scancel/time limit path
     if [ "$engine" = docker ]; then
-        docker rm -f "$CNAME" >/dev/null 2>&1
+        # The engine may finish creating the container after its client was signalled: remove
+        # it until it stays gone.
+        local gone=0
+        for _ in $(seq 40); do
+            docker rm -f "$CNAME" >/dev/null 2>&1
+            gone=$((gone + 1))
+            docker container inspect "$CNAME" >/dev/null 2>&1 && gone=0
+            [ "$gone" -ge 2 ] && ! kill -0 "$pid" 2>/dev/null && break
+            sleep 0.25
+        done
     elif [ -n "$pid" ]; then
         kill -TERM "$pid" 2>/dev/null; sleep 2; kill -KILL "$pid" 2>/dev/null
     fi
