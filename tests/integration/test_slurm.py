@@ -70,6 +70,20 @@ def active(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [j for j in jobs if j["job_state"] in states]
 
 
+def job_containers(jobs: list[dict[str, Any]]) -> list[str]:
+    """Docker containers of these jobs that still exist (a job's container is its own: the
+    autouse check for leftovers does not count it)."""
+    found = []
+    for job in jobs:
+        found += subprocess.run(
+            ["docker", "ps", "-aq", "--filter", f"name=^kliko-slurm-{job['job_id']}$"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
+    return found
+
+
 def tree_bytes(root: Path) -> dict[str, bytes]:
     return {
         str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
@@ -265,6 +279,7 @@ def test_sigterm_mid_run_leaves_no_job_pending_or_running(kliko: KlikoCli, tmp_p
     assert len(jobs) >= 3
     assert active(jobs) == []
     assert {j["job_state"] for j in jobs} == {"CANCELLED"}
+    assert job_containers(jobs) == []
     assert not list((tmp_path / "c" / "tmp").iterdir())  # no staging folder left
 
 
@@ -289,6 +304,7 @@ def test_a_later_run_cancels_the_jobs_of_a_killed_run(kliko: KlikoCli, tmp_path:
     assert done.returncode == 0, done.stdout + done.stderr
     leftover = [j for j in jobs_after(first) if j["name"].endswith("-a")]
     assert [j["job_state"] for j in leftover] == ["CANCELLED"]
+    assert job_containers(leftover) == []
 
 
 def test_a_cache_the_nodes_cannot_see_is_refused(kliko: KlikoCli, tmp_path: Path) -> None:

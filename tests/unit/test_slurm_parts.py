@@ -32,7 +32,11 @@ JOB = ContainerJob(
     ),
     env={"GREETING": "hello world; $(rm -rf /)"},
     user="1000:1000",
-    labels={"io.kliko-async.run": "r1", "io.kliko-async.step": "merge"},
+    labels={
+        "io.kliko-async.run": "r1",
+        "io.kliko-async.step": "merge",
+        "io.kliko-async.owner": "login1:4242",
+    },
     memory=256 << 20,
     cpus=1.5,
     timeout=30,
@@ -49,6 +53,9 @@ def test_docker_run_has_the_local_runtimes_mounts_user_env_labels_and_limits() -
     assert ("-e", "GREETING=hello world; $(rm -rf /)") in pairs
     assert ("--label", "io.kliko-async.step=merge") in pairs
     assert ("--label", "io.kliko-async.managed=1") in pairs
+    # Owned by its job, so that no local run on the node's engine reaps it as a leftover.
+    assert ("--label", "io.kliko-async.owner=slurm:$SLURM_JOB_ID") in pairs
+    assert ("--label", "io.kliko-async.submitter=login1:4242") in pairs
     assert ("--memory", str(256 << 20)) in pairs and ("--memory-swap", str(256 << 20)) in pairs
     assert "--privileged" not in args
     assert args[-2:] == [JOB.image, "/kliko"]
@@ -77,6 +84,7 @@ def test_the_job_script_is_valid_bash_and_quotes_what_it_is_given(tmp_path: Path
     checked = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
     assert checked.returncode == 0, checked.stderr
     assert "'GREETING=hello world; $(rm -rf /)'" in text
+    assert '"io.kliko-async.owner=slurm:$SLURM_JOB_ID"' in text  # expanded by the job
     assert "sleep 40.000" in text  # the job's own time limit
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Literal
 
 from kliko_async.errors import ContainerError
-from kliko_async.runtime.base import LABEL_PREFIX, ContainerJob
+from kliko_async.runtime.base import LABEL_PREFIX, OWNER_LABEL, ContainerJob
 
 Engine = Literal["auto", "docker", "charliecloud"]
 
@@ -69,7 +69,12 @@ def job_script(
     )
 
 
-_SHELL_WORDS = {"$CNAME": '"$CNAME"', "USER=$USER": '"USER=$USER"', "$CPUS": '"$CPUS"'}
+_SHELL_WORDS = {
+    "$CNAME": '"$CNAME"',
+    "USER=$USER": '"USER=$USER"',
+    "$CPUS": '"$CPUS"',
+    f"{OWNER_LABEL}=slurm:$SLURM_JOB_ID": f'"{OWNER_LABEL}=slurm:$SLURM_JOB_ID"',
+}
 """Words the script must expand itself (the container's name, the user's name)."""
 
 
@@ -82,7 +87,11 @@ def docker_command(job: ContainerJob) -> list[str]:
     args = ["docker", "run", "--name", "$CNAME", "--network", "bridge", "--init=false"]
     if job.memory is None:  # nothing to ask the engine afterwards (was it out of memory?)
         args.append("--rm")
-    for key, value in {f"{LABEL_PREFIX}.managed": "1", **job.labels}.items():
+    labels = {f"{LABEL_PREFIX}.managed": "1", **job.labels}
+    if OWNER_LABEL in labels:  # the container is the job's: no local run may reap it as its own
+        labels[f"{LABEL_PREFIX}.submitter"] = labels[OWNER_LABEL]
+        labels[OWNER_LABEL] = "slurm:$SLURM_JOB_ID"
+    for key, value in labels.items():
         args += ["--label", f"{key}={value}"]
     for mount in job.mounts:
         args += ["-v", f"{mount.source}:{mount.target}:{'ro' if mount.read_only else 'rw'}"]
