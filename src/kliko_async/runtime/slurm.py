@@ -71,6 +71,9 @@ stops the job with scancel, comes first; the job's own limit holds when nobody i
 STATUS_GRACE_SECONDS = 3
 """After Slurm says a job ended, how long its status file may take to appear here."""
 
+SUBMIT_DEADLINE_SECONDS = 60
+"""How long one sbatch call may take (a controller that does not answer)."""
+
 PROBE_DEADLINE_SECONDS = 60
 """How long the shared-filesystem check at start waits for its job to run."""
 
@@ -270,7 +273,12 @@ class SlurmRuntime:
             )
         )
         script.chmod(0o755)
-        job_id = await self._submit(job, folder, script, limit)
+        job_id = ""
+        # Shielded: a job that sbatch submitted is known here, so a cancellation cancels it.
+        with anyio.CancelScope(shield=True), anyio.move_on_after(SUBMIT_DEADLINE_SECONDS):
+            job_id = await self._submit(job, folder, script, limit)
+        if not job_id:
+            raise ContainerError(f"sbatch did not answer within {SUBMIT_DEADLINE_SECONDS} s")
         try:
             return await self._follow(job_id, folder, on_log, on_start)
         except BaseException:
@@ -472,18 +480,18 @@ class SlurmRuntime:
             try:
                 image_env = await self._export(image_id, archive)
                 await self._unpack(archive, tmp, image_id)
+                for mount_point in ("input", "output", "work", "param_files", "tmp", "home", "ch"):
+                    (tmp / mount_point).mkdir(exist_ok=True)
+                (tmp / "parameters.json").touch()
+                (tmp / "ch" / "environment").write_text("".join(f"{e}\n" for e in image_env))
+                os.rename(tmp, final)  # atomic: a half-converted image is never used
+            except BaseException as error:
+                remove_tree(tmp)  # synchronous: runs even while being cancelled
+                if not (isinstance(error, OSError) and final.is_dir()):
+                    raise
+                # else another process won the rename: its image is as good
             finally:
                 archive.unlink(missing_ok=True)
-            for mount_point in ("input", "output", "work", "param_files", "tmp", "home", "ch"):
-                (tmp / mount_point).mkdir(exist_ok=True)
-            (tmp / "parameters.json").touch()
-            (tmp / "ch" / "environment").write_text("".join(f"{e}\n" for e in image_env))
-            try:
-                os.rename(tmp, final)
-            except OSError:
-                remove_tree(tmp)
-                if not final.is_dir():
-                    raise
             return final
 
     async def _export(self, image_id: str, archive: Path) -> list[str]:
