@@ -15,14 +15,11 @@ import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pytest
 
-from conftest import KLIKO_ASYNC
-
-if TYPE_CHECKING:
-    from conftest import KlikoCli
+from conftest import KLIKO_ASYNC, KlikoCli
 
 ROOT = Path(__file__).resolve().parents[2]
 DIAMOND = ROOT / "examples" / "chains" / "diamond.yaml"
@@ -96,11 +93,20 @@ def write_chain(tmp_path: Path, text: str) -> Path:
     return chain
 
 
-def test_diamond_is_byte_identical_on_slurm_and_locally_and_a_rerun_submits_nothing(
-    kliko: KlikoCli, tmp_path: Path
-) -> None:
-    local = kliko("run", DIAMOND, "--plain", "--cache-dir", "local-cache", "--out", "local")
+@pytest.fixture(scope="module")
+def local_diamond(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
+    """The diamond example's outputs from a local run (Docker on this machine)."""
+    folder = tmp_path_factory.mktemp("local-diamond")
+    local = KlikoCli(folder)("run", DIAMOND, "--plain", "--cache-dir", "c", "--out", "out")
     assert local.returncode == 0, local.stdout + local.stderr
+    outputs = tree_bytes(folder / "out")
+    assert len(outputs) >= 4
+    return outputs
+
+
+def test_diamond_is_byte_identical_on_slurm_and_locally_and_a_rerun_submits_nothing(
+    kliko: KlikoCli, tmp_path: Path, local_diamond: dict[str, bytes]
+) -> None:
     first = last_job_id()
     slurm = kliko(
         "run", DIAMOND, "--backend", "slurm", "--plain", "--cache-dir", "c", "--out", "slurm"
@@ -112,8 +118,7 @@ def test_diamond_is_byte_identical_on_slurm_and_locally_and_a_rerun_submits_noth
         "merge",
         "upper",
     ]
-    assert tree_bytes(tmp_path / "slurm") == tree_bytes(tmp_path / "local")
-    assert len(tree_bytes(tmp_path / "local")) >= 4
+    assert tree_bytes(tmp_path / "slurm") == local_diamond
     # The saved log of each step is complete, as for local steps.
     assert "gen: writing 5 lines" in slurm.stdout
 
@@ -146,7 +151,7 @@ FAILING = """\
 steps:
   broken: {image: example/fail, params: {code: 7, message: disk on fire}}
   after: {image: example/upper, inputs: [broken]}
-  other: {image: example/sleep, params: {seconds: 3, tag: other}}
+  other: {image: example/sleep, params: {seconds: 1, tag: other}}
 """
 
 
@@ -172,7 +177,7 @@ def test_keep_going_runs_the_independent_branch_on_slurm(kliko: KlikoCli, tmp_pa
     assert done.returncode == 1
     assert "other | done" in done.stdout
     assert "after | skipped" in done.stdout
-    assert (tmp_path / "kliko-out" / "other" / "slept.txt").read_text() == "slept 3.0 other\n"
+    assert (tmp_path / "kliko-out" / "other" / "slept.txt").read_text() == "slept 1.0 other\n"
 
 
 def test_a_seconds_level_timeout_stops_the_job(kliko: KlikoCli, tmp_path: Path) -> None:
@@ -217,9 +222,8 @@ def test_charliecloud_runs_the_steps_on_a_node_without_docker(
     kliko: KlikoCli,
     tmp_path: Path,
     container_creations: Callable[[float, float], list[dict[str, str]]],
+    local_diamond: dict[str, bytes],
 ) -> None:
-    local = kliko("run", DIAMOND, "--plain", "--cache-dir", "local-cache", "--out", "local")
-    assert local.returncode == 0, local.stdout + local.stderr
     first = last_job_id()
     since = time.time()
     done = kliko(
@@ -235,7 +239,7 @@ def test_charliecloud_runs_the_steps_on_a_node_without_docker(
     mine = [c for c in container_creations(since, until) if c.get("io.kliko-async.run") == run_id]
     assert mine == []
     assert list((tmp_path / "c" / "slurm" / "images").iterdir())
-    assert tree_bytes(tmp_path / "bare") == tree_bytes(tmp_path / "local")
+    assert tree_bytes(tmp_path / "bare") == local_diamond
 
 
 SLOW = """\
@@ -326,3 +330,29 @@ def test_a_cache_the_nodes_cannot_see_is_refused(kliko: KlikoCli, tmp_path: Path
     assert done.returncode == 1, done.stdout + done.stderr
     assert "is not visible at the same path on node(s) node1, node2" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_profile_sets_the_backend_partition_and_sbatch_options(
+    kliko: KlikoCli, tmp_path: Path
+) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        "default: cluster\n"
+        "profiles:\n"
+        "  cluster:\n"
+        "    backend: slurm\n"
+        "    partition: bare\n"
+        "    slurm_opts: [--comment-is-not-an-option-we-use=1]\n"
+        "    cache_dir: shared-cache\n"
+    )
+    kliko.env["KLIKO_ASYNC_CONFIG"] = str(config)
+    chain = write_chain(tmp_path, "steps:\n  g: {image: example/gen, params: {n: 2}}\n")
+    refused = kliko("run", chain, "--plain")
+    assert refused.returncode == 1  # the profile's sbatch option reached sbatch
+    assert "unrecognized option '--comment-is-not-an-option-we-use=1'" in refused.stderr
+    config.write_text(config.read_text().replace("[--comment-is-not-an-option-we-use=1]", "[]"))
+    first = last_job_id()
+    done = kliko("run", chain, "--plain")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert [j["nodes"] for j in jobs_after(first)] == ["bare1"]
+    assert (tmp_path / "shared-cache" / "slurm" / "images").is_dir()
