@@ -24,7 +24,11 @@ from conftest import KLIKO_ASYNC, KlikoCli
 ROOT = Path(__file__).resolve().parents[2]
 DIAMOND = ROOT / "examples" / "chains" / "diamond.yaml"
 
-pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("example_images", "slurm_cluster")]
+pytestmark = [
+    pytest.mark.docker,
+    pytest.mark.slurm,
+    pytest.mark.usefixtures("example_images", "slurm_cluster"),
+]
 
 
 @pytest.fixture(scope="session")
