@@ -29,10 +29,12 @@ from kliko_async.events import (
     StepCancelled,
     StepFailed,
     StepFinished,
+    StepPreparing,
     StepQueued,
     StepRetried,
     StepSkipped,
     StepStarted,
+    StepWaitingForLock,
 )
 from kliko_async.explain import IngredientChange, StepExplanation
 from kliko_async.results import RunResult, StepResult
@@ -70,11 +72,13 @@ __all__ = [
     "StepFailedEvent",
     "StepFailure",
     "StepFinished",
+    "StepPreparing",
     "StepQueued",
     "StepResult",
     "StepRetried",
     "StepSkipped",
     "StepStarted",
+    "StepWaitingForLock",
     "__version__",
     "chain_from_pairs",
     "dry_run",

@@ -25,7 +25,7 @@ from anyio.abc import TaskGroup
 from kliko_async.cache import Cache, default_cache_dir
 from kliko_async.chain import Chain, chain_from_pairs, load_chain
 from kliko_async.errors import KlikoError
-from kliko_async.events import Event, EventBus, EventSubscription
+from kliko_async.events import Event, EventBus, EventSubscription, RunFinished
 from kliko_async.explain import ManifestIndex, StepExplanation, explain_plan
 from kliko_async.images import ImageResolver, KlikoImage
 from kliko_async.paramfiles import FileSnapshots
@@ -368,6 +368,16 @@ async def _execute(
         jobs = jobs or await slurm_runtime.total_cpus()
         pool = ResourcePool(cpus=1 << 20, memory=1 << 62, gpus=1 << 20)  # Slurm accounts
     files = FileSnapshots(cache.private_path(f"files-{run_id}"), cache.root)
+    finished: list[RunFinished] = []
+
+    def emit(event: Event) -> None:
+        # The run's end is announced after the export, which may still fail it.
+        if isinstance(event, RunFinished):
+            finished.append(event)
+        else:
+            bus.emit(event)
+
+    exported = False
     try:
         async with open_runtime(runtime, close=owned) as rt:
             await remove_leftovers(rt)
@@ -386,7 +396,7 @@ async def _execute(
                 plan,
                 runtime=rt,
                 cache=cache,
-                emit=bus.emit,
+                emit=emit,
                 run_id=run_id,
                 jobs=jobs or machine_cpus(),
                 keep_going=keep_going,
@@ -394,8 +404,13 @@ async def _execute(
                 pool=pool,
             )
             result = await scheduler.run()
+        if out is not None:
+            export_outputs(result, Path(out))
+        exported = True
     finally:
         files.discard()  # synchronous: runs even while being cancelled
-    if out is not None:
-        export_outputs(result, Path(out))
+        for event in finished:
+            if not exported and event.ok:
+                event = event.model_copy(update={"ok": False, "outputs_copied": False})
+            bus.emit(event)
     return result

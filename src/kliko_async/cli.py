@@ -101,6 +101,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="first say why each step would run or where its cached result comes from",
     )
+    run.add_argument(
+        "--logs",
+        choices=("all", "failed", "none"),
+        default="all",
+        help="which container log lines are shown: all (default), only a failed step's last "
+        "lines, or none; every line is saved in the step's log whatever is shown",
+    )
 
     image = commands.add_parser(
         "run-image",
@@ -262,10 +269,10 @@ def _pick_display(options: argparse.Namespace) -> Any:
     if options.plain or options.quiet or not sys.stdout.isatty():
         from kliko_async.display.plain import PlainDisplay
 
-        return PlainDisplay(sys.stdout, quiet=options.quiet)
+        return PlainDisplay(sys.stdout, quiet=options.quiet, logs=options.logs)
     from kliko_async.display.live import LiveDisplay
 
-    return LiveDisplay()
+    return LiveDisplay(logs=options.logs)
 
 
 async def _run_until_signal(options: argparse.Namespace, display: Any) -> int:

@@ -32,6 +32,11 @@ class RunStarted(_Event):
     steps: list[str] = Field(description="Step names in a valid execution order.")
     images: dict[str, str] = Field(default_factory=dict, description="Step -> image reference.")
     jobs: int = Field(description="At most this many steps run at once.")
+    expected_s: dict[str, float] = Field(
+        default_factory=dict,
+        description="Step -> how long an earlier run of it (same step name and image) took, "
+        "for the steps to run whose past duration the cache knows; for an ETA.",
+    )
 
 
 class StepQueued(_Event):
@@ -45,6 +50,7 @@ class StepCached(_Event):
     step: str
     key: str
     original_duration_s: float = Field(description="How long the run that produced it took.")
+    waited_s: float = Field(0.0, description="Time spent waiting for another run to make it.")
 
 
 class ImageBuilding(_Event):
@@ -58,6 +64,18 @@ class ImageBuilt(_Event):
     step: str
     context: str
     image_id: str
+
+
+class StepPreparing(_Event):
+    kind: Literal["step_preparing"] = "step_preparing"
+    step: str
+    inputs: list[str] = Field(description="The inputs being copied into the step's /work.")
+
+
+class StepWaitingForLock(_Event):
+    kind: Literal["step_waiting_for_lock"] = "step_waiting_for_lock"
+    step: str
+    key: str
 
 
 class StepStarted(_Event):
@@ -80,7 +98,9 @@ class StepFinished(_Event):
     step: str
     key: str
     exit_code: int
-    duration_s: float
+    duration_s: float = Field(description="The step's own time, without waiting for a lock.")
+    waited_s: float = Field(0.0, description="Time spent waiting for another run's lock.")
+    log_path: str | None = Field(None, description="Where its full saved log is.")
 
 
 class StepFailed(_Event):
@@ -123,6 +143,9 @@ class RunFinished(_Event):
     wall_s: float
     saved_s: float = Field(description="Sum of the original durations of the cache hits.")
     ok: bool
+    outputs_copied: bool = Field(
+        True, description="False when copying the outputs to the run's --out folder failed."
+    )
 
 
 Event = Annotated[
@@ -131,6 +154,8 @@ Event = Annotated[
     | StepCached
     | ImageBuilding
     | ImageBuilt
+    | StepPreparing
+    | StepWaitingForLock
     | StepStarted
     | LogLine
     | StepFinished

@@ -32,10 +32,12 @@ from kliko_async.events import (
     StepCached,
     StepCancelled,
     StepFinished,
+    StepPreparing,
     StepQueued,
     StepRetried,
     StepSkipped,
     StepStarted,
+    StepWaitingForLock,
     log_line,
 )
 from kliko_async.events import (
@@ -56,6 +58,8 @@ from kliko_async.steplogs import run_log_dir
 from kliko_async.workspace import build_job
 
 LAST_LINES = 20
+LOCK_PATIENCE_S = 0.25
+"""A key's lock not taken within this time is held by another run: the step says it waits."""
 
 
 class _Attempt(BaseModel):
@@ -101,15 +105,18 @@ class Scheduler:
         self._slots = anyio.CapacityLimiter(self.jobs)
         self._stopping = False
         self._owner = owner_label()
+        self._waited: dict[str, float] = {}
 
     async def run(self) -> RunResult:
         started = time.monotonic()
+        expected = await anyio.to_thread.run_sync(past_durations, self.cache, self.plan)
         self.emit(
             RunStarted(
                 run_id=self.run_id,
                 steps=self.plan.order,
                 images={n: s.image.ref for n, s in self.plan.steps.items()},
                 jobs=self.jobs,
+                expected_s=expected,
             )
         )
         for name in self.plan.to_run:
@@ -197,7 +204,8 @@ class Scheduler:
         async with self._slots, self.pool.claim(resources.cpus, resources.memory, resources.gpus):
             if self._stopping and attempt == 1:
                 return self._skip(planned, "an earlier step failed (use --keep-going to go on)")
-            async with self.cache.lock(key), contextlib.AsyncExitStack() as reading:
+            async with contextlib.AsyncExitStack() as reading:
+                await self._lock_key(planned, reading)
                 entry = self.cache.lookup(key)
                 if entry is not None and not planned.forced:
                     return self._cached(planned, entry)  # another run made it meanwhile
@@ -213,6 +221,20 @@ class Scheduler:
                 if not outcome.ok and attempt > planned.step.retries:
                     self._stop_unless_keep_going()  # before the slot goes to a waiting step
                 return outcome
+
+    async def _lock_key(self, planned: PlannedStep, stack: contextlib.AsyncExitStack) -> None:
+        """Hold the step's key's lock in ``stack``; if another run holds it, say so and count
+        the time waited, which is not the step's own."""
+        with anyio.move_on_after(LOCK_PATIENCE_S):
+            await stack.enter_async_context(self.cache.lock(planned.key))
+            return
+        self.emit(StepWaitingForLock(step=planned.name, key=planned.key))
+        waiting = time.monotonic()
+        try:
+            await stack.enter_async_context(self.cache.lock(planned.key))
+        finally:
+            waited = time.monotonic() - waiting
+            self._waited[planned.name] = self._waited.get(planned.name, 0.0) + waited
 
     def _stop_unless_keep_going(self) -> None:
         if not self.keep_going:
@@ -237,6 +259,7 @@ class Scheduler:
                 step=planned.name,
                 key=planned.key,
                 original_duration_s=entry.manifest.duration_s,
+                waited_s=self._waited.get(planned.name, 0.0),
             )
         )
         return StepResult(
@@ -254,10 +277,18 @@ class Scheduler:
     ) -> StepResult:
         """The step's result after its last attempt, announced as finished or failed."""
         step = planned.step
-        duration = time.monotonic() - started
+        waited = self._waited.get(step.name, 0.0)
+        duration = time.monotonic() - started - waited
         if outcome.ok and outcome.entry is not None:
             self.emit(
-                StepFinished(step=step.name, key=planned.key, exit_code=0, duration_s=duration)
+                StepFinished(
+                    step=step.name,
+                    key=planned.key,
+                    exit_code=0,
+                    duration_s=duration,
+                    waited_s=waited,
+                    log_path=str(outcome.entry.log_path),
+                )
             )
             return StepResult(
                 name=step.name,
@@ -321,6 +352,7 @@ class Scheduler:
                 timeout=step.timeout,
             )
             if planned.image.spec.io == "join" and step.inputs:
+                self.emit(StepPreparing(step=step.name, inputs=list(step.inputs)))
                 # Copying the inputs into /work may take long: in a worker thread, so that it
                 # never stalls the log streams and timers of the other running steps.
                 job = await anyio.to_thread.run_sync(prepare)
@@ -432,6 +464,25 @@ class Scheduler:
             )
 
         return on_start
+
+
+def past_durations(cache: Cache, plan: Plan) -> dict[str, float]:
+    """How long the latest cached run of each step to run (same name and image) took.
+
+    Read from the cache's manifests once per run, only when something is to run; for an ETA.
+    """
+    wanted = {(name, plan.steps[name].image.ref): name for name in plan.to_run}
+    if not wanted:
+        return {}
+    latest: dict[str, Manifest] = {}
+    for entry in cache.entries():
+        manifest = entry.manifest
+        name = wanted.get((manifest.step, manifest.image))
+        if name is not None and (
+            name not in latest or manifest.finished_at > latest[name].finished_at
+        ):
+            latest[name] = manifest
+    return {name: manifest.duration_s for name, manifest in latest.items()}
 
 
 async def remove_leftovers(runtime: Runtime) -> int:

@@ -8,7 +8,7 @@ import json
 from rich.console import Console
 
 from kliko_async.display.jsonl import JsonLinesDisplay
-from kliko_async.display.live import LiveDisplay, RunView
+from kliko_async.display.live import LiveDisplay
 from kliko_async.display.plain import PlainDisplay
 from kliko_async.events import (
     EVENT_ADAPTER,
@@ -80,6 +80,28 @@ def test_plain_display_prefixes_every_log_line_and_state_change_with_the_step() 
     assert lines[-1].startswith("run r1 FAILED: 1 ran, 1 cached, 1 failed, 1 skipped")
 
 
+def test_plain_logs_choice_shows_all_lines_a_failed_steps_last_lines_or_none() -> None:
+    for logs, expected in (
+        ("all", ["upper | upper: ./numbers.txt", "upper | warning: almost done"]),
+        ("failed", ["fail | something went wrong"]),
+        ("none", []),
+    ):
+        out = io.StringIO()
+        display = PlainDisplay(out, logs=logs)  # type: ignore[arg-type]
+        for event in sample_run():
+            display(event)
+        lines = out.getvalue().splitlines()
+        shown = [
+            line
+            for line in lines
+            if "|" in line
+            and line.split(" | ")[1]
+            in ("upper: ./numbers.txt", "warning: almost done", "something went wrong")
+        ]
+        assert shown == expected, logs
+        assert any(line.startswith("fail | FAILED") for line in lines)
+
+
 def test_quiet_display_shows_only_failures_and_the_summary() -> None:
     out = io.StringIO()
     display = PlainDisplay(out, quiet=True)
@@ -108,52 +130,6 @@ def test_json_display_writes_one_parseable_event_per_line() -> None:
         "text": "upper: ./numbers.txt",
         "time": None,
     }
-
-
-def render(view: RunView, width: int = 120) -> str:
-    console = Console(file=io.StringIO(), width=width, force_terminal=False, color_system=None)
-    console.print(view)
-    assert isinstance(console.file, io.StringIO)
-    return console.file.getvalue()
-
-
-def test_live_view_shows_a_row_per_step_with_state_and_running_log_lines() -> None:
-    view = RunView()
-    for event in sample_run()[:6]:  # up to upper's log lines: upper is running
-        view.update(event)
-    text = render(view)
-    assert "kliko-async run r1" in text
-    assert "1/4 settled" in text and "1/2 jobs running" in text
-    gen_row = next(line for line in text.splitlines() if line.strip().startswith("gen"))
-    assert "cached" in gen_row and "12.5s" in gen_row and "example/gen" in gen_row
-    upper_row = next(line for line in text.splitlines() if line.strip().startswith("upper"))
-    assert "running" in upper_row
-    assert "upper: ./numbers.txt" in text and "warning: almost done" in text
-
-
-def test_live_view_ends_with_a_summary_and_the_failed_steps_log() -> None:
-    view = RunView()
-    for event in sample_run():
-        view.update(event)
-    text = render(view)
-    fail_row = next(line for line in text.splitlines() if line.strip().startswith("fail"))
-    assert "failed" in fail_row and "exit 3" in fail_row
-    assert "summary" in text
-    assert "12.5s" in text  # time saved by the cache
-    assert "log of failed step fail: /cache/logs/r1/fail.log" in text
-    assert "upper: ./numbers.txt" not in text  # finished steps no longer show log lines
-    assert "something went wrong" in text  # a failed step shows its last lines: why it failed
-
-
-def test_live_view_keeps_only_the_last_few_lines_of_a_flood() -> None:
-    view = RunView()
-    view.update(sample_run()[0])
-    view.update(StepStarted(step="upper", key="k", container_id="c" * 64))
-    for i in range(100_000):
-        view.update(log_line("upper", "stdout", f"line {i}"))
-    text = render(view)
-    assert "line 99999" in text
-    assert "line 99990" not in text
 
 
 def test_live_display_renders_to_a_terminal_console() -> None:

@@ -1,178 +1,176 @@
-"""The rich live view on a terminal: one row per step, recent log lines, a summary at the end.
+"""The rich live view on a terminal: every log line and state change scrolls above a small
+status panel pinned at the bottom, each prefixed by its step's name in the step's colour, as
+``docker compose up`` does.
 
-Events only update a small state model (:class:`RunView`); ``rich.live.Live`` redraws it a few
-times a second on its own timer, so a container writing 100,000 lines a second costs one render
-per tick, not one per line.
+The event loop only appends what is to scroll to a queue and updates the panel's state
+(:class:`~kliko_async.display.runview.RunView`, under its lock); a drawing thread prints what
+queued and redraws the panel a few times a second, so a container writing 100,000 lines a
+second costs a few prints per second, not one per line. Past ``LINES_PER_SECOND`` lines of one
+step in a second, the screen shows a sample and says how many lines it left out and where the
+full log is; the saved log always holds every line.
 """
 
 from __future__ import annotations
 
-import time
+import threading
 from collections import deque
-from dataclasses import dataclass, field
 
-from rich.console import Console, ConsoleOptions, Group, RenderResult
+from rich.console import Console
+from rich.control import strip_control_codes
 from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from kliko_async.events import Event, RunFinished
+from kliko_async.display.runview import RunView
+from kliko_async.display.wording import LogChoice, step_message
+from kliko_async.events import Event, LogLine
 
-LOG_LINES_SHOWN = 3
-_STYLES = {
-    "waiting": "dim",
-    "running": "bold yellow",
-    "cached": "cyan",
-    "done": "green",
-    "failed": "bold red",
-    "skipped": "dim",
-    "cancelled": "magenta",
-    "building": "yellow",
-}
-
-
-@dataclass
-class StepView:
-    name: str
-    image: str = ""
-    state: str = "waiting"
-    started: float | None = None
-    duration: float | None = None
-    detail: str = ""
-    attempt: int = 1
-    lines: deque[str] = field(default_factory=lambda: deque(maxlen=LOG_LINES_SHOWN))
-
-
-class RunView:
-    """What the screen shows, updated from events, drawn by rich via ``__rich_console__``."""
-
-    def __init__(self) -> None:
-        self.run_id = ""
-        self.jobs = 0
-        self.steps: dict[str, StepView] = {}
-        self.finished: RunFinished | None = None
-        self.failed_logs: dict[str, str] = {}
-
-    def step(self, name: str) -> StepView:
-        view = self.steps.get(name)
-        if view is None:
-            view = self.steps[name] = StepView(name)
-        return view
-
-    def update(self, event: Event) -> None:
-        match event.kind:
-            case "log_line":
-                self.step(event.step).lines.append(event.text)
-            case "run_started":
-                self.run_id, self.jobs = event.run_id, event.jobs
-                for name in event.steps:
-                    self.step(name).image = event.images.get(name, "")
-            case "image_building":
-                self.step(event.step).state = "building"
-            case "step_cached":
-                view = self.step(event.step)
-                view.state, view.duration = "cached", event.original_duration_s
-            case "step_started":
-                view = self.step(event.step)
-                view.state, view.started, view.attempt = "running", time.monotonic(), event.attempt
-            case "step_finished":
-                view = self.step(event.step)
-                view.state, view.duration = "done", event.duration_s
-            case "step_failed":
-                view = self.step(event.step)
-                view.state = "failed"
-                if view.started is not None:
-                    view.duration = time.monotonic() - view.started
-                view.lines.clear()
-                view.lines.extend(event.last_lines[-LOG_LINES_SHOWN:])  # why, in its own words
-                code = f"exit {event.exit_code}: " if event.exit_code is not None else ""
-                view.detail = code + event.reason
-                if event.log_path:
-                    self.failed_logs[event.step] = event.log_path
-            case "step_retried":
-                self.step(event.step).detail = f"retry {event.attempt}: {event.reason}"
-            case "step_skipped":
-                view = self.step(event.step)
-                view.state, view.detail = "skipped", event.reason
-            case "step_cancelled":
-                self.step(event.step).state = "cancelled"
-            case "run_finished":
-                self.finished = event
-
-    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
-        states = [s.state for s in self.steps.values()]
-        settled = sum(s in ("done", "cached", "failed", "skipped", "cancelled") for s in states)
-        header = Text(f"kliko-async run {self.run_id}  ", style="bold")
-        header.append(f"{settled}/{len(states)} settled  ")
-        header.append(f"{states.count('running')}/{self.jobs} jobs running")
-        table = Table(box=None, expand=False, show_header=True, pad_edge=False)
-        for column in ("step", "state", "time", "image", "detail"):
-            table.add_column(column, overflow="ellipsis", no_wrap=True)
-        now = time.monotonic()
-        for view in self.steps.values():
-            table.add_row(
-                view.name,
-                Text(view.state, style=_STYLES.get(view.state, "")),
-                _time_of(view, now),
-                view.image,
-                view.detail,
-            )
-            if view.state in ("running", "failed"):
-                style = "dim" if view.state == "running" else "red"
-                for line in view.lines:
-                    table.add_row("", "", "", Text("  " + line, style=style), "")
-        yield header
-        yield table
-        if self.finished is not None:
-            yield summary(self.finished, self.failed_logs)
-
-
-def _time_of(view: StepView, now: float) -> str:
-    if view.state == "running" and view.started is not None:
-        return f"{now - view.started:.0f}s…"
-    if view.duration is not None:
-        return f"{view.duration:.1f}s"
-    return ""
-
-
-def summary(finished: RunFinished, failed_logs: dict[str, str]) -> Group:
-    table = Table(title="summary", title_justify="left", box=None)
-    for column in ("ran", "cached", "failed", "skipped", "wall time", "saved by cache"):
-        table.add_column(column)
-    table.add_row(
-        str(finished.ran),
-        str(finished.cached),
-        str(finished.failed),
-        str(finished.skipped),
-        f"{finished.wall_s:.1f}s",
-        f"{finished.saved_s:.1f}s",
-    )
-    logs = [Text(f"log of failed step {s}: {p}", style="red") for s, p in failed_logs.items()]
-    return Group(table, *logs)
+LINES_PER_SECOND = 50
+"""At most this many lines of one step scroll per second; the rest are counted, not shown."""
+SAMPLE_PER_SECOND = 3
+"""A step that went over the limit in the last second shows only this many: a sample."""
+_PREFIX_WIDTH = 16
+_STATE_STYLES = {"step_failed": "bold red", "step_cached": "cyan", "step_finished": "green"}
 
 
 class LiveDisplay:
-    """Feeds events into a RunView shown by ``rich.live.Live`` at a steady refresh rate."""
+    """An event consumer (``__call__(event)``, ``close()``) drawing the live view with rich."""
 
-    def __init__(self, console: Console | None = None, refresh_per_second: float = 4) -> None:
+    def __init__(
+        self,
+        console: Console | None = None,
+        refresh_per_second: float = 4,
+        *,
+        logs: LogChoice = "all",
+    ) -> None:
         self.view = RunView()
+        self.console = console or Console()
+        self._logs = logs
+        self._period = 1 / refresh_per_second
         self._live = Live(
             self.view,
-            console=console,
-            refresh_per_second=refresh_per_second,
+            console=self.console,
+            auto_refresh=False,
             transient=False,
             redirect_stdout=False,
-            redirect_stderr=False,
+            redirect_stderr=True,  # messages printed meanwhile (Ctrl-C) go above the panel
         )
-        self._started = False
+        self._queue: deque[LogLine | tuple[str, Text]] = (
+            deque()
+        )  # appended on the loop, taken by drawing
+        self._prefix_width = 4
+        self._second = 0  # advanced by the drawing thread: the flood limit's time window
+        self._window = 0
+        self._shown: dict[str, int] = {}  # lines of each step shown in this window (loop only)
+        self._flooding: set[str] = set()  # steps over the limit in the last window (loop only)
+        self._hidden: dict[str, int] = {}  # lines of each step not shown, in all
+        self._noted: dict[str, int] = {}  # of those, already reported (drawing thread only)
+        self._hidden_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._drawer: threading.Thread | None = None
 
     def __call__(self, event: Event) -> None:
-        if not self._started:
-            self._live.start()
-            self._started = True
+        if event.kind == "log_line":
+            if self._logs == "all":
+                self._log_line(event)
+            return
+        if self._drawer is None:
+            self._start()
         self.view.update(event)
+        if event.kind == "run_started":
+            longest = max((len(s) for s in event.steps), default=4)
+            self._prefix_width = min(_PREFIX_WIDTH, longest)
+            return
+        message = step_message(event)
+        if message is None:
+            return
+        step, text = message
+        self._queue.append((step, Text(text, style=_STATE_STYLES.get(event.kind, ""))))
+        if event.kind == "step_failed" and self._logs == "failed":
+            for last in event.last_lines:
+                self._queue.append((step, Text(strip_control_codes(last))))
+        if event.kind in ("step_failed", "step_finished", "step_cancelled"):
+            self._note_hidden(step, getattr(event, "log_path", None), final=True)
+
+    def _log_line(self, event: LogLine) -> None:
+        """The hot path of a flood: a few dictionary operations per line, no drawing."""
+        if self._window != self._second:
+            self._flooding = {s for s, n in self._shown.items() if n >= self._limit(s)}
+            self._window = self._second
+            self._shown.clear()
+        step = event.step
+        shown = self._shown.get(step, 0)
+        if shown < self._limit(step):
+            self._shown[step] = shown + 1
+            self._queue.append(event)
+        elif step in self._hidden:
+            self._hidden[step] += 1
+        else:
+            with self._hidden_lock:  # the drawing thread iterates the keys under this lock
+                self._hidden[step] = 1
+
+    def _limit(self, step: str) -> int:
+        return SAMPLE_PER_SECOND if step in self._flooding else LINES_PER_SECOND
+
+    def _note_hidden(self, step: str, log_path: str | None, *, final: bool) -> None:
+        with self._hidden_lock:
+            hidden = self._hidden.get(step, 0)
+            new = hidden - self._noted.get(step, 0)
+            self._noted[step] = hidden
+        if not hidden or (not final and not new):
+            return
+        if final:
+            where = f"; full log: {log_path}" if log_path else "; all saved in its log"
+            text = f"… {hidden:,} lines of this step were not shown{where}"
+        else:
+            text = f"… {new:,} more lines not shown (every line is saved in the step's log)"
+        self._queue.append((step, Text(text, style="dim italic")))
+
+    def _prefix(self, step: str) -> Text:
+        name = step if len(step) <= self._prefix_width else step[: self._prefix_width - 1] + "…"
+        return Text(f"{name:<{self._prefix_width}} |", style=self.view.colour(step))
+
+    def _start(self) -> None:
+        self._live.start(refresh=False)
+        self._drawer = threading.Thread(target=self._draw_loop, name="kliko-live", daemon=True)
+        self._drawer.start()
+
+    def _draw_loop(self) -> None:
+        ticks_per_second = max(1, round(1 / self._period))
+        tick = 0
+        while not self._stop.wait(self._period):
+            tick += 1
+            if tick % ticks_per_second == 0:
+                self._second += 1
+                with self._hidden_lock:
+                    flooding = [s for s, n in self._hidden.items() if n > self._noted.get(s, 0)]
+                for step in flooding:
+                    self._note_hidden(step, None, final=False)
+            self._draw()
+
+    def _draw(self) -> None:
+        """Print what queued above the panel (one print, which also redraws the panel)."""
+        queue = self._queue
+        if not queue:
+            self._live.refresh()
+            return
+        # Two columns: a long line folds within its own column, under its text, and never
+        # pushes the step's name away.
+        grid = Table.grid(padding=(0, 1))
+        grid.add_column(no_wrap=True)
+        grid.add_column(overflow="fold")
+        while queue:
+            item = queue.popleft()
+            if isinstance(item, tuple):
+                grid.add_row(self._prefix(item[0]), item[1])
+            else:
+                grid.add_row(self._prefix(item.step), Text(strip_control_codes(item.text)))
+        self.console.print(grid)
 
     def close(self) -> None:
-        if self._started:
-            self._live.refresh()
-            self._live.stop()
+        if self._drawer is None:
+            return
+        self._stop.set()
+        self._drawer.join()
+        self._draw()
+        self._live.stop()

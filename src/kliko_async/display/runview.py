@@ -1,0 +1,248 @@
+"""What the live view's pinned status panel shows: a small state model of the run, and its drawing.
+
+Events update :class:`RunView` on the event loop; rich draws it from its own thread. Both sides
+hold ``RunView.lock``, and drawing copies what it needs before it lets go, so an update never
+changes a container that is being read.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+
+from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
+from rich.control import strip_control_codes
+from rich.table import Table
+from rich.text import Text
+
+from kliko_async.display.wording import seconds
+from kliko_async.events import Event, RunFinished
+
+SETTLED = ("done", "cached", "failed", "skipped", "cancelled")
+ACTIVE = ("building", "preparing", "waiting for another run", "running")
+FAILED_LINES_SHOWN = 10
+"""A failed step's last lines in the final summary (its whole log is in the file named)."""
+STEP_COLOURS = ("cyan", "magenta", "green", "yellow", "blue", "bright_cyan", "bright_magenta")
+"""Colours of step names, by the step's place in the chain; red is kept for failures."""
+_STATE_STYLES = {
+    "running": "bold yellow",
+    "building": "yellow",
+    "preparing": "yellow",
+    "waiting for another run": "magenta",
+    "failed": "bold red",
+}
+_NAME_WIDTH = 24
+"""Step names longer than this are shortened in the panel (the scroll shows them whole)."""
+
+
+@dataclass
+class StepView:
+    name: str
+    colour: str
+    image: str = ""
+    state: str = "waiting"
+    since: float | None = None
+    """When the step entered its current active state (monotonic)."""
+    duration: float | None = None
+    expected: float | None = None
+    reason: str = ""
+    last_lines: list[str] = field(default_factory=list)
+    log_path: str | None = None
+
+
+class RunView:
+    """The run's state as the panel shows it, updated from events, drawn by rich."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.run_id = ""
+        self.jobs = 0
+        self.started = time.monotonic()
+        self.steps: dict[str, StepView] = {}
+        self.finished: RunFinished | None = None
+
+    def colour(self, name: str) -> str:
+        view = self.steps.get(name)
+        return view.colour if view is not None else STEP_COLOURS[0]
+
+    def update(self, event: Event) -> None:
+        with self.lock:
+            self._update(event)
+
+    def _step(self, name: str) -> StepView:
+        view = self.steps.get(name)
+        if view is None:
+            colour = STEP_COLOURS[len(self.steps) % len(STEP_COLOURS)]
+            view = self.steps[name] = StepView(name, colour)
+        return view
+
+    def _enter(self, name: str, state: str) -> StepView:
+        view = self._step(name)
+        if state != view.state:
+            view.state, view.since = state, time.monotonic()
+        return view
+
+    def _update(self, event: Event) -> None:
+        now = time.monotonic()
+        match event.kind:
+            case "run_started":
+                self.run_id, self.jobs, self.started = event.run_id, event.jobs, now
+                for name in event.steps:
+                    view = self._step(name)
+                    view.image = event.images.get(name, "")
+                    view.expected = event.expected_s.get(name)
+            case "image_building":
+                self._enter(event.step, "building")
+            case "step_preparing":
+                self._enter(event.step, "preparing")
+            case "step_waiting_for_lock":
+                self._enter(event.step, "waiting for another run")
+            case "step_started":
+                self._enter(event.step, "running")
+            case "step_cached":
+                view = self._enter(event.step, "cached")
+                view.duration = event.original_duration_s
+            case "step_finished":
+                view = self._enter(event.step, "done")
+                view.duration, view.log_path = event.duration_s, event.log_path
+            case "step_failed":
+                view = self._step(event.step)
+                if view.since is not None and view.state in ACTIVE:
+                    view.duration = now - view.since
+                view = self._enter(event.step, "failed")
+                code = f"exit {event.exit_code}: " if event.exit_code is not None else ""
+                view.reason = code + event.reason
+                view.last_lines = event.last_lines[-FAILED_LINES_SHOWN:]
+                view.log_path = event.log_path
+            case "step_retried":
+                self._enter(event.step, "waiting to retry")
+            case "step_skipped":
+                self._enter(event.step, "skipped").reason = event.reason
+            case "step_cancelled":
+                self._enter(event.step, "cancelled")
+            case "run_finished":
+                self.finished = event
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        height = options.height or console.height
+        with self.lock:
+            if self.finished is not None:
+                lines = summary_lines(self.finished, list(self.steps.values()))
+            else:
+                lines = self._panel(options.max_width, height, time.monotonic())
+        yield Group(*lines)
+
+    def _panel(self, width: int, height: int, now: float) -> list[RenderableType]:
+        """At most a third of the terminal (and never under 4 lines): collapse, never overflow."""
+        budget = max(4, height // 3)
+        steps = list(self.steps.values())
+        counts: dict[str, int] = {}
+        for view in steps:
+            counts[view.state] = counts.get(view.state, 0) + 1
+        settled = sum(counts.get(s, 0) for s in SETTLED)
+        lines: list[RenderableType] = [self._progress(width, settled, len(steps), now)]
+        active = [v for v in steps if v.state in ACTIVE]
+        failed = [v for v in steps if v.state == "failed"]
+        rows = budget - 2 - (1 if failed else 0)
+        lines.extend(_cells(active, width, max(1, rows), now))
+        if failed:
+            text = Text("failed: ", style="bold red", no_wrap=True, overflow="ellipsis")
+            text.append(", ".join(v.name for v in failed), style="red")
+            lines.append(text)
+        order = ("running", *ACTIVE[:3], "waiting to retry", "waiting", *SETTLED)
+        parts = [f"{counts[s]} {s}" for s in order if counts.get(s)]
+        lines.append(Text("  ".join(parts), style="dim", no_wrap=True, overflow="ellipsis"))
+        return lines
+
+    def _progress(self, width: int, settled: int, total: int, now: float) -> Text:
+        label = f" {settled}/{total} settled  {seconds(now - self.started)}"
+        eta = self._eta(now)
+        if eta is not None:
+            label += f"  ETA {seconds(eta)}"
+        head = f"run {self.run_id} " if width >= 70 else ""
+        bar_width = max(0, min(40, width - len(head) - len(label) - 1))
+        filled = bar_width * settled // total if total else bar_width
+        text = Text(head, style="bold", no_wrap=True, overflow="ellipsis")
+        text.append("█" * filled, style="green")
+        text.append("░" * (bar_width - filled), style="dim")
+        text.append(label)
+        return text
+
+    def _eta(self, now: float) -> float | None:
+        """Remaining work from past durations, spread over the job slots; None if unknown."""
+        left: list[float] = []
+        for view in self.steps.values():
+            if view.state in SETTLED:
+                continue
+            if view.expected is None:
+                return None
+            ran = now - view.since if view.state == "running" and view.since else 0.0
+            left.append(max(0.0, view.expected - ran))
+        if not left:
+            return None
+        return max(max(left), sum(left) / max(1, self.jobs))
+
+
+def _cells(active: list[StepView], width: int, rows: int, now: float) -> list[Text]:
+    """The active steps with their time, as many to a line as fit, in at most ``rows`` lines."""
+    if not active:
+        return []
+    cells: list[Text] = []
+    for view in active:
+        cell = Text(_short(view.name), style=view.colour)
+        if view.state != "running":
+            cell.append(f" {view.state}", style=_STATE_STYLES.get(view.state, ""))
+        cell.append(f" {seconds(now - (view.since or now))}")
+        cells.append(cell)
+    cell_width = min(width, max(c.cell_len for c in cells) + 2)
+    per_line = max(1, width // cell_width)
+    if len(cells) > per_line * rows:  # the last cell says how many more there are
+        shown = per_line * rows - 1
+        more = Text(f"+{len(cells) - shown} more", style="dim")
+        cells = [*cells[:shown], more]
+    lines = []
+    for start in range(0, len(cells), per_line):
+        line = Text(no_wrap=True, overflow="ellipsis")
+        for cell in cells[start : start + per_line]:
+            cell.truncate(cell_width - 2)
+            line.append_text(cell)
+            line.append(" " * (cell_width - cell.cell_len))
+        line.rstrip()
+        lines.append(line)
+    return lines
+
+
+def _short(name: str) -> str:
+    return name if len(name) <= _NAME_WIDTH else name[: _NAME_WIDTH - 1] + "…"
+
+
+def summary_lines(finished: RunFinished, steps: list[StepView]) -> list[RenderableType]:
+    """The end of the run: what ran, what the cache saved, and each failed step's last words."""
+    state = Text("ok", style="bold green") if finished.ok else Text("FAILED", style="bold red")
+    if not finished.outputs_copied:
+        state.append(" (its outputs could not be copied to --out)")
+    head = Text.assemble(("summary: ", "bold"), f"run {finished.run_id} ", state)
+    counts = f"{finished.ran} ran, {finished.cached} cached, {finished.failed} failed"
+    for number, what in ((finished.skipped, "skipped"), (finished.cancelled, "cancelled")):
+        counts += f", {number} {what}" if number else ""
+    counts += f" in {finished.wall_s:.1f}s; cache saved {finished.saved_s:.1f}s"
+    lines: list[RenderableType] = [Text.assemble(head, ": ", counts)]
+    for view in steps:
+        if view.state != "failed":
+            continue
+        lines.append(
+            Text.assemble(
+                (view.name, f"bold {view.colour}"), (" failed: ", "bold red"), view.reason
+            )
+        )
+        if view.last_lines:
+            last = Table.grid(padding=(0, 1))
+            last.add_column(no_wrap=True)
+            last.add_column(overflow="fold")  # a long line folds, under its own text
+            for line in view.last_lines:
+                last.add_row(Text("  |", style="red"), Text(strip_control_codes(line)))
+            lines.append(last)
+        if view.log_path:
+            lines.append(Text(f"  full log: {view.log_path}", style="red"))
+    return lines

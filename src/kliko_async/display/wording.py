@@ -1,0 +1,80 @@
+"""The words for each state change, shared by the plain lines and the live view's scroll."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from kliko_async.events import Event
+
+LogChoice = Literal["all", "failed", "none"]
+"""``--logs``: which container log lines a display shows (every line is saved anyway)."""
+
+
+def step_message(event: Event) -> tuple[str, str] | None:
+    """(step, what happened to it) for a step's state change; None for other events."""
+    match event.kind:
+        case "step_cached":
+            waited = (
+                f", made by another run while this one waited {seconds(event.waited_s)}"
+                if event.waited_s
+                else ""
+            )
+            saved = f"saved {event.original_duration_s:.1f}s"
+            return event.step, f"cached ({event.key[:12]}, {saved}{waited})"
+        case "image_building":
+            return event.step, f"building image from {event.context}"
+        case "image_built":
+            return event.step, f"built image {event.image_id[:19]}"
+        case "step_preparing":
+            return event.step, f"preparing: copying {', '.join(event.inputs)} into /work"
+        case "step_waiting_for_lock":
+            return event.step, "waiting for another run, which is computing the same key"
+        case "step_started":
+            again = f", attempt {event.attempt}" if event.attempt > 1 else ""
+            return event.step, f"started ({event.container_id[:12]}{again})"
+        case "step_finished":
+            waited = f" (after waiting {seconds(event.waited_s)} for another run)"
+            return event.step, f"done in {event.duration_s:.1f}s" + (
+                waited if event.waited_s else ""
+            )
+        case "step_failed":
+            where = f"; full log: {event.log_path}" if event.log_path else ""
+            return event.step, f"FAILED: {event.reason}{where}"
+        case "step_retried":
+            return event.step, (
+                f"retrying in {event.delay_s:g}s (attempt {event.attempt}): {event.reason}"
+            )
+        case "step_skipped":
+            return event.step, f"skipped: {event.reason}"
+        case "step_cancelled":
+            return event.step, "cancelled"
+    return None
+
+
+def run_message(event: Event) -> str | None:
+    """The line for the start or the end of a run; None for other events."""
+    match event.kind:
+        case "run_started":
+            return f"run {event.run_id}: {len(event.steps)} steps, up to {event.jobs} at once"
+        case "run_finished":
+            state = "ok" if event.ok else "FAILED"
+            if not event.outputs_copied:
+                state += " (its outputs could not be copied to --out)"
+            return (
+                f"run {event.run_id} {state}: {event.ran} ran, {event.cached} cached, "
+                f"{event.failed} failed, {event.skipped} skipped, {event.cancelled} cancelled "
+                f"in {event.wall_s:.1f}s (cache saved {event.saved_s:.1f}s)"
+            )
+    return None
+
+
+def seconds(value: float) -> str:
+    """A duration as people read it at a glance: 0.4s, 12s, 3m05s, 1h02m."""
+    if value < 10:
+        return f"{value:.1f}s"
+    whole = int(value)
+    if whole < 60:
+        return f"{whole}s"
+    if whole < 3600:
+        return f"{whole // 60}m{whole % 60:02d}s"
+    return f"{whole // 3600}h{whole % 3600 // 60:02d}m"

@@ -1,0 +1,139 @@
+"""The states a step passes through besides running, as events on the fake runtime: copying join
+inputs, waiting for another run's lock; and a run whose outputs cannot be exported is not ok."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import anyio
+import pytest
+
+from kliko_async import api
+from kliko_async.cache import Cache
+from kliko_async.chain import Chain, parse_chain
+from kliko_async.errors import KlikoError
+from kliko_async.events import (
+    Event,
+    RunFinished,
+    RunStarted,
+    StepFinished,
+    StepPreparing,
+    StepStarted,
+    StepWaitingForLock,
+)
+from kliko_async.runtime.fake import FakeContainer, FakeRuntime
+
+pytestmark = pytest.mark.anyio
+
+
+def kliko_yml(io: str) -> str:
+    return (
+        f"schema_version: 3\nio: {io}\nsections:\n  - name: main\n    fields:\n"
+        "      - {name: delay, type: float, initial: 0.0}\n"
+    )
+
+
+async def write_and_wait(container: FakeContainer) -> int:
+    params = json.loads(container.path("/parameters.json").read_text())
+    folder = "/output" if any(m.target == "/output" for m in container.job.mounts) else "/work"
+    (container.path(folder) / "data.txt").write_text("data\n")
+    await anyio.sleep(params["delay"])
+    return 0
+
+
+@pytest.fixture
+def fake() -> FakeRuntime:
+    runtime = FakeRuntime()
+    runtime.add_image("split", kliko_yml("split"), write_and_wait)
+    runtime.add_image("join", kliko_yml("join"), write_and_wait)
+    return runtime
+
+
+def chain_of(tmp_path: Path, steps: dict[str, object]) -> Chain:
+    return parse_chain({"steps": steps}, source=str(tmp_path / "c.yml"), base_dir=tmp_path)
+
+
+async def test_a_join_step_says_it_is_preparing_while_its_inputs_are_copied(
+    tmp_path: Path, fake: FakeRuntime
+) -> None:
+    chain = chain_of(
+        tmp_path,
+        {
+            "a": {"image": "split"},
+            "b": {"image": "split", "params": {"delay": 0.01}},
+            "merge": {"image": "join", "inputs": ["a", "b"]},
+        },
+    )
+    events: list[Event] = []
+    await api.run(chain, runtime=fake, cache_dir=tmp_path / "c", on_event=events.append)
+
+    merge = [e for e in events if getattr(e, "step", None) == "merge"]
+    kinds = [e.kind for e in merge]
+    assert kinds.index("step_preparing") < kinds.index("step_started")
+    (preparing,) = [e for e in merge if isinstance(e, StepPreparing)]
+    assert preparing.inputs == ["a", "b"]
+    assert not any(isinstance(e, StepPreparing) and e.step != "merge" for e in events)
+
+
+async def test_a_step_waiting_for_another_runs_lock_says_so_and_reports_its_own_time(
+    tmp_path: Path, fake: FakeRuntime
+) -> None:
+    chain = chain_of(tmp_path, {"a": {"image": "split", "params": {"delay": 0.1}}})
+    plan = await api.dry_run(chain, runtime=fake, cache_dir=tmp_path / "c")
+    key = plan.steps["a"].key
+    events: list[Event] = []
+    holding = anyio.Event()
+
+    async def other_run() -> None:
+        async with Cache(tmp_path / "c").lock(key):
+            holding.set()
+            await anyio.sleep(1.0)
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(other_run)
+        await holding.wait()
+        await api.run(chain, runtime=fake, cache_dir=tmp_path / "c", on_event=events.append)
+
+    kinds = [e.kind for e in events if getattr(e, "step", None) == "a"]
+    assert kinds[:3] == ["step_queued", "step_waiting_for_lock", "step_started"]
+    (done,) = [e for e in events if isinstance(e, StepFinished)]
+    assert done.waited_s >= 0.6
+    assert done.duration_s < 0.6, "the step's own time does not count the wait"
+    assert isinstance(next(e for e in events if isinstance(e, StepStarted)), StepStarted)
+    assert not [e for e in events if isinstance(e, StepWaitingForLock) and e.step != "a"]
+
+
+async def test_past_durations_of_the_steps_to_run_come_with_the_run_start(
+    tmp_path: Path, fake: FakeRuntime
+) -> None:
+    steps: dict[str, object] = {"a": {"image": "split", "params": {"delay": 0.2}}}
+    await api.run(chain_of(tmp_path, steps), runtime=fake, cache_dir=tmp_path / "c")
+    events: list[Event] = []
+    await api.run(
+        chain_of(tmp_path, steps),
+        runtime=fake,
+        cache_dir=tmp_path / "c",
+        no_cache=True,
+        on_event=events.append,
+    )
+    (start,) = [e for e in events if isinstance(e, RunStarted)]
+    assert set(start.expected_s) == {"a"} and 0.2 <= start.expected_s["a"] < 1.0
+
+
+async def test_a_run_whose_outputs_cannot_be_exported_does_not_end_ok(
+    tmp_path: Path, fake: FakeRuntime
+) -> None:
+    chain = chain_of(tmp_path, {"a": {"image": "split"}})
+    events: list[Event] = []
+    with pytest.raises(KlikoError, match="could not copy the output of step 'a'"):
+        await api.run(
+            chain,
+            runtime=fake,
+            cache_dir=tmp_path / "c",
+            out="/proc/kliko-async-cannot-be-here",  # even root cannot make a folder in /proc
+            on_event=events.append,
+        )
+    assert events[-1].kind == "run_finished"  # announced after the export, once
+    (end,) = [e for e in events if isinstance(e, RunFinished)]
+    assert not end.ok and not end.outputs_copied
