@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
+from time import time as _clock
 from typing import Annotated, Literal
 
 import anyio
@@ -171,11 +172,34 @@ EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
 """Parses any event from JSON (``EVENT_ADAPTER.validate_json(line)``)."""
 
 
+_LOG_LINE_FIELDS = frozenset(LogLine.model_fields)
+_new_object = object.__new__
+_set = object.__setattr__
+_last_stamp: list[tuple[float, datetime]] = [(0.0, _now())]
+
+
 def log_line(step: str, stream: Literal["stdout", "stderr"], text: str) -> LogLine:
-    """A LogLine without validation: log floods make hundreds of thousands of them."""
-    return LogLine.model_construct(
-        time=_now(), kind="log_line", step=step, stream=stream, text=text
+    """A LogLine without validation: log floods make hundreds of thousands of them.
+
+    What ``LogLine.model_construct`` does for these known, valid values, at a third of its
+    cost; lines within the same millisecond share one time stamp (``datetime.now`` costs more
+    than the rest of the event).
+    """
+    now = _clock()
+    seen, stamp = _last_stamp[0]
+    if not 0 <= now - seen < 0.001:
+        stamp = datetime.fromtimestamp(now, UTC)
+        _last_stamp[0] = (now, stamp)
+    event: LogLine = _new_object(LogLine)
+    _set(
+        event,
+        "__dict__",
+        {"time": stamp, "kind": "log_line", "step": step, "stream": stream, "text": text},
     )
+    _set(event, "__pydantic_fields_set__", set(_LOG_LINE_FIELDS))
+    _set(event, "__pydantic_extra__", None)
+    _set(event, "__pydantic_private__", None)
+    return event
 
 
 class EventSubscription:

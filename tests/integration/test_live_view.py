@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import pty
 import re
 import select
+import signal
+import struct
 import subprocess
 import sys
+import termios
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
+import pyte
 import pytest
 
 from kliko_async.events import EVENT_ADAPTER, LogLine
@@ -19,21 +26,60 @@ KLIKO_ASYNC = str(Path(sys.executable).parent / "kliko-async")
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07|\r")
 
 
-def run_in_pty(args: list[str], cwd: Path, timeout: float = 60) -> tuple[int, str]:
-    """Run a command with a pseudo-terminal as stdout; return its exit code and screen text."""
+@dataclass
+class Terminal:
+    """What a person saw: the exit code, the final screen and every line scrolled above it."""
+
+    code: int
+    raw: str
+    screen: list[str]
+    scrollback: list[str]
+
+    @property
+    def everything(self) -> list[str]:
+        return self.scrollback + self.screen
+
+
+def run_in_pty(
+    args: list[str],
+    cwd: Path,
+    *,
+    columns: int = 120,
+    lines: int = 40,
+    timeout: float = 90,
+    when: Callable[[list[str], str, subprocess.Popen[bytes], int], None] | None = None,
+    env: dict[str, str] | None = None,
+) -> Terminal:
+    """Run a command on a pseudo-terminal of the given size, drawn by a terminal emulator.
+
+    ``when(screen, text_so_far, process, leader_fd)`` is called after each read, to act as a
+    person would (press Ctrl-C, resize the window).
+    """
     leader, follower = pty.openpty()
-    env = dict(os.environ, COLUMNS="120", LINES="40", TERM="xterm-256color")
-    env.pop("NO_COLOR", None)
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", lines, columns, 0, 0))
+    environment = dict(os.environ, TERM="xterm-256color") | (env or {})
+    for name in ("COLUMNS", "LINES"):
+        environment.pop(name, None)
+    if env is None or "NO_COLOR" not in env:
+        environment.pop("NO_COLOR", None)
     process = subprocess.Popen(
-        args, stdin=follower, stdout=follower, stderr=follower, cwd=cwd, env=env
+        args,
+        stdin=follower,
+        stdout=follower,
+        stderr=follower,
+        cwd=cwd,
+        env=environment,
+        start_new_session=True,
     )
     os.close(follower)
+    screen = pyte.HistoryScreen(columns, lines, history=1_000_000)
+    stream = pyte.ByteStream(screen)
     chunks: list[bytes] = []
     while True:
         ready, _, _ = select.select([leader], [], [], timeout)
         if not ready:
             process.kill()
-            raise AssertionError("the live view produced nothing for a minute")
+            raise AssertionError("the live view produced nothing for a while")
         try:
             data = os.read(leader, 1 << 16)
         except OSError:  # the terminal closed: the process ended
@@ -41,45 +87,190 @@ def run_in_pty(args: list[str], cwd: Path, timeout: float = 60) -> tuple[int, st
         if not data:
             break
         chunks.append(data)
+        stream.feed(data)
+        if when is not None:
+            text = b"".join(chunks).decode("utf-8", "replace")
+            when([line.rstrip() for line in screen.display], text, process, leader)
+            if screen.columns != _size(leader)[1] or screen.lines != _size(leader)[0]:
+                screen.resize(*_size(leader))
     os.close(leader)
-    return process.wait(timeout=timeout), b"".join(chunks).decode("utf-8", "replace")
+    code = process.wait(timeout=timeout)
+    width = screen.columns
+    history = ["".join(line[x].data for x in range(width)).rstrip() for line in screen.history.top]
+    return Terminal(
+        code,
+        b"".join(chunks).decode("utf-8", "replace"),
+        [line.rstrip() for line in screen.display],
+        history,
+    )
+
+
+def _size(fd: int) -> tuple[int, int]:
+    rows, cols, _, _ = struct.unpack("HHHH", fcntl.ioctl(fd, termios.TIOCGWINSZ, b"\0" * 8))
+    return rows, cols
+
+
+def unfold(lines: list[str], at: int) -> str:
+    """Line ``at`` and the lines a long word of it was folded onto (they start with spaces,
+    and are not a new line of the summary)."""
+    text = lines[at]
+    for line in lines[at + 1 :]:
+        if not line.startswith(" ") or line.lstrip().startswith(("|", "full log:")):
+            break
+        text += " " + line.strip()
+    return (
+        re.sub(r"full\s+log:\s+", "full log: ", text)
+        .replace(" ", "")
+        .replace("fulllog:", "full log: ")
+    )
+
+
+def run_args(chain: Path, tmp_path: Path, *more: str) -> list[str]:
+    return [KLIKO_ASYNC, "run", str(chain), "--cache-dir", str(tmp_path / "c"), "--out", "o", *more]
+
+
+def steps_yaml(path: Path, steps: dict[str, str]) -> Path:
+    path.write_text("steps:\n" + "".join(f"  {n}: {s}\n" for n, s in steps.items()))
+    return path
 
 
 @pytest.mark.usefixtures("example_images")
-def test_live_view_on_a_terminal_shows_rows_cache_hits_and_logs(tmp_path: Path) -> None:
+def test_every_steps_lines_scroll_in_order_and_the_summary_stays(tmp_path: Path) -> None:
     chain = ROOT / "examples" / "chains" / "diamond.yaml"
-    args = [KLIKO_ASYNC, "run", str(chain), "--cache-dir", str(tmp_path / "c"), "--out", "o"]
 
-    code, raw = run_in_pty(args, tmp_path)
-    assert code == 0, raw
-    assert "\x1b[" in raw, "a terminal gets the live view, drawn with control codes"
-    screen = ANSI.sub("", raw)
-    for step in ("gen", "upper", "lower", "merge"):
-        assert re.search(rf"{step}\s+done", screen), f"no finished row for {step}"
-    assert "summary" in screen
+    seen = run_in_pty(run_args(chain, tmp_path), tmp_path)
+    assert seen.code == 0, seen.raw
+    assert "\x1b[" in seen.raw, "a terminal gets the live view, drawn with control codes"
+    lines = seen.everything
+    # gen ends long before a redraw: its own lines are still shown, prefixed by its name.
+    gen = [line for line in lines if line.startswith("gen   | ")]
+    assert gen[1:] == ["gen   | gen: writing 5 lines", "gen   | gen: done", gen[-1]]
+    assert re.fullmatch(r"gen   \| done in \d+\.\ds", gen[-1])
+    merge = [line.split(" | ", 1)[1] for line in lines if line.startswith("merge | ")]
+    assert merge[0] == "preparing: copying upper, lower into /work"
+    assert merge[2:4] == ["merge: ./lower/numbers.txt.low", "merge: ./upper/numbers.txt"]
+    assert merge[-1].startswith("done in")
+    assert [line for line in seen.screen if line][-1].startswith("summary: run ")
+    assert not any("settled" in line for line in seen.screen), "the panel gave way to the summary"
 
-    code, raw = run_in_pty(args, tmp_path)
-    screen = ANSI.sub("", raw)
-    assert code == 0
+    again = run_in_pty(run_args(chain, tmp_path), tmp_path)
+    assert again.code == 0
     for step in ("gen", "upper", "lower", "merge"):
-        assert re.search(rf"{step}\s+cached", screen), f"no cache-hit row for {step}"
-    assert "summary" in screen
+        assert any(re.match(rf"{step}\s+\| cached \(\w{{12}}, saved", x) for x in again.everything)
+    assert any(line.startswith("summary: run ") and "4 cached" in line for line in again.screen)
 
 
 @pytest.mark.usefixtures("example_images")
-def test_running_steps_show_their_latest_log_lines(tmp_path: Path) -> None:
-    chain = tmp_path / "slow.yaml"
-    chain.write_text(
-        "steps:\n  talk:\n    image: example/sleep\n    params: {seconds: 1.5, tag: live-view}\n"
+def test_thirty_parallel_steps_fit_a_40_line_terminal(tmp_path: Path) -> None:
+    chain = steps_yaml(
+        tmp_path / "wide.yaml",
+        {
+            f"s{i:02d}": f"{{image: example/sleep, params: {{seconds: 2, tag: t{i}}}}}"
+            for i in range(30)
+        },
     )
-    code, raw = run_in_pty(
-        [KLIKO_ASYNC, "run", str(chain), "--cache-dir", str(tmp_path / "c"), "--out", "o"],
-        tmp_path,
+    seen = run_in_pty(run_args(chain, tmp_path, "--jobs", "30"), tmp_path)
+    assert seen.code == 0, seen.raw
+    # Each redraw moves the cursor up over the panel it replaces: never more than a third.
+    ups = [m.count("\x1b[1A") for m in re.findall(r"(?:\x1b\[1A|\x1b\[2K)+", seen.raw)]
+    assert ups and max(ups) <= 40 // 3, max(ups)
+    panels = [line for line in seen.raw.split("\n") if "settled" in line]
+    assert panels, "the panel was drawn"
+    started = [x for x in seen.everything if re.match(r"s\d\d \| started", x)]
+    assert len(started) == 30
+    assert any("30 done" in x or "30 ran" in x for x in seen.screen)
+
+
+@pytest.mark.usefixtures("example_images")
+def test_a_flood_is_summarised_on_screen_and_saved_whole(tmp_path: Path) -> None:
+    chain = steps_yaml(
+        tmp_path / "flood.yaml", {"flood": "{image: example/flood, params: {lines: 100000}}"}
     )
-    screen = ANSI.sub("", raw)
-    assert code == 0
-    assert re.search(r"talk\s+running", screen), "the step was shown running"
-    assert "sleep: 1.5s" in screen, "its log line was shown while it ran"
+    seen = run_in_pty(run_args(chain, tmp_path), tmp_path)
+    assert seen.code == 0, seen.raw
+    shown = [x for x in seen.everything if re.fullmatch(r"flood \| line \d+", x)]
+    assert 0 < len(shown) < 1000
+    lines = seen.everything
+    (at,) = [i for i, x in enumerate(lines) if "lines of this step were not shown" in x]
+    hidden = int(re.search(r"… ([\d,]+) lines", lines[at])[1].replace(",", ""))  # type: ignore[index]
+    assert hidden == 100_000 - len(shown)
+    (log,) = (tmp_path / "c").rglob("log.txt")
+    assert f"full log: {log}" in unfold(lines, at)
+    assert log.read_text().splitlines() == [f"line {i}" for i in range(1, 100_001)]
+
+
+@pytest.mark.usefixtures("example_images")
+def test_a_failed_step_shows_its_last_lines_and_log_in_the_summary_even_with_logs_none(
+    tmp_path: Path,
+) -> None:
+    long = "/data/" + "x" * 150 + "/missing.txt"
+    chain = steps_yaml(
+        tmp_path / "fail.yaml",
+        {"broken": f"{{image: example/fail, params: {{message: '{long}'}}}}"},
+    )
+    seen = run_in_pty(run_args(chain, tmp_path, "--logs", "none"), tmp_path, columns=60)
+    assert seen.code == 1, seen.everything
+    assert not any("broken | fail: about to fail" in x for x in seen.everything)
+    screen = seen.everything
+    start = next(i for i, x in enumerate(screen) if x.startswith("broken failed: exit 3"))
+    end = "\n".join(screen[start:])
+    assert "| fail: about to fail" in end
+    assert long in "".join(x.strip().lstrip("| ") for x in screen[start:])  # folded, all there
+    at = next(i for i, x in enumerate(screen) if x.startswith("  full log: "))
+    (log,) = (tmp_path / "c").rglob("broken.log")
+    assert unfold(screen, at).strip() == f"full log: {log}"
+
+
+@pytest.mark.usefixtures("example_images")
+def test_ctrl_c_leaves_no_copy_of_the_panel_behind(tmp_path: Path) -> None:
+    chain = steps_yaml(
+        tmp_path / "slow.yaml", {"nap": "{image: example/sleep, params: {seconds: 30, tag: c}}"}
+    )
+    pressed: list[bool] = []
+
+    def press_ctrl_c(
+        screen: list[str], text: str, process: subprocess.Popen[bytes], leader: int
+    ) -> None:
+        if not pressed and "nap | sleep: 30" in ANSI.sub("", text):
+            pressed.append(True)
+            os.write(leader, b"\x03")  # the terminal echoes ^C ...
+            os.killpg(process.pid, signal.SIGINT)  # ... and interrupts the foreground group
+
+    seen = run_in_pty(run_args(chain, tmp_path), tmp_path, when=press_ctrl_c)
+    assert pressed and seen.code == 130, seen.raw
+    lines = seen.everything
+    assert sum("kliko-async: stopping" in x for x in lines) == 1
+    assert not any("settled" in x for x in lines), "no copy of the panel is left"
+    assert any(x.startswith("summary: run ") and "1 cancelled" in x for x in seen.screen)
+
+
+@pytest.mark.usefixtures("example_images")
+def test_no_color_and_a_resize_while_running(tmp_path: Path) -> None:
+    chain = steps_yaml(
+        tmp_path / "two.yaml",
+        {n: f"{{image: example/sleep, params: {{seconds: 3, tag: {n}}}}}" for n in ("a", "b")},
+    )
+    resized: list[bool] = []
+    after: list[list[str]] = []  # the screens drawn after the resize
+
+    def shrink(screen: list[str], text: str, process: subprocess.Popen[bytes], leader: int) -> None:
+        if resized:
+            after.append(screen)
+        elif "b | sleep: 3" in ANSI.sub("", text):
+            resized.append(True)
+            fcntl.ioctl(leader, termios.TIOCSWINSZ, struct.pack("HHHH", 20, 60, 0, 0))
+            os.killpg(process.pid, signal.SIGWINCH)
+
+    seen = run_in_pty(run_args(chain, tmp_path), tmp_path, when=shrink, env={"NO_COLOR": "1"})
+    assert resized and seen.code == 0, seen.raw
+    assert not re.search(r"\x1b\[[0-9;]*(3[0-9]|9[0-7]|38;)m", seen.raw), "no colours"
+    panels = [s for s in after if any("settled" in x for x in s)]
+    assert panels, "the panel was drawn again after the resize"
+    for screen in panels[1:]:  # one progress line, drawn for the new width (no run id)
+        (progress,) = [x for x in screen if "settled" in x]
+        assert progress.startswith("░") and len(progress) <= 60, screen
+    assert sum("settled" in x for x in seen.everything) == 0
+    assert any(x.startswith("summary: run ") for x in seen.screen)
 
 
 def test_piped_output_is_plain_lines(tmp_path: Path, example_images: None) -> None:

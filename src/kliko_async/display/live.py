@@ -46,6 +46,7 @@ class LiveDisplay:
         self.view = RunView()
         self.console = console or Console()
         self._logs = logs
+        self._all_logs = logs == "all"
         self._period = 1 / refresh_per_second
         self._live = Live(
             self.view,
@@ -71,7 +72,7 @@ class LiveDisplay:
 
     def __call__(self, event: Event) -> None:
         if event.kind == "log_line":
-            if self._logs == "all":
+            if self._all_logs:
                 self._log_line(event)
             return
         if self._drawer is None:
@@ -100,7 +101,7 @@ class LiveDisplay:
             self._shown.clear()
         step = event.step
         shown = self._shown.get(step, 0)
-        if shown < self._limit(step):
+        if shown < (SAMPLE_PER_SECOND if step in self._flooding else LINES_PER_SECOND):
             self._shown[step] = shown + 1
             self._queue.append(event)
         elif step in self._hidden:

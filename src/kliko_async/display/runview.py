@@ -237,12 +237,20 @@ def summary_lines(finished: RunFinished, steps: list[StepView]) -> list[Renderab
             )
         )
         if view.last_lines:
-            last = Table.grid(padding=(0, 1))
-            last.add_column(no_wrap=True)
-            last.add_column(overflow="fold")  # a long line folds, under its own text
+            last = _folding_grid()
             for line in view.last_lines:
                 last.add_row(Text("  |", style="red"), Text(strip_control_codes(line)))
             lines.append(last)
         if view.log_path:
-            lines.append(Text(f"  full log: {view.log_path}", style="red"))
+            where = _folding_grid()
+            where.add_row(Text("  full log:", style="red"), Text(view.log_path, style="red"))
+            lines.append(where)
     return lines
+
+
+def _folding_grid() -> Table:
+    """Two columns: a label, and text that folds within its own column, under itself."""
+    grid = Table.grid(padding=(0, 1))
+    grid.add_column(no_wrap=True)
+    grid.add_column(overflow="fold")
+    return grid
