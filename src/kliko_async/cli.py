@@ -151,6 +151,17 @@ def build_parser() -> argparse.ArgumentParser:
     why.add_argument("--json", action="store_true", help="one JSON explanation per line")
     _cache_dir_option(why)
 
+    graph = commands.add_parser(
+        "graph",
+        help="draw a chain's DAG",
+        description="Draw a chain's steps and edges, and whether each is cached: in the "
+        "terminal, or as Graphviz (--format dot; --format svg needs Graphviz's dot).",
+    )
+    graph.add_argument("chain", type=Path, help="the chain file")
+    graph.add_argument("--format", choices=("text", "dot", "svg"), default="text")
+    graph.add_argument("-o", "--output", type=Path, help="write to this file (default: stdout)")
+    _cache_dir_option(graph)
+
     commands.add_parser(
         "schema", help="print the chain file's JSON Schema", description="Print the JSON Schema."
     )
@@ -177,6 +188,7 @@ def _dispatch(args: list[str]) -> int:
         "schema": _schema,
         "logs": _logs,
         "why": _why,
+        "graph": _graph,
         "cache": _cache,
     }
     return handlers[options.command](options)
@@ -406,6 +418,33 @@ def _print_explanations(
         else:
             sys.stdout.write("".join(f"{line}\n" for line in explanation.lines()))
     sys.stdout.flush()
+
+
+def _graph(options: argparse.Namespace) -> int:
+    from kliko_async.api import dry_run
+    from kliko_async.display import graph
+
+    plan = anyio.run(lambda: dry_run(options.chain, cache_dir=options.cache_dir))
+    if options.format == "text":
+        from rich.console import Console
+
+        if options.output is None:
+            graph.print_graph(plan, Console(soft_wrap=True))
+        else:
+            with options.output.open("w", encoding="utf-8") as handle:
+                graph.print_graph(plan, Console(file=handle, no_color=True, soft_wrap=True))
+        return 0
+    data = graph.to_svg(plan) if options.format == "svg" else graph.to_dot(plan).encode()
+    if options.output is None:
+        sys.stdout.buffer.write(data)
+    else:
+        try:
+            options.output.write_bytes(data)
+        except OSError as error:
+            raise KlikoError(
+                f"could not write the graph: {error.strerror or error}", where=str(options.output)
+            ) from None
+    return 0
 
 
 def _schema(options: argparse.Namespace) -> int:
