@@ -99,7 +99,10 @@ class StepFinished(_Event):
     step: str
     key: str
     exit_code: int
-    duration_s: float = Field(description="The step's own time, without waiting for a lock.")
+    duration_s: float = Field(
+        description="The step's own time: from holding a job slot and its lock to the end "
+        "(retries included), not the time queueing for a slot or another run's lock."
+    )
     waited_s: float = Field(0.0, description="Time spent waiting for another run's lock.")
     log_path: str | None = Field(None, description="Where its full saved log is.")
 

@@ -106,6 +106,7 @@ class Scheduler:
         self._stopping = False
         self._owner = owner_label()
         self._waited: dict[str, float] = {}
+        self._began: dict[str, float] = {}  # when a step first held its slot and its lock
 
     async def run(self) -> RunResult:
         started = time.monotonic()
@@ -206,6 +207,7 @@ class Scheduler:
                 return self._skip(planned, "an earlier step failed (use --keep-going to go on)")
             async with contextlib.AsyncExitStack() as reading:
                 await self._lock_key(planned, reading)
+                self._began.setdefault(planned.name, time.monotonic())
                 entry = self.cache.lookup(key)
                 if entry is not None and not planned.forced:
                     return self._cached(planned, entry)  # another run made it meanwhile
@@ -278,7 +280,8 @@ class Scheduler:
         """The step's result after its last attempt, announced as finished or failed."""
         step = planned.step
         waited = self._waited.get(step.name, 0.0)
-        duration = time.monotonic() - started - waited
+        # Its own time: from first holding a job slot and its lock (not queueing for them).
+        duration = time.monotonic() - self._began.get(step.name, started)
         if outcome.ok and outcome.entry is not None:
             self.emit(
                 StepFinished(

@@ -308,3 +308,25 @@ def test_json_output_is_one_event_per_line_with_every_log_line(
         "merge: ./lower/numbers.txt.low",
         "merge: ./upper/numbers.txt",
     ]
+
+
+@pytest.mark.usefixtures("example_images")
+def test_quiet_run_whose_outputs_cannot_be_copied_does_not_say_ok(tmp_path: Path) -> None:
+    chain = ROOT / "examples" / "chains" / "diamond.yaml"
+    out = "/proc/kliko-async-out"  # not even root can make a folder there
+    done = subprocess.run(
+        [KLIKO_ASYNC, "run", str(chain), "-q", "--cache-dir", str(tmp_path / "c"), "--out", out],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1
+    assert " ok" not in done.stdout
+    (summary,) = done.stdout.splitlines()
+    assert (
+        summary.startswith("run ")
+        and "FAILED (its outputs could not be copied to --out)" in summary
+    )
+    assert "could not copy the output of step" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -137,3 +137,19 @@ async def test_a_run_whose_outputs_cannot_be_exported_does_not_end_ok(
     assert events[-1].kind == "run_finished"  # announced after the export, once
     (end,) = [e for e in events if isinstance(e, RunFinished)]
     assert not end.ok and not end.outputs_copied
+
+
+async def test_a_steps_time_does_not_count_queueing_for_a_job_slot(
+    tmp_path: Path, fake: FakeRuntime
+) -> None:
+    steps = {n: {"image": "split", "params": {"delay": 0.3 + i / 100}} for i, n in enumerate("ab")}
+    events: list[Event] = []
+    await api.run(
+        chain_of(tmp_path, steps),
+        runtime=fake,
+        cache_dir=tmp_path / "c",
+        jobs=1,
+        on_event=events.append,
+    )
+    times = sorted(e.duration_s for e in events if isinstance(e, StepFinished))
+    assert len(times) == 2 and times[1] < 0.55, "the second waited ~0.3 s for the slot: not its own"
