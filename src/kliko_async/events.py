@@ -177,7 +177,11 @@ EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
 
 _LOG_LINE_FIELDS = frozenset(LogLine.model_fields)
 _new_object = object.__new__
-_set = object.__setattr__
+_set_dict = object.__setattr__
+# BaseModel's own slots, set through their descriptors: cheaper than object.__setattr__.
+_set_fields_set = BaseModel.__dict__["__pydantic_fields_set__"].__set__
+_set_extra = BaseModel.__dict__["__pydantic_extra__"].__set__
+_set_private = BaseModel.__dict__["__pydantic_private__"].__set__
 _last_stamp: list[tuple[float, datetime]] = [(0.0, _now())]
 
 
@@ -194,14 +198,14 @@ def log_line(step: str, stream: Literal["stdout", "stderr"], text: str) -> LogLi
         stamp = datetime.fromtimestamp(now, UTC)
         _last_stamp[0] = (now, stamp)
     event: LogLine = _new_object(LogLine)
-    _set(
+    _set_dict(
         event,
         "__dict__",
         {"time": stamp, "kind": "log_line", "step": step, "stream": stream, "text": text},
     )
-    _set(event, "__pydantic_fields_set__", set(_LOG_LINE_FIELDS))
-    _set(event, "__pydantic_extra__", None)
-    _set(event, "__pydantic_private__", None)
+    _set_fields_set(event, set(_LOG_LINE_FIELDS))
+    _set_extra(event, None)
+    _set_private(event, None)
     return event
 
 

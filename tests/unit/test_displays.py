@@ -13,6 +13,7 @@ from kliko_async.display.plain import PlainDisplay
 from kliko_async.events import (
     EVENT_ADAPTER,
     Event,
+    LogLine,
     RunFinished,
     RunStarted,
     StepCached,
@@ -142,3 +143,12 @@ def test_live_display_renders_to_a_terminal_console() -> None:
     text = buffer.getvalue()
     assert "summary" in text
     assert "\x1b[" in text  # drawn with terminal control codes
+
+
+def test_a_fast_log_line_is_the_same_event_as_a_validated_one() -> None:
+    fast = log_line("upper", "stderr", "warning: ünïcode")
+    slow = LogLine(time=fast.time, step="upper", stream="stderr", text="warning: ünïcode")
+    assert fast == slow and fast.model_dump_json() == slow.model_dump_json()
+    assert EVENT_ADAPTER.validate_json(fast.model_dump_json()) == fast
+    assert fast.model_copy(update={"text": "x"}).text == "x"
+    assert fast.model_fields_set == slow.model_fields_set | {"kind"}  # kept by exclude_unset
