@@ -326,3 +326,19 @@ def test_no_color_draws_without_colours(monkeypatch: pytest.MonkeyPatch) -> None
     raw = console.file.getvalue()
     assert not re.search(r"\x1b\[[0-9;]*(3[0-9]|9[0-7]|38;)", raw), "no colour codes"
     assert "fail  | FAILED" in ANSI.sub("", raw)  # the words carry the meaning
+
+
+def test_an_image_built_before_the_run_starts_is_named_whole_and_then_waits() -> None:
+    from kliko_async.events import ImageBuilding, ImageBuilt
+
+    events: list[Event] = [
+        ImageBuilding(step="simulate", context="./sim"),
+        ImageBuilt(step="simulate", context="./sim", image_id="sha256:" + "a" * 64),
+        started("simulate", "image"),
+    ]
+    lines = play(events)
+    assert "simulate | building image from ./sim" in lines
+    view = RunView()
+    for event in events:
+        view.update(event)
+    assert "2 waiting" in "\n".join(panel(view))

@@ -128,6 +128,8 @@ class LiveDisplay:
         self._queue.append((step, Text(text, style="dim italic")))
 
     def _prefix(self, step: str) -> Text:
+        if len(step) > self._prefix_width < _PREFIX_WIDTH:  # named before the run started
+            self._prefix_width = min(_PREFIX_WIDTH, len(step))
         name = step if len(step) <= self._prefix_width else step[: self._prefix_width - 1] + "…"
         return Text(f"{name:<{self._prefix_width}} |", style=self.view.colour(step))
 

@@ -94,6 +94,8 @@ class RunView:
                     view.expected = event.expected_s.get(name)
             case "image_building":
                 self._enter(event.step, "building")
+            case "image_built":
+                self._enter(event.step, "waiting")
             case "step_preparing":
                 self._enter(event.step, "preparing")
             case "step_waiting_for_lock":
