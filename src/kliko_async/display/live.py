@@ -56,16 +56,15 @@ class LiveDisplay:
             redirect_stdout=False,
             redirect_stderr=True,  # messages printed meanwhile (Ctrl-C) go above the panel
         )
-        self._queue: deque[LogLine | tuple[str, Text]] = (
-            deque()
-        )  # appended on the loop, taken by drawing
+        # What is to scroll: appended on the event loop, taken by the drawing thread.
+        self._queue: deque[LogLine | tuple[str, Text]] = deque()
         self._prefix_width = 4
         self._second = 0  # advanced by the drawing thread: the flood limit's time window
         self._window = 0
         self._shown: dict[str, int] = {}  # lines of each step shown in this window (loop only)
         self._flooding: set[str] = set()  # steps over the limit in the last window (loop only)
         self._hidden: dict[str, int] = {}  # lines of each step not shown, in all
-        self._noted: dict[str, int] = {}  # of those, already reported (drawing thread only)
+        self._noted: dict[str, int] = {}  # of those, already reported (under _hidden_lock)
         self._hidden_lock = threading.Lock()
         self._stop = threading.Event()
         self._drawer: threading.Thread | None = None
@@ -139,6 +138,12 @@ class LiveDisplay:
         self._drawer.start()
 
     def _draw_loop(self) -> None:
+        try:
+            self._tick_until_closed()
+        except OSError:  # the terminal went away (closed, a broken pipe): stop drawing, only
+            self._stop.set()
+
+    def _tick_until_closed(self) -> None:
         ticks_per_second = max(1, round(1 / self._period))
         tick = 0
         while not self._stop.wait(self._period):
@@ -175,5 +180,7 @@ class LiveDisplay:
             return
         self._stop.set()
         self._drawer.join()
-        self._draw()
-        self._live.stop()
+        try:
+            self._draw()  # what queued since the last tick, then the summary
+        finally:
+            self._live.stop()  # the cursor shown again, stderr given back

@@ -63,8 +63,9 @@ class RunView:
         self.finished: RunFinished | None = None
 
     def colour(self, name: str) -> str:
-        view = self.steps.get(name)
-        return view.colour if view is not None else STEP_COLOURS[0]
+        with self.lock:
+            view = self.steps.get(name)
+            return view.colour if view is not None else STEP_COLOURS[0]
 
     def update(self, event: Event) -> None:
         with self.lock:
