@@ -36,7 +36,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
             raise
         first = _first_leaf(matched)
         print(f"kliko-async: error: {first}", file=sys.stderr)
-        code = getattr(first, "exit_code", 1)
+        code = first.exit_status if isinstance(first, KlikoError) else 1
     sys.stdout.flush()
     raise SystemExit(code)
 

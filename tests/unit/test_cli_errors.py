@@ -485,3 +485,22 @@ def test_jobs_must_be_positive(tmp_path: Path, cache_dir: Path) -> None:
     assert done.returncode == 2
     assert "Traceback" not in done.stderr
     assert "argument -j/--jobs: must be at least 1" in done.stderr
+
+
+def test_an_error_wrapped_in_a_task_group_exits_with_its_own_status(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A step's exit code 0 inside a StepFailure is not the command's exit status."""
+    from kliko_async import cli
+    from kliko_async.errors import Interrupted, StepFailure
+
+    for error, status in ((StepFailure("s", "timed out", exit_code=0), 1), (Interrupted("x"), 130)):
+
+        def dispatch(args: list[str], error: BaseException = error) -> int:
+            raise BaseExceptionGroup("run", [BaseExceptionGroup("inner", [error])])
+
+        monkeypatch.setattr(cli, "_dispatch", dispatch)
+        with pytest.raises(SystemExit) as exited:
+            cli.main(["run", "chain.yaml"])
+        assert exited.value.code == status
+        assert f"kliko-async: error: {error}" in capsys.readouterr().err
