@@ -164,18 +164,19 @@ async def measure(
         bus = EventBus()
         bus.on_event(clock)
         resolver = ImageResolver(runtime, None)
-        plan = await plan_chain(chain, resolver=resolver, cache=cache, emit=bus.emit)
-        clock(RunStarted(run_id="bench", steps=[], jobs=0))  # marks the end of planning
-        scheduler = Scheduler(
-            plan,
-            runtime=runtime,
-            cache=cache,
-            emit=bus.emit,
-            run_id="bench",
-            jobs=jobs or machine_cpus(),
-            wants_log_lines=bus.wants_log_lines,
-        )
-        outcome = await scheduler.run()
+        async with bus.delivering():
+            plan = await plan_chain(chain, resolver=resolver, cache=cache, emit=bus.emit)
+            clock(RunStarted(run_id="bench", steps=[], jobs=0))  # marks the end of planning
+            scheduler = Scheduler(
+                plan,
+                runtime=runtime,
+                cache=cache,
+                emit=bus.emit,
+                run_id="bench",
+                jobs=jobs or machine_cpus(),
+                wants_log_lines=bus.wants_log_lines,
+            )
+            outcome = await scheduler.run()
     else:
         outcome = await api.run(
             chain, runtime=runtime, cache_dir=workdir / "cache", jobs=jobs, on_event=clock

@@ -25,7 +25,14 @@ from anyio.abc import TaskGroup
 from kliko_async.cache import Cache, default_cache_dir
 from kliko_async.chain import Chain, chain_from_pairs, load_chain
 from kliko_async.errors import KlikoError
-from kliko_async.events import Event, EventBus, EventSubscription, RunFinished
+from kliko_async.events import (
+    ConsumerFeed,
+    Event,
+    EventBus,
+    EventConsumer,
+    EventSubscription,
+    RunFinished,
+)
 from kliko_async.explain import ManifestIndex, StepExplanation, explain_plan
 from kliko_async.images import ImageResolver, KlikoImage
 from kliko_async.paramfiles import FileSnapshots
@@ -53,10 +60,12 @@ def new_run_id() -> str:
 class ChainRun:
     """One run of a chain in progress: subscribe to its events, then read its result."""
 
-    def __init__(self, bus: EventBus) -> None:
+    def __init__(self, bus: EventBus, feed: ConsumerFeed | None = None) -> None:
         self._bus = bus
         self._result: RunResult | None = None
         self.plan: Plan | None = None
+        self.feed = feed
+        """How ``on_event`` was fed: its error if it failed, the log lines it was not shown."""
 
     def events(self, max_log_lines: int = 10_000) -> EventSubscription:
         """An async iterator over this run's events, ending after ``RunFinished``.
@@ -83,7 +92,8 @@ async def open_run(
     force: Collection[str] = (),
     no_cache: bool = False,
     out: str | os.PathLike[str] | None = None,
-    on_event: Callable[[Event], None] | None = None,
+    on_event: EventConsumer | Callable[[Event], None] | None = None,
+    on_event_error: Callable[[BaseException], None] | None = None,
     run_id: str | None = None,
     backend: Backend = "docker",
     slurm: SlurmOptions | None = None,
@@ -96,35 +106,39 @@ async def open_run(
     Errors found before any container starts (bad chain, image, parameters) are raised from the
     ``async with`` block as :class:`~kliko_async.errors.KlikoError`. Step failures are not
     raised: see ``run.result`` (``ok``, ``raise_for_failures()``).
+
+    ``on_event`` gets every event in a worker thread of its own (see
+    :class:`~kliko_async.events.EventConsumer`); it can neither stall nor break the run. If it
+    raises, it gets no more events and ``on_event_error(error)`` is called on the event loop.
     """
     bus = EventBus()
+    feed = None
     if on_event is not None:
-        bus.on_event(on_event)
-    handle = ChainRun(bus)
+        feed = bus.on_event(on_event, on_failure=on_event_error)
+    handle = ChainRun(bus, feed)
 
     failure: list[KlikoError] = []
 
     async def execute() -> None:
-        try:
-            handle._result = await _execute(
-                chain,
-                bus=bus,
-                handle=handle,
-                runtime=runtime,
-                cache_dir=cache_dir,
-                jobs=jobs,
-                keep_going=keep_going,
-                force=force,
-                no_cache=no_cache,
-                out=out,
-                run_id=run_id or new_run_id(),
-                backend=backend,
-                slurm=slurm,
-            )
-        except KlikoError as error:
-            failure.append(error)  # raised below, outside the task group, not in a group
-        finally:
-            bus.close()
+        async with bus.delivering():  # leaving it closes the bus and lets consumers finish
+            try:
+                handle._result = await _execute(
+                    chain,
+                    bus=bus,
+                    handle=handle,
+                    runtime=runtime,
+                    cache_dir=cache_dir,
+                    jobs=jobs,
+                    keep_going=keep_going,
+                    force=force,
+                    no_cache=no_cache,
+                    out=out,
+                    run_id=run_id or new_run_id(),
+                    backend=backend,
+                    slurm=slurm,
+                )
+            except KlikoError as error:
+                failure.append(error)  # raised below, outside the task group, not in a group
 
     tg: TaskGroup
     try:

@@ -7,8 +7,10 @@ with a non-zero exit and no traceback.
 from __future__ import annotations
 
 import argparse
+import errno
 import functools
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -18,6 +20,10 @@ import anyio
 
 from kliko_async import __version__
 from kliko_async.errors import KlikoError, ParameterError
+from kliko_async.events import EventConsumer
+
+CLOSED_OUTPUT_EXIT = 141
+"""The exit status when stdout closed under a run (``| head``): a shell's 128 + SIGPIPE."""
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:
@@ -241,11 +247,8 @@ def _run(options: argparse.Namespace) -> int:
             explain()
         return 0
     _apply_profile(options)
-    display = _pick_display(options)
-    try:
-        return anyio.run(_run_until_signal, options, display)
-    finally:
-        display.close()
+    display = _pick_display(options)  # the run closes it after its last event
+    return anyio.run(_run_until_signal, options, display)
 
 
 def _apply_profile(options: argparse.Namespace) -> None:
@@ -273,7 +276,7 @@ def _slurm_options(options: argparse.Namespace) -> Any:
     )
 
 
-def _pick_display(options: argparse.Namespace) -> Any:
+def _pick_display(options: argparse.Namespace) -> EventConsumer:
     if options.json:
         from kliko_async.display.jsonl import JsonLinesDisplay
 
@@ -287,33 +290,78 @@ def _pick_display(options: argparse.Namespace) -> Any:
     return LiveDisplay(logs=options.logs)
 
 
-async def _run_until_signal(options: argparse.Namespace, display: Any) -> int:
+async def _run_until_signal(options: argparse.Namespace, display: EventConsumer) -> int:
     from kliko_async.api import open_run
     from kliko_async.signals import until_signal
 
-    async def work() -> bool:
-        async with open_run(
-            options.chain,
-            cache_dir=options.cache_dir,
-            jobs=options.jobs,
-            keep_going=options.keep_going,
-            force=options.force,
-            no_cache=options.no_cache,
-            out=options.out,
-            on_event=display,
-            backend=options.backend,
-            slurm=_slurm_options(options),
-        ) as handle:
-            pass
-        return handle.result.ok
+    closed: list[BaseException] = []
+
+    async def work() -> int:
+        with anyio.CancelScope() as scope:
+
+            def on_display_error(error: BaseException) -> None:
+                if _is_closed_pipe(error):  # `| head` has read enough: stop, as SIGPIPE would
+                    closed.append(error)
+                    _silence_stdout()
+                    scope.cancel()
+                else:
+                    print(
+                        f"kliko-async: the display failed ({error!r}); the run goes on",
+                        file=sys.stderr,
+                    )
+
+            async with open_run(
+                options.chain,
+                cache_dir=options.cache_dir,
+                jobs=options.jobs,
+                keep_going=options.keep_going,
+                force=options.force,
+                no_cache=options.no_cache,
+                out=options.out,
+                on_event=display,
+                on_event_error=on_display_error,
+                backend=options.backend,
+                slurm=_slurm_options(options),
+            ) as handle:
+                pass
+        if closed:
+            print(
+                "kliko-async: stopped: the output was closed; running containers were removed "
+                "and finished steps stay cached",
+                file=sys.stderr,
+            )
+            return CLOSED_OUTPUT_EXIT
+        dropped = handle.feed.dropped_log_lines if handle.feed is not None else 0
+        if dropped:
+            print(
+                f"kliko-async: {dropped} log line(s) were not shown, as the display fell behind; "
+                "every line is in the saved logs (kliko-async logs CHAIN STEP)",
+                file=sys.stderr,
+            )
+        return 0 if handle.result.ok else 1
 
     what = (
         "cancelling the run's Slurm jobs"
         if options.backend == "slurm"
         else "removing running containers"
     )
-    ok = await until_signal(work, what=f"{what}; finished steps stay cached")
-    return 0 if ok else 1
+    return await until_signal(work, what=f"{what}; finished steps stay cached")
+
+
+def _is_closed_pipe(error: BaseException) -> bool:
+    return isinstance(error, BrokenPipeError) or (
+        isinstance(error, OSError) and error.errno == errno.EPIPE
+    )
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so that no later flush fails on the closed pipe (the
+    interpreter's own flush at exit would print a traceback)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    finally:
+        os.close(devnull)
 
 
 # -- run-image ---------------------------------------------------------------------------------

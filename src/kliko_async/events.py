@@ -1,17 +1,20 @@
 """The events every consumer sees: one frozen pydantic model per state change.
 
 The scheduler emits them and never prints; displays, the JSON log and library users consume them.
-``EventBus`` fans them out without ever blocking the run: state events are always delivered, and
-a slow consumer only loses on-screen log lines (the saved step log is written separately).
+``EventBus`` fans them out without ever blocking the run: each consumer has its own queue and its
+own pace, state events are always delivered, a consumer that falls behind only loses log lines
+(the saved step log is written separately), and a consumer that fails ends alone.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections import deque
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from time import time as _clock
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Protocol
 
 import anyio
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
@@ -209,19 +212,30 @@ def log_line(step: str, stream: Literal["stdout", "stderr"], text: str) -> LogLi
     return event
 
 
-class EventSubscription:
-    """An async iterator over the events of one run, fed without ever blocking the producer.
+class EventConsumer(Protocol):
+    """What consumes a run's events: the CLI's displays, and a host application's own consumer.
 
-    At most ``max_log_lines`` undelivered log lines are kept; older ones are dropped (counted in
-    ``dropped_log_lines``). Every other event is kept until consumed.
+    The bus calls it from a worker thread, one event at a time, in order and never concurrently
+    with itself, so it may block (a slow terminal, a paused pipe) without stalling the run. If it
+    raises, it gets no further events and the run goes on; the error is not the run's. ``close``
+    is called once, after its last event (``RunFinished``, or the one it failed on).
     """
 
+    def __call__(self, event: Event, /) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class _EventQueue:
+    """Events waiting for one consumer: log lines beyond ``max_log_lines`` are dropped (and
+    counted), every other event is kept until taken. Putting never blocks."""
+
     def __init__(self, max_log_lines: int) -> None:
-        self._queue: deque[Event] = deque()
+        self._events: deque[Event] = deque()
         self._log_lines = 0
         self._max_log_lines = max_log_lines
         self._wakeup = anyio.Event()
-        self._closed = False
+        self.closed = False
         self.dropped_log_lines = 0
 
     def put(self, event: Event) -> None:
@@ -230,37 +244,142 @@ class EventSubscription:
                 self.dropped_log_lines += 1
                 return
             self._log_lines += 1
-        self._queue.append(event)
+        self._events.append(event)
         self._wakeup.set()
 
     def close(self) -> None:
-        self._closed = True
+        self.closed = True
         self._wakeup.set()
+
+    async def wait(self) -> bool:
+        """Wait for an event; False once the queue is closed and empty."""
+        while not self._events:
+            if self.closed:
+                return False
+            await self._wakeup.wait()
+            self._wakeup = anyio.Event()
+        return True
+
+    def take(self, limit: int) -> list[Event]:
+        batch: list[Event] = []
+        while self._events and len(batch) < limit:
+            event = self._events.popleft()
+            if isinstance(event, LogLine):
+                self._log_lines -= 1
+            batch.append(event)
+        return batch
+
+
+class EventSubscription:
+    """An async iterator over the events of one run, fed without ever blocking the producer.
+
+    At most ``max_log_lines`` undelivered log lines are kept; later ones are dropped (counted in
+    ``dropped_log_lines``). Every other event is kept until consumed.
+    """
+
+    def __init__(self, max_log_lines: int) -> None:
+        self._queue = _EventQueue(max_log_lines)
+
+    @property
+    def dropped_log_lines(self) -> int:
+        return self._queue.dropped_log_lines
+
+    def put(self, event: Event) -> None:
+        self._queue.put(event)
+
+    def close(self) -> None:
+        self._queue.close()
 
     def __aiter__(self) -> AsyncIterator[Event]:
         return self
 
     async def __anext__(self) -> Event:
-        while not self._queue:
-            if self._closed:
-                raise StopAsyncIteration
-            await self._wakeup.wait()
-            self._wakeup = anyio.Event()
-        event = self._queue.popleft()
-        if isinstance(event, LogLine):
-            self._log_lines -= 1
-        return event
+        if not await self._queue.wait():
+            raise StopAsyncIteration
+        return self._queue.take(1)[0]
+
+
+class ConsumerFeed:
+    """How one consumer is being fed: its queue, the log lines it missed, and its error if any."""
+
+    BATCH = 1024
+    """Events handed to the consumer's thread at once, so a log flood costs few thread hops."""
+
+    def __init__(
+        self,
+        consumer: EventConsumer | Callable[[Event], None],
+        max_log_lines: int,
+        on_failure: Callable[[BaseException], None] | None,
+    ) -> None:
+        self.consumer = consumer
+        self.queue = _EventQueue(max_log_lines)
+        self.error: BaseException | None = None
+        self._on_failure = on_failure
+        self._limiter = anyio.CapacityLimiter(1)
+        self.scope = anyio.CancelScope()
+
+    @property
+    def dropped_log_lines(self) -> int:
+        return self.queue.dropped_log_lines
+
+    async def pump(self) -> None:
+        """Deliver queued events in a worker thread until the queue closes, then close it."""
+        with anyio.CancelScope(shield=True), self.scope:  # the run's last events still arrive
+            delivered = True
+            try:
+                while await self.queue.wait():
+                    batch = self.queue.take(self.BATCH)
+                    delivered = False
+                    await anyio.to_thread.run_sync(
+                        self._deliver, batch, limiter=self._limiter, abandon_on_cancel=True
+                    )
+                    delivered = True
+            except Exception as error:  # the consumer's own error: it alone ends
+                delivered = True  # its thread returned, with this error
+                self.error = error
+                self.queue.close()
+                if self._on_failure is not None:
+                    self._on_failure(error)
+            if delivered:  # not while an abandoned delivery may still run in its thread
+                await anyio.to_thread.run_sync(
+                    self._close, limiter=self._limiter, abandon_on_cancel=True
+                )
+
+    def _deliver(self, batch: list[Event]) -> None:
+        for event in batch:
+            self.consumer(event)
+
+    def _close(self) -> None:
+        close = getattr(self.consumer, "close", None)
+        if close is not None:
+            with contextlib.suppress(Exception):  # after a failure, closing may fail the same way
+                close()
 
 
 class EventBus:
-    """Delivers each emitted event to callbacks (synchronously) and to subscriptions."""
+    """Delivers each emitted event to consumers (each at its own pace) and to subscriptions.
 
-    def __init__(self) -> None:
-        self._callbacks: list[Callable[[Event], None]] = []
+    Consumers are fed while ``async with bus.delivering():`` runs; leaving it closes the bus and
+    waits until every consumer has had every event, or, when leaving on an error or a
+    cancellation, at most ``grace_s`` seconds.
+    """
+
+    def __init__(self, *, grace_s: float = 5.0) -> None:
+        self._feeds: list[ConsumerFeed] = []
         self._subscriptions: list[EventSubscription] = []
+        self._grace_s = grace_s
 
-    def on_event(self, callback: Callable[[Event], None]) -> None:
-        self._callbacks.append(callback)
+    def on_event(
+        self,
+        consumer: EventConsumer | Callable[[Event], None],
+        *,
+        max_log_lines: int = 10_000,
+        on_failure: Callable[[BaseException], None] | None = None,
+    ) -> ConsumerFeed:
+        """Feed ``consumer`` every event; ``on_failure(error)`` runs on the loop if it raises."""
+        feed = ConsumerFeed(consumer, max_log_lines, on_failure)
+        self._feeds.append(feed)
+        return feed
 
     def subscribe(self, max_log_lines: int = 10_000) -> EventSubscription:
         subscription = EventSubscription(max_log_lines)
@@ -269,14 +388,33 @@ class EventBus:
 
     @property
     def wants_log_lines(self) -> bool:
-        return bool(self._callbacks or self._subscriptions)
+        return bool(self._feeds or self._subscriptions)
 
     def emit(self, event: Event) -> None:
-        for callback in self._callbacks:
-            callback(event)
+        for feed in self._feeds:
+            if not feed.queue.closed:
+                feed.queue.put(event)
         for subscription in self._subscriptions:
             subscription.put(event)
 
+    @asynccontextmanager
+    async def delivering(self) -> AsyncIterator[None]:
+        """Feed the consumers while the block runs; see the class docstring for its end."""
+        async with anyio.create_task_group() as group:
+            for feed in self._feeds:
+                group.start_soon(feed.pump)
+            try:
+                yield
+            except BaseException:
+                deadline = anyio.current_time() + self._grace_s
+                for feed in self._feeds:
+                    feed.scope.deadline = deadline
+                raise
+            finally:
+                self.close()
+
     def close(self) -> None:
+        for feed in self._feeds:
+            feed.queue.close()
         for subscription in self._subscriptions:
             subscription.close()

@@ -38,6 +38,10 @@ STOP_GRACE_SECONDS = 3
 CLEANUP_DEADLINE_SECONDS = 15
 """The shielded cleanup (stop + remove) gives up after this long."""
 
+CREATE_DEADLINE_SECONDS = 30
+"""Creating a container is shielded from cancellation (else the engine may make one that no
+cleanup knows of) for at most this long."""
+
 EVENTS_DEADLINE_SECONDS = 5
 """How long reading the engine's events of a failed container (was it killed?) may take."""
 
@@ -374,14 +378,27 @@ class DockerRuntime:
             self._client = None
 
     async def _create(self, config: dict[str, Any]) -> Any:
+        """Create a container, shielded: a cancellation meanwhile is delivered at the caller's
+        next await, inside the try whose cleanup removes the container.
+
+        Nothing here may await after the creation, or a cancellation could still fall between
+        the engine making the container and the caller knowing it.
+        """
         try:
-            return await self.client.containers.create(config)
+            with anyio.CancelScope(shield=True) as scope:
+                scope.deadline = anyio.current_time() + CREATE_DEADLINE_SECONDS
+                container = await self.client.containers.create(config)
         except (aiohttp.ClientError, OSError) as exc:
             raise self._unavailable(exc) from None
         except aiodocker.DockerError as exc:
             raise ContainerError(
                 f"the engine could not create a container: {exc.message}"
             ) from None
+        if scope.cancelled_caught:
+            raise ContainerError(
+                f"the engine did not create the container within {CREATE_DEADLINE_SECONDS} s"
+            )
+        return container
 
     async def _stop_and_delete(self, container: Any) -> None:
         # Already stopped or gone is fine: delete(force=True) below settles it.

@@ -1,0 +1,224 @@
+"""Event consumers (displays, pipes, a host application's callback) cannot stall or break a run.
+
+Each consumer has its own queue and is fed from a worker thread: one that raises ends alone, one
+that blocks for seconds lets the run go on at full pace (it only misses log lines beyond its
+queue), and the run's result and saved logs are the same as without any consumer.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import anyio
+import pytest
+
+from kliko_async import api
+from kliko_async.cache import Cache
+from kliko_async.chain import Chain, parse_chain
+from kliko_async.events import Event, EventBus, LogLine, RunFinished, StepFinished
+from kliko_async.runtime.fake import FakeContainer, FakeRuntime
+
+pytestmark = pytest.mark.anyio
+
+KLIKO_YML = """\
+schema_version: 3
+io: split
+sections:
+  - name: main
+    fields:
+      - {name: lines, type: int, initial: 3}
+      - {name: delay, type: float, initial: 0.0}
+"""
+
+
+async def chatty(container: FakeContainer) -> int:
+    """Log ``lines`` numbered lines, sleep ``delay`` s, write the count to /output/count.txt."""
+    params = json.loads(container.path("/parameters.json").read_text())
+    for i in range(params["lines"]):
+        container.log(f"line {i}")
+    await anyio.sleep(params["delay"])
+    (container.path("/output") / "count.txt").write_text(str(params["lines"]))
+    return 0
+
+
+@pytest.fixture
+def fake() -> FakeRuntime:
+    runtime = FakeRuntime()
+    runtime.add_image("example/chatty", KLIKO_YML, chatty)
+    return runtime
+
+
+def two_steps(tmp_path: Path, lines: int = 3) -> Chain:
+    steps = {
+        "first": {"image": "example/chatty", "params": {"lines": lines}},
+        "second": {"image": "example/chatty", "params": {"lines": 2}, "inputs": ["first"]},
+    }
+    return parse_chain({"steps": steps}, source=str(tmp_path / "c.yml"), base_dir=tmp_path)
+
+
+def saved_log(cache_dir: Path, key: str) -> list[str]:
+    entry = Cache(cache_dir).lookup(key)
+    assert entry is not None
+    return entry.log_path.read_text().splitlines()
+
+
+async def test_a_consumer_that_raises_ends_alone_and_the_run_is_unchanged(
+    tmp_path: Path, fake: FakeRuntime
+) -> None:
+    seen: list[Event] = []
+    failures: list[BaseException] = []
+
+    def broken(event: Event) -> None:
+        if isinstance(event, LogLine):
+            raise BrokenPipeError(32, "Broken pipe")
+
+    async with api.open_run(
+        two_steps(tmp_path),
+        runtime=fake,
+        cache_dir=tmp_path / "cache",
+        on_event=broken,
+        on_event_error=failures.append,
+    ) as run:
+        async for event in run.events():
+            seen.append(event)
+
+    assert run.result.ok, "the consumer's error is not the run's"
+    assert [s.state for s in run.result.steps.values()] == ["done", "done"]
+    assert len(failures) == 1 and isinstance(failures[0], BrokenPipeError)
+    assert run.feed is not None and run.feed.error is failures[0]
+    assert isinstance(seen[-1], RunFinished) and seen[-1].ok, "other consumers get everything"
+    key = run.result.steps["first"].key
+    assert saved_log(tmp_path / "cache", key) == ["line 0", "line 1", "line 2"]
+
+
+async def test_a_consumer_that_raises_gets_no_more_events_and_is_closed(
+    tmp_path: Path, fake: FakeRuntime
+) -> None:
+    class Failing:
+        def __init__(self) -> None:
+            self.events: list[str] = []
+            self.closed = 0
+
+        def __call__(self, event: Event) -> None:
+            self.events.append(event.kind)
+            if event.kind == "step_started":
+                raise ValueError("a bug in the consumer")
+
+        def close(self) -> None:
+            self.closed += 1
+
+    consumer = Failing()
+    result = await api.run(
+        two_steps(tmp_path), runtime=fake, cache_dir=tmp_path / "cache", on_event=consumer
+    )
+
+    assert result.ok
+    assert consumer.events[-1] == "step_started"
+    assert consumer.events.count("step_started") == 1, "nothing after its failure"
+    assert consumer.closed == 1
+
+
+async def test_a_consumer_that_blocks_for_seconds_never_holds_up_the_run(
+    tmp_path: Path, fake: FakeRuntime
+) -> None:
+    """A paused pipe: the consumer blocks its thread; timers, steps and the end of the run go
+    on, and once it is free again it still gets every state event, in order."""
+    release = threading.Event()
+    kinds: list[str] = []
+
+    def paused(event: Event) -> None:
+        release.wait(10)  # blocks this thread, as a write to a full pipe does
+        kinds.append(event.kind)
+
+    chain = two_steps(tmp_path, lines=20_000)
+    async with api.open_run(
+        chain, runtime=fake, cache_dir=tmp_path / "cache", on_event=paused
+    ) as run:
+        started = time.monotonic()
+        async for event in run.events(max_log_lines=100_000):
+            if isinstance(event, RunFinished):
+                ran_in = time.monotonic() - started
+                release.set()
+
+    assert ran_in < 5, f"the run took {ran_in:.1f} s behind a blocked consumer"
+    assert run.result.ok
+    state = [k for k in kinds if k != "log_line"]
+    assert state[0] == "run_started" and state[-1] == "run_finished"
+    assert state.count("step_finished") == 2, "state events are never dropped"
+    assert kinds.count("log_line") < 20_002, "log lines beyond its queue were dropped"
+    assert run.feed is not None and run.feed.dropped_log_lines > 0
+    assert kinds.count("log_line") + run.feed.dropped_log_lines == 20_002
+    key = run.result.steps["first"].key
+    assert len(saved_log(tmp_path / "cache", key)) == 20_000, "the saved log has every line"
+
+
+async def test_a_blocked_consumer_does_not_delay_a_step_timeout(tmp_path: Path) -> None:
+    """Timers fire while a consumer blocks: a step with a 0.5 s timeout is stopped in time."""
+    fake = FakeRuntime()
+    fake.add_image("example/chatty", KLIKO_YML, chatty)
+    release = threading.Event()
+    chain = parse_chain(
+        {"steps": {"slow": {"image": "example/chatty", "params": {"delay": 30}, "timeout": 0.5}}},
+        source=str(tmp_path / "c.yml"),
+        base_dir=tmp_path,
+    )
+    started = time.monotonic()
+    async with api.open_run(
+        chain, runtime=fake, cache_dir=tmp_path / "cache", on_event=lambda e: release.wait(10)
+    ) as run:
+        async for event in run.events():
+            if isinstance(event, RunFinished):
+                took = time.monotonic() - started
+                release.set()
+
+    assert took < 3
+    assert run.result.steps["slow"].state == "failed"
+    assert "timed out" in (run.result.steps["slow"].reason or "")
+
+
+async def test_consumers_get_every_event_before_the_run_returns(
+    tmp_path: Path, fake: FakeRuntime
+) -> None:
+    slow: list[Event] = []
+
+    def lagging(event: Event) -> None:
+        time.sleep(0.001)
+        slow.append(event)
+
+    result = await api.run(
+        two_steps(tmp_path), runtime=fake, cache_dir=tmp_path / "cache", on_event=lagging
+    )
+
+    assert result.ok
+    assert isinstance(slow[-1], RunFinished)
+    assert [e.step for e in slow if isinstance(e, StepFinished)] == ["first", "second"]
+    assert [e.text for e in slow if isinstance(e, LogLine)][:3] == ["line 0", "line 1", "line 2"]
+
+
+async def test_a_consumer_stuck_forever_delays_a_cancelled_run_only_by_the_grace() -> None:
+    """A cancelled host stops waiting for a consumer that never returns after ``grace_s``."""
+    bus = EventBus(grace_s=0.3)
+    stuck = threading.Event()
+    bus.on_event(lambda e: stuck.wait(10))
+    started = time.monotonic()
+    with anyio.move_on_after(0.2):
+        async with bus.delivering():
+            bus.emit(
+                RunFinished(
+                    run_id="r",
+                    ran=0,
+                    cached=0,
+                    failed=0,
+                    skipped=0,
+                    cancelled=0,
+                    wall_s=0,
+                    saved_s=0,
+                    ok=True,
+                )
+            )
+            await anyio.sleep(5)
+    stuck.set()
+    assert time.monotonic() - started < 2
