@@ -13,6 +13,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+from kliko_async.quantities import describe_size
 from kliko_async.runtime.base import ContainerExit
 
 
@@ -50,7 +51,9 @@ class StepLog:
 def exit_reason(exited: ContainerExit, memory: int | None) -> str:
     code = exited.exit_code
     if exited.oom_killed:
-        limit = f"its memory limit is {_bytes(memory)}" if memory else "it had no memory limit"
+        limit = (
+            f"its memory limit is {describe_size(memory)}" if memory else "it had no memory limit"
+        )
         return f"killed for running out of memory (exit code {code}; {limit})"
     if exited.killed_by is not None:
         return (
@@ -59,13 +62,6 @@ def exit_reason(exited: ContainerExit, memory: int | None) -> str:
     if code == 137:
         return "killed (exit code 137: SIGKILL, from outside or out of memory)"
     return f"exited with code {code}"
-
-
-def _bytes(size: int) -> str:
-    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if size >= scale:
-            return f"{size / scale:g} {unit}"
-    return f"{size} bytes"
 
 
 def full_disk(path: Path, cache_root: Path) -> str | None:
@@ -78,8 +74,8 @@ def full_disk(path: Path, cache_root: Path) -> str | None:
     if free >= min(1 << 20, disk.f_blocks * disk.f_frsize // 100):
         return None
     return (
-        f"the disk holding the cache folder {cache_root} is full ({_bytes(free)} free); free "
-        "space, for example with 'kliko-async cache gc --max-size 10G'"
+        f"the disk holding the cache folder {cache_root} is full ({describe_size(free)} free); "
+        "free space, for example with 'kliko-async cache gc --max-size 10G'"
     )
 
 

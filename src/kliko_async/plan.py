@@ -9,7 +9,7 @@ are reported together.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from pathlib import Path
 
 import anyio
@@ -23,6 +23,7 @@ from kliko_async.events import Event, ImageBuilding, ImageBuilt
 from kliko_async.images import KLIKO_COMMAND, ImageResolver, KlikoImage
 from kliko_async.key import KeyIngredients, cache_key
 from kliko_async.paramfiles import FileSnapshots, hash_files
+from kliko_async.resources import ResourcePool
 from kliko_async.spec import ValidatedParameters, validate_parameters
 
 
@@ -67,14 +68,17 @@ async def plan_chain(
     no_cache: bool = False,
     emit: Callable[[Event], None] | None = None,
     snapshots: FileSnapshots | None = None,
+    machine: ResourcePool | None = None,
 ) -> Plan:
     """Resolve, validate and key every step of ``chain``; raise one error listing all problems.
 
     ``force`` names steps to re-run even when cached; their downstream steps re-run too.
     ``no_cache`` re-runs every step (results are still stored). With ``snapshots``, file
     parameters are copied there and keyed by the copies the containers will see; without
-    (a dry run), they are hashed where they are.
+    (a dry run), they are hashed where they are. A step asking for more CPUs or memory than
+    ``machine`` (default: this machine) has is refused, since it could never run.
     """
+    check_resources(chain.steps.values(), machine or ResourcePool(), where=chain.source)
     groups = {step.matrix.step for step in chain.steps.values() if step.matrix is not None}
     unknown = sorted(set(force) - set(chain.steps) - groups)
     if unknown:
@@ -157,6 +161,22 @@ def _input_keys(step: Step, planned: Mapping[str, PlannedStep]) -> dict[str, str
     if step.inputs_in_folders and len(keys) == 1:
         return {f"{name}/": key for name, key in keys.items()}
     return keys
+
+
+def check_resources(steps: Iterable[Step], machine: ResourcePool, *, where: str) -> None:
+    """Refuse steps whose CPUs or memory ``machine`` can never give, naming each."""
+    problems = [
+        f"step '{step.name}' asks for {why}"
+        for step in steps
+        if (why := machine.beyond(step.resources.cpus, step.resources.memory)) is not None
+    ]
+    if problems:
+        raise ChainError(
+            "; ".join(problems),
+            where=where,
+            hint="Lower the step's resources to what the machine has (a step never runs with "
+            "less than it asks for).",
+        )
 
 
 def _in_step(error: KlikoError, name: str) -> KlikoError:

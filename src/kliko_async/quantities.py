@@ -42,6 +42,20 @@ def parse_size(text: str) -> int:
     return size
 
 
+def describe_size(size: int) -> str:
+    """``size`` bytes as people read it: ``1.5 GiB``, ``512 MiB``, ``100 bytes``."""
+    for unit, scale in (
+        ("PiB", 1 << 50),
+        ("TiB", 1 << 40),
+        ("GiB", 1 << 30),
+        ("MiB", 1 << 20),
+        ("KiB", 1 << 10),
+    ):
+        if size >= scale:
+            return f"{round(size / scale, 2):g} {unit}"
+    return f"{size} bytes"
+
+
 _AGE_PART_RE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*([A-Za-z]+)")
 _AGE_UNITS: dict[str, timedelta] = {
     name: span

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import anyio
 
+from kliko_async.quantities import describe_size
+
 
 def machine_cpus() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
@@ -29,7 +31,8 @@ def machine_gpus() -> int:
 class ResourcePool:
     """Steps claim CPUs and memory; a claim waits until enough is free.
 
-    A claim larger than the machine is capped at the machine, so such a step still runs, alone.
+    A claim larger than the whole pool could never be granted: :meth:`beyond` says so, and
+    planning refuses such a step before anything runs (see ``plan.check_resources``).
     """
 
     def __init__(
@@ -42,6 +45,18 @@ class ResourcePool:
         self._memory_free = self.memory_total
         self._gpus_free = self.gpus_total
         self._changed = anyio.Condition()
+
+    def beyond(self, cpus: float | None, memory: int | None) -> str | None:
+        """Why a claim of ``cpus`` and ``memory`` can never be granted here; None if it can."""
+        problems = []
+        if cpus is not None and cpus > self.cpus_total:
+            problems.append(f"{cpus:g} CPUs, but this machine has {self.cpus_total:g}")
+        if memory is not None and memory > self.memory_total:
+            problems.append(
+                f"{describe_size(memory)} of memory, but this machine has "
+                f"{describe_size(self.memory_total)}"
+            )
+        return " and ".join(problems) or None
 
     @asynccontextmanager
     async def claim(

@@ -43,7 +43,7 @@ from kliko_async.events import (
 from kliko_async.events import (
     StepFailed as StepFailedEvent,
 )
-from kliko_async.plan import Plan, PlannedStep
+from kliko_async.plan import Plan, PlannedStep, check_resources
 from kliko_async.processes import pid_alive
 from kliko_async.resources import ResourcePool
 from kliko_async.results import RunResult, StepResult
@@ -109,6 +109,11 @@ class Scheduler:
         self._began: dict[str, float] = {}  # when a step first held its slot and its lock
 
     async def run(self) -> RunResult:
+        check_resources(
+            (self.plan.steps[name].step for name in self.plan.to_run),
+            self.pool,
+            where=self.plan.source,
+        )
         started = time.monotonic()
         expected = await anyio.to_thread.run_sync(past_durations, self.cache, self.plan)
         self.emit(
@@ -200,25 +205,32 @@ class Scheduler:
             attempt += 1
 
     async def _attempt_in_slot(self, planned: PlannedStep, attempt: int) -> _Attempt | StepResult:
-        """One attempt within the limits: a job slot, the step's resources, its key's lock."""
+        """One attempt within the limits: its key's lock, the step's resources, a job slot.
+
+        Taken in that order, so that a step waiting for another run's lock, or for CPUs, memory
+        or GPUs, holds no job slot: a ready step that fits never waits behind it.
+        """
         key, resources = planned.key, planned.step.resources
-        async with self._slots, self.pool.claim(resources.cpus, resources.memory, resources.gpus):
-            if self._stopping and attempt == 1:
-                return self._skip(planned, "an earlier step failed (use --keep-going to go on)")
-            async with contextlib.AsyncExitStack() as reading:
-                await self._lock_key(planned, reading)
+        async with contextlib.AsyncExitStack() as reading:
+            await self._lock_key(planned, reading)
+            entry = self.cache.lookup(key)
+            if entry is not None and not planned.forced:
+                return self._cached(planned, entry)  # another run made it meanwhile
+            for input_key in sorted({self.results[i].key for i in planned.step.inputs}):
+                # Readers hold a shared lock: `cache gc` leaves these entries alone.
+                await reading.enter_async_context(self.cache.lock(input_key, shared=True))
+            gone = [i for i in planned.step.inputs if not self._output_of(i).is_dir()]
+            if gone:
+                result = self._input_gone(planned, gone)
+                self._stop_unless_keep_going()
+                return result
+            async with (
+                self.pool.claim(resources.cpus, resources.memory, resources.gpus),
+                self._slots,
+            ):
+                if self._stopping and attempt == 1:
+                    return self._skip(planned, "an earlier step failed (use --keep-going to go on)")
                 self._began.setdefault(planned.name, time.monotonic())
-                entry = self.cache.lookup(key)
-                if entry is not None and not planned.forced:
-                    return self._cached(planned, entry)  # another run made it meanwhile
-                for input_key in sorted({self.results[i].key for i in planned.step.inputs}):
-                    # Readers hold a shared lock: `cache gc` leaves these entries alone.
-                    await reading.enter_async_context(self.cache.lock(input_key, shared=True))
-                gone = [i for i in planned.step.inputs if not self._output_of(i).is_dir()]
-                if gone:
-                    result = self._input_gone(planned, gone)
-                    self._stop_unless_keep_going()
-                    return result
                 outcome = await self._attempt(planned, attempt)
                 if not outcome.ok and attempt > planned.step.retries:
                     self._stop_unless_keep_going()  # before the slot goes to a waiting step

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import anyio
+import anyio.abc
 import pytest
 
 from kliko_async import api
@@ -254,16 +255,46 @@ async def test_cpu_claims_limit_how_many_steps_run_at_once(
     assert lab.fake.max_running == expected_at_once
 
 
-async def test_a_claim_larger_than_the_machine_still_runs_alone(lab: Lab) -> None:
+@pytest.mark.parametrize(
+    ("resources", "said"),
+    [
+        ({"cpus": 64}, "asks for 64 CPUs, but this machine has 2"),
+        ({"memory": "1p"}, "asks for 1 PiB of memory, but this machine has 4 GiB"),
+    ],
+)
+async def test_a_claim_the_machine_can_never_give_is_refused_before_anything_runs(
+    lab: Lab, resources: dict[str, Any], said: str
+) -> None:
     steps = {
-        "huge": {"image": "work", "params": {"n": 1, "delay": 0.05}, "resources": {"cpus": 64}},
-        "small": {"image": "work", "params": {"n": 2, "delay": 0.05}, "resources": {"cpus": 1}},
+        "small": {"image": "work", "params": {"n": 2}, "resources": {"cpus": 1}},
+        "huge": {"image": "work", "params": {"n": 1}, "inputs": ["small"], "resources": resources},
     }
+    machine = ResourcePool(cpus=2, memory=4 << 30)
 
-    result, _ = await plan_and_schedule(lab, steps, jobs=8, pool=ResourcePool(cpus=2))
-
-    assert states(result) == {"huge": "done", "small": "done"}
-    assert not lab.overlapped("huge", "small")
+    with pytest.raises(ChainError, match=f"step 'huge' {said}"):
+        await plan_chain(
+            lab.chain(steps),
+            resolver=ImageResolver(lab.fake, None),
+            cache=lab.cache,
+            machine=machine,
+        )
+    plan = await plan_chain(
+        lab.chain(steps),
+        resolver=ImageResolver(lab.fake, None),
+        cache=None,
+        machine=ResourcePool(cpus=64, memory=1 << 50),
+    )
+    with pytest.raises(ChainError, match=f"step 'huge' {said}"):
+        await Scheduler(
+            plan,
+            runtime=lab.fake,
+            cache=lab.cache,
+            emit=lambda e: None,
+            run_id="t",
+            jobs=2,
+            pool=machine,
+        ).run()
+    assert lab.started() == [], "not even the step that fits ran"
 
 
 async def test_inputs_being_read_are_safe_from_gc_and_a_vanished_input_fails_clearly(
@@ -318,6 +349,51 @@ async def test_gpu_claims_are_respected_and_reach_the_container_job(lab: Lab) ->
     assert not lab.overlapped("train", "tune")  # one GPU: one GPU step at a time
     assert lab.overlapped("train", "plot") or lab.overlapped("tune", "plot")
     assert sorted(job.gpus or 0 for job in lab.fake.jobs) == [0, 1, 1]
+
+
+async def test_steps_waiting_for_a_gpu_hold_no_job_slot_a_ready_step_needs(lab: Lab) -> None:
+    """Head-of-line: with 2 jobs and 1 GPU, one GPU step runs and two wait for the GPU; the
+    CPU-only step, ready all along, runs while they wait, not after them."""
+    gpu = {"delay": 0.3}
+    steps = {
+        "g1": {"image": "work", "params": {"n": 1, **gpu}, "resources": {"gpus": 1}},
+        "g2": {"image": "work", "params": {"n": 2, **gpu}, "resources": {"gpus": 1}},
+        "g3": {"image": "work", "params": {"n": 3, **gpu}, "resources": {"gpus": 1}},
+        "cpu": {"image": "work", "params": {"n": 4}},
+    }
+
+    result, _ = await plan_and_schedule(lab, steps, jobs=2, pool=ResourcePool(cpus=8, gpus=1))
+
+    assert result.count("done") == 4
+    first_gpu_end = min(lab.index("end", g) for g in ("g1", "g2", "g3"))
+    assert lab.index("end", "cpu") < first_gpu_end, "the ready step ran while GPU steps waited"
+
+
+async def test_a_step_waiting_for_another_runs_lock_holds_no_job_slot(lab: Lab) -> None:
+    """With one job, a step whose key another run is computing waits for its lock without the
+    slot: the other ready step runs meanwhile (before, the run waited for the other run)."""
+    steps = {"locked": {"image": "work", "params": {"n": 1}}, "free": {"image": "work"}}
+    chain = lab.chain(steps)
+    plan = await api.dry_run(chain, runtime=lab.fake, cache_dir=lab.cache_dir)
+    other_run_done = anyio.Event()
+
+    async def other_run(task_status: anyio.abc.TaskStatus[None]) -> None:
+        async with lab.cache.lock(plan.steps["locked"].key):
+            task_status.started()
+            await other_run_done.wait()
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as group:
+            await group.start(other_run)
+            async with api.open_run(
+                chain, runtime=lab.fake, cache_dir=lab.cache_dir, jobs=1
+            ) as run:
+                async for event in run.events():
+                    if isinstance(event, StepFinished) and event.step == "free":
+                        other_run_done.set()
+
+    assert states(run.result) == {"locked": "done", "free": "done"}
+    assert lab.started() == ["free", "locked"]
 
 
 # --------------------------------------------------------------------------------------------
