@@ -56,7 +56,7 @@ class ResourcePool:
                 f"{describe_size(memory)} of memory, but this machine has "
                 f"{describe_size(self.memory_total)}"
             )
-        return " and ".join(problems) or None
+        return ", and for ".join(problems) or None
 
     @asynccontextmanager
     async def claim(
