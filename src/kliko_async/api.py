@@ -35,12 +35,13 @@ from kliko_async.events import (
 )
 from kliko_async.explain import ManifestIndex, StepExplanation, explain_plan
 from kliko_async.images import ImageResolver, KlikoImage
+from kliko_async.leftovers import remove_leftovers
 from kliko_async.paramfiles import FileSnapshots
 from kliko_async.plan import Plan, plan_chain
 from kliko_async.resources import ResourcePool, machine_cpus
 from kliko_async.results import RunResult
 from kliko_async.runtime.base import Runtime
-from kliko_async.scheduler import Scheduler, remove_leftovers
+from kliko_async.scheduler import Scheduler
 from kliko_async.upkeep import clean_stale_staging
 from kliko_async.workspace import copy_tree_writable
 

@@ -1,51 +1,232 @@
-"""The pieces of one attempt at a step that are not scheduling: its saved log, why it ended.
+"""One attempt at a step: its staging folder, its container, its saved log, why it ended.
 
-Kept apart from the scheduler so that the engine module holds ordering, limits, retries and
-failure policy only.
+Kept apart from the scheduler, which holds ordering, limits, retries and failure policy only.
+An attempt either publishes its output to the cache or leaves nothing behind but its log.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
+import functools
 import os
-import shutil
-from collections.abc import Callable
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 
+import anyio
+from pydantic import BaseModel, ConfigDict
+
+from kliko_async.cache import Cache
+from kliko_async.durable import remove_tree
+from kliko_async.entry import CacheEntry, Manifest, Staging
+from kliko_async.errors import CacheError, KlikoError
+from kliko_async.events import Event, StepPreparing, StepStarted, log_line
+from kliko_async.plan import PlannedStep
 from kliko_async.quantities import describe_size
-from kliko_async.runtime.base import ContainerExit
+from kliko_async.runtime.base import (
+    LABEL_PREFIX,
+    OWNER_LABEL,
+    ContainerExit,
+    Runtime,
+    Stream,
+    owner_label,
+)
+from kliko_async.steplogs import StepLog, keep_log
+from kliko_async.workspace import build_job
+
+LAST_LINES = 20
+"""A failed step shows this many of its last log lines."""
 
 
-class StepLog:
-    """A step's saved log file. Writing never raises into the runtime's log stream: the first
-    error (a full disk) is kept in ``error`` and reported through ``on_error``, and the attempt
-    fails, since an entry's log must be complete."""
+class AttemptOutcome(BaseModel):
+    """How one attempt ended: published (``entry``), or failed with a reason and its log."""
 
-    def __init__(self, path: Path) -> None:
-        self._file = path.open("w", encoding="utf-8", buffering=1 << 16)
-        self.error: OSError | None = None
-        self.on_error: Callable[[], None] | None = None
+    model_config = ConfigDict(frozen=True)
 
-    def write(self, text: str) -> None:
-        if self.error is not None:
-            return
+    ok: bool
+    reason: str | None = None
+    exit_code: int | None = None
+    entry: CacheEntry | None = None
+    log_path: Path | None = None
+    last_lines: list[str] = []
+
+
+class StepAttempts:
+    """Runs attempts at the steps of one run, on one runtime and cache."""
+
+    def __init__(
+        self,
+        *,
+        runtime: Runtime,
+        cache: Cache,
+        emit: Callable[[Event], None],
+        run_id: str,
+        log_dir: Path,
+        wants_log_lines: bool,
+    ) -> None:
+        self.runtime = runtime
+        self.cache = cache
+        self.emit = emit
+        self.run_id = run_id
+        self.log_dir = log_dir
+        self.wants_log_lines = wants_log_lines
+        self._owner = owner_label()
+
+    async def run(
+        self, planned: PlannedStep, attempt: int, inputs: Mapping[str, Path]
+    ) -> AttemptOutcome:
+        """Attempt ``planned`` once (the ``attempt``-th time) with its inputs' output folders."""
+        step = planned.step
+        last: deque[str] = deque(maxlen=LAST_LINES)
         try:
-            self._file.write(text)
-        except OSError as error:
-            self._failed(error)
-
-    def close(self) -> None:
+            staging = self.cache.stage(planned.key)
+        except CacheError as error:
+            return AttemptOutcome(ok=False, reason=str(error))
+        started_at = datetime.now(UTC)
+        started = time.monotonic()
         try:
-            self._file.close()
-        except OSError as error:
-            self._failed(error)
+            prepare = functools.partial(
+                build_job,
+                planned.image,
+                planned.params,
+                scratch=staging.path / "scratch",
+                output=staging.output_dir,
+                inputs=inputs,
+                inputs_in_folders=step.inputs_in_folders,
+                user=step.user,
+                env=step.env,
+                labels=self._labels(planned),
+                cpus=step.resources.cpus,
+                memory=step.resources.memory,
+                gpus=step.resources.gpus,
+                timeout=step.timeout,
+            )
+            if planned.image.spec.io == "join" and step.inputs:
+                self.emit(StepPreparing(step=step.name, inputs=list(step.inputs)))
+                # Copying the inputs into /work may take long: in a worker thread, so that it
+                # never stalls the log streams and timers of the other running steps.
+                job = await anyio.to_thread.run_sync(prepare)
+            else:  # a few small files: cheaper here than a round trip to a thread
+                job = prepare()
+            log = StepLog(staging.log_path)
+            try:
+                on_log = self._log_sink(step.name, log, last)
+                on_start = self._start_sink(planned, attempt)
+                with anyio.move_on_after(step.timeout) as scope:
+                    log.on_error = scope.cancel  # a log that cannot be saved stops the step
+                    exited = await self.runtime.run(job, on_log=on_log, on_start=on_start)
+                timed_out = scope.cancelled_caught and log.error is None
+            finally:
+                log.close()
+            if log.error is not None:
+                reason = f"could not save its log: {log.error.strerror or log.error}"
+                return await self._failed(planned, staging, reason, None, last)
+        except KlikoError as error:  # the engine refused or lost the container, or went away
+            return await self._failed(planned, staging, str(error), None, last)
+        except OSError as error:  # preparing the step's folders failed (full disk, permissions)
+            reason = f"could not prepare the step's folders: {error.strerror or error}"
+            return await self._failed(planned, staging, reason, None, last)
+        except BaseException:
+            await self._discard(staging)  # shielded: runs even while being cancelled
+            raise
+        if timed_out:
+            reason = f"timed out after {step.timeout:g} s; the container was stopped"
+            return await self._failed(planned, staging, reason, None, last)
+        if exited.exit_code != 0:
+            reason = exit_reason(exited, step.resources.memory)
+            return await self._failed(planned, staging, reason, exited.exit_code, last)
+        try:
+            return await self._publish(planned, staging, started_at, started, last)
+        except BaseException:
+            await self._discard(staging)  # cancelled while publishing: nothing half-done stays
+            raise
 
-    def _failed(self, error: OSError) -> None:
-        if self.error is None:
-            self.error = error
-            if self.on_error is not None:
-                self.on_error()
+    async def _publish(
+        self,
+        planned: PlannedStep,
+        staging: Staging,
+        started_at: datetime,
+        started: float,
+        last: deque[str],
+    ) -> AttemptOutcome:
+        step = planned.step
+        await anyio.to_thread.run_sync(_remove_quietly, staging.path / "scratch")
+        finished_at = datetime.now(UTC)
+        manifest = Manifest(
+            key=planned.key,
+            step=step.name,
+            image=planned.image.ref,
+            ingredients=planned.ingredients,
+            run_id=self.run_id,
+            started_at=started_at,
+            finished_at=finished_at,
+            duration_s=time.monotonic() - started,
+            exit_code=0,
+            outputs={},
+        )
+        try:
+            if planned.forced:  # a big old entry takes a while to delete: off the loop too
+                await anyio.to_thread.run_sync(self.cache.remove, planned.key)
+            # Hashing and fsyncing the outputs may take seconds for big outputs: off the loop.
+            entry = await anyio.to_thread.run_sync(self.cache.publish, staging, manifest)
+        except CacheError as error:
+            return AttemptOutcome(ok=False, reason=str(error), exit_code=0, last_lines=list(last))
+        return AttemptOutcome(ok=True, exit_code=0, entry=entry)
+
+    async def _failed(
+        self,
+        planned: PlannedStep,
+        staging: Staging,
+        reason: str,
+        exit_code: int | None,
+        last: deque[str],
+    ) -> AttemptOutcome:
+        """Keep the failed attempt's log in the run's log folder; drop everything else."""
+        full = full_disk(staging.path, self.cache.root)
+        if full is not None and "is full" not in reason:
+            reason = f"{reason}; {full}"
+        log_path = keep_log(staging.log_path, self.log_dir / f"{planned.name}.log")
+        await self._discard(staging)
+        return AttemptOutcome(
+            ok=False, reason=reason, exit_code=exit_code, log_path=log_path, last_lines=list(last)
+        )
+
+    async def _discard(self, staging: Staging) -> None:
+        """Delete a staging folder in a worker thread (it may hold gigabytes). One left behind
+        is never taken as cached, and the next run removes it."""
+        with anyio.CancelScope(shield=True), contextlib.suppress(CacheError):
+            await anyio.to_thread.run_sync(self.cache.discard, staging)
+
+    def _labels(self, planned: PlannedStep) -> dict[str, str]:
+        return {
+            f"{LABEL_PREFIX}.run": self.run_id,
+            f"{LABEL_PREFIX}.step": planned.name,
+            f"{LABEL_PREFIX}.key": planned.key,
+            OWNER_LABEL: self._owner,
+        }
+
+    def _log_sink(self, step: str, log: StepLog, last: deque[str]) -> Callable[[Stream, str], None]:
+        emit, wants = self.emit, self.wants_log_lines
+
+        def on_log(stream: Stream, text: str) -> None:
+            log.write(text + "\n")
+            last.append(text)
+            if wants:
+                emit(log_line(step, stream, text))
+
+        return on_log
+
+    def _start_sink(self, planned: PlannedStep, attempt: int) -> Callable[[str], None]:
+        def on_start(container_id: str) -> None:
+            self.emit(
+                StepStarted(
+                    step=planned.name, key=planned.key, container_id=container_id, attempt=attempt
+                )
+            )
+
+        return on_start
 
 
 def exit_reason(exited: ContainerExit, memory: int | None) -> str:
@@ -79,18 +260,6 @@ def full_disk(path: Path, cache_root: Path) -> str | None:
     )
 
 
-def keep_log(source: Path, target: Path) -> Path | None:
-    """Move a failed attempt's log to ``target`` (no copy: the disk may be full); its path."""
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.replace(source, target)
-        except OSError as error:
-            if error.errno != errno.EXDEV:
-                raise
-            shutil.copyfile(source, target)  # the log folder is on another file system
-    except OSError:
-        with contextlib.suppress(OSError):
-            target.unlink()
-        return None
-    return target
+def _remove_quietly(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        remove_tree(path)

@@ -9,22 +9,15 @@ to the cache only on success. Everything that happens is emitted as an event.
 from __future__ import annotations
 
 import contextlib
-import functools
-import shutil
-import socket
 import time
-from collections import deque
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 
 import anyio
-from pydantic import BaseModel, ConfigDict
 
-from kliko_async.attempts import StepLog, exit_reason, full_disk, keep_log
+from kliko_async.attempts import AttemptOutcome, StepAttempts
 from kliko_async.cache import Cache
-from kliko_async.entry import CacheEntry, Manifest, Staging
-from kliko_async.errors import CacheError, KlikoError
+from kliko_async.entry import CacheEntry, Manifest
 from kliko_async.events import (
     Event,
     RunFinished,
@@ -32,45 +25,25 @@ from kliko_async.events import (
     StepCached,
     StepCancelled,
     StepFinished,
-    StepPreparing,
     StepQueued,
     StepRetried,
     StepSkipped,
-    StepStarted,
     StepWaitingForLock,
-    log_line,
 )
 from kliko_async.events import (
     StepFailed as StepFailedEvent,
 )
 from kliko_async.plan import Plan, PlannedStep, check_resources
-from kliko_async.processes import pid_alive
 from kliko_async.resources import ResourcePool
 from kliko_async.results import RunResult, StepResult
 from kliko_async.runtime.base import (
-    LABEL_PREFIX,
-    OWNER_LABEL,
     Runtime,
-    Stream,
-    owner_label,
 )
 from kliko_async.steplogs import run_log_dir
-from kliko_async.workspace import build_job
 
 LAST_LINES = 20
 LOCK_PATIENCE_S = 0.25
 """A key's lock not taken within this time is held by another run: the step says it waits."""
-
-
-class _Attempt(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
-    ok: bool
-    reason: str | None = None
-    exit_code: int | None = None
-    entry: CacheEntry | None = None
-    log_path: Path | None = None
-    last_lines: list[str] = []
 
 
 class Scheduler:
@@ -104,7 +77,14 @@ class Scheduler:
         self._done = {name: anyio.Event() for name in plan.order}
         self._slots = anyio.CapacityLimiter(self.jobs)
         self._stopping = False
-        self._owner = owner_label()
+        self.attempts = StepAttempts(
+            runtime=runtime,
+            cache=cache,
+            emit=emit,
+            run_id=run_id,
+            log_dir=self.log_dir,
+            wants_log_lines=wants_log_lines,
+        )
         self._waited: dict[str, float] = {}
         self._began: dict[str, float] = {}  # when a step first held its slot and its lock
 
@@ -204,7 +184,9 @@ class Scheduler:
                 return self._conclude(planned, outcome, attempt, started)
             attempt += 1
 
-    async def _attempt_in_slot(self, planned: PlannedStep, attempt: int) -> _Attempt | StepResult:
+    async def _attempt_in_slot(
+        self, planned: PlannedStep, attempt: int
+    ) -> AttemptOutcome | StepResult:
         """One attempt within the limits: its key's lock, the step's resources, a job slot.
 
         Taken in that order, so that a step waiting for another run's lock, or for CPUs, memory
@@ -231,7 +213,8 @@ class Scheduler:
                 if self._stopping and attempt == 1:
                     return self._skip(planned, "an earlier step failed (use --keep-going to go on)")
                 self._began.setdefault(planned.name, time.monotonic())
-                outcome = await self._attempt(planned, attempt)
+                inputs = {i: self._output_of(i) for i in planned.step.inputs}
+                outcome = await self.attempts.run(planned, attempt, inputs)
                 if not outcome.ok and attempt > planned.step.retries:
                     self._stop_unless_keep_going()  # before the slot goes to a waiting step
                 return outcome
@@ -287,7 +270,7 @@ class Scheduler:
         )
 
     def _conclude(
-        self, planned: PlannedStep, outcome: _Attempt, attempts: int, started: float
+        self, planned: PlannedStep, outcome: AttemptOutcome, attempts: int, started: float
     ) -> StepResult:
         """The step's result after its last attempt, announced as finished or failed."""
         step = planned.step
@@ -340,145 +323,10 @@ class Scheduler:
             last_lines=tuple(outcome.last_lines),
         )
 
-    async def _attempt(self, planned: PlannedStep, attempt: int) -> _Attempt:
-        step = planned.step
-        last: deque[str] = deque(maxlen=LAST_LINES)
-        try:
-            staging = self.cache.stage(planned.key)
-        except CacheError as error:
-            return _Attempt(ok=False, reason=str(error))
-        started_at = datetime.now(UTC)
-        started = time.monotonic()
-        try:
-            prepare = functools.partial(
-                build_job,
-                planned.image,
-                planned.params,
-                scratch=staging.path / "scratch",
-                output=staging.output_dir,
-                inputs={i: self._output_of(i) for i in step.inputs},
-                inputs_in_folders=step.inputs_in_folders,
-                user=step.user,
-                env=step.env,
-                labels=self._labels(planned),
-                cpus=step.resources.cpus,
-                memory=step.resources.memory,
-                gpus=step.resources.gpus,
-                timeout=step.timeout,
-            )
-            if planned.image.spec.io == "join" and step.inputs:
-                self.emit(StepPreparing(step=step.name, inputs=list(step.inputs)))
-                # Copying the inputs into /work may take long: in a worker thread, so that it
-                # never stalls the log streams and timers of the other running steps.
-                job = await anyio.to_thread.run_sync(prepare)
-            else:  # a few small files: cheaper here than a round trip to a thread
-                job = prepare()
-            log = StepLog(staging.log_path)
-            try:
-                on_log = self._log_sink(step.name, log, last)
-                on_start = self._start_sink(planned, attempt)
-                with anyio.move_on_after(step.timeout) as scope:
-                    log.on_error = scope.cancel  # a log that cannot be saved stops the step
-                    exited = await self.runtime.run(job, on_log=on_log, on_start=on_start)
-                timed_out = scope.cancelled_caught and log.error is None
-            finally:
-                log.close()
-            if log.error is not None:
-                reason = f"could not save its log: {log.error.strerror or log.error}"
-                return self._failed_attempt(planned, staging, reason, None, last)
-        except KlikoError as error:  # the engine refused or lost the container, or went away
-            return self._failed_attempt(planned, staging, str(error), None, last)
-        except OSError as error:  # preparing the step's folders failed (full disk, permissions)
-            reason = f"could not prepare the step's folders: {error.strerror or error}"
-            return self._failed_attempt(planned, staging, reason, None, last)
-        except BaseException:
-            self._discard(staging)  # synchronous: runs even while being cancelled
-            raise
-        if timed_out:
-            reason = f"timed out after {step.timeout:g} s; the container was stopped"
-            return self._failed_attempt(planned, staging, reason, None, last)
-        if exited.exit_code != 0:
-            reason = exit_reason(exited, step.resources.memory)
-            return self._failed_attempt(planned, staging, reason, exited.exit_code, last)
-        shutil.rmtree(staging.path / "scratch", ignore_errors=True)
-        finished_at = datetime.now(UTC)
-        manifest = Manifest(
-            key=planned.key,
-            step=step.name,
-            image=planned.image.ref,
-            ingredients=planned.ingredients,
-            run_id=self.run_id,
-            started_at=started_at,
-            finished_at=finished_at,
-            duration_s=time.monotonic() - started,
-            exit_code=0,
-            outputs={},
-        )
-        try:
-            if planned.forced:
-                self.cache.remove(planned.key)
-            # Hashing and fsyncing the outputs may take seconds for big outputs: off the loop.
-            entry = await anyio.to_thread.run_sync(self.cache.publish, staging, manifest)
-        except CacheError as error:
-            return _Attempt(ok=False, reason=str(error), exit_code=0, last_lines=list(last))
-        return _Attempt(ok=True, exit_code=0, entry=entry)
-
-    def _failed_attempt(
-        self,
-        planned: PlannedStep,
-        staging: Staging,
-        reason: str,
-        exit_code: int | None,
-        last: deque[str],
-    ) -> _Attempt:
-        """Keep the failed attempt's log in the run's log folder; drop everything else."""
-        full = full_disk(staging.path, self.cache.root)
-        if full is not None and "is full" not in reason:
-            reason = f"{reason}; {full}"
-        log_path = keep_log(staging.log_path, self.log_dir / f"{planned.name}.log")
-        self._discard(staging)
-        return _Attempt(
-            ok=False, reason=reason, exit_code=exit_code, log_path=log_path, last_lines=list(last)
-        )
-
-    def _discard(self, staging: Staging) -> None:
-        # A leftover staging folder is never taken as cached, and gc removes it.
-        with contextlib.suppress(CacheError):
-            self.cache.discard(staging)
-
     def _output_of(self, name: str) -> Path:
         output = self.results[name].output
         assert output is not None  # only done or cached inputs get here
         return output
-
-    def _labels(self, planned: PlannedStep) -> dict[str, str]:
-        return {
-            f"{LABEL_PREFIX}.run": self.run_id,
-            f"{LABEL_PREFIX}.step": planned.name,
-            f"{LABEL_PREFIX}.key": planned.key,
-            OWNER_LABEL: self._owner,
-        }
-
-    def _log_sink(self, step: str, log: StepLog, last: deque[str]) -> Callable[[Stream, str], None]:
-        emit, wants = self.emit, self.wants_log_lines
-
-        def on_log(stream: Stream, text: str) -> None:
-            log.write(text + "\n")
-            last.append(text)
-            if wants:
-                emit(log_line(step, stream, text))
-
-        return on_log
-
-    def _start_sink(self, planned: PlannedStep, attempt: int) -> Callable[[str], None]:
-        def on_start(container_id: str) -> None:
-            self.emit(
-                StepStarted(
-                    step=planned.name, key=planned.key, container_id=container_id, attempt=attempt
-                )
-            )
-
-        return on_start
 
 
 def past_durations(cache: Cache, plan: Plan) -> dict[str, float]:
@@ -498,17 +346,3 @@ def past_durations(cache: Cache, plan: Plan) -> dict[str, float]:
         ):
             latest[name] = manifest
     return {name: manifest.duration_s for name, manifest in latest.items()}
-
-
-async def remove_leftovers(runtime: Runtime) -> int:
-    """Remove containers of earlier kliko-async processes on this host that no longer exist."""
-    host = socket.gethostname()
-    found = await runtime.find_containers({f"{LABEL_PREFIX}.managed": "1"})
-    removed = 0
-    for container_id, labels in found.items():
-        owner = labels.get(OWNER_LABEL, "")
-        owner_host, _, pid = owner.rpartition(":")
-        if owner_host == host and pid.isdigit() and not pid_alive(int(pid)):
-            await runtime.remove_container(container_id)
-            removed += 1
-    return removed

@@ -1,13 +1,67 @@
-"""Find a step's saved log: in its cache entry, or in the log folder of the run where it failed."""
+"""A step's saved log: written as it runs, kept after a failure, found again later (in its cache
+entry, or in the log folder of the run where it failed)."""
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import glob
+import os
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 from kliko_async.cache import Cache
 from kliko_async.errors import CacheError, ParameterError
 from kliko_async.plan import Plan
+
+
+class StepLog:
+    """A step's saved log file. Writing never raises into the runtime's log stream: the first
+    error (a full disk) is kept in ``error`` and reported through ``on_error``, and the attempt
+    fails, since an entry's log must be complete."""
+
+    def __init__(self, path: Path) -> None:
+        self._file = path.open("w", encoding="utf-8", buffering=1 << 16)
+        self.error: OSError | None = None
+        self.on_error: Callable[[], None] | None = None
+
+    def write(self, text: str) -> None:
+        if self.error is not None:
+            return
+        try:
+            self._file.write(text)
+        except OSError as error:
+            self._failed(error)
+
+    def close(self) -> None:
+        try:
+            self._file.close()
+        except OSError as error:
+            self._failed(error)
+
+    def _failed(self, error: OSError) -> None:
+        if self.error is None:
+            self.error = error
+            if self.on_error is not None:
+                self.on_error()
+
+
+def keep_log(source: Path, target: Path) -> Path | None:
+    """Move a failed attempt's log to ``target`` (no copy: the disk may be full); its path."""
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.replace(source, target)
+        except OSError as error:
+            if error.errno != errno.EXDEV:
+                raise
+            shutil.copyfile(source, target)  # the log folder is on another file system
+    except OSError:
+        with contextlib.suppress(OSError):
+            target.unlink()
+        return None
+    return target
 
 
 def run_log_dir(cache: Cache, run_id: str) -> Path:

@@ -15,6 +15,7 @@ import socket
 import stat
 import subprocess
 import sys
+import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -460,6 +461,31 @@ async def test_a_step_waiting_for_cpus_does_not_start_after_a_failure(lab: Lab) 
 
     assert states(result) == {"bad": "failed", "waiting": "skipped"}
     assert lab.started() == ["bad"]
+
+
+async def test_deleting_a_failed_staging_folder_or_a_forced_entry_runs_off_the_loop(
+    lab: Lab, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both may delete gigabytes: in a worker thread, never on the event loop's thread."""
+    on_loop: dict[str, list[bool]] = {"discard": [], "remove": []}
+    for name in on_loop:
+        original = getattr(Cache, name)
+
+        def spy(self: Cache, *args: Any, _name: str = name, _original: Any = original) -> Any:
+            on_loop[_name].append(threading.current_thread() is threading.main_thread())
+            return _original(self, *args)
+
+        monkeypatch.setattr(Cache, name, spy)
+    steps = {
+        "ok": {"image": "work", "params": {"n": 1}},
+        "bad": {"image": "work", "params": {"exit": 2}},
+    }
+
+    await lab.run(steps, keep_going=True)
+    await lab.run({"ok": steps["ok"]}, force=["ok"])
+
+    assert on_loop["discard"] == [False], "the failed step's staging folder, in a thread"
+    assert on_loop["remove"] == [False], "the forced step's old entry, in a thread"
 
 
 async def test_a_failing_step_is_retried_with_backoff_until_it_succeeds(lab: Lab) -> None:
