@@ -1,18 +1,23 @@
 """Resolve Kliko images to immutable IDs and read their kliko.yml without running them.
 
 A kliko.yml is read once per image ID (create a container, copy the file out, remove it) and
-kept under ``<cache>/specs/``, so later reads of the same image start no container at all.
+kept under ``<cache>/specs/`` (written atomically, with its checksum), so later reads of the same
+image start no container at all; a memo that cannot be read or does not match is read again.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
+import uuid
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import anyio
 from pydantic import BaseModel, ConfigDict
 
+from kliko_async.durable import fsync_dir
 from kliko_async.errors import KlikoError, SpecError
 from kliko_async.runtime.base import Runtime
 from kliko_async.spec import KlikoSpec, parse_spec
@@ -87,8 +92,9 @@ class ImageResolver:
             return spec
         source = f"image {ref or image_id}:{KLIKO_YML}"
         memo = self._memo_path(image_id)
-        if memo is not None and memo.is_file():
-            spec = parse_spec(memo.read_bytes(), source)
+        remembered = _read_memo(memo) if memo is not None else None
+        if remembered is not None:
+            spec = parse_spec(remembered, source)
         else:
             files = await self._runtime.probe_image(
                 image_id, read=[KLIKO_YML], stat=[KLIKO_EXECUTABLE]
@@ -108,7 +114,7 @@ class ImageResolver:
                 )
             spec = parse_spec(text, source)
             if memo is not None:
-                _write_atomically(memo, text)
+                await anyio.to_thread.run_sync(_write_memo, memo, text)
         self._by_id[image_id] = spec
         return spec
 
@@ -118,11 +124,43 @@ class ImageResolver:
         return self._specs_dir / (image_id.replace(":", "-") + ".kliko.yml")
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
+_MEMO_HEADER = b"kliko-async memo sha256="
+
+
+def _read_memo(path: Path) -> bytes | None:
+    """The kliko.yml remembered at ``path``; None if absent, unreadable, truncated or altered
+    (its first line holds the SHA-256 of the rest), so that the image is read again."""
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return None
+    header, newline, text = data.partition(b"\n")
+    if not newline or not header.startswith(_MEMO_HEADER):
+        return None
+    if header.removeprefix(_MEMO_HEADER).decode("ascii", "replace") != _sha256(text):
+        return None
+    return text
+
+
+def _write_memo(path: Path, text: bytes) -> None:
+    """Remember ``text`` at ``path`` atomically and durably: a crash leaves the old memo or the
+    new one, never a part of it."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}")
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}")
+        try:
+            with tmp.open("wb") as handle:
+                handle.write(_MEMO_HEADER + _sha256(text).encode("ascii") + b"\n" + text)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+        finally:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+        fsync_dir(path.parent)
     except OSError:
         pass  # the memo is an optimisation; an unwritable cache is reported where it matters
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()

@@ -102,6 +102,29 @@ def test_validate_reads_an_image_once_then_from_the_cache(
     assert again == [], "the second read of the same image ID must come from the cache folder"
 
 
+def test_a_truncated_kliko_yml_memo_is_read_from_the_image_again(
+    kliko: KlikoCli,
+    tmp_path: Path,
+    private_gen_image: str,
+    container_creations: Callable[[float, float], list[dict[str, str]]],
+) -> None:
+    cache = tmp_path / "cache"
+    assert kliko("validate", private_gen_image, "--cache-dir", cache).returncode == 0
+    (memo,) = (cache / "specs").glob("*.kliko.yml")
+    memo.write_bytes(memo.read_bytes()[: memo.stat().st_size // 2])  # a crash mid-write
+
+    since = time.time()
+    done = kliko("validate", private_gen_image, "--cache-dir", cache)
+    until = time.time() + 0.5
+
+    assert done.returncode == 0, done.stderr
+    assert parameter_names(done.stdout) == GEN_FIELDS
+    wanted = image_id(private_gen_image)
+    assert len([c for c in container_creations(since, until) if c.get("image") == wanted]) == 1
+    again = kliko("validate", private_gen_image, "--cache-dir", cache)
+    assert again.returncode == 0 and parameter_names(again.stdout) == GEN_FIELDS
+
+
 def test_validate_a_kliko_yml_file(kliko: KlikoCli) -> None:
     path = ROOT / "examples" / "images" / "merge" / "kliko.yml"
 
