@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from kliko_async.errors import ParameterError
+from kliko_async.errors import ParameterError, os_error_text
 from kliko_async.images import KlikoImage
 from kliko_async.runtime.base import LABEL_PREFIX, OWNER_LABEL, Runtime, Stream, owner_label
 from kliko_async.spec import Field, parse_cli_value, validate_parameters
@@ -104,6 +104,7 @@ async def run_single_image(runtime: Runtime, image: KlikoImage, options: argpars
         image.spec, gather_parameters(image, options), where=f"image {image.ref}"
     )
     folder = options.output if image.spec.io == "split" else options.work
+    make_folder(folder, "--output" if image.spec.io == "split" else "--work")
     inputs = {"input": options.input} if getattr(options, "input", None) else {}
     if inputs and not inputs["input"].is_dir():
         raise ParameterError("is not a folder", where=f"--input {inputs['input']}")
@@ -121,6 +122,27 @@ async def run_single_image(runtime: Runtime, image: KlikoImage, options: argpars
     if exited.oom_killed:
         print("kliko-async: the container ran out of memory", file=sys.stderr)
     return exited.exit_code
+
+
+def make_folder(folder: Path, flag: str) -> None:
+    """Create ``folder`` (given as ``flag``) if missing; a clear error if it cannot be one."""
+    blocking = folder
+    while not blocking.exists() and blocking.parent != blocking:
+        blocking = blocking.parent
+    if blocking.exists() and not blocking.is_dir():
+        raise ParameterError(
+            f"{blocking} is not a folder, so the container's files cannot be written there",
+            where=f"{flag} {folder}",
+            hint=f"Give {flag} a folder (it is created if missing).",
+        )
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ParameterError(
+            f"cannot create the folder: {os_error_text(error)}",
+            where=f"{flag} {folder}",
+            hint=f"Give {flag} a folder you can write (it is created if missing).",
+        ) from None
 
 
 def _print_line(stream: Stream, text: str) -> None:

@@ -207,3 +207,27 @@ def test_cache_dir_keeps_the_image_spec_out_of_the_users_cache(
     assert list((cache / "specs").glob("*.kliko.yml")), "the image's kliko.yml is kept here"
     default_cache = Path(kliko.env["XDG_CACHE_HOME"]) / "kliko-async"
     assert not default_cache.exists(), "nothing is written to the default cache"
+
+
+@pytest.mark.parametrize(
+    ("image", "flag"), [("example/gen", "--output"), ("example/merge", "--work")]
+)
+@pytest.mark.parametrize(
+    ("folder", "said"),
+    [
+        ("a-file", "a-file is not a folder"),
+        ("a-file/under", "a-file is not a folder"),
+        ("/proc/x", "cannot create the folder"),
+    ],
+)
+def test_a_folder_flag_that_cannot_be_a_folder_is_a_clear_error(
+    kliko: KlikoCli, tmp_path: Path, image: str, flag: str, folder: str, said: str
+) -> None:
+    (tmp_path / "a-file").write_text("not a folder\n")
+
+    done = kliko("run-image", image, flag, folder)
+
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    assert done.stderr.startswith(f"kliko-async: error: {flag} {folder}: {said}"), done.stderr
+    assert (tmp_path / "a-file").read_text() == "not a folder\n"
