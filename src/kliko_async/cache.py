@@ -35,6 +35,7 @@ from kliko_async.errors import CacheError, cache_hint, os_error_text
 from kliko_async.hashing import hash_tree
 from kliko_async.key import CACHE_FORMAT_VERSION
 from kliko_async.locks import KeyLocks
+from kliko_async.processes import host_name
 
 __all__ = ["KEY_PATTERN", "Cache", "default_cache_dir"]
 
@@ -97,7 +98,9 @@ class Cache:
         return self._new_tmp_path(label)
 
     def _new_tmp_path(self, key: str) -> Path:
-        return self.tmp_dir / f"{key}.{os.getpid()}.{secrets.token_hex(6)}"
+        # <key>.<pid>.<random>.<host>: on a shared file system, only the host that made it can
+        # tell whether its process is gone (see upkeep.clean_stale_staging).
+        return self.tmp_dir / f"{key}.{os.getpid()}.{secrets.token_hex(6)}.{host_name()}"
 
     # -- setup ---------------------------------------------------------------------------------
 

@@ -1,8 +1,11 @@
-"""Whether a process still runs: leftovers (staging folders, containers) are judged by it."""
+"""Whether a process still runs, and on which host: leftovers (staging folders, containers) are
+judged by it, and only on the host that made them (a pid means nothing on another host)."""
 
 from __future__ import annotations
 
 import os
+import re
+import socket
 
 
 def pid_alive(pid: int) -> bool:
@@ -18,3 +21,8 @@ def pid_alive(pid: int) -> bool:
     except OSError:  # PermissionError: alive, but someone else's
         return True
     return True
+
+
+def host_name() -> str:
+    """This host's name, safe in a file name (only letters, digits, ``-``, ``_`` and ``.``)."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", socket.gethostname()) or "unknown-host"

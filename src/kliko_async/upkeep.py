@@ -13,7 +13,7 @@ from kliko_async.entry import MANIFEST, OUTPUT, CacheEntry, read_manifest
 from kliko_async.errors import CacheError, cache_hint, os_error_text
 from kliko_async.hashing import hash_tree
 from kliko_async.key import CACHE_FORMAT_VERSION
-from kliko_async.processes import pid_alive
+from kliko_async.processes import host_name, pid_alive
 
 __all__ = ["VerifyProblem", "clean_stale_staging", "gc", "verify"]
 
@@ -44,15 +44,19 @@ class VerifyProblem(BaseModel):
 def clean_stale_staging(cache: Cache) -> int:
     """Delete staging folders whose process is gone; how many were deleted.
 
-    A name that does not parse as ``<key>.<pid>.<random>`` is left alone.
+    Names are ``<key>.<pid>.<random>.<host>``; a folder made on another host is left alone, since
+    its pid says nothing here (the cache may be on a shared file system). A name without a host
+    (made by an earlier version) counts as this host's; one that does not parse is left alone.
     """
     removed = 0
     if not cache.tmp_dir.is_dir():
         return 0
     for child in sorted(cache.tmp_dir.iterdir()):
-        parts = child.name.split(".", 2)
-        if len(parts) != 3 or not parts[1].isdigit():
+        parts = child.name.split(".", 3)
+        if len(parts) < 3 or not parts[1].isdigit():
             continue
+        if len(parts) == 4 and parts[3] != host_name():
+            continue  # another host's: it alone can tell whether its process is gone
         if pid_alive(int(parts[1])):
             continue
         try:

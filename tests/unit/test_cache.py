@@ -24,6 +24,7 @@ from kliko_async.entry import CacheEntry, Manifest, Staging
 from kliko_async.errors import CacheError
 from kliko_async.hashing import sha256_file
 from kliko_async.key import CACHE_FORMAT_VERSION, KeyIngredients, cache_key
+from kliko_async.processes import host_name
 from kliko_async.quantities import parse_age, parse_size
 from kliko_async.upkeep import VerifyProblem, clean_stale_staging, gc, verify
 
@@ -521,6 +522,26 @@ def test_staging_of_a_dead_process_is_no_entry_and_is_cleaned(cache: Cache) -> N
     assert live.path.is_dir()  # our own process is alive
     assert odd.is_dir()
     assert clean_stale_staging(cache) == 0
+
+
+def test_staging_names_carry_the_host_and_only_this_hosts_leftovers_are_cleaned(
+    cache: Cache,
+) -> None:
+    """On a cache shared between hosts, a pid that is dead here may be alive on its own host."""
+    live = cache.stage(key_of(1))
+    assert live.path.name.endswith(f".{host_name()}")
+    pid = dead_pid()
+    mine = cache.root / "tmp" / f"{key_of(2)}.{pid}.abc.{host_name()}"
+    other_host = cache.root / "tmp" / f"{key_of(3)}.{pid}.abc.other-node.cluster.example"
+    earlier_version = cache.root / "tmp" / f"{key_of(4)}.{pid}.abc"
+    for folder in (mine, other_host, earlier_version):
+        (folder / "output").mkdir(parents=True)
+
+    assert clean_stale_staging(cache) == 2
+
+    assert not mine.exists() and not earlier_version.exists()
+    assert other_host.is_dir(), "another host's folder is never deleted from here"
+    assert live.path.is_dir()
 
 
 def test_clean_stale_staging_without_tmp_folder(cache: Cache) -> None:
