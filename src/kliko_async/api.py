@@ -35,6 +35,7 @@ from kliko_async.events import (
 )
 from kliko_async.explain import ManifestIndex, StepExplanation, explain_plan
 from kliko_async.images import ImageResolver, KlikoImage
+from kliko_async.inflight import InFlight, track, untrack
 from kliko_async.leftovers import remove_leftovers
 from kliko_async.paramfiles import FileSnapshots
 from kliko_async.plan import Plan, plan_chain
@@ -393,6 +394,7 @@ async def _execute(
             bus.emit(event)
 
     exported = False
+    copies = track(InFlight("copies of file parameters", folder=files.folder))
     try:
         async with open_runtime(runtime, close=owned) as rt:
             await remove_leftovers(rt)
@@ -428,4 +430,5 @@ async def _execute(
             if not exported and event.ok:
                 event = event.model_copy(update={"ok": False, "outputs_copied": False})
             bus.emit(event)
+        untrack(copies)
     return result

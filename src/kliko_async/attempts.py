@@ -23,6 +23,7 @@ from kliko_async.durable import remove_tree
 from kliko_async.entry import CacheEntry, Manifest, Staging
 from kliko_async.errors import CacheError, KlikoError
 from kliko_async.events import Event, StepPreparing, StepStarted, log_line
+from kliko_async.inflight import InFlight, under_way
 from kliko_async.plan import PlannedStep
 from kliko_async.quantities import describe_size
 from kliko_async.runtime.base import (
@@ -84,6 +85,18 @@ class StepAttempts:
             staging = self.cache.stage(planned.key)
         except CacheError as error:
             return AttemptOutcome(ok=False, reason=str(error))
+        with under_way(InFlight(f"staging folder of step {step.name}", folder=staging.path)):
+            return await self._run_staged(planned, attempt, inputs, staging, last)
+
+    async def _run_staged(
+        self,
+        planned: PlannedStep,
+        attempt: int,
+        inputs: Mapping[str, Path],
+        staging: Staging,
+        last: deque[str],
+    ) -> AttemptOutcome:
+        step = planned.step
         started_at = datetime.now(UTC)
         started = time.monotonic()
         try:

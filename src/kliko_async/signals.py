@@ -1,7 +1,8 @@
 """Ctrl-C and SIGTERM for commands that run containers: stop cleanly, or at once if asked twice.
 
 The first SIGINT or SIGTERM cancels the work; cancellation reaches each running container's
-shielded cleanup, which stops and removes it. A second signal exits immediately.
+shielded cleanup, which stops and removes it. A second signal exits immediately, saying exactly
+which containers and folders it leaves behind and how they are removed (see ``inflight``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import TypeVar
 import anyio
 
 from kliko_async.errors import Interrupted, KlikoError
+from kliko_async.inflight import describe_left_behind, left_behind
 
 T = TypeVar("T")
 
@@ -34,7 +36,9 @@ async def until_signal(work: Callable[[], Awaitable[T]], *, what: str) -> T:
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async for signum in signals:
                 number = signal.Signals(signum)
-                if received:  # a second signal: stop waiting for the cleanup
+                if received:  # a second signal: stop waiting for the cleanup, say what stays
+                    left = describe_left_behind(left_behind())
+                    print(f"kliko-async: forced to stop; {left}", file=sys.stderr, flush=True)
                     os._exit(EXIT_CODES.get(number, 130))
                 received.append(number)
                 print(f"\nkliko-async: stopping: {what} (signal again to force)", file=sys.stderr)

@@ -18,6 +18,7 @@ import yaml
 
 from kliko_async.errors import ParameterError, os_error_text
 from kliko_async.images import KlikoImage
+from kliko_async.inflight import InFlight, under_way
 from kliko_async.runtime.base import LABEL_PREFIX, OWNER_LABEL, Runtime, Stream, owner_label
 from kliko_async.spec import Field, parse_cli_value, validate_parameters
 from kliko_async.workspace import build_job
@@ -108,7 +109,10 @@ async def run_single_image(runtime: Runtime, image: KlikoImage, options: argpars
     inputs = {"input": options.input} if getattr(options, "input", None) else {}
     if inputs and not inputs["input"].is_dir():
         raise ParameterError("is not a folder", where=f"--input {inputs['input']}")
-    with tempfile.TemporaryDirectory(prefix="kliko-run-") as scratch:
+    with (
+        tempfile.TemporaryDirectory(prefix="kliko-run-") as scratch,
+        under_way(InFlight("run-image's parameters", folder=Path(scratch), next_run_removes=False)),
+    ):
         job = build_job(
             image,
             params,

@@ -187,3 +187,50 @@ steps:
     assert len(removed) == 1
     assert created, "the re-run started the long step"
     assert removed[0] < min(created), "leftovers are removed when the re-run starts"
+
+
+def test_a_second_ctrl_c_says_what_it_leaves_and_the_next_run_removes_it(
+    kliko: KlikoCli, tmp_path: Path, remove_afterwards: list[str]
+) -> None:
+    """The first Ctrl-C stops the containers gracefully (their shell ignores SIGTERM, so that
+    takes the grace period); a second one exits at once, listing each container and staging
+    folder it leaves. The next run removes exactly those."""
+    chain = tmp_path / "parallel.yaml"
+    chain.write_text(
+        "steps:\n"
+        "  one: {image: example/sleep, params: {seconds: 30, tag: one}}\n"
+        "  two: {image: example/sleep, params: {seconds: 30, tag: two}}\n"
+    )
+    cache, log = tmp_path / "cache", tmp_path / "run.log"
+    process = kliko.popen("run", chain, "--cache-dir", cache, "--plain", "--jobs", "2", log=log)
+    remove_afterwards.append(owner_filter(process.pid))
+    deadline = time.monotonic() + 60
+    while len(containers(owner_filter(process.pid), running_only=True)) < 2:
+        assert time.monotonic() < deadline and process.poll() is None, log.read_text()
+        time.sleep(0.1)
+
+    process.send_signal(signal.SIGINT)
+    time.sleep(0.5)  # the graceful stop is under way
+    code, took = stop_with(process, signal.SIGINT)
+    output = log.read_text()
+
+    assert code == 130, output
+    assert took < 2, f"the second Ctrl-C took {took:.1f} s"
+    assert "forced to stop; left behind:" in output
+    left = containers(owner_filter(process.pid))
+    assert left, "the containers were still being stopped"
+    for container_id in left:
+        assert f"container {container_id[:12]} (step " in output, output
+    staging = sorted((cache / "tmp").iterdir())
+    assert len(staging) == 2
+    for folder in staging:
+        assert f"folder {folder} (staging folder of step " in output, output
+    assert "the next 'kliko-async run' on this host removes them" in output
+    assert "docker rm -f" in output and "Traceback" not in output
+
+    quick = tmp_path / "quick.yaml"
+    quick.write_text("steps:\n  q: {image: example/sleep, params: {seconds: 0.1, tag: q}}\n")
+    done = kliko("run", quick, "--cache-dir", cache, "--plain")
+    assert done.returncode == 0, done.stderr
+    assert containers(owner_filter(process.pid)) == [], "the next run removed the containers"
+    assert [f for f in staging if f.exists()] == [], "and the staging folders"

@@ -20,6 +20,7 @@ import aiohttp
 import anyio
 
 from kliko_async.errors import ContainerError, ImageError, RuntimeUnavailable
+from kliko_async.inflight import InFlight, track, untrack
 from kliko_async.runtime.base import (
     LABEL_PREFIX,
     OWNER_LABEL,
@@ -134,12 +135,14 @@ class DockerRuntime:
             },
         }
         container = await self._create(config)
+        tracked = track(InFlight("reading an image's kliko.yml", container_id=container.id))
         try:
             contents = {path: await self._read_file(container, path) for path in read}
             exists = {path: await self._path_exists(container, path) for path in stat}
         finally:
             with anyio.CancelScope(shield=True), anyio.move_on_after(CLEANUP_DEADLINE_SECONDS):
                 await self._delete(container)
+                untrack(tracked)
         return ImageFiles(contents=contents, exists=exists)
 
     async def _read_file(self, container: Any, path: str) -> bytes | None:
@@ -216,6 +219,8 @@ class DockerRuntime:
     ) -> ContainerExit:
         await self._ready()
         container = await self._create(_container_config(job))
+        step = job.labels.get(f"{LABEL_PREFIX}.step")
+        tracked = track(InFlight(f"step {step}" if step else "a container", container.id))
         exited = False
         try:
             try:
@@ -255,6 +260,7 @@ class DockerRuntime:
                     await self._delete(container)
                 else:  # cancelled or failed while running: stop it gracefully first
                     await self._stop_and_delete(container)
+                untrack(tracked)
 
     async def _failed_exit(
         self, container: Any, code: int, error: str | None, memory: int | None

@@ -1,0 +1,90 @@
+"""What this process has under way outside itself: containers and folders it will remove.
+
+Tracked so that a forced exit (a second Ctrl-C or SIGTERM) can say exactly what it leaves behind,
+and how it gets removed: containers carry this process's owner label and staging folders its
+pid and host, so the next ``kliko-async run`` on this host removes both.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shlex
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class InFlight:
+    """One thing under way: a container (``container_id``) or a folder (``folder``)."""
+
+    what: str
+    container_id: str | None = None
+    folder: Path | None = None
+    next_run_removes: bool = True
+
+
+_under_way: dict[int, InFlight] = {}
+_ids = itertools.count()
+
+
+def track(item: InFlight) -> int:
+    """Note ``item`` as under way; the number to :func:`untrack` it with once it is removed."""
+    number = next(_ids)
+    _under_way[number] = item
+    return number
+
+
+def untrack(number: int) -> None:
+    _under_way.pop(number, None)
+
+
+@contextmanager
+def under_way(item: InFlight) -> Iterator[None]:
+    """Track ``item`` while the block runs (removing it is the block's own business)."""
+    number = track(item)
+    try:
+        yield
+    finally:
+        untrack(number)
+
+
+def left_behind() -> list[InFlight]:
+    """Everything under way right now, oldest first (folders only once they exist)."""
+    return [i for i in _under_way.values() if i.folder is None or i.folder.exists()]
+
+
+def describe_left_behind(items: list[InFlight]) -> str:
+    """What a forced exit leaves, and how it will be (or can be) removed, for people."""
+    if not items:
+        return "nothing was left behind"
+    lines = ["left behind:"]
+    for item in items:
+        if item.container_id is not None:
+            lines.append(f"  container {item.container_id[:12]} ({item.what})")
+        else:
+            lines.append(f"  folder {os.path.abspath(item.folder or '')} ({item.what})")
+    by_next_run = [i for i in items if i.next_run_removes]
+    by_hand = [i for i in items if not i.next_run_removes]
+    if by_next_run:
+        lines.append(
+            "the next 'kliko-async run' on this host removes "
+            + ("them" if not by_hand else ", ".join(_name(i) for i in by_next_run))
+        )
+    commands = []
+    containers = [i.container_id[:12] for i in items if i.container_id is not None]
+    if containers:
+        commands.append("docker rm -f " + " ".join(containers))
+    folders = [os.path.abspath(i.folder) for i in items if i.folder is not None]
+    if folders:
+        commands.append("rm -rf " + " ".join(shlex.quote(f) for f in folders))
+    lines.append(
+        ("or remove them now: " if by_next_run else "remove them with: ") + "; ".join(commands)
+    )
+    return "\n".join(lines)
+
+
+def _name(item: InFlight) -> str:
+    return f"container {item.container_id[:12]}" if item.container_id else f"folder {item.folder}"

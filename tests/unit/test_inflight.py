@@ -1,0 +1,44 @@
+"""What a forced exit says it leaves behind (the second Ctrl-C prints it)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from kliko_async.inflight import InFlight, describe_left_behind, left_behind, under_way
+
+
+def test_only_what_is_under_way_and_exists_is_listed(tmp_path: Path) -> None:
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    with (
+        under_way(InFlight("step a", container_id="0123456789abcdef")),
+        under_way(InFlight("staging folder of step a", folder=staging)),
+        under_way(InFlight("never made", folder=tmp_path / "absent")),
+    ):
+        inside = left_behind()
+    assert [i.what for i in inside] == ["step a", "staging folder of step a"]
+    assert left_behind() == [], "each is untracked once its block ends"
+
+
+def test_the_message_names_each_item_and_how_it_is_removed(tmp_path: Path) -> None:
+    items = [
+        InFlight("step a", container_id="0123456789abcdef"),
+        InFlight("staging folder of step a", folder=tmp_path / "s"),
+    ]
+    text = describe_left_behind(items)
+
+    assert "container 0123456789ab (step a)" in text
+    assert f"folder {tmp_path / 's'} (staging folder of step a)" in text
+    assert "the next 'kliko-async run' on this host removes them" in text
+    assert f"docker rm -f 0123456789ab; rm -rf {tmp_path / 's'}" in text
+
+
+def test_what_no_run_removes_is_told_apart(tmp_path: Path) -> None:
+    items = [
+        InFlight("step run-image", container_id="0123456789abcdef"),
+        InFlight("run-image's parameters", folder=tmp_path / "p", next_run_removes=False),
+    ]
+    text = describe_left_behind(items)
+
+    assert "the next 'kliko-async run' on this host removes container 0123456789ab" in text
+    assert describe_left_behind([]) == "nothing was left behind"
