@@ -339,7 +339,8 @@ class ConsumerFeed:
                 self.error = error
                 self.queue.close()
                 if self._on_failure is not None:
-                    self._on_failure(error)
+                    with contextlib.suppress(Exception):  # nor may the report of its error
+                        self._on_failure(error)
             if delivered:  # not while an abandoned delivery may still run in its thread
                 await anyio.to_thread.run_sync(
                     self._close, limiter=self._limiter, abandon_on_cancel=True
@@ -376,7 +377,8 @@ class EventBus:
         max_log_lines: int = 10_000,
         on_failure: Callable[[BaseException], None] | None = None,
     ) -> ConsumerFeed:
-        """Feed ``consumer`` every event; ``on_failure(error)`` runs on the loop if it raises."""
+        """Feed ``consumer`` every event; ``on_failure(error)`` runs on the loop if it raises
+        (an error of ``on_failure`` itself is ignored: it must not break the run either)."""
         feed = ConsumerFeed(consumer, max_log_lines, on_failure)
         self._feeds.append(feed)
         return feed
