@@ -20,6 +20,7 @@ from kliko_async.errors import (
 )
 from kliko_async.events import (
     Event,
+    EventConsumer,
     ImageBuilding,
     ImageBuilt,
     LogLine,
@@ -51,6 +52,7 @@ __all__ = [
     "ChainRun",
     "ContainerError",
     "Event",
+    "EventConsumer",
     "ImageBuilding",
     "ImageBuilt",
     "ImageError",
