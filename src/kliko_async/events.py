@@ -97,6 +97,15 @@ class LogLine(_Event):
     text: str
 
 
+class LogLinesSkipped(_Event):
+    """Log lines of ``step`` that one consumer did not get, as it fell behind (its queue was
+    full); they are in the step's saved log. Only that consumer sees this event."""
+
+    kind: Literal["log_lines_skipped"] = "log_lines_skipped"
+    step: str
+    count: int
+
+
 class StepFinished(_Event):
     kind: Literal["step_finished"] = "step_finished"
     step: str
@@ -165,6 +174,7 @@ Event = Annotated[
     | StepWaitingForLock
     | StepStarted
     | LogLine
+    | LogLinesSkipped
     | StepFinished
     | StepFailed
     | StepRetried
@@ -226,12 +236,23 @@ class EventConsumer(Protocol):
     def close(self) -> None: ...
 
 
+class _Skipped:
+    """Where log lines of ``step`` were dropped: ``count[0]`` of them, so far."""
+
+    __slots__ = ("count", "step")
+
+    def __init__(self, step: str, count: list[int]) -> None:
+        self.step = step
+        self.count = count
+
+
 class _EventQueue:
     """Events waiting for one consumer: log lines beyond ``max_log_lines`` are dropped (and
     counted), every other event is kept until taken. Putting never blocks."""
 
     def __init__(self, max_log_lines: int) -> None:
-        self._events: deque[Event] = deque()
+        self._events: deque[Event | _Skipped] = deque()
+        self._skipping: dict[str, list[int]] = {}
         self._log_lines = 0
         self._max_log_lines = max_log_lines
         self._wakeup = anyio.Event()
@@ -242,7 +263,13 @@ class _EventQueue:
         if isinstance(event, LogLine):
             if self._log_lines >= self._max_log_lines:
                 self.dropped_log_lines += 1
+                skipped = self._skipping.get(event.step)
+                if skipped is None:  # where they were dropped, the consumer is told how many
+                    skipped = self._skipping[event.step] = [0]
+                    self._events.append(_Skipped(event.step, skipped))
+                skipped[0] += 1
                 return
+            self._skipping.pop(event.step, None)
             self._log_lines += 1
         self._events.append(event)
         self._wakeup.set()
@@ -264,6 +291,11 @@ class _EventQueue:
         batch: list[Event] = []
         while self._events and len(batch) < limit:
             event = self._events.popleft()
+            if isinstance(event, _Skipped):
+                if self._skipping.get(event.step) is event.count:
+                    del self._skipping[event.step]  # later drops start a new count
+                batch.append(LogLinesSkipped(step=event.step, count=event.count[0]))
+                continue
             if isinstance(event, LogLine):
                 self._log_lines -= 1
             batch.append(event)

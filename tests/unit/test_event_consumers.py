@@ -18,7 +18,14 @@ import pytest
 from kliko_async import api
 from kliko_async.cache import Cache
 from kliko_async.chain import Chain, parse_chain
-from kliko_async.events import Event, EventBus, LogLine, RunFinished, StepFinished
+from kliko_async.events import (
+    Event,
+    EventBus,
+    LogLine,
+    LogLinesSkipped,
+    RunFinished,
+    StepFinished,
+)
 from kliko_async.runtime.fake import FakeContainer, FakeRuntime
 
 pytestmark = pytest.mark.anyio
@@ -128,10 +135,13 @@ async def test_a_consumer_that_blocks_for_seconds_never_holds_up_the_run(
     on, and once it is free again it still gets every state event, in order."""
     release = threading.Event()
     kinds: list[str] = []
+    skipped: list[int] = []
 
     def paused(event: Event) -> None:
         release.wait(10)  # blocks this thread, as a write to a full pipe does
         kinds.append(event.kind)
+        if isinstance(event, LogLinesSkipped):
+            skipped.append(event.count)
 
     chain = two_steps(tmp_path, lines=20_000)
     async with api.open_run(
@@ -145,12 +155,13 @@ async def test_a_consumer_that_blocks_for_seconds_never_holds_up_the_run(
 
     assert ran_in < 5, f"the run took {ran_in:.1f} s behind a blocked consumer"
     assert run.result.ok
-    state = [k for k in kinds if k != "log_line"]
+    state = [k for k in kinds if k not in ("log_line", "log_lines_skipped")]
     assert state[0] == "run_started" and state[-1] == "run_finished"
     assert state.count("step_finished") == 2, "state events are never dropped"
     assert kinds.count("log_line") < 20_002, "log lines beyond its queue were dropped"
     assert run.feed is not None and run.feed.dropped_log_lines > 0
     assert kinds.count("log_line") + run.feed.dropped_log_lines == 20_002
+    assert sum(skipped) == run.feed.dropped_log_lines, "it is told how many it missed"
     key = run.result.steps["first"].key
     assert len(saved_log(tmp_path / "cache", key)) == 20_000, "the saved log has every line"
 

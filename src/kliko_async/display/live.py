@@ -74,6 +74,11 @@ class LiveDisplay:
             if self._all_logs:
                 self._log_line(event)
             return
+        if event.kind == "log_lines_skipped":  # dropped before reaching this view: not shown
+            if self._all_logs:
+                with self._hidden_lock:
+                    self._hidden[event.step] = self._hidden.get(event.step, 0) + event.count
+            return
         if self._drawer is None:
             self._start()
         self.view.update(event)
