@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import os
-import shutil
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -20,8 +19,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import anyio
+import anyio.from_thread
+import anyio.to_thread
 from anyio.abc import TaskGroup
 
+from kliko_async import exports
 from kliko_async.cache import Cache, default_cache_dir
 from kliko_async.chain import Chain, chain_from_pairs, load_chain
 from kliko_async.errors import KlikoError
@@ -35,7 +37,6 @@ from kliko_async.results import RunResult
 from kliko_async.runtime.base import Runtime
 from kliko_async.scheduler import Scheduler, remove_leftovers
 from kliko_async.upkeep import clean_stale_staging
-from kliko_async.workspace import copy_tree_writable
 
 if TYPE_CHECKING:
     from kliko_async.runtime.slurm import SlurmOptions
@@ -270,36 +271,27 @@ def run_blocking(function: Callable[[], Awaitable[T]]) -> T:
         return pool.submit(anyio.run, function).result()
 
 
-def export_outputs(result: RunResult, out: Path) -> None:
-    """Copy every finished step's output to ``out/<step>/`` (copies never alter the cache)."""
-    for name, step in result.steps.items():
-        if step.output is None:
-            continue
-        target = out / name
-        try:
-            if target.exists() or target.is_symlink():
-                shutil.rmtree(target) if target.is_dir() else target.unlink()
-            copy_tree_writable(step.output, target)
-        except OSError as error:
-            raise KlikoError(
-                f"could not copy the output of step '{name}' to {target}: "
-                f"{error.strerror or error}",
-                where=f"--out {out}",
-                hint="Every finished step is kept in the cache: run again with another --out.",
-            ) from None
+async def export_outputs(
+    result: RunResult, out: Path, *, emit: Callable[[Event], None] | None = None
+) -> None:
+    """Copy every finished step's output to ``out/<step>/``, in a worker thread.
 
+    The event loop stays free while big outputs are copied (other runs' containers, displays,
+    Ctrl-C); ``emit`` sees :class:`~kliko_async.events.ExportStarted` and one
+    :class:`~kliko_async.events.OutputExported` per step. Only earlier exports are replaced
+    (see :mod:`kliko_async.exports`); cancelling stops the copy between two files.
+    """
 
-def check_out_folder(out: Path) -> None:
-    """Refuse an ``--out`` that can never become a folder, before any step runs."""
-    existing = out
-    while not existing.exists() and existing.parent != existing:
-        existing = existing.parent
-    if existing.exists() and not existing.is_dir():
-        raise KlikoError(
-            f"{existing} is not a folder, so step outputs cannot be copied under it",
-            where=f"--out {out}",
-            hint="Give --out a folder (it is created if missing).",
+    def send(event: Event) -> None:  # from the worker thread to the loop, where consumers are
+        if emit is not None:
+            anyio.from_thread.run_sync(emit, event)
+
+    def in_thread() -> None:
+        exports.export_outputs(
+            result, out, emit=send, between_files=anyio.from_thread.check_cancelled
         )
+
+    await anyio.to_thread.run_sync(in_thread)
 
 
 async def read_image(
@@ -354,7 +346,7 @@ async def _execute(
 ) -> RunResult:
     loaded = chain if isinstance(chain, Chain) else load_chain(Path(chain))
     if out is not None:
-        check_out_folder(Path(out))
+        exports.check_export_targets(Path(out), loaded.steps)
     cache = Cache(Path(cache_dir) if cache_dir else default_cache_dir())
     cache.ensure_writable()
     clean_stale_staging(cache)
@@ -405,7 +397,7 @@ async def _execute(
             )
             result = await scheduler.run()
         if out is not None:
-            export_outputs(result, Path(out))
+            await export_outputs(result, Path(out), emit=bus.emit)
         exported = True
     finally:
         files.discard()  # synchronous: runs even while being cancelled

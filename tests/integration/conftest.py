@@ -145,6 +145,18 @@ class KlikoCli:
             timeout=timeout,
         )
 
+    def raw(
+        self, *args: str | os.PathLike[str], timeout: float = 120
+    ) -> subprocess.CompletedProcess[bytes]:
+        """As calling it, but stdout and stderr are the bytes written, not decoded."""
+        return subprocess.run(
+            [KLIKO_ASYNC, *map(str, args)],
+            cwd=self.cwd,
+            env=self.env,
+            capture_output=True,
+            timeout=timeout,
+        )
+
     def popen(self, *args: str | os.PathLike[str], log: Path) -> subprocess.Popen[bytes]:
         """Start the command in the background, its stdout and stderr going to ``log``."""
         with log.open("wb") as sink:

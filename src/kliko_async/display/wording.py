@@ -48,7 +48,19 @@ def step_message(event: Event) -> tuple[str, str] | None:
             return event.step, f"skipped: {event.reason}"
         case "step_cancelled":
             return event.step, "cancelled"
+        case "output_exported":
+            return event.step, (
+                f"copied to {event.path} ({event.files} files, {_size(event.size_bytes)}, "
+                f"{event.done}/{event.total})"
+            )
     return None
+
+
+def _size(size: int) -> str:
+    for unit, scale in (("GB", 10**9), ("MB", 10**6), ("kB", 10**3)):
+        if size >= scale:
+            return f"{size / scale:.1f} {unit}"
+    return f"{size} bytes"
 
 
 def run_message(event: Event) -> str | None:
@@ -56,6 +68,8 @@ def run_message(event: Event) -> str | None:
     match event.kind:
         case "run_started":
             return f"run {event.run_id}: {len(event.steps)} steps, up to {event.jobs} at once"
+        case "export_started":
+            return f"copying the outputs of {len(event.steps)} steps to {event.folder}"
         case "run_finished":
             state = "ok" if event.ok else "FAILED"
             if not event.outputs_copied:
