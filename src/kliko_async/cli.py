@@ -478,5 +478,9 @@ def _cache(options: argparse.Namespace) -> int:
         max_size=parse_size(options.max_size) if options.max_size else None,
     )
     freed = sum(len(e.manifest.outputs) for e in removed)
-    print(f"removed {len(removed)} entr{'y' if len(removed) == 1 else 'ies'} ({freed} files)")
+    print(
+        f"removed {len(removed)} entr{'y' if len(removed) == 1 else 'ies'} ({freed} files), "
+        f"{removed.run_logs} old run log folder(s), {removed.lock_files} unused lock file(s), "
+        f"{removed.shard_folders} empty folder(s)"
+    )
     return 0

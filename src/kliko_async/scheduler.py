@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict
 from kliko_async.attempts import StepLog, exit_reason, full_disk, keep_log
 from kliko_async.cache import Cache
 from kliko_async.entry import CacheEntry, Manifest, Staging
-from kliko_async.errors import CacheError, KlikoError
+from kliko_async.errors import CacheError, KlikoError, UnpublishableOutput
 from kliko_async.events import (
     Event,
     RunFinished,
@@ -407,6 +407,8 @@ class Scheduler:
                 self.cache.remove(planned.key)
             # Hashing and fsyncing the outputs may take seconds for big outputs: off the loop.
             entry = await anyio.to_thread.run_sync(self.cache.publish, staging, manifest)
+        except UnpublishableOutput as error:  # the step's fault: keep its log, say what it wrote
+            return self._failed_attempt(planned, staging, error.message, 0, last)
         except CacheError as error:
             return _Attempt(ok=False, reason=str(error), exit_code=0, last_lines=list(last))
         return _Attempt(ok=True, exit_code=0, entry=entry)

@@ -5,14 +5,14 @@ from __future__ import annotations
 import glob
 from pathlib import Path
 
-from kliko_async.cache import Cache
+from kliko_async.cache import RUN_LOGS, Cache
 from kliko_async.errors import CacheError, ParameterError
 from kliko_async.plan import Plan
 
 
 def run_log_dir(cache: Cache, run_id: str) -> Path:
     """Where a run keeps the logs of its failed steps."""
-    return cache.root / "logs" / run_id
+    return cache.root / RUN_LOGS / run_id
 
 
 def find_step_log(cache: Cache, plan: Plan, step: str) -> Path:
@@ -25,7 +25,7 @@ def find_step_log(cache: Cache, plan: Plan, step: str) -> Path:
     if entry is not None:
         return entry.log_path
     failed = sorted(
-        (cache.root / "logs").glob(f"*/{glob.escape(step)}.log"), key=lambda p: p.stat().st_mtime
+        (cache.root / RUN_LOGS).glob(f"*/{glob.escape(step)}.log"), key=lambda p: p.stat().st_mtime
     )
     if failed:
         return failed[-1]

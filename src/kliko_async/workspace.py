@@ -14,6 +14,7 @@ import stat
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+from kliko_async.durable import special_kind
 from kliko_async.images import KLIKO_COMMAND, KlikoImage
 from kliko_async.runtime.base import ContainerJob, Mount
 from kliko_async.spec import PARAM_FILES_DIR, ValidatedParameters
@@ -167,17 +168,6 @@ class SpecialFileError(OSError):
     def __init__(self, path: Path, mode: int) -> None:
         self.path = path
         super().__init__(f"{path} is {special_kind(mode)}, not a file, folder or link")
-
-
-def special_kind(mode: int) -> str:
-    """'a named pipe', 'a socket', 'a device' for the ``st_mode`` of a special file."""
-    if stat.S_ISFIFO(mode):
-        return "a named pipe"
-    if stat.S_ISSOCK(mode):
-        return "a socket"
-    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        return "a device"
-    return "a special file"
 
 
 def _make_folder(path: Path, info: os.stat_result) -> None:
