@@ -11,28 +11,38 @@ import errno
 import os
 import shutil
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 from kliko_async.runtime.base import ContainerExit
 
 
 class StepLog:
-    """A step's saved log file. Writing never raises into the runtime's log stream: the first
-    error (a full disk) is kept in ``error`` and reported through ``on_error``, and the attempt
-    fails, since an entry's log must be complete."""
+    """A step's saved log file: one record per line, ``<time stamp> <stream> <bytes>``.
+
+    Records are in the order the engine gave them, stdout and stderr together, each with the
+    engine's time stamp (the time it arrived when the runtime gives none); the bytes are exactly
+    what the container wrote (see :class:`~kliko_async.runtime.base.LogSink`);
+    :func:`kliko_async.steplogs.log_content` reads the bytes back. Writing never raises into
+    the runtime's log stream: the first error (a full disk) is kept in ``error`` and reported
+    through ``on_error``, and the attempt fails, since an entry's log must be complete."""
 
     def __init__(self, path: Path) -> None:
-        self._file = path.open("w", encoding="utf-8", buffering=1 << 16)
+        self._file = path.open("w", encoding="utf-8", errors="surrogateescape", buffering=1 << 16)
         self.error: OSError | None = None
         self.on_error: Callable[[], None] | None = None
 
-    def write(self, text: str) -> None:
+    def write_line(self, stream: str, text: str, at: str | None = None) -> None:
         if self.error is not None:
             return
+        if at is None:
+            at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         try:
-            self._file.write(text)
+            self._file.write(f"{at} {stream} {text}\n")
         except OSError as error:
             self._failed(error)
+        except UnicodeEncodeError:  # a surrogate not from decoding bytes (a library caller)
+            self.write_line(stream, text.encode("utf-8", "replace").decode("utf-8"), at)
 
     def close(self) -> None:
         try:

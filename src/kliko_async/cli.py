@@ -136,6 +136,12 @@ def build_parser() -> argparse.ArgumentParser:
     logs.add_argument("chain", nargs="?", type=Path, help="the chain file")
     logs.add_argument("step", nargs="?", help="the step name")
     logs.add_argument("--key", help="a cache key (or its first characters) instead")
+    logs.add_argument(
+        "-t",
+        "--timestamps",
+        action="store_true",
+        help="show each line's time stamp (the engine's) and stream",
+    )
     _cache_dir_option(logs)
 
     why = commands.add_parser(
@@ -375,7 +381,7 @@ def _looks_like_a_path(text: str) -> bool:
 def _logs(options: argparse.Namespace) -> int:
     from kliko_async.api import dry_run
     from kliko_async.cache import Cache, default_cache_dir
-    from kliko_async.steplogs import find_step_log, log_by_key
+    from kliko_async.steplogs import find_step_log, log_by_key, log_records
 
     cache = Cache(options.cache_dir or default_cache_dir())
     if options.key:
@@ -385,9 +391,11 @@ def _logs(options: argparse.Namespace) -> int:
         path = find_step_log(cache, plan, options.step)
     else:
         raise ParameterError("logs needs CHAIN STEP, or --key KEY")
-    with path.open("rb") as handle:
-        while chunk := handle.read(1 << 16):
-            sys.stdout.buffer.write(chunk)
+    out = sys.stdout.buffer
+    for at, stream, text in log_records(path):
+        if options.timestamps:
+            out.write(at + b" " + stream.encode() + b" ")
+        out.write(text + b"\n")
     return 0
 
 

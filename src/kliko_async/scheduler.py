@@ -50,6 +50,7 @@ from kliko_async.results import RunResult, StepResult
 from kliko_async.runtime.base import (
     LABEL_PREFIX,
     OWNER_LABEL,
+    LogSink,
     Runtime,
     Stream,
     owner_label,
@@ -449,11 +450,11 @@ class Scheduler:
             OWNER_LABEL: self._owner,
         }
 
-    def _log_sink(self, step: str, log: StepLog, last: deque[str]) -> Callable[[Stream, str], None]:
+    def _log_sink(self, step: str, log: StepLog, last: deque[str]) -> LogSink:
         emit, wants = self.emit, self.wants_log_lines
 
-        def on_log(stream: Stream, text: str) -> None:
-            log.write(text + "\n")
+        def on_log(stream: Stream, text: str, at: str | None = None, /) -> None:
+            log.write_line(stream, text, at)
             last.append(text)
             if wants:
                 emit(log_line(step, stream, text))

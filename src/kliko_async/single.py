@@ -123,5 +123,9 @@ async def run_single_image(runtime: Runtime, image: KlikoImage, options: argpars
     return exited.exit_code
 
 
-def _print_line(stream: Stream, text: str) -> None:
-    print(text, file=sys.stdout if stream == "stdout" else sys.stderr, flush=True)
+def _print_line(stream: Stream, text: str, at: str | None = None, /) -> None:
+    """The container's own line, byte for byte, to this process's stdout or stderr."""
+    out = sys.stdout if stream == "stdout" else sys.stderr
+    out.flush()
+    out.buffer.write(text.encode("utf-8", "surrogateescape") + b"\n")
+    out.buffer.flush()

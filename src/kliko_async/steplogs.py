@@ -1,8 +1,11 @@
-"""Find a step's saved log: in its cache entry, or in the log folder of the run where it failed."""
+"""Find a step's saved log (in its cache entry, or in the log folder of the run where it
+failed) and read it back: the bytes the container wrote, with or without time stamps."""
 
 from __future__ import annotations
 
 import glob
+import re
+from collections.abc import Iterator
 from pathlib import Path
 
 from kliko_async.cache import RUN_LOGS, Cache
@@ -42,3 +45,27 @@ def log_by_key(cache: Cache, key: str) -> Path:
         found = "no entry" if not matches else f"{len(matches)} entries"
         raise CacheError(f"{found} with a key starting '{key}'", where=str(cache.root))
     return matches[0].log_path
+
+
+_RECORD = re.compile(rb"(\S+) (stdout|stderr) (.*)", re.DOTALL)
+
+
+def log_records(path: Path) -> Iterator[tuple[bytes, str, bytes]]:
+    """``(time stamp, stream, bytes of the line)`` of every line of a saved log, in order.
+
+    A line that is not a record (a log saved by an older version) is given with an empty
+    time stamp, as stdout.
+    """
+    with path.open("rb") as handle:
+        for raw in handle:
+            line = raw[:-1] if raw.endswith(b"\n") else raw
+            match = _RECORD.fullmatch(line)
+            if match is None:
+                yield b"", "stdout", line
+            else:
+                yield match[1], match[2].decode(), match[3]
+
+
+def log_content(path: Path) -> bytes:
+    """What the container wrote, stdout and stderr in the engine's order, byte for byte."""
+    return b"".join(text + b"\n" for _, _, text in log_records(path))

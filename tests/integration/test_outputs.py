@@ -4,10 +4,12 @@ terminal escape sequences kept out of ``--plain`` but in the saved log."""
 
 from __future__ import annotations
 
+import os
 import stat
 import subprocess
 import uuid
 from collections.abc import Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -29,6 +31,17 @@ chmod 755 /output/tool.sh
 printf 'before\033[2J\033[H\033]0;PWNED\007after\n'
 """
 TOOLUSER = "#!/bin/sh\n/work/tool.sh\n"
+# A named pipe in /output; the other file is fine.
+PIPER = "#!/bin/sh\necho fine > /output/fine.txt\nmkfifo /output/pipe\necho made a pipe\n"
+# A file name and log lines that are not UTF-8 (latin-1), stdout and stderr interleaved, a CR.
+LATIN1 = r"""#!/bin/sh
+printf 'caf\351\n' > "/output/caf$(printf '\351').txt"
+printf 'out caf\351\n'
+sleep 0.2
+printf 'err \377\376 binary\r\n' >&2
+sleep 0.2
+printf 'out again\n'
+"""
 
 
 def build_image(context: Path, spec: str, script: str) -> str:
@@ -55,6 +68,8 @@ def images(
     try:
         tags["toolmaker"] = build_image(root / "toolmaker", SPLIT, TOOLMAKER)
         tags["tooluser"] = build_image(root / "tooluser", JOIN, TOOLUSER)
+        tags["piper"] = build_image(root / "piper", SPLIT, PIPER)
+        tags["latin1"] = build_image(root / "latin1", SPLIT, LATIN1)
         yield tags
     finally:
         if tags:
@@ -137,3 +152,55 @@ def test_a_symlinked_step_folder_under_out_is_refused_clearly(
     assert f"{out / 'data'} is a symbolic link (to {tmp_path / 'precious'})" in done.stderr
     assert "Traceback" not in done.stderr
     assert list((tmp_path / "precious").iterdir()) == []
+
+
+def test_a_named_pipe_in_an_output_fails_its_step_and_is_never_published(
+    kliko: KlikoCli, tmp_path: Path, images: dict[str, str]
+) -> None:
+    chain = tmp_path / "chain.yaml"
+    chain.write_text(
+        f"steps:\n  piper: {{image: {images['piper']}}}\n"
+        "  gen: {image: example/gen, params: {n: 1}, inputs: []}\n"
+    )
+    cache, out = tmp_path / "c", tmp_path / "out"
+
+    done = kliko("run", chain, "--cache-dir", cache, "--out", out, "--plain", "--keep-going")
+
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "piper | FAILED: its output holds a named pipe (output/pipe)" in done.stdout
+    assert "nothing of the step was published" in done.stdout
+    assert "1 failed" in done.stdout
+    assert sorted(p.name for p in out.iterdir()) == ["gen"], "the other step is exported"
+    listed = kliko("cache", "ls", "--cache-dir", cache)
+    assert "piper" not in listed.stdout and "gen" in listed.stdout
+    logged = kliko("logs", chain, "piper", "--cache-dir", cache)
+    assert logged.stdout == "made a pipe\n", "the failed attempt's log is kept"
+    assert list((cache / "tmp").iterdir()) == []
+
+
+def test_names_and_logs_that_are_not_utf8_are_kept_byte_for_byte(
+    kliko: KlikoCli, tmp_path: Path, images: dict[str, str]
+) -> None:
+    chain = tmp_path / "chain.yaml"
+    chain.write_text(f"steps:\n  latin: {{image: {images['latin1']}}}\n")
+    cache, out = tmp_path / "c", tmp_path / "out"
+
+    done = kliko.raw("run", chain, "--cache-dir", cache, "--out", out, "--plain")
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "latin | out caf\ufffd".encode() in done.stdout, "shown decoded, never raw"
+    name = os.fsdecode(b"caf\xe9.txt")
+    assert (out / "latin" / name).read_bytes() == b"caf\xe9\n"
+    verified = kliko("cache", "verify", "--cache-dir", cache)
+    assert verified.returncode == 0, verified.stdout
+    logged = kliko.raw("logs", chain, "latin", "--cache-dir", cache)
+    assert logged.stdout == b"out caf\xe9\nerr \xff\xfe binary\r\nout again\n"
+    stamped = kliko.raw("logs", chain, "latin", "--cache-dir", cache, "--timestamps")
+    records = [line.split(b" ", 2) for line in stamped.stdout.split(b"\n")[:-1]]
+    assert [(stream, text) for _, stream, text in records] == [
+        (b"stdout", b"out caf\xe9"),
+        (b"stderr", b"err \xff\xfe binary\r"),
+        (b"stdout", b"out again"),
+    ]
+    stamps = [datetime.fromisoformat(at.decode()[:26] + "+00:00") for at, _, _ in records]
+    assert stamps == sorted(stamps) and stamps[-1] - stamps[0] >= timedelta(seconds=0.3)

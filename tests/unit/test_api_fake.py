@@ -20,6 +20,7 @@ from kliko_async.errors import ParameterError, RunFailed, SpecError
 from kliko_async.events import Event, ImageBuilding, ImageBuilt, RunFinished, StepCancelled
 from kliko_async.runtime.base import LABEL_PREFIX
 from kliko_async.runtime.fake import FakeContainer, FakeRuntime
+from kliko_async.steplogs import log_content
 from kliko_async.upkeep import verify
 
 pytestmark = pytest.mark.anyio
@@ -157,7 +158,7 @@ async def test_raise_for_failures_says_why_each_step_failed_with_its_last_lines_
     assert failure.exit_code == 4
     assert failure.last_lines == ("wrote hello",)
     assert failure.log_path is not None
-    assert read(failure.log_path) == "wrote hello\n"
+    assert log_content(Path(failure.log_path)) == b"wrote hello\n"
     message = str(info.value)
     assert message.startswith("1 step failed:\n  step 'bad': exited with code 4")
     assert "    | wrote hello\n" in message

@@ -23,7 +23,20 @@ _TERMINAL_CONTROLS = re.compile(
 
 
 def printable(text: str) -> str:
-    """``text`` without terminal escape sequences or control characters (tabs are kept)."""
+    """``text`` without terminal escape sequences or control characters (tabs are kept).
+
+    Bytes that were not UTF-8 (lone surrogates, see ``LogSink``) become U+FFFD.
+    """
     if text.isprintable():  # the common case, checked in C
         return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raw = text.encode("utf-8", "surrogateescape" if _only_escapes(text) else "replace")
+        text = raw.decode("utf-8", "replace")
     return _TERMINAL_CONTROLS.sub("", text)
+
+
+def _only_escapes(text: str) -> bool:
+    """Whether every surrogate in ``text`` is one that ``surrogateescape`` made from a byte."""
+    return all(not 0xD800 <= ord(c) <= 0xDFFF or 0xDC80 <= ord(c) <= 0xDCFF for c in text)

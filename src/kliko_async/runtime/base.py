@@ -18,9 +18,20 @@ from pydantic import BaseModel, ConfigDict, Field
 
 Stream = Literal["stdout", "stderr"]
 
-LogSink = Callable[[Stream, str], None]
-"""Receives one log line (without its newline) and the stream it came from. Called from the
-runtime's task for every line, in order per stream; it must not block (buffer, don't await)."""
+
+class LogSink(Protocol):
+    """Receives one log line (without its newline), the stream it came from and, where the
+    engine gives one, its time stamp (RFC 3339 text, as Docker's ``timestamps=1`` log has it).
+    Called from the runtime's task for every line, in the order the engine gives (across both
+    streams); it must not block (buffer, don't await).
+
+    Lines are decoded as UTF-8 with ``surrogateescape``: bytes that are not UTF-8 arrive as lone
+    surrogates, so ``text.encode("utf-8", "surrogateescape")`` is exactly what the container
+    wrote (a ``\\r`` before the newline included). Displays must make such text printable.
+    """
+
+    def __call__(self, stream: Stream, text: str, at: str | None = None, /) -> None: ...
+
 
 LABEL_PREFIX = "io.kliko-async"
 """Every container started here carries ``io.kliko-async.managed=1`` and run/step/key labels."""
@@ -142,7 +153,7 @@ class Runtime(Protocol):
 
 
 class LineSplitter:
-    """Turns arbitrary byte chunks of one stream into complete decoded lines."""
+    """Turns arbitrary byte chunks of one stream into complete lines, decoded losslessly."""
 
     __slots__ = ("_pending",)
 
@@ -152,8 +163,8 @@ class LineSplitter:
     def feed(self, chunk: bytes) -> list[str]:
         data = self._pending + chunk
         *lines, self._pending = data.split(b"\n")
-        return [line.decode("utf-8", "replace").rstrip("\r") for line in lines]
+        return [line.decode("utf-8", "surrogateescape") for line in lines]
 
     def flush(self) -> list[str]:
         rest, self._pending = self._pending, b""
-        return [rest.decode("utf-8", "replace").rstrip("\r")] if rest else []
+        return [rest.decode("utf-8", "surrogateescape")] if rest else []

@@ -406,19 +406,21 @@ class _LogReader:
             "stdout": LineSplitter(),
             "stderr": LineSplitter(),
         }
+        self._stamps: dict[Stream, str] = {}
         self.last: tuple[int, bytes] | None = None
 
     def feed(self, kind: int, payload: bytes) -> None:
         self.last = (kind, payload)
         stream: Stream = _STREAMS.get(kind, "stdout")
-        _, _, data = payload.partition(b" ")  # the time stamp
+        stamp, _, data = payload.partition(b" ")
+        self._stamps[stream] = at = stamp.decode("ascii", "replace")
         for line in self._splitters[stream].feed(data):
-            self._on_log(stream, line)
+            self._on_log(stream, line, at)
 
     def flush(self) -> None:
         for stream, splitter in self._splitters.items():
             for line in splitter.flush():
-                self._on_log(stream, line)
+                self._on_log(stream, line, self._stamps.get(stream))
 
 
 async def _read_frame(content: aiohttp.StreamReader) -> tuple[int, bytes] | None:
@@ -443,6 +445,10 @@ def _container_config(job: ContainerJob) -> dict[str, Any]:
         "Binds": [f"{m.source}:{m.target}:{'ro' if m.read_only else 'rw'}" for m in job.mounts],
         "Privileged": False,
         "NetworkMode": "bridge",
+        # The 'local' log driver keeps the bytes a container writes; 'json-file' (the usual
+        # default) turns what is not UTF-8 into U+FFFD, and others (journald) cannot be read
+        # back at all. Lines are followed live; the files only matter for catching up.
+        "LogConfig": {"Type": "local", "Config": {"max-size": "100m", "max-file": "5"}},
     }
     if job.memory is not None:
         host["Memory"] = job.memory
