@@ -62,8 +62,11 @@ def build_job(
         fill_work(output, inputs, in_folders=inputs_in_folders)
         mounts.append(Mount(source=absolute(output), target="/work"))
     run_as = user or invoking_user()
+    owner = None
     if user and user != invoking_user():
         open_for_anyone(output)  # a different uid must be able to write its own outputs
+        if os.geteuid() != 0:  # and we must be able to seal or delete what it wrote
+            owner = invoking_user()
     return ContainerJob(
         image=image.id,
         command=KLIKO_COMMAND,
@@ -75,6 +78,7 @@ def build_job(
         memory=memory,
         gpus=gpus,
         timeout=timeout,
+        owner=owner,
     )
 
 

@@ -6,6 +6,7 @@ import json
 import os
 import re
 import socket
+import stat
 import subprocess
 import time
 from collections.abc import Callable
@@ -274,13 +275,20 @@ steps:
     assert (out / "theirs" / "numbers.txt").read_text() == "LINE 1\nLINE 2\n"
     owners = {path.stat().st_uid for path in out.rglob("*")}
     assert owners == {os.getuid()}
-    # The step itself ran as the user it names: its cached output is that user's.
+    # The step itself ran as the user it names. As root, its cached output stays that user's;
+    # anyone else cannot chown, seal or delete another uid's files, so the engine gives them to
+    # the invoking user after the step.
     cached = [
         m.parent / "output" / "numbers.txt"
         for m in (cache / "entries").rglob("manifest.json")
         if json.loads(m.read_text())["step"] == "theirs"
     ]
-    assert [p.stat().st_uid for p in cached] == [1234]
+    assert [p.stat().st_uid for p in cached] == [1234 if os.geteuid() == 0 else os.getuid()]
+    assert stat.S_IMODE(cached[0].stat().st_mode) == 0o444, "and it is sealed read-only"
+    assert kliko("cache", "verify", "--cache-dir", cache).returncode == 0
+    tidied = kliko("cache", "gc", "--max-size", "0", "--cache-dir", cache)
+    assert tidied.returncode == 0, tidied.stderr
+    assert not list((cache / "entries").rglob("*")), "and gc can remove it"
 
 
 def test_step_containers_run_as_the_invoking_uid_and_gid(

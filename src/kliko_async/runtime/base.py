@@ -74,6 +74,12 @@ class ContainerJob(BaseModel):
         description="The step's timeout in seconds. The scheduler enforces it; a runtime whose "
         "containers outlive this process (Slurm jobs) may enforce it too, as a safety net.",
     )
+    owner: str | None = Field(
+        None,
+        description="'uid:gid' that everything in the writable mounts is given to once the "
+        "container has ended (a step's own user, run by someone who cannot chown); None keeps "
+        "the owners the container made.",
+    )
 
 
 class ContainerExit(BaseModel):
@@ -115,7 +121,9 @@ class Runtime(Protocol):
     ``run(job, on_log=..., on_start=...)``: create and start a container for ``job``, call
     ``on_start(container_id)`` once it runs, stream every stdout/stderr line to ``on_log`` while it
     runs (a final line without newline is delivered too), wait for it to end and return its
-    :class:`ContainerExit`. The container is always removed before ``run`` returns or raises,
+    :class:`ContainerExit`. With ``job.owner`` set, what the container left in its writable
+    mounts belongs to that uid:gid (and is readable and writable by it) before ``run`` returns.
+    The container is always removed before ``run`` returns or raises,
     including on cancellation: then it is stopped (killed after a short grace period) and removed
     under a shielded cleanup with a deadline, and the cancellation propagates. Engine failures
     raise :class:`~kliko_async.errors.ContainerError`.

@@ -10,10 +10,11 @@ import os
 import signal
 import struct
 import tarfile
-from collections.abc import Callable, Mapping, Sequence
+import tempfile
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import aiodocker
 import aiohttp
@@ -235,6 +236,8 @@ class DockerRuntime:
                     raise  # the log may be incomplete: no success without all of it
                 # A failure is explained below (a container being removed has no log left).
             logs.flush()
+            if job.owner is not None:
+                await self._give_mounts_to(container.id, job)
             error = (status.get("Error") or {}).get("Message") or None
             if code == 0:  # only a failure needs the full state: killed? out of memory?
                 return ContainerExit(container_id=container.id, exit_code=0, error=error)
@@ -251,6 +254,50 @@ class DockerRuntime:
                     await self._delete(container)
                 else:  # cancelled or failed while running: stop it gracefully first
                     await self._stop_and_delete(container)
+
+    async def _give_mounts_to(self, container_id: str, job: ContainerJob) -> None:
+        """Make everything in the job's writable mounts belong to ``job.owner``.
+
+        A step with its own user leaves files only that uid may change; an invoking user who is
+        not root cannot chown them, nor seal or delete them. The engine can: the mount's tree is
+        read through the container's archive endpoint, every entry given to the owner (with
+        owner read and write bits), and written back; the engine extracts it with the owners
+        the archive names (``copyUIDGID`` would name the container's user instead). The copies
+        pass through temporary files beside the mount, never memory.
+        """
+        assert job.owner is not None
+        uid, _, gid = job.owner.partition(":")
+        for mount in job.mounts:
+            if mount.read_only:
+                continue
+            parent = mount.source.parent
+            with (
+                tempfile.TemporaryFile(dir=parent) as fetched,
+                tempfile.TemporaryFile(dir=parent) as rewritten,
+            ):
+                async with self.client._query(
+                    f"containers/{container_id}/archive",
+                    method="GET",
+                    params={"path": mount.target},
+                    timeout=None,
+                ) as response:
+                    async for chunk in response.content.iter_chunked(1 << 20):
+                        await anyio.to_thread.run_sync(fetched.write, chunk)
+                fetched.seek(0)
+                await anyio.to_thread.run_sync(
+                    _reowned_tar, fetched, rewritten, int(uid), int(gid or uid)
+                )
+                rewritten.seek(0)
+                destination = str(Path(mount.target).parent)
+                async with self.client._query(
+                    f"containers/{container_id}/archive",
+                    method="PUT",
+                    params={"path": destination},
+                    data=_file_chunks(rewritten),
+                    headers={"Content-Type": "application/x-tar"},
+                    timeout=None,
+                ):
+                    pass
 
     async def _failed_exit(
         self, container: Any, code: int, error: str | None, memory: int | None
@@ -481,3 +528,23 @@ def _tar_context(context: Path) -> io.BytesIO:
         archive.add(str(context), arcname=".")
     buffer.seek(0)
     return buffer
+
+
+def _reowned_tar(source: BinaryIO, target: BinaryIO, uid: int, gid: int) -> None:
+    """Copy a tar stream, every entry owned by uid:gid and readable and writable by it."""
+    with (
+        tarfile.open(fileobj=source, mode="r|") as read,
+        tarfile.open(fileobj=target, mode="w|", format=tarfile.PAX_FORMAT) as write,
+    ):
+        for member in read:
+            member.uid, member.gid, member.uname, member.gname = uid, gid, "", ""
+            if member.isdir():
+                member.mode |= 0o700
+            elif member.isreg():
+                member.mode |= 0o600
+            write.addfile(member, read.extractfile(member) if member.isreg() else None)
+
+
+async def _file_chunks(handle: BinaryIO) -> AsyncIterator[bytes]:
+    while chunk := await anyio.to_thread.run_sync(handle.read, 1 << 20):
+        yield chunk
