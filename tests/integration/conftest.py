@@ -36,6 +36,8 @@ def _engine_answers() -> bool:
 
 @pytest.fixture(scope="session")
 def docker_engine() -> None:
+    if os.environ.get("KLIKO_TEST_UNPRIVILEGED") and os.geteuid() == 0:
+        pytest.fail("scripts/test-as-user must run the tests as a user who is not root")
     if not _engine_answers():
         message = "no Docker Engine answers; run scripts/ensure-docker"
         if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
