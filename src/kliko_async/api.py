@@ -162,13 +162,17 @@ async def dry_run(
     force: Collection[str] = (),
     no_cache: bool = False,
 ) -> Plan:
-    """Check ``chain`` and compute its plan (keys, cache hits) without starting a container."""
+    """Check ``chain`` and compute its plan (keys, cache hits), changing nothing.
+
+    No step runs, no image is built (see ``Plan.unbuilt``) and nothing is written to the cache
+    folder; only short-lived probe containers read kliko.yml files not seen before.
+    """
     loaded = chain if isinstance(chain, Chain) else load_chain(Path(chain))
     cache = Cache(Path(cache_dir) if cache_dir else default_cache_dir())
     async with open_runtime(runtime) as rt:
-        resolver = ImageResolver(rt, cache.specs_dir)
+        resolver = ImageResolver(rt, cache.specs_dir, remember=False)
         return await plan_chain(
-            loaded, resolver=resolver, cache=cache, force=force, no_cache=no_cache
+            loaded, resolver=resolver, cache=cache, force=force, no_cache=no_cache, build=False
         )
 
 

@@ -24,6 +24,12 @@ def find_step_log(cache: Cache, plan: Plan, step: str) -> Path:
         raise ParameterError(
             f"no step named '{step}'", where=plan.source, hint=f"Steps: {', '.join(plan.order)}."
         )
+    if step in plan.unbuilt:
+        raise CacheError(
+            f"no saved log for step '{step}': {plan.unbuilt[step]}, so it has not run as it is",
+            where=plan.source,
+            hint="Run the chain first.",
+        )
     entry = plan.steps[step].cached or cache.lookup(plan.steps[step].key)
     if entry is not None:
         return entry.log_path

@@ -11,7 +11,7 @@ import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import yaml
@@ -157,6 +157,52 @@ def test_dry_run_tells_what_would_run_and_what_is_cached(kliko: KlikoCli, tmp_pa
     assert "2 to run, 2 cached" in done.stdout
     assert not (tmp_path / "dry").exists(), "a dry run runs nothing and writes no output"
     assert sorted((cache / "entries").rglob("manifest.json")) == entries_before
+
+
+def test_a_dry_run_builds_nothing_and_built_images_are_labelled_for_pruning(
+    kliko: KlikoCli, tmp_path: Path, container_creations: Callable[[float, float], list[Any]]
+) -> None:
+    tool = tmp_path / "tool"
+    tool.mkdir()
+    (tool / "kliko.yml").write_text("schema_version: 3\nio: split\nsections: []\n")
+    (tool / "kliko").write_text("#!/bin/sh\necho built tool > /output/tool.txt\n")
+    (tool / "kliko").chmod(0o755)
+    (tool / "Dockerfile").write_text("FROM kliko-async/busybox\nCOPY kliko.yml kliko /\n")
+    chain = write_chain(tmp_path / "chain.yaml", "steps:\n  tool: {build: tool}\n")
+    cache = tmp_path / "cache"
+    label = f"label=io.kliko-async.build-context={tool}"
+
+    def images(*filters: str) -> list[str]:
+        args = [f for flt in (label, *filters) for f in ("--filter", flt)]
+        listed = subprocess.run(
+            ["docker", "image", "ls", "-q", "--no-trunc", *args], capture_output=True, text=True
+        )
+        return listed.stdout.split()
+
+    try:
+        dry = kliko("run", chain, "--cache-dir", cache, "--dry-run")
+        assert dry.returncode == 0, dry.stderr
+        assert f"would run: its image would be built from {tool}" in dry.stdout
+        assert images() == [], "a dry run builds nothing"
+        assert not cache.exists(), "and writes nothing"
+
+        first = kliko("run", chain, "--cache-dir", cache, "--plain")
+        assert first.returncode == 0, first.stderr
+        (built,) = images("label=io.kliko-async.built=1")
+        since = time.time()
+        again = kliko("run", chain, "--cache-dir", cache, "--dry-run")
+        assert again.returncode == 0, again.stderr
+        assert "cached" in again.stdout and "1 to run" not in again.stdout
+        probes = [c for c in container_creations(since, time.time()) if c.get("image") == built]
+        assert probes == [], "found by its labels, its kliko.yml remembered: no probe"
+
+        (tool / "kliko").write_text("#!/bin/sh\necho rebuilt > /output/tool.txt\n")
+        assert kliko("run", chain, "--cache-dir", cache, "--plain").returncode == 0
+        assert built in images("dangling=true"), "the old build can be pruned by its label"
+    finally:
+        found = images()
+        if found:
+            subprocess.run(["docker", "rmi", "-f", *found], capture_output=True)
 
 
 FAILING_CHAIN = """\

@@ -292,3 +292,45 @@ async def test_the_images_of_a_chain_are_read_at_the_same_time(tmp_path: Path) -
     broken = chain_from_pairs([*steps, ("kliko/broken", {})])
     with pytest.raises(SpecError, match="no /kliko executable"):
         await api.dry_run(broken, runtime=fake, cache_dir=tmp_path / "c")
+
+
+async def test_a_dry_run_builds_nothing_and_writes_nothing(
+    tmp_path: Path, fake: FakeRuntime
+) -> None:
+    tool = tmp_path / "tool"
+    tool.mkdir()
+    (tool / "kliko.yml").write_text(KLIKO_YML)
+    (tool / "Dockerfile").write_text("FROM scratch\n")
+    chain = chain_of(
+        tmp_path,
+        built={"build": "tool"},
+        after={"image": "example/text", "inputs": ["built"]},
+        alone={"image": "example/text", "inputs": []},
+    )
+    cache = tmp_path / "cache"
+
+    before = await api.dry_run(chain, runtime=fake, cache_dir=cache)
+
+    assert fake.builds == 0 and fake.jobs == []
+    assert not cache.exists(), "a dry run writes nothing, not even remembered kliko.yml files"
+    assert before.unbuilt == {
+        "built": f"its image would be built from {tool}",
+        "after": "its input 'built' needs its image built first",
+    }
+    assert before.to_run == ["built", "after", "alone"]
+    assert "alone" in before.steps
+
+    result = await api.run(chain, runtime=fake, cache_dir=cache)
+    (image,) = {i.id: i for i in fake.images.values() if i.labels}.values()
+    assert image.labels[f"{LABEL_PREFIX}.built"] == "1"
+    assert image.labels[f"{LABEL_PREFIX}.build-context"] == str(tool)
+    builds = fake.builds
+
+    after = await api.dry_run(chain, runtime=fake, cache_dir=cache)
+
+    assert fake.builds == builds, "the earlier build is found by its labels, not rebuilt"
+    assert after.unbuilt == {} and after.to_run == []
+    assert {n: s.key for n, s in after.steps.items()} == {n: s.key for n, s in result.steps.items()}
+    (tool / "Dockerfile").write_text("FROM scratch\nLABEL changed=1\n")
+    changed = await api.dry_run(chain, runtime=fake, cache_dir=cache)
+    assert sorted(changed.unbuilt) == ["after", "built"], "a changed folder needs a new build"

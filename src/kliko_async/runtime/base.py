@@ -114,9 +114,11 @@ class Runtime(Protocol):
     ``probe_image(image_id, read=..., stat=...)``: the bytes of each path in ``read`` and whether
     each path in ``stat`` exists, taken from the image without running it (create, copy, remove).
 
-    ``build_image(context, tag=..., on_log=...)``: build a folder with a Dockerfile and return
-    the new image ID; build output lines go to ``on_log``. Raises ``ImageError`` with the build's
-    error text on failure.
+    ``build_image(context, tag=..., on_log=..., labels=...)``: build a folder with a Dockerfile
+    and return the new image ID, labelled with ``labels``; build output lines go to ``on_log``.
+    Raises ``ImageError`` with the build's error text on failure. ``find_images(labels)``: the
+    IDs of local images carrying all of ``labels``, newest first (builds are found again
+    without building, and pruned, by their labels).
 
     ``run(job, on_log=..., on_start=...)``: create and start a container for ``job``, call
     ``on_start(container_id)`` once it runs, stream every stdout/stderr line to ``on_log`` while it
@@ -142,8 +144,15 @@ class Runtime(Protocol):
     ) -> ImageFiles: ...
 
     async def build_image(
-        self, context: Path, *, tag: str | None = None, on_log: Callable[[str], None] | None = None
+        self,
+        context: Path,
+        *,
+        tag: str | None = None,
+        on_log: Callable[[str], None] | None = None,
+        labels: Mapping[str, str] | None = None,
     ) -> str: ...
+
+    async def find_images(self, labels: Mapping[str, str]) -> list[str]: ...
 
     async def run(
         self,

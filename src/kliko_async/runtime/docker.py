@@ -167,7 +167,12 @@ class DockerRuntime:
             raise ContainerError(f"cannot look for {path} in the image: {exc.message}") from None
 
     async def build_image(
-        self, context: Path, *, tag: str | None = None, on_log: Callable[[str], None] | None = None
+        self,
+        context: Path,
+        *,
+        tag: str | None = None,
+        on_log: Callable[[str], None] | None = None,
+        labels: Mapping[str, str] | None = None,
     ) -> str:
         await self._ready()
         if not (context / "Dockerfile").is_file():
@@ -177,7 +182,13 @@ class DockerRuntime:
         output: list[str] = []
         try:
             stream = self.client.images.build(
-                fileobj=archive, encoding="gzip", tag=tag, rm=True, forcerm=True, stream=True
+                fileobj=archive,
+                encoding="gzip",
+                tag=tag,
+                rm=True,
+                forcerm=True,
+                stream=True,
+                labels=dict(labels or {}),
             )
             async for item in stream:
                 text = str(item.get("stream", "")).rstrip("\n")
@@ -402,6 +413,16 @@ class DockerRuntime:
             while (frame := await _read_frame(response.content)) is not None:
                 frames.append(frame)
         return frames
+
+    async def find_images(self, labels: Mapping[str, str]) -> list[str]:
+        await self._ready()
+        filters = json.dumps({"label": [f"{k}={v}" for k, v in labels.items()]})
+        try:
+            found = await self.client.images.list(filters=filters)
+        except (aiohttp.ClientError, OSError) as exc:
+            raise self._unavailable(exc) from None
+        newest_first = sorted(found, key=lambda image: image.get("Created", 0), reverse=True)
+        return [str(image["Id"]) for image in newest_first]
 
     async def find_containers(self, labels: Mapping[str, str]) -> dict[str, dict[str, str]]:
         await self._ready()
