@@ -62,8 +62,8 @@ class Manifest(BaseModel):
     @field_validator("outputs", mode="before")
     @classmethod
     def _names_from_json(cls, value: Any) -> Any:
-        if not isinstance(value, dict):
-            return value
+        if not isinstance(value, dict) or not any(map(_is_bytes_name, value)):
+            return value  # the common case, checked without building a new mapping
         return {_python_name(name): digest for name, digest in value.items()}
 
 
@@ -76,6 +76,10 @@ def _json_name(name: str) -> str:
     except UnicodeEncodeError:
         return _BYTES_NAME + os.fsencode(name).hex()
     return name
+
+
+def _is_bytes_name(name: Any) -> bool:
+    return isinstance(name, str) and name.startswith(_BYTES_NAME)
 
 
 def _python_name(name: Any) -> Any:
