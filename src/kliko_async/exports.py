@@ -15,7 +15,6 @@ import stat
 import tempfile
 import time
 from collections.abc import Callable, Iterable
-from datetime import UTC, datetime
 from pathlib import Path
 
 from kliko_async.durable import remove_tree
@@ -25,7 +24,7 @@ from kliko_async.results import RunResult
 from kliko_async.workspace import SpecialFileError, copy_tree_writable
 
 EXPORT_MARKER = ".kliko-async-export"
-"""The file in every ``<out>/<step>/`` that kliko-async wrote: step, key and when."""
+"""The file in every ``<out>/<step>/`` that kliko-async wrote: the step and its cache key."""
 
 
 def check_export_targets(out: Path, steps: Iterable[str]) -> None:
@@ -109,8 +108,8 @@ def export_step(
                 where=where,
                 hint="Rename that file in the step, or read the output in the cache folder.",
             )
-        stamp = {"step": step, "key": key, "exported_at": datetime.now(UTC).isoformat()}
-        marker.write_text(json.dumps(stamp) + "\n")
+        # The same output gives the same export, marker included (two runs, one result).
+        marker.write_text(json.dumps({"step": step, "key": key}) + "\n")
         if replacing:
             old = Path(tempfile.mkdtemp(prefix=f".{step}.", suffix=".replaced", dir=out))
             os.replace(target, old / step)

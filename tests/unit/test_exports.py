@@ -169,6 +169,7 @@ async def test_exports_run_in_a_worker_thread_and_report_progress(
         ("b", 2, 2, 3),
     ]
     assert exported[0].path == str(out / "a")
+    assert events[-1].kind == "run_finished", "the run ends after its exports"
     assert exported[0].size_bytes == len("#!/bin/sh\necho hi\n") + len("notes\n") + 2
 
 
