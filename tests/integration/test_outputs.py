@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import stat
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import datetime, timedelta
@@ -176,6 +177,13 @@ def test_a_named_pipe_in_an_output_fails_its_step_and_is_never_published(
     logged = kliko("logs", chain, "piper", "--cache-dir", cache)
     assert logged.stdout == "made a pipe\n", "the failed attempt's log is kept"
     assert list((cache / "tmp").iterdir()) == []
+    # Until gc finds it old: then the run's log folder and the unused lock files go too.
+    time.sleep(1.1)
+    tidied = kliko("cache", "gc", "--older-than", "1s", "--cache-dir", cache)
+    assert tidied.returncode == 0, tidied.stderr
+    assert "removed 1 entry" in tidied.stdout and "1 old run log folder(s)" in tidied.stdout
+    assert list((cache / "logs").iterdir()) == [] and list((cache / "locks").iterdir()) == []
+    assert list((cache / "entries").iterdir()) == [], "and the emptied shard folders"
 
 
 def test_names_and_logs_that_are_not_utf8_are_kept_byte_for_byte(
