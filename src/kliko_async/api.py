@@ -161,18 +161,21 @@ async def dry_run(
     cache_dir: str | os.PathLike[str] | None = None,
     force: Collection[str] = (),
     no_cache: bool = False,
+    build: bool = False,
 ) -> Plan:
     """Check ``chain`` and compute its plan (keys, cache hits), changing nothing.
 
     No step runs, no image is built (see ``Plan.unbuilt``) and nothing is written to the cache
-    folder; only short-lived probe containers read kliko.yml files not seen before.
+    folder; only short-lived probe containers read kliko.yml files not seen before. With
+    ``build``, ``build:`` steps are built as a run would (and kliko.yml files remembered), so
+    that every step has its key.
     """
     loaded = chain if isinstance(chain, Chain) else load_chain(Path(chain))
     cache = Cache(Path(cache_dir) if cache_dir else default_cache_dir())
     async with open_runtime(runtime) as rt:
-        resolver = ImageResolver(rt, cache.specs_dir, remember=False)
+        resolver = ImageResolver(rt, cache.specs_dir, remember=build)
         return await plan_chain(
-            loaded, resolver=resolver, cache=cache, force=force, no_cache=no_cache, build=False
+            loaded, resolver=resolver, cache=cache, force=force, no_cache=no_cache, build=build
         )
 
 
@@ -184,13 +187,15 @@ async def explain(
     cache_dir: str | os.PathLike[str] | None = None,
     force: Collection[str] = (),
     no_cache: bool = False,
+    build: bool = True,
 ) -> list[StepExplanation]:
     """Why each of ``steps`` (a matrix step's name means all its expansions; none: every step)
-    would run, or which cache entry it comes from. Plans as :func:`dry_run`, starts nothing."""
+    would run, or which cache entry it comes from. Plans as :func:`dry_run`, starts nothing;
+    ``build:`` steps are built (to say how their image changed) unless ``build`` is False."""
     loaded = chain if isinstance(chain, Chain) else load_chain(Path(chain))
     names = loaded.select(steps) if steps else None
     plan = await dry_run(
-        loaded, runtime=runtime, cache_dir=cache_dir, force=force, no_cache=no_cache
+        loaded, runtime=runtime, cache_dir=cache_dir, force=force, no_cache=no_cache, build=build
     )
     cache = Cache(Path(cache_dir) if cache_dir else default_cache_dir())
     index = await anyio.to_thread.run_sync(ManifestIndex.of_cache, cache)

@@ -244,7 +244,7 @@ def _run(options: argparse.Namespace) -> int:
 
         print_plan(plan, sys.stdout)
         if options.explain:
-            explain()
+            explain(build=False)  # a dry run builds nothing, not even to explain
         return 0
     _apply_profile(options)
     display = _pick_display(options)
@@ -414,11 +414,14 @@ def _print_explanations(
     as_json: bool,
     force: Sequence[str] = (),
     no_cache: bool = False,
+    build: bool = True,
 ) -> None:
     from kliko_async.api import explain
 
     explanations = anyio.run(
-        lambda: explain(chain, steps, cache_dir=cache_dir, force=force, no_cache=no_cache)
+        lambda: explain(
+            chain, steps, cache_dir=cache_dir, force=force, no_cache=no_cache, build=build
+        )
     )
     for explanation in explanations:
         if as_json:

@@ -181,10 +181,10 @@ def test_a_dry_run_builds_nothing_and_built_images_are_labelled_for_pruning(
         return listed.stdout.split()
 
     try:
-        dry = kliko("run", chain, "--cache-dir", cache, "--dry-run")
+        dry = kliko("run", chain, "--cache-dir", cache, "--dry-run", "--explain")
         assert dry.returncode == 0, dry.stderr
         assert f"would run: its image would be built from {tool}" in dry.stdout
-        assert images() == [], "a dry run builds nothing"
+        assert images() == [], "a dry run builds nothing, not even to explain itself"
         assert not cache.exists(), "and writes nothing"
 
         first = kliko("run", chain, "--cache-dir", cache, "--plain")
