@@ -48,11 +48,6 @@ def step_message(event: Event) -> tuple[str, str] | None:
             return event.step, f"skipped: {event.reason}"
         case "step_cancelled":
             return event.step, "cancelled"
-        case "output_exported":
-            return event.step, (
-                f"copied to {event.path} ({event.files} files, {_size(event.size_bytes)}, "
-                f"{event.done}/{event.total})"
-            )
     return None
 
 
@@ -70,6 +65,11 @@ def run_message(event: Event) -> str | None:
             return f"run {event.run_id}: {len(event.steps)} steps, up to {event.jobs} at once"
         case "export_started":
             return f"copying the outputs of {len(event.steps)} steps to {event.folder}"
+        case "output_exported":  # the run's, after the steps: not one of a step's own lines
+            return (
+                f"copied {event.step} to {event.path} ({event.files} files, "
+                f"{_size(event.size_bytes)}, {event.done}/{event.total})"
+            )
         case "run_finished":
             state = "ok" if event.ok else "FAILED"
             if not event.outputs_copied:
