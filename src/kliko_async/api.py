@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import os
-import shutil
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -20,8 +19,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import anyio
+import anyio.from_thread
+import anyio.to_thread
 from anyio.abc import TaskGroup
 
+from kliko_async import exports
 from kliko_async.cache import Cache, default_cache_dir
 from kliko_async.chain import Chain, chain_from_pairs, load_chain
 from kliko_async.errors import KlikoError
@@ -44,7 +46,6 @@ from kliko_async.results import RunResult
 from kliko_async.runtime.base import Runtime
 from kliko_async.scheduler import Scheduler
 from kliko_async.upkeep import clean_stale_staging
-from kliko_async.workspace import copy_tree_writable
 
 if TYPE_CHECKING:
     from kliko_async.runtime.slurm import SlurmOptions
@@ -176,14 +177,21 @@ async def dry_run(
     cache_dir: str | os.PathLike[str] | None = None,
     force: Collection[str] = (),
     no_cache: bool = False,
+    build: bool = False,
 ) -> Plan:
-    """Check ``chain`` and compute its plan (keys, cache hits) without starting a container."""
+    """Check ``chain`` and compute its plan (keys, cache hits), changing nothing.
+
+    No step runs, no image is built (see ``Plan.unbuilt``) and nothing is written to the cache
+    folder; only short-lived probe containers read kliko.yml files not seen before. With
+    ``build``, ``build:`` steps are built as a run would (and kliko.yml files remembered), so
+    that every step has its key.
+    """
     loaded = chain if isinstance(chain, Chain) else load_chain(Path(chain))
     cache = Cache(Path(cache_dir) if cache_dir else default_cache_dir())
     async with open_runtime(runtime) as rt:
-        resolver = ImageResolver(rt, cache.specs_dir)
+        resolver = ImageResolver(rt, cache.specs_dir, remember=build)
         return await plan_chain(
-            loaded, resolver=resolver, cache=cache, force=force, no_cache=no_cache
+            loaded, resolver=resolver, cache=cache, force=force, no_cache=no_cache, build=build
         )
 
 
@@ -195,13 +203,15 @@ async def explain(
     cache_dir: str | os.PathLike[str] | None = None,
     force: Collection[str] = (),
     no_cache: bool = False,
+    build: bool = True,
 ) -> list[StepExplanation]:
     """Why each of ``steps`` (a matrix step's name means all its expansions; none: every step)
-    would run, or which cache entry it comes from. Plans as :func:`dry_run`, starts nothing."""
+    would run, or which cache entry it comes from. Plans as :func:`dry_run`, starts nothing;
+    ``build:`` steps are built (to say how their image changed) unless ``build`` is False."""
     loaded = chain if isinstance(chain, Chain) else load_chain(Path(chain))
     names = loaded.select(steps) if steps else None
     plan = await dry_run(
-        loaded, runtime=runtime, cache_dir=cache_dir, force=force, no_cache=no_cache
+        loaded, runtime=runtime, cache_dir=cache_dir, force=force, no_cache=no_cache, build=build
     )
     cache = Cache(Path(cache_dir) if cache_dir else default_cache_dir())
     index = await anyio.to_thread.run_sync(ManifestIndex.of_cache, cache)
@@ -286,36 +296,27 @@ def run_blocking(function: Callable[[], Awaitable[T]]) -> T:
         return pool.submit(anyio.run, function).result()
 
 
-def export_outputs(result: RunResult, out: Path) -> None:
-    """Copy every finished step's output to ``out/<step>/`` (copies never alter the cache)."""
-    for name, step in result.steps.items():
-        if step.output is None:
-            continue
-        target = out / name
-        try:
-            if target.exists() or target.is_symlink():
-                shutil.rmtree(target) if target.is_dir() else target.unlink()
-            copy_tree_writable(step.output, target)
-        except OSError as error:
-            raise KlikoError(
-                f"could not copy the output of step '{name}' to {target}: "
-                f"{error.strerror or error}",
-                where=f"--out {out}",
-                hint="Every finished step is kept in the cache: run again with another --out.",
-            ) from None
+async def export_outputs(
+    result: RunResult, out: Path, *, emit: Callable[[Event], None] | None = None
+) -> None:
+    """Copy every finished step's output to ``out/<step>/``, in a worker thread.
 
+    The event loop stays free while big outputs are copied (other runs' containers, displays,
+    Ctrl-C); ``emit`` sees :class:`~kliko_async.events.ExportStarted` and one
+    :class:`~kliko_async.events.OutputExported` per step. Only earlier exports are replaced
+    (see :mod:`kliko_async.exports`); cancelling stops the copy between two files.
+    """
 
-def check_out_folder(out: Path) -> None:
-    """Refuse an ``--out`` that can never become a folder, before any step runs."""
-    existing = out
-    while not existing.exists() and existing.parent != existing:
-        existing = existing.parent
-    if existing.exists() and not existing.is_dir():
-        raise KlikoError(
-            f"{existing} is not a folder, so step outputs cannot be copied under it",
-            where=f"--out {out}",
-            hint="Give --out a folder (it is created if missing).",
+    def send(event: Event) -> None:  # from the worker thread to the loop, where consumers are
+        if emit is not None:
+            anyio.from_thread.run_sync(emit, event)
+
+    def in_thread() -> None:
+        exports.export_outputs(
+            result, out, emit=send, between_files=anyio.from_thread.check_cancelled
         )
+
+    await anyio.to_thread.run_sync(in_thread)
 
 
 async def read_image(
@@ -370,7 +371,7 @@ async def _execute(
 ) -> RunResult:
     loaded = chain if isinstance(chain, Chain) else load_chain(Path(chain))
     if out is not None:
-        check_out_folder(Path(out))
+        exports.check_export_targets(Path(out), loaded.steps)
     cache = Cache(Path(cache_dir) if cache_dir else default_cache_dir())
     cache.ensure_writable()
     clean_stale_staging(cache)
@@ -422,7 +423,7 @@ async def _execute(
             )
             result = await scheduler.run()
         if out is not None:
-            export_outputs(result, Path(out))
+            await export_outputs(result, Path(out), emit=bus.emit)
         exported = True
     finally:
         files.discard()  # synchronous: runs even while being cancelled

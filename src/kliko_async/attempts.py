@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict
 from kliko_async.cache import Cache
 from kliko_async.durable import remove_tree
 from kliko_async.entry import CacheEntry, Manifest, Staging
-from kliko_async.errors import CacheError, KlikoError
+from kliko_async.errors import CacheError, KlikoError, UnpublishableOutput
 from kliko_async.events import Event, StepPreparing, StepStarted, log_line
 from kliko_async.inflight import InFlight, under_way
 from kliko_async.plan import PlannedStep
@@ -30,6 +30,7 @@ from kliko_async.runtime.base import (
     LABEL_PREFIX,
     OWNER_LABEL,
     ContainerExit,
+    LogSink,
     Runtime,
     Stream,
     owner_label,
@@ -184,6 +185,8 @@ class StepAttempts:
                 await anyio.to_thread.run_sync(self.cache.remove, planned.key)
             # Hashing and fsyncing the outputs may take seconds for big outputs: off the loop.
             entry = await anyio.to_thread.run_sync(self.cache.publish, staging, manifest)
+        except UnpublishableOutput as error:  # the step's fault: keep its log, say what it wrote
+            return await self._failed(planned, staging, error.message, 0, last)
         except CacheError as error:
             return AttemptOutcome(ok=False, reason=str(error), exit_code=0, last_lines=list(last))
         return AttemptOutcome(ok=True, exit_code=0, entry=entry)
@@ -220,11 +223,11 @@ class StepAttempts:
             OWNER_LABEL: self._owner,
         }
 
-    def _log_sink(self, step: str, log: StepLog, last: deque[str]) -> Callable[[Stream, str], None]:
+    def _log_sink(self, step: str, log: StepLog, last: deque[str]) -> LogSink:
         emit, wants = self.emit, self.wants_log_lines
 
-        def on_log(stream: Stream, text: str) -> None:
-            log.write(text + "\n")
+        def on_log(stream: Stream, text: str, at: str | None = None, /) -> None:
+            log.write_line(stream, text, at)
             last.append(text)
             if wants:
                 emit(log_line(step, stream, text))

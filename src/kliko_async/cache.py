@@ -6,6 +6,7 @@ step's output. Layout under the root folder::
     entries/<key[:2]>/<key>/{output/, log.txt, manifest.json}   published, read-only
     tmp/<key>.<pid>.<random>/                                   staging (same filesystem)
     locks/<key>.lock                                            per-key flock files (locks.py)
+    logs/<run-id>/<step>.log                                    logs of failed attempts
     specs/                                                      kliko.yml files read from images
 
 A step is run into a staging folder under ``tmp/`` and published with one ``os.rename`` into
@@ -31,17 +32,19 @@ from pathlib import Path
 
 from kliko_async.durable import DIR_MODE, fsync_dir, remove_tree, seal_tree, write_sealed
 from kliko_async.entry import MANIFEST, OUTPUT, CacheEntry, Manifest, Staging, read_manifest
-from kliko_async.errors import CacheError, cache_hint, os_error_text
+from kliko_async.errors import CacheError, UnpublishableOutput, cache_hint, os_error_text
 from kliko_async.hashing import hash_tree
 from kliko_async.key import CACHE_FORMAT_VERSION
 from kliko_async.locks import KeyLocks
 from kliko_async.processes import host_name
 
-__all__ = ["KEY_PATTERN", "Cache", "default_cache_dir"]
+__all__ = ["KEY_PATTERN", "RUN_LOGS", "Cache", "default_cache_dir"]
 
 _ENTRIES = "entries"
 _TMP = "tmp"
 _LOCKS = "locks"
+RUN_LOGS = "logs"
+"""``logs/<run-id>/<step>.log``: the logs of failed attempts, kept for people to read."""
 
 KEY_PATTERN = re.compile(r"[A-Za-z0-9_-]{2,128}")
 """Keys name folders and files, so they may not contain separators or dots (a staging folder is
@@ -157,7 +160,9 @@ class Cache:
         manifest is written and fsynced, and the folder renamed into
         ``entries/``. If another process published the same key first, the staging folder is
         discarded and the existing entry returned. On any OS error the staging folder is
-        discarded and :class:`CacheError` raised; ``entries/`` then holds nothing of it.
+        discarded and :class:`CacheError` raised; ``entries/`` then holds nothing of it. An
+        output holding a named pipe, socket or device raises :class:`UnpublishableOutput` and
+        leaves the staging folder (with its log) to the caller.
         """
         key = staging.key
         step = manifest_without_outputs.step
@@ -175,7 +180,16 @@ class Cache:
         final = self._entry_path(key)
         action = "making the output read-only"
         try:
-            seal_tree(staging.output_dir)
+            special = seal_tree(staging.output_dir)
+            if special:
+                raise UnpublishableOutput(
+                    "its output holds "
+                    + ", ".join(f"{kind} ({OUTPUT}/{rel})" for rel, kind in special)
+                    + ", which the cache cannot keep and --out cannot copy, so nothing of the "
+                    "step was published",
+                    where=f"step '{step}'",
+                    hint="Let the step write only files, folders and links to its output",
+                )
             action = "hashing the output"
             outputs = hash_tree(staging.output_dir)
             manifest = manifest_without_outputs.model_copy(update={"outputs": outputs})
@@ -214,6 +228,12 @@ class Cache:
             try:
                 os.rename(staging.path, final)
                 return None
+            except FileNotFoundError:
+                if not staging.path.exists():
+                    raise
+                # ``cache gc`` removed the empty shard folder meanwhile: make it again.
+                final.parent.mkdir(parents=True, exist_ok=True)
+                continue
             except OSError as err:
                 if err.errno not in (errno.EEXIST, errno.ENOTEMPTY):
                     raise
@@ -283,6 +303,23 @@ class Cache:
         if not KEY_PATTERN.fullmatch(key) or path.parent.name != key[:2]:
             return None
         return self._load_entry(path, key)
+
+    def remove_empty_shards(self) -> int:
+        """Delete empty ``entries/<xx>/`` folders; how many. A publish racing it makes its own."""
+        removed = 0
+        for prefix in _sorted_subdirs(self._entries_dir):
+            try:
+                prefix.rmdir()
+            except OSError as err:
+                if err.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOENT):
+                    continue
+                raise CacheError(
+                    f"could not delete an empty folder ({os_error_text(err)})",
+                    where=str(prefix),
+                    hint=cache_hint(err, self.root),
+                ) from err
+            removed += 1
+        return removed
 
     def entries(self) -> Iterator[CacheEntry]:
         """Every valid published entry, sorted by key."""

@@ -142,6 +142,12 @@ def build_parser() -> argparse.ArgumentParser:
     logs.add_argument("chain", nargs="?", type=Path, help="the chain file")
     logs.add_argument("step", nargs="?", help="the step name")
     logs.add_argument("--key", help="a cache key (or its first characters) instead")
+    logs.add_argument(
+        "-t",
+        "--timestamps",
+        action="store_true",
+        help="show each line's time stamp (the engine's) and stream",
+    )
     _cache_dir_option(logs)
 
     why = commands.add_parser(
@@ -244,7 +250,7 @@ def _run(options: argparse.Namespace) -> int:
 
         print_plan(plan, sys.stdout)
         if options.explain:
-            explain()
+            explain(build=False)  # a dry run builds nothing, not even to explain
         return 0
     _apply_profile(options)
     display = _pick_display(options)  # the run closes it after its last event
@@ -423,7 +429,7 @@ def _looks_like_a_path(text: str) -> bool:
 def _logs(options: argparse.Namespace) -> int:
     from kliko_async.api import dry_run
     from kliko_async.cache import Cache, default_cache_dir
-    from kliko_async.steplogs import find_step_log, log_by_key
+    from kliko_async.steplogs import find_step_log, log_by_key, log_records
 
     cache = Cache(options.cache_dir or default_cache_dir())
     if options.key:
@@ -433,9 +439,11 @@ def _logs(options: argparse.Namespace) -> int:
         path = find_step_log(cache, plan, options.step)
     else:
         raise ParameterError("logs needs CHAIN STEP, or --key KEY")
-    with path.open("rb") as handle:
-        while chunk := handle.read(1 << 16):
-            sys.stdout.buffer.write(chunk)
+    out = sys.stdout.buffer
+    for at, stream, text in log_records(path):
+        if options.timestamps:
+            out.write(at + b" " + stream.encode() + b" ")
+        out.write(text + b"\n")
     return 0
 
 
@@ -454,11 +462,14 @@ def _print_explanations(
     as_json: bool,
     force: Sequence[str] = (),
     no_cache: bool = False,
+    build: bool = True,
 ) -> None:
     from kliko_async.api import explain
 
     explanations = anyio.run(
-        lambda: explain(chain, steps, cache_dir=cache_dir, force=force, no_cache=no_cache)
+        lambda: explain(
+            chain, steps, cache_dir=cache_dir, force=force, no_cache=no_cache, build=build
+        )
     )
     for explanation in explanations:
         if as_json:
@@ -526,5 +537,9 @@ def _cache(options: argparse.Namespace) -> int:
         max_size=parse_size(options.max_size) if options.max_size else None,
     )
     freed = sum(len(e.manifest.outputs) for e in removed)
-    print(f"removed {len(removed)} entr{'y' if len(removed) == 1 else 'ies'} ({freed} files)")
+    print(
+        f"removed {len(removed)} entr{'y' if len(removed) == 1 else 'ies'} ({freed} files), "
+        f"{removed.run_logs} old run log folder(s), {removed.lock_files} unused lock file(s), "
+        f"{removed.shard_folders} empty folder(s)"
+    )
     return 0

@@ -48,20 +48,38 @@ def write_sealed(path: Path, data: bytes) -> None:
         os.close(fd)
 
 
-def seal_tree(root: Path) -> None:
+def seal_tree(root: Path) -> list[tuple[str, str]]:
     """fsync ``root`` and everything under it and make it read-only, bottom up.
 
-    Files become 0444 (0555 if they were executable), folders 0555. Symbolic links and special
-    files are left as they are; links are never followed.
+    Files become 0444 (0555 if they were executable), folders 0555. Symbolic links are left as
+    they are and never followed. Named pipes, sockets and devices are left alone too, and
+    returned (path relative to ``root``, what it is): they cannot be kept or copied as data.
     """
+    special: list[tuple[str, str]] = []
     if stat.S_ISDIR(os.lstat(root).st_mode):
         for dirpath, dirnames, filenames in os.walk(root, topdown=False):
             for name in [*filenames, *dirnames]:
-                seal_one(os.path.join(dirpath, name))
+                path = os.path.join(dirpath, name)
+                mode = seal_one(path)
+                if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode) or stat.S_ISLNK(mode)):
+                    special.append((os.path.relpath(path, root), special_kind(mode)))
     seal_one(str(root))
+    return sorted(special)
 
 
-def seal_one(path: str) -> None:
+def special_kind(mode: int) -> str:
+    """'a named pipe', 'a socket' or 'a device', for the ``st_mode`` of a special file."""
+    if stat.S_ISFIFO(mode):
+        return "a named pipe"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return "a special file"
+
+
+def seal_one(path: str) -> int:
+    """Make one file or folder read-only and durable; its ``st_mode`` (links not followed)."""
     info = os.lstat(path)
     if stat.S_ISREG(info.st_mode):
         os.chmod(path, EXEC_FILE_MODE if info.st_mode & 0o111 else FILE_MODE)
@@ -73,6 +91,7 @@ def seal_one(path: str) -> None:
     elif stat.S_ISDIR(info.st_mode):
         fsync_dir(Path(path))
         os.chmod(path, DIR_MODE)
+    return info.st_mode
 
 
 def remove_tree(path: Path) -> None:

@@ -9,10 +9,19 @@ Layout of one entry folder (a staging folder has the same, minus the manifest)::
 
 from __future__ import annotations
 
+import os
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_serializer,
+    field_validator,
+)
 
 from kliko_async.durable import tree_size
 from kliko_async.key import CACHE_FORMAT_VERSION, KeyIngredients
@@ -40,7 +49,51 @@ class Manifest(BaseModel):
     duration_s: float
     exit_code: int
     outputs: dict[str, str] = Field(default_factory=dict)
-    """Path relative to ``output/`` -> SHA-256, as :func:`kliko_async.hashing.hash_tree` gives."""
+    """Path relative to ``output/`` -> SHA-256, as :func:`kliko_async.hashing.hash_tree` gives.
+
+    Names are bytes on Linux: one that is not UTF-8 is held as ``os.fsdecode`` does (lone
+    surrogates) and stored in the JSON as NUL (which no path holds) plus the hex of its bytes,
+    so that it reads back exactly and ``cache verify`` compares like with like."""
+
+    @field_serializer("outputs", when_used="json")
+    def _names_for_json(self, outputs: dict[str, str]) -> dict[str, str]:
+        return {_json_name(name): digest for name, digest in outputs.items()}
+
+    @field_validator("outputs", mode="before")
+    @classmethod
+    def _names_from_json(cls, value: Any) -> Any:
+        if not isinstance(value, dict) or not any(map(_is_bytes_name, value)):
+            return value  # the common case, checked without building a new mapping
+        return {_python_name(name): digest for name, digest in value.items()}
+
+
+_BYTES_NAME = "\x00"
+
+
+def _json_name(name: str) -> str:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return _BYTES_NAME + os.fsencode(name).hex()
+    return name
+
+
+def _is_bytes_name(name: Any) -> bool:
+    return isinstance(name, str) and name.startswith(_BYTES_NAME)
+
+
+def _python_name(name: Any) -> Any:
+    if isinstance(name, str) and name.startswith(_BYTES_NAME):
+        try:
+            return os.fsdecode(bytes.fromhex(name[1:]))
+        except ValueError:
+            return name
+    return name
+
+
+def shown_name(name: str) -> str:
+    """A file name for people: bytes that are not UTF-8 appear as ``\\xNN``."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
 
 
 class _EntryFolder(BaseModel):

@@ -48,6 +48,10 @@ class CacheError(KlikoError):
     """The cache folder cannot be used (not writable, full disk, corrupt entry)."""
 
 
+class UnpublishableOutput(CacheError):
+    """A step's output holds what the cache cannot keep: a named pipe, socket or device."""
+
+
 class RuntimeUnavailable(KlikoError):
     """No container engine can be reached."""
 

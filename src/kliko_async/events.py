@@ -164,6 +164,23 @@ class RunFinished(_Event):
     )
 
 
+class ExportStarted(_Event):
+    kind: Literal["export_started"] = "export_started"
+    folder: str = Field(description="The --out folder the outputs are copied under.")
+    steps: list[str] = Field(description="The steps whose outputs are copied, in order.")
+
+
+class OutputExported(_Event):
+    kind: Literal["output_exported"] = "output_exported"
+    step: str
+    path: str = Field(description="Where the copy is: <out>/<step>.")
+    files: int
+    size_bytes: int
+    duration_s: float
+    done: int = Field(description="Steps exported so far, this one included.")
+    total: int = Field(description="Steps to export in all.")
+
+
 Event = Annotated[
     RunStarted
     | StepQueued
@@ -180,7 +197,9 @@ Event = Annotated[
     | StepRetried
     | StepSkipped
     | StepCancelled
-    | RunFinished,
+    | RunFinished
+    | ExportStarted
+    | OutputExported,
     Field(discriminator="kind"),
 ]
 

@@ -113,12 +113,18 @@ class StepExplanation(BaseModel):
     changes: list[IngredientChange] = Field(
         description="Would run: every ingredient that differs from that entry's, in key order."
     )
+    unbuilt: str | None = Field(
+        default=None,
+        description="Why the step has no key yet: a dry run builds no image (key is then '').",
+    )
 
     @property
     def reason(self) -> str:
         """The cause in one phrase: 'never ran', or the changes joined by '; '."""
         if self.state == "cached":
             return "cached"
+        if self.unbuilt is not None:
+            return self.unbuilt
         if self.forced and not self.changes:
             return "forced (--force or --no-cache)"
         if self.entry is None:
@@ -188,6 +194,17 @@ def explain_plan(
 
     def explain(name: str) -> StepExplanation:
         if name in done:
+            return done[name]
+        if name in plan.unbuilt:
+            done[name] = StepExplanation(
+                step=name,
+                key="",
+                state="would run",
+                forced=False,
+                entry=None,
+                changes=[],
+                unbuilt=plan.unbuilt[name],
+            )
             return done[name]
         planned = plan.steps[name]
         if planned.cached is not None:

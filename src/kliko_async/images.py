@@ -19,7 +19,8 @@ from pydantic import BaseModel, ConfigDict
 
 from kliko_async.durable import fsync_dir
 from kliko_async.errors import KlikoError, SpecError
-from kliko_async.runtime.base import Runtime
+from kliko_async.hashing import hash_tree
+from kliko_async.runtime.base import LABEL_PREFIX, Runtime
 from kliko_async.spec import KlikoSpec, parse_spec
 
 KLIKO_YML = "/kliko.yml"
@@ -39,12 +40,36 @@ class KlikoImage(BaseModel):
     spec: KlikoSpec
 
 
-class ImageResolver:
-    """Resolves references to :class:`KlikoImage`, remembering results for one run and on disk."""
+BUILT_LABEL = f"{LABEL_PREFIX}.built"
+"""On every image built from a step's ``build:`` folder (value ``1``): find or prune them with
+``docker image prune --filter label=io.kliko-async.built=1`` (or ``docker image ls``)."""
+CONTEXT_LABEL = f"{LABEL_PREFIX}.build-context"
+"""The absolute build folder the image was built from."""
+CONTEXT_DIGEST_LABEL = f"{LABEL_PREFIX}.build-digest"
+"""A hash of the build folder's files, so a dry run can find the image a build would give."""
 
-    def __init__(self, runtime: Runtime, specs_dir: Path | None) -> None:
+
+def context_digest(context: Path) -> str:
+    """A SHA-256 over every file (path, content, executable bit) and link of a build folder."""
+    hashes = hash_tree(context)
+    digest = hashlib.sha256()
+    for rel, content in sorted(hashes.items()):
+        executable = os.access(context / rel, os.X_OK) and not (context / rel).is_symlink()
+        digest.update(f"{os.fsencode(rel).hex()} {content} {int(executable)}\n".encode())
+    return digest.hexdigest()
+
+
+class ImageResolver:
+    """Resolves references to :class:`KlikoImage`, remembering results for one run and on disk.
+
+    With ``remember=False`` (a dry run) kliko.yml files already kept under ``specs_dir`` are
+    read, but none is written: nothing on disk changes.
+    """
+
+    def __init__(self, runtime: Runtime, specs_dir: Path | None, *, remember: bool = True) -> None:
         self._runtime = runtime
         self._specs_dir = specs_dir
+        self._remember = remember
         self._by_ref: dict[str, KlikoImage] = {}
         self._by_id: dict[str, KlikoSpec] = {}
         self._failed: dict[str, KlikoError] = {}
@@ -82,9 +107,30 @@ class ImageResolver:
     async def build(
         self, context: Path, *, tag: str | None = None, on_log: Callable[[str], None] | None = None
     ) -> KlikoImage:
-        """Build ``context`` (a folder with a Dockerfile) and return the resulting Kliko image."""
-        image_id = await self._runtime.build_image(context, tag=tag, on_log=on_log)
+        """Build ``context`` (a folder with a Dockerfile) and return the resulting Kliko image.
+
+        The image is labelled (:data:`BUILT_LABEL`, its folder and the folder's digest).
+        """
+        labels = {
+            BUILT_LABEL: "1",
+            CONTEXT_LABEL: str(context),
+            CONTEXT_DIGEST_LABEL: await anyio.to_thread.run_sync(context_digest, context),
+        }
+        image_id = await self._runtime.build_image(context, tag=tag, on_log=on_log, labels=labels)
         return KlikoImage(ref=tag or str(context), id=image_id, spec=await self.spec_of(image_id))
+
+    async def find_built(self, context: Path) -> KlikoImage | None:
+        """The image an earlier build of ``context``, as its files are now, gave; else None."""
+        try:
+            digest = await anyio.to_thread.run_sync(context_digest, context)
+        except OSError:
+            return None  # a missing folder: the build itself will say so
+        found = await self._runtime.find_images(
+            {BUILT_LABEL: "1", CONTEXT_LABEL: str(context), CONTEXT_DIGEST_LABEL: digest}
+        )
+        if not found:
+            return None
+        return KlikoImage(ref=str(context), id=found[0], spec=await self.spec_of(found[0]))
 
     async def spec_of(self, image_id: str, ref: str | None = None) -> KlikoSpec:
         spec = self._by_id.get(image_id)
@@ -113,7 +159,7 @@ class ImageResolver:
                     hint="Add the program the container runs as /kliko (COPY kliko /kliko).",
                 )
             spec = parse_spec(text, source)
-            if memo is not None:
+            if memo is not None and self._remember:
                 await anyio.to_thread.run_sync(_write_memo, memo, text)
         self._by_id[image_id] = spec
         return spec

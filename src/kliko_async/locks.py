@@ -3,8 +3,12 @@
 ``flock`` locks belong to open file descriptions and every hold opens the lock file anew, so two
 tasks of one process exclude each other just as two processes do. Exclusive while computing a
 key; shared while reading its entry as an input, which keeps ``gc`` (and a forced re-run
-elsewhere) from removing it meanwhile. Lock files are never deleted while a run may wait on
-them: deleting one while another process waits on it would let two holders in.
+elsewhere) from removing it meanwhile.
+
+``cache gc`` deletes lock files that nobody holds (:meth:`KeyLocks.remove_unheld`), under an
+exclusive lock. A run that opened the file before it was deleted may still get that lock on the
+deleted file, while another run locks a new file of the same name: so every holder checks, once
+locked, that its file is still the one at the path, and starts again if not.
 """
 
 from __future__ import annotations
@@ -43,15 +47,19 @@ class KeyLocks:
             while True:
                 try:
                     fcntl.flock(fd, mode | fcntl.LOCK_NB)
-                    break
                 except BlockingIOError:
                     await anyio.sleep(poll)
+                    continue
                 except OSError as err:
                     raise CacheError(
                         f"could not lock the lock file ({os_error_text(err)})",
                         where=str(self.path(key)),
                         hint="Put the cache on a local filesystem that supports flock.",
                     ) from err
+                if self._still_at_path(fd, key):
+                    break
+                os.close(fd)  # gc deleted the file meanwhile: lock the one at the path now
+                fd = self._open(key)
             try:
                 yield
             finally:
@@ -64,17 +72,58 @@ class KeyLocks:
         """Hold the lock of ``key`` exclusively if nobody holds it; whether that worked."""
         fd = self._open(key)
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                yield False
-                return
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    yield False
+                    return
+                if self._still_at_path(fd, key):
+                    break
+                os.close(fd)
+                fd = self._open(key)
             try:
                 yield True
             finally:
                 fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
             os.close(fd)
+
+    def remove_unheld(self) -> int:
+        """Delete every lock file that no run holds; how many were deleted."""
+        removed = 0
+        try:
+            names = sorted(os.listdir(self.folder))
+        except FileNotFoundError:
+            return 0
+        for name in names:
+            if not name.endswith(".lock"):
+                continue
+            path = self.folder / name
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
+            except FileNotFoundError:
+                continue
+            except OSError as err:
+                raise CacheError(
+                    f"could not open the lock file ({os_error_text(err)})",
+                    where=str(path),
+                    hint=cache_hint(err, self._root),
+                ) from err
+            try:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue  # a run holds it
+                if _same_file(fd, path):
+                    path.unlink()
+                    removed += 1
+            finally:
+                os.close(fd)  # releases the lock
+        return removed
+
+    def _still_at_path(self, fd: int, key: str) -> bool:
+        return _same_file(fd, self.path(key))
 
     def _open(self, key: str) -> int:
         path = self.path(key)
@@ -87,3 +136,13 @@ class KeyLocks:
                 where=str(path),
                 hint=cache_hint(err, self._root),
             ) from err
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    """Whether the open file ``fd`` is still the file at ``path`` (not deleted or replaced)."""
+    try:
+        at_path = os.stat(path)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(fd)
+    return (held.st_dev, held.st_ino) == (at_path.st_dev, at_path.st_ino)

@@ -53,10 +53,13 @@ class Plan(BaseModel):
     source: str
     order: list[str]
     steps: dict[str, PlannedStep]
+    unbuilt: dict[str, str] = {}
+    """Steps a dry run cannot key without building an image first: why, by step name (only
+    plans made with ``build=False`` have any; they are in ``order`` but not in ``steps``)."""
 
     @property
     def to_run(self) -> list[str]:
-        return [n for n in self.order if self.steps[n].cached is None]
+        return [n for n in self.order if n in self.unbuilt or self.steps[n].cached is None]
 
 
 async def plan_chain(
@@ -69,6 +72,7 @@ async def plan_chain(
     emit: Callable[[Event], None] | None = None,
     snapshots: FileSnapshots | None = None,
     machine: ResourcePool | None = None,
+    build: bool = True,
 ) -> Plan:
     """Resolve, validate and key every step of ``chain``; raise one error listing all problems.
 
@@ -76,7 +80,10 @@ async def plan_chain(
     ``no_cache`` re-runs every step (results are still stored). With ``snapshots``, file
     parameters are copied there and keyed by the copies the containers will see; without
     (a dry run), they are hashed where they are. A step asking for more CPUs or memory than
-    ``machine`` (default: this machine) has is refused, since it could never run.
+    ``machine`` (default: this machine) has is refused, since it could never run. With
+    ``build=False`` (a dry run) no image is built: a ``build:`` step uses the image an earlier
+    build of its folder as it is now gave, or it and the steps below it are listed in
+    ``Plan.unbuilt``.
     """
     check_resources(chain.steps.values(), machine or ResourcePool(), where=chain.source)
     groups = {step.matrix.step for step in chain.steps.values() if step.matrix is not None}
@@ -96,11 +103,23 @@ async def plan_chain(
     # First reads of images start a probe container each: do them all at once, not in turn.
     await resolver.prefetch(s.image for s in chain.steps.values() if s.image is not None)
     planned: dict[str, PlannedStep] = {}
+    unbuilt: dict[str, str] = {}
     problems: list[KlikoError] = []
     for name in order:
         step = chain.steps[name]
+        waiting = [i for i in step.inputs if i in unbuilt]
+        if waiting:
+            unbuilt[name] = f"its input '{waiting[0]}' needs its image built first"
+            continue
         try:
-            image = await _image_of(step, resolver, emit)
+            if step.build is not None and not build:
+                found = await resolver.find_built(step.build)
+                if found is None:
+                    unbuilt[name] = f"its image would be built from {step.build}"
+                    continue
+                image = found
+            else:
+                image = await _image_of(step, resolver, emit)
         except RuntimeUnavailable:
             raise  # no engine: the same for every step, so said once
         except KlikoError as error:
@@ -148,7 +167,7 @@ async def plan_chain(
         raise ChainError(
             f"{len(problems)} problems were found before running: {details}", where=chain.source
         )
-    return Plan(source=chain.source, order=order, steps=planned)
+    return Plan(source=chain.source, order=order, steps=planned, unbuilt=unbuilt)
 
 
 def _input_keys(step: Step, planned: Mapping[str, PlannedStep]) -> dict[str, str]:

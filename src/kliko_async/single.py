@@ -149,5 +149,9 @@ def make_folder(folder: Path, flag: str) -> None:
         ) from None
 
 
-def _print_line(stream: Stream, text: str) -> None:
-    print(text, file=sys.stdout if stream == "stdout" else sys.stderr, flush=True)
+def _print_line(stream: Stream, text: str, at: str | None = None, /) -> None:
+    """The container's own line, byte for byte, to this process's stdout or stderr."""
+    out = sys.stdout if stream == "stdout" else sys.stderr
+    out.flush()
+    out.buffer.write(text.encode("utf-8", "surrogateescape") + b"\n")
+    out.buffer.flush()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import posixpath
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -112,7 +113,7 @@ class Field(BaseModel):
         return self
 
     def is_file(self) -> bool:
-        """Whether values are host paths copied into the container (file or List[file])."""
+        """Whether given values are host paths copied into the container (file or List[file])."""
         return self.item_type() == "file"
 
     def is_list(self) -> bool:
@@ -277,6 +278,9 @@ def validate_parameters(
     files: list[FileParameter] = []
     for name, field in fields.items():
         given = params.get(name)
+        if given is None and field.is_file() and field.initial is not None:
+            values[name] = file_default(field, spec.io)  # never read from the host
+            continue
         value = field.initial if given is None else given
         if value is None:
             if field.required:
@@ -292,6 +296,27 @@ def validate_parameters(
     if problems:
         raise ParameterError("; ".join(problems), where=where)
     return ValidatedParameters(values=values, files=tuple(files))
+
+
+def file_default(field: Field, io: Literal["split", "join"]) -> str | list[str]:
+    """The container path(s) a ``file`` field's kliko.yml default names.
+
+    The default comes from the image, not from the user, so it is never a host file: an image
+    must not be able to make the runner read ``/etc/shadow`` or ``~/.ssh``. As Kliko puts a file
+    "in /input in case of split io, /work in case of join io", a relative default names a file
+    there (an upstream step's output); an absolute one names a file inside the image. The path
+    goes into /parameters.json as it is and nothing is copied into /param_files.
+    """
+    folder = "/input" if io == "split" else "/work"
+
+    def inside(item: Any) -> str:
+        text = os.fspath(item)
+        return text if text.startswith("/") else posixpath.normpath(f"{folder}/{text}")
+
+    initial = field.initial
+    if field.is_list():
+        return [inside(item) for item in initial]
+    return inside(initial)
 
 
 def parse_cli_value(field: Field, text: str) -> Any:

@@ -1,5 +1,7 @@
-"""A step's saved log: written as it runs, kept after a failure, found again later (in its cache
-entry, or in the log folder of the run where it failed)."""
+"""A step's saved log: written as it runs (one record per line, ``<time stamp> <stream>
+<bytes>``), kept after a failure, found again later (in its cache entry, or in the log folder of
+the run where it failed) and read back: the bytes the container wrote, with or without time
+stamps."""
 
 from __future__ import annotations
 
@@ -7,32 +9,43 @@ import contextlib
 import errno
 import glob
 import os
+import re
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
-from kliko_async.cache import Cache
+from kliko_async.cache import RUN_LOGS, Cache
 from kliko_async.errors import CacheError, ParameterError
 from kliko_async.plan import Plan
 
 
 class StepLog:
-    """A step's saved log file. Writing never raises into the runtime's log stream: the first
-    error (a full disk) is kept in ``error`` and reported through ``on_error``, and the attempt
-    fails, since an entry's log must be complete."""
+    """A step's saved log file: one record per line, ``<time stamp> <stream> <bytes>``.
+
+    Records are in the order the engine gave them, stdout and stderr together, each with the
+    engine's time stamp (the time it arrived when the runtime gives none); the bytes are exactly
+    what the container wrote (see :class:`~kliko_async.runtime.base.LogSink`);
+    :func:`kliko_async.steplogs.log_content` reads the bytes back. Writing never raises into
+    the runtime's log stream: the first error (a full disk) is kept in ``error`` and reported
+    through ``on_error``, and the attempt fails, since an entry's log must be complete."""
 
     def __init__(self, path: Path) -> None:
-        self._file = path.open("w", encoding="utf-8", buffering=1 << 16)
+        self._file = path.open("w", encoding="utf-8", errors="surrogateescape", buffering=1 << 16)
         self.error: OSError | None = None
         self.on_error: Callable[[], None] | None = None
 
-    def write(self, text: str) -> None:
+    def write_line(self, stream: str, text: str, at: str | None = None) -> None:
         if self.error is not None:
             return
+        if at is None:
+            at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         try:
-            self._file.write(text)
+            self._file.write(f"{at} {stream} {text}\n")
         except OSError as error:
             self._failed(error)
+        except UnicodeEncodeError:  # a surrogate not from decoding bytes (a library caller)
+            self.write_line(stream, text.encode("utf-8", "replace").decode("utf-8"), at)
 
     def close(self) -> None:
         try:
@@ -66,7 +79,7 @@ def keep_log(source: Path, target: Path) -> Path | None:
 
 def run_log_dir(cache: Cache, run_id: str) -> Path:
     """Where a run keeps the logs of its failed steps."""
-    return cache.root / "logs" / run_id
+    return cache.root / RUN_LOGS / run_id
 
 
 def find_step_log(cache: Cache, plan: Plan, step: str) -> Path:
@@ -75,11 +88,17 @@ def find_step_log(cache: Cache, plan: Plan, step: str) -> Path:
         raise ParameterError(
             f"no step named '{step}'", where=plan.source, hint=f"Steps: {', '.join(plan.order)}."
         )
+    if step in plan.unbuilt:
+        raise CacheError(
+            f"no saved log for step '{step}': {plan.unbuilt[step]}, so it has not run as it is",
+            where=plan.source,
+            hint="Run the chain first.",
+        )
     entry = plan.steps[step].cached or cache.lookup(plan.steps[step].key)
     if entry is not None:
         return entry.log_path
     failed = sorted(
-        (cache.root / "logs").glob(f"*/{glob.escape(step)}.log"), key=lambda p: p.stat().st_mtime
+        (cache.root / RUN_LOGS).glob(f"*/{glob.escape(step)}.log"), key=lambda p: p.stat().st_mtime
     )
     if failed:
         return failed[-1]
@@ -96,3 +115,27 @@ def log_by_key(cache: Cache, key: str) -> Path:
         found = "no entry" if not matches else f"{len(matches)} entries"
         raise CacheError(f"{found} with a key starting '{key}'", where=str(cache.root))
     return matches[0].log_path
+
+
+_RECORD = re.compile(rb"(\S+) (stdout|stderr) (.*)", re.DOTALL)
+
+
+def log_records(path: Path) -> Iterator[tuple[bytes, str, bytes]]:
+    """``(time stamp, stream, bytes of the line)`` of every line of a saved log, in order.
+
+    A line that is not a record (a log saved by an older version) is given with an empty
+    time stamp, as stdout.
+    """
+    with path.open("rb") as handle:
+        for raw in handle:
+            line = raw[:-1] if raw.endswith(b"\n") else raw
+            match = _RECORD.fullmatch(line)
+            if match is None:
+                yield b"", "stdout", line
+            else:
+                yield match[1], match[2].decode(), match[3]
+
+
+def log_content(path: Path) -> bytes:
+    """What the container wrote, stdout and stderr in the engine's order, byte for byte."""
+    return b"".join(text + b"\n" for _, _, text in log_records(path))

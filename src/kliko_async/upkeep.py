@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
-from kliko_async.cache import KEY_PATTERN, Cache
+from kliko_async.cache import KEY_PATTERN, RUN_LOGS, Cache
 from kliko_async.durable import remove_tree
-from kliko_async.entry import MANIFEST, OUTPUT, CacheEntry, read_manifest
+from kliko_async.entry import MANIFEST, OUTPUT, CacheEntry, read_manifest, shown_name
 from kliko_async.errors import CacheError, cache_hint, os_error_text
 from kliko_async.hashing import hash_tree
 from kliko_async.key import CACHE_FORMAT_VERSION
 from kliko_async.processes import host_name, pid_alive
 
-__all__ = ["VerifyProblem", "clean_stale_staging", "gc", "verify"]
+__all__ = ["GcReport", "VerifyProblem", "clean_stale_staging", "gc", "verify"]
 
 
 class VerifyProblem(BaseModel):
@@ -79,8 +80,8 @@ def gc(
     older_than: timedelta | None = None,
     max_size: int | None = None,
     now: datetime | None = None,
-) -> list[CacheEntry]:
-    """Tidy the cache; the valid entries removed, in order of removal.
+) -> GcReport:
+    """Tidy the cache; the valid entries removed, in order of removal (with what else went).
 
     Always deletes stale staging folders (dead pids) and invalid entry folders (no or bad
     manifest; these are not in the returned list, having no manifest to report). Then removes
@@ -89,6 +90,10 @@ def gc(
     (ties by key). Age is the manifest's ``finished_at`` rather than an access time, because
     ``lookup`` stays read-only and atime is often disabled. An entry whose lock a run holds
     (being computed, or read as a step's input) is kept.
+
+    Afterwards the folders around the entries are tidied: the ``logs/<run-id>/`` folders of
+    failed steps whose newest log is more than ``older_than`` old, lock files that no run holds,
+    and empty ``entries/<xx>/`` shard folders.
     """
     now = _aware(now) if now is not None else datetime.now(UTC)
     clean_stale_staging(cache)
@@ -100,7 +105,7 @@ def gc(
         else:
             kept.append(entry)
 
-    removed: list[CacheEntry] = []
+    removed = GcReport()
     if older_than is not None:
         young: list[CacheEntry] = []
         for entry in kept:
@@ -121,7 +126,55 @@ def gc(
             if _remove_unless_in_use(cache, entry):
                 removed.append(entry)
                 total -= size
+    if older_than is not None:
+        removed.run_logs = _remove_old_run_logs(cache, now - older_than)
+    removed.lock_files = cache.locks.remove_unheld()
+    removed.shard_folders = cache.remove_empty_shards()
     return removed
+
+
+class GcReport(list[CacheEntry]):
+    """The entries :func:`gc` removed, in order, and how many other things it tidied away."""
+
+    run_logs: int = 0
+    """``logs/<run-id>/`` folders of old runs."""
+    lock_files: int = 0
+    """Lock files that no run held."""
+    shard_folders: int = 0
+    """Empty ``entries/<xx>/`` folders."""
+
+
+def _remove_old_run_logs(cache: Cache, before: datetime) -> int:
+    """Delete ``logs/<run-id>/`` folders whose newest file is from before ``before``."""
+    removed = 0
+    limit = before.timestamp()
+    for folder in _subfolders(cache.root / RUN_LOGS):
+        newest = max([os.lstat(folder).st_mtime, *(_mtime(child) for child in folder.iterdir())])
+        if newest < limit:
+            try:
+                remove_tree(folder)
+            except OSError as err:
+                raise CacheError(
+                    f"could not delete an old run's logs ({os_error_text(err)})",
+                    where=str(folder),
+                    hint=cache_hint(err, cache.root),
+                ) from err
+            removed += 1
+    return removed
+
+
+def _subfolders(folder: Path) -> list[Path]:
+    try:
+        return sorted(p for p in folder.iterdir() if p.is_dir() and not p.is_symlink())
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return os.lstat(path).st_mtime
+    except FileNotFoundError:
+        return 0.0
 
 
 def _remove_unless_in_use(cache: Cache, entry: CacheEntry) -> bool:
@@ -161,7 +214,7 @@ def _verify_entry(path: Path) -> list[VerifyProblem]:
     problems: list[VerifyProblem] = []
     expected = manifest.outputs
     for rel in sorted(expected.keys() | actual.keys()):
-        where = f"{OUTPUT}/{rel}"
+        where = f"{OUTPUT}/{shown_name(rel)}"
         if rel not in actual:
             problems.append(VerifyProblem(key=key, path=where, problem="missing"))
         elif rel not in expected:

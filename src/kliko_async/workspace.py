@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Mapping
+import stat
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
+from kliko_async.durable import special_kind
 from kliko_async.images import KLIKO_COMMAND, KlikoImage
 from kliko_async.runtime.base import ContainerJob, Mount
 from kliko_async.spec import PARAM_FILES_DIR, ValidatedParameters
@@ -60,8 +62,11 @@ def build_job(
         fill_work(output, inputs, in_folders=inputs_in_folders)
         mounts.append(Mount(source=absolute(output), target="/work"))
     run_as = user or invoking_user()
+    owner = None
     if user and user != invoking_user():
         open_for_anyone(output)  # a different uid must be able to write its own outputs
+        if os.geteuid() != 0:  # and we must be able to seal or delete what it wrote
+            owner = invoking_user()
     return ContainerJob(
         image=image.id,
         command=KLIKO_COMMAND,
@@ -73,6 +78,7 @@ def build_job(
         memory=memory,
         gpus=gpus,
         timeout=timeout,
+        owner=owner,
     )
 
 
@@ -126,23 +132,51 @@ def fill_work(work: Path, inputs: Mapping[str, Path], *, in_folders: bool = Fals
             copy_tree_writable(source, work / name)
 
 
-def copy_tree_writable(source: Path, target: Path) -> None:
-    """Copy a (possibly read-only) tree so that the copy is writable by its owner."""
-    target.mkdir(parents=True, exist_ok=True)
+def copy_tree_writable(
+    source: Path, target: Path, *, between_files: Callable[[], None] | None = None
+) -> tuple[int, int]:
+    """Copy a (possibly read-only) tree so that the copy is writable by its owner.
+
+    Modes are kept, plus the owner's write bit (and the owner's search bit on folders): an
+    executable stays executable, as Kliko's join IO needs for a tool handed on in ``/work``.
+    Links are copied as links, never followed. A named pipe, socket or device is refused
+    (:class:`SpecialFileError`): copying one could block forever or read a device. Returns the
+    number of files and their total size; ``between_files`` is called before each file (to
+    stop a long copy on cancellation).
+    """
+    files = size = 0
+    _make_folder(target, os.lstat(source))
     for dirpath, dirnames, filenames in os.walk(source):
         rel = Path(dirpath).relative_to(source)
-        for name in dirnames:
-            src = Path(dirpath) / name
-            if src.is_symlink():
-                os.symlink(os.readlink(src), target / rel / name)
+        for name in [*dirnames, *filenames]:
+            if between_files is not None:
+                between_files()
+            src, dst = Path(dirpath) / name, target / rel / name
+            info = os.lstat(src)
+            if stat.S_ISLNK(info.st_mode):
+                os.symlink(os.readlink(src), dst)
+            elif stat.S_ISDIR(info.st_mode):
+                _make_folder(dst, info)
+            elif stat.S_ISREG(info.st_mode):
+                shutil.copyfile(src, dst, follow_symlinks=False)
+                os.chmod(dst, stat.S_IMODE(info.st_mode) | stat.S_IWUSR | stat.S_IRUSR)
+                files, size = files + 1, size + info.st_size
             else:
-                (target / rel / name).mkdir(exist_ok=True)
-        for name in filenames:
-            src = Path(dirpath) / name
-            if src.is_symlink():
-                os.symlink(os.readlink(src), target / rel / name)
-            else:
-                shutil.copyfile(src, target / rel / name)
+                raise SpecialFileError(src, info.st_mode)
+    return files, size
+
+
+class SpecialFileError(OSError):
+    """A named pipe, socket or device where only files, folders and links may be."""
+
+    def __init__(self, path: Path, mode: int) -> None:
+        self.path = path
+        super().__init__(f"{path} is {special_kind(mode)}, not a file, folder or link")
+
+
+def _make_folder(path: Path, info: os.stat_result) -> None:
+    path.mkdir(exist_ok=True)
+    os.chmod(path, stat.S_IMODE(info.st_mode) | stat.S_IRWXU)
 
 
 def open_for_anyone(root: Path, *, write: bool = True) -> None:
@@ -154,5 +188,6 @@ def open_for_anyone(root: Path, *, write: bool = True) -> None:
             (Path(dirpath) / name).chmod(dir_mode)
         for name in filenames:
             path = Path(dirpath) / name
-            if not path.is_symlink():
-                path.chmod(file_mode)
+            info = os.lstat(path)
+            if stat.S_ISREG(info.st_mode):  # executables stay executable, for anyone
+                path.chmod(file_mode | (0o111 if info.st_mode & 0o111 else 0))

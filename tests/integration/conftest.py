@@ -36,6 +36,8 @@ def _engine_answers() -> bool:
 
 @pytest.fixture(scope="session")
 def docker_engine() -> None:
+    if os.environ.get("KLIKO_TEST_UNPRIVILEGED") and os.geteuid() == 0:
+        pytest.fail("scripts/test-as-user must run the tests as a user who is not root")
     if not _engine_answers():
         message = "no Docker Engine answers; run scripts/ensure-docker"
         if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
@@ -142,6 +144,18 @@ class KlikoCli:
             env=self.env,
             capture_output=True,
             text=True,
+            timeout=timeout,
+        )
+
+    def raw(
+        self, *args: str | os.PathLike[str], timeout: float = 120
+    ) -> subprocess.CompletedProcess[bytes]:
+        """As calling it, but stdout and stderr are the bytes written, not decoded."""
+        return subprocess.run(
+            [KLIKO_ASYNC, *map(str, args)],
+            cwd=self.cwd,
+            env=self.env,
+            capture_output=True,
             timeout=timeout,
         )
 

@@ -6,17 +6,19 @@ import json
 import os
 import re
 import socket
+import stat
 import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import yaml
 
 import kliko_async
 from kliko_async.events import Event, LogLine, StepCached, StepFinished, StepStarted
+from kliko_async.steplogs import log_content
 
 if TYPE_CHECKING:
     from conftest import KlikoCli
@@ -158,6 +160,52 @@ def test_dry_run_tells_what_would_run_and_what_is_cached(kliko: KlikoCli, tmp_pa
     assert sorted((cache / "entries").rglob("manifest.json")) == entries_before
 
 
+def test_a_dry_run_builds_nothing_and_built_images_are_labelled_for_pruning(
+    kliko: KlikoCli, tmp_path: Path, container_creations: Callable[[float, float], list[Any]]
+) -> None:
+    tool = tmp_path / "tool"
+    tool.mkdir()
+    (tool / "kliko.yml").write_text("schema_version: 3\nio: split\nsections: []\n")
+    (tool / "kliko").write_text("#!/bin/sh\necho built tool > /output/tool.txt\n")
+    (tool / "kliko").chmod(0o755)
+    (tool / "Dockerfile").write_text("FROM kliko-async/busybox\nCOPY kliko.yml kliko /\n")
+    chain = write_chain(tmp_path / "chain.yaml", "steps:\n  tool: {build: tool}\n")
+    cache = tmp_path / "cache"
+    label = f"label=io.kliko-async.build-context={tool}"
+
+    def images(*filters: str) -> list[str]:
+        args = [f for flt in (label, *filters) for f in ("--filter", flt)]
+        listed = subprocess.run(
+            ["docker", "image", "ls", "-q", "--no-trunc", *args], capture_output=True, text=True
+        )
+        return listed.stdout.split()
+
+    try:
+        dry = kliko("run", chain, "--cache-dir", cache, "--dry-run", "--explain")
+        assert dry.returncode == 0, dry.stderr
+        assert f"would run: its image would be built from {tool}" in dry.stdout
+        assert images() == [], "a dry run builds nothing, not even to explain itself"
+        assert not cache.exists(), "and writes nothing"
+
+        first = kliko("run", chain, "--cache-dir", cache, "--plain")
+        assert first.returncode == 0, first.stderr
+        (built,) = images("label=io.kliko-async.built=1")
+        since = time.time()
+        again = kliko("run", chain, "--cache-dir", cache, "--dry-run")
+        assert again.returncode == 0, again.stderr
+        assert "cached" in again.stdout and "1 to run" not in again.stdout
+        probes = [c for c in container_creations(since, time.time()) if c.get("image") == built]
+        assert probes == [], "found by its labels, its kliko.yml remembered: no probe"
+
+        (tool / "kliko").write_text("#!/bin/sh\necho rebuilt > /output/tool.txt\n")
+        assert kliko("run", chain, "--cache-dir", cache, "--plain").returncode == 0
+        assert built in images("dangling=true"), "the old build can be pruned by its label"
+    finally:
+        found = images()
+        if found:
+            subprocess.run(["docker", "rmi", "-f", *found], capture_output=True)
+
+
 FAILING_CHAIN = """\
 # 'bad' fails fast; 'slow' is an independent branch still running when it does.
 steps:
@@ -274,13 +322,20 @@ steps:
     assert (out / "theirs" / "numbers.txt").read_text() == "LINE 1\nLINE 2\n"
     owners = {path.stat().st_uid for path in out.rglob("*")}
     assert owners == {os.getuid()}
-    # The step itself ran as the user it names: its cached output is that user's.
+    # The step itself ran as the user it names. As root, its cached output stays that user's;
+    # anyone else cannot chown, seal or delete another uid's files, so the engine gives them to
+    # the invoking user after the step.
     cached = [
         m.parent / "output" / "numbers.txt"
         for m in (cache / "entries").rglob("manifest.json")
         if json.loads(m.read_text())["step"] == "theirs"
     ]
-    assert [p.stat().st_uid for p in cached] == [1234]
+    assert [p.stat().st_uid for p in cached] == [1234 if os.geteuid() == 0 else os.getuid()]
+    assert stat.S_IMODE(cached[0].stat().st_mode) == 0o444, "and it is sealed read-only"
+    assert kliko("cache", "verify", "--cache-dir", cache).returncode == 0
+    tidied = kliko("cache", "gc", "--max-size", "0", "--cache-dir", cache)
+    assert tidied.returncode == 0, tidied.stderr
+    assert not list((cache / "entries").rglob("*")), "and gc can remove it"
 
 
 def test_step_containers_run_as_the_invoking_uid_and_gid(
@@ -376,7 +431,9 @@ def test_run_chain_raises_saying_why_a_step_failed(tmp_path: Path) -> None:
     # stdout and stderr lines, each stream in order (the order between streams may vary)
     assert sorted(failure.last_lines) == ["fail: about to fail", "no beam"]
     assert failure.log_path is not None
-    assert sorted(Path(failure.log_path).read_text().splitlines()) == sorted(failure.last_lines)
+    # The saved log holds the same lines in the engine's order, which the last lines follow.
+    saved = log_content(Path(failure.log_path)).decode().splitlines()
+    assert saved == list(failure.last_lines)
     message = str(failed.value)
     assert f"step '{failure.step}': exited with code 4; its last lines:" in message
     assert "    | no beam\n" in message

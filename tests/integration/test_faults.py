@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from kliko_async.steplogs import log_content
+
 if TYPE_CHECKING:
     from conftest import KlikoCli
 
@@ -278,6 +280,6 @@ def test_a_log_flood_is_saved_completely_even_when_the_engine_cuts_the_stream(
                 for m in (cache / "entries").rglob("manifest.json")
                 if json.loads(m.read_text())["step"] == f"f{n}"
             ]
-            lines = (manifest.parent / "log.txt").read_text().splitlines()
+            lines = log_content(manifest.parent / "log.txt").decode().splitlines()
             assert len(lines) == n, f"f{n}: {len(lines)} of {n} lines saved"
             assert lines[-1] == f"line {n}"

@@ -26,6 +26,7 @@ import pytest
 from test_validate import flat, parameter_names
 
 import kliko_async
+from kliko_async.exports import EXPORT_MARKER
 
 if TYPE_CHECKING:
     from conftest import KlikoCli
@@ -102,9 +103,13 @@ def wsclean_output(weight: str) -> dict[str, Any]:
 
 
 def contents(folder: Path) -> dict[str, Any]:
-    """Every file under ``folder``: its text, or for ``*.json`` its parsed value."""
+    """Every file under ``folder``: its text, or for ``*.json`` its parsed value.
+
+    The marker of an export (``--out``) is kliko-async's, not the step's, and left out.
+    """
     found: dict[str, Any] = {}
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+    marker = folder / EXPORT_MARKER
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p != marker):
         text = path.read_text()
         found[path.relative_to(folder).as_posix()] = (
             json.loads(text) if path.suffix == ".json" else text

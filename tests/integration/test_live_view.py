@@ -20,6 +20,7 @@ import pyte
 import pytest
 
 from kliko_async.events import EVENT_ADAPTER, LogLine
+from kliko_async.steplogs import log_content
 
 ROOT = Path(__file__).resolve().parents[2]
 KLIKO_ASYNC = str(Path(sys.executable).parent / "kliko-async")
@@ -198,7 +199,7 @@ def test_a_flood_is_summarised_on_screen_and_saved_whole(tmp_path: Path) -> None
     assert hidden == 100_000 - len(shown)
     (log,) = (tmp_path / "c").rglob("log.txt")
     assert f"full log: {log}" in unfold(lines, at)
-    assert log.read_text().splitlines() == [f"line {i}" for i in range(1, 100_001)]
+    assert log_content(log).decode().splitlines() == [f"line {i}" for i in range(1, 100_001)]
 
 
 @pytest.mark.usefixtures("example_images")

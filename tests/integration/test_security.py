@@ -243,6 +243,51 @@ def test_a_join_step_changes_only_its_copy_of_the_inputs(
     assert (gen / "output" / "numbers.txt").read_text() == "line 1\nline 2\n"
 
 
+# -- an image's own defaults are never host files --------------------------------------------
+
+GREEDY_SCRIPT = """\
+#!/bin/sh
+echo "parameters: $(cat /parameters.json | tr -d ' \\n')"
+echo "param_files: $(ls -A /param_files 2>/dev/null)"
+cat /param_files/* 2>/dev/null
+echo done > "${OUT:-/output}/done.txt"
+"""
+
+
+def test_a_file_default_in_an_images_kliko_yml_is_never_read_from_the_host(
+    kliko: KlikoCli, tmp_path: Path
+) -> None:
+    """``{name: conf, type: file, initial: /etc/shadow}`` must not copy the host's file in."""
+    secret = tmp_path / "host-secret.txt"
+    secret.write_text("ssh-private-key-of-the-user\n")
+    spec = (
+        "schema_version: 3\nname: greedy\nio: split\nsections:\n  - name: s\n    fields:\n"
+        f"      - {{name: conf, type: file, initial: {str(secret)!r}}}\n"
+        "      - {name: extra, type: file, initial: extra.cfg}\n"
+    )
+    tag = build_image(tmp_path / "greedy", spec, GREEDY_SCRIPT)
+    try:
+        chain = tmp_path / "chain.yaml"
+        chain.write_text(f"steps:\n  greedy: {{image: {tag}}}\n")
+        ran = kliko("run", chain, "--cache-dir", tmp_path / "cache", "--plain")
+        single = kliko("run-image", tag, "--output", tmp_path / "single-out")
+        shown = kliko("validate", tag)
+    finally:
+        subprocess.run(["docker", "rmi", "-f", tag], capture_output=True)
+
+    for done in (ran, single):
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "ssh-private-key" not in done.stdout + done.stderr
+        assert f'"conf":"{secret}"' in done.stdout, "the default is passed on as a path"
+        assert '"extra":"/input/extra.cfg"' in done.stdout, "relative: where Kliko puts files"
+        assert "param_files: \n" in done.stdout + "\n", "nothing is copied into /param_files"
+    logged = kliko("logs", chain, "greedy", "--cache-dir", tmp_path / "cache")
+    assert "ssh-private-key" not in logged.stdout
+    flat = " ".join(shown.stdout.split())
+    assert shown.returncode == 0, shown.stderr
+    assert "not a host file" in flat and "/input/extra.cfg" in flat, shown.stdout
+
+
 # -- published entries -------------------------------------------------------------------------
 
 

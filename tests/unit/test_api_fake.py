@@ -20,6 +20,7 @@ from kliko_async.errors import ParameterError, RunFailed, SpecError
 from kliko_async.events import Event, ImageBuilding, ImageBuilt, RunFinished, StepCancelled
 from kliko_async.runtime.base import LABEL_PREFIX
 from kliko_async.runtime.fake import FakeContainer, FakeRuntime
+from kliko_async.steplogs import log_content
 from kliko_async.upkeep import verify
 
 pytestmark = pytest.mark.anyio
@@ -157,7 +158,7 @@ async def test_raise_for_failures_says_why_each_step_failed_with_its_last_lines_
     assert failure.exit_code == 4
     assert failure.last_lines == ("wrote hello",)
     assert failure.log_path is not None
-    assert read(failure.log_path) == "wrote hello\n"
+    assert log_content(Path(failure.log_path)) == b"wrote hello\n"
     message = str(info.value)
     assert message.startswith("1 step failed:\n  step 'bad': exited with code 4")
     assert "    | wrote hello\n" in message
@@ -291,3 +292,50 @@ async def test_the_images_of_a_chain_are_read_at_the_same_time(tmp_path: Path) -
     broken = chain_from_pairs([*steps, ("kliko/broken", {})])
     with pytest.raises(SpecError, match="no /kliko executable"):
         await api.dry_run(broken, runtime=fake, cache_dir=tmp_path / "c")
+
+
+async def test_a_dry_run_builds_nothing_and_writes_nothing(
+    tmp_path: Path, fake: FakeRuntime
+) -> None:
+    tool = tmp_path / "tool"
+    tool.mkdir()
+    (tool / "kliko.yml").write_text(KLIKO_YML)
+    (tool / "Dockerfile").write_text("FROM scratch\n")
+    chain = chain_of(
+        tmp_path,
+        built={"build": "tool"},
+        after={"image": "example/text", "inputs": ["built"]},
+        alone={"image": "example/text", "inputs": []},
+    )
+    cache = tmp_path / "cache"
+
+    before = await api.dry_run(chain, runtime=fake, cache_dir=cache)
+
+    assert fake.builds == 0 and fake.jobs == []
+    assert not cache.exists(), "a dry run writes nothing, not even remembered kliko.yml files"
+    assert before.unbuilt == {
+        "built": f"its image would be built from {tool}",
+        "after": "its input 'built' needs its image built first",
+    }
+    assert before.to_run == ["built", "after", "alone"]
+    assert "alone" in before.steps
+    explained = await api.explain(chain, runtime=fake, cache_dir=cache, build=False)
+    why = {e.step: e.reason for e in explained}
+    assert why["built"] == f"its image would be built from {tool}"
+    assert why["after"] == "its input 'built' needs its image built first"
+    assert fake.builds == 0
+
+    result = await api.run(chain, runtime=fake, cache_dir=cache)
+    (image,) = {i.id: i for i in fake.images.values() if i.labels}.values()
+    assert image.labels[f"{LABEL_PREFIX}.built"] == "1"
+    assert image.labels[f"{LABEL_PREFIX}.build-context"] == str(tool)
+    builds = fake.builds
+
+    after = await api.dry_run(chain, runtime=fake, cache_dir=cache)
+
+    assert fake.builds == builds, "the earlier build is found by its labels, not rebuilt"
+    assert after.unbuilt == {} and after.to_run == []
+    assert {n: s.key for n, s in after.steps.items()} == {n: s.key for n, s in result.steps.items()}
+    (tool / "Dockerfile").write_text("FROM scratch\nLABEL changed=1\n")
+    changed = await api.dry_run(chain, runtime=fake, cache_dir=cache)
+    assert sorted(changed.unbuilt) == ["after", "built"], "a changed folder needs a new build"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import socket
 import stat
 import subprocess
 import sys
@@ -21,7 +22,7 @@ from hypothesis import strategies as st
 from kliko_async import key as key_module
 from kliko_async.cache import Cache, default_cache_dir
 from kliko_async.entry import CacheEntry, Manifest, Staging
-from kliko_async.errors import CacheError
+from kliko_async.errors import CacheError, UnpublishableOutput
 from kliko_async.hashing import sha256_file
 from kliko_async.key import CACHE_FORMAT_VERSION, KeyIngredients, cache_key
 from kliko_async.processes import host_name
@@ -308,6 +309,53 @@ def test_published_entry_is_read_only(cache: Cache) -> None:
     if os.geteuid() != 0:
         with pytest.raises(PermissionError):
             (entry.output_dir / "a.txt").write_text("changed")
+
+
+@pytest.mark.parametrize("kind", ["named pipe", "socket"])
+def test_an_output_with_a_pipe_or_socket_is_never_published(
+    cache: Cache, kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key = key_of(1)
+    staging = stage_files(cache, key, {"a.txt": b"a"}, log=b"the step's log\n")
+    special = staging.output_dir / "sub" / "special"
+    special.parent.mkdir()
+    if kind == "named pipe":
+        os.mkfifo(special)
+    else:
+        monkeypatch.chdir(special.parent)  # a socket's path must be short
+        server = socket.socket(socket.AF_UNIX)
+        server.bind(special.name)
+        server.close()
+
+    with pytest.raises(UnpublishableOutput) as raised:
+        cache.publish(staging, manifest_for(key))
+
+    assert f"a {kind} (output/sub/special)" in str(raised.value)
+    assert "nothing of the step was published" in str(raised.value)
+    assert cache.lookup(key) is None and list(cache.entry_dirs()) == []
+    assert staging.log_path.read_bytes() == b"the step's log\n", "the caller keeps the log"
+    cache.discard(staging)
+    assert tmp_children(cache) == []
+
+
+def test_file_names_that_are_not_utf8_are_kept_exactly(cache: Cache) -> None:
+    """Names are bytes on Linux: the manifest must hold them losslessly, or verify lies."""
+    key = key_of(1)
+    staging = stage_files(cache, key, {"plain.txt": b"p"})
+    latin1 = os.fsdecode(b"caf\xe9.txt")
+    (staging.output_dir / latin1).write_bytes(b"coffee")
+    (staging.output_dir / "caf\\xe9.txt").write_bytes(b"a name that reads as the other one")
+
+    entry = cache.publish(staging, manifest_for(key))
+
+    assert verify(cache) == []
+    found = cache.lookup(key)
+    assert found is not None and found.manifest == entry.manifest
+    assert sha256_file(found.output_dir / latin1) == found.manifest.outputs[latin1]
+    assert len(found.manifest.outputs) == 3
+    (found.output_dir / latin1).chmod(0o644)
+    (found.output_dir / latin1).write_bytes(b"tea")
+    assert [str(p) for p in verify(cache)] == [f"{key}: output/caf\\xe9.txt: content changed"]
 
 
 def test_unpublished_staging_is_never_found(cache: Cache) -> None:
@@ -757,6 +805,64 @@ async def test_gc_keeps_entries_that_a_run_is_reading_or_computing(cache: Cache)
         assert cache.lookup(computed.key) == computed
 
     assert gc(cache, max_size=0, now=NOW) == [read, computed]
+
+
+@pytest.mark.anyio
+async def test_gc_removes_old_run_logs_unheld_lock_files_and_empty_shard_folders(
+    cache: Cache,
+) -> None:
+    old = publish_files(cache, key_of(1), {"a": b"1"}, finished_at=NOW - timedelta(days=9))
+    young = publish_files(cache, key_of(2), {"a": b"2"}, finished_at=NOW)
+    logs = cache.root / "logs"
+    for run, age in (("old-run", timedelta(days=9)), ("new-run", timedelta(hours=1))):
+        (logs / run).mkdir(parents=True)
+        (logs / run / "step.log").write_bytes(b"failed\n")
+        moment = (NOW - age).timestamp()
+        os.utime(logs / run / "step.log", (moment, moment))
+        os.utime(logs / run, (moment, moment))
+    for n in (1, 2, 3, 4):
+        async with cache.lock(key_of(n)):
+            pass
+    assert len(list((cache.root / "locks").glob("*.lock"))) == 4
+
+    async with cache.lock(key_of(4), shared=True):  # a run reading key 4 right now
+        removed = gc(cache, older_than=timedelta(days=3), now=NOW)
+
+        assert removed == [old]
+        assert (removed.run_logs, removed.lock_files, removed.shard_folders) == (1, 3, 1)
+        assert sorted(p.name for p in logs.iterdir()) == ["new-run"]
+        assert [p.name for p in (cache.root / "locks").iterdir()] == [f"{key_of(4)}.lock"]
+        assert sorted(p.name for p in (cache.root / "entries").iterdir()) == [young.key[:2]]
+    assert cache.lookup(young.key) == young
+    assert gc(cache, older_than=timedelta(days=3), now=NOW).lock_files == 1
+
+
+@pytest.mark.anyio
+async def test_a_lock_file_deleted_by_gc_while_a_run_opens_it_is_never_held_twice(
+    cache: Cache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run that opened the lock file just before gc deleted it must not lock the orphan."""
+    key = key_of(1)
+    async with cache.lock(key):
+        pass
+    locks = cache.locks
+    real_open = locks._open
+    opened: list[int] = []
+
+    def open_then_gc(k: str) -> int:
+        fd = real_open(k)
+        if not opened:  # the first open races with gc deleting the file
+            assert locks.remove_unheld() == 1
+        opened.append(fd)
+        return fd
+
+    monkeypatch.setattr(locks, "_open", open_then_gc)
+
+    async with cache.lock(key):
+        monkeypatch.setattr(locks, "_open", real_open)
+        assert len(opened) == 2, "the holder noticed and locked the file at the path"
+        with locks.try_exclusive(key) as free:
+            assert not free, "a second holder is refused"
 
 
 @pytest.mark.anyio

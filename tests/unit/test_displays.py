@@ -152,3 +152,29 @@ def test_a_fast_log_line_is_the_same_event_as_a_validated_one() -> None:
     assert EVENT_ADAPTER.validate_json(fast.model_dump_json()) == fast
     assert fast.model_copy(update={"text": "x"}).text == "x"
     assert fast.model_fields_set == slow.model_fields_set | {"kind"}  # kept by exclude_unset
+
+
+HOSTILE = (
+    "before\x1b[2J\x1b[H\x1b]0;PWNED\x07\x1b]8;;http://x\x1b\\link\x1b]8;;\x1b\\\r\tafter\x9b5A"
+)
+
+
+def test_plain_and_live_displays_never_pass_terminal_escapes_on() -> None:
+    stream = io.StringIO()
+    plain = PlainDisplay(stream)
+    plain(log_line("gen", "stdout", HOSTILE))
+    plain.close()
+    buffer = io.StringIO()
+    console = Console(file=buffer, width=100, force_terminal=True, color_system="standard")
+    live = LiveDisplay(console=console, refresh_per_second=20)
+    for event in sample_run()[:3]:
+        live(event)
+    live(log_line("gen", "stdout", HOSTILE))
+    live(StepFailed(step="gen", key="k", reason="exited with code 1", last_lines=[HOSTILE]))
+    live.close()
+
+    assert stream.getvalue() == "gen | beforelink\tafter\n"
+    shown = buffer.getvalue()
+    assert "beforelink" in shown
+    for sequence in ("\x1b[2J", "\x1b]0;PWNED", "\x1b]8;;", "\x07", "\x9b"):
+        assert sequence not in shown, repr(sequence)

@@ -36,6 +36,7 @@ def test_a_job_becomes_an_unprivileged_container_with_its_mounts_limits_and_labe
         "/cache/tmp/k/output:/output:rw",
     ]
     assert host["Privileged"] is False
+    assert host["LogConfig"]["Type"] == "local", "the log driver that keeps the bytes written"
     assert host["NanoCpus"] == 1_500_000_000
     assert host["Memory"] == host["MemorySwap"] == 512 << 20
     assert host["DeviceRequests"] == [{"Driver": "", "Count": 2, "Capabilities": [["gpu"]]}]

@@ -50,6 +50,7 @@ from kliko_async.results import RunResult
 from kliko_async.runtime.base import LABEL_PREFIX
 from kliko_async.runtime.fake import FakeContainer, FakeRuntime
 from kliko_async.scheduler import Scheduler
+from kliko_async.steplogs import log_content
 from kliko_async.upkeep import gc, verify
 
 pytestmark = pytest.mark.anyio
@@ -509,7 +510,7 @@ async def test_a_failing_step_is_retried_with_backoff_until_it_succeeds(lab: Lab
     assert [e.attempt for e in of_type(events, StepStarted)] == [1, 2, 3]
     log_path = result.steps["f"].log_path
     assert log_path is not None
-    assert log_path.read_text() == "attempt 3\n"  # the published log is the successful attempt's
+    assert log_content(log_path) == b"attempt 3\n"  # the published log is the successful attempt's
 
 
 async def test_a_step_that_fails_every_retry_fails_naming_the_attempts(lab: Lab) -> None:
@@ -526,7 +527,7 @@ async def test_a_step_that_fails_every_retry_fails_naming_the_attempts(lab: Lab)
     assert event.reason == failed.reason
     assert event.last_lines == ["bad wrote n=0"]
     assert failed.log_path is not None
-    assert failed.log_path.read_text() == "bad wrote n=0\n"
+    assert log_content(failed.log_path) == b"bad wrote n=0\n"
 
 
 async def test_a_step_waiting_to_retry_holds_no_job_slot(lab: Lab) -> None:
@@ -902,7 +903,7 @@ async def test_a_log_flood_is_saved_completely_while_the_screen_skips_lines(lab:
     assert delivered + subscription.dropped_log_lines == 5000
     log_path = run.result.steps["flood"].log_path
     assert log_path is not None
-    assert log_path.read_text().splitlines() == [f"line {n}" for n in range(5000)]
+    assert log_content(log_path).decode().splitlines() == [f"line {n}" for n in range(5000)]
 
 
 async def test_a_run_without_listeners_still_saves_logs(lab: Lab) -> None:
@@ -912,7 +913,7 @@ async def test_a_run_without_listeners_still_saves_logs(lab: Lab) -> None:
 
     log_path = result.steps["a"].log_path
     assert log_path is not None
-    assert log_path.read_text() == "a wrote n=0\n"
+    assert log_content(log_path) == b"a wrote n=0\n"
 
 
 # --------------------------------------------------------------------------------------------

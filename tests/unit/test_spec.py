@@ -425,6 +425,37 @@ def test_defaults_are_filled_in(spec: KlikoSpec) -> None:
     assert result.files == ()
 
 
+@pytest.mark.parametrize(
+    ("io", "initial", "expected"),
+    [
+        ("split", "/etc/shadow", "/etc/shadow"),
+        ("split", "conf/defaults.cfg", "/input/conf/defaults.cfg"),
+        ("join", "defaults.cfg", "/work/defaults.cfg"),
+        ("join", "../etc/passwd", "/etc/passwd"),
+    ],
+)
+def test_a_file_default_from_the_image_is_a_container_path_never_a_host_file(
+    tmp_path: Path, io: str, initial: str, expected: str
+) -> None:
+    """Only a path the user gives is a host file: an image's default is never read here."""
+    secret = tmp_path / "conf" / "defaults.cfg"
+    secret.parent.mkdir()
+    secret.write_text("host secret")
+    spec = parse_spec(
+        f"schema_version: 3\nio: {io}\nsections:\n  - name: s\n    fields:\n"
+        f"      - {{name: conf, type: file, initial: {initial!r}}}\n"
+        f"      - {{name: more, type: 'List[file]', initial: [{initial!r}, /data/x]}}\n",
+        SOURCE,
+    )
+
+    result = validate_parameters(spec, {}, where=WHERE, base_dir=tmp_path)
+
+    assert result.values == {"conf": expected, "more": [expected, "/data/x"]}
+    assert result.files == (), "nothing is copied from the host"
+    given = validate_parameters(spec, {"conf": str(secret)}, where=WHERE)
+    assert [f.host_path for f in given.files] == [secret]
+
+
 def test_given_values_override_defaults_and_none_means_not_given(spec: KlikoSpec) -> None:
     result = validate_parameters(
         spec,

@@ -16,12 +16,12 @@ import threading
 from collections import deque
 
 from rich.console import Console
-from rich.control import strip_control_codes
 from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
 from kliko_async.display.runview import RunView
+from kliko_async.display.terminal import printable
 from kliko_async.display.wording import LogChoice, step_message
 from kliko_async.events import Event, LogLine
 
@@ -93,7 +93,7 @@ class LiveDisplay:
         self._queue.append((step, Text(text, style=_STATE_STYLES.get(event.kind, ""))))
         if event.kind == "step_failed" and self._logs == "failed":
             for last in event.last_lines:
-                self._queue.append((step, Text(strip_control_codes(last))))
+                self._queue.append((step, Text(printable(last))))
         if event.kind in ("step_failed", "step_finished", "step_cancelled"):
             self._note_hidden(step, getattr(event, "log_path", None), final=True)
 
@@ -177,7 +177,7 @@ class LiveDisplay:
             if isinstance(item, tuple):
                 grid.add_row(self._prefix(item[0]), item[1])
             else:
-                grid.add_row(self._prefix(item.step), Text(strip_control_codes(item.text)))
+                grid.add_row(self._prefix(item.step), Text(printable(item.text)))
         self.console.print(grid)
 
     def close(self) -> None:

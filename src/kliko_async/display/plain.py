@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 from typing import TextIO
 
+from kliko_async.display.terminal import printable
 from kliko_async.display.wording import LogChoice, run_message, step_message
 from kliko_async.events import Event
 
@@ -39,7 +40,7 @@ class PlainDisplay:
     def __call__(self, event: Event) -> None:
         if event.kind == "log_line":
             if not self._quiet and self._logs == "all":
-                self._stream.write(f"{event.step} | {event.text}\n")
+                self._stream.write(f"{event.step} | {printable(event.text)}\n")
                 now = time.monotonic()
                 if now - self._flushed >= self.FLUSH_EVERY_S:
                     self._stream.flush()
@@ -51,7 +52,9 @@ class PlainDisplay:
         if line is not None:
             self._stream.write(line + "\n")
             if event.kind == "step_failed" and self._logs == "failed" and not self._quiet:
-                self._stream.writelines(f"{event.step} | {text}\n" for text in event.last_lines)
+                self._stream.writelines(
+                    f"{event.step} | {printable(text)}\n" for text in event.last_lines
+                )
             self._stream.flush()
 
     def close(self) -> None:

@@ -10,6 +10,10 @@ from kliko_async.plan import Plan
 def print_plan(plan: Plan, stream: TextIO) -> None:
     width = max((len(n) for n in plan.order), default=4)
     for name in plan.order:
+        if name in plan.unbuilt:
+            unknown = "(no key yet)"
+            stream.write(f"{name:<{width}}  {unknown:<16}  would run: {plan.unbuilt[name]}\n")
+            continue
         step = plan.steps[name]
         if step.cached is not None:
             state = f"cached (ran {step.cached.manifest.duration_s:.1f}s)"

@@ -12,10 +12,10 @@ import time
 from dataclasses import dataclass, field
 
 from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
-from rich.control import strip_control_codes
 from rich.table import Table
 from rich.text import Text
 
+from kliko_async.display.terminal import printable
 from kliko_async.display.wording import seconds
 from kliko_async.events import Event, RunFinished
 
@@ -242,7 +242,7 @@ def summary_lines(finished: RunFinished, steps: list[StepView]) -> list[Renderab
         if view.last_lines:
             last = _folding_grid()
             for line in view.last_lines:
-                last.add_row(Text("  |", style="red"), Text(strip_control_codes(line)))
+                last.add_row(Text("  |", style="red"), Text(printable(line)))
             lines.append(last)
         if view.log_path:
             where = _folding_grid()

@@ -10,7 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from kliko_async.entry import CacheEntry
-from kliko_async.spec import KlikoSpec
+from kliko_async.spec import Field, KlikoSpec, file_default
 
 
 def print_spec(spec: KlikoSpec, source: str, console: Console | None = None) -> None:
@@ -34,13 +34,22 @@ def print_spec(spec: KlikoSpec, source: str, console: Console | None = None) -> 
                 section.name,
                 field.name,
                 kind,
-                "" if field.initial is None else repr(field.initial),
+                _default_of(field, spec),
                 "yes" if field.required else "",
                 "; ".join(p for p in (field.label, field.help_text) if p),
             )
             table.add_row(*map(escape, cells))
     console.print(table)
     console.print(f"valid: {len(spec.fields())} parameter(s)")
+
+
+def _default_of(field: Field, spec: KlikoSpec) -> str:
+    """The default as the container gets it; for files, where it is looked for (never the host)."""
+    if field.initial is None:
+        return ""
+    if field.is_file():
+        return f"{file_default(field, spec.io)!r} in the container (not a host file)"
+    return repr(field.initial)
 
 
 def print_entries(entries: list[CacheEntry], root: Path, console: Console | None = None) -> None:

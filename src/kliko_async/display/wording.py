@@ -51,11 +51,25 @@ def step_message(event: Event) -> tuple[str, str] | None:
     return None
 
 
+def _size(size: int) -> str:
+    for unit, scale in (("GB", 10**9), ("MB", 10**6), ("kB", 10**3)):
+        if size >= scale:
+            return f"{size / scale:.1f} {unit}"
+    return f"{size} bytes"
+
+
 def run_message(event: Event) -> str | None:
     """The line for the start or the end of a run; None for other events."""
     match event.kind:
         case "run_started":
             return f"run {event.run_id}: {len(event.steps)} steps, up to {event.jobs} at once"
+        case "export_started":
+            return f"copying the outputs of {len(event.steps)} steps to {event.folder}"
+        case "output_exported":  # the run's, after the steps: not one of a step's own lines
+            return (
+                f"copied {event.step} to {event.path} ({event.files} files, "
+                f"{_size(event.size_bytes)}, {event.done}/{event.total})"
+            )
         case "run_finished":
             state = "ok" if event.ok else "FAILED"
             if not event.outputs_copied:

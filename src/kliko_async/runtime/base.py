@@ -18,9 +18,20 @@ from pydantic import BaseModel, ConfigDict, Field
 
 Stream = Literal["stdout", "stderr"]
 
-LogSink = Callable[[Stream, str], None]
-"""Receives one log line (without its newline) and the stream it came from. Called from the
-runtime's task for every line, in order per stream; it must not block (buffer, don't await)."""
+
+class LogSink(Protocol):
+    """Receives one log line (without its newline), the stream it came from and, where the
+    engine gives one, its time stamp (RFC 3339 text, as Docker's ``timestamps=1`` log has it).
+    Called from the runtime's task for every line, in the order the engine gives (across both
+    streams); it must not block (buffer, don't await).
+
+    Lines are decoded as UTF-8 with ``surrogateescape``: bytes that are not UTF-8 arrive as lone
+    surrogates, so ``text.encode("utf-8", "surrogateescape")`` is exactly what the container
+    wrote (a ``\\r`` before the newline included). Displays must make such text printable.
+    """
+
+    def __call__(self, stream: Stream, text: str, at: str | None = None, /) -> None: ...
+
 
 LABEL_PREFIX = "io.kliko-async"
 """Every container started here carries ``io.kliko-async.managed=1`` and run/step/key labels."""
@@ -63,6 +74,12 @@ class ContainerJob(BaseModel):
         description="The step's timeout in seconds. The scheduler enforces it; a runtime whose "
         "containers outlive this process (Slurm jobs) may enforce it too, as a safety net.",
     )
+    owner: str | None = Field(
+        None,
+        description="'uid:gid' that everything in the writable mounts is given to once the "
+        "container has ended (a step's own user, run by someone who cannot chown); None keeps "
+        "the owners the container made.",
+    )
 
 
 class ContainerExit(BaseModel):
@@ -97,14 +114,18 @@ class Runtime(Protocol):
     ``probe_image(image_id, read=..., stat=...)``: the bytes of each path in ``read`` and whether
     each path in ``stat`` exists, taken from the image without running it (create, copy, remove).
 
-    ``build_image(context, tag=..., on_log=...)``: build a folder with a Dockerfile and return
-    the new image ID; build output lines go to ``on_log``. Raises ``ImageError`` with the build's
-    error text on failure.
+    ``build_image(context, tag=..., on_log=..., labels=...)``: build a folder with a Dockerfile
+    and return the new image ID, labelled with ``labels``; build output lines go to ``on_log``.
+    Raises ``ImageError`` with the build's error text on failure. ``find_images(labels)``: the
+    IDs of local images carrying all of ``labels``, newest first (builds are found again
+    without building, and pruned, by their labels).
 
     ``run(job, on_log=..., on_start=...)``: create and start a container for ``job``, call
     ``on_start(container_id)`` once it runs, stream every stdout/stderr line to ``on_log`` while it
     runs (a final line without newline is delivered too), wait for it to end and return its
-    :class:`ContainerExit`. The container is always removed before ``run`` returns or raises,
+    :class:`ContainerExit`. With ``job.owner`` set, what the container left in its writable
+    mounts belongs to that uid:gid (and is readable and writable by it) before ``run`` returns.
+    The container is always removed before ``run`` returns or raises,
     including on cancellation: then it is stopped (killed after a short grace period) and removed
     under a shielded cleanup with a deadline, and the cancellation propagates. Engine failures
     raise :class:`~kliko_async.errors.ContainerError`.
@@ -123,8 +144,15 @@ class Runtime(Protocol):
     ) -> ImageFiles: ...
 
     async def build_image(
-        self, context: Path, *, tag: str | None = None, on_log: Callable[[str], None] | None = None
+        self,
+        context: Path,
+        *,
+        tag: str | None = None,
+        on_log: Callable[[str], None] | None = None,
+        labels: Mapping[str, str] | None = None,
     ) -> str: ...
+
+    async def find_images(self, labels: Mapping[str, str]) -> list[str]: ...
 
     async def run(
         self,
@@ -142,7 +170,7 @@ class Runtime(Protocol):
 
 
 class LineSplitter:
-    """Turns arbitrary byte chunks of one stream into complete decoded lines."""
+    """Turns arbitrary byte chunks of one stream into complete lines, decoded losslessly."""
 
     __slots__ = ("_pending",)
 
@@ -152,8 +180,8 @@ class LineSplitter:
     def feed(self, chunk: bytes) -> list[str]:
         data = self._pending + chunk
         *lines, self._pending = data.split(b"\n")
-        return [line.decode("utf-8", "replace").rstrip("\r") for line in lines]
+        return [line.decode("utf-8", "surrogateescape") for line in lines]
 
     def flush(self) -> list[str]:
         rest, self._pending = self._pending, b""
-        return [rest.decode("utf-8", "replace").rstrip("\r")] if rest else []
+        return [rest.decode("utf-8", "surrogateescape")] if rest else []

@@ -10,10 +10,11 @@ import os
 import signal
 import struct
 import tarfile
-from collections.abc import Callable, Mapping, Sequence
+import tempfile
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import aiodocker
 import aiohttp
@@ -173,7 +174,12 @@ class DockerRuntime:
             raise ContainerError(f"cannot look for {path} in the image: {exc.message}") from None
 
     async def build_image(
-        self, context: Path, *, tag: str | None = None, on_log: Callable[[str], None] | None = None
+        self,
+        context: Path,
+        *,
+        tag: str | None = None,
+        on_log: Callable[[str], None] | None = None,
+        labels: Mapping[str, str] | None = None,
     ) -> str:
         await self._ready()
         if not (context / "Dockerfile").is_file():
@@ -183,7 +189,13 @@ class DockerRuntime:
         output: list[str] = []
         try:
             stream = self.client.images.build(
-                fileobj=archive, encoding="gzip", tag=tag, rm=True, forcerm=True, stream=True
+                fileobj=archive,
+                encoding="gzip",
+                tag=tag,
+                rm=True,
+                forcerm=True,
+                stream=True,
+                labels=dict(labels or {}),
             )
             async for item in stream:
                 text = str(item.get("stream", "")).rstrip("\n")
@@ -244,6 +256,8 @@ class DockerRuntime:
                     raise  # the log may be incomplete: no success without all of it
                 # A failure is explained below (a container being removed has no log left).
             logs.flush()
+            if job.owner is not None:
+                await self._give_mounts_to(container.id, job)
             error = (status.get("Error") or {}).get("Message") or None
             if code == 0:  # only a failure needs the full state: killed? out of memory?
                 return ContainerExit(container_id=container.id, exit_code=0, error=error)
@@ -261,6 +275,50 @@ class DockerRuntime:
                 else:  # cancelled or failed while running: stop it gracefully first
                     await self._stop_and_delete(container)
                 untrack(tracked)
+
+    async def _give_mounts_to(self, container_id: str, job: ContainerJob) -> None:
+        """Make everything in the job's writable mounts belong to ``job.owner``.
+
+        A step with its own user leaves files only that uid may change; an invoking user who is
+        not root cannot chown them, nor seal or delete them. The engine can: the mount's tree is
+        read through the container's archive endpoint, every entry given to the owner (with
+        owner read and write bits), and written back; the engine extracts it with the owners
+        the archive names (``copyUIDGID`` would name the container's user instead). The copies
+        pass through temporary files beside the mount, never memory.
+        """
+        assert job.owner is not None
+        uid, _, gid = job.owner.partition(":")
+        for mount in job.mounts:
+            if mount.read_only:
+                continue
+            parent = mount.source.parent
+            with (
+                tempfile.TemporaryFile(dir=parent) as fetched,
+                tempfile.TemporaryFile(dir=parent) as rewritten,
+            ):
+                async with self.client._query(
+                    f"containers/{container_id}/archive",
+                    method="GET",
+                    params={"path": mount.target},
+                    timeout=None,
+                ) as response:
+                    async for chunk in response.content.iter_chunked(1 << 20):
+                        await anyio.to_thread.run_sync(fetched.write, chunk)
+                fetched.seek(0)
+                await anyio.to_thread.run_sync(
+                    _reowned_tar, fetched, rewritten, int(uid), int(gid or uid)
+                )
+                rewritten.seek(0)
+                destination = str(Path(mount.target).parent)
+                async with self.client._query(
+                    f"containers/{container_id}/archive",
+                    method="PUT",
+                    params={"path": destination},
+                    data=_file_chunks(rewritten),
+                    headers={"Content-Type": "application/x-tar"},
+                    timeout=None,
+                ):
+                    pass
 
     async def _failed_exit(
         self, container: Any, code: int, error: str | None, memory: int | None
@@ -366,6 +424,16 @@ class DockerRuntime:
                 frames.append(frame)
         return frames
 
+    async def find_images(self, labels: Mapping[str, str]) -> list[str]:
+        await self._ready()
+        filters = json.dumps({"label": [f"{k}={v}" for k, v in labels.items()]})
+        try:
+            found = await self.client.images.list(filters=filters)
+        except (aiohttp.ClientError, OSError) as exc:
+            raise self._unavailable(exc) from None
+        newest_first = sorted(found, key=lambda image: image.get("Created", 0), reverse=True)
+        return [str(image["Id"]) for image in newest_first]
+
     async def find_containers(self, labels: Mapping[str, str]) -> dict[str, dict[str, str]]:
         await self._ready()
         filters = json.dumps({"label": [f"{k}={v}" for k, v in labels.items()]})
@@ -429,19 +497,21 @@ class _LogReader:
             "stdout": LineSplitter(),
             "stderr": LineSplitter(),
         }
+        self._stamps: dict[Stream, str] = {}
         self.last: tuple[int, bytes] | None = None
 
     def feed(self, kind: int, payload: bytes) -> None:
         self.last = (kind, payload)
         stream: Stream = _STREAMS.get(kind, "stdout")
-        _, _, data = payload.partition(b" ")  # the time stamp
+        stamp, _, data = payload.partition(b" ")
+        self._stamps[stream] = at = stamp.decode("ascii", "replace")
         for line in self._splitters[stream].feed(data):
-            self._on_log(stream, line)
+            self._on_log(stream, line, at)
 
     def flush(self) -> None:
         for stream, splitter in self._splitters.items():
             for line in splitter.flush():
-                self._on_log(stream, line)
+                self._on_log(stream, line, self._stamps.get(stream))
 
 
 async def _read_frame(content: aiohttp.StreamReader) -> tuple[int, bytes] | None:
@@ -466,6 +536,10 @@ def _container_config(job: ContainerJob) -> dict[str, Any]:
         "Binds": [f"{m.source}:{m.target}:{'ro' if m.read_only else 'rw'}" for m in job.mounts],
         "Privileged": False,
         "NetworkMode": "bridge",
+        # The 'local' log driver keeps the bytes a container writes; 'json-file' (the usual
+        # default) turns what is not UTF-8 into U+FFFD, and others (journald) cannot be read
+        # back at all. Lines are followed live; the files only matter for catching up.
+        "LogConfig": {"Type": "local", "Config": {"max-size": "100m", "max-file": "5"}},
     }
     if job.memory is not None:
         host["Memory"] = job.memory
@@ -498,3 +572,23 @@ def _tar_context(context: Path) -> io.BytesIO:
         archive.add(str(context), arcname=".")
     buffer.seek(0)
     return buffer
+
+
+def _reowned_tar(source: BinaryIO, target: BinaryIO, uid: int, gid: int) -> None:
+    """Copy a tar stream, every entry owned by uid:gid and readable and writable by it."""
+    with (
+        tarfile.open(fileobj=source, mode="r|") as read,
+        tarfile.open(fileobj=target, mode="w|", format=tarfile.PAX_FORMAT) as write,
+    ):
+        for member in read:
+            member.uid, member.gid, member.uname, member.gname = uid, gid, "", ""
+            if member.isdir():
+                member.mode |= 0o700
+            elif member.isreg():
+                member.mode |= 0o600
+            write.addfile(member, read.extractfile(member) if member.isreg() else None)
+
+
+async def _file_chunks(handle: BinaryIO) -> AsyncIterator[bytes]:
+    while chunk := await anyio.to_thread.run_sync(handle.read, 1 << 20):
+        yield chunk

@@ -67,6 +67,7 @@ class FakeImage:
     program: Program = copy_inputs_program
     has_kliko: bool = True
     id: str = ""
+    labels: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.id:
@@ -81,6 +82,7 @@ class FakeRuntime:
     images: dict[str, FakeImage] = field(default_factory=dict)
     jobs: list[ContainerJob] = field(default_factory=list)
     probes: int = 0
+    builds: int = 0
     running: int = 0
     max_running: int = 0
     removed: list[str] = field(default_factory=list)
@@ -120,12 +122,28 @@ class FakeRuntime:
         )
 
     async def build_image(
-        self, context: Path, *, tag: str | None = None, on_log: Callable[[str], None] | None = None
+        self,
+        context: Path,
+        *,
+        tag: str | None = None,
+        on_log: Callable[[str], None] | None = None,
+        labels: Mapping[str, str] | None = None,
     ) -> str:
         kliko_yml = (context / "kliko.yml").read_text()
         if on_log:
             on_log(f"fake build of {context}")
-        return self.add_image(tag or str(context), kliko_yml).id
+        self.builds += 1
+        image = self.add_image(tag or str(context), kliko_yml)
+        image.labels = dict(labels or {})
+        return image.id
+
+    async def find_images(self, labels: Mapping[str, str]) -> list[str]:
+        found = {
+            image.id: None
+            for image in self.images.values()
+            if all(image.labels.get(k) == v for k, v in labels.items())
+        }
+        return list(found)
 
     async def run(
         self,

@@ -128,9 +128,17 @@ class SlurmRuntime:
         return await self._docker.probe_image(image_id, read=read, stat=stat)
 
     async def build_image(
-        self, context: Path, *, tag: str | None = None, on_log: Callable[[str], None] | None = None
+        self,
+        context: Path,
+        *,
+        tag: str | None = None,
+        on_log: Callable[[str], None] | None = None,
+        labels: Mapping[str, str] | None = None,
     ) -> str:
-        return await self._docker.build_image(context, tag=tag, on_log=on_log)
+        return await self._docker.build_image(context, tag=tag, on_log=on_log, labels=labels)
+
+    async def find_images(self, labels: Mapping[str, str]) -> list[str]:
+        return await self._docker.find_images(labels)
 
     # -- the cluster -------------------------------------------------------------------------
 

@@ -1,0 +1,179 @@
+"""Copies of step outputs under ``--out``: written beside, never over, what is not ours.
+
+Each export ``<out>/<step>/`` carries a marker file, :data:`EXPORT_MARKER`. A later run replaces
+an existing ``<out>/<step>`` only if it holds that marker: anything else there (the user's own
+``data/`` folder, a file, a symbolic link) is left as it is and the export is refused, naming it.
+A new copy is made next to the old one and renamed into place, so an interrupted export never
+leaves a half-copied folder under the step's name. Copies never alter the cache.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from kliko_async.durable import remove_tree
+from kliko_async.errors import KlikoError
+from kliko_async.events import Event, ExportStarted, OutputExported
+from kliko_async.results import RunResult
+from kliko_async.workspace import SpecialFileError, copy_tree_writable
+
+EXPORT_MARKER = ".kliko-async-export"
+"""The file in every ``<out>/<step>/`` that kliko-async wrote: the step and its cache key."""
+
+
+def check_export_targets(out: Path, steps: Iterable[str]) -> None:
+    """Refuse, before any step runs, an ``--out`` whose ``<out>/<step>`` is not ours to replace."""
+    existing = out
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        raise KlikoError(
+            f"{existing} is not a folder, so step outputs cannot be copied under it",
+            where=f"--out {out}",
+            hint="Give --out a folder (it is created if missing).",
+        )
+    for step in steps:
+        _replaceable(out, step)
+
+
+def export_outputs(
+    result: RunResult,
+    out: Path,
+    *,
+    emit: Callable[[Event], None] | None = None,
+    between_files: Callable[[], None] | None = None,
+) -> None:
+    """Copy every finished step's output to ``out/<step>/``, replacing only earlier exports.
+
+    Blocking: call it in a worker thread. ``emit`` receives an :class:`ExportStarted` and one
+    :class:`OutputExported` per step; ``between_files`` is called before each file is copied
+    (it may raise to stop the export, which then removes its unfinished copy).
+    """
+    steps = [(name, step) for name, step in result.steps.items() if step.output is not None]
+    if emit is not None:
+        emit(ExportStarted(folder=str(out), steps=[name for name, _ in steps]))
+    for index, (name, step) in enumerate(steps, start=1):
+        assert step.output is not None
+        started = time.monotonic()
+        files, size = export_step(step.output, out, name, step.key, between_files=between_files)
+        if emit is not None:
+            emit(
+                OutputExported(
+                    step=name,
+                    path=str(out / name),
+                    files=files,
+                    size_bytes=size,
+                    duration_s=time.monotonic() - started,
+                    done=index,
+                    total=len(steps),
+                )
+            )
+
+
+def export_step(
+    source: Path,
+    out: Path,
+    step: str,
+    key: str,
+    *,
+    between_files: Callable[[], None] | None = None,
+) -> tuple[int, int]:
+    """Copy one step's output to ``out/<step>``; the number of files and bytes copied."""
+    target = out / step
+    where = f"--out {out}"
+    hint = "Every finished step is kept in the cache: run again with another --out."
+    replacing = _replaceable(out, step)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fresh = Path(tempfile.mkdtemp(prefix=f".{step}.", suffix=".exporting", dir=out))
+    except OSError as error:
+        raise KlikoError(
+            f"could not copy the output of step '{step}' to {target}: {error.strerror or error}",
+            where=where,
+            hint=hint,
+        ) from None
+    try:
+        files, size = copy_tree_writable(source, fresh, between_files=between_files)
+        marker = fresh / EXPORT_MARKER
+        if marker.exists() or marker.is_symlink():
+            raise KlikoError(
+                f"the output of step '{step}' holds a file named {EXPORT_MARKER}, the name "
+                "kliko-async uses to mark its exports, so it is not exported",
+                where=where,
+                hint="Rename that file in the step, or read the output in the cache folder.",
+            )
+        # The same output gives the same export, marker included (two runs, one result).
+        marker.write_text(json.dumps({"step": step, "key": key}) + "\n")
+        if replacing:
+            old = Path(tempfile.mkdtemp(prefix=f".{step}.", suffix=".replaced", dir=out))
+            os.replace(target, old / step)
+            os.rename(fresh, target)
+            remove_tree(old)
+        else:
+            os.rename(fresh, target)
+    except SpecialFileError as error:
+        remove_tree(fresh)
+        raise KlikoError(
+            f"the output of step '{step}' cannot be exported: {error}", where=where, hint=hint
+        ) from None
+    except OSError as error:
+        remove_tree(fresh)
+        raise KlikoError(
+            f"could not copy the output of step '{step}' to {target}: {error.strerror or error}",
+            where=where,
+            hint=hint,
+        ) from None
+    except BaseException:
+        remove_tree(fresh)
+        raise
+    return files, size
+
+
+def _replaceable(out: Path, step: str) -> bool:
+    """Whether ``out/<step>`` is an earlier export (True) or absent (False); else refuse."""
+    target = out / step
+    where = f"--out {out}"
+    try:
+        info = os.lstat(target)
+    except FileNotFoundError:
+        return False
+    except OSError as error:
+        raise KlikoError(
+            f"cannot look at {target}: {error.strerror or error}", where=where
+        ) from None
+    if stat.S_ISLNK(info.st_mode):
+        raise KlikoError(
+            f"{target} is a symbolic link (to {os.readlink(target)}); kliko-async never "
+            f"exports the output of step '{step}' through a link, nor replaces it",
+            where=where,
+            hint="Remove the link, or give another --out.",
+        )
+    if not stat.S_ISDIR(info.st_mode):
+        raise KlikoError(
+            f"{target} exists and is not a folder, so the output of step '{step}' cannot be "
+            "copied there; it is left as it is",
+            where=where,
+            hint="Move it away, or give another --out.",
+        )
+    marker = target / EXPORT_MARKER
+    if not stat.S_ISREG(_lstat_mode(marker)):
+        raise KlikoError(
+            f"{target} already exists and kliko-async did not write it (it has no "
+            f"{EXPORT_MARKER} file), so it is not replaced by the output of step '{step}'",
+            where=where,
+            hint="Move that folder away, or give another --out.",
+        )
+    return True
+
+
+def _lstat_mode(path: Path) -> int:
+    try:
+        return os.lstat(path).st_mode
+    except OSError:
+        return 0

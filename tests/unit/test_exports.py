@@ -1,0 +1,203 @@
+"""``--out``: exports replace only what kliko-async wrote, keep modes, run off the event loop and
+report their progress as events (on the fake runtime)."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import threading
+from pathlib import Path
+
+import anyio
+import pytest
+
+from kliko_async import api
+from kliko_async.chain import Chain, parse_chain
+from kliko_async.errors import KlikoError
+from kliko_async.events import Event, ExportStarted, OutputExported
+from kliko_async.exports import EXPORT_MARKER
+from kliko_async.runtime.fake import FakeContainer, FakeRuntime
+
+pytestmark = pytest.mark.anyio
+
+SPLIT_YML = "schema_version: 3\nio: split\nsections: []\n"
+JOIN_YML = "schema_version: 3\nio: join\nsections: []\n"
+
+
+async def write_tool(container: FakeContainer) -> int:
+    """Writes an executable tool, a private file and a read-only folder into /output."""
+    out = container.path("/output")
+    (out / "tool.sh").write_text("#!/bin/sh\necho hi\n")
+    (out / "tool.sh").chmod(0o755)
+    (out / "notes.txt").write_text("notes\n")
+    (out / "sub").mkdir()
+    (out / "sub" / "data.bin").write_bytes(b"\x00\x01")
+    return 0
+
+
+async def run_tool_in_work(container: FakeContainer) -> int:
+    """A join step that needs the tool it was handed in /work to be executable."""
+    tool = container.path("/work") / "tool.sh"
+    if not os.access(tool, os.X_OK):
+        container.log("/work/tool.sh: Permission denied", "stderr")
+        return 126
+    (container.path("/work") / "ran.txt").write_text("ran\n")
+    return 0
+
+
+@pytest.fixture
+def fake() -> FakeRuntime:
+    runtime = FakeRuntime()
+    runtime.add_image("example/tool", SPLIT_YML, write_tool)
+    runtime.add_image("example/use-tool", JOIN_YML, run_tool_in_work)
+    return runtime
+
+
+def chain_of(tmp_path: Path, **steps: dict[str, object]) -> Chain:
+    return parse_chain({"steps": steps}, source=str(tmp_path / "chain.yml"), base_dir=tmp_path)
+
+
+async def test_modes_are_kept_into_join_work_and_into_out(
+    tmp_path: Path, fake: FakeRuntime
+) -> None:
+    chain = chain_of(
+        tmp_path,
+        data={"image": "example/tool"},
+        use={"image": "example/use-tool", "inputs": ["data"]},
+    )
+    out = tmp_path / "out"
+
+    result = await api.run(chain, runtime=fake, cache_dir=tmp_path / "cache", out=out)
+
+    assert result.ok, result.steps["use"].reason
+    for step in ("data", "use"):
+        tool = out / step / "tool.sh"
+        assert stat.S_IMODE(tool.stat().st_mode) == 0o755, step
+        assert stat.S_IMODE((out / step / "notes.txt").stat().st_mode) == 0o644
+        assert os.access(out / step / "sub", os.W_OK)
+    assert (out / "use" / "ran.txt").read_text() == "ran\n"
+
+
+async def test_a_folder_kliko_async_did_not_write_is_never_replaced(
+    tmp_path: Path, fake: FakeRuntime
+) -> None:
+    """``--out .`` with a step named ``data`` must not delete the user's ``data/raw.ms``."""
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "raw.ms").write_text("years of observations")
+    chain = chain_of(tmp_path, data={"image": "example/tool"})
+
+    with pytest.raises(KlikoError) as raised:
+        await api.run(chain, runtime=fake, cache_dir=tmp_path / "cache", out=tmp_path)
+
+    message = str(raised.value)
+    assert f"{tmp_path / 'data'} already exists and kliko-async did not write it" in message
+    assert "Move that folder away, or give another --out" in message
+    assert (tmp_path / "data" / "raw.ms").read_text() == "years of observations"
+    assert fake.jobs == [], "refused before any step runs"
+
+
+async def test_an_earlier_export_is_replaced_whole(tmp_path: Path, fake: FakeRuntime) -> None:
+    chain = chain_of(tmp_path, data={"image": "example/tool"})
+    out = tmp_path / "out"
+    await api.run(chain, runtime=fake, cache_dir=tmp_path / "cache", out=out)
+    (out / "data" / "stale.txt").write_text("from an older export")
+    marker = json.loads((out / "data" / EXPORT_MARKER).read_text())
+
+    result = await api.run(chain, runtime=fake, cache_dir=tmp_path / "cache", out=out)
+
+    assert result.steps["data"].state == "cached"
+    assert sorted(p.name for p in (out / "data").iterdir()) == sorted(
+        [EXPORT_MARKER, "notes.txt", "sub", "tool.sh"]
+    )
+    assert marker["step"] == "data" and marker["key"] == result.steps["data"].key
+    assert sorted(p.name for p in out.iterdir()) == ["data"], "no temporary folder is left"
+
+
+@pytest.mark.parametrize("kind", ["symlink", "file"])
+async def test_a_link_or_file_in_place_of_a_step_folder_is_refused_clearly(
+    tmp_path: Path, fake: FakeRuntime, kind: str
+) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "keep.txt").write_text("keep")
+    if kind == "symlink":
+        (out / "data").symlink_to(elsewhere)
+        expected = f"{out / 'data'} is a symbolic link (to {elsewhere})"
+    else:
+        (out / "data").write_text("mine")
+        expected = f"{out / 'data'} exists and is not a folder"
+    chain = chain_of(tmp_path, data={"image": "example/tool"})
+
+    with pytest.raises(KlikoError) as raised:
+        await api.run(chain, runtime=fake, cache_dir=tmp_path / "cache", out=out)
+
+    assert expected in str(raised.value)
+    assert (elsewhere / "keep.txt").read_text() == "keep"
+    assert (out / "data").is_symlink() == (kind == "symlink")
+
+
+async def test_exports_run_in_a_worker_thread_and_report_progress(
+    tmp_path: Path, fake: FakeRuntime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    chain = chain_of(
+        tmp_path, a={"image": "example/tool"}, b={"image": "example/tool", "inputs": []}
+    )
+    threads: set[str] = set()
+    real_copyfile = __import__("shutil").copyfile
+
+    def watching_copyfile(src: object, dst: object, **kwargs: bool) -> object:
+        threads.add(threading.current_thread().name)
+        return real_copyfile(src, dst, **kwargs)
+
+    monkeypatch.setattr("kliko_async.workspace.shutil.copyfile", watching_copyfile)
+    events: list[Event] = []
+    out = tmp_path / "out"
+
+    await api.run(
+        chain, runtime=fake, cache_dir=tmp_path / "cache", out=out, on_event=events.append
+    )
+
+    assert threads and threading.main_thread().name not in threads
+    (started,) = [e for e in events if isinstance(e, ExportStarted)]
+    assert started.folder == str(out) and started.steps == ["a", "b"]
+    exported = [e for e in events if isinstance(e, OutputExported)]
+    assert [(e.step, e.done, e.total, e.files) for e in exported] == [
+        ("a", 1, 2, 3),
+        ("b", 2, 2, 3),
+    ]
+    assert exported[0].path == str(out / "a")
+    assert events[-1].kind == "run_finished", "the run ends after its exports"
+    assert exported[0].size_bytes == len("#!/bin/sh\necho hi\n") + len("notes\n") + 2
+
+
+async def test_a_cancelled_export_leaves_no_half_copied_folder(
+    tmp_path: Path, fake: FakeRuntime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    chain = chain_of(tmp_path, data={"image": "example/tool"})
+    out = tmp_path / "out"
+    result = await api.run(chain, runtime=fake, cache_dir=tmp_path / "cache")
+    gate = threading.Event()
+    real_copyfile = __import__("shutil").copyfile
+
+    def slow_copyfile(src: object, dst: object, **kwargs: bool) -> object:
+        gate.set()
+        threading.Event().wait(0.2)
+        return real_copyfile(src, dst, **kwargs)
+
+    monkeypatch.setattr("kliko_async.workspace.shutil.copyfile", slow_copyfile)
+
+    with anyio.move_on_after(5) as scope:
+        async with anyio.create_task_group() as tg:
+
+            async def cancel_when_copying() -> None:
+                await anyio.to_thread.run_sync(gate.wait)
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(cancel_when_copying)
+            await api.export_outputs(result, out)
+
+    assert not scope.cancelled_caught, "the copy stopped at the next file, not at its end"
+    assert list(out.iterdir()) == [], "the unfinished copy is removed"
