@@ -27,6 +27,7 @@ from kliko_async.events import (
     StepFinished,
 )
 from kliko_async.runtime.fake import FakeContainer, FakeRuntime
+from kliko_async.steplogs import log_content
 
 pytestmark = pytest.mark.anyio
 
@@ -69,7 +70,7 @@ def two_steps(tmp_path: Path, lines: int = 3) -> Chain:
 def saved_log(cache_dir: Path, key: str) -> list[str]:
     entry = Cache(cache_dir).lookup(key)
     assert entry is not None
-    return entry.log_path.read_text().splitlines()
+    return log_content(entry.log_path).decode().splitlines()
 
 
 async def test_a_consumer_that_raises_ends_alone_and_the_run_is_unchanged(
