@@ -21,7 +21,7 @@ from kliko_async.durable import remove_tree
 from kliko_async.errors import KlikoError
 from kliko_async.events import Event, ExportStarted, OutputExported
 from kliko_async.results import RunResult
-from kliko_async.workspace import SpecialFileError, copy_tree_writable
+from kliko_async.workspace import SpecialFileError, blocking_file, copy_tree_writable
 
 EXPORT_MARKER = ".kliko-async-export"
 """The file in every ``<out>/<step>/`` that kliko-async wrote: the step and its cache key."""
@@ -29,10 +29,8 @@ EXPORT_MARKER = ".kliko-async-export"
 
 def check_export_targets(out: Path, steps: Iterable[str]) -> None:
     """Refuse, before any step runs, an ``--out`` whose ``<out>/<step>`` is not ours to replace."""
-    existing = out
-    while not existing.exists() and existing.parent != existing:
-        existing = existing.parent
-    if existing.exists() and not existing.is_dir():
+    existing = blocking_file(out)
+    if existing is not None:
         raise KlikoError(
             f"{existing} is not a folder, so step outputs cannot be copied under it",
             where=f"--out {out}",

@@ -21,7 +21,7 @@ from kliko_async.images import KlikoImage
 from kliko_async.inflight import InFlight, under_way
 from kliko_async.runtime.base import LABEL_PREFIX, OWNER_LABEL, Runtime, Stream, owner_label
 from kliko_async.spec import Field, parse_cli_value, validate_parameters
-from kliko_async.workspace import build_job
+from kliko_async.workspace import blocking_file, build_job
 
 _RESERVED = {"input", "output", "work", "params", "user", "help", "image", "cache-dir"}
 
@@ -130,10 +130,8 @@ async def run_single_image(runtime: Runtime, image: KlikoImage, options: argpars
 
 def make_folder(folder: Path, flag: str) -> None:
     """Create ``folder`` (given as ``flag``) if missing; a clear error if it cannot be one."""
-    blocking = folder
-    while not blocking.exists() and blocking.parent != blocking:
-        blocking = blocking.parent
-    if blocking.exists() and not blocking.is_dir():
+    blocking = blocking_file(folder)
+    if blocking is not None:
         raise ParameterError(
             f"{blocking} is not a folder, so the container's files cannot be written there",
             where=f"{flag} {folder}",

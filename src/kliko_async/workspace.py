@@ -20,6 +20,15 @@ from kliko_async.runtime.base import ContainerJob, Mount
 from kliko_async.spec import PARAM_FILES_DIR, ValidatedParameters
 
 
+def blocking_file(folder: Path) -> Path | None:
+    """The existing non-folder (a file, say) that keeps ``folder`` from ever being a folder:
+    ``folder`` itself or the nearest of its parents that exists; None if nothing blocks it."""
+    existing = folder
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    return existing if existing.exists() and not existing.is_dir() else None
+
+
 def absolute(path: Path) -> Path:
     """``path`` made absolute and normalised without touching the disk (Docker wants both)."""
     return Path(os.path.abspath(path))

@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -254,3 +255,26 @@ def users_of_running_containers(process: subprocess.Popen[bytes], log: Path) -> 
 def container_users() -> Callable[[subprocess.Popen[bytes], Path], list[str]]:
     """``container_users(process, log)``: see :func:`users_of_running_containers`."""
     return users_of_running_containers
+
+
+def build_kliko_image(context: Path, kliko_yml: str, script: str) -> str:
+    """Build a Kliko image the upstream way (``FROM kliko-async/busybox``, its kliko.yml and an
+    executable kliko script, no CMD) in the new folder ``context``; its unique tag."""
+    context.mkdir(parents=True)
+    (context / "kliko.yml").write_text(kliko_yml)
+    (context / "kliko").write_text(script)
+    (context / "kliko").chmod(0o755)
+    (context / "Dockerfile").write_text(
+        "FROM kliko-async/busybox\nCOPY kliko.yml /kliko.yml\nCOPY kliko /kliko\n"
+    )
+    tag = f"kliko-async-test/{context.name}-{uuid.uuid4().hex[:10]}"
+    subprocess.run(
+        ["docker", "build", "-q", "-t", tag, str(context)], check=True, capture_output=True
+    )
+    return tag
+
+
+@pytest.fixture(scope="session")
+def kliko_image_builder(example_images: None) -> Callable[[Path, str, str], str]:
+    """``kliko_image_builder(context, kliko_yml, script)``: see :func:`build_kliko_image`."""
+    return build_kliko_image

@@ -8,8 +8,7 @@ import os
 import stat
 import subprocess
 import time
-import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -18,6 +17,8 @@ import pytest
 
 if TYPE_CHECKING:
     from conftest import KlikoCli
+
+Builder = Callable[[Path, str, str], str]
 
 pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("example_images")]
 
@@ -45,32 +46,17 @@ printf 'out again\n'
 """
 
 
-def build_image(context: Path, spec: str, script: str) -> str:
-    context.mkdir(parents=True)
-    (context / "kliko.yml").write_text(spec.format(name=context.name))
-    (context / "kliko").write_text(script)
-    (context / "kliko").chmod(0o755)
-    (context / "Dockerfile").write_text(
-        'FROM kliko-async/busybox\nCOPY kliko.yml /kliko.yml\nCOPY kliko /kliko\nCMD ["/kliko"]\n'
-    )
-    tag = f"kliko-async-test/{context.name}-{uuid.uuid4().hex[:10]}"
-    subprocess.run(
-        ["docker", "build", "-q", "-t", tag, str(context)], check=True, capture_output=True
-    )
-    return tag
-
-
 @pytest.fixture(scope="module")
 def images(
-    tmp_path_factory: pytest.TempPathFactory, example_images: None
+    tmp_path_factory: pytest.TempPathFactory, kliko_image_builder: Builder
 ) -> Iterator[dict[str, str]]:
     root = tmp_path_factory.mktemp("output-images")
     tags: dict[str, str] = {}
+    kinds = {"toolmaker": (SPLIT, TOOLMAKER), "tooluser": (JOIN, TOOLUSER)}
+    kinds |= {"piper": (SPLIT, PIPER), "latin1": (SPLIT, LATIN1)}
     try:
-        tags["toolmaker"] = build_image(root / "toolmaker", SPLIT, TOOLMAKER)
-        tags["tooluser"] = build_image(root / "tooluser", JOIN, TOOLUSER)
-        tags["piper"] = build_image(root / "piper", SPLIT, PIPER)
-        tags["latin1"] = build_image(root / "latin1", SPLIT, LATIN1)
+        for name, (spec, script) in kinds.items():
+            tags[name] = kliko_image_builder(root / name, spec.format(name=name), script)
         yield tags
     finally:
         if tags:

@@ -10,8 +10,7 @@ import socket
 import stat
 import subprocess
 import time
-import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +18,8 @@ import pytest
 
 if TYPE_CHECKING:
     from conftest import KlikoCli
+
+Builder = Callable[[Path, str, str], str]
 
 pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("example_images")]
 
@@ -59,30 +60,15 @@ echo extra > /work/extra.txt
 """
 
 
-def build_image(context: Path, spec: str, script: str) -> str:
-    context.mkdir(parents=True)
-    (context / "kliko.yml").write_text(spec)
-    (context / "kliko").write_text(script)
-    (context / "kliko").chmod(0o755)
-    (context / "Dockerfile").write_text(
-        "FROM kliko-async/busybox\nCOPY kliko.yml /kliko.yml\nCOPY kliko /kliko\n"
-    )
-    tag = f"kliko-async-test/{context.name}-{uuid.uuid4().hex[:10]}"
-    subprocess.run(
-        ["docker", "build", "-q", "-t", tag, str(context)], check=True, capture_output=True
-    )
-    return tag
-
-
 @pytest.fixture(scope="module")
 def images(
-    tmp_path_factory: pytest.TempPathFactory, example_images: None
+    tmp_path_factory: pytest.TempPathFactory, kliko_image_builder: Builder
 ) -> Iterator[dict[str, str]]:
     root = tmp_path_factory.mktemp("images")
     tags: dict[str, str] = {}
     try:
-        tags["tamper"] = build_image(root / "tamper", TAMPER_SPEC, TAMPER_SCRIPT)
-        tags["join-tamper"] = build_image(
+        tags["tamper"] = kliko_image_builder(root / "tamper", TAMPER_SPEC, TAMPER_SCRIPT)
+        tags["join-tamper"] = kliko_image_builder(
             root / "join-tamper", JOIN_TAMPER_SPEC, JOIN_TAMPER_SCRIPT
         )
         yield tags
@@ -255,7 +241,7 @@ echo done > "${OUT:-/output}/done.txt"
 
 
 def test_a_file_default_in_an_images_kliko_yml_is_never_read_from_the_host(
-    kliko: KlikoCli, tmp_path: Path
+    kliko: KlikoCli, tmp_path: Path, kliko_image_builder: Builder
 ) -> None:
     """``{name: conf, type: file, initial: /etc/shadow}`` must not copy the host's file in."""
     secret = tmp_path / "host-secret.txt"
@@ -265,7 +251,7 @@ def test_a_file_default_in_an_images_kliko_yml_is_never_read_from_the_host(
         f"      - {{name: conf, type: file, initial: {str(secret)!r}}}\n"
         "      - {name: extra, type: file, initial: extra.cfg}\n"
     )
-    tag = build_image(tmp_path / "greedy", spec, GREEDY_SCRIPT)
+    tag = kliko_image_builder(tmp_path / "greedy", spec, GREEDY_SCRIPT)
     try:
         chain = tmp_path / "chain.yaml"
         chain.write_text(f"steps:\n  greedy: {{image: {tag}}}\n")
