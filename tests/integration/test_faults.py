@@ -283,3 +283,35 @@ def test_a_log_flood_is_saved_completely_even_when_the_engine_cuts_the_stream(
             lines = log_content(manifest.parent / "log.txt").decode().splitlines()
             assert len(lines) == n, f"f{n}: {len(lines)} of {n} lines saved"
             assert lines[-1] == f"line {n}"
+
+
+def test_a_shared_cache_keeps_the_staging_folders_of_other_hosts(
+    kliko: KlikoCli, tmp_path: Path
+) -> None:
+    """A cache on a shared file system: a run here names its staging folders after this host and
+    removes only this host's dead leftovers, never a live folder of a run on another host (whose
+    pid means nothing here)."""
+    cache = tmp_path / "cache"
+    (cache / "tmp").mkdir(parents=True)
+    dead_pid = 2**22 + 1  # above Linux's pid_max: no process here has it
+    theirs = cache / "tmp" / f"{'a' * 64}.{dead_pid}.0123456789ab.other-host"
+    ours = cache / "tmp" / f"{'b' * 64}.{dead_pid}.0123456789ab.{socket.gethostname()}"
+    for folder in (theirs, ours):
+        (folder / "output").mkdir(parents=True)
+    chain = tmp_path / "chain.yaml"
+    chain.write_text("steps:\n  slow: {image: example/sleep, params: {seconds: 3}}\n")
+    log = tmp_path / "run.log"
+
+    process = kliko.popen("run", chain, "--cache-dir", cache, "--plain", log=log)
+    deadline = time.monotonic() + 60
+    while "slow | started" not in log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    staging = [p.name for p in (cache / "tmp").iterdir() if p not in (theirs, ours)]
+    assert process.wait(timeout=60) == 0, log.read_text()
+
+    assert any(
+        name.endswith(f".{process.pid}.{name.split('.')[2]}.{socket.gethostname()}")
+        for name in staging
+    ), staging
+    assert theirs.is_dir(), "another host's staging folder is left alone"
+    assert not ours.exists(), "this host's dead leftover is removed"
