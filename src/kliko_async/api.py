@@ -408,6 +408,7 @@ async def _execute(
                 no_cache=no_cache,
                 emit=bus.emit,
                 snapshots=files,
+                machine=pool,  # on Slurm, the cluster's scheduler judges what fits
             )
             handle.plan = plan
             scheduler = Scheduler(
