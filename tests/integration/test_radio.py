@@ -13,6 +13,7 @@ import os
 import re
 import struct
 import subprocess
+import sys
 from array import array
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,7 @@ pytestmark = pytest.mark.docker
 
 ROOT = Path(__file__).resolve().parents[2]
 RADIO = ROOT / "examples" / "radio"
+KLIKO_ASYNC = str(Path(sys.executable).parent / "kliko-async")
 CHAIN = RADIO / "chain.yaml"
 IMAGE_STEPS = {"natural": "natural", "uniform": "uniform", "briggs": "Briggs'(0)"}
 """The expansions of the chain's matrix step ``image``, and WSClean's WSCWEIGH header of each."""
@@ -157,7 +159,8 @@ def radio_run(
     done = subprocess.run(
         [str(RADIO / "run"), "--cache-dir", str(cache), "--out", str(out), "--json"],
         cwd=folder,
-        env=dict(os.environ, XDG_CACHE_HOME=str(folder / "xdg-cache")),
+        # The kliko-async of the Python running the tests (an unprivileged user's may differ).
+        env=dict(os.environ, XDG_CACHE_HOME=str(folder / "xdg-cache"), KLIKO_ASYNC=KLIKO_ASYNC),
         capture_output=True,
         text=True,
         timeout=RUN_TIMEOUT,
