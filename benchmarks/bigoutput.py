@@ -36,9 +36,9 @@ from benchmarks.harness import (
     tree_stats,
 )
 from kliko_async import api
-from kliko_async.cache import Cache
-from kliko_async.chain import parse_chain
-from kliko_async.hashing import hash_tree
+from kliko_async.cache.hashing import hash_tree
+from kliko_async.cache.store import Cache
+from kliko_async.model.chain import parse_chain
 
 NAME = "bigoutput"
 TAG = "kliko-async-bench/bigoutput:latest"

@@ -17,7 +17,7 @@ import anyio
 from benchmarks.engine import Engine
 from benchmarks.harness import Config, EventClock, ScenarioResult, interleaved, remove_tree
 from kliko_async import api
-from kliko_async.chain import parse_chain
+from kliko_async.model.chain import parse_chain
 
 NAME = "fanout"
 IMAGE = "example/sleep"

@@ -32,9 +32,9 @@ from benchmarks.harness import (
     remove_tree,
 )
 from kliko_async import api
-from kliko_async.chain import parse_chain
 from kliko_async.display.live import LiveDisplay
 from kliko_async.events import Event
+from kliko_async.model.chain import parse_chain
 
 NAME = "logflood"
 IMAGE = "example/flood"

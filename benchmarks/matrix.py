@@ -18,7 +18,7 @@ from pathlib import Path
 import anyio
 
 from kliko_async import api
-from kliko_async.chain import load_chain
+from kliko_async.model.chain import load_chain
 from kliko_async.runtime.fake import FakeRuntime
 
 IMAGER_KLIKO_YML = """\

@@ -39,15 +39,15 @@ from benchmarks.harness import (
     run_process,
 )
 from kliko_async import api
-from kliko_async.cache import Cache
-from kliko_async.chain import parse_chain
-from kliko_async.entry import CacheEntry, Manifest, Staging
+from kliko_async.cache.entry import CacheEntry, Manifest, Staging
+from kliko_async.cache.store import Cache
+from kliko_async.engine.images import ImageResolver
+from kliko_async.engine.plan import plan_chain
+from kliko_async.engine.resources import machine_cpus
+from kliko_async.engine.scheduler import Scheduler
 from kliko_async.events import EventBus, RunStarted
-from kliko_async.images import ImageResolver
-from kliko_async.plan import plan_chain
-from kliko_async.resources import machine_cpus
+from kliko_async.model.chain import parse_chain
 from kliko_async.runtime.fake import FakeContainer, FakeRuntime
-from kliko_async.scheduler import Scheduler
 
 NAME = "scheduler"
 IMAGE = "bench/noop"

@@ -20,9 +20,9 @@ import anyio
 
 from benchmarks.harness import Config, EventClock, ScenarioResult, interleaved, remove_tree
 from kliko_async import api
-from kliko_async.chain import parse_chain
-from kliko_async.runtime.slurm import SlurmOptions
-from kliko_async.runtime.slurmscript import Engine
+from kliko_async.model.chain import parse_chain
+from kliko_async.runtime.slurm.runtime import SlurmOptions
+from kliko_async.runtime.slurm.script import Engine
 
 NAME = "slurm-fanout"
 IMAGE = "example/sleep"

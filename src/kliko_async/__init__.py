@@ -5,7 +5,7 @@ else is importable but may change.
 """
 
 from kliko_async.api import ChainRun, dry_run, explain, open_run, run, run_chain
-from kliko_async.chain import Chain, Step, chain_from_pairs, load_chain
+from kliko_async.engine.explain import IngredientChange, StepExplanation
 from kliko_async.errors import (
     CacheError,
     ChainError,
@@ -37,7 +37,7 @@ from kliko_async.events import (
     StepStarted,
     StepWaitingForLock,
 )
-from kliko_async.explain import IngredientChange, StepExplanation
+from kliko_async.model.chain import Chain, Step, chain_from_pairs, load_chain
 from kliko_async.results import RunResult, StepResult
 
 StepFailedEvent = StepFailed

@@ -23,9 +23,16 @@ import anyio.from_thread
 import anyio.to_thread
 from anyio.abc import TaskGroup
 
-from kliko_async import exports
-from kliko_async.cache import Cache, default_cache_dir
-from kliko_async.chain import Chain, chain_from_pairs, load_chain
+from kliko_async.cache.paramfiles import FileSnapshots
+from kliko_async.cache.store import Cache, default_cache_dir
+from kliko_async.cache.upkeep import clean_stale_staging
+from kliko_async.engine import exports
+from kliko_async.engine.explain import ManifestIndex, StepExplanation, explain_plan
+from kliko_async.engine.images import ImageResolver, KlikoImage
+from kliko_async.engine.leftovers import remove_leftovers
+from kliko_async.engine.plan import Plan, plan_chain
+from kliko_async.engine.resources import ResourcePool, machine_cpus
+from kliko_async.engine.scheduler import Scheduler
 from kliko_async.errors import KlikoError
 from kliko_async.events import (
     ConsumerFeed,
@@ -35,20 +42,13 @@ from kliko_async.events import (
     EventSubscription,
     RunFinished,
 )
-from kliko_async.explain import ManifestIndex, StepExplanation, explain_plan
-from kliko_async.images import ImageResolver, KlikoImage
-from kliko_async.inflight import InFlight, track, untrack
-from kliko_async.leftovers import remove_leftovers
-from kliko_async.paramfiles import FileSnapshots
-from kliko_async.plan import Plan, plan_chain
-from kliko_async.resources import ResourcePool, machine_cpus
+from kliko_async.model.chain import Chain, chain_from_pairs, load_chain
 from kliko_async.results import RunResult
 from kliko_async.runtime.base import Runtime
-from kliko_async.scheduler import Scheduler
-from kliko_async.upkeep import clean_stale_staging
+from kliko_async.runtime.inflight import InFlight, track, untrack
 
 if TYPE_CHECKING:
-    from kliko_async.runtime.slurm import SlurmOptions
+    from kliko_async.runtime.slurm.runtime import SlurmOptions
 
 T = TypeVar("T")
 
@@ -304,7 +304,7 @@ async def export_outputs(
     The event loop stays free while big outputs are copied (other runs' containers, displays,
     Ctrl-C); ``emit`` sees :class:`~kliko_async.events.ExportStarted` and one
     :class:`~kliko_async.events.OutputExported` per step. Only earlier exports are replaced
-    (see :mod:`kliko_async.exports`); cancelling stops the copy between two files.
+    (see :mod:`kliko_async.engine.exports`); cancelling stops the copy between two files.
     """
 
     def send(event: Event) -> None:  # from the worker thread to the loop, where consumers are
@@ -378,7 +378,7 @@ async def _execute(
     pool: ResourcePool | None = None
     owned = runtime is None and backend == "slurm"
     if owned:
-        from kliko_async.runtime.slurm import SlurmRuntime
+        from kliko_async.runtime.slurm.runtime import SlurmRuntime
 
         runtime = slurm_runtime = SlurmRuntime(cache.root, slurm)
         await slurm_runtime.check_shared_cache()

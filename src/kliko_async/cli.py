@@ -246,7 +246,7 @@ def _run(options: argparse.Namespace) -> int:
                 no_cache=options.no_cache,
             )
         )
-        from kliko_async.display.plan import print_plan
+        from kliko_async.display.dryrun import print_plan
 
         print_plan(plan, sys.stdout)
         if options.explain:
@@ -259,7 +259,7 @@ def _run(options: argparse.Namespace) -> int:
 
 def _apply_profile(options: argparse.Namespace) -> None:
     """Fill the options not given on the command line from the chosen profile."""
-    from kliko_async.profiles import load_profile
+    from kliko_async.model.profiles import load_profile
 
     profile = load_profile(options.profile)
     options.backend = options.backend or profile.backend or "docker"
@@ -275,7 +275,7 @@ def _apply_profile(options: argparse.Namespace) -> None:
 def _slurm_options(options: argparse.Namespace) -> Any:
     if options.backend != "slurm":
         return None
-    from kliko_async.runtime.slurm import SlurmOptions
+    from kliko_async.runtime.slurm.runtime import SlurmOptions
 
     return SlurmOptions(
         partition=options.partition, sbatch_options=tuple(options.slurm_opt), engine=options.engine
@@ -298,7 +298,7 @@ def _pick_display(options: argparse.Namespace) -> EventConsumer:
 
 async def _run_until_signal(options: argparse.Namespace, display: EventConsumer) -> int:
     from kliko_async.api import open_run
-    from kliko_async.signals import until_signal
+    from kliko_async.engine.signals import until_signal
 
     closed: list[BaseException] = []
 
@@ -387,8 +387,8 @@ def _run_image(args: list[str]) -> int:
 
 async def _run_image_async(ref: str, cache_dir: Path | None, args: list[str]) -> int:
     from kliko_async.api import open_runtime, read_image
-    from kliko_async.signals import until_signal
-    from kliko_async.single import image_parser, run_single_image
+    from kliko_async.engine.runimage import image_parser, run_single_image
+    from kliko_async.engine.signals import until_signal
 
     async with open_runtime(None) as runtime:
         image = await read_image(ref, cache_dir=cache_dir, runtime=runtime)
@@ -403,7 +403,7 @@ async def _run_image_async(ref: str, cache_dir: Path | None, args: list[str]) ->
 
 def _validate(options: argparse.Namespace) -> int:
     from kliko_async.display.tables import print_spec
-    from kliko_async.spec import load_spec
+    from kliko_async.model.spec import load_spec
 
     target = Path(options.target)
     if target.exists() or _looks_like_a_path(options.target):
@@ -428,8 +428,8 @@ def _looks_like_a_path(text: str) -> bool:
 
 def _logs(options: argparse.Namespace) -> int:
     from kliko_async.api import dry_run
-    from kliko_async.cache import Cache, default_cache_dir
-    from kliko_async.steplogs import find_step_log, log_by_key, log_records
+    from kliko_async.cache.store import Cache, default_cache_dir
+    from kliko_async.engine.steplogs import find_step_log, log_by_key, log_records
 
     cache = Cache(options.cache_dir or default_cache_dir())
     if options.key:
@@ -507,17 +507,17 @@ def _graph(options: argparse.Namespace) -> int:
 
 
 def _schema(options: argparse.Namespace) -> int:
-    from kliko_async.chain import chain_json_schema
+    from kliko_async.model.chain import chain_json_schema
 
     print(json.dumps(chain_json_schema(), indent=2))
     return 0
 
 
 def _cache(options: argparse.Namespace) -> int:
-    from kliko_async.cache import Cache, default_cache_dir
+    from kliko_async.cache.store import Cache, default_cache_dir
+    from kliko_async.cache.upkeep import gc, verify
     from kliko_async.display.tables import print_entries
-    from kliko_async.quantities import parse_age, parse_size
-    from kliko_async.upkeep import gc, verify
+    from kliko_async.model.quantities import parse_age, parse_size
 
     cache = Cache(options.cache_dir or default_cache_dir())
     if options.cache_command == "ls":

@@ -41,11 +41,11 @@ import luigi
 from luigi.task import flatten
 
 from kliko_async.api import dry_run, on_engine, read_image, run, run_blocking
-from kliko_async.cache import Cache, default_cache_dir
-from kliko_async.chain import Chain, parse_chain
+from kliko_async.cache.store import Cache, default_cache_dir
 from kliko_async.errors import ParameterError
 from kliko_async.events import Event, LogLine
-from kliko_async.spec import Field, KlikoSpec, validate_parameters
+from kliko_async.model.chain import Chain, parse_chain
+from kliko_async.model.spec import Field, KlikoSpec, validate_parameters
 
 T = TypeVar("T")
 

@@ -23,8 +23,10 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from kliko_async import api, key, plan, workspace
-from kliko_async.cache import Cache
+from kliko_async import api
+from kliko_async.cache import key
+from kliko_async.cache.store import Cache
+from kliko_async.engine import plan, workspace
 
 if TYPE_CHECKING:
     from conftest import KlikoCli

@@ -17,8 +17,8 @@ import pytest
 import yaml
 
 import kliko_async
+from kliko_async.engine.steplogs import log_content
 from kliko_async.events import Event, LogLine, StepCached, StepFinished, StepStarted
-from kliko_async.steplogs import log_content
 
 if TYPE_CHECKING:
     from conftest import KlikoCli

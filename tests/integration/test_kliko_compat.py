@@ -26,7 +26,7 @@ import pytest
 from test_validate import flat, parameter_names
 
 import kliko_async
-from kliko_async.exports import EXPORT_MARKER
+from kliko_async.engine.exports import EXPORT_MARKER
 
 if TYPE_CHECKING:
     from conftest import KlikoCli

@@ -19,8 +19,8 @@ from pathlib import Path
 import pyte
 import pytest
 
+from kliko_async.engine.steplogs import log_content
 from kliko_async.events import EVENT_ADAPTER, LogLine
-from kliko_async.steplogs import log_content
 
 ROOT = Path(__file__).resolve().parents[2]
 KLIKO_ASYNC = str(Path(sys.executable).parent / "kliko-async")

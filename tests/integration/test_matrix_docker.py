@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from kliko_async.exports import EXPORT_MARKER
+from kliko_async.engine.exports import EXPORT_MARKER
 
 if TYPE_CHECKING:
     from conftest import KlikoCli

@@ -12,7 +12,7 @@ import anyio
 import pytest
 
 from kliko_async import api
-from kliko_async.cache import Cache
+from kliko_async.cache.store import Cache
 
 if TYPE_CHECKING:
     from conftest import KlikoCli

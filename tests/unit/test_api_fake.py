@@ -14,14 +14,14 @@ import anyio
 import pytest
 
 from kliko_async import api
-from kliko_async.cache import Cache
-from kliko_async.chain import Chain, chain_from_pairs, parse_chain
+from kliko_async.cache.store import Cache
+from kliko_async.cache.upkeep import verify
+from kliko_async.engine.steplogs import log_content
 from kliko_async.errors import ParameterError, RunFailed, SpecError
 from kliko_async.events import Event, ImageBuilding, ImageBuilt, RunFinished, StepCancelled
+from kliko_async.model.chain import Chain, chain_from_pairs, parse_chain
 from kliko_async.runtime.base import LABEL_PREFIX
 from kliko_async.runtime.fake import FakeContainer, FakeRuntime
-from kliko_async.steplogs import log_content
-from kliko_async.upkeep import verify
 
 pytestmark = pytest.mark.anyio
 

@@ -19,15 +19,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kliko_async import key as key_module
-from kliko_async.cache import Cache, default_cache_dir
-from kliko_async.entry import CacheEntry, Manifest, Staging
+from kliko_async.cache import key as key_module
+from kliko_async.cache.entry import CacheEntry, Manifest, Staging
+from kliko_async.cache.hashing import sha256_file
+from kliko_async.cache.key import CACHE_FORMAT_VERSION, KeyIngredients, cache_key
+from kliko_async.cache.processes import host_name
+from kliko_async.cache.store import Cache, default_cache_dir
+from kliko_async.cache.upkeep import VerifyProblem, clean_stale_staging, gc, verify
 from kliko_async.errors import CacheError, UnpublishableOutput
-from kliko_async.hashing import sha256_file
-from kliko_async.key import CACHE_FORMAT_VERSION, KeyIngredients, cache_key
-from kliko_async.processes import host_name
-from kliko_async.quantities import parse_age, parse_size
-from kliko_async.upkeep import VerifyProblem, clean_stale_staging, gc, verify
+from kliko_async.model.quantities import parse_age, parse_size
 
 NOW = datetime(2024, 6, 1, 12, 0, tzinfo=UTC)
 

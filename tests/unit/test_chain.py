@@ -14,7 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from kliko_async.chain import (
+from kliko_async.errors import ChainError
+from kliko_async.model.chain import (
     STEP_NAME_PATTERN,
     Chain,
     ChainFile,
@@ -26,7 +27,6 @@ from kliko_async.chain import (
     load_chain,
     parse_chain,
 )
-from kliko_async.errors import ChainError
 
 DIAMOND = """\
 steps:

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from kliko_async.cache import Cache
-from kliko_async.entry import Manifest
-from kliko_async.key import KeyIngredients, cache_key
+from kliko_async.cache.entry import Manifest
+from kliko_async.cache.key import KeyIngredients, cache_key
+from kliko_async.cache.store import Cache
 
 KLIKO_ASYNC = str(Path(sys.executable).parent / "kliko-async")
 NO_ENGINE = "unix:///nonexistent.sock"

@@ -16,8 +16,8 @@ import anyio
 import pytest
 
 from kliko_async import api
-from kliko_async.cache import Cache
-from kliko_async.chain import Chain, parse_chain
+from kliko_async.cache.store import Cache
+from kliko_async.engine.steplogs import log_content
 from kliko_async.events import (
     Event,
     EventBus,
@@ -26,8 +26,8 @@ from kliko_async.events import (
     RunFinished,
     StepFinished,
 )
+from kliko_async.model.chain import Chain, parse_chain
 from kliko_async.runtime.fake import FakeContainer, FakeRuntime
-from kliko_async.steplogs import log_content
 
 pytestmark = pytest.mark.anyio
 

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 
 from kliko_async import api
-from kliko_async.chain import Chain, load_chain
-from kliko_async.entry import Manifest
-from kliko_async.explain import ManifestIndex, StepExplanation
-from kliko_async.key import KeyIngredients
+from kliko_async.cache.entry import Manifest
+from kliko_async.cache.key import KeyIngredients
+from kliko_async.engine.explain import ManifestIndex, StepExplanation
+from kliko_async.model.chain import Chain, load_chain
 from kliko_async.runtime.fake import FakeRuntime
 
 pytestmark = pytest.mark.anyio

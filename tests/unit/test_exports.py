@@ -13,10 +13,10 @@ import anyio
 import pytest
 
 from kliko_async import api
-from kliko_async.chain import Chain, parse_chain
+from kliko_async.engine.exports import EXPORT_MARKER
 from kliko_async.errors import KlikoError
 from kliko_async.events import Event, ExportStarted, OutputExported
-from kliko_async.exports import EXPORT_MARKER
+from kliko_async.model.chain import Chain, parse_chain
 from kliko_async.runtime.fake import FakeContainer, FakeRuntime
 
 pytestmark = pytest.mark.anyio
@@ -152,7 +152,7 @@ async def test_exports_run_in_a_worker_thread_and_report_progress(
         threads.add(threading.current_thread().name)
         return real_copyfile(src, dst, **kwargs)
 
-    monkeypatch.setattr("kliko_async.workspace.shutil.copyfile", watching_copyfile)
+    monkeypatch.setattr("kliko_async.engine.workspace.shutil.copyfile", watching_copyfile)
     events: list[Event] = []
     out = tmp_path / "out"
 
@@ -187,7 +187,7 @@ async def test_a_cancelled_export_leaves_no_half_copied_folder(
         threading.Event().wait(0.2)
         return real_copyfile(src, dst, **kwargs)
 
-    monkeypatch.setattr("kliko_async.workspace.shutil.copyfile", slow_copyfile)
+    monkeypatch.setattr("kliko_async.engine.workspace.shutil.copyfile", slow_copyfile)
 
     with anyio.move_on_after(5) as scope:
         async with anyio.create_task_group() as tg:

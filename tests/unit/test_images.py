@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from kliko_async.images import ImageResolver
+from kliko_async.engine.images import ImageResolver
 from kliko_async.runtime.fake import FakeRuntime
 
 pytestmark = pytest.mark.anyio

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kliko_async.inflight import InFlight, describe_left_behind, left_behind, under_way
+from kliko_async.runtime.inflight import InFlight, describe_left_behind, left_behind, under_way
 
 
 def test_only_what_is_under_way_and_exists_is_listed(tmp_path: Path) -> None:

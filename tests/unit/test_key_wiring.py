@@ -16,9 +16,11 @@ from typing import Any
 
 import pytest
 
-from kliko_async import api, key, plan
-from kliko_async.cache import Cache
-from kliko_async.chain import parse_chain
+from kliko_async import api
+from kliko_async.cache import key
+from kliko_async.cache.store import Cache
+from kliko_async.engine import plan
+from kliko_async.model.chain import parse_chain
 from kliko_async.runtime.fake import FakeImage, FakeRuntime
 
 pytestmark = pytest.mark.anyio

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from kliko_async.images import KlikoImage
-from kliko_async.single import gather_parameters, image_parser
-from kliko_async.spec import KlikoSpec, load_spec, parse_spec
+from kliko_async.engine.images import KlikoImage
+from kliko_async.engine.runimage import gather_parameters, image_parser
+from kliko_async.model.spec import KlikoSpec, load_spec, parse_spec
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "compat" / "kliko-examples"
 

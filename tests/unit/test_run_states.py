@@ -10,8 +10,7 @@ import anyio
 import pytest
 
 from kliko_async import api
-from kliko_async.cache import Cache
-from kliko_async.chain import Chain, parse_chain
+from kliko_async.cache.store import Cache
 from kliko_async.errors import KlikoError
 from kliko_async.events import (
     Event,
@@ -22,6 +21,7 @@ from kliko_async.events import (
     StepStarted,
     StepWaitingForLock,
 )
+from kliko_async.model.chain import Chain, parse_chain
 from kliko_async.runtime.fake import FakeContainer, FakeRuntime
 
 pytestmark = pytest.mark.anyio

@@ -26,8 +26,13 @@ import anyio.abc
 import pytest
 
 from kliko_async import api
-from kliko_async.cache import Cache
-from kliko_async.chain import Chain, chain_from_pairs, parse_chain
+from kliko_async.cache.store import Cache
+from kliko_async.cache.upkeep import gc, verify
+from kliko_async.engine.images import ImageResolver
+from kliko_async.engine.plan import plan_chain
+from kliko_async.engine.resources import ResourcePool
+from kliko_async.engine.scheduler import Scheduler
+from kliko_async.engine.steplogs import log_content
 from kliko_async.errors import ChainError, ContainerError, ImageError, ParameterError, SpecError
 from kliko_async.events import (
     Event,
@@ -43,15 +48,10 @@ from kliko_async.events import (
     StepSkipped,
     StepStarted,
 )
-from kliko_async.images import ImageResolver
-from kliko_async.plan import plan_chain
-from kliko_async.resources import ResourcePool
+from kliko_async.model.chain import Chain, chain_from_pairs, parse_chain
 from kliko_async.results import RunResult
 from kliko_async.runtime.base import LABEL_PREFIX
 from kliko_async.runtime.fake import FakeContainer, FakeRuntime
-from kliko_async.scheduler import Scheduler
-from kliko_async.steplogs import log_content
-from kliko_async.upkeep import gc, verify
 
 pytestmark = pytest.mark.anyio
 

@@ -13,10 +13,10 @@ from pathlib import Path
 import anyio
 import pytest
 
-from kliko_async.runtime import slurmqueue
 from kliko_async.runtime.base import ContainerJob, Mount
-from kliko_async.runtime.slurmqueue import JobQueue, SlurmJob
-from kliko_async.runtime.slurmscript import charliecloud_command, docker_command, job_script
+from kliko_async.runtime.slurm import queue as slurmqueue
+from kliko_async.runtime.slurm.queue import JobQueue, SlurmJob
+from kliko_async.runtime.slurm.script import charliecloud_command, docker_command, job_script
 
 KLIKO_ASYNC = str(Path(sys.executable).parent / "kliko-async")
 

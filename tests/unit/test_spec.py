@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from kliko_async.errors import ParameterError, SpecError
-from kliko_async.spec import (
+from kliko_async.model.spec import (
     FIELD_TYPES,
     Field,
     FileParameter,

@@ -13,8 +13,8 @@ import subprocess
 from rich.console import Console
 from rich.text import Text
 
+from kliko_async.engine.plan import Plan
 from kliko_async.errors import KlikoError
-from kliko_async.plan import Plan
 
 _STATE_STYLES = {"cached": "cyan", "forced": "magenta", "to run": "yellow"}
 _DOT_COLOURS = {"cached": "#cdeffa", "forced": "#f3d7f5", "to run": "#fff2c2"}

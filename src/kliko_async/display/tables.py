@@ -9,8 +9,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from kliko_async.entry import CacheEntry
-from kliko_async.spec import Field, KlikoSpec, file_default
+from kliko_async.cache.entry import CacheEntry
+from kliko_async.model.spec import Field, KlikoSpec, file_default
 
 
 def print_spec(spec: KlikoSpec, source: str, console: Console | None = None) -> None:

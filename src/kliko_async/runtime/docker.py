@@ -21,7 +21,6 @@ import aiohttp
 import anyio
 
 from kliko_async.errors import ContainerError, ImageError, RuntimeUnavailable
-from kliko_async.inflight import InFlight, track, untrack
 from kliko_async.runtime.base import (
     LABEL_PREFIX,
     OWNER_LABEL,
@@ -33,6 +32,7 @@ from kliko_async.runtime.base import (
     Stream,
     owner_label,
 )
+from kliko_async.runtime.inflight import InFlight, track, untrack
 
 STOP_GRACE_SECONDS = 3
 """After SIGTERM, how long a cancelled container may take before it is killed."""

@@ -32,7 +32,7 @@ import aiohttp
 import anyio
 from pydantic import BaseModel, ConfigDict, Field
 
-from kliko_async.durable import remove_tree
+from kliko_async.cache.durable import remove_tree
 from kliko_async.errors import ContainerError, RuntimeUnavailable
 from kliko_async.runtime.base import (
     LABEL_PREFIX,
@@ -46,7 +46,7 @@ from kliko_async.runtime.base import (
     owner_label,
 )
 from kliko_async.runtime.docker import DockerRuntime
-from kliko_async.runtime.slurmqueue import (
+from kliko_async.runtime.slurm.queue import (
     HOPELESS_REASONS,
     JobQueue,
     SlurmJob,
@@ -54,7 +54,7 @@ from kliko_async.runtime.slurmqueue import (
     command_error,
     slurm_command,
 )
-from kliko_async.runtime.slurmscript import (
+from kliko_async.runtime.slurm.script import (
     UNSEEN_EXIT,
     Engine,
     env_file,

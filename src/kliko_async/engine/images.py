@@ -17,11 +17,11 @@ from pathlib import Path
 import anyio
 from pydantic import BaseModel, ConfigDict
 
-from kliko_async.durable import fsync_dir
+from kliko_async.cache.durable import fsync_dir
+from kliko_async.cache.hashing import hash_tree
 from kliko_async.errors import KlikoError, SpecError
-from kliko_async.hashing import hash_tree
+from kliko_async.model.spec import KlikoSpec, parse_spec
 from kliko_async.runtime.base import LABEL_PREFIX, Runtime
-from kliko_async.spec import KlikoSpec, parse_spec
 
 KLIKO_YML = "/kliko.yml"
 KLIKO_EXECUTABLE = "/kliko"

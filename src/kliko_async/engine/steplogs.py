@@ -15,9 +15,9 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
-from kliko_async.cache import RUN_LOGS, Cache
+from kliko_async.cache.store import RUN_LOGS, Cache
+from kliko_async.engine.plan import Plan
 from kliko_async.errors import CacheError, ParameterError
-from kliko_async.plan import Plan
 
 
 class StepLog:
@@ -26,7 +26,7 @@ class StepLog:
     Records are in the order the engine gave them, stdout and stderr together, each with the
     engine's time stamp (the time it arrived when the runtime gives none); the bytes are exactly
     what the container wrote (see :class:`~kliko_async.runtime.base.LogSink`);
-    :func:`kliko_async.steplogs.log_content` reads the bytes back. Writing never raises into
+    :func:`kliko_async.engine.steplogs.log_content` reads the bytes back. Writing never raises into
     the runtime's log stream: the first error (a full disk) is kept in ``error`` and reported
     through ``on_error``, and the attempt fails, since an entry's log must be complete."""
 

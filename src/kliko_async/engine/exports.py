@@ -17,11 +17,11 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from kliko_async.durable import remove_tree
+from kliko_async.cache.durable import remove_tree
+from kliko_async.engine.workspace import SpecialFileError, blocking_file, copy_tree_writable
 from kliko_async.errors import KlikoError
 from kliko_async.events import Event, ExportStarted, OutputExported
 from kliko_async.results import RunResult
-from kliko_async.workspace import SpecialFileError, blocking_file, copy_tree_writable
 
 EXPORT_MARKER = ".kliko-async-export"
 """The file in every ``<out>/<step>/`` that kliko-async wrote: the step and its cache key."""

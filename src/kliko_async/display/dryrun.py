@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TextIO
 
-from kliko_async.plan import Plan
+from kliko_async.engine.plan import Plan
 
 
 def print_plan(plan: Plan, stream: TextIO) -> None:

@@ -19,7 +19,12 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, mo
 from pydantic_core import ErrorDetails
 
 from kliko_async.errors import ParameterError, SpecError
-from kliko_async.yamltext import YamlTextError, did_you_mean, parse_yaml_bytes, parse_yaml_text
+from kliko_async.model.yamltext import (
+    YamlTextError,
+    did_you_mean,
+    parse_yaml_bytes,
+    parse_yaml_text,
+)
 
 FIELD_TYPES: tuple[str, ...] = (
     "choice",
@@ -224,7 +229,9 @@ class FileParameter(BaseModel):
     container_path: str = pydantic.Field(description="Path of the copy inside the container.")
     sha256: str | None = pydantic.Field(
         None,
-        description="Hex SHA-256 of the bytes the container sees; set by kliko_async.paramfiles.",
+        description=(
+            "Hex SHA-256 of the bytes the container sees; set by kliko_async.cache.paramfiles."
+        ),
     )
 
     @field_validator("host_path")
@@ -249,7 +256,7 @@ class ValidatedParameters(BaseModel):
     files_root: Path | None = pydantic.Field(
         None,
         description="A private folder already laid out as /param_files, holding the very "
-        "copies that were hashed (see kliko_async.paramfiles); None to copy the host files.",
+        "copies that were hashed (see kliko_async.cache.paramfiles); None to copy the host files.",
     )
 
     def parameters_json(self) -> str:
@@ -414,7 +421,7 @@ def _locate_files(
 ) -> Any:
     """Resolve and check the file(s) of one field; return the container path(s).
 
-    They are hashed later, as the copies the container sees (:mod:`kliko_async.paramfiles`).
+    They are hashed later, as the copies the container sees (:mod:`kliko_async.cache.paramfiles`).
     """
     if field.is_list():
         paths: list[tuple[str, str]] = [

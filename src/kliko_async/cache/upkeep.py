@@ -8,13 +8,13 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
-from kliko_async.cache import KEY_PATTERN, RUN_LOGS, Cache
-from kliko_async.durable import remove_tree
-from kliko_async.entry import MANIFEST, OUTPUT, CacheEntry, read_manifest, shown_name
+from kliko_async.cache.durable import remove_tree
+from kliko_async.cache.entry import MANIFEST, OUTPUT, CacheEntry, read_manifest, shown_name
+from kliko_async.cache.hashing import hash_tree
+from kliko_async.cache.key import CACHE_FORMAT_VERSION
+from kliko_async.cache.processes import host_name, pid_alive
+from kliko_async.cache.store import KEY_PATTERN, RUN_LOGS, Cache
 from kliko_async.errors import CacheError, cache_hint, os_error_text
-from kliko_async.hashing import hash_tree
-from kliko_async.key import CACHE_FORMAT_VERSION
-from kliko_async.processes import host_name, pid_alive
 
 __all__ = ["GcReport", "VerifyProblem", "clean_stale_staging", "gc", "verify"]
 

@@ -1,8 +1,8 @@
 """The chain file's format: :class:`ChainFile`, :class:`StepSpec` and :class:`MatrixSpec`, as the
 person writing the YAML sees them, and the JSON Schema published for editors.
 
-These models only describe what may be written; :mod:`kliko_async.chain` turns a valid file into
-a checked :class:`~kliko_async.chainmodel.Chain` (names, inputs, matrix expansion).
+These models only describe what may be written; :mod:`kliko_async.model.chain` turns a valid
+file into a checked :class:`~kliko_async.model.chainmodel.Chain` (names, inputs, matrix expansion).
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from pydantic import (
     model_validator,
 )
 
-from kliko_async.chainmodel import Resources, StepName
-from kliko_async.yamltext import yaml_kind
+from kliko_async.model.chainmodel import Resources, StepName
+from kliko_async.model.yamltext import yaml_kind
 
 __all__ = ["ChainFile", "MatrixFile", "MatrixSpec", "StepSpec", "chain_json_schema"]
 

@@ -15,9 +15,12 @@ from pathlib import Path
 
 import anyio
 
-from kliko_async.attempts import AttemptOutcome, StepAttempts
-from kliko_async.cache import Cache
-from kliko_async.entry import CacheEntry, Manifest
+from kliko_async.cache.entry import CacheEntry, Manifest
+from kliko_async.cache.store import Cache
+from kliko_async.engine.attempts import AttemptOutcome, StepAttempts
+from kliko_async.engine.plan import Plan, PlannedStep, check_resources
+from kliko_async.engine.resources import ResourcePool
+from kliko_async.engine.steplogs import run_log_dir
 from kliko_async.events import (
     Event,
     RunFinished,
@@ -33,13 +36,10 @@ from kliko_async.events import (
 from kliko_async.events import (
     StepFailed as StepFailedEvent,
 )
-from kliko_async.plan import Plan, PlannedStep, check_resources
-from kliko_async.resources import ResourcePool
 from kliko_async.results import RunResult, StepResult
 from kliko_async.runtime.base import (
     Runtime,
 )
-from kliko_async.steplogs import run_log_dir
 
 LAST_LINES = 20
 LOCK_PATIENCE_S = 0.25

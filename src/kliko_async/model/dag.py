@@ -10,7 +10,7 @@ import heapq
 from collections.abc import Mapping, Sequence
 
 from kliko_async.errors import ChainError
-from kliko_async.yamltext import did_you_mean, join_problems
+from kliko_async.model.yamltext import did_you_mean, join_problems
 
 __all__ = ["CYCLE_HINT", "check_dag", "cycle_text", "topological_order"]
 

@@ -1,10 +1,10 @@
-"""Loading a chain file: YAML text in, a checked :class:`~kliko_async.chainmodel.Chain` out.
+"""Loading a chain file: YAML text in, a checked :class:`~kliko_async.model.chainmodel.Chain` out.
 
 A chain file is YAML with one top-level key, ``steps``. In the mapping form each key names a
 step and ``inputs`` lists the steps it reads from; in the list form the steps run one after the
 other (each step's inputs default to the step before it, as in Kliko's ``run_chain``) and names
 default to the image's last path component. A step with ``matrix:`` expands here into one step
-per combination (:mod:`kliko_async.matrix`).
+per combination (:mod:`kliko_async.model.matrix`).
 
 Every problem is reported as one :class:`~kliko_async.errors.ChainError` paragraph that names the
 file, the step and what to change. Loading and checking are linear in the size of the chain.
@@ -20,8 +20,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from kliko_async.chainfile import ChainFile, StepSpec, chain_json_schema
-from kliko_async.chainmodel import (
+from kliko_async.errors import ChainError
+from kliko_async.model.chainfile import ChainFile, StepSpec, chain_json_schema
+from kliko_async.model.chainmodel import (
     RUN_CHAIN_SOURCE,
     STEP_NAME_PATTERN,
     Chain,
@@ -29,9 +30,8 @@ from kliko_async.chainmodel import (
     Step,
     step_name_problem,
 )
-from kliko_async.errors import ChainError
-from kliko_async.matrix import expand_matrices
-from kliko_async.yamltext import (
+from kliko_async.model.matrix import expand_matrices
+from kliko_async.model.yamltext import (
     YamlTextError,
     did_you_mean,
     join_problems,

@@ -1,7 +1,7 @@
 """Why a step would run, or where its cached result comes from, in words.
 
 Keys are content-addressed and every entry's manifest records the ingredients it was keyed by
-(:class:`~kliko_async.key.KeyIngredients`), so a step that would run can be compared with the
+(:class:`~kliko_async.cache.key.KeyIngredients`), so a step that would run can be compared with the
 entry it would have matched: the cache's entries made by a step of the same name, the one whose
 ingredients differ least (the newest among equals). Each differing ingredient is one
 :class:`IngredientChange`; a changed input is chased upstream to the change that caused it.
@@ -15,11 +15,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from kliko_async.cache import Cache
-from kliko_async.entry import Manifest
-from kliko_async.key import KeyIngredients
-from kliko_async.plan import Plan, PlannedStep
-from kliko_async.spec import PARAM_FILES_DIR
+from kliko_async.cache.entry import Manifest
+from kliko_async.cache.key import KeyIngredients
+from kliko_async.cache.store import Cache
+from kliko_async.engine.plan import Plan, PlannedStep
+from kliko_async.model.spec import PARAM_FILES_DIR
 
 __all__ = [
     "EntryInfo",

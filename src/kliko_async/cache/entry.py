@@ -23,8 +23,8 @@ from pydantic import (
     field_validator,
 )
 
-from kliko_async.durable import tree_size
-from kliko_async.key import CACHE_FORMAT_VERSION, KeyIngredients
+from kliko_async.cache.durable import tree_size
+from kliko_async.cache.key import CACHE_FORMAT_VERSION, KeyIngredients
 
 __all__ = ["MANIFEST", "CacheEntry", "Manifest", "Staging", "read_manifest"]
 
@@ -49,7 +49,8 @@ class Manifest(BaseModel):
     duration_s: float
     exit_code: int
     outputs: dict[str, str] = Field(default_factory=dict)
-    """Path relative to ``output/`` -> SHA-256, as :func:`kliko_async.hashing.hash_tree` gives.
+    """Path relative to ``output/`` -> SHA-256, as
+    :func:`kliko_async.cache.hashing.hash_tree` gives.
 
     Names are bytes on Linux: one that is not UTF-8 is held as ``os.fsdecode`` does (lone
     surrogates) and stored in the JSON as NUL (which no path holds) plus the hex of its bytes,
@@ -126,7 +127,7 @@ class CacheEntry(_EntryFolder):
 class Staging(_EntryFolder):
     """A private folder under ``tmp/`` that a step writes into before it is published.
 
-    :meth:`kliko_async.cache.Cache.stage` has created its ``output/``.
+    :meth:`kliko_async.cache.store.Cache.stage` has created its ``output/``.
     """
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import socket
 
-from kliko_async.processes import pid_alive
+from kliko_async.cache.processes import pid_alive
 from kliko_async.runtime.base import LABEL_PREFIX, OWNER_LABEL, Runtime
 
 

@@ -1,8 +1,8 @@
 """The checked chain: :class:`Step` and :class:`Chain`, with their names, limits and inputs.
 
-A ``Chain`` is what a chain file becomes once it is loaded (see :mod:`kliko_async.chain`), and
+A ``Chain`` is what a chain file becomes once it is loaded (see :mod:`kliko_async.model.chain`), and
 what a library user may also build directly: building one runs the graph checks of
-:mod:`kliko_async.dag`, so an invalid DAG never exists as a ``Chain``.
+:mod:`kliko_async.model.dag`, so an invalid DAG never exists as a ``Chain``.
 """
 
 from __future__ import annotations
@@ -23,10 +23,10 @@ from pydantic import (
     model_validator,
 )
 
-from kliko_async.dag import CYCLE_HINT, check_dag, cycle_text, topological_order
 from kliko_async.errors import ChainError
-from kliko_async.quantities import SIZE_PATTERN, size_in_bytes
-from kliko_async.yamltext import did_you_mean, yaml_kind
+from kliko_async.model.dag import CYCLE_HINT, check_dag, cycle_text, topological_order
+from kliko_async.model.quantities import SIZE_PATTERN, size_in_bytes
+from kliko_async.model.yamltext import did_you_mean, yaml_kind
 
 __all__ = [
     "EXPANDED_NAME_PATTERN",

@@ -16,7 +16,7 @@ from typing import TypeVar
 import anyio
 
 from kliko_async.errors import Interrupted, KlikoError
-from kliko_async.inflight import describe_left_behind, left_behind
+from kliko_async.runtime.inflight import describe_left_behind, left_behind
 
 T = TypeVar("T")
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import anyio
 
-from kliko_async.quantities import describe_size
+from kliko_async.model.quantities import describe_size
 
 
 def machine_cpus() -> int:

@@ -2,7 +2,7 @@
 
 Expansion happens while the chain file is loaded, so planning, keys, the scheduler and the
 displays see ordinary steps. An expansion is named ``step[param=value,...]`` (or by the matrix's
-``name`` template) and carries its :class:`~kliko_async.chainmodel.MatrixOrigin`. A step that
+``name`` template) and carries its :class:`~kliko_async.model.chainmodel.MatrixOrigin`. A step that
 names a matrix step as an input receives every expansion, one subfolder each; a step with
 ``same-as`` pairs up with the expansions one to one.
 """
@@ -17,9 +17,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from kliko_async.chainfile import MatrixFile, MatrixSpec
-from kliko_async.chainmodel import MatrixOrigin, Step, folder_name_problem
-from kliko_async.yamltext import YamlTextError, did_you_mean, parse_yaml_bytes, yaml_kind
+from kliko_async.model.chainfile import MatrixFile, MatrixSpec
+from kliko_async.model.chainmodel import MatrixOrigin, Step, folder_name_problem
+from kliko_async.model.yamltext import YamlTextError, did_you_mean, parse_yaml_bytes, yaml_kind
 
 __all__ = ["expand_matrices"]
 

@@ -14,10 +14,10 @@ import stat
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from kliko_async.durable import special_kind
-from kliko_async.images import KLIKO_COMMAND, KlikoImage
+from kliko_async.cache.durable import special_kind
+from kliko_async.engine.images import KLIKO_COMMAND, KlikoImage
+from kliko_async.model.spec import PARAM_FILES_DIR, ValidatedParameters
 from kliko_async.runtime.base import ContainerJob, Mount
-from kliko_async.spec import PARAM_FILES_DIR, ValidatedParameters
 
 
 def blocking_file(folder: Path) -> Path | None:

@@ -15,16 +15,16 @@ from pathlib import Path
 import anyio
 from pydantic import BaseModel, ConfigDict
 
-from kliko_async.cache import Cache
-from kliko_async.chain import RUN_CHAIN_SOURCE, Chain, Step
-from kliko_async.entry import CacheEntry
+from kliko_async.cache.entry import CacheEntry
+from kliko_async.cache.key import KeyIngredients, cache_key
+from kliko_async.cache.paramfiles import FileSnapshots, hash_files
+from kliko_async.cache.store import Cache
+from kliko_async.engine.images import KLIKO_COMMAND, ImageResolver, KlikoImage
+from kliko_async.engine.resources import ResourcePool
 from kliko_async.errors import ChainError, KlikoError, RuntimeUnavailable
 from kliko_async.events import Event, ImageBuilding, ImageBuilt
-from kliko_async.images import KLIKO_COMMAND, ImageResolver, KlikoImage
-from kliko_async.key import KeyIngredients, cache_key
-from kliko_async.paramfiles import FileSnapshots, hash_files
-from kliko_async.resources import ResourcePool
-from kliko_async.spec import ValidatedParameters, validate_parameters
+from kliko_async.model.chain import RUN_CHAIN_SOURCE, Chain, Step
+from kliko_async.model.spec import ValidatedParameters, validate_parameters
 
 
 class PlannedStep(BaseModel):

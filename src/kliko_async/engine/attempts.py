@@ -18,14 +18,15 @@ from pathlib import Path
 import anyio
 from pydantic import BaseModel, ConfigDict
 
-from kliko_async.cache import Cache
-from kliko_async.durable import remove_tree
-from kliko_async.entry import CacheEntry, Manifest, Staging
+from kliko_async.cache.durable import remove_tree
+from kliko_async.cache.entry import CacheEntry, Manifest, Staging
+from kliko_async.cache.store import Cache
+from kliko_async.engine.plan import PlannedStep
+from kliko_async.engine.steplogs import StepLog, keep_log
+from kliko_async.engine.workspace import build_job
 from kliko_async.errors import CacheError, KlikoError, UnpublishableOutput
 from kliko_async.events import Event, StepPreparing, StepStarted, log_line
-from kliko_async.inflight import InFlight, under_way
-from kliko_async.plan import PlannedStep
-from kliko_async.quantities import describe_size
+from kliko_async.model.quantities import describe_size
 from kliko_async.runtime.base import (
     LABEL_PREFIX,
     OWNER_LABEL,
@@ -35,8 +36,7 @@ from kliko_async.runtime.base import (
     Stream,
     owner_label,
 )
-from kliko_async.steplogs import StepLog, keep_log
-from kliko_async.workspace import build_job
+from kliko_async.runtime.inflight import InFlight, under_way
 
 LAST_LINES = 20
 """A failed step shows this many of its last log lines."""

@@ -1,7 +1,7 @@
 """The content-addressed store of finished Kliko steps: look up, stage, publish, remove.
 
-An entry is found by its key (:mod:`kliko_async.key`), which hashes everything that determines a
-step's output. Layout under the root folder::
+An entry is found by its key (:mod:`kliko_async.cache.key`), which hashes everything that
+determines a step's output. Layout under the root folder::
 
     entries/<key[:2]>/<key>/{output/, log.txt, manifest.json}   published, read-only
     tmp/<key>.<pid>.<random>/                                   staging (same filesystem)
@@ -15,8 +15,8 @@ manifest is never a finished entry, and a half-written entry can never be found.
 
 Entries are removed by first renaming them back under ``tmp/`` (as ``<key>.<pid>.<random>``) and
 deleting them there, so ``entries/`` never shows a partly deleted entry either, and a removal
-interrupted by a crash is finished later by :func:`kliko_async.upkeep.clean_stale_staging`.
-Tidying and checking (``gc``, ``verify``) live in :mod:`kliko_async.upkeep`.
+interrupted by a crash is finished later by :func:`kliko_async.cache.upkeep.clean_stale_staging`.
+Tidying and checking (``gc``, ``verify``) live in :mod:`kliko_async.cache.upkeep`.
 """
 
 from __future__ import annotations
@@ -30,13 +30,13 @@ from collections.abc import Iterator
 from contextlib import AbstractAsyncContextManager, suppress
 from pathlib import Path
 
-from kliko_async.durable import DIR_MODE, fsync_dir, remove_tree, seal_tree, write_sealed
-from kliko_async.entry import MANIFEST, OUTPUT, CacheEntry, Manifest, Staging, read_manifest
+from kliko_async.cache.durable import DIR_MODE, fsync_dir, remove_tree, seal_tree, write_sealed
+from kliko_async.cache.entry import MANIFEST, OUTPUT, CacheEntry, Manifest, Staging, read_manifest
+from kliko_async.cache.hashing import hash_tree
+from kliko_async.cache.key import CACHE_FORMAT_VERSION
+from kliko_async.cache.locks import KeyLocks
+from kliko_async.cache.processes import host_name
 from kliko_async.errors import CacheError, UnpublishableOutput, cache_hint, os_error_text
-from kliko_async.hashing import hash_tree
-from kliko_async.key import CACHE_FORMAT_VERSION
-from kliko_async.locks import KeyLocks
-from kliko_async.processes import host_name
 
 __all__ = ["KEY_PATTERN", "RUN_LOGS", "Cache", "default_cache_dir"]
 
@@ -273,7 +273,7 @@ class Cache:
 
         Exclusive (the default) while computing ``key``; ``shared`` while reading its entry as
         an input, which keeps ``gc`` (and a forced re-run elsewhere) from removing it meanwhile.
-        Waiting can be cancelled. See :mod:`kliko_async.locks`.
+        Waiting can be cancelled. See :mod:`kliko_async.cache.locks`.
         """
         _check_key(key)
         return self.locks.hold(key, shared=shared, poll=poll)
