@@ -41,11 +41,12 @@ from benchmarks.harness import (
 from kliko_async import api
 from kliko_async.cache.entry import CacheEntry, Manifest, Staging
 from kliko_async.cache.store import Cache
+from kliko_async.engine.bus import EventBus
 from kliko_async.engine.images import ImageResolver
 from kliko_async.engine.plan import plan_chain
 from kliko_async.engine.resources import machine_cpus
 from kliko_async.engine.scheduler import Scheduler
-from kliko_async.events import EventBus, RunStarted
+from kliko_async.events import RunStarted
 from kliko_async.model.chain import parse_chain
 from kliko_async.runtime.fake import FakeContainer, FakeRuntime
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import glob
 import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
@@ -24,24 +25,18 @@ import anyio.to_thread
 from anyio.abc import TaskGroup
 
 from kliko_async.cache.paramfiles import FileSnapshots
-from kliko_async.cache.store import Cache, default_cache_dir
+from kliko_async.cache.store import RUN_LOGS, Cache, default_cache_dir
 from kliko_async.cache.upkeep import clean_stale_staging
 from kliko_async.engine import exports
+from kliko_async.engine.bus import ConsumerFeed, EventBus, EventSubscription
 from kliko_async.engine.explain import ManifestIndex, StepExplanation, explain_plan
 from kliko_async.engine.images import ImageResolver, KlikoImage
 from kliko_async.engine.leftovers import remove_leftovers
 from kliko_async.engine.plan import Plan, plan_chain
 from kliko_async.engine.resources import ResourcePool, machine_cpus
 from kliko_async.engine.scheduler import Scheduler
-from kliko_async.errors import KlikoError
-from kliko_async.events import (
-    ConsumerFeed,
-    Event,
-    EventBus,
-    EventConsumer,
-    EventSubscription,
-    RunFinished,
-)
+from kliko_async.errors import CacheError, KlikoError, ParameterError
+from kliko_async.events import Event, EventConsumer, RunFinished
 from kliko_async.model.chain import Chain, chain_from_pairs, load_chain
 from kliko_async.results import RunResult
 from kliko_async.runtime.base import Runtime
@@ -434,3 +429,30 @@ async def _execute(
             bus.emit(event)
         untrack(copies)
     return result
+
+
+def find_step_log(cache: Cache, plan: Plan, step: str) -> Path:
+    """The cached log of ``step`` as the chain is now, else its latest failed attempt's log."""
+    if step not in plan.steps:
+        raise ParameterError(
+            f"no step named '{step}'", where=plan.source, hint=f"Steps: {', '.join(plan.order)}."
+        )
+    if step in plan.unbuilt:
+        raise CacheError(
+            f"no saved log for step '{step}': {plan.unbuilt[step]}, so it has not run as it is",
+            where=plan.source,
+            hint="Run the chain first.",
+        )
+    entry = plan.steps[step].cached or cache.lookup(plan.steps[step].key)
+    if entry is not None:
+        return entry.log_path
+    failed = sorted(
+        (cache.root / RUN_LOGS).glob(f"*/{glob.escape(step)}.log"), key=lambda p: p.stat().st_mtime
+    )
+    if failed:
+        return failed[-1]
+    raise CacheError(
+        f"no saved log for step '{step}': it has not run with its current inputs and parameters",
+        where=plan.source,
+        hint="Run the chain first.",
+    )

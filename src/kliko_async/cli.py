@@ -427,9 +427,9 @@ def _looks_like_a_path(text: str) -> bool:
 
 
 def _logs(options: argparse.Namespace) -> int:
-    from kliko_async.api import dry_run
+    from kliko_async.api import dry_run, find_step_log
+    from kliko_async.cache.logfiles import log_by_key, log_records
     from kliko_async.cache.store import Cache, default_cache_dir
-    from kliko_async.engine.steplogs import find_step_log, log_by_key, log_records
 
     cache = Cache(options.cache_dir or default_cache_dir())
     if options.key:

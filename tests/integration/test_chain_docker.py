@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 import kliko_async
-from kliko_async.engine.steplogs import log_content
+from kliko_async.cache.logfiles import log_content
 from kliko_async.events import Event, LogLine, StepCached, StepFinished, StepStarted
 
 if TYPE_CHECKING:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from kliko_async.engine.steplogs import log_content
+from kliko_async.cache.logfiles import log_content
 
 if TYPE_CHECKING:
     from conftest import KlikoCli

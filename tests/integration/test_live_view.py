@@ -19,7 +19,7 @@ from pathlib import Path
 import pyte
 import pytest
 
-from kliko_async.engine.steplogs import log_content
+from kliko_async.cache.logfiles import log_content
 from kliko_async.events import EVENT_ADAPTER, LogLine
 
 ROOT = Path(__file__).resolve().parents[2]

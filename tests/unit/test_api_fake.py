@@ -14,9 +14,9 @@ import anyio
 import pytest
 
 from kliko_async import api
+from kliko_async.cache.logfiles import log_content
 from kliko_async.cache.store import Cache
 from kliko_async.cache.upkeep import verify
-from kliko_async.engine.steplogs import log_content
 from kliko_async.errors import ParameterError, RunFailed, SpecError
 from kliko_async.events import Event, ImageBuilding, ImageBuilt, RunFinished, StepCancelled
 from kliko_async.model.chain import Chain, chain_from_pairs, parse_chain

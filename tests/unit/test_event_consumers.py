@@ -16,11 +16,11 @@ import anyio
 import pytest
 
 from kliko_async import api
+from kliko_async.cache.logfiles import log_content
 from kliko_async.cache.store import Cache
-from kliko_async.engine.steplogs import log_content
+from kliko_async.engine.bus import EventBus
 from kliko_async.events import (
     Event,
-    EventBus,
     LogLine,
     LogLinesSkipped,
     RunFinished,

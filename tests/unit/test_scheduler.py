@@ -26,13 +26,13 @@ import anyio.abc
 import pytest
 
 from kliko_async import api
+from kliko_async.cache.logfiles import log_content
 from kliko_async.cache.store import Cache
 from kliko_async.cache.upkeep import gc, verify
 from kliko_async.engine.images import ImageResolver
 from kliko_async.engine.plan import plan_chain
 from kliko_async.engine.resources import ResourcePool
 from kliko_async.engine.scheduler import Scheduler
-from kliko_async.engine.steplogs import log_content
 from kliko_async.errors import ChainError, ContainerError, ImageError, ParameterError, SpecError
 from kliko_async.events import (
     Event,

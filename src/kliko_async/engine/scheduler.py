@@ -16,11 +16,11 @@ from pathlib import Path
 import anyio
 
 from kliko_async.cache.entry import CacheEntry, Manifest
+from kliko_async.cache.logfiles import run_log_dir
 from kliko_async.cache.store import Cache
 from kliko_async.engine.attempts import AttemptOutcome, StepAttempts
 from kliko_async.engine.plan import Plan, PlannedStep, check_resources
 from kliko_async.engine.resources import ResourcePool
-from kliko_async.engine.steplogs import run_log_dir
 from kliko_async.events import (
     Event,
     RunFinished,

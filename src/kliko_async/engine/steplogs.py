@@ -1,23 +1,15 @@
-"""A step's saved log: written as it runs (one record per line, ``<time stamp> <stream>
-<bytes>``), kept after a failure, found again later (in its cache entry, or in the log folder of
-the run where it failed) and read back: the bytes the container wrote, with or without time
-stamps."""
+"""A step's saved log as it is written: one record per line, ``<time stamp> <stream> <bytes>``,
+kept after a failure. Reading and finding saved logs is :mod:`kliko_async.cache.logfiles`."""
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import glob
 import os
-import re
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-
-from kliko_async.cache.store import RUN_LOGS, Cache
-from kliko_async.engine.plan import Plan
-from kliko_async.errors import CacheError, ParameterError
 
 
 class StepLog:
@@ -75,67 +67,3 @@ def keep_log(source: Path, target: Path) -> Path | None:
             target.unlink()
         return None
     return target
-
-
-def run_log_dir(cache: Cache, run_id: str) -> Path:
-    """Where a run keeps the logs of its failed steps."""
-    return cache.root / RUN_LOGS / run_id
-
-
-def find_step_log(cache: Cache, plan: Plan, step: str) -> Path:
-    """The cached log of ``step`` as the chain is now, else its latest failed attempt's log."""
-    if step not in plan.steps:
-        raise ParameterError(
-            f"no step named '{step}'", where=plan.source, hint=f"Steps: {', '.join(plan.order)}."
-        )
-    if step in plan.unbuilt:
-        raise CacheError(
-            f"no saved log for step '{step}': {plan.unbuilt[step]}, so it has not run as it is",
-            where=plan.source,
-            hint="Run the chain first.",
-        )
-    entry = plan.steps[step].cached or cache.lookup(plan.steps[step].key)
-    if entry is not None:
-        return entry.log_path
-    failed = sorted(
-        (cache.root / RUN_LOGS).glob(f"*/{glob.escape(step)}.log"), key=lambda p: p.stat().st_mtime
-    )
-    if failed:
-        return failed[-1]
-    raise CacheError(
-        f"no saved log for step '{step}': it has not run with its current inputs and parameters",
-        where=plan.source,
-        hint="Run the chain first.",
-    )
-
-
-def log_by_key(cache: Cache, key: str) -> Path:
-    matches = [e for e in cache.entries() if e.key.startswith(key)]
-    if len(matches) != 1:
-        found = "no entry" if not matches else f"{len(matches)} entries"
-        raise CacheError(f"{found} with a key starting '{key}'", where=str(cache.root))
-    return matches[0].log_path
-
-
-_RECORD = re.compile(rb"(\S+) (stdout|stderr) (.*)", re.DOTALL)
-
-
-def log_records(path: Path) -> Iterator[tuple[bytes, str, bytes]]:
-    """``(time stamp, stream, bytes of the line)`` of every line of a saved log, in order.
-
-    A line that is not a record (a log saved by an older version) is given with an empty
-    time stamp, as stdout.
-    """
-    with path.open("rb") as handle:
-        for raw in handle:
-            line = raw[:-1] if raw.endswith(b"\n") else raw
-            match = _RECORD.fullmatch(line)
-            if match is None:
-                yield b"", "stdout", line
-            else:
-                yield match[1], match[2].decode(), match[3]
-
-
-def log_content(path: Path) -> bytes:
-    """What the container wrote, stdout and stderr in the engine's order, byte for byte."""
-    return b"".join(text + b"\n" for _, _, text in log_records(path))
