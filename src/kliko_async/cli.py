@@ -18,7 +18,7 @@ from typing import Any, NoReturn
 
 import anyio
 
-from kliko_async import __version__
+from kliko_async.cliargs import build_parser
 from kliko_async.errors import KlikoError, ParameterError
 from kliko_async.events import EventConsumer
 
@@ -52,143 +52,6 @@ def _first_leaf(group: BaseExceptionGroup[Any]) -> BaseException:
     return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="kliko-async",
-        description="Run chains of Kliko containers as a concurrent DAG with a content-addressed "
-        "cache.",
-    )
-    parser.add_argument("--version", action="version", version=f"kliko-async {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    run = commands.add_parser("run", help="run a chain file", description="Run a chain file.")
-    run.add_argument("chain", type=Path, help="the chain file (YAML)")
-    run.add_argument("-j", "--jobs", type=_positive_int, help="steps at once (default: CPUs)")
-    run.add_argument(
-        "--keep-going", action="store_true", help="after a failure, run what does not depend on it"
-    )
-    _cache_dir_option(run)
-    run.add_argument(
-        "--out", type=Path, default=Path("kliko-out"), help="copy outputs to OUT/<step>/"
-    )
-    run.add_argument(
-        "--force",
-        action="append",
-        default=[],
-        metavar="STEP",
-        help="re-run STEP (and what depends on it) even if cached; repeatable",
-    )
-    run.add_argument("--no-cache", action="store_true", help="re-run every step")
-    run.add_argument(
-        "--backend",
-        choices=("docker", "slurm"),
-        help="where steps run: the local Docker Engine (default) or Slurm jobs on a cluster",
-    )
-    run.add_argument("--partition", help="Slurm partition for the steps' jobs")
-    run.add_argument(
-        "--slurm-opt",
-        action="append",
-        default=[],
-        metavar="OPTION",
-        help="an extra sbatch option for every job (e.g. --slurm-opt=--account=radio); repeatable",
-    )
-    run.add_argument(
-        "--profile", help="a profile of run options from the config file (see the README)"
-    )
-    run.add_argument(
-        "--dry-run", action="store_true", help="print the plan (keys, cache hits) and stop"
-    )
-    shown = run.add_mutually_exclusive_group()
-    shown.add_argument("--plain", action="store_true", help="one line per event, no live view")
-    shown.add_argument("--json", action="store_true", help="one JSON event per line")
-    shown.add_argument("-q", "--quiet", action="store_true", help="only errors and the summary")
-    run.add_argument(
-        "--explain",
-        action="store_true",
-        help="first say why each step would run or where its cached result comes from",
-    )
-    run.add_argument(
-        "--logs",
-        choices=("all", "failed", "none"),
-        default="all",
-        help="which container log lines are shown: all (default), only a failed step's last "
-        "lines, or none; every line is saved in the step's log whatever is shown",
-    )
-
-    image = commands.add_parser(
-        "run-image",
-        help="run one Kliko image (like kliko-run)",
-        description="Run one Kliko image. Its parameters become flags: "
-        "kliko-async run-image IMAGE --help lists them.",
-        add_help=False,
-    )
-    image.add_argument("image", help="image tag or ID")
-    image.add_argument("-h", "--help", action="store_true", help="show this help (and the image's)")
-
-    validate = commands.add_parser(
-        "validate",
-        help="check a kliko.yml file or an image's kliko.yml",
-        description="Check a kliko.yml (a file, or an image's /kliko.yml) and list its parameters.",
-    )
-    validate.add_argument("target", help="a kliko.yml path or an image tag/ID")
-    _cache_dir_option(validate)
-
-    logs = commands.add_parser(
-        "logs",
-        help="print a step's saved log",
-        description="Print the full saved log (stdout and stderr) of a step of a chain: the "
-        "cached entry's log, or the latest failed attempt's log.",
-    )
-    logs.add_argument("chain", nargs="?", type=Path, help="the chain file")
-    logs.add_argument("step", nargs="?", help="the step name")
-    logs.add_argument("--key", help="a cache key (or its first characters) instead")
-    logs.add_argument(
-        "-t",
-        "--timestamps",
-        action="store_true",
-        help="show each line's time stamp (the engine's) and stream",
-    )
-    _cache_dir_option(logs)
-
-    why = commands.add_parser(
-        "why",
-        help="say why steps would run, or which cache entry they come from",
-        description="For each STEP that would run: the cache entry it would have matched and "
-        "every ingredient that differs (chasing changed inputs upstream), or 'never ran'. For a "
-        "cached STEP: its entry, when and by which run it was made, how long it took. Without "
-        "STEP: every step. A matrix step's name means all of its expansions.",
-    )
-    why.add_argument("chain", type=Path, help="the chain file")
-    why.add_argument("steps", nargs="*", metavar="STEP", help="step names (default: all)")
-    why.add_argument("--json", action="store_true", help="one JSON explanation per line")
-    _cache_dir_option(why)
-
-    graph = commands.add_parser(
-        "graph",
-        help="draw a chain's DAG",
-        description="Draw a chain's steps and edges, and whether each is cached: in the "
-        "terminal, or as Graphviz (--format dot; --format svg needs Graphviz's dot).",
-    )
-    graph.add_argument("chain", type=Path, help="the chain file")
-    graph.add_argument("--format", choices=("text", "dot", "svg"), default="text")
-    graph.add_argument("-o", "--output", type=Path, help="write to this file (default: stdout)")
-    _cache_dir_option(graph)
-
-    commands.add_parser(
-        "schema", help="print the chain file's JSON Schema", description="Print the JSON Schema."
-    )
-
-    cache = commands.add_parser("cache", help="inspect and clean the cache", description="Cache.")
-    cache_commands = cache.add_subparsers(dest="cache_command", required=True, metavar="ACTION")
-    for name, text in (("ls", "list entries"), ("verify", "re-hash outputs against manifests")):
-        _cache_dir_option(cache_commands.add_parser(name, help=text, description=text))
-    gc = cache_commands.add_parser("gc", help="remove old entries", description="Remove entries.")
-    gc.add_argument("--older-than", help="e.g. 30d, 12h")
-    gc.add_argument("--max-size", help="e.g. 10G: remove oldest entries until under it")
-    _cache_dir_option(gc)
-    return parser
-
-
 def _dispatch(args: list[str]) -> int:
     parser = build_parser()
     if args and args[0] == "run-image":
@@ -204,19 +67,6 @@ def _dispatch(args: list[str]) -> int:
         "cache": _cache,
     }
     return handlers[options.command](options)
-
-
-def _cache_dir_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--cache-dir", type=Path, help="cache folder (default: $XDG_CACHE_HOME/kliko-async)"
-    )
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
 
 
 # -- run ---------------------------------------------------------------------------------------
