@@ -45,7 +45,8 @@ from kliko_async.cache.store import Cache, default_cache_dir
 from kliko_async.errors import ParameterError
 from kliko_async.events import Event, LogLine
 from kliko_async.model.chain import Chain, parse_chain
-from kliko_async.model.spec import Field, KlikoSpec, validate_parameters
+from kliko_async.model.parameters import validate_parameters
+from kliko_async.model.spec import Field, KlikoSpec
 
 T = TypeVar("T")
 

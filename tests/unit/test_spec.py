@@ -12,16 +12,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from kliko_async.errors import ParameterError, SpecError
-from kliko_async.model.spec import (
-    FIELD_TYPES,
-    Field,
-    FileParameter,
-    KlikoSpec,
-    load_spec,
-    parse_cli_value,
-    parse_spec,
-    validate_parameters,
-)
+from kliko_async.model.parameters import FileParameter, parse_cli_value, validate_parameters
+from kliko_async.model.spec import FIELD_TYPES, Field, KlikoSpec, load_spec, parse_spec
 
 SOURCE = "examples/gen/kliko.yml"
 WHERE = "step 'gen' (image example/gen)"

@@ -21,7 +21,7 @@ from pathlib import Path
 from kliko_async.cache.durable import remove_tree
 from kliko_async.cache.hashing import sha256_file
 from kliko_async.errors import ParameterError, cache_hint, os_error_text
-from kliko_async.model.spec import PARAM_FILES_DIR, FileParameter, ValidatedParameters
+from kliko_async.model.parameters import PARAM_FILES_DIR, FileParameter, ValidatedParameters
 
 __all__ = ["FileSnapshots", "hash_files"]
 

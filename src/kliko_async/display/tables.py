@@ -10,7 +10,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from kliko_async.cache.entry import CacheEntry
-from kliko_async.model.spec import Field, KlikoSpec, file_default
+from kliko_async.model.parameters import file_default
+from kliko_async.model.spec import Field, KlikoSpec
 
 
 def print_spec(spec: KlikoSpec, source: str, console: Console | None = None) -> None:

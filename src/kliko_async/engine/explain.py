@@ -19,7 +19,7 @@ from kliko_async.cache.entry import Manifest
 from kliko_async.cache.key import KeyIngredients
 from kliko_async.cache.store import Cache
 from kliko_async.engine.plan import Plan, PlannedStep
-from kliko_async.model.spec import PARAM_FILES_DIR
+from kliko_async.model.parameters import PARAM_FILES_DIR
 
 __all__ = [
     "EntryInfo",

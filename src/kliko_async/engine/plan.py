@@ -24,7 +24,7 @@ from kliko_async.engine.resources import ResourcePool
 from kliko_async.errors import ChainError, KlikoError, RuntimeUnavailable
 from kliko_async.events import Event, ImageBuilding, ImageBuilt
 from kliko_async.model.chain import RUN_CHAIN_SOURCE, Chain, Step
-from kliko_async.model.spec import ValidatedParameters, validate_parameters
+from kliko_async.model.parameters import ValidatedParameters, validate_parameters
 
 
 class PlannedStep(BaseModel):

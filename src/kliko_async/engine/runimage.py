@@ -19,7 +19,8 @@ import yaml
 from kliko_async.engine.images import KlikoImage
 from kliko_async.engine.workspace import blocking_file, build_job
 from kliko_async.errors import ParameterError, os_error_text
-from kliko_async.model.spec import Field, parse_cli_value, validate_parameters
+from kliko_async.model.parameters import parse_cli_value, validate_parameters
+from kliko_async.model.spec import Field
 from kliko_async.runtime.base import LABEL_PREFIX, OWNER_LABEL, Runtime, Stream, owner_label
 from kliko_async.runtime.inflight import InFlight, under_way
 

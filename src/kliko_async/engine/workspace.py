@@ -16,7 +16,7 @@ from pathlib import Path
 
 from kliko_async.cache.durable import special_kind
 from kliko_async.engine.images import KLIKO_COMMAND, KlikoImage
-from kliko_async.model.spec import PARAM_FILES_DIR, ValidatedParameters
+from kliko_async.model.parameters import PARAM_FILES_DIR, ValidatedParameters
 from kliko_async.runtime.base import ContainerJob, Mount
 
 

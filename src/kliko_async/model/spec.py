@@ -1,14 +1,14 @@
-"""The Kliko container specification (``kliko.yml``) and validation of parameters against it.
+"""The Kliko container specification (``kliko.yml``): its sections and typed fields, and the check
+of one value against a field's type. Validating a whole set of parameters is
+:mod:`kliko_async.model.parameters`.
 
-Parsing and validation errors are reported as one readable paragraph naming the file and field.
+Parsing errors are reported as one readable paragraph naming the file and field.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import posixpath
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -18,7 +18,7 @@ import pydantic
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 from pydantic_core import ErrorDetails
 
-from kliko_async.errors import ParameterError, SpecError
+from kliko_async.errors import SpecError
 from kliko_async.model.yamltext import (
     YamlTextError,
     did_you_mean,
@@ -44,12 +44,10 @@ FIELD_TYPES: tuple[str, ...] = (
 LEGACY_TYPE_ALIASES: Mapping[str, str] = {"char": "str"}
 """Older type names still accepted, mapped to their current name."""
 
-PARAM_FILES_DIR = "/param_files"
-"""Where the runner copies file parameters inside the container."""
 
 _NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
 _LIST_PREFIX = "List["
-_BOOL_WORDS: Mapping[str, bool] = {
+BOOL_WORDS: Mapping[str, bool] = {
     "true": True,
     "yes": True,
     "1": True,
@@ -110,7 +108,7 @@ class Field(BaseModel):
                 f"'max_length' is only allowed with type 'str' or 'List[str]', not {self.type!r}"
             )
         if self.initial is not None:
-            normalized, problem = _check_value(self, self.initial)
+            normalized, problem = check_value(self, self.initial)
             if problem is not None:
                 raise ValueError(f"initial value {self.initial!r} does not fit: {problem}")
             if self.item_type() == "float":  # Kliko's simms writes `type: float, initial: 10`
@@ -193,7 +191,7 @@ def parse_spec(text: str | bytes, source: str) -> KlikoSpec:
         )
     if not isinstance(data, dict):
         raise SpecError(
-            f"the document is {_describe(data)}, not a mapping of keys",
+            f"the document is {describe_value(data)}, not a mapping of keys",
             where=source,
             hint="A kliko.yml needs at least schema_version, io and sections.",
         )
@@ -219,156 +217,12 @@ def load_spec(path: Path) -> KlikoSpec:
     return parse_spec(data, str(path))
 
 
-class FileParameter(BaseModel):
-    """A host file given as a parameter, and where it appears inside the container."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    name: str = pydantic.Field(description="The field it was given for.")
-    host_path: Path = pydantic.Field(description="Absolute, resolved path on the host.")
-    container_path: str = pydantic.Field(description="Path of the copy inside the container.")
-    sha256: str | None = pydantic.Field(
-        None,
-        description=(
-            "Hex SHA-256 of the bytes the container sees; set by kliko_async.cache.paramfiles."
-        ),
-    )
-
-    @field_validator("host_path")
-    @classmethod
-    def _check_absolute(cls, value: Path) -> Path:
-        if not value.is_absolute():
-            raise ValueError(f"host_path {str(value)!r} must be absolute")
-        return value
-
-
-class ValidatedParameters(BaseModel):
-    """A complete, checked parameter set ready to be written as /parameters.json."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    values: dict[str, Any] = pydantic.Field(
-        description="Every field with a value (given or initial); files as container paths."
-    )
-    files: tuple[FileParameter, ...] = pydantic.Field(
-        default=(), description="The host files to copy into /param_files, in field order."
-    )
-    files_root: Path | None = pydantic.Field(
-        None,
-        description="A private folder already laid out as /param_files, holding the very "
-        "copies that were hashed (see kliko_async.cache.paramfiles); None to copy the host files.",
-    )
-
-    def parameters_json(self) -> str:
-        """The text of /parameters.json."""
-        return json.dumps(self.values, sort_keys=True, indent=2) + "\n"
-
-
-def validate_parameters(
-    spec: KlikoSpec,
-    params: Mapping[str, Any],
-    *,
-    where: str,
-    base_dir: Path | None = None,
-) -> ValidatedParameters:
-    """Check ``params`` against ``spec``, fill in defaults and locate file parameters.
-
-    All problems are collected and raised together as one ParameterError. Relative file paths
-    are resolved against ``base_dir`` (the current folder when None).
-    """
-    fields = spec.fields()
-    problems: list[str] = []
-    for name in params:
-        if name not in fields:
-            problems.append(_describe_unknown(name, list(fields)))
-    values: dict[str, Any] = {}
-    files: list[FileParameter] = []
-    for name, field in fields.items():
-        given = params.get(name)
-        if given is None and field.is_file() and field.initial is not None:
-            values[name] = file_default(field, spec.io)  # never read from the host
-            continue
-        value = field.initial if given is None else given
-        if value is None:
-            if field.required:
-                problems.append(f"parameter {name!r} ({field.type}) is required but not given")
-            continue
-        normalized, problem = _check_value(field, value)
-        if problem is not None:
-            problems.append(f"parameter {name!r}: {problem}")
-            continue
-        if field.is_file():
-            normalized = _locate_files(field, normalized, base_dir, files, problems)
-        values[name] = normalized
-    if problems:
-        raise ParameterError("; ".join(problems), where=where)
-    return ValidatedParameters(values=values, files=tuple(files))
-
-
-def file_default(field: Field, io: Literal["split", "join"]) -> str | list[str]:
-    """The container path(s) a ``file`` field's kliko.yml default names.
-
-    The default comes from the image, not from the user, so it is never a host file: an image
-    must not be able to make the runner read ``/etc/shadow`` or ``~/.ssh``. As Kliko puts a file
-    "in /input in case of split io, /work in case of join io", a relative default names a file
-    there (an upstream step's output); an absolute one names a file inside the image. The path
-    goes into /parameters.json as it is and nothing is copied into /param_files.
-    """
-    folder = "/input" if io == "split" else "/work"
-
-    def inside(item: Any) -> str:
-        text = os.fspath(item)
-        return text if text.startswith("/") else posixpath.normpath(f"{folder}/{text}")
-
-    initial = field.initial
-    if field.is_list():
-        return [inside(item) for item in initial]
-    return inside(initial)
-
-
-def parse_cli_value(field: Field, text: str) -> Any:
-    """Turn the text of a ``--name`` command-line flag into a value of the field's type.
-
-    List types take comma-separated items; an empty text is an empty list.
-    """
-    if field.is_list():
-        items = [item.strip() for item in text.split(",")] if text.strip() else []
-        return [_parse_cli_item(field, field.item_type(), item, text) for item in items]
-    return _parse_cli_item(field, field.type, text, text)
-
-
-def _parse_cli_item(field: Field, kind: str, item: str, text: str) -> Any:
-    flag = f"flag --{field.name}"
-    shown = repr(text) if item == text else f"{item!r} in {text!r}"
-    if kind == "int":
-        try:
-            return int(item)
-        except ValueError:
-            raise ParameterError(f"{shown} is not an integer", where=flag) from None
-    if kind == "float":
-        try:
-            number = float(item)
-        except ValueError:
-            raise ParameterError(f"{shown} is not a number", where=flag) from None
-        if not math.isfinite(number):
-            raise ParameterError(f"{shown} is not a finite number", where=flag)
-        return number
-    if kind == "bool":
-        word = item.strip().lower()
-        if word not in _BOOL_WORDS:
-            raise ParameterError(
-                f"{shown} is not a boolean", where=flag, hint="Use true/false, yes/no or 1/0."
-            )
-        return _BOOL_WORDS[word]
-    return item
-
-
-def _check_value(field: Field, value: Any) -> tuple[Any, str | None]:
+def check_value(field: Field, value: Any) -> tuple[Any, str | None]:
     """Return ``(normalized value, None)`` or ``(None, what is wrong)``."""
     if not field.is_list():
         return _check_item(field, field.type, value)
     if not isinstance(value, list | tuple):
-        return None, f"expected a list of {field.item_type()}, got {_describe(value)}"
+        return None, f"expected a list of {field.item_type()}, got {describe_value(value)}"
     normalized: list[Any] = []
     for index, item in enumerate(value):
         checked, problem = _check_item(field, field.item_type(), item)
@@ -382,20 +236,20 @@ def _check_item(field: Field, kind: str, value: Any) -> tuple[Any, str | None]:
     if kind == "int":
         if isinstance(value, int) and not isinstance(value, bool):
             return value, None
-        return None, f"expected an integer, got {_describe(value)}"
+        return None, f"expected an integer, got {describe_value(value)}"
     if kind == "float":
         if isinstance(value, int | float) and not isinstance(value, bool):
             if not math.isfinite(value):
                 return None, f"expected a finite number, got {value!r}"
             return float(value), None
-        return None, f"expected a number, got {_describe(value)}"
+        return None, f"expected a number, got {describe_value(value)}"
     if kind == "bool":
         if isinstance(value, bool):
             return value, None
-        return None, f"expected true or false, got {_describe(value)}"
+        return None, f"expected true or false, got {describe_value(value)}"
     if kind == "str":
         if not isinstance(value, str):
-            return None, f"expected a string, got {_describe(value)}"
+            return None, f"expected a string, got {describe_value(value)}"
         if field.max_length is not None and len(value) > field.max_length:
             return None, (
                 f"{value!r} is {len(value)} characters long; the limit is {field.max_length}"
@@ -409,60 +263,10 @@ def _check_item(field: Field, kind: str, value: Any) -> tuple[Any, str | None]:
     # file: a path on the host; existence is checked by validate_parameters
     if isinstance(value, str | os.PathLike):
         return os.fspath(value), None
-    return None, f"expected a file path, got {_describe(value)}"
+    return None, f"expected a file path, got {describe_value(value)}"
 
 
-def _locate_files(
-    field: Field,
-    value: Any,
-    base_dir: Path | None,
-    files: list[FileParameter],
-    problems: list[str],
-) -> Any:
-    """Resolve and check the file(s) of one field; return the container path(s).
-
-    They are hashed later, as the copies the container sees (:mod:`kliko_async.cache.paramfiles`).
-    """
-    if field.is_list():
-        paths: list[tuple[str, str]] = [
-            (item, f"{PARAM_FILES_DIR}/{field.name}/{index}-{Path(item).name}")
-            for index, item in enumerate(value)
-        ]
-    else:
-        paths = [(value, f"{PARAM_FILES_DIR}/{field.name}")]
-    base = base_dir if base_dir is not None else Path.cwd()
-    for given, container_path in paths:
-        host_path = (base / Path(given).expanduser()).resolve()
-        label = f"file parameter {field.name!r}: {given!r}"
-        if given != str(host_path):
-            label += f" ({host_path})"
-        if not host_path.exists():
-            problems.append(f"{label} does not exist")
-        elif host_path.is_dir():
-            problems.append(f"{label} is a folder, not a file")
-        elif not host_path.is_file():  # a device or pipe: hashing it might never end
-            problems.append(f"{label} is not a regular file (a device, pipe or socket)")
-        else:
-            try:
-                host_path.open("rb").close()
-            except OSError as error:
-                problems.append(f"{label} cannot be read: {error.strerror or error}")
-                continue
-            files.append(
-                FileParameter(name=field.name, host_path=host_path, container_path=container_path)
-            )
-    return [container for _, container in paths] if field.is_list() else paths[0][1]
-
-
-def _describe_unknown(name: str, known: list[str]) -> str:
-    if not known:
-        return f"unknown parameter {name!r}; this image takes no parameters"
-    if suggestion := did_you_mean(name, known):
-        return f"unknown parameter {name!r}{suggestion}"
-    return f"unknown parameter {name!r}; known parameters are {', '.join(known)}"
-
-
-def _describe(value: Any) -> str:
+def describe_value(value: Any) -> str:
     """A short phrase naming a value's YAML/JSON kind and the value itself."""
     if value is None:
         return "null"
@@ -520,10 +324,10 @@ def _describe_spec_error(detail: ErrorDetails, data: Any) -> str:
             message = f"{'.'.join(str(part) for part in rest[:-1])}: {message}"
     elif kind == "literal_error":
         expected = detail.get("ctx", {}).get("expected", "")
-        message = f"{key} must be {expected}, not {_describe(detail['input'])}"
+        message = f"{key} must be {expected}, not {describe_value(detail['input'])}"
     elif kind in _EXPECTED:
         what = f"{key} must be" if key else "must be"
-        message = f"{what} {_EXPECTED[kind]}, not {_describe(detail['input'])}"
+        message = f"{what} {_EXPECTED[kind]}, not {describe_value(detail['input'])}"
     else:
         text = detail["msg"]
         text = text[:1].lower() + text[1:]
