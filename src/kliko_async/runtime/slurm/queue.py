@@ -9,6 +9,7 @@ and the jobs are picked out here.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from collections.abc import Sequence
 from typing import Any
@@ -170,3 +171,34 @@ class JobQueue:
                 self._jobs[job_id] = now
                 changed = True
         self.interval = self.fastest if changed else min(self.interval * 1.5, self.slowest)
+
+
+def user_name() -> str:
+    """The name of the user running this process (whose jobs are ours), else its uid."""
+    import pwd
+
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return str(os.getuid())
+
+
+async def sinfo(partition: str | None, fields: str, *, per_node: bool) -> list[list[str]]:
+    """sinfo's rows of the partition (the cluster's default one when none is set)."""
+    args = ["sinfo", "-h", "-o", f"%P {fields}", *(["-N"] if per_node else [])]
+    done = await slurm_command(args)
+    if done.returncode != 0:
+        raise RuntimeUnavailable(
+            f"Slurm does not answer: {command_error(done)}",
+            hint="Check that slurmctld runs and SLURM_CONF points at its slurm.conf "
+            "(the test cluster: scripts/slurm-cluster up).",
+        )
+    rows = [line.split() for line in done.stdout.decode().splitlines() if line.strip()]
+    wanted = partition
+    chosen = [r[1:] for r in rows if (r[0] == wanted if wanted else r[0].endswith("*"))]
+    if not chosen:
+        if wanted:
+            known = ", ".join(sorted({r[0].rstrip("*") for r in rows}))
+            raise RuntimeUnavailable(f"Slurm has no partition '{wanted}' (it has: {known})")
+        raise RuntimeUnavailable("Slurm has no default partition: give one with --partition")
+    return chosen

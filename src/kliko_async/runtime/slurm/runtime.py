@@ -2,7 +2,7 @@
 
 Images are resolved, read and built on the local Docker Engine (the submitting host's); each
 ``run`` submits one batch job (``sbatch --parsable``, named ``kliko-<run>-<step>``) whose script
-(``slurmscript.py``) runs the container on its node with Docker, or with Charliecloud where the
+(``slurm/script.py``) runs the container on its node with Docker, or with Charliecloud where the
 node has no Docker Engine. The job's folder is in the step's staging folder in the cache, which
 must be on a filesystem every node sees at the same path: the container's stdout and stderr are
 written there and followed from here while the job runs, and the job's end is read from its
@@ -27,8 +27,6 @@ import socket
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-import aiodocker
-import aiohttp
 import anyio
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -36,23 +34,23 @@ from kliko_async.cache.durable import remove_tree
 from kliko_async.errors import ContainerError, RuntimeUnavailable
 from kliko_async.runtime.base import (
     LABEL_PREFIX,
-    OWNER_LABEL,
     ContainerExit,
     ContainerJob,
     ImageFiles,
-    LineSplitter,
     LogSink,
-    Stream,
-    owner_label,
 )
 from kliko_async.runtime.docker import DockerRuntime
+from kliko_async.runtime.slurm.charliecloud import CharliecloudImages
+from kliko_async.runtime.slurm.logfiles import LogFiles
 from kliko_async.runtime.slurm.queue import (
     HOPELESS_REASONS,
     JobQueue,
     SlurmJob,
     all_jobs,
     command_error,
+    sinfo,
     slurm_command,
+    user_name,
 )
 from kliko_async.runtime.slurm.script import (
     UNSEEN_EXIT,
@@ -114,7 +112,7 @@ class SlurmRuntime:
         self.queue = JobQueue(self.options.poll_fastest, self.options.poll_slowest)
         self.submitted = 0
         self._docker = docker or DockerRuntime()
-        self._converting: dict[str, anyio.Lock] = {}
+        self._images = CharliecloudImages(self.folder / "images", self._docker)
         self._live: set[str] = set()
 
     # -- images: on the local engine ---------------------------------------------------------
@@ -145,31 +143,11 @@ class SlurmRuntime:
     def _partition_args(self) -> list[str]:
         return [f"--partition={self.options.partition}"] if self.options.partition else []
 
-    async def _sinfo(self, fields: str, *, per_node: bool) -> list[list[str]]:
-        """sinfo's rows of the partition (the cluster's default one when none is set)."""
-        args = ["sinfo", "-h", "-o", f"%P {fields}", *(["-N"] if per_node else [])]
-        done = await slurm_command(args)
-        if done.returncode != 0:
-            raise RuntimeUnavailable(
-                f"Slurm does not answer: {command_error(done)}",
-                hint="Check that slurmctld runs and SLURM_CONF points at its slurm.conf "
-                "(the test cluster: scripts/slurm-cluster up).",
-            )
-        rows = [line.split() for line in done.stdout.decode().splitlines() if line.strip()]
-        wanted = self.options.partition
-        chosen = [r[1:] for r in rows if (r[0] == wanted if wanted else r[0].endswith("*"))]
-        if not chosen:
-            if wanted:
-                known = ", ".join(sorted({r[0].rstrip("*") for r in rows}))
-                raise RuntimeUnavailable(f"Slurm has no partition '{wanted}' (it has: {known})")
-            raise RuntimeUnavailable("Slurm has no default partition: give one with --partition")
-        return chosen
-
     async def nodes(self) -> list[str]:
         """The partition's nodes that respond (not down, drained or unknown)."""
         usable = {
             name
-            for name, state in await self._sinfo("%N %t", per_node=True)
+            for name, state in await sinfo(self.options.partition, "%N %t", per_node=True)
             if state.rstrip("*~#%!$@^-") in ("idle", "mix", "alloc", "comp", "resv")
         }
         if not usable:
@@ -181,7 +159,11 @@ class SlurmRuntime:
         """The CPUs of the partition's nodes, all together: how many steps may be queued."""
         try:
             return max(
-                1, sum(int(r[0].split("/")[3]) for r in await self._sinfo("%C", per_node=False))
+                1,
+                sum(
+                    int(r[0].split("/")[3])
+                    for r in await sinfo(self.options.partition, "%C", per_node=False)
+                ),
             )
         except (ValueError, IndexError):
             return 1
@@ -249,12 +231,10 @@ class SlurmRuntime:
                     info = await self.queue.next_state(job_id)
                     if info is not None and not info.active:
                         return True
-            with anyio.CancelScope(shield=True):
-                await self._cancel(job_id)
+            await self._cancel(job_id)
             return False
         except BaseException:
-            with anyio.CancelScope(shield=True), anyio.move_on_after(CLEANUP_DEADLINE_SECONDS):
-                await self._cancel(job_id)
+            await self._cancel(job_id)
             raise
         finally:
             self.queue.forget(job_id)
@@ -271,7 +251,7 @@ class SlurmRuntime:
         folder = self._job_folder(job)
         image_dir = None
         if self.options.engine != "docker":
-            image_dir = await self._charliecloud_image(job.image)
+            image_dir = await self._images.converted(job.image)
         limit = job.timeout + TIME_LIMIT_MARGIN_SECONDS if job.timeout is not None else None
         (folder / "env").write_text(env_file(job))
         script = folder / "job.sh"
@@ -291,8 +271,7 @@ class SlurmRuntime:
             return await self._follow(job_id, folder, on_log, on_start)
         except BaseException:
             # Cancelled (Ctrl-C, a timeout, a failed sibling) or failed while the job may live.
-            with anyio.CancelScope(shield=True), anyio.move_on_after(CLEANUP_DEADLINE_SECONDS):
-                await self._cancel(job_id)
+            await self._cancel(job_id)
             raise
         finally:
             self.queue.forget(job_id)
@@ -351,7 +330,7 @@ class SlurmRuntime:
         on_log: LogSink,
         on_start: Callable[[str], None] | None,
     ) -> ContainerExit:
-        logs = _LogFiles(folder, on_log)
+        logs = LogFiles(folder, on_log)
         latest: list[SlurmJob] = []
         status = folder / "status"
 
@@ -455,114 +434,27 @@ class SlurmRuntime:
         )
 
     async def _cancel(self, job_id: str) -> None:
-        """scancel the job; wait until it has left its node (its script removes the container)."""
-        await slurm_command(["scancel", job_id])
-        self.queue.watch(job_id)
-        self.queue.hurry()
-        try:
-            while True:
-                info = await self.queue.next_state(job_id)
-                if info is None or not info.active:
-                    return
-        finally:
-            self.queue.forget(job_id)
+        """scancel the job; wait until it has left its node (its script removes the container).
 
-    # -- Charliecloud images -----------------------------------------------------------------
-
-    async def _charliecloud_image(self, image_id: str) -> Path:
-        """The image converted for ``ch-run``, once per image ID, kept in the cache folder.
-
-        The image's filesystem is exported from the local engine (``docker export`` of a
-        created container: no tag is added or removed, so no image can be lost) and unpacked
-        by ``ch-convert``; its environment is written where ``ch-run --set-env`` reads it.
-        """
-        final = self.folder / "images" / image_id.removeprefix("sha256:")
-        lock = self._converting.setdefault(image_id, anyio.Lock())
-        async with lock:
-            if final.is_dir():
-                return final
-            final.parent.mkdir(parents=True, exist_ok=True)
-            tmp = final.parent / f".{final.name}.{socket.gethostname()}.{os.getpid()}"
-            archive = tmp.with_name(tmp.name + ".tar")
-            remove_tree(tmp)
+        Shielded, with a deadline: it runs while its caller is being cancelled (Ctrl-C)."""
+        with anyio.CancelScope(shield=True), anyio.move_on_after(CLEANUP_DEADLINE_SECONDS):
+            await slurm_command(["scancel", job_id])
+            self.queue.watch(job_id)
+            self.queue.hurry()
             try:
-                image_env = await self._export(image_id, archive)
-                await self._unpack(archive, tmp, image_id)
-                for mount_point in ("input", "output", "work", "param_files", "tmp", "home", "ch"):
-                    (tmp / mount_point).mkdir(exist_ok=True)
-                (tmp / "parameters.json").touch()
-                (tmp / "ch" / "environment").write_text("".join(f"{e}\n" for e in image_env))
-                os.rename(tmp, final)  # atomic: a half-converted image is never used
-            except BaseException as error:
-                remove_tree(tmp)  # synchronous: runs even while being cancelled
-                if not (isinstance(error, OSError) and final.is_dir()):
-                    raise
-                # else another process won the rename: its image is as good
+                while True:
+                    info = await self.queue.next_state(job_id)
+                    if info is None or not info.active:
+                        return
             finally:
-                archive.unlink(missing_ok=True)
-            return final
-
-    async def _export(self, image_id: str, archive: Path) -> list[str]:
-        """Write the image's filesystem to ``archive``; the image's environment (KEY=VALUE)."""
-        client = self._docker.client
-        try:
-            info = await client.images.inspect(image_id)
-            container = await client.containers.create(
-                {
-                    "Image": image_id,
-                    "Cmd": ["/kliko"],
-                    "Entrypoint": [],
-                    "Labels": {
-                        f"{LABEL_PREFIX}.managed": "1",
-                        f"{LABEL_PREFIX}.probe": "1",
-                        OWNER_LABEL: owner_label(),
-                    },
-                }
-            )
-        except (aiodocker.DockerError, aiohttp.ClientError, OSError) as error:
-            raise ContainerError(f"cannot export image {image_id[:19]}: {error}") from None
-        try:
-            async with (
-                client._query(
-                    f"containers/{container.id}/export", method="GET", timeout=None
-                ) as response,
-                await anyio.open_file(archive, "wb") as handle,
-            ):
-                async for chunk in response.content.iter_chunked(1 << 20):
-                    await handle.write(chunk)
-        except (aiodocker.DockerError, aiohttp.ClientError, OSError) as error:
-            raise ContainerError(f"cannot export image {image_id[:19]}: {error}") from None
-        finally:
-            with anyio.CancelScope(shield=True), anyio.move_on_after(CLEANUP_DEADLINE_SECONDS):
-                await self._docker.remove_container(container.id)
-        return [str(e) for e in (info.get("Config") or {}).get("Env") or []]
-
-    async def _unpack(self, archive: Path, target: Path, image_id: str) -> None:
-        env = dict(os.environ)
-        env.setdefault("USER", _user_name())
-        try:
-            done = await anyio.run_process(
-                ["ch-convert", "-i", "tar", "-o", "dir", str(archive), str(target)],
-                check=False,
-                env=env,
-            )
-        except OSError as error:
-            raise ContainerError(
-                f"cannot convert the image for Charliecloud ({error}); install Charliecloud "
-                "on this machine, or set engine: docker"
-            ) from None
-        if done.returncode != 0:
-            remove_tree(target)
-            raise ContainerError(
-                f"ch-convert could not convert image {image_id[:19]}: {command_error(done)}"
-            )
+                self.queue.forget(job_id)
 
     # -- leftovers ---------------------------------------------------------------------------
 
     async def find_containers(self, labels: Mapping[str, str]) -> dict[str, dict[str, str]]:
         """This user's kliko-async jobs still pending or running, by ``slurm-<id>``, with the
         labels they carry in their comment; and the local engine's containers (image probes)."""
-        me = _user_name()
+        me = user_name()
         found: dict[str, dict[str, str]] = {}
         for job in (await all_jobs()).values():
             if not job.active or not job.name.startswith(JOB_PREFIX) or job.user != me:
@@ -590,51 +482,8 @@ class SlurmRuntime:
         await self._docker.aclose()
 
 
-class _LogFiles:
-    """Follows the container's stdout and stderr files, delivering complete lines."""
-
-    def __init__(self, folder: Path, on_log: LogSink) -> None:
-        self._on_log = on_log
-        self._files: dict[Stream, tuple[Path, LineSplitter]] = {
-            "stdout": (folder / "stdout", LineSplitter()),
-            "stderr": (folder / "stderr", LineSplitter()),
-        }
-        self._offsets: dict[Stream, int] = {"stdout": 0, "stderr": 0}
-
-    def read(self) -> bool:
-        """Deliver what was written since the last call; whether anything was."""
-        got = False
-        for stream, (path, splitter) in self._files.items():
-            try:
-                with path.open("rb") as handle:
-                    handle.seek(self._offsets[stream])
-                    chunk = handle.read()
-            except FileNotFoundError:
-                continue
-            if chunk:
-                got = True
-                self._offsets[stream] += len(chunk)
-                for line in splitter.feed(chunk):
-                    self._on_log(stream, line)
-        return got
-
-    def flush(self) -> None:
-        for stream, (_, splitter) in self._files.items():
-            for line in splitter.flush():
-                self._on_log(stream, line)
-
-
 def _read(path: Path) -> str:
     try:
         return path.read_text(errors="replace")
     except OSError:
         return ""
-
-
-def _user_name() -> str:
-    import pwd
-
-    try:
-        return pwd.getpwuid(os.getuid()).pw_name
-    except KeyError:
-        return str(os.getuid())
