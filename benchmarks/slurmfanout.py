@@ -21,7 +21,7 @@ import anyio
 from benchmarks.harness import Config, EventClock, ScenarioResult, interleaved, remove_tree
 from kliko_async import api
 from kliko_async.model.chain import parse_chain
-from kliko_async.runtime.slurm.runtime import SlurmOptions
+from kliko_async.runtime.slurm.options import SlurmOptions
 from kliko_async.runtime.slurm.script import Engine
 
 NAME = "slurm-fanout"

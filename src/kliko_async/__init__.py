@@ -1,11 +1,14 @@
 """kliko-async: run chains of Kliko containers as a concurrent DAG with a content-addressed cache.
 
 The names below are the promised surface for applications that embed kliko-async; everything
-else is importable but may change.
+else is importable but may change. Two names are easily confused: :class:`StepFailed` is the event
+a run emits when a step fails; :class:`StepFailure` is the record of that failure (exit code,
+reason, last lines, log path) that :class:`RunFailed` carries.
 """
 
 from kliko_async.api import ChainRun, dry_run, explain, open_run, run, run_chain
 from kliko_async.engine.explain import IngredientChange, StepExplanation
+from kliko_async.engine.plan import Plan
 from kliko_async.errors import (
     CacheError,
     ChainError,
@@ -21,9 +24,12 @@ from kliko_async.errors import (
 from kliko_async.events import (
     Event,
     EventConsumer,
+    ExportStarted,
     ImageBuilding,
     ImageBuilt,
     LogLine,
+    LogLinesSkipped,
+    OutputExported,
     RunFinished,
     RunStarted,
     StepCached,
@@ -39,9 +45,7 @@ from kliko_async.events import (
 )
 from kliko_async.model.chain import Chain, Step, chain_from_pairs, load_chain
 from kliko_async.results import RunResult, StepResult
-
-StepFailedEvent = StepFailed
-"""The step-failed event under its former alias; the error is :class:`StepFailure`."""
+from kliko_async.runtime.slurm.options import SlurmOptions
 
 __version__ = "0.1.0"
 
@@ -53,25 +57,29 @@ __all__ = [
     "ContainerError",
     "Event",
     "EventConsumer",
+    "ExportStarted",
     "ImageBuilding",
     "ImageBuilt",
     "ImageError",
     "IngredientChange",
     "KlikoError",
     "LogLine",
+    "LogLinesSkipped",
+    "OutputExported",
     "ParameterError",
+    "Plan",
     "RunFailed",
     "RunFinished",
     "RunResult",
     "RunStarted",
     "RuntimeUnavailable",
+    "SlurmOptions",
     "SpecError",
     "Step",
     "StepCached",
     "StepCancelled",
     "StepExplanation",
     "StepFailed",
-    "StepFailedEvent",
     "StepFailure",
     "StepFinished",
     "StepPreparing",

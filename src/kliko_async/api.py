@@ -43,7 +43,7 @@ from kliko_async.runtime.base import Runtime
 from kliko_async.runtime.inflight import InFlight, track, untrack
 
 if TYPE_CHECKING:
-    from kliko_async.runtime.slurm.runtime import SlurmOptions
+    from kliko_async.runtime.slurm.options import SlurmOptions
 
 T = TypeVar("T")
 

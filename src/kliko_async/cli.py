@@ -125,7 +125,7 @@ def _apply_profile(options: argparse.Namespace) -> None:
 def _slurm_options(options: argparse.Namespace) -> Any:
     if options.backend != "slurm":
         return None
-    from kliko_async.runtime.slurm.runtime import SlurmOptions
+    from kliko_async.runtime.slurm.options import SlurmOptions
 
     return SlurmOptions(
         partition=options.partition, sbatch_options=tuple(options.slurm_opt), engine=options.engine

@@ -27,14 +27,12 @@ from kliko_async.events import (
     RunStarted,
     StepCached,
     StepCancelled,
+    StepFailed,
     StepFinished,
     StepQueued,
     StepRetried,
     StepSkipped,
     StepWaitingForLock,
-)
-from kliko_async.events import (
-    StepFailed as StepFailedEvent,
 )
 from kliko_async.results import RunResult, StepResult
 from kliko_async.runtime.base import (
@@ -243,7 +241,7 @@ class Scheduler:
             f"the cache entry of input {names} was removed before this step could read it "
             "(by 'kliko-async cache gc'?); run the chain again to recompute it"
         )
-        self.emit(StepFailedEvent(step=planned.name, key=planned.key, reason=reason))
+        self.emit(StepFailed(step=planned.name, key=planned.key, reason=reason))
         return StepResult(name=planned.name, key=planned.key, state="failed", reason=reason)
 
     def _skip(self, planned: PlannedStep, reason: str) -> StepResult:
@@ -303,7 +301,7 @@ class Scheduler:
         if attempts <= step.retries:
             reason = f"{reason}; not retried, since another step failed"
         self.emit(
-            StepFailedEvent(
+            StepFailed(
                 step=step.name,
                 key=planned.key,
                 reason=reason,

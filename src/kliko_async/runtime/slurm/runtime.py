@@ -28,7 +28,6 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import anyio
-from pydantic import BaseModel, ConfigDict, Field
 
 from kliko_async.cache.durable import remove_tree
 from kliko_async.errors import ContainerError, RuntimeUnavailable
@@ -42,6 +41,7 @@ from kliko_async.runtime.base import (
 from kliko_async.runtime.docker import DockerRuntime
 from kliko_async.runtime.slurm.charliecloud import CharliecloudImages
 from kliko_async.runtime.slurm.logfiles import LogFiles
+from kliko_async.runtime.slurm.options import SlurmOptions
 from kliko_async.runtime.slurm.queue import (
     HOPELESS_REASONS,
     JobQueue,
@@ -54,7 +54,6 @@ from kliko_async.runtime.slurm.queue import (
 )
 from kliko_async.runtime.slurm.script import (
     UNSEEN_EXIT,
-    Engine,
     env_file,
     job_script,
 )
@@ -79,22 +78,6 @@ JOB_PREFIX = "kliko-"
 
 _FOLLOW_FASTEST, _FOLLOW_SLOWEST = 0.05, 0.25
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]")
-
-
-class SlurmOptions(BaseModel):
-    """How kliko-async submits jobs: the partition, extra ``sbatch`` options, the engine."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    partition: str | None = Field(None, description="sbatch --partition; None: the default.")
-    sbatch_options: tuple[str, ...] = Field((), description="Added to every sbatch call.")
-    engine: Engine = Field(
-        "auto",
-        description="docker, charliecloud, or auto: Docker where the node has an engine, "
-        "Charliecloud's ch-run elsewhere (images are then converted into the cache).",
-    )
-    poll_fastest: float = Field(0.25, gt=0, description="Seconds between squeue calls at first.")
-    poll_slowest: float = Field(3.0, gt=0, description="The longest wait between squeue calls.")
 
 
 class SlurmRuntime:

@@ -1,0 +1,24 @@
+"""How a run goes onto a Slurm cluster: the options a user gives (``--partition``, ``--slurm-opt``,
+the container engine on the nodes, how often the queue is polled)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from kliko_async.runtime.slurm.script import Engine
+
+
+class SlurmOptions(BaseModel):
+    """How kliko-async submits jobs: the partition, extra ``sbatch`` options, the engine."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    partition: str | None = Field(None, description="sbatch --partition; None: the default.")
+    sbatch_options: tuple[str, ...] = Field((), description="Added to every sbatch call.")
+    engine: Engine = Field(
+        "auto",
+        description="docker, charliecloud, or auto: Docker where the node has an engine, "
+        "Charliecloud's ch-run elsewhere (images are then converted into the cache).",
+    )
+    poll_fastest: float = Field(0.25, gt=0, description="Seconds between squeue calls at first.")
+    poll_slowest: float = Field(3.0, gt=0, description="The longest wait between squeue calls.")
