@@ -127,3 +127,9 @@ def cache_hint(err: OSError, root: Path) -> str:
     if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return f"Check that {root} and everything in it belong to you and can be written."
     return f"Check the cache folder {root}."
+
+
+def cache_os_error(doing: str, err: OSError, *, where: str, root: Path) -> CacheError:
+    """The error for an OS error met while ``doing`` something in the cache folder ``root``:
+    what failed and why, where, and what to do about it."""
+    return CacheError(f"{doing} ({os_error_text(err)})", where=where, hint=cache_hint(err, root))

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import anyio
 
-from kliko_async.errors import CacheError, cache_hint, os_error_text
+from kliko_async.errors import CacheError, cache_os_error, os_error_text
 
 __all__ = ["KeyLocks"]
 
@@ -105,10 +105,8 @@ class KeyLocks:
             except FileNotFoundError:
                 continue
             except OSError as err:
-                raise CacheError(
-                    f"could not open the lock file ({os_error_text(err)})",
-                    where=str(path),
-                    hint=cache_hint(err, self._root),
+                raise cache_os_error(
+                    "could not open the lock file", err, where=str(path), root=self._root
                 ) from err
             try:
                 try:
@@ -131,10 +129,8 @@ class KeyLocks:
             path.parent.mkdir(parents=True, exist_ok=True)
             return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         except OSError as err:
-            raise CacheError(
-                f"could not open the lock file ({os_error_text(err)})",
-                where=str(path),
-                hint=cache_hint(err, self._root),
+            raise cache_os_error(
+                "could not open the lock file", err, where=str(path), root=self._root
             ) from err
 
 

@@ -36,7 +36,7 @@ from kliko_async.cache.hashing import hash_tree
 from kliko_async.cache.key import CACHE_FORMAT_VERSION
 from kliko_async.cache.locks import KeyLocks
 from kliko_async.cache.processes import host_name
-from kliko_async.errors import CacheError, UnpublishableOutput, cache_hint, os_error_text
+from kliko_async.errors import CacheError, UnpublishableOutput, cache_os_error
 
 __all__ = ["KEY_PATTERN", "RUN_LOGS", "Cache", "default_cache_dir"]
 
@@ -117,10 +117,11 @@ class Cache:
                     probe.flush()
                     os.fsync(probe.fileno())
             except OSError as err:
-                raise CacheError(
-                    f"cache folder {self.root} is not writable ({os_error_text(err)})",
+                raise cache_os_error(
+                    f"cache folder {self.root} is not writable",
+                    err,
                     where=str(folder),
-                    hint=cache_hint(err, self.root),
+                    root=self.root,
                 ) from err
 
     # -- lookup and publish --------------------------------------------------------------------
@@ -146,10 +147,8 @@ class Cache:
         except OSError as err:
             with suppress(OSError):
                 remove_tree(path)
-            raise CacheError(
-                f"could not create a staging folder: {os_error_text(err)}",
-                where=str(path),
-                hint=cache_hint(err, self.root),
+            raise cache_os_error(
+                "could not create a staging folder", err, where=str(path), root=self.root
             ) from err
         return Staging(key=key, path=path)
 
@@ -207,10 +206,11 @@ class Cache:
             winner = self._rename_into_place(staging, final)
         except OSError as err:
             self._discard_quietly(staging)
-            raise CacheError(
-                f"could not publish its cache entry: {action} failed ({os_error_text(err)})",
+            raise cache_os_error(
+                f"could not publish its cache entry: {action} failed",
+                err,
                 where=f"step '{step}'",
-                hint=cache_hint(err, self.root),
+                root=self.root,
             ) from err
         if winner is not None:
             self._discard_quietly(staging)
@@ -254,10 +254,8 @@ class Cache:
         try:
             remove_tree(staging.path)
         except OSError as err:
-            raise CacheError(
-                f"could not delete the staging folder ({os_error_text(err)})",
-                where=str(staging.path),
-                hint=cache_hint(err, self.root),
+            raise cache_os_error(
+                "could not delete the staging folder", err, where=str(staging.path), root=self.root
             ) from err
 
     def _discard_quietly(self, staging: Staging) -> None:
@@ -313,10 +311,8 @@ class Cache:
             except OSError as err:
                 if err.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOENT):
                     continue
-                raise CacheError(
-                    f"could not delete an empty folder ({os_error_text(err)})",
-                    where=str(prefix),
-                    hint=cache_hint(err, self.root),
+                raise cache_os_error(
+                    "could not delete an empty folder", err, where=str(prefix), root=self.root
                 ) from err
             removed += 1
         return removed
@@ -357,10 +353,8 @@ class Cache:
         except FileNotFoundError:
             pass
         except OSError as err:
-            raise CacheError(
-                f"could not remove the cache entry ({os_error_text(err)})",
-                where=str(path),
-                hint=cache_hint(err, self.root),
+            raise cache_os_error(
+                "could not remove the cache entry", err, where=str(path), root=self.root
             ) from err
 
 

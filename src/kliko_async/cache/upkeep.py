@@ -14,7 +14,7 @@ from kliko_async.cache.hashing import hash_tree
 from kliko_async.cache.key import CACHE_FORMAT_VERSION
 from kliko_async.cache.processes import host_name, pid_alive
 from kliko_async.cache.store import KEY_PATTERN, RUN_LOGS, Cache
-from kliko_async.errors import CacheError, cache_hint, os_error_text
+from kliko_async.errors import cache_os_error, os_error_text
 
 __all__ = ["GcReport", "VerifyProblem", "clean_stale_staging", "gc", "verify"]
 
@@ -65,10 +65,8 @@ def clean_stale_staging(cache: Cache) -> int:
         except FileNotFoundError:
             continue
         except OSError as err:
-            raise CacheError(
-                f"could not delete a stale staging folder ({os_error_text(err)})",
-                where=str(child),
-                hint=cache_hint(err, cache.root),
+            raise cache_os_error(
+                "could not delete a stale staging folder", err, where=str(child), root=cache.root
             ) from err
         removed += 1
     return removed
@@ -154,10 +152,8 @@ def _remove_old_run_logs(cache: Cache, before: datetime) -> int:
             try:
                 remove_tree(folder)
             except OSError as err:
-                raise CacheError(
-                    f"could not delete an old run's logs ({os_error_text(err)})",
-                    where=str(folder),
-                    hint=cache_hint(err, cache.root),
+                raise cache_os_error(
+                    "could not delete an old run's logs", err, where=str(folder), root=cache.root
                 ) from err
             removed += 1
     return removed

@@ -9,7 +9,7 @@ ingredients differ least (the newest among equals). Each differing ingredient is
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -319,47 +319,52 @@ def _differences(manifest: Manifest, now: KeyIngredients, image: str) -> list[In
                 text=_change_text(f"parameter {name}", name in was.parameters, before, after),
             )
         )
-    for path in _union(was.file_hashes, now.file_hashes):
-        before, after = was.file_hashes.get(path), now.file_hashes.get(path)
+    changes += _keyed_changes(
+        "file parameter",
+        was.file_hashes,
+        now.file_hashes,
+        label=lambda path: f"file parameter {_file_label(path)}",
+        changed=lambda old, new: f"content changed (sha256 {old[:12]}.. -> {new[:12]}..)",
+        added=lambda new: f" (sha256 {new[:12]}..)",
+    )
+    changes += _keyed_changes(
+        "env", was.env, now.env, label=lambda name: f"env {name}", changed="{!r} -> {!r}".format
+    )
+    changes += _keyed_changes(
+        "input",
+        was.inputs,
+        now.inputs,
+        label=lambda name: f"input {name}",
+        changed=lambda old, new: f"{_short(old)} -> {_short(new)}",
+    )
+    return changes
+
+
+def _keyed_changes(
+    ingredient: Literal["file parameter", "env", "input"],
+    was: Mapping[str, str],
+    now: Mapping[str, str],
+    *,
+    label: Callable[[str], str],
+    changed: Callable[[str, str], str],
+    added: Callable[[str], str] = lambda new: "",
+) -> list[IngredientChange]:
+    """The changes of one mapping ingredient, name by name: added, removed or changed."""
+    changes = []
+    for name in _union(was, now):
+        before, after = was.get(name), now.get(name)
         if before == after:
             continue
-        label = f"file parameter {_file_label(path)}"
-        if before is not None and after is not None:
-            text = f"{label}: content changed (sha256 {before[:12]}.. -> {after[:12]}..)"
-        elif after is not None:
-            text = f"{label} added (sha256 {after[:12]}..)"
+        if before is None:
+            text = f"{label(name)} added{added(str(after))}"
+        elif after is None:
+            text = f"{label(name)} removed"
         else:
-            text = f"{label} removed"
+            text = f"{label(name)}: {changed(before, after)}"
         changes.append(
             IngredientChange(
-                ingredient="file parameter", name=path, before=before, after=after, text=text
+                ingredient=ingredient, name=name, before=before, after=after, text=text
             )
-        )
-    for name in _union(was.env, now.env):
-        before, after = was.env.get(name), now.env.get(name)
-        if before == after:
-            continue
-        if before is None:
-            text = f"env {name} added"
-        elif after is None:
-            text = f"env {name} removed"
-        else:
-            text = f"env {name}: {before!r} -> {after!r}"
-        changes.append(
-            IngredientChange(ingredient="env", name=name, before=before, after=after, text=text)
-        )
-    for name in _union(was.inputs, now.inputs):
-        before, after = was.inputs.get(name), now.inputs.get(name)
-        if before == after:
-            continue
-        if before is None:
-            text = f"input {name} added"
-        elif after is None:
-            text = f"input {name} removed"
-        else:
-            text = f"input {name}: {_short(before)} -> {_short(after)}"
-        changes.append(
-            IngredientChange(ingredient="input", name=name, before=before, after=after, text=text)
         )
     return changes
 

@@ -21,10 +21,9 @@ from kliko_async.cache.durable import fsync_dir
 from kliko_async.cache.hashing import hash_tree
 from kliko_async.errors import KlikoError, SpecError
 from kliko_async.model.spec import KlikoSpec, parse_spec
-from kliko_async.runtime.base import LABEL_PREFIX, Runtime
+from kliko_async.runtime.base import KLIKO_EXECUTABLE, LABEL_PREFIX, Runtime
 
 KLIKO_YML = "/kliko.yml"
-KLIKO_EXECUTABLE = "/kliko"
 KLIKO_COMMAND = (KLIKO_EXECUTABLE,)
 """What every Kliko container runs, whatever the image's CMD, as Kliko 0.8 does
 (``create_container(..., command='/kliko')``); the image's ENTRYPOINT, if any, is kept."""

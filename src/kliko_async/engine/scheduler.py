@@ -39,7 +39,6 @@ from kliko_async.runtime.base import (
     Runtime,
 )
 
-LAST_LINES = 20
 LOCK_PATIENCE_S = 0.25
 """A key's lock not taken within this time is held by another run: the step says it waits."""
 

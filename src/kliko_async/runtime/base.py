@@ -33,6 +33,9 @@ class LogSink(Protocol):
     def __call__(self, stream: Stream, text: str, at: str | None = None, /) -> None: ...
 
 
+KLIKO_EXECUTABLE = "/kliko"
+"""What every Kliko container runs, whatever its image's CMD (as Kliko 0.8 does)."""
+
 LABEL_PREFIX = "io.kliko-async"
 """Every container started here carries ``io.kliko-async.managed=1`` and run/step/key labels."""
 

@@ -22,6 +22,7 @@ import anyio
 
 from kliko_async.errors import ContainerError, ImageError, RuntimeUnavailable
 from kliko_async.runtime.base import (
+    KLIKO_EXECUTABLE,
     LABEL_PREFIX,
     OWNER_LABEL,
     ContainerExit,
@@ -127,7 +128,7 @@ class DockerRuntime:
         await self._ready()
         config = {
             "Image": image_id,
-            "Cmd": ["/kliko"],
+            "Cmd": [KLIKO_EXECUTABLE],
             "Entrypoint": [],
             "Labels": {
                 f"{LABEL_PREFIX}.managed": "1",

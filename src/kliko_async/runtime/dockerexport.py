@@ -11,7 +11,7 @@ import aiohttp
 import anyio
 
 from kliko_async.errors import ContainerError
-from kliko_async.runtime.base import LABEL_PREFIX, OWNER_LABEL, owner_label
+from kliko_async.runtime.base import KLIKO_EXECUTABLE, LABEL_PREFIX, OWNER_LABEL, owner_label
 from kliko_async.runtime.docker import DockerRuntime
 
 REMOVE_DEADLINE_SECONDS = 30
@@ -26,7 +26,7 @@ async def export_image(docker: DockerRuntime, image_id: str, archive: Path) -> l
         container = await client.containers.create(
             {
                 "Image": image_id,
-                "Cmd": ["/kliko"],
+                "Cmd": [KLIKO_EXECUTABLE],
                 "Entrypoint": [],
                 "Labels": {
                     f"{LABEL_PREFIX}.managed": "1",

@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Literal
 
 from kliko_async.errors import ContainerError
-from kliko_async.runtime.base import LABEL_PREFIX, OWNER_LABEL, ContainerJob
+from kliko_async.runtime.base import KLIKO_EXECUTABLE, LABEL_PREFIX, OWNER_LABEL, ContainerJob
 
 Engine = Literal["auto", "docker", "charliecloud"]
 
-DEFAULT_COMMAND = ("/kliko",)
+DEFAULT_COMMAND = (KLIKO_EXECUTABLE,)
 
 TIMEOUT_EXIT = 124
 """The status the script reports when it stopped the container at its time limit."""
