@@ -17,7 +17,11 @@ PACKAGE = Path(__file__).resolve().parents[2] / "src" / "kliko_async"
 LAYERS = ("vocabulary", "model", "cache", "runtime", "engine", "display", "faces")
 VOCABULARY = {"errors", "events", "results"}
 DOCKER_ONLY = {"aiodocker", "aiohttp"}
-DOCKER_MODULES = {"kliko_async.runtime.docker", "kliko_async.runtime.dockerexport"}
+DOCKER_MODULES = {
+    "kliko_async.runtime.docker",
+    "kliko_async.runtime.dockerexport",
+    "kliko_async.runtime.dockerowners",
+}
 
 
 def module_name(path: Path) -> str:

@@ -79,7 +79,11 @@ def special_kind(mode: int) -> str:
 
 
 def seal_one(path: str) -> int:
-    """Make one file or folder read-only and durable; its ``st_mode`` (links not followed)."""
+    """Make one file or folder read-only and durable; its ``st_mode`` (links not followed).
+
+    Only what ``lstat`` finds to be a file or folder has its mode changed: the trees sealed here
+    are ones no container or other process writes any more, so nothing swaps a link in.
+    """
     info = os.lstat(path)
     if stat.S_ISREG(info.st_mode):
         os.chmod(path, EXEC_FILE_MODE if info.st_mode & 0o111 else FILE_MODE)

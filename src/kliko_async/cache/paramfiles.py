@@ -68,8 +68,8 @@ class FileSnapshots:
                     error.hint = cache_hint(cause, self._cache_root)
                     error.args = (str(error),)
                 raise
-        for folder in [root, *(p for p in root.rglob("*") if p.is_dir())]:
-            folder.chmod(0o555)
+        for folder, _dirnames, _files in os.walk(root):  # never enters a link
+            os.chmod(folder, 0o555)
         return params.model_copy(update={"files": tuple(taken), "files_root": root})
 
     def discard(self) -> None:

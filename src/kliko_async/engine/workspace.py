@@ -71,11 +71,10 @@ def build_job(
         fill_work(output, inputs, in_folders=inputs_in_folders)
         mounts.append(Mount(source=absolute(output), target="/work"))
     run_as = user or invoking_user()
-    owner = None
-    if user and user != invoking_user():
-        open_for_anyone(output)  # a different uid must be able to write its own outputs
-        if os.geteuid() != 0:  # and we must be able to seal or delete what it wrote
-            owner = invoking_user()
+    # A different uid writes its outputs by owning them while it runs (never by opening them
+    # to everyone), and we must be able to seal or delete what it wrote afterwards.
+    lend = bool(user) and user != invoking_user()
+    owner = invoking_user() if lend and os.geteuid() != 0 else None
     return ContainerJob(
         image=image.id,
         command=KLIKO_COMMAND,
@@ -88,6 +87,7 @@ def build_job(
         gpus=gpus,
         timeout=timeout,
         owner=owner,
+        lend_mounts=lend,
     )
 
 
@@ -111,7 +111,7 @@ def parameter_mounts(params: ValidatedParameters, scratch: Path) -> list[Mount]:
             rel = Path(item.container_path).relative_to(PARAM_FILES_DIR)
             (root / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(item.host_path, root / rel)
-        open_for_anyone(root, write=False)
+        readable_by_anyone(root)
         mounts.append(Mount(source=absolute(root), target=PARAM_FILES_DIR, read_only=True))
     return mounts
 
@@ -188,15 +188,16 @@ def _make_folder(path: Path, info: os.stat_result) -> None:
     os.chmod(path, stat.S_IMODE(info.st_mode) | stat.S_IRWXU)
 
 
-def open_for_anyone(root: Path, *, write: bool = True) -> None:
-    """Let any uid read (and, with ``write``, write) the tree: for steps with their own user."""
-    dir_mode, file_mode = (0o777, 0o666) if write else (0o755, 0o644)
-    root.chmod(dir_mode)
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames:
-            (Path(dirpath) / name).chmod(dir_mode)
+def readable_by_anyone(root: Path) -> None:
+    """Let any uid read the tree we wrote (copies of file parameters), for a step's own user.
+
+    Links are never followed (``os.walk`` lists them but never enters them), and nothing is
+    made writable by anyone but its owner.
+    """
+    for dirpath, _dirnames, filenames in os.walk(root):
+        os.chmod(dirpath, 0o755)
         for name in filenames:
-            path = Path(dirpath) / name
+            path = os.path.join(dirpath, name)
             info = os.lstat(path)
             if stat.S_ISREG(info.st_mode):  # executables stay executable, for anyone
-                path.chmod(file_mode | (0o111 if info.st_mode & 0o111 else 0))
+                os.chmod(path, 0o644 | (0o111 if info.st_mode & 0o111 else 0))

@@ -1,5 +1,6 @@
 """Where containers run, behind one protocol (``runtime.base.Runtime``): the Docker Engine
-(``docker``, the only module that imports aiodocker), Slurm (``slurm/``: one job or array task
+(``docker``, with ``dockerexport`` and ``dockerowners`` the only modules that import
+aiodocker), Slurm (``slurm/``: one job or array task
 per step) and a fake runtime for the scheduler's unit tests and benchmark. ``inflight`` records
 what this process has under way outside itself.
 

@@ -79,9 +79,15 @@ class ContainerJob(BaseModel):
     )
     owner: str | None = Field(
         None,
-        description="'uid:gid' that everything in the writable mounts is given to once the "
+        description="'uid:gid' that what is new in the writable mounts is given to once the "
         "container has ended (a step's own user, run by someone who cannot chown); None keeps "
         "the owners the container made.",
+    )
+    lend_mounts: bool = Field(
+        False,
+        description="Give everything in the writable mounts to ``user`` (a numeric uid[:gid]) "
+        "before the container starts, and back to its former owners once it has ended: a step "
+        "with its own user writes its folders by ownership, never by opening them to everyone.",
     )
 
 
@@ -126,8 +132,10 @@ class Runtime(Protocol):
     ``run(job, on_log=..., on_start=...)``: create and start a container for ``job``, call
     ``on_start(container_id)`` once it runs, stream every stdout/stderr line to ``on_log`` while it
     runs (a final line without newline is delivered too), wait for it to end and return its
-    :class:`ContainerExit`. With ``job.owner`` set, what the container left in its writable
-    mounts belongs to that uid:gid (and is readable and writable by it) before ``run`` returns.
+    :class:`ContainerExit`. With ``job.lend_mounts``, the writable mounts belong to ``job.user``
+    while the container runs and what was in them before has its former owners back before
+    ``run`` returns or raises; with ``job.owner`` set too, what the container added belongs to
+    that uid:gid (and is readable and writable by it). Links in the mounts are never followed.
     The container is always removed before ``run`` returns or raises,
     including on cancellation: then it is stopped (killed after a short grace period) and removed
     under a shielded cleanup with a deadline, and the cancellation propagates. Engine failures

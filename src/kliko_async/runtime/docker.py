@@ -10,11 +10,10 @@ import os
 import signal
 import struct
 import tarfile
-import tempfile
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import aiodocker
 import aiohttp
@@ -34,6 +33,7 @@ from kliko_async.runtime.base import (
     owner_label,
 )
 from kliko_async.runtime.inflight import InFlight, track, untrack
+from kliko_async.runtime.dockerowners import Owners, lend_mounts, return_mounts
 
 STOP_GRACE_SECONDS = 3
 """After SIGTERM, how long a cancelled container may take before it is killed."""
@@ -235,7 +235,11 @@ class DockerRuntime:
         step = job.labels.get(f"{LABEL_PREFIX}.step")
         tracked = track(InFlight(f"step {step}" if step else "a container", container.id))
         exited = False
+        former: dict[str, Owners] | None = None
         try:
+            if job.lend_mounts:
+                former = {}
+                former.update(await lend_mounts(self.client, container.id, job))
             try:
                 await container.start()
             except aiodocker.DockerError as exc:
@@ -257,8 +261,9 @@ class DockerRuntime:
                     raise  # the log may be incomplete: no success without all of it
                 # A failure is explained below (a container being removed has no log left).
             logs.flush()
-            if job.owner is not None:
-                await self._give_mounts_to(container.id, job)
+            if former is not None:
+                lent, former = former, None
+                await return_mounts(self.client, container.id, job, lent)
             error = (status.get("Error") or {}).get("Message") or None
             if code == 0:  # only a failure needs the full state: killed? out of memory?
                 return ContainerExit(container_id=container.id, exit_code=0, error=error)
@@ -271,55 +276,13 @@ class DockerRuntime:
             raise self._unavailable(exc) from None
         finally:
             with anyio.CancelScope(shield=True), anyio.move_on_after(CLEANUP_DEADLINE_SECONDS):
+                if former is not None:  # lent and not yet returned: cancelled or failed
+                    await self._stop_and_return(container, job, former)
                 if exited:
                     await self._delete(container)
                 else:  # cancelled or failed while running: stop it gracefully first
                     await self._stop_and_delete(container)
                 untrack(tracked)
-
-    async def _give_mounts_to(self, container_id: str, job: ContainerJob) -> None:
-        """Make everything in the job's writable mounts belong to ``job.owner``.
-
-        A step with its own user leaves files only that uid may change; an invoking user who is
-        not root cannot chown them, nor seal or delete them. The engine can: the mount's tree is
-        read through the container's archive endpoint, every entry given to the owner (with
-        owner read and write bits), and written back; the engine extracts it with the owners
-        the archive names (``copyUIDGID`` would name the container's user instead). The copies
-        pass through temporary files beside the mount, never memory.
-        """
-        assert job.owner is not None
-        uid, _, gid = job.owner.partition(":")
-        for mount in job.mounts:
-            if mount.read_only:
-                continue
-            parent = mount.source.parent
-            with (
-                tempfile.TemporaryFile(dir=parent) as fetched,
-                tempfile.TemporaryFile(dir=parent) as rewritten,
-            ):
-                async with self.client._query(
-                    f"containers/{container_id}/archive",
-                    method="GET",
-                    params={"path": mount.target},
-                    timeout=None,
-                ) as response:
-                    async for chunk in response.content.iter_chunked(1 << 20):
-                        await anyio.to_thread.run_sync(fetched.write, chunk)
-                fetched.seek(0)
-                await anyio.to_thread.run_sync(
-                    _reowned_tar, fetched, rewritten, int(uid), int(gid or uid)
-                )
-                rewritten.seek(0)
-                destination = str(Path(mount.target).parent)
-                async with self.client._query(
-                    f"containers/{container_id}/archive",
-                    method="PUT",
-                    params={"path": destination},
-                    data=_file_chunks(rewritten),
-                    headers={"Content-Type": "application/x-tar"},
-                    timeout=None,
-                ):
-                    pass
 
     async def _failed_exit(
         self, container: Any, code: int, error: str | None, memory: int | None
@@ -475,6 +438,15 @@ class DockerRuntime:
             )
         return container
 
+    async def _stop_and_return(
+        self, container: Any, job: ContainerJob, former: dict[str, Owners]
+    ) -> None:
+        """Stop the container and give its mounts back (best effort: the run already failed)."""
+        with contextlib.suppress(aiodocker.DockerError, aiohttp.ClientError, OSError):
+            await container.stop(t=STOP_GRACE_SECONDS)
+        with contextlib.suppress(aiohttp.ClientError, OSError, ContainerError):
+            await return_mounts(self.client, container.id, job, former)
+
     async def _stop_and_delete(self, container: Any) -> None:
         # Already stopped or gone is fine: delete(force=True) below settles it.
         with contextlib.suppress(aiodocker.DockerError, aiohttp.ClientError, OSError):
@@ -573,23 +545,3 @@ def _tar_context(context: Path) -> io.BytesIO:
         archive.add(str(context), arcname=".")
     buffer.seek(0)
     return buffer
-
-
-def _reowned_tar(source: BinaryIO, target: BinaryIO, uid: int, gid: int) -> None:
-    """Copy a tar stream, every entry owned by uid:gid and readable and writable by it."""
-    with (
-        tarfile.open(fileobj=source, mode="r|") as read,
-        tarfile.open(fileobj=target, mode="w|", format=tarfile.PAX_FORMAT) as write,
-    ):
-        for member in read:
-            member.uid, member.gid, member.uname, member.gname = uid, gid, "", ""
-            if member.isdir():
-                member.mode |= 0o700
-            elif member.isreg():
-                member.mode |= 0o600
-            write.addfile(member, read.extractfile(member) if member.isreg() else None)
-
-
-async def _file_chunks(handle: BinaryIO) -> AsyncIterator[bytes]:
-    while chunk := await anyio.to_thread.run_sync(handle.read, 1 << 20):
-        yield chunk

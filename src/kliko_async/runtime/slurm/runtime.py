@@ -231,6 +231,12 @@ class SlurmRuntime:
         on_log: LogSink,
         on_start: Callable[[str], None] | None = None,
     ) -> ContainerExit:
+        if job.lend_mounts:
+            raise ContainerError(
+                f"the step runs as its own user ({job.user}), and under Slurm kliko-async cannot "
+                "give that user the step's folders without opening them to everyone; run the "
+                "step as yourself (no user:), or on the local Docker Engine"
+            )
         folder = self._job_folder(job)
         image_dir = None
         if self.options.engine != "docker":
