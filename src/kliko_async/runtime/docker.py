@@ -32,8 +32,8 @@ from kliko_async.runtime.base import (
     Stream,
     owner_label,
 )
-from kliko_async.runtime.inflight import InFlight, track, untrack
 from kliko_async.runtime.dockerowners import Owners, lend_mounts, return_mounts
+from kliko_async.runtime.inflight import InFlight, track, untrack
 
 STOP_GRACE_SECONDS = 3
 """After SIGTERM, how long a cancelled container may take before it is killed."""
