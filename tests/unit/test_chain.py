@@ -801,3 +801,24 @@ def test_ten_thousand_step_linear_chain_loads(tmp_path: Path) -> None:
     assert chain.topological_order() == [f"s{i}" for i in range(10_000)]
     assert chain.steps["s9999"].inputs == ("s9998",)
     assert len(chain.downstream("s0")) == 9_999
+
+
+@pytest.mark.parametrize(
+    ("env", "says"),
+    [
+        ({"A=B": "x"}, "'A=B' holds '='"),
+        ({"": "x"}, "empty name"),
+        ({"A": "a\0b"}, "'A' holds a NUL byte"),
+        ({"A\0": "b"}, "holds a NUL byte"),
+    ],
+)
+def test_env_names_and_values_the_engine_would_mangle_are_refused_naming_the_step(
+    env: dict[str, str], says: str
+) -> None:
+    message = parse_error({"steps": {"noisy": {"image": "example/gen", "env": env}}})
+    assert "step 'noisy'" in message and says in message, message
+    with pytest.raises(ValidationError, match=re.escape(says)):  # and built directly too
+        Step(
+            name="noisy", image="x", build=None, params={}, inputs=(), retries=0,
+            retry_backoff=0, timeout=None, resources=Resources(), user=None, env=env,
+        )  # fmt: skip

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from typing import Annotated, Any
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -19,7 +20,7 @@ from pydantic import (
     model_validator,
 )
 
-from kliko_async.model.chainmodel import Resources, StepName
+from kliko_async.model.chainmodel import Resources, StepName, check_env
 from kliko_async.model.yamltext import yaml_kind
 
 __all__ = ["ChainFile", "MatrixFile", "MatrixSpec", "StepSpec", "chain_json_schema"]
@@ -222,7 +223,7 @@ class StepSpec(BaseModel):
         min_length=1,
         description="The user to run the container as, such as '1000:1000'.",
     )
-    env: dict[str, str] = Field(
+    env: Annotated[dict[str, str], AfterValidator(check_env)] = Field(
         default_factory=dict,
         description="Extra environment variables for the container (values are strings).",
     )

@@ -193,6 +193,26 @@ class MatrixOrigin(BaseModel):
     )
 
 
+def check_env(env: dict[str, str]) -> dict[str, str]:
+    """``env`` if every name and value can reach a container as written; else a clear error.
+
+    A name holding ``=`` would be split by the engine (``A=B: x`` becomes ``A`` = ``B=x``), an
+    empty one is refused only when the container is created, and a NUL byte cannot be passed
+    at all.
+    """
+    for name, value in env.items():
+        if not name:
+            raise ValueError("a variable has an empty name; give every variable a name")
+        if "=" in name:
+            raise ValueError(
+                f"the name {name[:60]!r} holds '=', which would split it into another name "
+                "and value; use a name without '='"
+            )
+        if "\0" in name or "\0" in value:
+            raise ValueError(f"{name[:60]!r} holds a NUL byte, which no process can be given")
+    return env
+
+
 class Step(BaseModel):
     """One step of a loaded chain, with its name, inputs and build folder resolved."""
 
@@ -210,7 +230,9 @@ class Step(BaseModel):
     timeout: float | None = Field(gt=0, description="Seconds before the step is stopped.")
     resources: Resources = Field(description="CPU, memory and GPU limits.")
     user: str | None = Field(description="The user to run the container as.")
-    env: dict[str, str] = Field(description="Extra environment variables.")
+    env: Annotated[dict[str, str], AfterValidator(check_env)] = Field(
+        description="Extra environment variables."
+    )
     matrix: MatrixOrigin | None = Field(
         default=None, description="The matrix this step is one expansion of, or None."
     )
