@@ -367,6 +367,7 @@ def _cache(options: argparse.Namespace) -> int:
     from kliko_async.cache.store import Cache, default_cache_dir
     from kliko_async.cache.upkeep import gc, verify
     from kliko_async.display.tables import print_entries
+    from kliko_async.display.terminal import printable
     from kliko_async.model.quantities import parse_age, parse_size
 
     cache = Cache(options.cache_dir or default_cache_dir())
@@ -375,9 +376,9 @@ def _cache(options: argparse.Namespace) -> int:
         return 0
     if options.cache_command == "verify":
         problems = verify(cache)
-        for problem in problems:
-            print(problem)
-        print(f"{len(problems)} problem(s) in {cache.root}")
+        for problem in problems:  # file names come from containers: no escapes, one line each
+            print(printable(str(problem).replace("\n", "\\n")))
+        print(printable(f"{len(problems)} problem(s) in {cache.root}"))
         return 1 if problems else 0
     if options.older_than is None and options.max_size is None:
         raise ParameterError("cache gc needs --older-than AGE and/or --max-size SIZE")

@@ -31,10 +31,16 @@ def test_a_job_becomes_an_unprivileged_container_with_its_mounts_limits_and_labe
     config = _container_config(job)
 
     host = config["HostConfig"]
-    assert host["Binds"] == [
-        "/cache/tmp/k/parameters.json:/parameters.json:ro",
-        "/cache/tmp/k/output:/output:rw",
+    assert host["Mounts"] == [
+        {
+            "Type": "bind",
+            "Source": "/cache/tmp/k/parameters.json",
+            "Target": "/parameters.json",
+            "ReadOnly": True,
+        },
+        {"Type": "bind", "Source": "/cache/tmp/k/output", "Target": "/output", "ReadOnly": False},
     ]
+    assert "Binds" not in host, "Binds would split a path holding ':'"
     assert host["Privileged"] is False
     assert host["LogConfig"]["Type"] == "local", "the log driver that keeps the bytes written"
     assert host["NanoCpus"] == 1_500_000_000

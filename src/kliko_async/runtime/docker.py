@@ -506,7 +506,11 @@ def _signal_name(number: object) -> str:
 
 def _container_config(job: ContainerJob) -> dict[str, Any]:
     host: dict[str, Any] = {
-        "Binds": [f"{m.source}:{m.target}:{'ro' if m.read_only else 'rw'}" for m in job.mounts],
+        # Mounts, not Binds: a host path may hold ':' or ',' (Binds splits it at ':').
+        "Mounts": [
+            {"Type": "bind", "Source": str(m.source), "Target": m.target, "ReadOnly": m.read_only}
+            for m in job.mounts
+        ],
         "Privileged": False,
         "NetworkMode": "bridge",
         # The 'local' log driver keeps the bytes a container writes; 'json-file' (the usual
