@@ -24,6 +24,7 @@ import anyio.from_thread
 import anyio.to_thread
 from anyio.abc import TaskGroup
 
+from kliko_async.cache.holds import RunHold
 from kliko_async.cache.paramfiles import FileSnapshots
 from kliko_async.cache.store import RUN_LOGS, Cache, default_cache_dir
 from kliko_async.cache.upkeep import clean_stale_staging
@@ -369,7 +370,9 @@ async def _execute(
         exports.check_export_targets(Path(out), loaded.steps)
     cache = Cache(Path(cache_dir) if cache_dir else default_cache_dir())
     cache.ensure_writable()
-    clean_stale_staging(cache)
+    # Off the loop: a cache with many stale folders takes a while (a host application's
+    # other tasks, and Ctrl-C, stay served meanwhile).
+    await anyio.to_thread.run_sync(clean_stale_staging, cache)
     pool: ResourcePool | None = None
     owned = runtime is None and backend == "slurm"
     if owned:
@@ -391,6 +394,7 @@ async def _execute(
 
     exported = False
     copies = track(InFlight("copies of file parameters", folder=files.folder))
+    hold = RunHold(cache.root, run_id)  # what the run made or found: gc keeps it to the end
     try:
         async with open_runtime(runtime, close=owned) as rt:
             await remove_leftovers(rt)
@@ -416,13 +420,16 @@ async def _execute(
                 keep_going=keep_going,
                 wants_log_lines=bus.wants_log_lines,
                 pool=pool,
+                hold=hold,
             )
             result = await scheduler.run()
         if out is not None:
             await export_outputs(result, Path(out), emit=bus.emit)
         exported = True
     finally:
-        files.discard()  # synchronous: runs even while being cancelled
+        with anyio.CancelScope(shield=True):  # runs even while being cancelled
+            await anyio.to_thread.run_sync(files.discard)
+        hold.close()
         for event in finished:
             if not exported and event.ok:
                 event = event.model_copy(update={"ok": False, "outputs_copied": False})

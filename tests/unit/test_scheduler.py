@@ -320,7 +320,7 @@ async def test_inputs_being_read_are_safe_from_gc_and_a_vanished_input_fails_cle
     assert states(first) == {"up": "done", "down": "done"}
     assert removed_while_reading == [[]]  # "up" was in use, so gc kept it
 
-    # An input that vanishes between planning and reading fails its reader clearly.
+    # A cache hit removed between planning and the run is made again, and then read.
     cache = lab.cache
     plan = await plan_chain(
         lab.chain(steps | {"down": {"image": "work", "inputs": ["up"]}}),
@@ -333,8 +333,25 @@ async def test_inputs_being_read_are_safe_from_gc_and_a_vanished_input_fails_cle
     second = await Scheduler(
         plan, runtime=lab.fake, cache=cache, emit=events.append, run_id="t", jobs=2
     ).run()
-    assert states(second) == {"up": "cached", "down": "failed"}
-    assert "cache entry of input 'up' was removed" in (second.steps["down"].reason or "")
+    assert states(second) == {"up": "done", "down": "done"}
+    assert [e.step for e in of_type(events, StepQueued)].count("up") == 1
+
+    # An input removed by hand (not by gc) before its reader reads it fails the reader clearly.
+    async def remover(container: FakeContainer) -> int:
+        cache.remove(second.steps["up"].key)
+        return 0
+
+    lab.program("remover", remover)
+    third, events = await lab.run(
+        {
+            "up": {"image": "work", "params": {"n": 1}},
+            "mid": {"image": "remover"},
+            "down": {"image": "work", "inputs": ["up", "mid"]},
+        },
+        keep_going=True,
+    )
+    assert states(third) == {"up": "cached", "mid": "done", "down": "failed"}
+    assert "cache entry of input 'up' was removed" in (third.steps["down"].reason or "")
     assert any(isinstance(e, StepFailed) and e.step == "down" for e in events)
 
 

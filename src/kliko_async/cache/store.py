@@ -6,6 +6,7 @@ determines a step's output. Layout under the root folder::
     entries/<key[:2]>/<key>/{output/, log.txt, manifest.json}   published, read-only
     tmp/<key>.<pid>.<random>/                                   staging (same filesystem)
     locks/<key>.lock                                            per-key flock files (locks.py)
+    runs/<run-id>.<pid>                                         keys live runs hold (holds.py)
     logs/<run-id>/<step>.log                                    logs of failed attempts
     specs/                                                      kliko.yml files read from images
 

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict
 from kliko_async.cache.durable import remove_tree
 from kliko_async.cache.entry import MANIFEST, OUTPUT, CacheEntry, read_manifest, shown_name
 from kliko_async.cache.hashing import hash_tree
+from kliko_async.cache.holds import HeldKeys
 from kliko_async.cache.key import CACHE_FORMAT_VERSION
 from kliko_async.cache.processes import host_name, pid_alive
 from kliko_async.cache.store import KEY_PATTERN, RUN_LOGS, Cache
@@ -86,8 +87,10 @@ def gc(
     entries whose ``finished_at`` is more than ``older_than`` before ``now``, and then, while the
     total size of entries exceeds ``max_size`` bytes, the entry with the oldest ``finished_at``
     (ties by key). Age is the manifest's ``finished_at`` rather than an access time, because
-    ``lookup`` stays read-only and atime is often disabled. An entry whose lock a run holds
-    (being computed, or read as a step's input) is kept.
+    ``lookup`` stays read-only and atime is often disabled. An entry that a live run holds is
+    kept: one whose lock a run holds (being computed, or read as a step's input), and every
+    entry a run has made or found cached, until that run has ended (its export included; see
+    :mod:`kliko_async.cache.holds`).
 
     Afterwards the folders around the entries are tidied: the ``logs/<run-id>/`` folders of
     failed steps whose newest log is more than ``older_than`` old, lock files that no run holds,
@@ -104,11 +107,12 @@ def gc(
             kept.append(entry)
 
     removed = GcReport()
+    held = HeldKeys(cache.root)
     if older_than is not None:
         young: list[CacheEntry] = []
         for entry in kept:
             old = now - _aware(entry.manifest.finished_at) > older_than
-            if old and _remove_unless_in_use(cache, entry):
+            if old and _remove_unless_in_use(cache, entry, held):
                 removed.append(entry)
             else:
                 young.append(entry)
@@ -121,11 +125,12 @@ def gc(
         for entry, size in zip(kept, sizes, strict=True):
             if total <= max_size:
                 break
-            if _remove_unless_in_use(cache, entry):
+            if _remove_unless_in_use(cache, entry, held):
                 removed.append(entry)
                 total -= size
     if older_than is not None:
-        removed.run_logs = _remove_old_run_logs(cache, now - older_than)
+        held.refresh()
+        removed.run_logs = _remove_old_run_logs(cache, now - older_than, keep=held.run_ids)
     removed.lock_files = cache.locks.remove_unheld()
     removed.shard_folders = cache.remove_empty_shards()
     return removed
@@ -142,11 +147,14 @@ class GcReport(list[CacheEntry]):
     """Empty ``entries/<xx>/`` folders."""
 
 
-def _remove_old_run_logs(cache: Cache, before: datetime) -> int:
-    """Delete ``logs/<run-id>/`` folders whose newest file is from before ``before``."""
+def _remove_old_run_logs(cache: Cache, before: datetime, *, keep: set[str]) -> int:
+    """Delete ``logs/<run-id>/`` folders whose newest file is from before ``before``, but
+    those of the live runs ``keep``."""
     removed = 0
     limit = before.timestamp()
     for folder in _subfolders(cache.root / RUN_LOGS):
+        if folder.name in keep:
+            continue
         newest = max([os.lstat(folder).st_mtime, *(_mtime(child) for child in folder.iterdir())])
         if newest < limit:
             try:
@@ -173,12 +181,14 @@ def _mtime(path: Path) -> float:
         return 0.0
 
 
-def _remove_unless_in_use(cache: Cache, entry: CacheEntry) -> bool:
-    """Remove ``entry`` unless a run holds its lock (computing it, or reading it as input)."""
+def _remove_unless_in_use(cache: Cache, entry: CacheEntry, held: HeldKeys) -> bool:
+    """Remove ``entry`` unless a run holds its lock (computing it, or reading it as input) or
+    holds it until its end; the live runs' keys are read once the lock is ours."""
     with cache.locks.try_exclusive(entry.key) as free:
-        if free:
+        if free and entry.key not in held.refresh():
             cache.remove_path(entry.path)
-        return free
+            return True
+        return False
 
 
 def verify(cache: Cache) -> list[VerifyProblem]:

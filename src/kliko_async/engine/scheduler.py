@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
 import anyio
 
 from kliko_async.cache.entry import CacheEntry, Manifest
+from kliko_async.cache.holds import RunHold
 from kliko_async.cache.logfiles import run_log_dir
 from kliko_async.cache.store import Cache
 from kliko_async.engine.attempts import AttemptOutcome, StepAttempts
@@ -59,6 +61,7 @@ class Scheduler:
         log_dir: Path | None = None,
         pool: ResourcePool | None = None,
         wants_log_lines: bool = True,
+        hold: RunHold | None = None,
     ) -> None:
         self.plan = plan
         self.runtime = runtime
@@ -82,6 +85,13 @@ class Scheduler:
             log_dir=self.log_dir,
             wants_log_lines=wants_log_lines,
         )
+        self.hold = hold
+        """The entries this run holds against ``cache gc``; the caller's, to keep them held
+        through its export. None: the scheduler holds them while it runs."""
+        keys = Counter(plan.steps[name].key for name in plan.to_run)
+        # Steps of this run that share one key take turns; the later ones find the entry made.
+        self._shared_keys = {key: anyio.Lock() for key, count in keys.items() if count > 1}
+        self._made: set[str] = set()
         self._waited: dict[str, float] = {}
         self._began: dict[str, float] = {}  # when a step first held its slot and its lock
 
@@ -104,6 +114,8 @@ class Scheduler:
         )
         for name in self.plan.to_run:
             self.emit(StepQueued(step=name, key=self.plan.steps[name].key))
+        own_hold = self.hold is None
+        hold = self.hold = self.hold or RunHold(self.cache.root, self.run_id)
         try:
             async with anyio.create_task_group() as tg:
                 for name in self.plan.order:
@@ -111,6 +123,9 @@ class Scheduler:
         except anyio.get_cancelled_exc_class():
             self._finish(started)  # the summary of a cancelled run, with its cancelled steps
             raise
+        finally:
+            if own_hold:
+                hold.close()
         return self._finish(started)
 
     def _finish(self, started: float) -> RunResult:
@@ -158,7 +173,11 @@ class Scheduler:
         if broken:
             return self._skip(planned, f"input {', '.join(repr(b) for b in broken)} did not finish")
         if planned.cached is not None:
-            return self._cached(planned, planned.cached)
+            entry = await self._hold_cached(planned.key, planned.cached)
+            if entry is not None:
+                return self._cached(planned, entry)
+            # Removed since planning (by `cache gc` or by hand): computed again below.
+            self.emit(StepQueued(step=planned.name, key=planned.key))
         if self._stopping:
             return self._skip(planned, "an earlier step failed (use --keep-going to go on)")
         step = planned.step
@@ -191,10 +210,13 @@ class Scheduler:
         """
         key, resources = planned.key, planned.step.resources
         async with contextlib.AsyncExitStack() as reading:
+            if key in self._shared_keys:
+                await reading.enter_async_context(self._shared_keys[key])
             await self._lock_key(planned, reading)
             entry = self.cache.lookup(key)
-            if entry is not None and not planned.forced:
-                return self._cached(planned, entry)  # another run made it meanwhile
+            if entry is not None and (not planned.forced or key in self._made):
+                self._note(key)
+                return self._cached(planned, entry)  # made meanwhile, by this run or another
             for input_key in sorted({self.results[i].key for i in planned.step.inputs}):
                 # Readers hold a shared lock: `cache gc` leaves these entries alone.
                 await reading.enter_async_context(self.cache.lock(input_key, shared=True))
@@ -212,9 +234,22 @@ class Scheduler:
                 self._began.setdefault(planned.name, time.monotonic())
                 inputs = {i: self._output_of(i) for i in planned.step.inputs}
                 outcome = await self.attempts.run(planned, attempt, inputs)
+                if outcome.ok:
+                    self._made.add(key)
+                    self._note(key)  # still under its lock, so `cache gc` sees it held
                 if not outcome.ok and attempt > planned.step.retries:
                     self._stop_unless_keep_going()  # before the slot goes to a waiting step
                 return outcome
+
+    async def _hold_cached(self, key: str, entry: CacheEntry) -> CacheEntry | None:
+        """Hold a cache hit found at planning for the rest of the run; None if it has gone."""
+        async with self.cache.lock(key, shared=True):
+            self._note(key)
+            return entry if entry.output_dir.is_dir() else None
+
+    def _note(self, key: str) -> None:
+        assert self.hold is not None  # set for the whole of run()
+        self.hold.note(key)
 
     async def _lock_key(self, planned: PlannedStep, stack: contextlib.AsyncExitStack) -> None:
         """Hold the step's key's lock in ``stack``; if another run holds it, say so and count
