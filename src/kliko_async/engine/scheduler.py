@@ -16,7 +16,8 @@ from pathlib import Path
 
 import anyio
 
-from kliko_async.cache.entry import CacheEntry, Manifest
+from kliko_async.cache.durations import StepImage, past_durations_of, record_durations
+from kliko_async.cache.entry import CacheEntry
 from kliko_async.cache.holds import RunHold
 from kliko_async.cache.logfiles import run_log_dir
 from kliko_async.cache.store import Cache
@@ -92,6 +93,7 @@ class Scheduler:
         # Steps of this run that share one key take turns; the later ones find the entry made.
         self._shared_keys = {key: anyio.Lock() for key, count in keys.items() if count > 1}
         self._made: set[str] = set()
+        self._durations: dict[StepImage, float] = {}  # of the steps done, for later ETAs
         self._waited: dict[str, float] = {}
         self._began: dict[str, float] = {}  # when a step first held its slot and its lock
 
@@ -126,6 +128,8 @@ class Scheduler:
         finally:
             if own_hold:
                 hold.close()
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(record_durations, self.cache, self._durations)
         return self._finish(started)
 
     def _finish(self, started: float) -> RunResult:
@@ -310,6 +314,8 @@ class Scheduler:
         # Its own time: from first holding a job slot and its lock (not queueing for them).
         duration = time.monotonic() - self._began.get(step.name, started)
         if outcome.ok and outcome.entry is not None:
+            manifest = outcome.entry.manifest
+            self._durations[(step.name, manifest.image)] = manifest.duration_s
             self.emit(
                 StepFinished(
                     step=step.name,
@@ -362,19 +368,9 @@ class Scheduler:
 
 
 def past_durations(cache: Cache, plan: Plan) -> dict[str, float]:
-    """How long the latest cached run of each step to run (same name and image) took.
-
-    Read from the cache's manifests once per run, only when something is to run; for an ETA.
-    """
+    """How long the latest earlier run of each step to run (same name and image) took, from
+    the cache's durations index (read once per run, only when something is to run); for an
+    ETA. Blocking: call it in a worker thread."""
     wanted = {(name, plan.steps[name].image.ref): name for name in plan.to_run}
-    if not wanted:
-        return {}
-    latest: dict[str, Manifest] = {}
-    for entry in cache.entries():
-        manifest = entry.manifest
-        name = wanted.get((manifest.step, manifest.image))
-        if name is not None and (
-            name not in latest or manifest.finished_at > latest[name].finished_at
-        ):
-            latest[name] = manifest
-    return {name: manifest.duration_s for name, manifest in latest.items()}
+    found = past_durations_of(cache, wanted)
+    return {wanted[pair]: seconds for pair, seconds in found.items()}
