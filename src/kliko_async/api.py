@@ -1,4 +1,5 @@
-"""The library surface: run a chain from any anyio or asyncio application, or synchronously.
+"""The library surface: run a chain from an asyncio application (or anyio on asyncio), or
+synchronously. The Docker runtime needs asyncio (aiodocker); under trio a run fails at once.
 
 >>> result = await kliko_async.run("chain.yaml", jobs=4)            # doctest: +SKIP
 >>> async with kliko_async.open_run(chain) as run:                   # doctest: +SKIP
@@ -268,6 +269,7 @@ async def on_engine(url: str | None, work: Callable[[Runtime | None], Awaitable[
     """``work`` on the Docker Engine at ``url`` (closed afterwards), or on the default one."""
     if url is None:
         return await work(None)
+    needs_asyncio()
     from kliko_async.runtime.docker import DockerRuntime  # only the Docker path needs aiodocker
 
     engine = DockerRuntime(url)
@@ -339,6 +341,7 @@ async def open_runtime(runtime: Runtime | None, *, close: bool = False) -> Async
                 with anyio.CancelScope(shield=True):
                     await runtime.aclose()
         return
+    needs_asyncio()
     from kliko_async.runtime.docker import DockerRuntime  # only the Docker path needs aiodocker
 
     docker = DockerRuntime()
@@ -347,6 +350,22 @@ async def open_runtime(runtime: Runtime | None, *, close: bool = False) -> Async
     finally:
         with anyio.CancelScope(shield=True):
             await docker.aclose()
+
+
+def needs_asyncio() -> None:
+    """Refuse at once, in one clear error, to talk to the Docker Engine from an event loop
+    that is not asyncio's (trio): aiodocker, which the Docker runtime is built on, needs one.
+    The engine itself is anyio only: a runtime passed in runs on any anyio backend."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        raise KlikoError(
+            "kliko-async talks to the Docker Engine through aiodocker, which needs an asyncio "
+            "event loop, and this code runs on another one (trio?)",
+            where="kliko_async.run / open_run / dry_run / explain / read_image",
+            hint="Run it under asyncio (anyio.run(main, backend='asyncio')), or call "
+            "kliko_async.run_chain from a worker thread (anyio.to_thread.run_sync).",
+        ) from None
 
 
 async def _execute(
@@ -365,6 +384,8 @@ async def _execute(
     backend: Backend = "docker",
     slurm: SlurmOptions | None = None,
 ) -> RunResult:
+    if runtime is None and backend == "docker":
+        needs_asyncio()  # before anything is touched
     loaded = chain if isinstance(chain, Chain) else load_chain(Path(chain))
     if out is not None:
         exports.check_export_targets(Path(out), loaded.steps)
