@@ -16,7 +16,7 @@ from rich.table import Table
 from rich.text import Text
 
 from kliko_async.display.terminal import printable
-from kliko_async.display.wording import seconds
+from kliko_async.display.wording import run_state, seconds
 from kliko_async.events import Event, RunFinished
 
 SETTLED = ("done", "cached", "failed", "skipped", "cancelled")
@@ -222,7 +222,9 @@ def _short(name: str) -> str:
 
 def summary_lines(finished: RunFinished, steps: list[StepView]) -> list[RenderableType]:
     """The end of the run: what ran, what the cache saved, and each failed step's last words."""
-    state = Text("ok", style="bold green") if finished.ok else Text("FAILED", style="bold red")
+    word = run_state(finished)
+    colour = {"ok": "bold green", "interrupted": "bold yellow"}.get(word, "bold red")
+    state = Text(word, style=colour)
     if not finished.outputs_copied:
         state.append(" (its outputs could not be copied to --out)")
     head = Text.assemble(("summary: ", "bold"), f"run {finished.run_id} ", state)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from kliko_async.events import Event
+from kliko_async.events import Event, RunFinished
 
 LogChoice = Literal["all", "failed", "none"]
 """``--logs``: which container log lines a display shows (every line is saved anyway)."""
@@ -71,7 +71,7 @@ def run_message(event: Event) -> str | None:
                 f"{_size(event.size_bytes)}, {event.done}/{event.total})"
             )
         case "run_finished":
-            state = "ok" if event.ok else "FAILED"
+            state = run_state(event)
             if not event.outputs_copied:
                 state += " (its outputs could not be copied to --out)"
             return (
@@ -80,6 +80,16 @@ def run_message(event: Event) -> str | None:
                 f"in {event.wall_s:.1f}s (cache saved {event.saved_s:.1f}s)"
             )
     return None
+
+
+def run_state(finished: RunFinished) -> str:
+    """How a run ended, in a word: ok, FAILED, or interrupted (Ctrl-C, a signal, a host
+    application cancelling it: steps were cancelled, which nothing else does)."""
+    if finished.ok:
+        return "ok"
+    if finished.cancelled:
+        return "interrupted" if not finished.failed else "FAILED, then interrupted"
+    return "FAILED"
 
 
 def seconds(value: float) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import anyio
@@ -29,7 +30,7 @@ def machine_gpus() -> int:
 
 
 class ResourcePool:
-    """Steps claim CPUs and memory; a claim waits until enough is free.
+    """Steps claim CPUs, memory and GPUs; a claim waits until enough is free, in line.
 
     A claim larger than the whole pool could never be granted: :meth:`beyond` says so, and
     planning refuses such a step before anything runs (see ``plan.check_resources``).
@@ -44,7 +45,7 @@ class ResourcePool:
         self._cpus_free = self.cpus_total
         self._memory_free = self.memory_total
         self._gpus_free = self.gpus_total
-        self._changed = anyio.Condition()
+        self._waiting: list[_Claim] = []  # in the order the claims were made
 
     def beyond(self, cpus: float | None, memory: int | None) -> str | None:
         """Why a claim of ``cpus`` and ``memory`` can never be granted here; None if it can."""
@@ -62,28 +63,63 @@ class ResourcePool:
     async def claim(
         self, cpus: float | None, memory: int | None, gpus: int | None = None
     ) -> AsyncIterator[None]:
-        want_cpus = min(cpus or 0.0, self.cpus_total)
-        want_memory = min(memory or 0, self.memory_total)
-        want_gpus = min(gpus or 0, self.gpus_total)  # none here: the engine will say so
-        if not want_cpus and not want_memory and not want_gpus:
+        """Hold ``cpus``, ``memory`` and ``gpus`` while the block runs; waits until they are free.
+
+        Claims are granted in the order they were made, with backfilling: a later claim may go
+        first only with what the earlier waiting claims do not need, so a large claim is never
+        starved by a stream of small ones (what it needs is reserved as it comes free).
+        """
+        want = (
+            min(cpus or 0.0, self.cpus_total),
+            min(memory or 0, self.memory_total),
+            min(gpus or 0, self.gpus_total),  # none here: the engine will say so
+        )
+        if not any(want):
             yield
             return
-        async with self._changed:
-            while (
-                self._cpus_free < want_cpus
-                or self._memory_free < want_memory
-                or self._gpus_free < want_gpus
-            ):
-                await self._changed.wait()
-            self._cpus_free -= want_cpus
-            self._memory_free -= want_memory
-            self._gpus_free -= want_gpus
+        waiter = _Claim(*want)
+        self._waiting.append(waiter)
+        self._grant()
+        try:
+            await waiter.granted.wait()
+        except BaseException:
+            if waiter.granted.is_set():
+                self._release(waiter)
+            else:
+                self._waiting.remove(waiter)
+                self._grant()  # those behind it may fit now
+            raise
         try:
             yield
         finally:
-            with anyio.CancelScope(shield=True):
-                async with self._changed:
-                    self._cpus_free += want_cpus
-                    self._memory_free += want_memory
-                    self._gpus_free += want_gpus
-                    self._changed.notify_all()
+            self._release(waiter)
+
+    def _grant(self) -> None:
+        """Grant the waiting claims in order; each one that does not fit reserves what it
+        needs, so that only claims which leave it that much may pass it."""
+        cpus, memory, gpus = self._cpus_free, self._memory_free, self._gpus_free
+        for waiter in list(self._waiting):
+            fits = waiter.cpus <= cpus and waiter.memory <= memory and waiter.gpus <= gpus
+            cpus, memory, gpus = cpus - waiter.cpus, memory - waiter.memory, gpus - waiter.gpus
+            if fits:
+                self._waiting.remove(waiter)
+                self._cpus_free -= waiter.cpus
+                self._memory_free -= waiter.memory
+                self._gpus_free -= waiter.gpus
+                waiter.granted.set()
+
+    def _release(self, claim: _Claim) -> None:
+        self._cpus_free += claim.cpus
+        self._memory_free += claim.memory
+        self._gpus_free += claim.gpus
+        self._grant()
+
+
+@dataclass(eq=False)
+class _Claim:
+    """A claim waiting in line, or granted once ``granted`` is set."""
+
+    cpus: float
+    memory: int
+    gpus: int
+    granted: anyio.Event = field(default_factory=anyio.Event)
