@@ -118,8 +118,12 @@ def _apply_profile(options: argparse.Namespace) -> None:
     options.engine = profile.engine or "auto"
     options.cache_dir = options.cache_dir or profile.cache_dir
     options.jobs = options.jobs or profile.jobs
-    if options.backend != "slurm" and (options.partition or options.slurm_opt):
-        raise ParameterError("--partition and --slurm-opt need --backend slurm")
+    given_max_jobs = options.slurm_max_jobs
+    options.slurm_max_jobs = options.slurm_max_jobs or profile.slurm_max_jobs
+    if options.backend != "slurm" and (options.partition or options.slurm_opt or given_max_jobs):
+        raise ParameterError(
+            "--partition, --slurm-opt and --slurm-max-jobs need --backend slurm"
+        )
 
 
 def _slurm_options(options: argparse.Namespace) -> Any:
@@ -128,7 +132,10 @@ def _slurm_options(options: argparse.Namespace) -> Any:
     from kliko_async.runtime.slurm.options import SlurmOptions
 
     return SlurmOptions(
-        partition=options.partition, sbatch_options=tuple(options.slurm_opt), engine=options.engine
+        partition=options.partition,
+        sbatch_options=tuple(options.slurm_opt),
+        engine=options.engine,
+        **({"max_jobs": options.slurm_max_jobs} if options.slurm_max_jobs else {}),
     )
 
 

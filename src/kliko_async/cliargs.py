@@ -49,6 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="an extra sbatch option for every job (e.g. --slurm-opt=--account=radio); repeatable",
     )
     run.add_argument(
+        "--slurm-max-jobs",
+        type=positive_int,
+        metavar="N",
+        help="at most N of the run's Slurm jobs pending or running at once (default 100)",
+    )
+    run.add_argument(
         "--profile", help="a profile of run options from the config file (see the README)"
     )
     run.add_argument(

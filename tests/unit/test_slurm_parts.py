@@ -8,14 +8,16 @@ import itertools
 import os
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import anyio
 import pytest
 
+from kliko_async.errors import ContainerError
 from kliko_async.runtime.base import ContainerJob, Mount
-from kliko_async.runtime.slurm import queue as slurmqueue
-from kliko_async.runtime.slurm.queue import JobQueue, SlurmJob
+from kliko_async.runtime.slurm.commands import SlurmCallFailed, parse_job_id, sbatch_transient
+from kliko_async.runtime.slurm.queue import JobQueue, SlurmJob, parse_squeue
 from kliko_async.runtime.slurm.script import charliecloud_command, docker_command, job_script
 
 KLIKO_ASYNC = str(Path(sys.executable).parent / "kliko-async")
@@ -95,20 +97,50 @@ def test_squeue_exit_statuses_read_as_a_shell_reports_them(raw: int, code: int) 
     assert SlurmJob(job_id="1", name="n", state="FAILED", exit_status=raw).exit_code == code
 
 
-def test_one_squeue_call_answers_every_waiting_job_and_polls_slow_down_when_idle(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    calls: list[float] = []
-    states = {"1": "RUNNING", "2": "PENDING"}
+class FakeSlurm:
+    """Stands in for Slurm's commands: the states of some jobs, and failures on demand."""
 
-    async def fake_all_jobs() -> dict[str, SlurmJob]:
-        calls.append(anyio.current_time())
-        return {i: SlurmJob(job_id=i, name="kliko-x", state=s) for i, s in states.items()}
+    def __init__(self, states: dict[str, str]) -> None:
+        self.states = states
+        self.calls: list[list[str]] = []
+        self.fail_next = 0
+        self.accounting = "completion"  # "storage", "completion" or "none"
+        self.finished: dict[str, str] = {}  # left squeue, known to accounting: state
 
-    monkeypatch.setattr(slurmqueue, "all_jobs", fake_all_jobs)
+    async def __call__(self, args: Sequence[str]) -> subprocess.CompletedProcess[bytes]:
+        self.calls.append(list(args))
+        if self.fail_next:
+            self.fail_next -= 1
+            return done(1, err=f"{args[0]}: error: Socket timed out on send/recv operation")
+        if args[0] == "squeue":
+            wanted = next(a for a in args if a.startswith("--jobs=")).split("=")[1].split(",")
+            lines = [
+                f"{i}|{s}|None|node1|0|0|me|kliko-r-{i}|"
+                for i, s in self.states.items()
+                if i in wanted
+            ]
+            if not lines:
+                return done(1, err="slurm_load_jobs error: Invalid job id specified")
+            return done(0, "\n".join(lines) + "\n")
+        if args[0] == "sacct":
+            if self.accounting == "none" or (
+                self.accounting == "completion" and "--completion" not in args
+            ):
+                return done(1, "Slurm accounting storage is disabled\n")
+            lines = [f"{i}|{s}|3:0|node2|kliko-r-{i}" for i, s in self.finished.items()]
+            return done(0, "\n".join(lines) + "\n")
+        raise AssertionError(args)
+
+
+def done(code: int, out: str = "", err: str = "") -> subprocess.CompletedProcess[bytes]:
+    return subprocess.CompletedProcess([], code, out.encode(), err.encode())
+
+
+def test_one_squeue_call_per_poll_asks_for_the_watched_jobs_only_and_slows_down_when_idle() -> None:
+    slurm = FakeSlurm({"1": "RUNNING", "2": "PENDING", "3": "RUNNING"})
 
     async def main() -> None:
-        queue = JobQueue(fastest=0.01, slowest=0.04)
+        queue = JobQueue(fastest=0.01, slowest=0.04, command=slurm)
         queue.watch("1")
         queue.watch("2")
         seen: dict[str, str] = {}
@@ -121,15 +153,125 @@ def test_one_squeue_call_answers_every_waiting_job_and_polls_slow_down_when_idle
         async with anyio.create_task_group() as tg:
             tg.start_soon(wait, "1")
             tg.start_soon(wait, "2")
-        assert seen == {"1": "RUNNING", "2": "PENDING"} and len(calls) == 1
+        assert seen == {"1": "RUNNING", "2": "PENDING"} and len(slurm.calls) == 1
+        (call,) = slurm.calls
+        assert "--jobs=1,2" in call and "--me" in call  # never every job on the cluster
         for _ in range(4):  # nothing changes: the interval grows to its slowest
             await queue.next_state("1")
         assert queue.interval == 0.04
-        states["2"] = "RUNNING"
+        slurm.states["2"] = "RUNNING"
         await queue.next_state("1")
         assert queue.interval == 0.01  # a change: fast again
 
     anyio.run(main)
+
+
+def test_a_failing_squeue_is_retried_with_backoff_and_the_waiters_never_see_it() -> None:
+    slurm = FakeSlurm({"1": "RUNNING"})
+
+    async def main() -> None:
+        queue = JobQueue(fastest=0.01, slowest=0.02, command=slurm)
+        queue.watch("1")
+        assert (await queue.next_state("1")) is not None
+        slurm.fail_next = 2
+        assert (await queue.next_state("1")).state == "RUNNING"  # type: ignore[union-attr]
+        assert queue.interval >= 1.0  # backed off after the failure
+        queue.interval = 0.01  # (not to wait in a unit test)
+        await queue.next_state("1")
+        queue.interval = 0.01
+        slurm.states["1"] = "COMPLETED"
+        info = await queue.next_state("1")
+        assert info is not None and info.state == "COMPLETED"
+        assert queue.failed_polls == 2
+
+    anyio.run(main)
+
+
+def test_a_squeue_that_keeps_failing_fails_the_waiting_steps_with_a_plain_error() -> None:
+    slurm = FakeSlurm({"1": "RUNNING"})
+
+    async def main() -> None:
+        queue = JobQueue(fastest=0.01, slowest=0.02, patience=0.0, command=slurm)
+        queue.watch("1")
+        slurm.fail_next = 1
+        with pytest.raises(SlurmCallFailed, match=r"did not answer about its jobs.*timed out"):
+            await queue.next_state("1")
+        queue.interval = 0.01
+        assert (await queue.next_state("1")) is not None  # the next waiter starts afresh
+
+    anyio.run(main)
+
+
+@pytest.mark.parametrize("accounting", ["storage", "completion"])
+def test_a_job_that_left_squeue_is_looked_up_once_in_accounting(accounting: str) -> None:
+    slurm = FakeSlurm({"1": "RUNNING"})
+    slurm.accounting = accounting
+
+    async def main() -> None:
+        queue = JobQueue(fastest=0.01, slowest=0.01, command=slurm)
+        queue.watch("1")
+        await queue.next_state("1")
+        del slurm.states["1"]  # MinJobAge passed: the controller forgot it
+        slurm.finished["1"] = "FAILED"
+        info = await queue.next_state("1")
+        assert info is not None and info.state == "FAILED" and info.exit_code == 3
+        assert info.from_sacct and info.node == "node2"
+        sacct_calls = len([c for c in slurm.calls if c[0] == "sacct"])
+        await queue.next_state("1")
+        assert len([c for c in slurm.calls if c[0] == "sacct"]) == sacct_calls  # once
+
+    anyio.run(main)
+
+
+def test_a_job_that_left_squeue_without_accounting_ends_as_unknown() -> None:
+    slurm = FakeSlurm({"1": "RUNNING"})
+    slurm.accounting = "none"
+
+    async def main() -> None:
+        queue = JobQueue(fastest=0.01, slowest=0.01, command=slurm)
+        queue.watch("1")
+        await queue.next_state("1")
+        del slurm.states["1"]
+        info = await queue.next_state("1")
+        assert info is not None and info.state == "UNKNOWN" and not info.active
+
+    anyio.run(main)
+
+
+@pytest.mark.parametrize(
+    ("out", "code", "wanted"),
+    [("4242\n", 0, "4242"), ("4242;kliko\n", 0, "4242"), ("", 0, None), ("Submitted", 0, None)],
+)
+def test_sbatch_answers_are_validated(out: str, code: int, wanted: str | None) -> None:
+    if wanted is not None:
+        assert parse_job_id(done(code, out)) == wanted
+    else:
+        with pytest.raises(ContainerError, match="where a job ID was expected"):
+            parse_job_id(done(code, out))
+
+
+@pytest.mark.parametrize(
+    ("error", "transient"),
+    [
+        ("sbatch: error: Batch job submission failed: Socket timed out on send/recv", True),
+        ("sbatch: error: Batch job submission failed: Unable to contact slurm controller", True),
+        (
+            "sbatch: error: Batch job submission failed: Job violates accounting/QOS policy "
+            "(job submit limit, user's size and/or time limits)",
+            True,
+        ),
+        ("sbatch: error: Memory specification can not be satisfied", False),
+        ("sbatch: error: Invalid generic resource (gres) specification", False),
+    ],
+)
+def test_only_sbatch_errors_that_waiting_may_clear_are_retried(error: str, transient: bool) -> None:
+    assert sbatch_transient(done(1, err=error)) is transient
+
+
+def test_squeue_lines_with_a_comment_holding_bars_are_read_whole() -> None:
+    text = '7|RUNNING|None|node1|0|1|me|kliko-r-a|{"k":"a|b"}|\n'
+    (job,) = parse_squeue(text, with_comment=True).values()
+    assert job.comment == '{"k":"a|b"}' and job.restarts == 1 and job.node == "node1"
 
 
 def kliko(cwd: Path, *args: str, config: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -146,7 +288,7 @@ def test_slurm_options_without_the_slurm_backend_are_refused(tmp_path: Path) -> 
     (tmp_path / "c.yaml").write_text("steps: {a: {image: example/gen}}\n")
     done = kliko(tmp_path, "run", "c.yaml", "--partition", "gpu")
     assert done.returncode == 1
-    assert "--partition and --slurm-opt need --backend slurm" in done.stderr
+    assert "--partition, --slurm-opt and --slurm-max-jobs need --backend slurm" in done.stderr
     assert "Traceback" not in done.stderr
 
 

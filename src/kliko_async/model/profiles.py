@@ -40,6 +40,9 @@ class Profile(BaseModel):
     )
     cache_dir: Path | None = None
     jobs: int | None = Field(None, ge=1)
+    slurm_max_jobs: int | None = Field(
+        None, ge=1, description="At most this many Slurm jobs pending or running at once."
+    )
 
 
 class ConfigFile(BaseModel):

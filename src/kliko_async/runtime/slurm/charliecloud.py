@@ -14,7 +14,7 @@ from kliko_async.cache.durable import remove_tree
 from kliko_async.errors import ContainerError
 from kliko_async.runtime.docker import DockerRuntime
 from kliko_async.runtime.dockerexport import export_image
-from kliko_async.runtime.slurm.queue import command_error, user_name
+from kliko_async.runtime.slurm.commands import command_error, user_name
 
 
 class CharliecloudImages:

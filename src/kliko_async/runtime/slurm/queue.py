@@ -1,28 +1,49 @@
-"""Slurm's commands as kliko-async calls them, and the queue of the jobs one process submitted.
+"""The queue of the jobs one process submitted, as Slurm reports them.
 
-pyslurm has no release for Slurm 22.05, so the commands are run with ``anyio.run_process``.
-``squeue --json`` works in 22.05 (``scontrol --json`` does not); it ignores its filters and
-returns every job the controller still knows, so one call per poll serves all of a run's jobs,
-and the jobs are picked out here.
+One ``squeue`` call per poll asks for this process's watched jobs only (``--me --jobs=ID,...``,
+never every job on the cluster), and a job that has left ``squeue`` (the controller forgets
+finished jobs after ``MinJobAge``) is looked up once with ``sacct``, from the accounting
+database or, without one, from the job completion log (``sacct --completion``). A failed call
+is tried again with backoff; only failures that last ``patience`` seconds reach the steps
+waiting for an answer.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Iterable, Sequence
 
 import anyio
 from pydantic import BaseModel, ConfigDict
 
-from kliko_async.errors import ContainerError, RuntimeUnavailable
+from kliko_async.runtime.slurm.commands import (
+    Command,
+    SlurmCallFailed,
+    command_error,
+    retrying,
+    slurm_command,
+)
 
 ACTIVE_STATES = frozenset(
-    {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED", "RESIZING"}
+    {
+        "PENDING",
+        "CONFIGURING",
+        "RUNNING",
+        "COMPLETING",
+        "SUSPENDED",
+        "REQUEUED",
+        "REQUEUE_FED",
+        "REQUEUE_HOLD",
+        "RESIZING",
+        "SIGNALING",
+        "STAGE_OUT",
+        "STOPPED",
+    }
 )
 """States of a job that may still run (or is still being cleaned up on its node)."""
+
+REQUEUED_STATES = frozenset({"REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD"})
+"""States of a job whose attempt ended and that Slurm put back into the queue: not a job
+running as usual (its next attempt starts from the beginning)."""
 
 HOPELESS_REASONS = frozenset(
     {
@@ -40,30 +61,40 @@ HOPELESS_REASONS = frozenset(
 )
 """Pending reasons that never clear by waiting: the step fails with the reason instead."""
 
-_HINT = (
-    "Run kliko-async where Slurm's commands (sbatch, squeue, scancel, sinfo) work, or start "
-    "the project's test cluster with scripts/slurm-cluster up."
-)
+SQUEUE_FIELDS = "JobID:|,State:|,Reason:|,NodeList:|,exit_code:|,RestartCnt:|,UserName:|,Name:|"
+"""``squeue --Format``: '|' after each field and no width (nothing is cut or padded). The
+comment, which may hold '|', comes last when it is asked for."""
+
+INVALID_JOB_ID = "Invalid job id specified"
+"""squeue's answer when none of the IDs asked for is known (all of them left the queue)."""
 
 
 class SlurmJob(BaseModel):
-    """What ``squeue --json`` says about one job."""
+    """What Slurm says about one job."""
 
     model_config = ConfigDict(frozen=True)
 
     job_id: str
-    name: str
+    name: str = ""
     state: str
     reason: str = ""
     node: str = ""
     exit_status: int = 0
     """The raw wait status: exit code << 8, or the signal number."""
+    restarts: int = 0
+    """How often Slurm requeued the job (its attempt number, from 0)."""
     user: str = ""
     comment: str = ""
+    from_sacct: bool = False
+    """Read from accounting after the job left squeue."""
 
     @property
     def active(self) -> bool:
         return self.state in ACTIVE_STATES
+
+    @property
+    def requeued(self) -> bool:
+        return self.state in REQUEUED_STATES
 
     @property
     def exit_code(self) -> int:
@@ -73,48 +104,58 @@ class SlurmJob(BaseModel):
         return (self.exit_status >> 8) & 0xFF
 
 
-async def slurm_command(args: Sequence[str]) -> subprocess.CompletedProcess[bytes]:
-    """Run one Slurm command; its result whatever its exit status. No such command: refused."""
-    try:
-        return await anyio.run_process(list(args), check=False)
-    except FileNotFoundError:
-        raise RuntimeUnavailable(
-            f"Slurm's '{args[0]}' command is not installed", hint=_HINT
-        ) from None
-    except OSError as error:
-        raise RuntimeUnavailable(f"cannot run Slurm's '{args[0]}': {error}", hint=_HINT) from None
+def parse_squeue(text: str, *, with_comment: bool = False) -> dict[str, SlurmJob]:
+    """``squeue --noheader --Format=SQUEUE_FIELDS[Comment:|]``'s lines, by job ID."""
+    found: dict[str, SlurmJob] = {}
+    fields = SQUEUE_FIELDS.count("|")
+    for line in text.splitlines():
+        parts = line.split("|", fields)
+        if len(parts) <= fields or not parts[0].strip().isdigit():
+            continue
+        job_id, state, reason, node, status, restarts, user, name = (p.strip() for p in parts[:8])
+        comment = parts[fields].rstrip().removesuffix("|") if with_comment else ""
+        found[job_id] = SlurmJob(
+            job_id=job_id,
+            name=name,
+            state=state.split()[0] if state else "",
+            reason="" if reason in ("None", "(null)") else reason,
+            node="" if node in ("(null)", "None") else node,
+            exit_status=int(status) if status.isdigit() else 0,
+            restarts=int(restarts) if restarts.isdigit() else 0,
+            user=user,
+            comment="" if comment == "(null)" else comment,
+        )
+    return found
 
 
-def command_error(done: subprocess.CompletedProcess[bytes]) -> str:
-    """The useful lines of a failed Slurm command's output, as one line."""
-    text = (done.stderr or done.stdout or b"").decode("utf-8", "replace")
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return "; ".join(lines) or f"exit status {done.returncode}"
+def parse_sacct(text: str) -> dict[str, SlurmJob]:
+    """``sacct -n -P -o JobID,State,ExitCode,NodeList,JobName``'s job lines, by job ID."""
+    found: dict[str, SlurmJob] = {}
+    for line in text.splitlines():
+        parts = line.split("|")
+        if len(parts) < 5 or not parts[0].isdigit():
+            continue  # a job step (ID.batch) or an unexpected line
+        code, _, signal = parts[2].partition(":")
+        status = (int(code) << 8 if code.isdigit() else 0) | (
+            int(signal) & 0x7F if signal.isdigit() else 0
+        )
+        found[parts[0]] = SlurmJob(
+            job_id=parts[0],
+            state=parts[1].split()[0] if parts[1] else "",
+            exit_status=status,
+            node="" if parts[3] in ("None assigned", "(null)") else parts[3],
+            name=parts[4],
+            from_sacct=True,
+        )
+    return found
 
 
-async def all_jobs() -> dict[str, SlurmJob]:
-    """Every job the controller knows (pending, running and recently finished), by ID."""
-    done = await slurm_command(["squeue", "--json", "--states=all"])
-    if done.returncode != 0:
-        raise ContainerError(f"squeue failed: {command_error(done)}")
-    try:
-        found = json.loads(done.stdout)["jobs"]
-    except (ValueError, KeyError, TypeError):
-        raise ContainerError("squeue --json gave output that is not its JSON") from None
-    return {str(j["job_id"]): _job(j) for j in found}
-
-
-def _job(raw: dict[str, Any]) -> SlurmJob:
-    return SlurmJob(
-        job_id=str(raw["job_id"]),
-        name=str(raw.get("name", "")),
-        state=str(raw.get("job_state", "")),
-        reason=str(raw.get("state_reason") or ""),
-        node=str(raw.get("nodes") or ""),
-        exit_status=int(raw.get("exit_code") or 0),
-        user=str(raw.get("user_name") or ""),
-        comment=str(raw.get("comment") or ""),
+async def our_active_jobs(command: Command = slurm_command) -> dict[str, SlurmJob]:
+    """This user's jobs that are pending or running, with their comments (for leftovers)."""
+    done = await retrying(
+        ["squeue", "--noheader", "--me", f"--Format={SQUEUE_FIELDS},Comment:|"], command=command
     )
+    return parse_squeue(done.stdout.decode("utf-8", "replace"), with_comment=True)
 
 
 class JobQueue:
@@ -122,20 +163,36 @@ class JobQueue:
 
     Whoever waits first polls (after the current interval); everyone else waiting meanwhile
     gets the same answer. The interval starts at ``fastest`` and grows by half each poll in
-    which no watched job changed, up to ``slowest``; a new job or any change resets it.
+    which no watched job changed, up to ``slowest``; a new job or any change resets it. A
+    failed poll is retried after a growing pause (up to 30 s); when polls have failed for
+    ``patience`` seconds, the jobs' waiters get ``SlurmCallFailed`` (their steps fail, the
+    run goes on) and the next waiter starts afresh.
     """
 
-    def __init__(self, fastest: float = 0.25, slowest: float = 3.0) -> None:
+    def __init__(
+        self,
+        fastest: float = 0.25,
+        slowest: float = 3.0,
+        *,
+        patience: float = 120.0,
+        command: Command = slurm_command,
+    ) -> None:
         self.fastest = fastest
         self.slowest = slowest
+        self.patience = patience
         self.interval = fastest
         self.polls = 0
+        self.failed_polls = 0
+        self._command = command
         self._jobs: dict[str, SlurmJob | None] = {}
         self._tick = anyio.Event()
         self._polling = False
+        self._failing_since: float | None = None
+        self._failure: SlurmCallFailed | None = None
+        self._accounting: str | None = None  # "", "--completion" or "none": found at first use
 
     def watch(self, job_id: str) -> None:
-        self._jobs[job_id] = None
+        self._jobs.setdefault(job_id, None)
         self.interval = self.fastest
 
     def forget(self, job_id: str) -> None:
@@ -145,8 +202,12 @@ class JobQueue:
         """Poll at the fastest pace again (a job is being cancelled, or just ended)."""
         self.interval = self.fastest
 
+    def known(self, job_id: str) -> SlurmJob | None:
+        """The job's state as of the last poll."""
+        return self._jobs.get(job_id)
+
     async def next_state(self, job_id: str) -> SlurmJob | None:
-        """The job's state after the next poll; None while squeue does not show it yet."""
+        """The job's state after the next poll; None while Slurm does not show it yet."""
         tick = self._tick
         if self._polling:
             await tick.wait()
@@ -159,46 +220,83 @@ class JobQueue:
                 self._polling = False
                 self._tick = anyio.Event()
                 tick.set()
+        if self._failure is not None and job_id in self._jobs:
+            raise self._failure
         return self._jobs.get(job_id)
 
     async def _poll(self) -> None:
-        found = await all_jobs()
+        self._failure = None
+        ids = sorted(self._jobs, key=int)
+        if not ids:
+            return
+        try:
+            found = await self._squeue(ids)
+            gone = [i for i in ids if i not in found and _seen_in_squeue(self._jobs.get(i))]
+            if gone:
+                found.update(await self._sacct(gone))
+        except SlurmCallFailed as error:
+            self.failed_polls += 1
+            now = anyio.current_time()
+            self._failing_since = self._failing_since or now
+            self.interval = min(max(self.interval * 2, 1.0), 30.0)
+            if now - self._failing_since >= self.patience:
+                self._failing_since = None
+                self.interval = self.fastest
+                self._failure = SlurmCallFailed(
+                    f"Slurm did not answer about its jobs for {self.patience:g} s: {error}"
+                )
+            return
+        self._failing_since = None
         self.polls += 1
         changed = False
-        for job_id, before in self._jobs.items():
-            now = found.get(job_id)
-            if now is not None and now != before:
-                self._jobs[job_id] = now
+        for job_id in gone:
+            if job_id not in found:  # no accounting knows it: say so rather than wait forever
+                found[job_id] = SlurmJob(job_id=job_id, state="UNKNOWN", from_sacct=True)
+        for job_id in ids:
+            state = found.get(job_id)
+            if state is not None and job_id in self._jobs and state != self._jobs[job_id]:
+                self._jobs[job_id] = state
                 changed = True
         self.interval = self.fastest if changed else min(self.interval * 1.5, self.slowest)
 
+    async def _squeue(self, ids: Sequence[str]) -> dict[str, SlurmJob]:
+        args = [
+            "squeue",
+            "--noheader",
+            "--me",
+            "--states=all",
+            f"--jobs={','.join(ids)}",
+            f"--Format={SQUEUE_FIELDS}",
+        ]
+        done = await self._command(args)
+        if done.returncode != 0:
+            if INVALID_JOB_ID in command_error(done):
+                return {}  # every one of them has left the queue
+            raise SlurmCallFailed(f"squeue failed: {command_error(done)}")
+        return parse_squeue(done.stdout.decode("utf-8", "replace"))
 
-def user_name() -> str:
-    """The name of the user running this process (whose jobs are ours), else its uid."""
-    import pwd
+    async def _sacct(self, ids: Iterable[str]) -> dict[str, SlurmJob]:
+        """How jobs that left squeue ended, from accounting; {} where there is none."""
+        if self._accounting == "none":
+            return {}
+        fields = ["-n", "-P", "-X", "-o", "JobID,State,ExitCode,NodeList,JobName"]
+        args = ["sacct", *fields, f"--jobs={','.join(ids)}"]
+        if self._accounting is None:
+            for mode in ("", "--completion"):
+                done = await self._command([*args, mode] if mode else args)
+                if done.returncode == 0:
+                    self._accounting = mode
+                    return parse_sacct(done.stdout.decode("utf-8", "replace"))
+                if "disabled" not in command_error(done) and "none" not in command_error(done):
+                    raise SlurmCallFailed(f"sacct failed: {command_error(done)}")
+            self._accounting = "none"
+            return {}
+        mode_args = [self._accounting] if self._accounting else []
+        done = await self._command([*args, *mode_args])
+        if done.returncode != 0:
+            raise SlurmCallFailed(f"sacct failed: {command_error(done)}")
+        return parse_sacct(done.stdout.decode("utf-8", "replace"))
 
-    try:
-        return pwd.getpwuid(os.getuid()).pw_name
-    except KeyError:
-        return str(os.getuid())
 
-
-async def sinfo(partition: str | None, fields: str, *, per_node: bool) -> list[list[str]]:
-    """sinfo's rows of the partition (the cluster's default one when none is set)."""
-    args = ["sinfo", "-h", "-o", f"%P {fields}", *(["-N"] if per_node else [])]
-    done = await slurm_command(args)
-    if done.returncode != 0:
-        raise RuntimeUnavailable(
-            f"Slurm does not answer: {command_error(done)}",
-            hint="Check that slurmctld runs and SLURM_CONF points at its slurm.conf "
-            "(the test cluster: scripts/slurm-cluster up).",
-        )
-    rows = [line.split() for line in done.stdout.decode().splitlines() if line.strip()]
-    wanted = partition
-    chosen = [r[1:] for r in rows if (r[0] == wanted if wanted else r[0].endswith("*"))]
-    if not chosen:
-        if wanted:
-            known = ", ".join(sorted({r[0].rstrip("*") for r in rows}))
-            raise RuntimeUnavailable(f"Slurm has no partition '{wanted}' (it has: {known})")
-        raise RuntimeUnavailable("Slurm has no default partition: give one with --partition")
-    return chosen
+def _seen_in_squeue(job: SlurmJob | None) -> bool:
+    return job is not None and not job.from_sacct

@@ -40,23 +40,29 @@ from kliko_async.runtime.base import (
 )
 from kliko_async.runtime.docker import DockerRuntime
 from kliko_async.runtime.slurm.charliecloud import CharliecloudImages
-from kliko_async.runtime.slurm.logfiles import LogFiles
-from kliko_async.runtime.slurm.options import SlurmOptions
-from kliko_async.runtime.slurm.queue import (
-    HOPELESS_REASONS,
-    JobQueue,
-    SlurmJob,
-    all_jobs,
+from kliko_async.runtime.slurm.commands import (
+    RETRY_DELAYS,
+    SlurmCallFailed,
     command_error,
+    parse_job_id,
+    retrying,
+    sbatch_transient,
     sinfo,
     slurm_command,
     user_name,
 )
-from kliko_async.runtime.slurm.script import (
-    UNSEEN_EXIT,
-    env_file,
-    job_script,
+from kliko_async.runtime.slurm.endings import ended_without_status, read_text, status_exit
+from kliko_async.runtime.slurm.logfiles import LogFiles
+from kliko_async.runtime.slurm.options import SlurmOptions
+from kliko_async.runtime.slurm.queue import (
+    HOPELESS_REASONS,
+    SQUEUE_FIELDS,
+    JobQueue,
+    SlurmJob,
+    our_active_jobs,
+    parse_squeue,
 )
+from kliko_async.runtime.slurm.script import env_file, job_script
 
 CLEANUP_DEADLINE_SECONDS = 30
 """How long cancelling a job (scancel, then waiting for it to leave the node) may take."""
@@ -92,8 +98,13 @@ class SlurmRuntime:
     ) -> None:
         self.options = options or SlurmOptions()
         self.folder = Path(os.path.abspath(cache_root)) / "slurm"
-        self.queue = JobQueue(self.options.poll_fastest, self.options.poll_slowest)
+        self.queue = JobQueue(
+            self.options.poll_fastest, self.options.poll_slowest, patience=self.options.patience
+        )
         self.submitted = 0
+        self.most_in_queue = 0
+        """The most of this process's step jobs that were pending or running at once."""
+        self._slots = anyio.Semaphore(self.options.max_jobs)
         self._docker = docker or DockerRuntime()
         self._images = CharliecloudImages(self.folder / "images", self._docker)
         self._live: set[str] = set()
@@ -184,16 +195,16 @@ class SlurmRuntime:
             f"--wrap={script}",
         ]
         try:
-            done = await slurm_command(args)
-            if done.returncode != 0:
+            try:
+                job_id = parse_job_id(await retrying(args, transient=sbatch_transient))
+            except ContainerError as error:
                 raise RuntimeUnavailable(
-                    f"could not submit the check of the cache folder: {command_error(done)}"
-                )
-            job_id = done.stdout.decode().strip().split(";")[0]
+                    f"could not submit the check of the cache folder: {error}"
+                ) from None
             ended = await self._wait_probe(job_id)
             if not ended:
                 return  # not run in time: each job checks that it sees its folder
-            blind = [n for n in nodes if _read(probe / f"seen.{n}") != token]
+            blind = [n for n in nodes if read_text(probe / f"seen.{n}") != token]
             if blind:
                 raise RuntimeUnavailable(
                     f"the cache folder {self.folder.parent} is not visible at the same path on "
@@ -250,21 +261,24 @@ class SlurmRuntime:
             )
         )
         script.chmod(0o755)
-        job_id = ""
-        # Shielded: a job that sbatch submitted is known here, so a cancellation cancels it.
-        with anyio.CancelScope(shield=True), anyio.move_on_after(SUBMIT_DEADLINE_SECONDS):
-            job_id = await self._submit(job, folder, script, limit)
-        if not job_id:
-            raise ContainerError(f"sbatch did not answer within {SUBMIT_DEADLINE_SECONDS} s")
-        try:
-            return await self._follow(job_id, folder, on_log, on_start)
-        except BaseException:
-            # Cancelled (Ctrl-C, a timeout, a failed sibling) or failed while the job may live.
-            await self._cancel(job_id)
-            raise
-        finally:
-            self.queue.forget(job_id)
-            self._live.discard(job_id)
+        async with self._slots:  # at most max_jobs of them in Slurm's queue at once
+            job_id = ""
+            # Shielded: a job that sbatch submitted is known here, so a cancellation cancels it.
+            with anyio.CancelScope(shield=True), anyio.move_on_after(SUBMIT_DEADLINE_SECONDS):
+                job_id = await self._submit(job, folder, script, limit)
+            if not job_id:
+                raise ContainerError(f"sbatch did not answer within {SUBMIT_DEADLINE_SECONDS} s")
+            in_queue = self.options.max_jobs - self._slots.value
+            self.most_in_queue = max(self.most_in_queue, in_queue)
+            try:
+                return await self._follow(job_id, folder, on_log, on_start)
+            except BaseException:
+                # Cancelled (Ctrl-C, a timeout, a failed sibling) or failed while the job may live.
+                await self._cancel(job_id)
+                raise
+            finally:
+                self.queue.forget(job_id)
+                self._live.discard(job_id)
 
     def _job_folder(self, job: ContainerJob) -> Path:
         """The job's folder: in the step's staging folder (next to its parameters.json)."""
@@ -274,19 +288,18 @@ class SlurmRuntime:
         else:  # a job without parameters (not one the scheduler makes)
             folder = self.folder / "jobs" / secrets.token_hex(8)
         folder.mkdir(parents=True, exist_ok=True)
-        for name in ("started", "status", "timed-out", "stdout", "stderr"):
-            (folder / name).unlink(missing_ok=True)  # of an earlier job in this folder
+        for stale in folder.glob("*"):  # of an earlier job in this folder
+            if stale.name.startswith(("started", "status", "timed-out", "stdout", "stderr")):
+                stale.unlink(missing_ok=True)
         return folder
 
-    async def _submit(
-        self, job: ContainerJob, folder: Path, script: Path, limit: float | None
-    ) -> str:
-        run = job.labels.get(f"{LABEL_PREFIX}.run", "run")
-        step = job.labels.get(f"{LABEL_PREFIX}.step", "step")
+    def _sbatch_args(
+        self, job: ContainerJob, folder: Path, name: str, limit: float | None
+    ) -> list[str]:
         args = [
             "sbatch",
             "--parsable",
-            f"--job-name={JOB_PREFIX}{run}-{_SAFE.sub('_', step)}",
+            f"--job-name={name}",
             f"--output={folder}/slurm.out",
             f"--chdir={folder}",
             f"--comment={json.dumps(job.labels, separators=(',', ':'))}",
@@ -294,6 +307,8 @@ class SlurmRuntime:
             "--ntasks=1",
             *self._partition_args(),
         ]
+        if not self.options.requeue and "--requeue" not in self.options.sbatch_options:
+            args.append("--no-requeue")  # a node failure or preemption ends the job: retries
         if job.cpus is not None:
             args.append(f"--cpus-per-task={max(1, math.ceil(job.cpus))}")
         if job.memory is not None:
@@ -302,15 +317,46 @@ class SlurmRuntime:
             args.append(f"--gres=gpu:{job.gpus}")
         if limit is not None:  # Slurm's limits are minutes; leave time to start the container
             args.append(f"--time={math.ceil((limit + 60) / 60)}")
-        args += [*self.options.sbatch_options, str(script)]
-        done = await slurm_command(args)
-        if done.returncode != 0:
-            raise ContainerError(f"Slurm refused the job: {command_error(done)}")
-        job_id = done.stdout.decode().strip().split(";")[0]
+        return args
+
+    async def _submit(
+        self, job: ContainerJob, folder: Path, script: Path, limit: float | None
+    ) -> str:
+        """sbatch the job, trying again while the controller is out of reach; a refusal of
+        the job itself (a bad option, an impossible request) fails at once."""
+        run = job.labels.get(f"{LABEL_PREFIX}.run", "run")
+        step = job.labels.get(f"{LABEL_PREFIX}.step", "step")
+        name = f"{JOB_PREFIX}{run}-{_SAFE.sub('_', step)}"
+        args = [*self._sbatch_args(job, folder, name, limit), *self.options.sbatch_options]
+        args.append(str(script))
+        before = await self._jobs_named(name)
+        for tries, delay in enumerate([*RETRY_DELAYS, None], start=1):
+            done = await slurm_command(args)
+            if done.returncode == 0:
+                job_id = parse_job_id(done)
+                break
+            # The call may have failed after the controller took the job (a timeout): adopt it.
+            adopted = (await self._jobs_named(name)) - before
+            if adopted:
+                job_id = min(adopted, key=int)
+                break
+            if delay is None or not sbatch_transient(done):
+                after = f" (after {tries} tries)" if tries > 1 else ""
+                raise ContainerError(f"Slurm refused the job{after}: {command_error(done)}")
+            await anyio.sleep(delay)
         self.submitted += 1
         self.queue.watch(job_id)
         self._live.add(job_id)
         return job_id
+
+    async def _jobs_named(self, name: str) -> set[str]:
+        """This user's pending or running jobs called ``name`` (empty when squeue fails)."""
+        args = ["squeue", "--noheader", "--me", f"--name={name}", f"--Format={SQUEUE_FIELDS}"]
+        done = await slurm_command(args)
+        if done.returncode != 0:
+            return set()
+        found = parse_squeue(done.stdout.decode("utf-8", "replace"))
+        return {i for i, j in found.items() if j.active}
 
     async def _follow(
         self,
@@ -321,15 +367,21 @@ class SlurmRuntime:
     ) -> ContainerExit:
         logs = LogFiles(folder, on_log)
         latest: list[SlurmJob] = []
+        failed: list[ContainerError] = []
         status = folder / "status"
 
         async def watch_state() -> None:
-            while True:
-                info = await self.queue.next_state(job_id)
-                if info is not None:
-                    latest[:] = [info]
-                    if not info.active:
-                        return
+            # Errors are kept, not raised: raised in this task group they would arrive as an
+            # ExceptionGroup, which no caller of ``run`` expects.
+            try:
+                while True:
+                    info = await self.queue.next_state(job_id)
+                    if info is not None:
+                        latest[:] = [info]
+                        if not info.active:
+                            return
+            except ContainerError as error:
+                failed.append(error)
 
         container_id = f"slurm-{job_id}"
         started = False
@@ -338,12 +390,19 @@ class SlurmRuntime:
         async with anyio.create_task_group() as tg:
             tg.start_soon(watch_state)
             pause = _FOLLOW_FASTEST
-            while True:
-                if not started and (node := _read(folder / "started").strip()):
+            while not failed:
+                node, attempt = [*read_text(folder / "started").split(), "", ""][:2]
+                if node and not started:
                     started = True
                     container_id = f"{job_id}@{node}"
                     if on_start:
                         on_start(container_id)
+                if attempt.isdigit() and int(attempt) > logs.attempt:
+                    logs.restart(
+                        int(attempt),
+                        f"[kliko-async] Slurm requeued job {job_id}: attempt {int(attempt) + 1} "
+                        f"starts on node {node} with an empty /output",
+                    )
                 got = logs.read()
                 if status.exists():
                     break
@@ -361,6 +420,8 @@ class SlurmRuntime:
             tg.cancel_scope.cancel()
         logs.read()
         logs.flush()
+        if failed and not status.exists():
+            raise failed[0]
         if hopeless is not None:
             await self._cancel(job_id)
             where = f" in partition '{self.options.partition}'" if self.options.partition else ""
@@ -369,72 +430,27 @@ class SlurmRuntime:
                 f"'{hopeless.reason}', which waiting will not change"
             )
         if status.exists():
-            return self._status_exit(job_id, folder, container_id, on_start, started)
-        return self._ended_without_status(job_id, folder, latest[0] if latest else None)
-
-    def _status_exit(
-        self,
-        job_id: str,
-        folder: Path,
-        container_id: str,
-        on_start: Callable[[str], None] | None,
-        started: bool,
-    ) -> ContainerExit:
-        code_text, oom, *_ = [*_read(folder / "status").split(), "", ""]
-        if not started and on_start:  # the job was over before its start was seen
-            on_start(container_id)
-        code = int(code_text) if code_text.lstrip("-").isdigit() else -1
-        if (folder / "timed-out").exists():
-            raise ContainerError(
-                f"stopped by its own time limit inside Slurm job {job_id} (exit code {code})"
-            )
-        return ContainerExit(container_id=container_id, exit_code=code, oom_killed=oom == "true")
-
-    def _ended_without_status(
-        self, job_id: str, folder: Path, info: SlurmJob | None
-    ) -> ContainerExit:
-        """A job that ended before its container could say how it ended: Slurm's reason."""
-        if info is None:
-            raise ContainerError(f"Slurm job {job_id} vanished from squeue before it ended")
-        node = f" on node {info.node}" if info.node else ""
-        if info.state == "OUT_OF_MEMORY":
-            return ContainerExit(
-                container_id=f"{job_id}@{info.node}", exit_code=137, oom_killed=True
-            )
-        if info.state == "CANCELLED":
-            raise ContainerError(
-                f"killed from outside the run: Slurm job {job_id} was cancelled{node} (scancel)"
-            )
-        if info.state == "TIMEOUT":
-            raise ContainerError(f"Slurm ended job {job_id}{node} at its time limit (TIMEOUT)")
-        if info.state in ("NODE_FAIL", "BOOT_FAIL"):
-            raise ContainerError(
-                f"node {info.node or '?'} failed while it ran Slurm job {job_id} ({info.state})"
-            )
-        if info.exit_code == UNSEEN_EXIT:
-            raise ContainerError(
-                f"node {info.node or '?'} cannot see the job's folder {folder}: the cache must be "
-                "on a filesystem shared by every node, at the same path"
-            )
-        said = _read(folder / "slurm.out").strip().splitlines()[-5:]
-        raise ContainerError(
-            f"Slurm job {job_id} ended {info.state}{node} (exit code {info.exit_code}) before "
-            "its container reported" + (": " + " | ".join(said) if said else "")
-        )
+            if not started and on_start:  # the job was over before its start was seen
+                on_start(container_id)
+            return status_exit(job_id, folder, container_id)
+        return ended_without_status(job_id, folder, latest[0] if latest else None)
 
     async def _cancel(self, job_id: str) -> None:
         """scancel the job; wait until it has left its node (its script removes the container).
 
-        Shielded, with a deadline: it runs while its caller is being cancelled (Ctrl-C)."""
+        Shielded, with a deadline: it runs while its caller is being cancelled (Ctrl-C). Slurm
+        not answering within the deadline leaves the job to Slurm (a later run cancels it)."""
         with anyio.CancelScope(shield=True), anyio.move_on_after(CLEANUP_DEADLINE_SECONDS):
-            await slurm_command(["scancel", job_id])
             self.queue.watch(job_id)
             self.queue.hurry()
             try:
+                await retrying(["scancel", job_id])
                 while True:
                     info = await self.queue.next_state(job_id)
                     if info is None or not info.active:
                         return
+            except SlurmCallFailed:
+                return
             finally:
                 self.queue.forget(job_id)
 
@@ -445,7 +461,7 @@ class SlurmRuntime:
         labels they carry in their comment; and the local engine's containers (image probes)."""
         me = user_name()
         found: dict[str, dict[str, str]] = {}
-        for job in (await all_jobs()).values():
+        for job in (await our_active_jobs()).values():
             if not job.active or not job.name.startswith(JOB_PREFIX) or job.user != me:
                 continue
             try:
@@ -469,10 +485,3 @@ class SlurmRuntime:
             for job_id in sorted(self._live):
                 await self._cancel(job_id)
         await self._docker.aclose()
-
-
-def _read(path: Path) -> str:
-    try:
-        return path.read_text(errors="replace")
-    except OSError:
-        return ""

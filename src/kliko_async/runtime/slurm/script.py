@@ -3,9 +3,11 @@
 On the node the container runs with ``docker run`` when a Docker Engine answers there, else with
 Charliecloud's ``ch-run`` on the image converted into the cache (``engine="auto"``), with the
 same mounts, user, environment, labels (Docker only) and command as the local runtime. Its
-stdout and stderr go to files in the job's folder, which the submitting process follows; at the
-end the script writes ``status`` (``<exit code> <oom killed> <engine>``) with one rename. It
-stops the container itself at its time limit, and on SIGTERM (scancel) before it exits.
+stdout and stderr go to files in the job's folder (``stdout``, ``stderr``; ``stdout.N`` and
+``stderr.N`` after the Nth requeue), which the submitting process follows; ``started`` says the
+node and the attempt. At the end the script writes ``status`` (``<exit code> <oom killed>
+<engine>``) with one rename. It stops the container itself at its time limit, and on SIGTERM
+(scancel, a requeue) before it exits. An attempt after a requeue starts with an empty /output.
 """
 
 from __future__ import annotations
@@ -24,6 +26,11 @@ DEFAULT_COMMAND = (KLIKO_EXECUTABLE,)
 
 TIMEOUT_EXIT = 124
 """The status the script reports when it stopped the container at its time limit."""
+
+REQUEUED_EXIT = 96
+"""The status of a requeued job whose container works in /work (join IO): its first attempt
+may have changed the copy of its inputs, so it is not run again (the step fails, and is
+retried afresh where it has retries)."""
 
 UNSEEN_EXIT = 97
 """The job's exit code when the node cannot see the job's folder (no shared filesystem)."""
@@ -55,8 +62,13 @@ def job_script(
         for m in job.mounts
         if m.target.startswith("/input/")
     )
+    output = next((m.source for m in job.mounts if m.target == "/output"), None)
+    work = next((m.source for m in job.mounts if m.target == "/work"), None)
     return _TEMPLATE.format(
         folder=shlex.quote(str(folder)),
+        output=shlex.quote(str(output or "")),
+        work=shlex.quote(str(work or "")),
+        requeued_exit=REQUEUED_EXIT,
         unseen=UNSEEN_EXIT,
         timeout_exit=TIMEOUT_EXIT,
         pick=pick,
@@ -145,7 +157,7 @@ def env_file(job: ContainerJob) -> str:
 
 _TEMPLATE = """\
 #!/bin/bash
-# A kliko-async step, submitted by runtime/slurm.py: run one Kliko container on this node.
+# A kliko-async step, submitted by runtime/slurm/runtime.py: run one Kliko container on this node.
 dir={folder}
 [ -f "$dir/job.sh" ] || {{ echo "cannot see $dir on $(hostname)" >&2; exit {unseen}; }}
 cd "$dir" || exit {unseen}
@@ -153,7 +165,20 @@ CNAME="kliko-slurm-$SLURM_JOB_ID"
 CPUS=$(awk -v want={cpus} -v have="$(nproc --all)" 'BEGIN {{ print (want < have) ? want : have }}')
 export USER="${{USER:-$(id -un)}}"
 {pick}
-printf '%s\n' "${{SLURMD_NODENAME:-$(hostname)}}" >"$dir/started"
+attempt=${{SLURM_RESTART_COUNT:-0}}
+logs=
+if [ "$attempt" -gt 0 ]; then # requeued by Slurm: this attempt starts clean
+    logs=".$attempt"
+    rm -f "$dir/timed-out" "$dir/status"
+    if [ -n {work} ]; then # /work began as a copy of the inputs: it cannot be made afresh here
+        printf '%s false requeued\n' {requeued_exit} >"$dir/status.tmp"
+        mv "$dir/status.tmp" "$dir/status"
+        exit {requeued_exit}
+    fi
+    [ -n {output} ] && find {output} -mindepth 1 -delete
+fi
+printf '%s %s\n' "${{SLURMD_NODENAME:-$(hostname)}}" "$attempt" >"$dir/started.tmp"
+mv "$dir/started.tmp" "$dir/started"
 pid=
 finish() {{
     printf '%s %s %s\\n' "$1" "$2" "$engine" >"$dir/status.tmp" &&
@@ -179,9 +204,9 @@ on_signal() {{ trap - TERM INT; stop; exit 143; }}
 trap on_signal TERM INT
 for d in {inputs}; do mkdir -p "$d"; done
 if [ "$engine" = docker ]; then
-    {docker} >"$dir/stdout" 2>"$dir/stderr" </dev/null &
+    {docker} >"$dir/stdout$logs" 2>"$dir/stderr$logs" </dev/null &
 else
-    {charliecloud} >"$dir/stdout" 2>"$dir/stderr" </dev/null &
+    {charliecloud} >"$dir/stdout$logs" 2>"$dir/stderr$logs" </dev/null &
 fi
 pid=$!
 watchdog=
