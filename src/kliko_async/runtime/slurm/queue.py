@@ -16,6 +16,7 @@ import anyio
 from pydantic import BaseModel, ConfigDict
 
 from kliko_async.runtime.slurm.commands import (
+    RETRY_DELAYS,
     Command,
     SlurmCallFailed,
     command_error,
@@ -150,11 +151,12 @@ def parse_sacct(text: str) -> dict[str, SlurmJob]:
     return found
 
 
-async def our_active_jobs(command: Command = slurm_command) -> dict[str, SlurmJob]:
+async def our_active_jobs(
+    command: Command = slurm_command, delays: Sequence[float] = RETRY_DELAYS
+) -> dict[str, SlurmJob]:
     """This user's jobs that are pending or running, with their comments (for leftovers)."""
-    done = await retrying(
-        ["squeue", "--noheader", "--me", f"--Format={SQUEUE_FIELDS},Comment:|"], command=command
-    )
+    args = ["squeue", "--noheader", "--me", f"--Format={SQUEUE_FIELDS},Comment:|"]
+    done = await retrying(args, command=command, delays=delays)
     return parse_squeue(done.stdout.decode("utf-8", "replace"), with_comment=True)
 
 

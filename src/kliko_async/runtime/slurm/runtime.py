@@ -167,7 +167,8 @@ class SlurmRuntime:
 
         One job on every responding node reads a token written here and writes it back; the
         answer is remembered for that set of nodes. A check that cannot run within
-        ``PROBE_DEADLINE_SECONDS`` (a busy cluster) is left to the jobs themselves.
+        ``PROBE_DEADLINE_SECONDS`` (a busy cluster), or whose end squeue cannot tell, is left
+        to the jobs themselves.
         """
         nodes = await self.nodes()
         check = self.folder / "shared"
@@ -225,6 +226,9 @@ class SlurmRuntime:
                     info = await self.queue.next_state(job_id)
                     if info is not None and not info.active:
                         return True
+            await self._cancel(job_id)
+            return False
+        except SlurmCallFailed:  # squeue keeps failing: the check is left to the jobs too
             await self._cancel(job_id)
             return False
         except BaseException:
@@ -461,7 +465,11 @@ class SlurmRuntime:
         labels they carry in their comment; and the local engine's containers (image probes)."""
         me = user_name()
         found: dict[str, dict[str, str]] = {}
-        for job in (await our_active_jobs()).values():
+        try:
+            ours = await our_active_jobs(delays=RETRY_DELAYS[:3])
+        except SlurmCallFailed:  # a later run, when squeue answers, finds them
+            ours = {}
+        for job in ours.values():
             if not job.active or not job.name.startswith(JOB_PREFIX) or job.user != me:
                 continue
             try:

@@ -1,0 +1,263 @@
+"""The Slurm backend under faults and site rules, on the real test cluster (scripts/slurm-cluster):
+a squeue that fails for a while, a job Slurm requeues, a job that leaves squeue, a queue limit.
+
+Faults are injected with shims on PATH in front of Slurm's real commands; everything else is
+the real cluster.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+from test_slurm import (
+    jobs_after,
+    last_job_id,
+    slurm_cluster,  # noqa: F401  (the fixture)
+    slurm_jobs,
+    wait_until,
+    write_chain,
+)
+
+from conftest import KlikoCli
+
+pytestmark = [
+    pytest.mark.docker,
+    pytest.mark.slurm,
+    pytest.mark.usefixtures("example_images", "slurm_cluster"),
+]
+
+FAILING_SQUEUE = """\
+#!/bin/sh
+# squeue, failing {times} times once {trigger} exists (as a controller that is restarting does).
+if [ -e {trigger} ] && [ "$(cat {count} 2>/dev/null || echo 0)" -lt {times} ]; then
+    echo $(( $(cat {count} 2>/dev/null || echo 0) + 1 )) > {count}
+    echo "slurm_load_jobs error: Socket timed out on send/recv operation" >&2
+    exit 1
+fi
+exec {real} "$@"
+"""
+
+
+def shim(tmp_path: Path, kliko: KlikoCli, name: str, text: str) -> None:
+    """Put ``text`` as command ``name`` in front of the real one on kliko's PATH."""
+    folder = tmp_path / "shims"
+    folder.mkdir(exist_ok=True)
+    path = folder / name
+    path.write_text(text)
+    path.chmod(0o755)
+    kliko.env["PATH"] = f"{folder}{os.pathsep}{kliko.env['PATH']}"
+
+
+def real(command: str) -> str:
+    found = shutil.which(command)
+    assert found is not None
+    return found
+
+
+TWO_STEPS = """\
+steps:
+  first: {image: example/sleep, params: {seconds: 3, tag: one}}
+  second: {image: example/upper, inputs: [first]}
+"""
+
+
+def test_a_squeue_failing_twice_in_the_middle_of_a_run_does_not_stop_it(
+    kliko: KlikoCli, tmp_path: Path
+) -> None:
+    trigger, count = tmp_path / "fail-now", tmp_path / "failures"
+    shim(
+        tmp_path, kliko, "squeue",
+        FAILING_SQUEUE.format(times=2, trigger=trigger, count=count, real=real("squeue")),
+    )  # fmt: skip
+    chain = write_chain(tmp_path, TWO_STEPS)
+    log = tmp_path / "run.log"
+    process = kliko.popen(
+        "run", chain, "--backend", "slurm", "--plain", "--cache-dir", "c", log=log
+    )
+    try:
+        wait_until(lambda: "first | started" in log.read_text(), "a started step")
+        trigger.touch()
+        assert process.wait(timeout=180) == 0, log.read_text()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert count.read_text().strip() == "2"  # it did fail twice, while the run went on
+    text = log.read_text()
+    assert "second | done" in text and "Traceback" not in text
+    assert (tmp_path / "kliko-out" / "second").is_dir()
+
+
+def test_a_squeue_that_keeps_failing_fails_the_steps_not_the_run(
+    kliko: KlikoCli, tmp_path: Path
+) -> None:
+    trigger, count = tmp_path / "fail-now", tmp_path / "failures"
+    shim(
+        tmp_path, kliko, "squeue",
+        FAILING_SQUEUE.format(times=10**6, trigger=trigger, count=count, real=real("squeue")),
+    )  # fmt: skip
+    chain = write_chain(
+        tmp_path,
+        "steps:\n  a: {image: example/sleep, params: {seconds: 30, tag: pers}}\n",
+    )
+    script = (
+        "import anyio, kliko_async\n"
+        "from kliko_async import SlurmOptions\n"
+        f"r = anyio.run(lambda: kliko_async.run({str(chain)!r}, backend='slurm', "
+        f"cache_dir={str(tmp_path / 'c')!r}, slurm=SlurmOptions(patience=5)))\n"
+        "print('OK' if r.ok else 'FAILED', [s.reason for s in r.steps.values()])\n"
+    )
+    log = tmp_path / "run.log"
+    with log.open("w") as sink:
+        process = subprocess.Popen(
+            [sys.executable, "-c", script], cwd=tmp_path, env=kliko.env, stdout=sink,
+            stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+    try:
+        wait_until(lambda: any((tmp_path / "c" / "tmp").glob("*/scratch/slurm/started")), "a start")
+        trigger.touch()
+        assert process.wait(timeout=180) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    output = log.read_text()
+    assert "Traceback" not in output, output
+    assert "FAILED" in output and "did not answer about its jobs" in output, output
+
+
+def test_a_job_that_leaves_squeue_is_read_from_the_job_completion_log(
+    kliko: KlikoCli, tmp_path: Path
+) -> None:
+    # squeue that never shows an ended job, as after MinJobAge: how it ended comes from sacct.
+    hiding = (
+        "#!/bin/sh\n"
+        f"{real('squeue')} \"$@\" | grep -v -E '\\|(COMPLETED|FAILED|CANCELLED)\\|'\n"
+        "exit 0\n"
+    )
+    shim(tmp_path, kliko, "squeue", hiding)
+    chain = write_chain(
+        tmp_path, "steps:\n  s: {image: example/sleep, params: {seconds: 60, tag: gone}}\n"
+    )
+    first = last_job_id()
+    log = tmp_path / "run.log"
+    process = kliko.popen(
+        "run", chain, "--backend", "slurm", "--plain", "--cache-dir", "c", log=log
+    )
+    try:
+        wait_until(lambda: "s | sleep: 60.0s" in log.read_text(), "the step's first line")
+        (job,) = jobs_after(first)
+        subprocess.run(["scancel", str(job["job_id"])], check=True)  # no status file: sacct's
+        assert process.wait(timeout=120) == 1, log.read_text()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert f"Slurm job {job['job_id']} was cancelled" in log.read_text()
+
+
+def test_a_requeued_job_starts_clean_and_gives_the_right_output(
+    kliko: KlikoCli, tmp_path: Path
+) -> None:
+    chain = write_chain(
+        tmp_path, "steps:\n  s: {image: example/sleep, params: {seconds: 8, tag: requeued}}\n"
+    )
+    first = last_job_id()
+    log = tmp_path / "run.log"
+    process = kliko.popen(
+        "run", chain, "--backend", "slurm", "--plain", "--cache-dir", "c",
+        "--slurm-opt=--requeue", log=log,
+    )  # fmt: skip
+    try:
+        wait_until(lambda: "s | sleep: 8.0s" in log.read_text(), "the step's first line")
+        (job,) = jobs_after(first)
+        # The first attempt's output folder gets a file the second must not see.
+        staged = next((tmp_path / "c" / "tmp").glob("*/output"))
+        (staged / "first-attempt.txt").write_text("stale\n")
+        requeue = subprocess.run(
+            ["scontrol", "requeue", str(job["job_id"])], capture_output=True, text=True
+        )
+        assert requeue.returncode == 0, requeue.stderr
+        assert process.wait(timeout=180) == 0, log.read_text()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    text = log.read_text()
+    assert "Slurm requeued job" in text and "attempt 2" in text
+    out = tmp_path / "kliko-out" / "s"
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".kliko")) == ["slept.txt"]
+    assert (out / "slept.txt").read_text() == "slept 8.0 requeued\n"
+    (saved,) = [p for p in (tmp_path / "c").rglob("log.txt") if "tmp" not in p.parts]
+    lines = saved.read_text().splitlines()
+    assert sum("sleep: 8.0s" in line for line in lines) == 2  # one per attempt, not garbled
+
+
+def test_jobs_go_in_without_requeue_by_default(kliko: KlikoCli, tmp_path: Path) -> None:
+    chain = write_chain(
+        tmp_path, "steps:\n  s: {image: example/sleep, params: {seconds: 20, tag: noreq}}\n"
+    )
+    first = last_job_id()
+    log = tmp_path / "run.log"
+    process = kliko.popen(
+        "run", chain, "--backend", "slurm", "--plain", "--cache-dir", "c", log=log
+    )
+    try:
+        wait_until(lambda: "| started" in log.read_text(), "a started step")
+        (job,) = jobs_after(first)
+        requeue = subprocess.run(
+            ["scontrol", "requeue", str(job["job_id"])], capture_output=True, text=True
+        )
+        assert requeue.returncode != 0  # Slurm refuses: the job is not requeueable
+        assert process.wait(timeout=120) == 0, log.read_text()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+MATRIX = """\
+steps:
+  many:
+    image: example/sleep
+    params: {{seconds: 1}}
+    matrix: {{tag: [{tags}]}}
+"""
+
+
+def test_slurm_max_jobs_keeps_the_runs_jobs_in_the_queue_at_or_below_it(
+    kliko: KlikoCli, tmp_path: Path
+) -> None:
+    tags = ", ".join(f"t{i:02d}" for i in range(40))
+    chain = write_chain(tmp_path, MATRIX.format(tags=tags))
+    first = last_job_id()
+    most = [0]
+    stop = threading.Event()
+
+    def sample() -> None:  # squeue from outside, as a site's limit would count
+        while not stop.is_set():
+            jobs = [j for j in slurm_jobs() if int(j["job_id"]) > first]
+            mine = [j for j in jobs if j["name"].startswith("kliko-") and "check" not in j["name"]]
+            live = [j for j in mine if j["job_state"] in ("PENDING", "RUNNING", "CONFIGURING")]
+            most[0] = max(most[0], len(live))
+            stop.wait(0.2)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        done = kliko(
+            "run", chain, "--backend", "slurm", "--plain", "--cache-dir", "c", "--jobs", "40",
+            "--slurm-max-jobs", "8", timeout=600,
+        )  # fmt: skip
+    finally:
+        stop.set()
+        sampler.join()
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert len(jobs_after(first)) == 40
+    assert 1 <= most[0] <= 8, f"{most[0]} of the run's jobs were in the queue at once"
