@@ -333,14 +333,13 @@ class SlurmRuntime:
         name = f"{JOB_PREFIX}{run}-{_SAFE.sub('_', step)}"
         args = [*self._sbatch_args(job, folder, name, limit), *self.options.sbatch_options]
         args.append(str(script))
-        before = await self._jobs_named(name)
         for tries, delay in enumerate([*RETRY_DELAYS, None], start=1):
             done = await slurm_command(args)
             if done.returncode == 0:
                 job_id = parse_job_id(done)
                 break
             # The call may have failed after the controller took the job (a timeout): adopt it.
-            adopted = (await self._jobs_named(name)) - before
+            adopted = (await self._jobs_named(name)) - self._live  # names hold the run's ID
             if adopted:
                 job_id = min(adopted, key=int)
                 break
