@@ -121,9 +121,7 @@ def _apply_profile(options: argparse.Namespace) -> None:
     given_max_jobs = options.slurm_max_jobs
     options.slurm_max_jobs = options.slurm_max_jobs or profile.slurm_max_jobs
     if options.backend != "slurm" and (options.partition or options.slurm_opt or given_max_jobs):
-        raise ParameterError(
-            "--partition, --slurm-opt and --slurm-max-jobs need --backend slurm"
-        )
+        raise ParameterError("--partition, --slurm-opt and --slurm-max-jobs need --backend slurm")
 
 
 def _slurm_options(options: argparse.Namespace) -> Any:
