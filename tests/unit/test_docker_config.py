@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from kliko_async.runtime.base import ContainerJob, Mount
-from kliko_async.runtime.docker import _container_config
+from kliko_async.runtime.dockerfiles import container_config
 
 
 def test_a_job_becomes_an_unprivileged_container_with_its_mounts_limits_and_labels() -> None:
@@ -28,7 +28,7 @@ def test_a_job_becomes_an_unprivileged_container_with_its_mounts_limits_and_labe
         gpus=2,
     )
 
-    config = _container_config(job)
+    config = container_config(job)
 
     host = config["HostConfig"]
     assert host["Mounts"] == [
@@ -54,6 +54,6 @@ def test_a_job_becomes_an_unprivileged_container_with_its_mounts_limits_and_labe
 
 
 def test_no_limits_means_no_limit_keys() -> None:
-    config = _container_config(ContainerJob(image="sha256:" + "b" * 64))
+    config = container_config(ContainerJob(image="sha256:" + "b" * 64))
 
     assert not {"NanoCpus", "Memory", "DeviceRequests"} & set(config["HostConfig"])

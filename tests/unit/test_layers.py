@@ -20,6 +20,8 @@ DOCKER_ONLY = {"aiodocker", "aiohttp"}
 DOCKER_MODULES = {
     "kliko_async.runtime.docker",
     "kliko_async.runtime.dockerexport",
+    "kliko_async.runtime.dockerfiles",
+    "kliko_async.runtime.dockerlogs",
     "kliko_async.runtime.dockerowners",
 }
 

@@ -181,18 +181,28 @@ class Runtime(Protocol):
 
 
 class LineSplitter:
-    """Turns arbitrary byte chunks of one stream into complete lines, decoded losslessly."""
+    """Turns arbitrary byte chunks of one stream into complete lines, decoded losslessly.
+
+    Linear in what it is fed: the pieces of a line are joined once, when its newline comes, so
+    a line of any length costs its size, not its size times its number of chunks.
+    """
 
     __slots__ = ("_pending",)
 
     def __init__(self) -> None:
-        self._pending = b""
+        self._pending: list[bytes] = []
 
     def feed(self, chunk: bytes) -> list[str]:
-        data = self._pending + chunk
-        *lines, self._pending = data.split(b"\n")
+        if b"\n" not in chunk:
+            if chunk:
+                self._pending.append(chunk)
+            return []
+        first, *lines, rest = chunk.split(b"\n")
+        self._pending.append(first)
+        lines.insert(0, b"".join(self._pending))
+        self._pending = [rest] if rest else []
         return [line.decode("utf-8", "surrogateescape") for line in lines]
 
     def flush(self) -> list[str]:
-        rest, self._pending = self._pending, b""
+        rest, self._pending = b"".join(self._pending), []
         return [rest.decode("utf-8", "surrogateescape")] if rest else []

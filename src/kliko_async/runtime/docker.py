@@ -1,17 +1,13 @@
-"""The Docker Engine runtime, on aiodocker: the only module that talks to Docker."""
+"""The Docker Engine runtime, on aiodocker: containers made, run, waited for through lost
+connections, and removed. Its log and event streams are in ``dockerlogs``, what it hands the
+engine in ``dockerfiles``, owners in ``dockerowners``, image exports in ``dockerexport``."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import io
 import json
 import os
-import signal
-import struct
-import tarfile
 from collections.abc import Callable, Mapping, Sequence
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -27,11 +23,11 @@ from kliko_async.runtime.base import (
     ContainerExit,
     ContainerJob,
     ImageFiles,
-    LineSplitter,
     LogSink,
-    Stream,
     owner_label,
 )
+from kliko_async.runtime.dockerfiles import container_config, path_exists, read_file, tar_context
+from kliko_async.runtime.dockerlogs import LogFollower, LogReader, ending_events
 from kliko_async.runtime.dockerowners import Owners, lend_mounts, return_mounts
 from kliko_async.runtime.inflight import InFlight, track, untrack
 
@@ -45,10 +41,16 @@ CREATE_DEADLINE_SECONDS = 30
 """Creating a container is shielded from cancellation (else the engine may make one that no
 cleanup knows of) for at most this long."""
 
-EVENTS_DEADLINE_SECONDS = 5
-"""How long reading the engine's events of a failed container (was it killed?) may take."""
+ENGINE_GONE_SECONDS = 30
+"""How long the engine may go unreachable while a container runs (restarting, a dropped
+connection) before the step fails because the engine went away."""
 
-_STREAMS: dict[int, Stream] = {1: "stdout", 2: "stderr"}
+WAIT_RETRY_SECONDS = (0.2, 0.5, 1.0, 2.0, 5.0)
+"""The pauses between attempts to reach the engine again while waiting (the last repeats)."""
+
+LOG_DRAIN_SECONDS = 10
+"""Once the container ended, how long its followed log may take to end by itself; what it has
+not delivered by then is fetched by position (see ``LogFollower.catch_up``)."""
 _UNAVAILABLE_HINT = (
     "Start a Docker Engine (scripts/ensure-docker does it on Debian) or point DOCKER_HOST at one; "
     "if the socket exists but access is denied, add yourself to the 'docker' group."
@@ -68,6 +70,18 @@ class DockerRuntime:
         if self._client is None:
             self._client = aiodocker.Docker(url=self._url)
         return self._client
+
+    @property
+    def connections_in_use(self) -> int:
+        """How many of the client's pooled connections to the engine are taken right now.
+
+        aiohttp's pool holds 100; one never given back is gone for good, and once all are,
+        every request waits for one. Tests watch this stay small over hundreds of containers.
+        """
+        if self._client is None:
+            return 0
+        connector = self._client.session.connector
+        return len(getattr(connector, "_acquired", ()))
 
     async def ping(self) -> str:
         """The engine's version; raises RuntimeUnavailable when no engine answers."""
@@ -139,40 +153,13 @@ class DockerRuntime:
         container = await self._create(config)
         tracked = track(InFlight("reading an image's kliko.yml", container_id=container.id))
         try:
-            contents = {path: await self._read_file(container, path) for path in read}
-            exists = {path: await self._path_exists(container, path) for path in stat}
+            contents = {path: await read_file(container, path) for path in read}
+            exists = {path: await path_exists(self.client, container.id, path) for path in stat}
         finally:
             with anyio.CancelScope(shield=True), anyio.move_on_after(CLEANUP_DEADLINE_SECONDS):
                 await self._delete(container)
                 untrack(tracked)
         return ImageFiles(contents=contents, exists=exists)
-
-    async def _read_file(self, container: Any, path: str) -> bytes | None:
-        try:
-            archive: tarfile.TarFile = await container.get_archive(path)
-        except aiodocker.DockerError as exc:
-            if exc.status == 404:
-                return None
-            raise ContainerError(f"cannot copy {path} out of the image: {exc.message}") from None
-        with archive:
-            member = next((m for m in archive.getmembers() if m.isfile()), None)
-            handle = archive.extractfile(member) if member else None
-            return handle.read() if handle else None
-
-    async def _path_exists(self, container: Any, path: str) -> bool:
-        try:
-            async with self.client._query(
-                f"containers/{container.id}/archive", method="HEAD", params={"path": path}
-            ):
-                return True
-        except ValueError:
-            # A HEAD error reply has no body, and aiodocker fails decoding it as JSON: the engine
-            # answers HEAD on the archive endpoint with an error only when the path is absent.
-            return False
-        except aiodocker.DockerError as exc:
-            if exc.status == 404:
-                return False
-            raise ContainerError(f"cannot look for {path} in the image: {exc.message}") from None
 
     async def build_image(
         self,
@@ -185,7 +172,7 @@ class DockerRuntime:
         await self._ready()
         if not (context / "Dockerfile").is_file():
             raise ImageError("no Dockerfile in the build folder", where=f"build '{context}'")
-        archive = await anyio.to_thread.run_sync(_tar_context, context)
+        archive = await anyio.to_thread.run_sync(tar_context, context)
         image_id: str | None = None
         output: list[str] = []
         try:
@@ -231,58 +218,157 @@ class DockerRuntime:
         on_start: Callable[[str], None] | None = None,
     ) -> ContainerExit:
         await self._ready()
-        container = await self._create(_container_config(job))
+        container = await self._create(container_config(job))
         step = job.labels.get(f"{LABEL_PREFIX}.step")
         tracked = track(InFlight(f"step {step}" if step else "a container", container.id))
-        exited = False
-        former: dict[str, Owners] | None = None
+        lent: list[dict[str, Owners]] = []  # the mounts' former owners while they are lent
+        try:
+            ended = await self._run_created(container, job, on_log, on_start, lent)
+        except BaseException:
+            # Cancelled or failed while running: stop it gracefully first (and give the mounts
+            # back). The error under way says what happened; one from the cleanup would hide it.
+            with anyio.CancelScope(shield=True), anyio.move_on_after(CLEANUP_DEADLINE_SECONDS):
+                if lent:
+                    await self._stop_and_return(container, job, lent[0])
+                with contextlib.suppress(ContainerError, aiohttp.ClientError, OSError):
+                    await self._stop_and_delete(container)
+                untrack(tracked)
+            raise
+        with anyio.CancelScope(shield=True), anyio.move_on_after(CLEANUP_DEADLINE_SECONDS):
+            try:
+                await self._delete(container)
+            except (aiohttp.ClientError, OSError) as exc:
+                raise self._gone(container.id, exc) from None
+            except aiodocker.DockerError as exc:
+                if exc.status == 900:
+                    raise self._gone(container.id, exc) from None
+                raise ContainerError(f"could not remove container {container.id[:12]}") from None
+            finally:
+                untrack(tracked)
+        return ended
+
+    async def _run_created(
+        self,
+        container: Any,
+        job: ContainerJob,
+        on_log: LogSink,
+        on_start: Callable[[str], None] | None,
+        lent: list[dict[str, Owners]],
+    ) -> ContainerExit:
+        """Start a created container, follow its log, wait for it and say how it ended.
+
+        With ``job.lend_mounts``, ``lent`` holds the mounts' former owners from lending them
+        until giving them back. Every error of the engine comes out as a ``ContainerError``
+        (never wrapped in a task group's exception group).
+        """
         try:
             if job.lend_mounts:
-                former = {}
-                former.update(await lend_mounts(self.client, container.id, job))
+                lent.append({})
+                lent[0].update(await lend_mounts(self.client, container.id, job))
             try:
                 await container.start()
             except aiodocker.DockerError as exc:
+                if exc.status == 900:
+                    raise
                 raise ContainerError(
                     f"the engine could not start the container: {exc.message}"
                 ) from None
             if on_start:
                 on_start(container.id)
-            logs = _LogReader(on_log)
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(self._follow_logs, container.id, logs)
-                status = await container.wait()
-            exited = True
+            logs = LogReader(on_log)
+            follower = LogFollower(self.client, container.id, logs)
+            status, reconnected = await self._wait_following(container, follower)
             code = int(status.get("StatusCode", -1))
             try:
-                await self._catch_up_logs(container.id, logs)
-            except aiodocker.DockerError:
+                await follower.catch_up()
+            except (aiodocker.DockerError, aiohttp.ClientError, OSError):
                 if code == 0:
                     raise  # the log may be incomplete: no success without all of it
                 # A failure is explained below (a container being removed has no log left).
             logs.flush()
-            if former is not None:
-                lent, former = former, None
-                await return_mounts(self.client, container.id, job, lent)
+            if lent:
+                await return_mounts(self.client, container.id, job, lent[0])
+                lent.clear()
             error = (status.get("Error") or {}).get("Message") or None
             if code == 0:  # only a failure needs the full state: killed? out of memory?
                 return ContainerExit(container_id=container.id, exit_code=0, error=error)
-            return await self._failed_exit(container, code, error, job.memory)
+            ended = await self._failed_exit(container, code, error, job.memory)
         except aiodocker.DockerError as exc:
             if exc.status == 404:
                 raise ContainerError("the container was removed while it ran") from None
+            if exc.status == 900:
+                raise self._gone(container.id, exc) from None
             raise ContainerError(f"the engine lost the container: {exc.message}") from None
-        except (aiohttp.ClientError, OSError) as exc:
-            raise self._unavailable(exc) from None
-        finally:
-            with anyio.CancelScope(shield=True), anyio.move_on_after(CLEANUP_DEADLINE_SECONDS):
-                if former is not None:  # lent and not yet returned: cancelled or failed
-                    await self._stop_and_return(container, job, former)
-                if exited:
-                    await self._delete(container)
-                else:  # cancelled or failed while running: stop it gracefully first
-                    await self._stop_and_delete(container)
-                untrack(tracked)
+        except aiohttp.ClientError as exc:
+            raise self._gone(container.id, exc) from None
+        except OSError as exc:  # the temporary copies of lent mounts, on this host's disk
+            raise ContainerError(f"could not hand over the step's folders: {exc}") from None
+        if reconnected and ended.killed_by is None and not ended.oom_killed and code in (137, 143):
+            raise ContainerError(
+                f"the Docker Engine stopped answering while the step ran and, once it answered "
+                f"again, the container had been killed (exit code {code}): the engine was "
+                "restarted, and stopped its containers"
+            )
+        return ended
+
+    async def _wait_following(
+        self, container: Any, follower: LogFollower
+    ) -> tuple[dict[str, Any], bool]:
+        """The container's exit status (and whether the wait had to reach the engine again),
+        its log followed meanwhile. An error is raised as it is, not in an exception group."""
+        failure: Exception | None = None
+        status: dict[str, Any] = {}
+        reconnected = False
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(follower.follow)
+            try:
+                status, reconnected = await self._wait(container)
+            except Exception as exc:
+                failure = exc
+            follower.stop()
+            tg.cancel_scope.deadline = anyio.current_time() + (
+                0 if failure is not None else LOG_DRAIN_SECONDS
+            )
+        if failure is not None:
+            raise failure
+        return status, reconnected
+
+    async def _wait(self, container: Any) -> tuple[dict[str, Any], bool]:
+        """Wait for the container to end, through lost connections to the engine: the container
+        runs on meanwhile, and a wait asked again answers for it. Raises the last connection
+        error once the engine has not answered for ``ENGINE_GONE_SECONDS``."""
+        pauses = iter(WAIT_RETRY_SECONDS)
+        pause = WAIT_RETRY_SECONDS[0]
+        lost_at: float | None = None
+        reconnected = False
+        while True:
+            asked = anyio.current_time()
+            try:
+                return dict(await container.wait()), reconnected
+            except aiodocker.DockerError as exc:
+                if exc.status != 900:
+                    raise
+                error: Exception = exc
+            except (aiohttp.ClientError, OSError) as exc:
+                error = exc
+            now = anyio.current_time()
+            if lost_at is None or now - asked > 1:  # connected, then lost again: a new loss
+                lost_at, pauses = asked, iter(WAIT_RETRY_SECONDS)
+            if now - lost_at >= ENGINE_GONE_SECONDS:
+                raise error
+            reconnected = True
+            pause = next(pauses, pause)
+            await anyio.sleep(pause)
+
+    def _gone(self, container_id: str, exc: BaseException) -> ContainerError:
+        """The engine went away while ``container_id`` ran: say so, and what is left."""
+        where = self._url or os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+        return ContainerError(
+            f"the Docker Engine at {where} went away while the step ran ({_short(exc)}); its "
+            f"container {container_id[:12]} is left on that engine, and the next run on this "
+            "host removes it once the engine is back",
+            hint=_UNAVAILABLE_HINT,
+        )
 
     async def _failed_exit(
         self, container: Any, code: int, error: str | None, memory: int | None
@@ -292,7 +378,7 @@ class DockerRuntime:
         if state.get("Status") == "removing":
             raise ContainerError("the container was removed while it ran (docker rm from outside)")
         oom_killed = bool(state.get("OOMKilled", False))
-        events = await self._ending_events(container.id, str(state.get("StartedAt", "")))
+        events = await ending_events(self.client, container.id, str(state.get("StartedAt", "")))
         killed_by = events.get("kill")
         # With cgroup v1 the engine misses some OOM kills (no OOMKilled, no 'oom' event). A
         # SIGKILL under a memory limit that no one sent from outside is the kernel's OOM killer.
@@ -305,88 +391,6 @@ class DockerRuntime:
             killed_by=None if oom_killed else killed_by,
             error=error or state.get("Error") or None,
         )
-
-    async def _ending_events(self, container_id: str, started_at: str) -> dict[str, str]:
-        """The engine's 'kill' (as the signal sent) and 'oom' events of an ended container.
-
-        The engine replays past events from memory up to the container's 'die'; a busy engine
-        may have dropped them, hence the deadline.
-        """
-        found: dict[str, str] = {}
-        try:
-            since = int(datetime.fromisoformat(started_at).timestamp()) - 1
-        except ValueError:
-            since = 0
-        filters = {"container": [container_id], "event": ["kill", "oom", "die"]}
-        params = {"since": str(max(since, 0)), "filters": json.dumps(filters)}
-        with anyio.move_on_after(EVENTS_DEADLINE_SECONDS):
-            try:
-                async with self.client._query(
-                    "events", method="GET", params=params, timeout=None
-                ) as response:
-                    async for line in response.content:
-                        event = json.loads(line) if line.strip() else {}
-                        action = event.get("Action") or event.get("status")
-                        if action == "die":
-                            break
-                        if action == "kill":
-                            actor = event.get("Actor") or {}
-                            number = (actor.get("Attributes") or {}).get("signal")
-                            found["kill"] = _signal_name(number)
-                        elif action == "oom":
-                            found["oom"] = "oom"
-            except (aiohttp.ClientError, aiodocker.DockerError, OSError, ValueError):
-                pass  # only the explanation of a failure is lost, not the failure
-        return found
-
-    async def _follow_logs(self, container_id: str, logs: _LogReader) -> None:
-        """Read the multiplexed log stream, keeping stdout and stderr apart, line by line.
-
-        If the stream breaks, what it missed is fetched once the container has ended.
-        """
-        params = {"stdout": 1, "stderr": 1, "follow": 1, "timestamps": 1}
-        try:
-            async with self.client._query(
-                f"containers/{container_id}/logs", method="GET", params=params, timeout=None
-            ) as response:
-                while (frame := await _read_frame(response.content)) is not None:
-                    logs.feed(*frame)
-        except (aiohttp.ClientError, aiodocker.DockerError, OSError):
-            pass
-
-    async def _catch_up_logs(self, container_id: str, logs: _LogReader) -> None:
-        """Deliver the lines that the follow stream missed, if any.
-
-        Some engines (Docker 20.10) end a followed log stream when the container exits, before
-        its last lines were sent. The last frame seen (its time stamp has nanoseconds) is
-        compared with the container's last frame; only if they differ is the log read again,
-        and the frames after the last one seen are delivered.
-        """
-        last = await self._log_frames(container_id, {"tail": "1"})
-        if last == ([logs.last] if logs.last is not None else []):
-            return
-        params: dict[str, Any] = {"stdout": 1, "stderr": 1, "timestamps": 1, "tail": "all"}
-        found = logs.last is None
-        async with self.client._query(
-            f"containers/{container_id}/logs", method="GET", params=params, timeout=None
-        ) as response:
-            while (frame := await _read_frame(response.content)) is not None:
-                if found:
-                    logs.feed(*frame)
-                else:
-                    found = frame == logs.last
-
-    async def _log_frames(
-        self, container_id: str, extra: dict[str, str]
-    ) -> list[tuple[int, bytes]]:
-        params: dict[str, Any] = {"stdout": 1, "stderr": 1, "timestamps": 1, **extra}
-        frames: list[tuple[int, bytes]] = []
-        async with self.client._query(
-            f"containers/{container_id}/logs", method="GET", params=params
-        ) as response:
-            while (frame := await _read_frame(response.content)) is not None:
-                frames.append(frame)
-        return frames
 
     async def find_images(self, labels: Mapping[str, str]) -> list[str]:
         await self._ready()
@@ -461,91 +465,7 @@ class DockerRuntime:
                 raise ContainerError(f"could not remove container {container.id[:12]}") from None
 
 
-class _LogReader:
-    """Turns log frames (``<time stamp> <bytes>``) into lines for a sink, stream by stream."""
-
-    def __init__(self, on_log: LogSink) -> None:
-        self._on_log = on_log
-        self._splitters: dict[Stream, LineSplitter] = {
-            "stdout": LineSplitter(),
-            "stderr": LineSplitter(),
-        }
-        self._stamps: dict[Stream, str] = {}
-        self.last: tuple[int, bytes] | None = None
-
-    def feed(self, kind: int, payload: bytes) -> None:
-        self.last = (kind, payload)
-        stream: Stream = _STREAMS.get(kind, "stdout")
-        stamp, _, data = payload.partition(b" ")
-        self._stamps[stream] = at = stamp.decode("ascii", "replace")
-        for line in self._splitters[stream].feed(data):
-            self._on_log(stream, line, at)
-
-    def flush(self) -> None:
-        for stream, splitter in self._splitters.items():
-            for line in splitter.flush():
-                self._on_log(stream, line, self._stamps.get(stream))
-
-
-async def _read_frame(content: aiohttp.StreamReader) -> tuple[int, bytes] | None:
-    """One frame of a multiplexed log stream: (stream number, payload); None at its end."""
-    try:
-        header = await content.readexactly(8)
-        kind, length = struct.unpack(">BxxxL", header)
-        return kind, (await content.readexactly(length) if length else b"")
-    except asyncio.IncompleteReadError:  # the stream ended
-        return None
-
-
-def _signal_name(number: object) -> str:
-    try:
-        return signal.Signals(int(str(number))).name
-    except ValueError:
-        return f"signal {number}"
-
-
-def _container_config(job: ContainerJob) -> dict[str, Any]:
-    host: dict[str, Any] = {
-        # Mounts, not Binds: a host path may hold ':' or ',' (Binds splits it at ':').
-        "Mounts": [
-            {"Type": "bind", "Source": str(m.source), "Target": m.target, "ReadOnly": m.read_only}
-            for m in job.mounts
-        ],
-        "Privileged": False,
-        "NetworkMode": "bridge",
-        # The 'local' log driver keeps the bytes a container writes; 'json-file' (the usual
-        # default) turns what is not UTF-8 into U+FFFD, and others (journald) cannot be read
-        # back at all. Lines are followed live; the files only matter for catching up.
-        "LogConfig": {"Type": "local", "Config": {"max-size": "100m", "max-file": "5"}},
-    }
-    if job.memory is not None:
-        host["Memory"] = job.memory
-        host["MemorySwap"] = job.memory
-    if job.cpus is not None:
-        host["NanoCpus"] = int(job.cpus * 1e9)
-    if job.gpus:  # as `docker run --gpus N`: the engine's GPU device driver picks them
-        host["DeviceRequests"] = [{"Driver": "", "Count": job.gpus, "Capabilities": [["gpu"]]}]
-    config: dict[str, Any] = {
-        "Image": job.image,
-        "Env": [f"{k}={v}" for k, v in job.env.items()],
-        "Labels": {f"{LABEL_PREFIX}.managed": "1", **job.labels},
-        "HostConfig": host,
-        "AttachStdout": False,
-        "AttachStderr": False,
-        "Tty": False,
-    }
-    if job.command is not None:
-        config["Cmd"] = list(job.command)
-    if job.user is not None:
-        config["User"] = job.user
-    if job.workdir is not None:
-        config["WorkingDir"] = job.workdir
-    return config
-
-
-def _tar_context(context: Path) -> io.BytesIO:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
-        archive.add(str(context), arcname=".")
-    buffer.seek(0)
-    return buffer
+def _short(exc: BaseException) -> str:
+    """An engine error in a few words: aiodocker's message, else the exception's own text."""
+    text = exc.message if isinstance(exc, aiodocker.DockerError) else str(exc)
+    return text.strip() or type(exc).__name__

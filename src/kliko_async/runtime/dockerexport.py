@@ -13,6 +13,7 @@ import anyio
 from kliko_async.errors import ContainerError
 from kliko_async.runtime.base import KLIKO_EXECUTABLE, LABEL_PREFIX, OWNER_LABEL, owner_label
 from kliko_async.runtime.docker import DockerRuntime
+from kliko_async.runtime.dockerlogs import engine_response
 
 REMOVE_DEADLINE_SECONDS = 30
 """How long removing the exported container may take, even while being cancelled."""
@@ -39,8 +40,8 @@ async def export_image(docker: DockerRuntime, image_id: str, archive: Path) -> l
         raise ContainerError(f"cannot export image {image_id[:19]}: {error}") from None
     try:
         async with (
-            client._query(
-                f"containers/{container.id}/export", method="GET", timeout=None
+            engine_response(
+                client, f"containers/{container.id}/export", method="GET", timeout=None
             ) as response,
             await anyio.open_file(archive, "wb") as handle,
         ):

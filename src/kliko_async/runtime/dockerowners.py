@@ -26,6 +26,7 @@ import anyio
 
 from kliko_async.errors import ContainerError
 from kliko_async.runtime.base import ContainerJob, Mount
+from kliko_async.runtime.dockerlogs import engine_response
 
 Owners = dict[str, tuple[int, int]]
 """Archive entry name -> (uid, gid) it had."""
@@ -98,7 +99,8 @@ async def _rewrite_through_engine(
         tempfile.TemporaryFile(dir=mount.source.parent) as fetched,
         tempfile.TemporaryFile(dir=mount.source.parent) as rewritten,
     ):
-        async with client._query(
+        async with engine_response(
+            client,
             f"containers/{container_id}/archive",
             method="GET",
             params={"path": mount.target},
@@ -109,7 +111,8 @@ async def _rewrite_through_engine(
         fetched.seek(0)
         await anyio.to_thread.run_sync(rewrite, fetched, rewritten)
         rewritten.seek(0)
-        async with client._query(
+        async with engine_response(
+            client,
             f"containers/{container_id}/archive",
             method="PUT",
             params={"path": str(Path(mount.target).parent)},
