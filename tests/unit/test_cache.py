@@ -273,9 +273,10 @@ def test_stage_publish_lookup_round_trip(cache: Cache) -> None:
         "a.txt": sha256_file(found.output_dir / "a.txt"),
         "sub/b.bin": sha256_file(found.output_dir / "sub" / "b.bin"),
     }
-    assert found.manifest.model_dump(exclude={"outputs"}) == manifest.model_dump(
-        exclude={"outputs"}
+    assert found.manifest.model_dump(exclude={"outputs", "log_sha256"}) == manifest.model_dump(
+        exclude={"outputs", "log_sha256"}
     )
+    assert found.manifest.log_sha256 == sha256_file(found.log_path)
     assert (found.output_dir / "a.txt").read_bytes() == b"alpha"
     assert found.log_path.read_bytes() == b"done\n"
     on_disk = Manifest.model_validate_json((found.path / "manifest.json").read_text())
@@ -938,6 +939,24 @@ def test_verify_finds_changed_missing_and_extra_files(cache: Cache) -> None:
         VerifyProblem(key=key, path="output/sub/c.txt", problem="missing"),
     ]
     assert str(problems[0]) == f"{key}: output/a.txt: content changed"
+
+
+def test_verify_checks_the_saved_log_against_its_recorded_hash(cache: Cache) -> None:
+    changed, removed = key_of(1), key_of(2)
+    logs = {}
+    for key in (changed, removed):
+        entry = publish_files(cache, key, {"a.txt": b"a"})
+        assert entry.manifest.log_sha256 == sha256_file(entry.log_path)
+        make_writable(entry.path)
+        make_writable(entry.log_path)
+        logs[key] = entry.log_path
+    logs[changed].write_bytes(b"ok\nok\n")  # a line saved twice
+    logs[removed].unlink()
+
+    assert verify(cache) == [
+        VerifyProblem(key=changed, path="log.txt", problem="content changed"),
+        VerifyProblem(key=removed, path="log.txt", problem="missing"),
+    ]
 
 
 def test_verify_reports_unreadable_and_missing_manifests(cache: Cache) -> None:

@@ -48,6 +48,11 @@ class Manifest(BaseModel):
     finished_at: datetime
     duration_s: float
     exit_code: int
+    log_sha256: str | None = Field(
+        None,
+        description="SHA-256 of the saved log (log.txt), for 'cache verify'; None in entries "
+        "made before it was recorded.",
+    )
     outputs: dict[str, str] = Field(default_factory=dict)
     """Path relative to ``output/`` -> SHA-256, as
     :func:`kliko_async.cache.hashing.hash_tree` gives.

@@ -32,8 +32,16 @@ from contextlib import AbstractAsyncContextManager, suppress
 from pathlib import Path
 
 from kliko_async.cache.durable import DIR_MODE, fsync_dir, remove_tree, seal_tree, write_sealed
-from kliko_async.cache.entry import MANIFEST, OUTPUT, CacheEntry, Manifest, Staging, read_manifest
-from kliko_async.cache.hashing import hash_tree
+from kliko_async.cache.entry import (
+    LOG,
+    MANIFEST,
+    OUTPUT,
+    CacheEntry,
+    Manifest,
+    Staging,
+    read_manifest,
+)
+from kliko_async.cache.hashing import hash_tree, sha256_file
 from kliko_async.cache.key import CACHE_FORMAT_VERSION
 from kliko_async.cache.locks import KeyLocks
 from kliko_async.cache.processes import host_name
@@ -192,7 +200,12 @@ class Cache:
                 )
             action = "hashing the output"
             outputs = hash_tree(staging.output_dir)
-            manifest = manifest_without_outputs.model_copy(update={"outputs": outputs})
+            action = "hashing the log"
+            log = staging.path / LOG
+            log_sha256 = sha256_file(log) if log.exists() else None
+            manifest = manifest_without_outputs.model_copy(
+                update={"outputs": outputs, "log_sha256": log_sha256}
+            )
             action = "writing manifest.json"
             # No temporary file needed: nobody reads a staging folder before its rename.
             write_sealed(staging.path / MANIFEST, manifest.model_dump_json(indent=2).encode())

@@ -9,8 +9,8 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict
 
 from kliko_async.cache.durable import remove_tree
-from kliko_async.cache.entry import MANIFEST, OUTPUT, CacheEntry, read_manifest, shown_name
-from kliko_async.cache.hashing import hash_tree
+from kliko_async.cache.entry import LOG, MANIFEST, OUTPUT, CacheEntry, read_manifest, shown_name
+from kliko_async.cache.hashing import hash_tree, sha256_file
 from kliko_async.cache.holds import HeldKeys
 from kliko_async.cache.key import CACHE_FORMAT_VERSION
 from kliko_async.cache.processes import host_name, pid_alive
@@ -23,10 +23,10 @@ __all__ = ["GcReport", "VerifyProblem", "clean_stale_staging", "gc", "verify"]
 class VerifyProblem(BaseModel):
     """One thing :func:`verify` found wrong.
 
-    ``path`` is relative to the entry folder (``output/a.txt``, ``manifest.json``) or ``None``
-    when the problem concerns the whole entry. ``problem`` is one of: ``content changed``,
-    ``missing``, ``unexpected file``, ``output folder missing``, ``manifest missing``,
-    ``manifest unreadable``, ``manifest key mismatch``, ``misplaced entry``.
+    ``path`` is relative to the entry folder (``output/a.txt``, ``log.txt``, ``manifest.json``)
+    or ``None`` when the problem concerns the whole entry. ``problem`` is one of:
+    ``content changed``, ``missing``, ``unexpected file``, ``output folder missing``,
+    ``manifest missing``, ``manifest unreadable``, ``manifest key mismatch``, ``misplaced entry``.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -192,7 +192,7 @@ def _remove_unless_in_use(cache: Cache, entry: CacheEntry, held: HeldKeys) -> bo
 
 
 def verify(cache: Cache) -> list[VerifyProblem]:
-    """Re-hash every entry's output against its manifest; every problem found."""
+    """Re-hash every entry's output and saved log against its manifest; every problem found."""
     problems: list[VerifyProblem] = []
     for path in cache.entry_dirs():
         problems += _verify_entry(path)
@@ -217,7 +217,7 @@ def _verify_entry(path: Path) -> list[VerifyProblem]:
         actual = hash_tree(output)
     except OSError as err:
         return [VerifyProblem(key=key, path=OUTPUT, problem=f"unreadable ({os_error_text(err)})")]
-    problems: list[VerifyProblem] = []
+    problems = _verify_log(path, key, manifest.log_sha256)
     expected = manifest.outputs
     for rel in sorted(expected.keys() | actual.keys()):
         where = f"{OUTPUT}/{shown_name(rel)}"
@@ -228,6 +228,21 @@ def _verify_entry(path: Path) -> list[VerifyProblem]:
         elif actual[rel] != expected[rel]:
             problems.append(VerifyProblem(key=key, path=where, problem="content changed"))
     return problems
+
+
+def _verify_log(path: Path, key: str, expected: str | None) -> list[VerifyProblem]:
+    """The saved log against the hash its manifest recorded (none in older entries)."""
+    if expected is None:
+        return []
+    try:
+        actual = sha256_file(path / LOG)
+    except FileNotFoundError:
+        return [VerifyProblem(key=key, path=LOG, problem="missing")]
+    except OSError as err:
+        return [VerifyProblem(key=key, path=LOG, problem=f"unreadable ({os_error_text(err)})")]
+    if actual != expected:
+        return [VerifyProblem(key=key, path=LOG, problem="content changed")]
+    return []
 
 
 def _aware(moment: datetime) -> datetime:
