@@ -41,6 +41,10 @@ from kliko_async.runtime.inflight import InFlight, under_way
 LAST_LINES = 20
 """A failed step shows this many of its last log lines."""
 
+SHOWN_LINE_CHARS = 10_000
+"""A longer log line is cut to this many characters for displays and a failure's last lines;
+the saved log keeps it whole."""
+
 
 class AttemptOutcome(BaseModel):
     """How one attempt ended: published (``entry``), or failed with a reason and its log."""
@@ -228,6 +232,8 @@ class StepAttempts:
 
         def on_log(stream: Stream, text: str, at: str | None = None, /) -> None:
             log.write_line(stream, text, at)
+            if len(text) > SHOWN_LINE_CHARS:
+                text = shown_part(text)
             last.append(text)
             if wants:
                 emit(log_line(step, stream, text))
@@ -259,6 +265,12 @@ def exit_reason(exited: ContainerExit, memory: int | None) -> str:
     if code == 137:
         return "killed (exit code 137: SIGKILL, from outside or out of memory)"
     return f"exited with code {code}"
+
+
+def shown_part(text: str) -> str:
+    """The start of a line too long to show, and how much of it is not shown."""
+    rest = len(text) - SHOWN_LINE_CHARS
+    return f"{text[:SHOWN_LINE_CHARS]}… ({rest:,} more characters in the saved log)"
 
 
 def full_disk(path: Path, cache_root: Path) -> str | None:
