@@ -1,0 +1,155 @@
+"""Faults of the engine itself, on the real engine: a connection dropped mid-step, the engine
+killed mid-run. A transient fault is waited through (the container runs on); a step that truly
+fails is a step failure with its reason; a run never dies of one, never with a traceback.
+
+Connections are dropped by a unix-socket proxy in front of the shared engine. Killing an engine
+needs one of its own (``own_engine``): the shared one is never touched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import anyio
+import anyio.abc
+import pytest
+
+import kliko_async
+from kliko_async.cache.store import Cache
+from kliko_async.cache.upkeep import verify
+from kliko_async.engine.steplogs import log_content
+from kliko_async.runtime.docker import DockerRuntime
+
+if TYPE_CHECKING:
+    pass
+
+pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("example_images")]
+
+ENGINE_SOCKET = "/var/run/docker.sock"
+
+KLIKO_YML = """\
+schema_version: 3
+name: chatty
+description: Writes numbered lines for a while, a long line, then ends with a chosen code.
+io: split
+sections:
+  - name: ending
+    description: How it ends
+    fields:
+      - {name: code, type: int, initial: 0}
+      - {name: lines, type: int, initial: 40}
+"""
+
+SCRIPT = r"""#!/bin/sh
+lines=$(sed -n 's/.*"lines": *\([0-9]*\).*/\1/p' /parameters.json)
+i=0
+while [ "$i" -lt "$lines" ]; do echo "line $i"; i=$((i + 1)); sleep 0.1; done
+head -c 40000 /dev/zero | tr '\0' y
+echo
+echo done > /output/done.txt
+exit "$(sed -n 's/.*"code": *\([0-9]*\).*/\1/p' /parameters.json)"
+"""
+
+EXPECTED_LOG = b"".join(b"line %d\n" % i for i in range(40)) + b"y" * 40000 + b"\n"
+
+
+@pytest.fixture(scope="module")
+def chatty_image(
+    tmp_path_factory: pytest.TempPathFactory, kliko_image_builder: Callable[[Path, str, str], str]
+) -> str:
+    return kliko_image_builder(tmp_path_factory.mktemp("img") / "chatty", KLIKO_YML, SCRIPT)
+
+
+class DroppingProxy:
+    """Relays a unix socket to the engine's, and drops every connection open at the moment the
+    engine first sends ``trigger`` (as a flaky network or an engine hiccup would)."""
+
+    def __init__(self, path: Path, trigger: bytes) -> None:
+        self.path = path
+        self.trigger = trigger
+        self.dropped = 0
+        self._open: set[anyio.abc.CancelScope] = set()
+
+    async def serve(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
+        listener = await anyio.create_unix_listener(self.path)
+        task_status.started()
+        await listener.serve(self._relay)
+
+    async def _relay(self, client: anyio.abc.SocketStream) -> None:
+        try:
+            async with client, await anyio.connect_unix(ENGINE_SOCKET) as engine:
+                async with anyio.create_task_group() as tg:
+                    self._open.add(tg.cancel_scope)
+                    tg.start_soon(self._pump, client, engine, tg.cancel_scope, False)
+                    tg.start_soon(self._pump, engine, client, tg.cancel_scope, True)
+                self._open.discard(tg.cancel_scope)
+        except (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError):
+            pass
+
+    async def _pump(
+        self,
+        source: anyio.abc.SocketStream,
+        sink: anyio.abc.SocketStream,
+        scope: anyio.CancelScope,
+        watch: bool,
+    ) -> None:
+        seen = b""
+        try:
+            async for chunk in source:
+                await sink.send(chunk)
+                seen = (seen + chunk)[-len(self.trigger) - len(chunk) :]
+                if watch and not self.dropped and self.trigger in seen:
+                    self.dropped = len(self._open)
+                    for other in list(self._open):
+                        other.cancel()  # leaving the relay closes both of its sockets
+        except (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError):
+            pass
+        scope.cancel()  # one side ended: so does the other
+
+
+def saved_log(cache: Cache, step: str) -> bytes:
+    (entry,) = [e for e in cache.entries() if e.manifest.step == step]
+    return log_content(entry.log_path)
+
+
+@pytest.mark.anyio
+async def test_a_connection_dropped_mid_step_is_waited_through(
+    tmp_path: Path, chatty_image: str
+) -> None:
+    chain = tmp_path / "chain.yaml"
+    chain.write_text(
+        "steps:\n"
+        f"  fine: {{image: {chatty_image}, params: {{code: 0}}}}\n"
+        f"  broken: {{image: {chatty_image}, params: {{code: 4}}}}\n"
+        f"  after: {{image: {chatty_image}, params: {{code: 0, lines: 2}}, inputs: [fine]}}\n"
+    )
+    proxy = DroppingProxy(tmp_path / "engine.sock", trigger=b"line 15\n")
+    runtime = DockerRuntime(url=f"unix://{proxy.path}")
+    async with anyio.create_task_group() as tg:
+        await tg.start(proxy.serve)
+        try:
+            result = await kliko_async.run(
+                chain, runtime=runtime, cache_dir=tmp_path / "cache", jobs=2, keep_going=True
+            )
+            in_use = runtime.connections_in_use
+        finally:
+            await runtime.aclose()
+            tg.cancel_scope.cancel()
+
+    assert proxy.dropped >= 2  # at least the wait and the log of a running step
+    steps = result.steps
+    assert steps["fine"].state == "done"
+    assert steps["after"].state == "done"
+    assert steps["broken"].state == "failed"
+    assert steps["broken"].reason == "exited with code 4"
+    assert (
+        steps["broken"].last_lines[-1]
+        == "y" * 10_000 + "… (30,000 more characters in the saved log)"
+    )
+    cache = Cache(tmp_path / "cache")
+    assert saved_log(cache, "fine") == EXPECTED_LOG  # every line once, none lost
+    assert log_content(steps["broken"].log_path or Path("-")) == EXPECTED_LOG
+    assert verify(cache) == []
+    assert in_use == 0
