@@ -17,9 +17,9 @@ import anyio.abc
 import pytest
 
 import kliko_async
+from kliko_async.cache.logfiles import log_content
 from kliko_async.cache.store import Cache
 from kliko_async.cache.upkeep import verify
-from kliko_async.engine.steplogs import log_content
 from kliko_async.runtime.docker import DockerRuntime
 
 if TYPE_CHECKING:

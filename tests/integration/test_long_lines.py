@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from kliko_async.cache.logfiles import log_records
 from kliko_async.cache.store import Cache
 from kliko_async.cache.upkeep import verify
 from kliko_async.engine.attempts import SHOWN_LINE_CHARS
-from kliko_async.engine.steplogs import log_records
 
 if TYPE_CHECKING:
     from conftest import KlikoCli
