@@ -8,7 +8,13 @@ needs one of its own (``own_engine``): the shared one is never touched.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+import shutil
+import signal
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,7 +29,7 @@ from kliko_async.cache.upkeep import verify
 from kliko_async.runtime.docker import DockerRuntime
 
 if TYPE_CHECKING:
-    pass
+    from conftest import KlikoCli
 
 pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("example_images")]
 
@@ -70,7 +76,7 @@ class DroppingProxy:
         self.path = path
         self.trigger = trigger
         self.dropped = 0
-        self._open: set[anyio.abc.CancelScope] = set()
+        self._open: set[anyio.CancelScope] = set()
 
     async def serve(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
         listener = await anyio.create_unix_listener(self.path)
@@ -153,3 +159,122 @@ async def test_a_connection_dropped_mid_step_is_waited_through(
     assert log_content(steps["broken"].log_path or Path("-")) == EXPECTED_LOG
     assert verify(cache) == []
     assert in_use == 0
+
+
+class OwnEngine:
+    """A Docker Engine of this test's own (own roots, socket and pid file; no network bridge),
+    to kill and restart without touching the shared one."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.socket = root / "docker.sock"
+        self.host = f"unix://{self.socket}"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with (self.root / "dockerd.log").open("ab") as log:
+            self.process = subprocess.Popen(
+                [
+                    "dockerd",
+                    *("--data-root", str(self.root / "data")),
+                    *("--exec-root", str(self.root / "exec")),
+                    *("--pidfile", str(self.root / "dockerd.pid")),
+                    *("-H", self.host),
+                    *("--bridge=none", "--iptables=false", "--ip6tables=false"),
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + 60
+        while self.docker("version", check=False).returncode != 0:
+            assert self.process.poll() is None, (self.root / "dockerd.log").read_text()[-2000:]
+            assert time.monotonic() < deadline, "the test's own engine did not start in 60 s"
+            time.sleep(0.2)
+
+    def kill(self, sig: int) -> None:
+        assert self.process is not None
+        self.process.send_signal(sig)
+        self.process.wait(timeout=60)
+
+    def docker(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["docker", "-H", self.host, *args], capture_output=True, text=True, check=check
+        )
+
+    def managed_containers(self) -> list[str]:
+        found = self.docker("ps", "-aq", "--filter", "label=io.kliko-async.managed=1")
+        return found.stdout.split()
+
+
+@pytest.fixture
+def own_engine(chatty_image: str) -> Iterator[OwnEngine]:
+    if shutil.which("dockerd") is None or os.geteuid() != 0:
+        pytest.skip("starting an engine of the test's own needs dockerd and root")
+    engine = OwnEngine(Path("/tmp") / f"kliko-engine-{uuid.uuid4().hex[:8]}")
+    engine.root.mkdir()
+    try:
+        engine.start()
+        images = subprocess.run(
+            ["docker", "save", "kliko-async/busybox", chatty_image],
+            capture_output=True,
+            check=True,
+        ).stdout
+        subprocess.run(
+            ["docker", "-H", engine.host, "load"], input=images, capture_output=True, check=True
+        )
+        yield engine
+    finally:
+        if engine.process is not None and engine.process.poll() is None:
+            engine.kill(signal.SIGTERM)
+        shutil.rmtree(engine.root, ignore_errors=True)
+
+
+def test_the_engine_killed_mid_run_is_named_and_what_finished_is_kept(
+    kliko: KlikoCli, tmp_path: Path, chatty_image: str, own_engine: OwnEngine
+) -> None:
+    chain = tmp_path / "chain.yaml"
+    chain.write_text(
+        "steps:\n"
+        f"  quick: {{image: {chatty_image}, params: {{lines: 1}}}}\n"
+        f"  nap: {{image: {chatty_image}, params: {{lines: 3000}}}}\n"
+        f"  after: {{image: {chatty_image}, params: {{lines: 1}}, inputs: [nap]}}\n"
+    )
+    cache_dir = tmp_path / "cache"
+    kliko.env["DOCKER_HOST"] = own_engine.host
+    output = tmp_path / "run.log"
+    process = kliko.popen("run", chain, "--cache-dir", cache_dir, "--plain", log=output)
+    try:
+        deadline = time.monotonic() + 120
+        while not (
+            [e for e in Cache(cache_dir).entries() if e.manifest.step == "quick"]
+            and own_engine.docker("ps", "-q", "--filter", "label=io.kliko-async.step=nap").stdout
+        ):
+            assert process.poll() is None, output.read_text()
+            assert time.monotonic() < deadline, "quick did not finish, or nap did not start"
+            time.sleep(0.2)
+        (nap,) = own_engine.managed_containers()
+
+        own_engine.kill(signal.SIGKILL)
+        status = process.wait(timeout=180)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+    said = output.read_text()
+    assert status != 0, said
+    assert "Traceback" not in said
+    assert "went away" in said and nap[:12] in said, said
+    assert "killed from outside" not in said and "could not remove" not in said, said
+
+    # Once the engine is back: what finished is kept and sound, and the next run removes what
+    # the killed engine left.
+    own_engine.start()
+    assert [e.manifest.step for e in Cache(cache_dir).entries()] == ["quick"]
+    assert verify(Cache(cache_dir)) == []
+    quick_only = tmp_path / "quick.yaml"
+    quick_only.write_text(f"steps:\n  quick: {{image: {chatty_image}, params: {{lines: 1}}}}\n")
+    again = kliko("run", quick_only, "--cache-dir", cache_dir, "--plain")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "quick | cached" in again.stdout, again.stdout
+    assert own_engine.managed_containers() == []
