@@ -162,11 +162,16 @@ async def test_a_connection_dropped_mid_step_is_waited_through(
 
 
 class OwnEngine:
-    """A Docker Engine of this test's own (own roots, socket and pid file; no network bridge),
-    to kill and restart without touching the shared one."""
+    """A Docker Engine of this test's own (own roots, socket, pid file and network bridge), to
+    kill and restart without touching the shared one.
 
-    def __init__(self, root: Path) -> None:
+    Not ``--bridge=none``: an engine started so deletes the host's ``docker0``, the shared
+    engine's bridge, and the shared engine can then start no container.
+    """
+
+    def __init__(self, root: Path, bridge: str) -> None:
         self.root = root
+        self.bridge = bridge
         self.socket = root / "docker.sock"
         self.host = f"unix://{self.socket}"
         self.process: subprocess.Popen[bytes] | None = None
@@ -180,7 +185,7 @@ class OwnEngine:
                     *("--exec-root", str(self.root / "exec")),
                     *("--pidfile", str(self.root / "dockerd.pid")),
                     *("-H", self.host),
-                    *("--bridge=none", "--iptables=false", "--ip6tables=false"),
+                    *("--bridge", self.bridge, "--iptables=false", "--ip6tables=false"),
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -208,10 +213,18 @@ class OwnEngine:
 
 @pytest.fixture
 def own_engine(chatty_image: str) -> Iterator[OwnEngine]:
-    if shutil.which("dockerd") is None or os.geteuid() != 0:
-        pytest.skip("starting an engine of the test's own needs dockerd and root")
-    engine = OwnEngine(Path("/tmp") / f"kliko-engine-{uuid.uuid4().hex[:8]}")
+    if shutil.which("dockerd") is None or shutil.which("ip") is None or os.geteuid() != 0:
+        pytest.skip("starting an engine of the test's own needs dockerd, ip and root")
+    name = uuid.uuid4().hex[:8]
+    engine = OwnEngine(Path("/tmp") / f"kliko-engine-{name}", bridge=f"kaf{name}")
     engine.root.mkdir()
+    subnet = f"10.213.{int(name[:2], 16)}.1/24"
+    for command in (
+        ["ip", "link", "add", engine.bridge, "type", "bridge"],
+        ["ip", "addr", "add", subnet, "dev", engine.bridge],
+        ["ip", "link", "set", engine.bridge, "up"],
+    ):
+        subprocess.run(command, check=True, capture_output=True)
     try:
         engine.start()
         images = subprocess.run(
@@ -226,6 +239,7 @@ def own_engine(chatty_image: str) -> Iterator[OwnEngine]:
     finally:
         if engine.process is not None and engine.process.poll() is None:
             engine.kill(signal.SIGTERM)
+        subprocess.run(["ip", "link", "del", engine.bridge], check=False, capture_output=True)
         shutil.rmtree(engine.root, ignore_errors=True)
 
 
