@@ -239,8 +239,25 @@ def own_engine(chatty_image: str) -> Iterator[OwnEngine]:
     finally:
         if engine.process is not None and engine.process.poll() is None:
             engine.kill(signal.SIGTERM)
+        remove_engine_remains(engine.root)
         subprocess.run(["ip", "link", "del", engine.bridge], check=False, capture_output=True)
         shutil.rmtree(engine.root, ignore_errors=True)
+
+
+def remove_engine_remains(root: Path) -> None:
+    """What a killed engine leaves: its containers' shims (and so the containers) and the
+    mounts under its roots (dockerd also mounts its data root onto itself)."""
+    for proc in Path("/proc").iterdir():
+        try:
+            command = (proc / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if proc.name.isdigit() and b"containerd-shim" in command and str(root).encode() in command:
+            subprocess.run(["pkill", "-KILL", "-P", proc.name], check=False)
+            os.kill(int(proc.name), signal.SIGKILL)
+    mounts = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()]
+    for mount in sorted((m for m in mounts if m.startswith(f"{root}/")), reverse=True):
+        subprocess.run(["umount", "-l", mount], check=False, capture_output=True)
 
 
 def test_the_engine_killed_mid_run_is_named_and_what_finished_is_kept(
