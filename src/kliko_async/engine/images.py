@@ -18,10 +18,11 @@ import anyio
 from pydantic import BaseModel, ConfigDict
 
 from kliko_async.cache.durable import fsync_dir
-from kliko_async.cache.hashing import hash_tree
-from kliko_async.errors import KlikoError, SpecError
+from kliko_async.cache.hashing import sha256_file
+from kliko_async.errors import ImageError, KlikoError, SpecError
 from kliko_async.model.spec import KlikoSpec, parse_spec
 from kliko_async.runtime.base import KLIKO_EXECUTABLE, LABEL_PREFIX, Runtime
+from kliko_async.runtime.buildcontext import context_members
 
 KLIKO_YML = "/kliko.yml"
 KLIKO_COMMAND = (KLIKO_EXECUTABLE,)
@@ -49,12 +50,22 @@ CONTEXT_DIGEST_LABEL = f"{LABEL_PREFIX}.build-digest"
 
 
 def context_digest(context: Path) -> str:
-    """A SHA-256 over every file (path, content, executable bit) and link of a build folder."""
-    hashes = hash_tree(context)
+    """A SHA-256 over every file (path, content, executable bit) and link a build of the folder
+    sends: what its ``.dockerignore`` excludes is not read. Raises ImageError."""
     digest = hashlib.sha256()
-    for rel, content in sorted(hashes.items()):
-        executable = os.access(context / rel, os.X_OK) and not (context / rel).is_symlink()
-        digest.update(f"{os.fsencode(rel).hex()} {content} {int(executable)}\n".encode())
+    sent = (m for m in context_members(context) if m.kind != "dir")
+    for member in sorted(sent, key=lambda m: m.path):
+        path = context / member.path
+        if member.kind == "link":
+            content, executable = f"symlink:{member.target}", False
+        else:
+            try:
+                content, executable = sha256_file(path), os.access(path, os.X_OK)
+            except OSError as exc:
+                raise ImageError(
+                    f"cannot read {member.path}: {exc.strerror}", where=f"build '{context}'"
+                ) from None
+        digest.update(f"{os.fsencode(member.path).hex()} {content} {int(executable)}\n".encode())
     return digest.hexdigest()
 
 
@@ -123,7 +134,7 @@ class ImageResolver:
         try:
             digest = await anyio.to_thread.run_sync(context_digest, context)
         except OSError:
-            return None  # a missing folder: the build itself will say so
+            return None  # the build itself will say what is wrong
         found = await self._runtime.find_images(
             {BUILT_LABEL: "1", CONTEXT_LABEL: str(context), CONTEXT_DIGEST_LABEL: digest}
         )

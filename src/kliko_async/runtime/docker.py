@@ -26,7 +26,8 @@ from kliko_async.runtime.base import (
     LogSink,
     owner_label,
 )
-from kliko_async.runtime.dockerfiles import container_config, path_exists, read_file, tar_context
+from kliko_async.runtime.buildcontext import CONTEXT_ENCODING, open_context_archive
+from kliko_async.runtime.dockerfiles import container_config, path_exists, read_file
 from kliko_async.runtime.dockerlogs import LogFollower, LogReader, ending_events
 from kliko_async.runtime.dockerowners import Owners, lend_mounts, return_mounts
 from kliko_async.runtime.inflight import InFlight, track, untrack
@@ -172,13 +173,13 @@ class DockerRuntime:
         await self._ready()
         if not (context / "Dockerfile").is_file():
             raise ImageError("no Dockerfile in the build folder", where=f"build '{context}'")
-        archive = await anyio.to_thread.run_sync(tar_context, context)
+        archive = await anyio.to_thread.run_sync(open_context_archive, context)
         image_id: str | None = None
         output: list[str] = []
         try:
             stream = self.client.images.build(
                 fileobj=archive,
-                encoding="gzip",
+                encoding=CONTEXT_ENCODING,
                 tag=tag,
                 rm=True,
                 forcerm=True,

@@ -4,9 +4,7 @@ made for it), a build folder as a tar."""
 
 from __future__ import annotations
 
-import io
 import tarfile
-from pathlib import Path
 from typing import Any
 
 import aiodocker
@@ -46,14 +44,6 @@ async def path_exists(client: aiodocker.Docker, container_id: str, path: str) ->
         if exc.status == 404:
             return False
         raise ContainerError(f"cannot look for {path} in the image: {exc.message}") from None
-
-
-def tar_context(context: Path) -> io.BytesIO:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
-        archive.add(str(context), arcname=".")
-    buffer.seek(0)
-    return buffer
 
 
 def container_config(job: ContainerJob) -> dict[str, Any]:
