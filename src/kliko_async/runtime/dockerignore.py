@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import posixpath
 import re
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import Enum
@@ -91,10 +92,14 @@ class IgnorePattern:
             if len(pattern) == 1:
                 raise IgnorePatternError(line, "'!' alone excepts nothing")
             pattern = pattern[1:]
+        problem = _glob_problem(pattern)
+        if problem:
+            raise IgnorePatternError(line, problem)
         kind, source = _translate(pattern)
         try:
-            # An unclosed '[' is refused here, as Go's filepath.Match refuses it.
-            regex = re.compile(source)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # Python's "possible nested set" warnings
+                regex = re.compile(source)
         except re.error as exc:
             raise IgnorePatternError(line, str(exc)) from None
         return cls(pattern, exception, kind, regex if kind is _Kind.REGEXP else None)
@@ -110,6 +115,43 @@ class IgnorePattern:
             return path.endswith(suffix) or (suffix.startswith("/") and path == suffix[1:])
         assert self.regex is not None
         return self.regex.match(path) is not None
+
+
+def _glob_problem(pattern: str) -> str | None:
+    """What Go's ``filepath.Match`` finds wrong in ``pattern`` (Docker checks with it), or None."""
+    position = 0
+    while position < len(pattern):
+        char = pattern[position]
+        if char == "\\":
+            if position + 1 == len(pattern):
+                return "it ends with a lone '\\'"
+            position += 2
+        elif char == "[":
+            position += 1
+            if pattern[position : position + 1] == "^":
+                position += 1
+            ranges = 0
+            while pattern[position : position + 1] != "]" or not ranges:
+                position = _class_char(pattern, position)
+                if position and pattern[position : position + 1] == "-":
+                    position = _class_char(pattern, position + 1)
+                if not position:
+                    return "a '[' class is not closed, is empty or has a stray '-' or ']'"
+                ranges += 1
+            position += 1
+        else:
+            position += 1
+    return None
+
+
+def _class_char(pattern: str, position: int) -> int:
+    """Where a character of a ``[`` class starting at ``position`` ends; 0 if there is none."""
+    char = pattern[position : position + 1]
+    if char in ("", "-", "]"):
+        return 0
+    if char == "\\":
+        return position + 2 if position + 1 < len(pattern) else 0
+    return position + 1
 
 
 def _translate(pattern: str) -> tuple[_Kind, str]:
