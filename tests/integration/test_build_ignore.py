@@ -11,11 +11,15 @@ import os
 import re
 import subprocess
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import anyio
 import pytest
+
+from kliko_async.runtime.docker import DockerRuntime
 
 if TYPE_CHECKING:
     from conftest import KlikoCli
@@ -139,3 +143,61 @@ def test_a_large_ignored_file_is_neither_read_nor_held_in_memory(
     print(f"peak resident memory of kliko-async run: {peak >> 20} MiB")
     assert 0 < peak < BIG // 2, f"peak resident memory {peak >> 20} MiB for a {BIG >> 20} MiB file"
     assert "./big.bin" not in (tmp_path / "out" / "look" / "listing.txt").read_text().split()
+
+
+TRICKY_FILES = [
+    "temp", "tempa", "temporary.txt", "important.txt", "x/y/z", "x/yy", "abs/f", "abs2",
+    "somedir/temp/in", "somedir/temporary.txt", "somedir/sub/temp1", "somedir/sub/deep/temp2",
+    "a.log", "keep/a.log", "keep/deep/b.log", "other/c.log", "data/keep.txt", "data/drop.txt",
+    "data/sub/keep.txt", "src/main.c", "src/lib/util.c", "a/node_modules/pkg/i.js",
+    "a/node_modules/other/j.js", "node_modules/x.js", "secret1", "secret-ok", "b/keep",
+    "b/keep2", "c/d/keep", "emptydir/",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "ignore",
+    [
+        "# c\n*/temp*\n*/*/temp*\ntemp?\n**/*.log\n!keep/**/*.log\ndata\n!data/keep.txt\n"
+        "./x//y/\n/abs\n**/node_modules\n!a/node_modules/pkg\nsecret*\n!secret-ok\n",
+        "**\n!**/keep\n!b/keep2\n!src\nDockerfile\n.dockerignore\n",
+    ],
+    ids=["patterns", "allow-list"],
+)
+def test_the_context_is_the_one_docker_build_sends(tmp_path: Path, ignore: str) -> None:
+    """The same folder built by the docker command (its classic builder, which sends the
+    context it made with moby's own matcher) and by kliko-async: the same files arrive."""
+    for name in TRICKY_FILES:
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not name.endswith("/"):
+            path.write_text(name)
+    (tmp_path / "Dockerfile").write_text("FROM kliko-async/busybox\nCOPY . /ctx/\n")
+    (tmp_path / ".dockerignore").write_text(ignore)
+    theirs, ours = (f"kliko-async-test/context-{who}-{uuid.uuid4().hex[:10]}" for who in "ab")
+
+    async def build() -> None:
+        runtime = DockerRuntime()
+        try:
+            await runtime.build_image(tmp_path, tag=ours)
+        finally:
+            await runtime.aclose()
+
+    def received(tag: str) -> list[str]:
+        found = subprocess.run(
+            ["docker", "run", "--rm", tag, "find", "/ctx"], capture_output=True, text=True
+        )
+        assert found.returncode == 0, found.stderr
+        return sorted(found.stdout.split())
+
+    try:
+        subprocess.run(
+            ["docker", "build", "-q", "-t", theirs, str(tmp_path)],
+            check=True,
+            capture_output=True,
+            env=dict(os.environ, DOCKER_BUILDKIT="0"),
+        )
+        anyio.run(build)
+        assert received(ours) == received(theirs)
+    finally:
+        subprocess.run(["docker", "rmi", "-f", theirs, ours], capture_output=True)
