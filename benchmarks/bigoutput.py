@@ -123,8 +123,8 @@ def fsync_tree(root: Path) -> None:
 
 
 async def run(cfg: Config) -> ScenarioResult:
-    files = 1000
-    total = cfg.size(1 << 30, 64 << 20)
+    files = cfg.size(1000, 1000, smoke=20)
+    total = cfg.size(1 << 30, 64 << 20, smoke=1 << 20)
     per_file = total // files
     reps = cfg.repeats(5, 1)
     result = ScenarioResult(
@@ -192,6 +192,8 @@ async def one_rep(
         config = engine.kliko_config(image_id, params, work / "bare")
         done = await engine.run(config)
         assert done.exit_code == 0, "the bare run failed"
+        written = tree_stats(work / "bare" / "output")
+        assert written[0] == files, f"the bare run wrote {written[0]} files, not {files}"
         result.add("bare_run_s", done.wall_s)
 
     async def kliko() -> None:

@@ -100,7 +100,7 @@ def cli_command() -> list[str]:
 
 
 async def run(cfg: Config) -> ScenarioResult:
-    steps = cfg.size(1000, 50)
+    steps = cfg.size(1000, 50, smoke=6)
     reps = cfg.repeats(5, 2)
     first_jobs = 4
     result = ScenarioResult(

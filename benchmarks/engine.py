@@ -3,6 +3,10 @@
 A floor container gets what a kliko-async step gets (``/parameters.json`` read-only, an empty
 ``/input`` read-only, a writable ``/output``, the invoking uid:gid, bridge networking), so the
 difference to kliko-async is kliko-async's own work: planning, the cache, log handling, events.
+It runs ``/kliko`` as kliko-async does (upstream-style images have no CMD; the image's own
+default command would be busybox's ``/bin/sh``, which exits at once and does nothing), with the
+same log driver. A floor that wrote nothing to ``/output`` did not do the work: it raises
+:class:`FloorBroken` rather than time an empty container.
 """
 
 from __future__ import annotations
@@ -14,8 +18,13 @@ from typing import Any
 
 import aiodocker
 import anyio
+from kliko_async.images import KLIKO_COMMAND
 
-from benchmarks.harness import BENCH_LABEL, invoking_user, parameters_json
+from benchmarks.harness import BENCH_LABEL, invoking_user, parameters_json, remove_tree
+
+
+class FloorBroken(AssertionError):
+    """A floor container did not do the work it stands for (it wrote nothing to /output)."""
 
 
 @dataclass
@@ -25,6 +34,8 @@ class FloorRun:
     lines: int
     """Log lines read (only when logs were consumed)."""
     wall_s: float
+    outputs: list[str]
+    """Names the container wrote to its /output folder (emptied before the run)."""
 
 
 class Engine:
@@ -57,16 +68,30 @@ class Engine:
         ]
         return {
             "Image": image_id,
+            "Cmd": list(KLIKO_COMMAND),
             "Labels": {BENCH_LABEL: "1"},
             "User": invoking_user(),
-            "HostConfig": {"Binds": binds, "NetworkMode": "bridge", "Privileged": False},
+            "HostConfig": {
+                "Binds": binds,
+                "NetworkMode": "bridge",
+                "Privileged": False,
+                "LogConfig": {"Type": "local", "Config": {"max-size": "100m", "max-file": "5"}},
+            },
             "AttachStdout": False,
             "AttachStderr": False,
             "Tty": False,
         }
 
     async def run(self, config: dict[str, Any], *, consume_logs: bool = False) -> FloorRun:
-        """Create, start, wait for and remove one container; optionally read all its logs."""
+        """Create, start, wait for and remove one container; optionally read all its logs.
+
+        Its output folder is emptied first (not timed); a container that exits 0 but writes
+        nothing there raises :class:`FloorBroken`.
+        """
+        output = output_dir(config)
+        if output is not None:
+            remove_tree(output)
+            output.mkdir(parents=True)
         started = time.perf_counter()
         container = await self.client.containers.create(config)
         lines = 0
@@ -88,9 +113,28 @@ class Engine:
         finally:
             with anyio.CancelScope(shield=True):
                 await container.delete(force=True, v=True)
+        wall_s = time.perf_counter() - started
+        exit_code = int(status.get("StatusCode", -1))
+        outputs = sorted(p.name for p in output.iterdir()) if output is not None else []
+        if exit_code == 0 and output is not None and not outputs:
+            command = config.get("Cmd") or "the image's default command"
+            raise FloorBroken(
+                f"the floor container ({config['Image'][:19]}, command {command}) exited 0 but "
+                f"wrote nothing to /output ({output}): it did not run the step's /kliko"
+            )
         return FloorRun(
             container_id=container.id,
-            exit_code=int(status.get("StatusCode", -1)),
+            exit_code=exit_code,
             lines=lines,
-            wall_s=time.perf_counter() - started,
+            wall_s=wall_s,
+            outputs=outputs,
         )
+
+
+def output_dir(config: dict[str, Any]) -> Path | None:
+    """The host folder mounted at /output in a container config, if any."""
+    for bind in config.get("HostConfig", {}).get("Binds", []):
+        source, target, *_ = bind.split(":")
+        if target == "/output":
+            return Path(source)
+    return None

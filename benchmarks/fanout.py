@@ -25,8 +25,8 @@ TARGET = 1.10
 
 
 async def run(cfg: Config) -> ScenarioResult:
-    branches = 16
-    seconds = 2.0
+    branches = cfg.size(16, 16, smoke=2)
+    seconds = 0.2 if cfg.smoke else 2.0
     reps = cfg.repeats(5, 1)
     result = ScenarioResult(
         NAME,

@@ -49,12 +49,19 @@ class Config:
     """Overrides every scenario's number of repetitions when set."""
     workdir: Path = field(default_factory=lambda: Path("/tmp"))
     """A private temporary folder for caches, outputs and build contexts."""
+    smoke: bool = False
+    """Smaller still than ``quick`` (the test suite's smoke tests): each scenario's floor and
+    check run end to end on a tiny size, and the numbers mean nothing."""
 
-    def size(self, full: int, quick: int) -> int:
-        return quick if self.quick else full
+    def size(self, full: int, quick: int, smoke: int | None = None) -> int:
+        if self.smoke and smoke is not None:
+            return smoke
+        return quick if self.quick or self.smoke else full
 
     def repeats(self, full: int, quick: int) -> int:
-        return self.reps if self.reps is not None else (quick if self.quick else full)
+        if self.reps is not None:
+            return self.reps
+        return quick if self.quick or self.smoke else full
 
     def tmp(self, name: str) -> Path:
         """A fresh, empty folder ``name`` under the work folder."""

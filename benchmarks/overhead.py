@@ -25,7 +25,7 @@ TARGET = 1.05
 
 
 async def run(cfg: Config) -> ScenarioResult:
-    steps = cfg.size(20, 8)
+    steps = cfg.size(20, 8, smoke=2)
     reps = cfg.repeats(5, 1)
     result = ScenarioResult(
         NAME,

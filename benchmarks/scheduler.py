@@ -22,7 +22,7 @@ import sys
 import tempfile
 import time
 import tracemalloc
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -46,6 +46,7 @@ from kliko_async.engine.images import ImageResolver
 from kliko_async.engine.plan import plan_chain
 from kliko_async.engine.resources import machine_cpus
 from kliko_async.engine.scheduler import Scheduler
+from kliko_async.errors import CacheError
 from kliko_async.events import RunStarted
 from kliko_async.model.chain import parse_chain
 from kliko_async.runtime.fake import FakeContainer, FakeRuntime
@@ -129,6 +130,14 @@ class MemoryCache(Cache):
         entry = CacheEntry(key=staging.key, path=staging.path, manifest=manifest_without_outputs)
         self._entries[staging.key] = entry
         return entry
+
+    def publish_many(
+        self, staged: Sequence[tuple[Staging, Manifest]]
+    ) -> list[CacheEntry | CacheError]:
+        return [self.publish(staging, manifest) for staging, manifest in staged]
+
+    def sync(self) -> None:
+        pass
 
     @asynccontextmanager
     async def lock(

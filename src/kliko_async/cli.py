@@ -193,7 +193,7 @@ async def _run_until_signal(options: argparse.Namespace, display: EventConsumer)
             )
             return CLOSED_OUTPUT_EXIT
         dropped = handle.feed.dropped_log_lines if handle.feed is not None else 0
-        if dropped:
+        if dropped and options.logs != "none":  # with none, no line was to be shown anyway
             print(
                 f"kliko-async: {dropped} log line(s) were not shown, as the display fell behind; "
                 "every line is in the saved logs (kliko-async logs CHAIN STEP)",

@@ -2,13 +2,22 @@
 
 A published cache entry must survive a crash whole and must not be changed afterwards; these are
 the filesystem operations that promise it, apart from the cache's own bookkeeping.
+
+Durability comes in two ways: :func:`seal_tree` and :func:`write_sealed` either fsync each file
+and folder as they go, or (``sync=False``) only collect what they wrote into a :class:`Barrier`,
+whose one :meth:`Barrier.wait` later makes all of it durable at once (a group commit: one
+``syncfs`` of the filesystem where the kernel reports its write errors, else an fsync of each
+collected path).
 """
 
 from __future__ import annotations
 
+import functools
 import os
+import platform
 import shutil
 import stat
+from collections.abc import Callable
 from contextlib import suppress
 from pathlib import Path
 
@@ -36,34 +45,119 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_sealed(path: Path, data: bytes) -> None:
-    """Write ``data`` to a new file, fsync it and make it read-only."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
+class Barrier:
+    """What has been written but not yet made durable; :meth:`wait` makes it durable.
+
+    Paths are added as they are written (files and folders, never followed links). ``wait``
+    makes every one of them durable, with their names in their folders: by one ``syncfs`` of
+    the filesystem holding ``root`` where that reports write errors (Linux 5.8 and later), else
+    by an fsync of each path. Then it starts empty again.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.paths: list[str] = []
+
+    def add(self, path: str) -> None:
+        self.paths.append(path)
+
+    def wait(self) -> None:
+        if not self.paths:
+            return
+        if not _syncfs(self.root):
+            for path in self.paths:
+                if os.path.isdir(path):
+                    fsync_dir(Path(path))
+                else:
+                    fsync_path(path)
+        self.paths = []
+
+
+def _syncfs_reports_errors() -> bool:
+    """Whether ``syncfs`` returns write-back errors: Linux 5.8 and later (before, it never
+    failed, so an I/O error would go unnoticed and an fsync of each file is the honest way)."""
+    if platform.system() != "Linux":
+        return False
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
+        major, minor = (int(part) for part in platform.release().split(".")[:2])
+    except ValueError:
+        return False
+    return (major, minor) >= (5, 8)
+
+
+@functools.cache
+def _syncfs_call() -> Callable[[int], int] | None:
+    """libc's ``syncfs``, when it reports write errors here; else None."""
+    if not _syncfs_reports_errors():
+        return None
+    import ctypes  # only here: most commands never publish
+
+    try:
+        call: Callable[[int], int] = ctypes.CDLL(None, use_errno=True).syncfs
+    except (OSError, AttributeError):
+        return None
+    return call
+
+
+def _syncfs(root: Path) -> bool:
+    """``syncfs`` the filesystem holding ``root``; False when it is not available here."""
+    syncfs = _syncfs_call()
+    if syncfs is None:
+        return False
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        if syncfs(fd) != 0:
+            import ctypes
+
+            number = ctypes.get_errno()
+            raise OSError(number, f"syncfs failed: {os.strerror(number)}", str(root))
+    finally:
+        os.close(fd)
+    return True
+
+
+def fsync_path(path: str) -> None:
+    """fsync one file (opened read-only, links not followed)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
         os.fsync(fd)
     finally:
         os.close(fd)
 
 
-def seal_tree(root: Path) -> list[tuple[str, str]]:
-    """fsync ``root`` and everything under it and make it read-only, bottom up.
+def write_sealed(path: Path, data: bytes, barrier: Barrier | None = None) -> None:
+    """Write ``data`` to a new read-only file; fsync it, or leave that to ``barrier``."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        if barrier is None:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+    if barrier is not None:
+        barrier.add(str(path))
 
-    Files become 0444 (0555 if they were executable), folders 0555. Symbolic links are left as
-    they are and never followed. Named pipes, sockets and devices are left alone too, and
-    returned (path relative to ``root``, what it is): they cannot be kept or copied as data.
+
+def seal_tree(root: Path, barrier: Barrier | None = None) -> list[tuple[str, str]]:
+    """Make ``root`` and everything under it read-only and durable, bottom up.
+
+    Each file and folder is fsynced as it is sealed, or, with ``barrier``, added to it (its
+    ``wait`` makes them durable later). Files become 0444 (0555 if they were executable),
+    folders 0555. Symbolic links are left as they are and never followed. Named pipes, sockets
+    and devices are left alone too, and returned (path relative to ``root``, what it is): they
+    cannot be kept or copied as data.
     """
     special: list[tuple[str, str]] = []
     if stat.S_ISDIR(os.lstat(root).st_mode):
         for dirpath, dirnames, filenames in os.walk(root, topdown=False):
             for name in [*filenames, *dirnames]:
                 path = os.path.join(dirpath, name)
-                mode = seal_one(path)
+                mode = seal_one(path, barrier)
                 if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode) or stat.S_ISLNK(mode)):
                     special.append((os.path.relpath(path, root), special_kind(mode)))
-    seal_one(str(root))
+    seal_one(str(root), barrier)
     return sorted(special)
 
 
@@ -78,8 +172,9 @@ def special_kind(mode: int) -> str:
     return "a special file"
 
 
-def seal_one(path: str) -> int:
-    """Make one file or folder read-only and durable; its ``st_mode`` (links not followed).
+def seal_one(path: str, barrier: Barrier | None = None) -> int:
+    """Make one file or folder read-only and durable (now, or at ``barrier``); its
+    ``st_mode`` (links not followed).
 
     Only what ``lstat`` finds to be a file or folder has its mode changed: the trees sealed here
     are ones no container or other process writes any more, so nothing swaps a link in.
@@ -87,13 +182,15 @@ def seal_one(path: str) -> int:
     info = os.lstat(path)
     if stat.S_ISREG(info.st_mode):
         os.chmod(path, EXEC_FILE_MODE if info.st_mode & 0o111 else FILE_MODE)
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        if barrier is None:
+            fsync_path(path)
+        else:
+            barrier.add(path)
     elif stat.S_ISDIR(info.st_mode):
-        fsync_dir(Path(path))
+        if barrier is None:
+            fsync_dir(Path(path))
+        else:
+            barrier.add(path)
         os.chmod(path, DIR_MODE)
     return info.st_mode
 

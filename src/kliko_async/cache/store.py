@@ -27,11 +27,12 @@ import os
 import re
 import secrets
 import tempfile
-from collections.abc import Iterator
+import threading
+from collections.abc import Iterator, Sequence
 from contextlib import AbstractAsyncContextManager, suppress
 from pathlib import Path
 
-from kliko_async.cache.durable import DIR_MODE, fsync_dir, remove_tree, seal_tree, write_sealed
+from kliko_async.cache.durable import DIR_MODE, Barrier, remove_tree, seal_tree, write_sealed
 from kliko_async.cache.entry import (
     LOG,
     MANIFEST,
@@ -77,6 +78,8 @@ class Cache:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
         self.locks = KeyLocks(self.root / _LOCKS, self.root)
+        self._barrier = Barrier(self.root)
+        self._publishing = threading.Lock()
 
     # -- paths ---------------------------------------------------------------------------------
 
@@ -150,8 +153,11 @@ class Cache:
         _check_key(key)
         path = self._new_tmp_path(key)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.mkdir()
+            try:
+                path.mkdir()
+            except FileNotFoundError:  # the first staging folder: make tmp/ first
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.mkdir()
             (path / OUTPUT).mkdir()
         except OSError as err:
             with suppress(OSError):
@@ -162,33 +168,89 @@ class Cache:
         return Staging(key=key, path=path)
 
     def publish(self, staging: Staging, manifest_without_outputs: Manifest) -> CacheEntry:
-        """Make ``staging`` the entry of its key, atomically.
+        """Make ``staging`` the entry of its key, atomically and durably.
 
-        The output tree is fsynced and made read-only, hashed into ``manifest.outputs``, the
-        manifest is written and fsynced, and the folder renamed into
-        ``entries/``. If another process published the same key first, the staging folder is
-        discarded and the existing entry returned. On any OS error the staging folder is
-        discarded and :class:`CacheError` raised; ``entries/`` then holds nothing of it. An
-        output holding a named pipe, socket or device raises :class:`UnpublishableOutput` and
-        leaves the staging folder (with its log) to the caller.
+        The output tree is made read-only, hashed into ``manifest.outputs``, the manifest is
+        written, all of it is made durable, and only then is the folder renamed into
+        ``entries/`` (and that name made durable too). If another process published the same
+        key first, the staging folder is discarded and the existing entry returned. On any OS
+        error the staging folder is discarded and :class:`CacheError` raised; ``entries/`` then
+        holds nothing of it. An output holding a named pipe, socket or device raises
+        :class:`UnpublishableOutput` and leaves the staging folder (with its log) to the caller.
         """
+        (outcome,) = self.publish_many([(staging, manifest_without_outputs)])
+        with suppress(OSError):
+            self.sync()  # the new name; published already, so this only adds durability
+        if isinstance(outcome, CacheError):
+            raise outcome
+        return outcome
+
+    def publish_many(
+        self, staged: Sequence[tuple[Staging, Manifest]]
+    ) -> list[CacheEntry | CacheError]:
+        """Publish several staging folders with one durability barrier (a group commit).
+
+        Each is sealed, hashed and given its manifest without waiting for the disk; then one
+        barrier (:class:`~kliko_async.durable.Barrier`) makes all of them durable, and only
+        then is each renamed into ``entries/``: nothing is published before it is durable.
+        The new names in ``entries/`` become durable at the next barrier: the next group's,
+        or :meth:`sync`, which the caller runs once after its last group. Returns, in order,
+        each one's entry or the error :meth:`publish` would have raised for it. Groups of one
+        ``Cache`` object (from several threads) take turns.
+        """
+        with self._publishing:
+            return self._publish_group(staged)
+
+    def _publish_group(
+        self, staged: Sequence[tuple[Staging, Manifest]]
+    ) -> list[CacheEntry | CacheError]:
+        outcomes: list[CacheEntry | CacheError | None] = []
+        sealed: list[tuple[int, Staging, CacheEntry]] = []
+        for staging, manifest in staged:
+            try:
+                done = self._seal_staging(staging, manifest, self._barrier)
+            except CacheError as error:  # UnpublishableOutput too
+                outcomes.append(error)
+                continue
+            if done.path == staging.path:
+                sealed.append((len(outcomes), staging, done))
+                outcomes.append(None)
+            else:
+                outcomes.append(done)  # published by another process meanwhile
+        try:
+            self._barrier.wait()
+        except OSError as err:
+            for index, staging, entry in sealed:
+                self._discard_quietly(staging)
+                outcomes[index] = self._publish_error(entry.manifest.step, "making it durable", err)
+            sealed = []
+        for index, staging, entry in sealed:
+            outcomes[index] = self._move_into_place(staging, entry)
+        return [outcome for outcome in outcomes if outcome is not None]
+
+    def sync(self) -> None:
+        """Make what :meth:`publish_many` renamed into ``entries/`` durable (the names)."""
+        with self._publishing:
+            self._barrier.wait()
+
+    def _seal_staging(self, staging: Staging, manifest: Manifest, barrier: Barrier) -> CacheEntry:
+        """Seal ``staging`` and write its manifest (durable at ``barrier``); the entry as it
+        will be, at the staging path. Or the existing entry, if the key is published already."""
         key = staging.key
-        step = manifest_without_outputs.step
-        if manifest_without_outputs.key != key:
+        step = manifest.step
+        if manifest.key != key:
             self._discard_quietly(staging)
             raise CacheError(
-                f"manifest key {manifest_without_outputs.key} does not match staging key {key}",
+                f"manifest key {manifest.key} does not match staging key {key}",
                 where=f"step '{step}'",
             )
         existing = self.lookup(key)
         if existing is not None:
             self._discard_quietly(staging)
             return existing
-
-        final = self._entry_path(key)
         action = "making the output read-only"
         try:
-            special = seal_tree(staging.output_dir)
+            special = seal_tree(staging.output_dir, barrier)
             if special:
                 raise UnpublishableOutput(
                     "its output holds "
@@ -203,38 +265,44 @@ class Cache:
             action = "hashing the log"
             log = staging.path / LOG
             log_sha256 = sha256_file(log) if log.exists() else None
-            manifest = manifest_without_outputs.model_copy(
-                update={"outputs": outputs, "log_sha256": log_sha256}
-            )
+            manifest = manifest.model_copy(update={"outputs": outputs, "log_sha256": log_sha256})
             action = "writing manifest.json"
             # No temporary file needed: nobody reads a staging folder before its rename.
-            write_sealed(staging.path / MANIFEST, manifest.model_dump_json(indent=2).encode())
+            write_sealed(staging.path / MANIFEST, manifest.model_dump_json().encode(), barrier)
             action = "making the entry read-only"
             for child in staging.path.iterdir():
                 if child.name not in (OUTPUT, MANIFEST):
-                    seal_tree(child)
-            fsync_dir(staging.path)
-            action = "creating the entry folder"
-            final.parent.mkdir(parents=True, exist_ok=True)
-            action = "moving the entry into place"
+                    seal_tree(child, barrier)
+            barrier.add(str(staging.path))
+        except OSError as err:
+            self._discard_quietly(staging)
+            raise self._publish_error(step, action, err) from err
+        return CacheEntry(key=key, path=staging.path, manifest=manifest)
+
+    def _move_into_place(self, staging: Staging, sealed: CacheEntry) -> CacheEntry | CacheError:
+        """Rename a sealed, durable staging folder into ``entries/``; its entry."""
+        final = self._entry_path(staging.key)
+        try:
             winner = self._rename_into_place(staging, final)
         except OSError as err:
             self._discard_quietly(staging)
-            raise cache_os_error(
-                f"could not publish its cache entry: {action} failed",
-                err,
-                where=f"step '{step}'",
-                root=self.root,
-            ) from err
+            return self._publish_error(sealed.manifest.step, "moving the entry into place", err)
         if winner is not None:
             self._discard_quietly(staging)
             return winner
-        # Published. What follows only makes it more durable and tidy; it cannot make it partial.
-        with suppress(OSError):
-            fsync_dir(final.parent)
+        # Published. What follows only makes it durable and tidy; it cannot make it partial.
+        self._barrier.add(str(final.parent))
         with suppress(OSError):
             os.chmod(final, DIR_MODE)
-        return CacheEntry(key=key, path=final, manifest=manifest)
+        return CacheEntry(key=staging.key, path=final, manifest=sealed.manifest)
+
+    def _publish_error(self, step: str, action: str, err: OSError) -> CacheError:
+        return cache_os_error(
+            f"could not publish its cache entry: {action} failed",
+            err,
+            where=f"step '{step}'",
+            root=self.root,
+        )
 
     def _rename_into_place(self, staging: Staging, final: Path) -> CacheEntry | None:
         """Rename ``staging`` to ``final``; the existing entry if another process won instead."""

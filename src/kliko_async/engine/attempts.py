@@ -18,8 +18,8 @@ from pathlib import Path
 import anyio
 from pydantic import BaseModel, ConfigDict
 
-from kliko_async.cache.durable import remove_tree
 from kliko_async.cache.entry import CacheEntry, Manifest, Staging
+from kliko_async.cache.groupcommit import GroupCommit
 from kliko_async.cache.store import Cache
 from kliko_async.engine.plan import PlannedStep
 from kliko_async.engine.steplogs import StepLog, keep_log
@@ -71,9 +71,11 @@ class StepAttempts:
         run_id: str,
         log_dir: Path,
         wants_log_lines: bool,
+        commits: GroupCommit | None = None,
     ) -> None:
         self.runtime = runtime
         self.cache = cache
+        self.commits = commits or GroupCommit(cache)
         self.emit = emit
         self.run_id = run_id
         self.log_dir = log_dir
@@ -170,7 +172,6 @@ class StepAttempts:
         last: deque[str],
     ) -> AttemptOutcome:
         step = planned.step
-        await anyio.to_thread.run_sync(_remove_quietly, staging.path / "scratch")
         finished_at = datetime.now(UTC)
         manifest = Manifest(
             key=planned.key,
@@ -187,8 +188,9 @@ class StepAttempts:
         try:
             if planned.forced:  # a big old entry takes a while to delete: off the loop too
                 await anyio.to_thread.run_sync(self.cache.remove, planned.key)
-            # Hashing and fsyncing the outputs may take seconds for big outputs: off the loop.
-            entry = await anyio.to_thread.run_sync(self.cache.publish, staging, manifest)
+            # Off the loop (hashing big outputs takes seconds), with the other steps finishing
+            # now: one durability barrier and one worker thread for all of them.
+            entry = await self.commits.publish(staging, manifest, scratch=staging.path / "scratch")
         except UnpublishableOutput as error:  # the step's fault: keep its log, say what it wrote
             return await self._failed(planned, staging, error.message, 0, last)
         except CacheError as error:
@@ -286,8 +288,3 @@ def full_disk(path: Path, cache_root: Path) -> str | None:
         f"the disk holding the cache folder {cache_root} is full ({describe_size(free)} free); "
         "free space, for example with 'kliko-async cache gc --max-size 10G'"
     )
-
-
-def _remove_quietly(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        remove_tree(path)

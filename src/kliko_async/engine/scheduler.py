@@ -15,9 +15,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import anyio
+from anyio.abc import TaskGroup
 
 from kliko_async.cache.durations import StepImage, past_durations_of, record_durations
 from kliko_async.cache.entry import CacheEntry
+from kliko_async.cache.groupcommit import GroupCommit
 from kliko_async.cache.holds import RunHold
 from kliko_async.cache.logfiles import run_log_dir
 from kliko_async.cache.store import Cache
@@ -75,9 +77,15 @@ class Scheduler:
         self.pool = pool or ResourcePool()
         self.wants_log_lines = wants_log_lines
         self.results: dict[str, StepResult] = {}
-        self._done = {name: anyio.Event() for name in plan.order}
+        # A step's task starts when its last input settles: no task waits for its inputs.
+        self._unsettled = {name: len(set(plan.steps[name].step.inputs)) for name in plan.order}
+        self._consumers: dict[str, list[str]] = {}
+        for name in plan.order:
+            for dep in set(plan.steps[name].step.inputs):
+                self._consumers.setdefault(dep, []).append(name)
         self._slots = anyio.CapacityLimiter(self.jobs)
         self._stopping = False
+        self.commits = GroupCommit(cache)
         self.attempts = StepAttempts(
             runtime=runtime,
             cache=cache,
@@ -85,6 +93,7 @@ class Scheduler:
             run_id=run_id,
             log_dir=self.log_dir,
             wants_log_lines=wants_log_lines,
+            commits=self.commits,
         )
         self.hold = hold
         """The entries this run holds against ``cache gc``; the caller's, to keep them held
@@ -119,9 +128,13 @@ class Scheduler:
         own_hold = self.hold is None
         hold = self.hold = self.hold or RunHold(self.cache.root, self.run_id)
         try:
-            async with anyio.create_task_group() as tg:
-                for name in self.plan.order:
-                    tg.start_soon(self._step, self.plan.steps[name])
+            try:
+                async with anyio.create_task_group() as tg:
+                    for name in self.plan.order:
+                        if not self._unsettled[name]:
+                            tg.start_soon(self._step, tg, self.plan.steps[name])
+            finally:
+                await self.commits.close()  # the last entries' names, durable
         except anyio.get_cancelled_exc_class():
             self._finish(started)  # the summary of a cancelled run, with its cancelled steps
             raise
@@ -159,18 +172,19 @@ class Scheduler:
         )
         return result
 
-    async def _step(self, planned: PlannedStep) -> None:
+    async def _step(self, tg: TaskGroup, planned: PlannedStep) -> None:
+        """Settle one step whose inputs have all settled; then start its ready consumers."""
         name = planned.name
         try:
-            for dep in planned.step.inputs:
-                await self._done[dep].wait()
             self.results[name] = await self._settle(planned)
         except anyio.get_cancelled_exc_class():
             self.results[name] = StepResult(name=name, key=planned.key, state="cancelled")
             self.emit(StepCancelled(step=name))
             raise
-        finally:
-            self._done[name].set()
+        for consumer in self._consumers.get(name, ()):
+            self._unsettled[consumer] -= 1
+            if not self._unsettled[consumer]:
+                tg.start_soon(self._step, tg, self.plan.steps[consumer])
 
     async def _settle(self, planned: PlannedStep) -> StepResult:
         broken = [d for d in planned.step.inputs if self.results[d].state not in ("done", "cached")]

@@ -1,0 +1,108 @@
+"""Group commits: the steps of a run publish their entries together, one durability barrier
+for every group, in one worker thread, instead of fsyncs and a thread of their own each.
+
+Whoever publishes while no group is being committed commits everything waiting (the leader);
+the others wait for the group that holds theirs. While a group is committed, the next one
+gathers, so the groups grow with the load and a lone step waits for nobody.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import anyio
+
+from kliko_async.cache.durable import remove_tree
+from kliko_async.cache.entry import CacheEntry, Manifest, Staging
+from kliko_async.cache.store import Cache
+from kliko_async.errors import CacheError
+
+
+class _Request:
+    __slots__ = ("manifest", "outcome", "scratch", "staging")
+
+    def __init__(self, staging: Staging, manifest: Manifest, scratch: Path | None) -> None:
+        self.staging = staging
+        self.manifest = manifest
+        self.scratch = scratch
+        self.outcome: CacheEntry | CacheError | None = None
+
+
+class GroupCommit:
+    """Publishes staging folders into ``cache`` in groups (:meth:`Cache.publish_many`).
+
+    :meth:`publish` returns once its entry is durable and renamed into place, as
+    :meth:`Cache.publish` does. The names renamed into ``entries/`` become durable with the
+    next group's barrier; :meth:`close` (after the last publish) makes the last ones durable.
+    """
+
+    def __init__(self, cache: Cache) -> None:
+        self.cache = cache
+        self._waiting: list[_Request] = []
+        self._committing: list[_Request] | None = None
+        self._committed = anyio.Event()
+        self._unsynced = False
+
+    async def publish(
+        self, staging: Staging, manifest: Manifest, *, scratch: Path | None = None
+    ) -> CacheEntry:
+        """Publish ``staging`` with ``manifest``; raises what :meth:`Cache.publish` raises.
+
+        ``scratch``, a folder inside the staging folder that is not part of the entry, is
+        deleted first (in the same worker thread).
+
+        Cancelled while its group is being committed, it waits for the group to end (the
+        entry may well be published by then); cancelled before, its staging folder is left
+        to the caller, untouched."""
+        request = _Request(staging, manifest, scratch)
+        self._waiting.append(request)
+        try:
+            while request.outcome is None:
+                if self._committing is None:
+                    await self._commit_waiting()
+                else:
+                    await self._committed.wait()
+        except BaseException:
+            if request in self._waiting:
+                self._waiting.remove(request)
+            elif request.outcome is None:
+                with anyio.CancelScope(shield=True):  # the thread is sealing or renaming it
+                    while request.outcome is None and self._committing is not None:
+                        await self._committed.wait()
+            raise
+        if isinstance(request.outcome, CacheError):
+            raise request.outcome
+        return request.outcome
+
+    async def close(self) -> None:
+        """Make the last published names durable; shielded from cancellation."""
+        if self._unsynced:
+            self._unsynced = False
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(self.cache.sync)
+
+    async def _commit_waiting(self) -> None:
+        group, self._waiting = self._waiting, []
+        self._committing = group
+        try:
+            # Not abandoned on cancellation: the thread runs to its end, and its outcomes are
+            # stored in the requests by the thread itself, so every waiter gets its own.
+            await anyio.to_thread.run_sync(self._commit, group)
+        finally:
+            for request in group:
+                if request.outcome is None:  # the thread failed before it got to this one
+                    request.outcome = CacheError("could not publish its cache entry")
+            self._committing = None
+            self._committed.set()
+            self._committed = anyio.Event()
+
+    def _commit(self, group: list[_Request]) -> None:
+        for request in group:
+            if request.scratch is not None:
+                with contextlib.suppress(OSError):
+                    remove_tree(request.scratch)
+        outcomes = self.cache.publish_many([(r.staging, r.manifest) for r in group])
+        self._unsynced = True
+        for request, outcome in zip(group, outcomes, strict=True):
+            request.outcome = outcome
