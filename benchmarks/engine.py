@@ -18,9 +18,9 @@ from typing import Any
 
 import aiodocker
 import anyio
-from kliko_async.images import KLIKO_COMMAND
 
 from benchmarks.harness import BENCH_LABEL, invoking_user, parameters_json, remove_tree
+from kliko_async.runtime.base import KLIKO_EXECUTABLE
 
 
 class FloorBroken(AssertionError):
@@ -68,7 +68,7 @@ class Engine:
         ]
         return {
             "Image": image_id,
-            "Cmd": list(KLIKO_COMMAND),
+            "Cmd": [KLIKO_EXECUTABLE],
             "Labels": {BENCH_LABEL: "1"},
             "User": invoking_user(),
             "HostConfig": {

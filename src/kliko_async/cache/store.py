@@ -79,7 +79,7 @@ class Cache:
         self.root = Path(root)
         self.locks = KeyLocks(self.root / _LOCKS, self.root)
         self._barrier = Barrier(self.root)
-        self._publishing = threading.Lock()
+        self._publishing = threading.RLock()
 
     # -- paths ---------------------------------------------------------------------------------
 
