@@ -14,13 +14,13 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
-
-import anyio
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from kliko_async.cliargs import build_parser
 from kliko_async.errors import KlikoError, ParameterError
-from kliko_async.events import EventConsumer
+
+if TYPE_CHECKING:
+    from kliko_async.events import EventConsumer
 
 CLOSED_OUTPUT_EXIT = 141
 """The exit status when stdout closed under a run (``| head``): a shell's 128 + SIGPIPE."""
@@ -73,6 +73,8 @@ def _dispatch(args: list[str]) -> int:
 
 
 def _run(options: argparse.Namespace) -> int:
+    import anyio
+
     from kliko_async.api import dry_run
 
     explain = functools.partial(
@@ -152,6 +154,8 @@ def _pick_display(options: argparse.Namespace) -> EventConsumer:
 
 
 async def _run_until_signal(options: argparse.Namespace, display: EventConsumer) -> int:
+    import anyio
+
     from kliko_async.api import open_run
     from kliko_async.engine.signals import until_signal
 
@@ -229,6 +233,8 @@ def _silence_stdout() -> None:
 
 
 def _run_image(args: list[str]) -> int:
+    import anyio
+
     first = argparse.ArgumentParser(prog="kliko-async run-image", add_help=False)
     first.add_argument("image", nargs="?")
     first.add_argument("-h", "--help", action="store_true")
@@ -257,6 +263,8 @@ async def _run_image_async(ref: str, cache_dir: Path | None, args: list[str]) ->
 
 
 def _validate(options: argparse.Namespace) -> int:
+    import anyio
+
     from kliko_async.display.tables import print_spec
     from kliko_async.model.spec import load_spec
 
@@ -282,6 +290,8 @@ def _looks_like_a_path(text: str) -> bool:
 
 
 def _logs(options: argparse.Namespace) -> int:
+    import anyio
+
     from kliko_async.api import dry_run, find_step_log
     from kliko_async.cache.logfiles import log_by_key, log_records
     from kliko_async.cache.store import Cache, default_cache_dir
@@ -319,6 +329,8 @@ def _print_explanations(
     no_cache: bool = False,
     build: bool = True,
 ) -> None:
+    import anyio
+
     from kliko_async.api import explain
 
     explanations = anyio.run(
@@ -335,6 +347,8 @@ def _print_explanations(
 
 
 def _graph(options: argparse.Namespace) -> int:
+    import anyio
+
     from kliko_async.api import dry_run
     from kliko_async.display import graph
 
