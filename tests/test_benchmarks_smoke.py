@@ -76,3 +76,20 @@ def test_scheduler_scenario_reports_sane_numbers(tmp_path: Path) -> None:
     saved = json.loads(out.read_text())
     assert saved["scenarios"][0]["name"] == "scheduler"
     assert saved["scenarios"][0]["samples"]["total_s"]
+
+
+def test_logflood_check_reads_the_saved_log_records(tmp_path: Path) -> None:
+    """The saved log is ``<time stamp> <stream> <bytes>`` records, as kliko-async writes it."""
+    from kliko_async.engine.steplogs import StepLog
+
+    logflood = load("logflood")
+    path = tmp_path / "log.txt"
+    log = StepLog(path)
+    for i in range(1, 4):
+        log.write_line("stdout", f"line {i}")
+    log.close()
+    assert logflood.check_log(path, 3) == (3, True)
+    assert logflood.check_log(path, 4) == (3, False)
+    plain = tmp_path / "plain.txt"
+    plain.write_text("line 1\nline 2\nline 3\n")  # not records: not what a run saved
+    assert logflood.check_log(plain, 3)[1] is False
