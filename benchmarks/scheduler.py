@@ -8,7 +8,8 @@ is a seeded random DAG: step i reads up to three random earlier steps.
 Each measurement runs in a fresh subprocess (``python -m benchmarks.scheduler --steps N``) so that
 its peak RSS (``ru_maxrss``) is its own; the Python start-up and imports are in that peak but not
 in the times. Times: building the Chain (``parse_chain``), planning (until ``RunStarted``), and
-running (the scheduler, until ``api.run`` returns). Target: plan + run < 2 s, peak < 200 MB.
+running (the scheduler, until ``api.run`` returns). Targets: plan + run < 5 s with the cache on
+disk, < 2 s with the in-memory cache stub; peak < 200 MB.
 """
 
 from __future__ import annotations
@@ -53,7 +54,10 @@ from kliko_async.runtime.fake import FakeContainer, FakeRuntime
 
 NAME = "scheduler"
 IMAGE = "bench/noop"
-TARGET_S = 2.0
+TARGET_S = 5.0
+"""Plan + run with the durable cache on disk (DESIGN.md: group commits allowed)."""
+TARGET_MEMORY_S = 2.0
+"""Plan + run with the in-memory cache stub: the scheduler alone."""
 TARGET_MB = 200.0
 
 NOOP_KLIKO_YML = """\
@@ -316,7 +320,14 @@ async def scenario(cfg: Config, steps: int, *, variants: bool = True) -> Scenari
         result.row("plan + run, cache on tmpfs", "s", kliko=result.median("tmpfs_total_s"))
         result.row("  run, cache on tmpfs", "s", kliko=result.median("tmpfs_run_s"))
     if variants:
-        result.row("plan + run, in-memory cache stub", "s", kliko=result.median("memory_total_s"))
+        memory = result.median("memory_total_s")
+        result.row(
+            "plan + run, in-memory cache stub",
+            "s",
+            kliko=memory,
+            target=f"< {TARGET_MEMORY_S:g} s",
+            ok=memory < TARGET_MEMORY_S,
+        )
         result.row("  run, in-memory cache stub", "s", kliko=result.median("memory_run_s"))
     result.row("building the Chain (parse_chain)", "s", kliko=result.median("load_s"))
     result.row(
