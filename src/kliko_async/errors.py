@@ -7,7 +7,14 @@ The CLI prints ``str(error)`` as one paragraph and exits non-zero without a trac
 from __future__ import annotations
 
 import errno
+import reprlib
 from pathlib import Path
+
+SHOWN_CHARACTERS = 60
+"""About how much of a value an error message quotes (see :func:`shown`)."""
+MAX_MESSAGE_CHARACTERS = 10_000
+"""The longest error message; a longer one loses its middle, so that its start (what and where)
+and its end (what to do) stay."""
 
 
 class KlikoError(Exception):
@@ -29,6 +36,9 @@ class KlikoError(Exception):
         text = f"{self.where}: {self.message}" if self.where else self.message
         if self.hint:
             text = f"{text.rstrip('.')}. {self.hint}"
+        if len(text) > MAX_MESSAGE_CHARACTERS:
+            cut = len(text) - MAX_MESSAGE_CHARACTERS
+            text = f"{text[:7000]} [... {cut:,} characters cut ...] {text[-(3000 - 40) :]}"
         return text
 
 
@@ -110,6 +120,25 @@ class Interrupted(KlikoError):
     """The run was stopped by SIGINT or SIGTERM."""
 
     exit_status = 130
+
+
+def shown(value: object, limit: int = SHOWN_CHARACTERS) -> str:
+    """``repr(value)`` cut to about ``limit`` characters, for quoting a value in a message: a
+    50 MB parameter value (or one from someone else's image) must not become a 50 MB error.
+
+    A cut string says how long it was: ``'aaaa...' (52,428,800 characters)``.
+    """
+    if isinstance(value, str | bytes) and len(value) > limit:
+        unit = "characters" if isinstance(value, str) else "bytes"
+        return f"{value[:limit]!r}... ({len(value):,} {unit})"
+    if isinstance(value, int) and value.bit_length() > 4 * limit:
+        return f"an integer of about {int(value.bit_length() * 0.30103):,} digits"
+    short = reprlib.Repr()
+    short.maxlevel, short.maxother = 3, limit
+    short.maxdict = short.maxlist = short.maxtuple = short.maxset = 6
+    short.maxstring = short.maxlong = max(limit, 12)
+    text = short.repr(value)
+    return text if len(text) <= 2 * limit else f"{text[:limit]}..."
 
 
 def os_error_text(err: OSError) -> str:

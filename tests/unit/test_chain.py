@@ -393,10 +393,10 @@ def test_unreadable_file(
 ) -> None:
     path = write(tmp_path, DIAMOND)
 
-    def refuse(self: Path) -> bytes:
+    def refuse(fd: int, size: int) -> bytes:
         raise error
 
-    monkeypatch.setattr(Path, "read_bytes", refuse)
+    monkeypatch.setattr("kliko_async.model.inputfiles.os.read", refuse)
     with pytest.raises(ChainError) as info:
         load_chain(path)
     assert str(info.value).startswith(f"{path}: {expected}. Check")

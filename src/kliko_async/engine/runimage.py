@@ -14,13 +14,13 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from kliko_async.engine.images import KlikoImage
 from kliko_async.engine.workspace import blocking_file, build_job
-from kliko_async.errors import ParameterError, os_error_text
+from kliko_async.errors import ParameterError, os_error_text, shown
+from kliko_async.model.inputfiles import InputFileError, read_input_file
 from kliko_async.model.parameters import parse_cli_value, validate_parameters
 from kliko_async.model.spec import Field
+from kliko_async.model.yamltext import MAX_INTEGER_DIGITS, YamlTextError, parse_yaml_bytes
 from kliko_async.runtime.base import LABEL_PREFIX, OWNER_LABEL, Runtime, Stream, owner_label
 from kliko_async.runtime.inflight import InFlight, under_way
 
@@ -88,17 +88,46 @@ def gather_parameters(image: KlikoImage, options: argparse.Namespace) -> dict[st
 
 
 def _read_params_file(path: Path) -> dict[str, Any]:
+    """The mapping in a ``--params`` file: bounded as every input, and a key given twice is an
+    error (as in a chain file), not a silent choice of the last."""
+    where = f"--params {path}"
     try:
-        text = path.read_text()
-    except OSError as error:
-        raise ParameterError(f"cannot read it ({error.strerror})", where=str(path)) from None
-    try:
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (ValueError, yaml.YAMLError) as error:
-        raise ParameterError(f"is not valid JSON/YAML: {error}", where=str(path)) from None
+        raw = read_input_file(path)
+        data = _parse_json(raw) if path.suffix == ".json" else parse_yaml_bytes(raw)
+    except (InputFileError, YamlTextError) as error:
+        raise ParameterError(error.message, where=where, hint=error.hint) from None
     if not isinstance(data, dict):
-        raise ParameterError("must hold a mapping of parameter names to values", where=str(path))
+        raise ParameterError("must hold a mapping of parameter names to values", where=where)
     return data
+
+
+def _parse_json(raw: bytes) -> Any:
+    def unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        seen: dict[str, Any] = {}
+        for key, value in pairs:
+            if key in seen:
+                raise YamlTextError(
+                    f"gives {shown(key)} twice; JSON would silently keep only the last one",
+                    hint="Remove or rename one of them.",
+                )
+            seen[key] = value
+        return seen
+
+    def integer(text: str) -> int:
+        if len(text.lstrip("-")) > MAX_INTEGER_DIGITS:
+            raise YamlTextError(
+                f"holds an integer of {len(text.lstrip('-'))} digits, longer than the "
+                f"{MAX_INTEGER_DIGITS} digits allowed",
+                hint="Quote it if it is text, such as an identifier.",
+            )
+        return int(text)
+
+    try:
+        return json.loads(raw, object_pairs_hook=unique, parse_int=integer)
+    except (ValueError, RecursionError) as error:  # UnicodeDecodeError is a ValueError
+        raise YamlTextError(
+            f"is not valid JSON: {shown(str(error))}", hint="Fix the JSON syntax there."
+        ) from None
 
 
 async def run_single_image(runtime: Runtime, image: KlikoImage, options: argparse.Namespace) -> int:

@@ -30,6 +30,7 @@ from kliko_async.model.chainmodel import (
     Step,
     step_name_problem,
 )
+from kliko_async.model.inputfiles import InputFileError, read_input_file
 from kliko_async.model.matrix import expand_matrices
 from kliko_async.model.yamltext import (
     YamlTextError,
@@ -61,25 +62,19 @@ def load_chain(path: Path) -> Chain:
     path = Path(path)
     source = str(path)
     try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise ChainError(
-            "chain file not found", where=source, hint="Check the path and the current folder."
-        ) from None
-    except IsADirectoryError:
-        raise ChainError(
-            "is a folder, not a chain file", where=source, hint="Give the path of the YAML file."
-        ) from None
-    except PermissionError:
-        raise ChainError(
-            "cannot be read: permission denied",
-            where=source,
-            hint="Check the file's permissions.",
-        ) from None
-    except OSError as exc:
-        raise ChainError(
-            f"cannot be read: {exc.strerror or exc}", where=source, hint="Check the file."
-        ) from None
+        raw = read_input_file(path)
+    except InputFileError as exc:
+        if exc.missing:
+            raise ChainError(
+                "chain file not found", where=source, hint="Check the path and the current folder."
+            ) from None
+        if exc.folder:
+            raise ChainError(
+                "is a folder, not a chain file",
+                where=source,
+                hint="Give the path of the YAML file.",
+            ) from None
+        raise ChainError(exc.message, where=source, hint=exc.hint) from None
     try:
         data = parse_yaml_bytes(raw)
     except YamlTextError as exc:

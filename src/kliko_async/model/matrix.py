@@ -19,6 +19,7 @@ from typing import Any
 
 from kliko_async.model.chainfile import MatrixFile, MatrixSpec
 from kliko_async.model.chainmodel import MatrixOrigin, Step, folder_name_problem
+from kliko_async.model.inputfiles import InputFileError, read_input_file
 from kliko_async.model.yamltext import YamlTextError, did_you_mean, parse_yaml_bytes, yaml_kind
 
 __all__ = ["expand_matrices"]
@@ -169,12 +170,9 @@ def _values_of(
     if isinstance(values, MatrixFile):
         path = base_dir / Path(values.from_file).expanduser()
         try:
-            loaded = parse_yaml_bytes(path.read_bytes())
-        except OSError as error:
-            problems.append(
-                f"{where}: from-file {values.from_file!r} ({path}) cannot be read: "
-                f"{error.strerror or error}"
-            )
+            loaded = parse_yaml_bytes(read_input_file(path))
+        except InputFileError as error:
+            problems.append(f"{where}: from-file {values.from_file!r} ({path}) {error.message}")
             return None
         except YamlTextError as error:
             problems.append(f"{where}: from-file {values.from_file!r} {error.message}")

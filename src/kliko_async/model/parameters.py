@@ -17,11 +17,9 @@ from typing import Any, Literal
 import pydantic
 from pydantic import BaseModel, ConfigDict, field_validator
 
-from kliko_async.errors import ParameterError
+from kliko_async.errors import ParameterError, shown
 from kliko_async.model.spec import BOOL_WORDS, Field, KlikoSpec, check_value
-from kliko_async.model.yamltext import (
-    did_you_mean,
-)
+from kliko_async.model.yamltext import MAX_INTEGER_DIGITS, did_you_mean
 
 PARAM_FILES_DIR = "/param_files"
 """Where the runner copies file parameters inside the container."""
@@ -147,25 +145,30 @@ def parse_cli_value(field: Field, text: str) -> Any:
 
 def _parse_cli_item(field: Field, kind: str, item: str, text: str) -> Any:
     flag = f"flag --{field.name}"
-    shown = repr(text) if item == text else f"{item!r} in {text!r}"
+    quoted = shown(text) if item == text else f"{shown(item)} in {shown(text)}"
     if kind == "int":
+        if len(item.strip().lstrip("+-")) > MAX_INTEGER_DIGITS:
+            raise ParameterError(
+                f"{quoted} is longer than the {MAX_INTEGER_DIGITS} digits an integer may have",
+                where=flag,
+            )
         try:
             return int(item)
         except ValueError:
-            raise ParameterError(f"{shown} is not an integer", where=flag) from None
+            raise ParameterError(f"{quoted} is not an integer", where=flag) from None
     if kind == "float":
         try:
             number = float(item)
         except ValueError:
-            raise ParameterError(f"{shown} is not a number", where=flag) from None
+            raise ParameterError(f"{quoted} is not a number", where=flag) from None
         if not math.isfinite(number):
-            raise ParameterError(f"{shown} is not a finite number", where=flag)
+            raise ParameterError(f"{quoted} is not a finite number", where=flag)
         return number
     if kind == "bool":
         word = item.strip().lower()
         if word not in BOOL_WORDS:
             raise ParameterError(
-                f"{shown} is not a boolean", where=flag, hint="Use true/false, yes/no or 1/0."
+                f"{quoted} is not a boolean", where=flag, hint="Use true/false, yes/no or 1/0."
             )
         return BOOL_WORDS[word]
     return item
@@ -192,7 +195,7 @@ def _locate_files(
     base = base_dir if base_dir is not None else Path.cwd()
     for given, container_path in paths:
         host_path = (base / Path(given).expanduser()).resolve()
-        label = f"file parameter {field.name!r}: {given!r}"
+        label = f"file parameter {field.name!r}: {shown(given)}"
         if given != str(host_path):
             label += f" ({host_path})"
         if not host_path.exists():
@@ -215,7 +218,7 @@ def _locate_files(
 
 def _describe_unknown(name: str, known: list[str]) -> str:
     if not known:
-        return f"unknown parameter {name!r}; this image takes no parameters"
+        return f"unknown parameter {shown(name)}; this image takes no parameters"
     if suggestion := did_you_mean(name, known):
-        return f"unknown parameter {name!r}{suggestion}"
-    return f"unknown parameter {name!r}; known parameters are {', '.join(known)}"
+        return f"unknown parameter {shown(name)}{suggestion}"
+    return f"unknown parameter {shown(name)}; known parameters are {', '.join(known)}"

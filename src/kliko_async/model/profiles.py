@@ -21,10 +21,11 @@ import os
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from kliko_async.errors import KlikoError
+from kliko_async.model.inputfiles import InputFileError, read_input_file
+from kliko_async.model.yamltext import YamlTextError, parse_yaml_bytes
 
 
 class Profile(BaseModel):
@@ -74,10 +75,12 @@ def load_profile(name: str | None) -> Profile:
             )
         return Profile()
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        data = parse_yaml_bytes(read_input_file(path)) or {}
         config = ConfigFile.model_validate(data)
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
-        raise KlikoError(f"cannot read the config file: {error}", where=str(path)) from None
+    except (InputFileError, YamlTextError) as error:
+        raise KlikoError(
+            f"cannot read the config file: it {error.message}", where=str(path), hint=error.hint
+        ) from None
     except ValidationError as error:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc']) or 'the file'}: {e['msg']}"

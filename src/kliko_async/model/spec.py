@@ -18,12 +18,13 @@ import pydantic
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 from pydantic_core import ErrorDetails
 
-from kliko_async.errors import SpecError
+from kliko_async.errors import SpecError, shown
+from kliko_async.model.inputfiles import InputFileError, read_input_file
 from kliko_async.model.yamltext import (
+    MAX_INTEGER_DIGITS,
     YamlTextError,
     did_you_mean,
     parse_yaml_bytes,
-    parse_yaml_text,
 )
 
 FIELD_TYPES: tuple[str, ...] = (
@@ -43,6 +44,10 @@ FIELD_TYPES: tuple[str, ...] = (
 
 LEGACY_TYPE_ALIASES: Mapping[str, str] = {"char": "str"}
 """Older type names still accepted, mapped to their current name."""
+
+MAX_KLIKO_YML_BYTES = 1 << 20
+"""The largest kliko.yml read (1 MiB; Kliko's own are a few KiB): it comes from someone else's
+image, so it is bounded as every other input (see :mod:`kliko_async.model.yamltext`)."""
 
 
 _NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
@@ -82,7 +87,7 @@ class Field(BaseModel):
     def _check_name(cls, value: str) -> str:
         if not _NAME_PATTERN.match(value):
             raise ValueError(
-                f"name {value!r} cannot be used as a command-line flag; use letters, digits, "
+                f"name {shown(value)} cannot be used as a command-line flag; use letters, digits, "
                 "'_' and '-', starting with a letter or '_'"
             )
         return value
@@ -93,7 +98,7 @@ class Field(BaseModel):
         value = LEGACY_TYPE_ALIASES.get(value, value)
         if value not in FIELD_TYPES:
             raise ValueError(
-                f"type {value!r} is not a Kliko type; use one of {', '.join(FIELD_TYPES)}"
+                f"type {shown(value)} is not a Kliko type; use one of {', '.join(FIELD_TYPES)}"
             )
         return value
 
@@ -110,7 +115,7 @@ class Field(BaseModel):
         if self.initial is not None:
             normalized, problem = check_value(self, self.initial)
             if problem is not None:
-                raise ValueError(f"initial value {self.initial!r} does not fit: {problem}")
+                raise ValueError(f"initial value {shown(self.initial)} does not fit: {problem}")
             if self.item_type() == "float":  # Kliko's simms writes `type: float, initial: 10`
                 object.__setattr__(self, "initial", normalized)
         return self
@@ -180,7 +185,8 @@ class KlikoSpec(BaseModel):
 def parse_spec(text: str | bytes, source: str) -> KlikoSpec:
     """Parse kliko.yml text; ``source`` names the file or image in error messages."""
     try:
-        data = parse_yaml_bytes(text) if isinstance(text, bytes) else parse_yaml_text(text)
+        raw = text if isinstance(text, bytes) else text.encode("utf-8", "surrogatepass")
+        data = parse_yaml_bytes(raw, max_bytes=MAX_KLIKO_YML_BYTES)
     except YamlTextError as error:
         raise SpecError(error.message, where=source, hint=error.hint) from None
     if data is None:
@@ -205,15 +211,12 @@ def parse_spec(text: str | bytes, source: str) -> KlikoSpec:
 def load_spec(path: Path) -> KlikoSpec:
     """Read and parse a kliko.yml file."""
     try:
-        data = path.read_bytes()
-    except FileNotFoundError as error:
-        raise SpecError("file does not exist", where=str(path)) from error
-    except IsADirectoryError as error:
-        raise SpecError(
-            "is a folder, not a file", where=str(path), hint="Point at the kliko.yml inside it."
-        ) from error
-    except OSError as error:
-        raise SpecError(f"cannot be read: {error.strerror or error}", where=str(path)) from error
+        data = read_input_file(path, limit=MAX_KLIKO_YML_BYTES)
+    except InputFileError as error:
+        if error.missing:
+            raise SpecError("file does not exist", where=str(path)) from None
+        hint = "Point at the kliko.yml inside it." if error.folder else error.hint
+        raise SpecError(error.message, where=str(path), hint=hint) from None
     return parse_spec(data, str(path))
 
 
@@ -235,6 +238,8 @@ def check_value(field: Field, value: Any) -> tuple[Any, str | None]:
 def _check_item(field: Field, kind: str, value: Any) -> tuple[Any, str | None]:
     if kind == "int":
         if isinstance(value, int) and not isinstance(value, bool):
+            if abs(value) >= 10**MAX_INTEGER_DIGITS:
+                return None, f"{shown(value)} is longer than {MAX_INTEGER_DIGITS} digits"
             return value, None
         return None, f"expected an integer, got {describe_value(value)}"
     if kind == "float":
@@ -252,14 +257,14 @@ def _check_item(field: Field, kind: str, value: Any) -> tuple[Any, str | None]:
             return None, f"expected a string, got {describe_value(value)}"
         if field.max_length is not None and len(value) > field.max_length:
             return None, (
-                f"{value!r} is {len(value)} characters long; the limit is {field.max_length}"
+                f"{shown(value)} is {len(value):,} characters long; the limit is {field.max_length}"
             )
         return value, None
     if kind == "choice":
         choices = field.choices or {}
         if isinstance(value, str) and value in choices:
             return value, None
-        return None, f"{value!r} is not one of the choices {', '.join(choices)}"
+        return None, f"{shown(value)} is not one of the choices {', '.join(choices)}"
     # file: a path on the host; existence is checked by validate_parameters
     if isinstance(value, str | os.PathLike):
         return os.fspath(value), None
@@ -280,9 +285,7 @@ def describe_value(value: Any) -> str:
     )
     for kinds_type, kind in kinds:
         if isinstance(value, kinds_type):
-            text = repr(value)
-            if len(text) > 40:
-                text = text[:37] + "..."
+            text = shown(value, 40)
             return f"a {kind} {text}" if kind != "integer" else f"an integer {text}"
     return f"a {type(value).__name__}"
 
@@ -319,7 +322,7 @@ def _describe_spec_error(detail: ErrorDetails, data: Any) -> str:
     elif kind == "missing":
         message = f"missing required key {key!r}"
     elif kind == "invalid_key":
-        message = f"key {detail['input']!r} must be a string (quote it in the YAML)"
+        message = f"key {shown(detail['input'])} must be a string (quote it in the YAML)"
         if len(rest) > 1:
             message = f"{'.'.join(str(part) for part in rest[:-1])}: {message}"
     elif kind == "literal_error":
@@ -342,8 +345,8 @@ def _describe_unknown_key(key: str, container: tuple[int | str, ...]) -> str:
         model = Section if container[-2] == "sections" else Field
     known = list(model.model_fields)
     if suggestion := did_you_mean(key, known):
-        return f"unknown key {key!r}{suggestion}"
-    return f"unknown key {key!r}; allowed keys are {', '.join(known)}"
+        return f"unknown key {shown(key)}{suggestion}"
+    return f"unknown key {shown(key)}; allowed keys are {', '.join(known)}"
 
 
 def _render_container(container: tuple[int | str, ...], data: Any) -> str:
