@@ -183,7 +183,7 @@ async def dry_run(
     ``build``, ``build:`` steps are built as a run would (and kliko.yml files remembered), so
     that every step has its key.
     """
-    loaded = chain if isinstance(chain, Chain) else load_chain(Path(chain))
+    loaded = chain if isinstance(chain, Chain) else await _load_off_loop(Path(chain))
     cache = Cache(Path(cache_dir) if cache_dir else default_cache_dir())
     async with open_runtime(runtime) as rt:
         resolver = ImageResolver(rt, cache.specs_dir, remember=build)
@@ -205,7 +205,7 @@ async def explain(
     """Why each of ``steps`` (a matrix step's name means all its expansions; none: every step)
     would run, or which cache entry it comes from. Plans as :func:`dry_run`, starts nothing;
     ``build:`` steps are built (to say how their image changed) unless ``build`` is False."""
-    loaded = chain if isinstance(chain, Chain) else load_chain(Path(chain))
+    loaded = chain if isinstance(chain, Chain) else await _load_off_loop(Path(chain))
     names = loaded.select(steps) if steps else None
     plan = await dry_run(
         loaded, runtime=runtime, cache_dir=cache_dir, force=force, no_cache=no_cache, build=build
@@ -386,7 +386,7 @@ async def _execute(
 ) -> RunResult:
     if runtime is None and backend == "docker":
         needs_asyncio()  # before anything is touched
-    loaded = chain if isinstance(chain, Chain) else load_chain(Path(chain))
+    loaded = chain if isinstance(chain, Chain) else await _load_off_loop(Path(chain))
     if out is not None:
         exports.check_export_targets(Path(out), loaded.steps)
     cache = Cache(Path(cache_dir) if cache_dir else default_cache_dir())
@@ -484,3 +484,9 @@ def find_step_log(cache: Cache, plan: Plan, step: str) -> Path:
         where=plan.source,
         hint="Run the chain first.",
     )
+
+
+async def _load_off_loop(path: Path) -> Chain:
+    """Load a chain file in a worker thread: reading a file (on a slow disk, or one the user got
+    wrong) never blocks the event loop, so Ctrl-C and other tasks still get through."""
+    return await anyio.to_thread.run_sync(load_chain, path)

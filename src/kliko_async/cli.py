@@ -31,7 +31,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     try:
         code = _dispatch(args)
     except KlikoError as error:
-        print(f"kliko-async: error: {error}", file=sys.stderr)
+        print(f"kliko-async: error: {_printable(str(error))}", file=sys.stderr)
         code = error.exit_status
     except KeyboardInterrupt:
         print("kliko-async: interrupted", file=sys.stderr)
@@ -41,10 +41,18 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         if matched is None:
             raise
         first = _first_leaf(matched)
-        print(f"kliko-async: error: {first}", file=sys.stderr)
+        print(f"kliko-async: error: {_printable(str(first))}", file=sys.stderr)
         code = first.exit_status if isinstance(first, KlikoError) else 1
     sys.stdout.flush()
     raise SystemExit(code)
+
+
+def _printable(text: str) -> str:
+    """``text`` without escape sequences or control characters: error messages and explanations
+    quote kliko.yml files, images and containers, which are someone else's text."""
+    from kliko_async.display.terminal import printable
+
+    return printable(text)
 
 
 def _first_leaf(group: BaseExceptionGroup[Any]) -> BaseException:
@@ -253,7 +261,7 @@ async def _run_image_async(ref: str, cache_dir: Path | None, args: list[str]) ->
 
     async with open_runtime(None) as runtime:
         image = await read_image(ref, cache_dir=cache_dir, runtime=runtime)
-        options = image_parser(image).parse_args(args)
+        options = image_parser(image, _printable).parse_args(args)
         return await until_signal(
             lambda: run_single_image(runtime, image, options), what="removing the container"
         )
@@ -342,7 +350,7 @@ def _print_explanations(
         if as_json:
             sys.stdout.write(explanation.model_dump_json() + "\n")
         else:
-            sys.stdout.write("".join(f"{line}\n" for line in explanation.lines()))
+            sys.stdout.write("".join(f"{_printable(line)}\n" for line in explanation.lines()))
     sys.stdout.flush()
 
 

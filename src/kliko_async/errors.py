@@ -17,6 +17,11 @@ MAX_MESSAGE_CHARACTERS = 10_000
 and its end (what to do) stay."""
 
 
+INPUT_EXIT = 2
+"""The exit status when an input cannot be used (a chain file, a kliko.yml, parameters, a
+setting), as for a bad command-line option; 1 is for a run that failed."""
+
+
 class KlikoError(Exception):
     """Base of every error kliko-async raises on purpose.
 
@@ -45,13 +50,19 @@ class KlikoError(Exception):
 class SpecError(KlikoError):
     """A kliko.yml that is missing, unreadable or invalid."""
 
+    exit_status = INPUT_EXIT
+
 
 class ParameterError(KlikoError):
     """Parameters that do not fit an image's kliko.yml."""
 
+    exit_status = INPUT_EXIT
+
 
 class ChainError(KlikoError):
     """A chain file that is unreadable or describes an invalid DAG."""
+
+    exit_status = INPUT_EXIT
 
 
 class CacheError(KlikoError):

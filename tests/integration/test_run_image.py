@@ -242,7 +242,7 @@ def test_a_folder_flag_that_cannot_be_a_folder_is_a_clear_error(
 
     done = kliko("run-image", image, flag, folder)
 
-    assert done.returncode == 1, done.stderr
+    assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr
     assert done.stderr.startswith(f"kliko-async: error: {flag} {folder}: {said}"), done.stderr
     assert (tmp_path / "a-file").read_text() == "not a folder\n"

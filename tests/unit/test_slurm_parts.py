@@ -287,7 +287,7 @@ def kliko(cwd: Path, *args: str, config: str | None = None) -> subprocess.Comple
 def test_slurm_options_without_the_slurm_backend_are_refused(tmp_path: Path) -> None:
     (tmp_path / "c.yaml").write_text("steps: {a: {image: example/gen}}\n")
     done = kliko(tmp_path, "run", "c.yaml", "--partition", "gpu")
-    assert done.returncode == 1
+    assert done.returncode == 2  # a usage error
     assert "--partition, --slurm-opt and --slurm-max-jobs need --backend slurm" in done.stderr
     assert "Traceback" not in done.stderr
 

@@ -115,13 +115,13 @@ class RunView:
                     view.duration = now - view.since
                 view = self._enter(event.step, "failed")
                 code = f"exit {event.exit_code}: " if event.exit_code is not None else ""
-                view.reason = code + event.reason
+                view.reason = printable(code + event.reason)
                 view.last_lines = event.last_lines[-FAILED_LINES_SHOWN:]
                 view.log_path = event.log_path
             case "step_retried":
                 self._enter(event.step, "waiting to retry")
             case "step_skipped":
-                self._enter(event.step, "skipped").reason = event.reason
+                self._enter(event.step, "skipped").reason = printable(event.reason)
             case "step_cancelled":
                 self._enter(event.step, "cancelled")
             case "run_finished":

@@ -10,6 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from kliko_async.cache.entry import CacheEntry
+from kliko_async.display.terminal import printable
 from kliko_async.model.parameters import file_default
 from kliko_async.model.spec import Field, KlikoSpec
 
@@ -18,10 +19,11 @@ def print_spec(spec: KlikoSpec, source: str, console: Console | None = None) -> 
     """The parameters of a kliko.yml: name, type, default, required, help.
 
     Every text from the file (or its path) is escaped: Kliko's own examples write help such as
-    ``val[unit]``, which rich would otherwise take for markup and drop.
+    ``val[unit]``, which rich would otherwise take for markup and drop; and made printable, as
+    container logs are: a kliko.yml is someone else's text, and may hold escape sequences.
     """
     console = console or Console()
-    title = escape(f"{source}: {spec.name or 'unnamed'}")
+    title = _shown(f"{source}: {spec.name or 'unnamed'}")
     title += f" (schema {spec.schema_version}, {spec.io} IO)"
     table = Table(title=title, title_justify="left")
     for column in ("section", "name", "type", "default", "required", "help"):
@@ -39,9 +41,14 @@ def print_spec(spec: KlikoSpec, source: str, console: Console | None = None) -> 
                 "yes" if field.required else "",
                 "; ".join(p for p in (field.label, field.help_text) if p),
             )
-            table.add_row(*map(escape, cells))
+            table.add_row(*map(_shown, cells))
     console.print(table)
     console.print(f"valid: {len(spec.fields())} parameter(s)")
+
+
+def _shown(text: str) -> str:
+    """``text`` as rich should print it: no markup, no escape sequences or control characters."""
+    return escape(printable(text))
 
 
 def _default_of(field: Field, spec: KlikoSpec) -> str:
@@ -66,8 +73,8 @@ def print_entries(entries: list[CacheEntry], root: Path, console: Console | None
         ago = (now - finished).total_seconds()
         table.add_row(
             entry.key[:12],
-            m.step,
-            m.image,
+            _shown(m.step),
+            _shown(m.image),
             f"{_ago(ago)} ago",
             f"{m.duration_s:.1f}s",
             str(len(m.outputs)),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+from kliko_async.display.terminal import printable
 from kliko_async.events import Event, RunFinished
 
 LogChoice = Literal["all", "failed", "none"]
@@ -11,7 +12,15 @@ LogChoice = Literal["all", "failed", "none"]
 
 
 def step_message(event: Event) -> tuple[str, str] | None:
-    """(step, what happened to it) for a step's state change; None for other events."""
+    """(step, what happened to it) for a step's state change; None for other events.
+
+    Reasons may quote a container, an image or the engine: they come out printable.
+    """
+    message = _step_message(event)
+    return None if message is None else (message[0], printable(message[1]))
+
+
+def _step_message(event: Event) -> tuple[str, str] | None:
     match event.kind:
         case "step_cached":
             waited = (
@@ -60,6 +69,11 @@ def _size(size: int) -> str:
 
 def run_message(event: Event) -> str | None:
     """The line for the start or the end of a run; None for other events."""
+    message = _run_message(event)
+    return None if message is None else printable(message)
+
+
+def _run_message(event: Event) -> str | None:
     match event.kind:
         case "run_started":
             return f"run {event.run_id}: {len(event.steps)} steps, up to {event.jobs} at once"

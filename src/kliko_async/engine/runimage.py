@@ -11,6 +11,7 @@ import argparse
 import json
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +28,18 @@ from kliko_async.runtime.inflight import InFlight, under_way
 _RESERVED = {"input", "output", "work", "params", "user", "help", "image", "cache-dir"}
 
 
-def image_parser(image: KlikoImage) -> argparse.ArgumentParser:
-    """An argument parser for ``image``: its IO folders plus one flag per kliko.yml field."""
+def image_parser(
+    image: KlikoImage, printable: Callable[[str], str] = str
+) -> argparse.ArgumentParser:
+    """An argument parser for ``image``: its IO folders plus one flag per kliko.yml field.
+
+    Every text from the kliko.yml goes through ``printable`` (the CLI passes its terminal
+    sanitiser): the image is someone else's, and its help may hold escape sequences.
+    """
     spec = image.spec
     parser = argparse.ArgumentParser(
-        prog=f"kliko-async run-image {image.ref}",
-        description=spec.description or spec.name or image.ref,
+        prog=printable(f"kliko-async run-image {image.ref}"),
+        description=printable(spec.description or spec.name or image.ref),
     )
     parser.add_argument("image", help=argparse.SUPPRESS)
     io = parser.add_argument_group(f"folders ({spec.io} IO)")
@@ -52,7 +59,10 @@ def image_parser(image: KlikoImage) -> argparse.ArgumentParser:
     for field in spec.fields().values():
         flag = field.name if field.name not in _RESERVED else f"param-{field.name}"
         group.add_argument(
-            f"--{flag}", dest=f"param__{field.name}", metavar=_metavar(field), help=_help(field)
+            f"--{flag}",
+            dest=f"param__{field.name}",
+            metavar=printable(_metavar(field)),
+            help=printable(_help(field)),
         )
     return parser
 
@@ -66,7 +76,7 @@ def _metavar(field: Field) -> str:
 def _help(field: Field) -> str:
     parts = [p for p in (field.label, field.help_text) if p]
     if field.initial is not None:
-        parts.append(f"default: {field.initial!r}")
+        parts.append(f"default: {shown(field.initial)}")
     elif field.required:
         parts.append("required")
     if field.is_list():

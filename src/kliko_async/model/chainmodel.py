@@ -52,7 +52,9 @@ RUN_CHAIN_SOURCE = "<run_chain>"
 
 _NAME_RE = re.compile(STEP_NAME_PATTERN)
 _EXPANDED_RE = re.compile(EXPANDED_NAME_PATTERN)
-_NAME_MAX = 100
+NAME_MAX = 100
+"""The longest step name (a folder name)."""
+_NAME_MAX = NAME_MAX
 _EXPANDED_MAX = 200
 
 

@@ -17,8 +17,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from kliko_async.errors import shown
 from kliko_async.model.chainfile import MatrixFile, MatrixSpec
-from kliko_async.model.chainmodel import MatrixOrigin, Step, folder_name_problem
+from kliko_async.model.chainmodel import NAME_MAX, MatrixOrigin, Step, folder_name_problem
 from kliko_async.model.inputfiles import InputFileError, read_input_file
 from kliko_async.model.yamltext import YamlTextError, did_you_mean, parse_yaml_bytes, yaml_kind
 
@@ -277,10 +278,20 @@ def _expansion_names(
 def _render(name: str, template: str, values: Mapping[str, str], problems: list[str]) -> str | None:
     where = f"step {name!r}: matrix.name {template!r}"
     try:
-        fields = [field for _, field, _, _ in string.Formatter().parse(template) if field]
+        parsed = [(field, spec) for _, field, spec, _ in string.Formatter().parse(template)]
     except ValueError as error:
         problems.append(f"{where} is not a template: {error}; write placeholders as {{parameter}}")
         return None
+    fields = [field for field, _ in parsed if field]
+    for field, spec in parsed:
+        # A name is at most NAME_MAX characters; a width of 10**9 would first fill memory.
+        widths = re.findall(r"[0-9]+", spec or "")
+        if "{" in (spec or "") or any(len(w) > 3 or int(w) > NAME_MAX for w in widths):
+            problems.append(
+                f"{where}: the format {shown(spec)} of {{{field}}} asks for more than the "
+                f"{NAME_MAX} characters a step name may have; write {{{field}}} alone"
+            )
+            return None
     unknown = [field for field in fields if field not in values]
     if unknown:
         problems.append(

@@ -15,7 +15,7 @@ import aiodocker
 import aiohttp
 import anyio
 
-from kliko_async.errors import ContainerError, ImageError, RuntimeUnavailable
+from kliko_async.errors import ContainerError, ImageError, RuntimeUnavailable, shown
 from kliko_async.runtime.base import (
     KLIKO_EXECUTABLE,
     LABEL_PREFIX,
@@ -58,6 +58,21 @@ _UNAVAILABLE_HINT = (
 )
 
 
+def _bad_address(url: str | None, exc: ValueError) -> RuntimeUnavailable:
+    if url is None:
+        return RuntimeUnavailable(
+            "no Docker Engine socket was found and DOCKER_HOST is not set", hint=_UNAVAILABLE_HINT
+        )
+    error = RuntimeUnavailable(
+        f"{shown(url)} is not a Docker Engine address ({str(exc).rstrip('.')})",
+        where="DOCKER_HOST" if url == os.environ.get("DOCKER_HOST") else "engine URL",
+        hint="Give unix:///path/to/docker.sock, tcp://HOST:PORT or ssh://USER@HOST, or unset "
+        "DOCKER_HOST to use the local socket.",
+    )
+    error.exit_status = 2  # a setting to correct, as a bad command-line option
+    return error
+
+
 class DockerRuntime:
     """Runs Kliko containers on a Docker Engine through its HTTP API (see ``Runtime``)."""
 
@@ -69,7 +84,12 @@ class DockerRuntime:
     @property
     def client(self) -> aiodocker.Docker:
         if self._client is None:
-            self._client = aiodocker.Docker(url=self._url)
+            # An empty DOCKER_HOST means unset, as for the docker command.
+            url = self._url or os.environ.get("DOCKER_HOST") or None
+            try:
+                self._client = aiodocker.Docker(url=url)
+            except ValueError as exc:  # no scheme aiodocker knows, or no socket found
+                raise _bad_address(url, exc) from None
         return self._client
 
     @property
