@@ -71,6 +71,7 @@ _DECIMAL_FLOAT = re.compile(
     re.VERBOSE,
 )
 _INTEGER_BOUND = 10**MAX_INTEGER_DIGITS
+_VALUE_ERRORS = (ValueError, TypeError, IndexError, KeyError, OverflowError)
 _NOT_IMPLICIT = {_INT_TAG, _FLOAT_TAG, "tag:yaml.org,2002:timestamp", "tag:yaml.org,2002:value"}
 
 
@@ -110,6 +111,19 @@ class _StrictLoader(_BaseLoader):
         first: [(tag, regexp) for tag, regexp in resolvers if tag not in _NOT_IMPLICIT]
         for first, resolvers in _BaseLoader.yaml_implicit_resolvers.items()
     }
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep=deep)
+        except _VALUE_ERRORS:  # an explicit tag on a value it does not fit: !!int abc
+            tag = node.tag.rpartition(":")[2]
+            raise _Refused(
+                f"{str(node.value)[:40]!r} is not a valid {tag}"
+                if isinstance(node, yaml.ScalarNode)
+                else f"this {tag} cannot be read",
+                node.start_mark,
+                "Remove the tag (such as !!int) or correct the value.",
+            ) from None
 
     def construct_yaml_int(self, node: yaml.ScalarNode) -> int:
         digits = sum(c.isdigit() for c in str(node.value))
@@ -234,8 +248,15 @@ def parse_yaml_text(text: str) -> Any:
         ) from None
     except yaml.MarkedYAMLError as exc:
         raise YamlTextError(_marked_error_text(exc), hint=YAML_SYNTAX_HINT) from None
+    except yaml.reader.ReaderError as exc:
+        what = f"character U+{exc.character:04X}" if isinstance(exc.character, int) else "byte"
+        raise YamlTextError(
+            f"is not valid YAML: {what} at offset {exc.position} is not allowed ({exc.reason})",
+            hint="Remove the control characters; write them as escapes in double quotes.",
+        ) from None
     except yaml.YAMLError as exc:
-        raise YamlTextError(f"is not valid YAML: {exc}", hint=YAML_SYNTAX_HINT) from None
+        text = " ".join(str(exc).split())  # one line
+        raise YamlTextError(f"is not valid YAML: {text}", hint=YAML_SYNTAX_HINT) from None
 
 
 def _load(text: str) -> Any:
@@ -245,7 +266,11 @@ def _load(text: str) -> Any:
         if node is None:
             return None
         _check_node_bounds(node)
-        return loader.construct_document(node)
+        try:
+            return loader.construct_document(node)
+        except _VALUE_ERRORS as exc:
+            text = " ".join(str(exc)[:100].split())
+            raise _Refused(f"a value cannot be read ({text})", node.start_mark) from None
     finally:
         loader.dispose()
 
