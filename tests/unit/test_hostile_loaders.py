@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from kliko_async.errors import ChainError, KlikoError, ParameterError, SpecError, shown
+from kliko_async.errors import ChainError, KlikoError, ParameterError, SpecError
 from kliko_async.model.chain import load_chain, parse_chain
 from kliko_async.model.spec import load_spec, parse_spec, validate_parameters
 from kliko_async.model.yamltext import YamlTextError, parse_yaml_bytes, parse_yaml_text
@@ -194,6 +194,8 @@ def test_a_long_value_is_cut_in_the_message() -> None:
 
 
 def test_shown_never_fails_and_stays_short() -> None:
+    from kliko_async.errors import shown  # the one helper that cuts values in messages
+
     assert shown("abc") == "'abc'"
     assert shown(10**5000) == "an integer of about 5,000 digits"
     assert len(shown([["y" * 1000] * 1000] * 1000)) < 130
