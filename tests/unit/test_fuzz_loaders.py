@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 
 from kliko_async.errors import KlikoError
 from kliko_async.model.chain import load_chain
-from kliko_async.model.spec import parse_spec, validate_parameters
+from kliko_async.model.parameters import validate_parameters
+from kliko_async.model.spec import parse_spec
 
 MEMORY_BOUND = 64 << 20
 """What one load may allocate at its peak (the inputs here are at most a few kilobytes)."""

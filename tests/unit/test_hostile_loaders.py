@@ -13,7 +13,8 @@ import pytest
 
 from kliko_async.errors import ChainError, KlikoError, ParameterError, SpecError
 from kliko_async.model.chain import load_chain, parse_chain
-from kliko_async.model.spec import load_spec, parse_spec, validate_parameters
+from kliko_async.model.parameters import validate_parameters
+from kliko_async.model.spec import load_spec, parse_spec
 from kliko_async.model.yamltext import YamlTextError, parse_yaml_bytes, parse_yaml_text
 
 KLIKO_ASYNC = str(Path(sys.executable).parent / "kliko-async")
