@@ -154,13 +154,6 @@ def test_a_device_is_not_a_chain_file_or_a_kliko_yml(path: str) -> None:
         load_spec(Path(path))
 
 
-def test_a_named_pipe_is_refused_without_waiting_for_a_writer(tmp_path: Path) -> None:
-    fifo = tmp_path / "chain.yaml"
-    os.mkfifo(fifo)
-    with pytest.raises(ChainError, match="is not a regular file"):
-        load_chain(fifo)
-
-
 def test_from_file_dev_zero_is_one_problem(tmp_path: Path) -> None:
     (tmp_path / "c.yaml").write_text(
         "steps:\n  a: {image: x, matrix: {n: {from-file: /dev/zero}}}\n"
@@ -227,6 +220,8 @@ def test_a_malformed_docker_host_is_one_line(tmp_path: Path, host: str) -> None:
         (["run", "/dev/zero"], "/dev/zero: is not a regular file"),
         (["validate", "/dev/zero"], "/dev/zero: is not a regular file"),
         (["run", "big.yaml", "--dry-run"], "an integer of 5000 digits is longer"),
+        # A named pipe: without a writer, open() would wait for ever (as it did), so the
+        # command is run with a timeout, not the loader in this process.
         (["run", "fifo.yaml", "--dry-run"], "fifo.yaml: is not a regular file"),
     ],
 )
