@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import glob
 import os
 import uuid
@@ -29,6 +30,7 @@ from kliko_async.cache.holds import RunHold
 from kliko_async.cache.paramfiles import FileSnapshots
 from kliko_async.cache.store import RUN_LOGS, Cache, default_cache_dir
 from kliko_async.cache.upkeep import clean_stale_staging
+from kliko_async.display.runrecord import RunRecorder, write_record
 from kliko_async.engine import exports
 from kliko_async.engine.bus import ConsumerFeed, EventBus, EventSubscription
 from kliko_async.engine.explain import ManifestIndex, StepExplanation, explain_plan
@@ -405,13 +407,18 @@ async def _execute(
         pool = ResourcePool(cpus=1 << 20, memory=1 << 62, gpus=1 << 20)  # Slurm accounts
     files = FileSnapshots(cache.private_path(f"files-{run_id}"), cache.root)
     finished: list[RunFinished] = []
+    recorder = RunRecorder(run_id, str(chain) if not isinstance(chain, Chain) else "")
+
+    def announce(event: Event) -> None:
+        recorder(event)
+        bus.emit(event)
 
     def emit(event: Event) -> None:
         # The run's end is announced after the export, which may still fail it.
         if isinstance(event, RunFinished):
             finished.append(event)
         else:
-            bus.emit(event)
+            announce(event)
 
     exported = False
     copies = track(InFlight("copies of file parameters", folder=files.folder))
@@ -426,11 +433,12 @@ async def _execute(
                 cache=cache,
                 force=force,
                 no_cache=no_cache,
-                emit=bus.emit,
+                emit=announce,
                 snapshots=files,
                 machine=pool,  # on Slurm, the cluster's scheduler judges what fits
             )
             handle.plan = plan
+            recorder.know_plan(plan)
             scheduler = Scheduler(
                 plan,
                 runtime=rt,
@@ -454,8 +462,10 @@ async def _execute(
         for event in finished:
             if not exported and event.ok:
                 event = event.model_copy(update={"ok": False, "outputs_copied": False})
-            bus.emit(event)
+            announce(event)
         untrack(copies)
+        with contextlib.suppress(OSError):  # the record is for looking back; never fails a run
+            write_record(recorder.record, cache.root)
     return result
 
 

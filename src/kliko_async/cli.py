@@ -73,6 +73,7 @@ def _dispatch(args: list[str]) -> int:
         "why": _why,
         "graph": _graph,
         "cache": _cache,
+        "report": _report,
     }
     return handlers[options.command](options)
 
@@ -197,6 +198,13 @@ async def _run_until_signal(options: argparse.Namespace, display: EventConsumer)
                 slurm=_slurm_options(options),
             ) as handle:
                 pass
+        if options.report is not None:
+            from kliko_async.cache.store import Cache, default_cache_dir
+            from kliko_async.display.report import write_report
+
+            cache = Cache(options.cache_dir or default_cache_dir())
+            written = write_report(cache, handle.result.run_id, options.report)
+            print(f"kliko-async: the run's report is in {written}", file=sys.stderr)
         if closed:
             print(
                 "kliko-async: stopped: the output was closed; running containers were removed "
@@ -387,6 +395,15 @@ def _schema(options: argparse.Namespace) -> int:
     from kliko_async.model.chain import chain_json_schema
 
     print(json.dumps(chain_json_schema(), indent=2))
+    return 0
+
+
+def _report(options: argparse.Namespace) -> int:
+    from kliko_async.cache.store import Cache, default_cache_dir
+    from kliko_async.display.report import write_report
+
+    cache = Cache(options.cache_dir or default_cache_dir())
+    print(write_report(cache, options.run_id, options.output))
     return 0
 
 

@@ -70,12 +70,31 @@ def build_parser() -> argparse.ArgumentParser:
         help="first say why each step would run or where its cached result comes from",
     )
     run.add_argument(
+        "--report",
+        type=Path,
+        metavar="FILE",
+        help="after the run, write its report (an HTML page) to FILE; see 'kliko-async report'",
+    )
+    run.add_argument(
         "--logs",
         choices=("all", "failed", "none"),
         default="all",
         help="which container log lines are shown: all (default), only a failed step's last "
         "lines, or none; every line is saved in the step's log whatever is shown",
     )
+
+    report = commands.add_parser(
+        "report",
+        help="write a run's report: one HTML page with its graph, timeline and steps",
+        description="Write the report of a run (default: the latest one in the cache folder) "
+        "as one self-contained HTML page: the chain coloured by state, a timeline of every "
+        "step, and each step's image, key, parameters, exit code and log.",
+    )
+    report.add_argument("run_id", nargs="?", help="the run's ID, or the start of it")
+    report.add_argument(
+        "-o", "--output", type=Path, default=Path("report.html"), help="default: report.html"
+    )
+    cache_dir_option(report)
 
     image = commands.add_parser(
         "run-image",
