@@ -74,6 +74,7 @@ def _dispatch(args: list[str]) -> int:
         "graph": _graph,
         "cache": _cache,
         "report": _report,
+        "provenance": _provenance,
     }
     return handlers[options.command](options)
 
@@ -404,6 +405,15 @@ def _report(options: argparse.Namespace) -> int:
 
     cache = Cache(options.cache_dir or default_cache_dir())
     print(write_report(cache, options.run_id, options.output))
+    return 0
+
+
+def _provenance(options: argparse.Namespace) -> int:
+    from kliko_async.cache.provenance import key_of, provenance_chain
+    from kliko_async.cache.store import Cache, default_cache_dir
+
+    cache = Cache(options.cache_dir or default_cache_dir())
+    sys.stdout.write(provenance_chain(cache, key_of(options.target, cache)))
     return 0
 
 

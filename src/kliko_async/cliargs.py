@@ -96,6 +96,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cache_dir_option(report)
 
+    provenance = commands.add_parser(
+        "provenance",
+        help="print a chain file that makes a product again",
+        description="Print the chain file that makes a product again, read off the cache: "
+        "TARGET is a folder that 'run --out' wrote, a cache entry folder, or a cache key (or "
+        "its start). Its images are named by ID and its parameters are complete.",
+    )
+    provenance.add_argument("target", help="an exported step folder, or a cache key")
+    cache_dir_option(provenance)
+
     image = commands.add_parser(
         "run-image",
         help="run one Kliko image (like kliko-run)",

@@ -9,8 +9,10 @@ from pathlib import Path
 
 import anyio
 import pytest
+import yaml
 
 from kliko_async import api
+from kliko_async.cache.provenance import key_of, provenance_chain
 from kliko_async.cache.store import Cache
 from kliko_async.display.report import find_record, write_report
 from kliko_async.display.reportsvg import ROWS_UNFOLDED
@@ -135,3 +137,51 @@ async def test_no_run_yet_is_one_clear_error(tmp_path: Path) -> None:
         write_report(Cache(tmp_path / "cache"), None, tmp_path / "r.html")
     with pytest.raises(CacheError, match="no run with an ID starting 'abc'"):
         find_record(tmp_path / "cache", "abc")
+
+
+async def test_provenance_of_an_export_rebuilds_it_from_the_cache(
+    tmp_path: Path, fake: FakeRuntime
+) -> None:
+    """The chain that provenance prints, run with the same cache, starts no container; its
+    images are IDs, its parameters complete, its steps those upstream of the product only."""
+    steps: dict[str, object] = {
+        "gen": {"image": "example/shout", "params": {"text": "a"}},
+        "left": {"image": "example/shout", "inputs": ["gen"], "params": {"text": "l"}},
+        "right": {"image": "example/shout", "inputs": ["gen"], "params": {"text": "r"}},
+        "merge": {"image": "example/shout", "inputs": ["left", "right"]},
+        "aside": {"image": "example/shout", "params": {"text": "unrelated"}},
+    }
+    chain = parse_chain({"steps": steps}, source=str(tmp_path / "c.yml"), base_dir=tmp_path)
+    cache_dir, out = tmp_path / "cache", tmp_path / "out"
+    result = await api.run(chain, runtime=fake, cache_dir=cache_dir, out=out)
+    assert result.ok
+
+    cache = Cache(cache_dir)
+    text = provenance_chain(cache, key_of(str(out / "merge"), cache))
+    assert key_of(result.steps["merge"].key[:10], cache) == result.steps["merge"].key
+    data = yaml.safe_load(text)
+    assert list(data["steps"]) == ["gen", "left", "right", "merge"]  # inputs first, no 'aside'
+    assert data["steps"]["merge"]["inputs"] == ["left", "right"]
+    image_id = await fake.resolve_image("example/shout")
+    assert {s["image"] for s in data["steps"].values()} == {image_id}
+    assert data["steps"]["left"]["params"] == {"text": "l", "exit": 0}  # defaults included
+
+    started = len(fake.jobs)
+    again = parse_chain(data, source=str(tmp_path / "p.yml"), base_dir=tmp_path)
+    rerun = await api.run(again, runtime=fake, cache_dir=cache_dir)
+    assert rerun.ok and len(fake.jobs) == started  # fully cached: no container
+    assert rerun.steps["merge"].key == result.steps["merge"].key
+
+    elsewhere = await api.run(again, runtime=fake, cache_dir=tmp_path / "other-cache")
+    assert elsewhere.steps["merge"].key == result.steps["merge"].key  # the same keys anew
+
+
+async def test_provenance_of_something_else_is_one_clear_error(
+    tmp_path: Path, fake: FakeRuntime
+) -> None:
+    cache = Cache(tmp_path / "cache")
+    (tmp_path / "mine").mkdir()
+    with pytest.raises(CacheError, match="neither an exported step folder"):
+        key_of(str(tmp_path / "mine"), cache)
+    with pytest.raises(CacheError, match="no entry with a key starting 'abcdef'"):
+        key_of("abcdef", cache)

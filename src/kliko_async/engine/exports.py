@@ -18,13 +18,11 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from kliko_async.cache.durable import remove_tree
+from kliko_async.cache.provenance import EXPORT_MARKER
 from kliko_async.engine.workspace import SpecialFileError, blocking_file, copy_tree_writable
 from kliko_async.errors import KlikoError
 from kliko_async.events import Event, ExportStarted, OutputExported
 from kliko_async.results import RunResult
-
-EXPORT_MARKER = ".kliko-async-export"
-"""The file in every ``<out>/<step>/`` that kliko-async wrote: the step and its cache key."""
 
 
 def check_export_targets(out: Path, steps: Iterable[str]) -> None:
