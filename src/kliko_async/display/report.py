@@ -98,7 +98,8 @@ def render(record: RunRecord, manifests: Mapping[str, Manifest]) -> str:
                 f"<span class='state' style='background:{colour}'>{state}</span>"
                 for state, colour in STATE_COLOURS.items()
             ),
-            " bars: grey waiting (for a slot, a lock, resources), light blue copying inputs, "
+            " bars: grey from queued to running (waiting for inputs, a job slot, a lock or "
+            "resources, then starting the container), light blue copying inputs into /work, "
             "purple building the image; a diamond is a cache hit.</p>",
             "<h2>Steps</h2>",
             _step_tables(steps, manifests),
@@ -128,17 +129,23 @@ def _totals(record: RunRecord) -> str:
 
 
 def _step_tables(steps: Sequence[StepRecord], manifests: Mapping[str, Manifest]) -> str:
-    parts = []
+    """One table of the steps in order; the expansions of a matrix step folded under it."""
+    parts: list[str] = []
+    loose: list[StepRecord] = []
     for group in group_steps(steps):
-        table = _table(group.steps, manifests)
         if len(group.steps) == 1:
-            parts.append(table)
-        else:
-            parts.append(
-                f"<details class='matrix' data-matrix='{escape(group.name)}'>"
-                f"<summary><b>{escape(group.name)}</b>: {len(group.steps)} expansions "
-                f"({escape(group.counts())})</summary>{table}</details>"
-            )
+            loose.extend(group.steps)
+            continue
+        if loose:
+            parts.append(_table(loose, manifests))
+            loose = []
+        parts.append(
+            f"<details class='matrix' data-matrix='{escape(group.name)}'>"
+            f"<summary><b>{escape(group.name)}</b>: {len(group.steps)} expansions "
+            f"({escape(group.counts())})</summary>{_table(group.steps, manifests)}</details>"
+        )
+    if loose:
+        parts.append(_table(loose, manifests))
     return "".join(parts)
 
 
@@ -158,7 +165,7 @@ def _table(steps: Sequence[StepRecord], manifests: Mapping[str, Manifest]) -> st
             f"<td>{'' if step.exit_code is None else step.exit_code}</td>"
             f"<td>{_image(step, manifest)}</td>"
             f"<td><code>{escape((step.key or '')[:12])}</code></td>"
-            f"<td>{_parameters(manifest)}</td>"
+            f"<td>{_parameters(step, manifest)}</td>"
             f"<td>{_log(step)}</td></tr>"
         )
         if step.state in ("failed", "skipped", "cancelled") and (step.reason or step.last_lines):
@@ -186,23 +193,27 @@ def _time(step: StepRecord, manifest: Manifest | None) -> str:
 
 
 def _image(step: StepRecord, manifest: Manifest | None) -> str:
-    image_id = manifest.ingredients.image_id if manifest is not None else ""
+    image_id = manifest.ingredients.image_id if manifest is not None else step.image_id
     shown = escape(printable(step.image))
     return f"{shown}<br><code>{escape(image_id[:19])}</code>" if image_id else shown
 
 
-def _parameters(manifest: Manifest | None) -> str:
-    if manifest is None:
+def _parameters(step: StepRecord, manifest: Manifest | None) -> str:
+    if manifest is not None:
+        ingredients = manifest.ingredients
+        parameters, file_hashes = ingredients.parameters, ingredients.file_hashes
+        env = "".join(f"<br>env <code>{escape(k)}</code>" for k in sorted(ingredients.env))
+    else:
+        parameters, file_hashes, env = step.parameters, step.file_hashes, ""
+    if not parameters and not file_hashes:
         return ""
-    ingredients = manifest.ingredients
-    text = json.dumps(ingredients.parameters, indent=1, sort_keys=True, default=str)
+    text = json.dumps(parameters, indent=1, sort_keys=True, default=str)
     files = "".join(
         f"<br><code>{escape(path)}</code> sha256 <code>{escape(digest[:16])}</code>"
-        for path, digest in sorted(ingredients.file_hashes.items())
+        for path, digest in sorted(file_hashes.items())
     )
-    env = "".join(f"<br>env <code>{escape(k)}</code>" for k in sorted(ingredients.env))
     return (
-        f"<details><summary>{len(ingredients.parameters)} parameters</summary>"
+        f"<details><summary>{len(parameters)} parameters</summary>"
         f"<pre>{escape(printable(text))}</pre>{files}{env}</details>"
     )
 

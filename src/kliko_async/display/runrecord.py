@@ -13,7 +13,7 @@ import os
 import tempfile
 from datetime import datetime
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -52,6 +52,9 @@ class StepRecord(BaseModel):
     state: StepState = "not run"
     key: str | None = None
     image: str = ""
+    image_id: str = ""
+    parameters: dict[str, Any] = Field(default_factory=dict, description="As validated.")
+    file_hashes: dict[str, str] = Field(default_factory=dict)
     inputs: list[str] = Field(default_factory=list)
     group: str | None = Field(None, description="The matrix step it is an expansion of.")
     building_at: float | None = Field(None, description="Its image began to be built.")
@@ -98,6 +101,9 @@ class RunRecorder:
                 planned = plan.steps[name]
                 record.key = planned.key
                 record.image = planned.image.ref
+                record.image_id = planned.ingredients.image_id
+                record.parameters = dict(planned.ingredients.parameters)
+                record.file_hashes = dict(planned.ingredients.file_hashes)
                 record.inputs = list(planned.step.inputs)
                 if planned.step.matrix is not None:
                     record.group = planned.step.matrix.step
