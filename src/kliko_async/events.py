@@ -13,6 +13,8 @@ from typing import Annotated, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
+from kliko_async.results import ResourceUse
+
 
 def _now() -> datetime:
     return datetime.now(UTC)
@@ -111,6 +113,7 @@ class StepFinished(_Event):
     )
     waited_s: float = Field(0.0, description="Time spent waiting for another run's lock.")
     log_path: str | None = Field(None, description="Where its full saved log is.")
+    usage: ResourceUse | None = Field(None, description="What its container used.")
 
 
 class StepFailed(_Event):

@@ -5,11 +5,24 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from kliko_async.errors import RunFailed, StepFailure
 
 StepState = Literal["done", "cached", "failed", "skipped", "cancelled"]
+
+
+class ResourceUse(BaseModel):
+    """What a container used, as its engine measured it (sampled while it ran: a peak between
+    two samples may be missed, and the CPU time is the last sample's). None: not measured."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    cpu_s: float | None = Field(None, description="CPU seconds, user and system, all cores.")
+    peak_memory_bytes: int | None = Field(None, description="The most memory it held at once.")
+    read_bytes: int | None = Field(None, description="Bytes read from block devices.")
+    written_bytes: int | None = Field(None, description="Bytes written to block devices.")
+    samples: int = Field(0, description="How many measurements this is made of.")
 
 
 class StepResult(BaseModel):

@@ -93,7 +93,7 @@ def test_the_report_of_a_run_in_a_real_browser(
     failure = html[html.index('class="failure" data-step="broken"') :]
     failure = failure[: failure.index("</tr>")]
     assert "exited with code 7" in failure
-    broken_row = html[html.index("id=\"step-broken\"") :]
+    broken_row = html[html.index('id="step-broken"') :]
     assert re.search(r"example/fail<br><code>sha256:[0-9a-f]{12}", broken_row[:2000])
     assert "the &lt;b&gt;flux&lt;/b&gt; is negative" in failure  # shown, never rendered as markup
     assert "sha256:" in html  # image IDs of the steps that ran

@@ -25,6 +25,7 @@ from pydantic import (
 
 from kliko_async.cache.durable import tree_size
 from kliko_async.cache.key import CACHE_FORMAT_VERSION, KeyIngredients
+from kliko_async.results import ResourceUse
 
 __all__ = ["MANIFEST", "CacheEntry", "Manifest", "Staging", "read_manifest"]
 
@@ -53,6 +54,7 @@ class Manifest(BaseModel):
         description="SHA-256 of the saved log (log.txt), for 'cache verify'; None in entries "
         "made before it was recorded.",
     )
+    usage: ResourceUse | None = Field(None, description="CPU, memory, I/O, where measured.")
     outputs: dict[str, str] = Field(default_factory=dict)
     """Path relative to ``output/`` -> SHA-256, as
     :func:`kliko_async.cache.hashing.hash_tree` gives.

@@ -21,6 +21,7 @@ from kliko_async.cache.store import Cache
 from kliko_async.display.reportsvg import STATE_COLOURS, graph_svg, group_steps, timeline_svg
 from kliko_async.display.runrecord import RunRecord, StepRecord, runs_folder
 from kliko_async.display.terminal import printable
+from kliko_async.display.wording import describe_usage
 from kliko_async.errors import CacheError, KlikoError, os_error_text
 
 _STYLE = """
@@ -151,8 +152,8 @@ def _step_tables(steps: Sequence[StepRecord], manifests: Mapping[str, Manifest])
 
 def _table(steps: Sequence[StepRecord], manifests: Mapping[str, Manifest]) -> str:
     rows = [
-        "<table><tr><th>step</th><th>state</th><th>time</th><th>exit</th><th>image</th>"
-        "<th>key</th><th>parameters</th><th>log</th></tr>"
+        "<table><tr><th>step</th><th>state</th><th>time</th><th>used</th><th>exit</th>"
+        "<th>image</th><th>key</th><th>parameters</th><th>log</th></tr>"
     ]
     for step in steps:
         manifest = manifests.get(step.key or "")
@@ -162,6 +163,7 @@ def _table(steps: Sequence[StepRecord], manifests: Mapping[str, Manifest]) -> st
             f"<td><span class='state' style='background:{STATE_COLOURS[step.state]}'>"
             f"{step.state}</span>{_attempts(step)}</td>"
             f"<td>{_time(step, manifest)}</td>"
+            f"<td class='usage'>{_usage(step, manifest)}</td>"
             f"<td>{'' if step.exit_code is None else step.exit_code}</td>"
             f"<td>{_image(step, manifest)}</td>"
             f"<td><code>{escape((step.key or '')[:12])}</code></td>"
@@ -172,7 +174,7 @@ def _table(steps: Sequence[StepRecord], manifests: Mapping[str, Manifest]) -> st
             last = "\n".join(printable(line) for line in step.last_lines)
             rows.append(
                 f"<tr class='failure' data-step='{escape(step.name)}'><td></td>"
-                f"<td colspan='7'>{escape(printable(step.reason or ''))}"
+                f"<td colspan='8'>{escape(printable(step.reason or ''))}"
                 + (f"<pre class='last'>{escape(last)}</pre>" if last else "")
                 + "</td></tr>"
             )
@@ -190,6 +192,11 @@ def _time(step: StepRecord, manifest: Manifest | None) -> str:
     if step.started_at is not None and step.ended_at is not None:
         return f"{step.ended_at - step.started_at:.1f}s"
     return ""
+
+
+def _usage(step: StepRecord, manifest: Manifest | None) -> str:
+    usage = step.usage or (manifest.usage if manifest is not None else None)
+    return escape(describe_usage(usage)).replace(", ", "<br>") if usage is not None else ""
 
 
 def _image(step: StepRecord, manifest: Manifest | None) -> str:

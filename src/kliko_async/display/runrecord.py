@@ -34,6 +34,7 @@ from kliko_async.events import (
     StepSkipped,
     StepStarted,
 )
+from kliko_async.results import ResourceUse
 
 RUNS = "runs"
 """The folder of run records in the cache folder."""
@@ -68,6 +69,7 @@ class StepRecord(BaseModel):
     last_lines: list[str] = Field(default_factory=list)
     log_path: str | None = None
     saved_s: float = Field(0.0, description="For a cache hit: how long the step took once.")
+    usage: ResourceUse | None = None
 
 
 class RunRecord(BaseModel):
@@ -149,7 +151,7 @@ class RunRecorder:
         elif isinstance(event, StepFinished):
             step = self._step(event.step)
             step.state, step.ended_at, step.exit_code = "ran", at, event.exit_code
-            step.log_path = event.log_path
+            step.log_path, step.usage = event.log_path, event.usage
         elif isinstance(event, StepFailed):
             step = self._step(event.step)
             step.state, step.ended_at, step.exit_code = "failed", at, event.exit_code

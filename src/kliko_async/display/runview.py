@@ -16,8 +16,9 @@ from rich.table import Table
 from rich.text import Text
 
 from kliko_async.display.terminal import printable
-from kliko_async.display.wording import run_state, seconds
+from kliko_async.display.wording import describe_usage, run_state, seconds
 from kliko_async.events import Event, RunFinished
+from kliko_async.results import ResourceUse
 
 SETTLED = ("done", "cached", "failed", "skipped", "cancelled")
 ACTIVE = ("building", "preparing", "waiting for another run", "running")
@@ -49,6 +50,7 @@ class StepView:
     reason: str = ""
     last_lines: list[str] = field(default_factory=list)
     log_path: str | None = None
+    usage: ResourceUse | None = None
 
 
 class RunView:
@@ -109,6 +111,7 @@ class RunView:
             case "step_finished":
                 view = self._enter(event.step, "done")
                 view.duration, view.log_path = event.duration_s, event.log_path
+                view.usage = event.usage
             case "step_failed":
                 view = self._step(event.step)
                 if view.since is not None and view.state in ACTIVE:
@@ -233,6 +236,14 @@ def summary_lines(finished: RunFinished, steps: list[StepView]) -> list[Renderab
         counts += f", {number} {what}" if number else ""
     counts += f" in {finished.wall_s:.1f}s; cache saved {finished.saved_s:.1f}s"
     lines: list[RenderableType] = [Text.assemble(head, ": ", counts)]
+    heaviest = heaviest_steps(steps)
+    if heaviest:
+        lines.append(
+            Text.assemble(
+                ("heaviest: ", "bold"),
+                "; ".join(f"{v.name} ({describe_usage(v.usage)})" for v in heaviest if v.usage),
+            )
+        )
     for view in steps:
         if view.state != "failed":
             continue
@@ -251,6 +262,16 @@ def summary_lines(finished: RunFinished, steps: list[StepView]) -> list[Renderab
             where.add_row(Text("  full log:", style="red"), Text(view.log_path, style="red"))
             lines.append(where)
     return lines
+
+
+def heaviest_steps(steps: list[StepView], most: int = 3) -> list[StepView]:
+    """The steps that used the most CPU time, then memory (only those the engine measured)."""
+    measured = [v for v in steps if v.usage is not None and v.usage.cpu_s is not None]
+    measured.sort(
+        key=lambda v: (v.usage.cpu_s or 0.0, v.usage.peak_memory_bytes or 0) if v.usage else (0, 0),
+        reverse=True,
+    )
+    return measured[:most]
 
 
 def _folding_grid() -> Table:

@@ -6,6 +6,7 @@ from typing import Literal
 
 from kliko_async.display.terminal import printable
 from kliko_async.events import Event, RunFinished
+from kliko_async.results import ResourceUse
 
 LogChoice = Literal["all", "failed", "none"]
 """``--logs``: which container log lines a display shows (every line is saved anyway)."""
@@ -43,7 +44,8 @@ def _step_message(event: Event) -> tuple[str, str] | None:
             return event.step, f"started ({event.container_id[:12]}{again})"
         case "step_finished":
             waited = f" (after waiting {seconds(event.waited_s)} for another run)"
-            return event.step, f"done in {event.duration_s:.1f}s" + (
+            used = f" ({describe_usage(event.usage)})" if event.usage is not None else ""
+            return event.step, f"done in {event.duration_s:.1f}s{used}" + (
                 waited if event.waited_s else ""
             )
         case "step_failed":
@@ -58,6 +60,16 @@ def _step_message(event: Event) -> tuple[str, str] | None:
         case "step_cancelled":
             return event.step, "cancelled"
     return None
+
+
+def describe_usage(usage: ResourceUse) -> str:
+    """``CPU 1.2s, peak memory 310.4 MB``: what the engine measured of a step's container."""
+    parts = []
+    if usage.cpu_s is not None:
+        parts.append(f"CPU {seconds(usage.cpu_s)}")
+    if usage.peak_memory_bytes is not None:
+        parts.append(f"peak memory {_size(usage.peak_memory_bytes)}")
+    return ", ".join(parts)
 
 
 def _size(size: int) -> str:

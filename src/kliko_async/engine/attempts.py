@@ -27,6 +27,7 @@ from kliko_async.engine.workspace import build_job
 from kliko_async.errors import CacheError, KlikoError, UnpublishableOutput
 from kliko_async.events import Event, StepPreparing, StepStarted, log_line
 from kliko_async.model.quantities import describe_size
+from kliko_async.results import ResourceUse
 from kliko_async.runtime.base import (
     LABEL_PREFIX,
     OWNER_LABEL,
@@ -158,7 +159,7 @@ class StepAttempts:
             reason = exit_reason(exited, step.resources.memory)
             return await self._failed(planned, staging, reason, exited.exit_code, last)
         try:
-            return await self._publish(planned, staging, started_at, started, last)
+            return await self._publish(planned, staging, started_at, started, last, exited.usage)
         except BaseException:
             await self._discard(staging)  # cancelled while publishing: nothing half-done stays
             raise
@@ -170,6 +171,7 @@ class StepAttempts:
         started_at: datetime,
         started: float,
         last: deque[str],
+        usage: ResourceUse | None = None,
     ) -> AttemptOutcome:
         step = planned.step
         finished_at = datetime.now(UTC)
@@ -183,6 +185,7 @@ class StepAttempts:
             finished_at=finished_at,
             duration_s=time.monotonic() - started,
             exit_code=0,
+            usage=usage,
             outputs={},
         )
         try:

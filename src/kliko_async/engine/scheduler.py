@@ -338,6 +338,7 @@ class Scheduler:
                     duration_s=duration,
                     waited_s=waited,
                     log_path=str(outcome.entry.log_path),
+                    usage=outcome.entry.manifest.usage,
                 )
             )
             return StepResult(

@@ -16,6 +16,8 @@ from typing import Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from kliko_async.results import ResourceUse
+
 Stream = Literal["stdout", "stderr"]
 
 
@@ -103,6 +105,7 @@ class ContainerExit(BaseModel):
         None, description="The signal sent from outside the run (docker kill/stop), if any."
     )
     error: str | None = Field(None, description="The engine's own error text, if any.")
+    usage: ResourceUse | None = Field(None, description="What it used, where measured.")
 
 
 class ImageFiles(BaseModel):

@@ -30,6 +30,7 @@ from kliko_async.runtime.buildcontext import CONTEXT_ENCODING, open_context_arch
 from kliko_async.runtime.dockerfiles import container_config, path_exists, read_file
 from kliko_async.runtime.dockerlogs import LogFollower, LogReader, ending_events
 from kliko_async.runtime.dockerowners import Owners, lend_mounts, return_mounts
+from kliko_async.runtime.dockerstats import UsageSampler
 from kliko_async.runtime.inflight import InFlight, track, untrack
 
 STOP_GRACE_SECONDS = 3
@@ -298,7 +299,8 @@ class DockerRuntime:
                 on_start(container.id)
             logs = LogReader(on_log)
             follower = LogFollower(self.client, container.id, logs)
-            status, reconnected = await self._wait_following(container, follower)
+            sampler = UsageSampler()
+            status, reconnected = await self._wait_following(container, follower, sampler)
             code = int(status.get("StatusCode", -1))
             try:
                 await follower.catch_up()
@@ -312,8 +314,11 @@ class DockerRuntime:
                 lent.clear()
             error = (status.get("Error") or {}).get("Message") or None
             if code == 0:  # only a failure needs the full state: killed? out of memory?
-                return ContainerExit(container_id=container.id, exit_code=0, error=error)
+                return ContainerExit(
+                    container_id=container.id, exit_code=0, error=error, usage=sampler.usage()
+                )
             ended = await self._failed_exit(container, code, error, job.memory)
+            ended = ended.model_copy(update={"usage": sampler.usage()})
         except aiodocker.DockerError as exc:
             if exc.status == 404:
                 raise ContainerError("the container was removed while it ran") from None
@@ -333,19 +338,22 @@ class DockerRuntime:
         return ended
 
     async def _wait_following(
-        self, container: Any, follower: LogFollower
+        self, container: Any, follower: LogFollower, sampler: UsageSampler
     ) -> tuple[dict[str, Any], bool]:
         """The container's exit status (and whether the wait had to reach the engine again),
-        its log followed meanwhile. An error is raised as it is, not in an exception group."""
+        its log followed and what it uses sampled meanwhile. An error is raised as it is, not
+        in an exception group."""
         failure: Exception | None = None
         status: dict[str, Any] = {}
         reconnected = False
         async with anyio.create_task_group() as tg:
             tg.start_soon(follower.follow)
+            tg.start_soon(sampler.follow, self.client, container.id)
             try:
                 status, reconnected = await self._wait(container)
             except Exception as exc:
                 failure = exc
+            sampler.stop()
             follower.stop()
             tg.cancel_scope.deadline = anyio.current_time() + (
                 0 if failure is not None else LOG_DRAIN_SECONDS
