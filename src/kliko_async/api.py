@@ -465,7 +465,7 @@ async def _execute(
             announce(event)
         untrack(copies)
         with contextlib.suppress(OSError):  # the record is for looking back; never fails a run
-            write_record(recorder.record, cache.root)
+            write_record(recorder.finish(), cache.root)
     return result
 
 

@@ -3,7 +3,7 @@
 Bottom to top: the shared vocabulary (errors, events, results), ``model/``, ``cache/``,
 ``runtime/``, ``engine/``, ``display/``, and the faces (``api``, ``cli``, ``cliargs``, ``luigi``,
 the package itself). Every import counts, also those inside functions (the lazy ones). Only the
-Docker runtime's modules talk to aiodocker and aiohttp.
+Docker runtime's modules (runtime/docker*.py) talk to aiodocker and aiohttp.
 """
 
 from __future__ import annotations
