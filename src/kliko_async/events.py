@@ -72,6 +72,13 @@ class StepPreparing(_Event):
     inputs: list[str] = Field(description="The inputs being copied into the step's /work.")
 
 
+class StepPublishing(_Event):
+    """The step's container ended well; its outputs are being hashed and made durable."""
+
+    kind: Literal["step_publishing"] = "step_publishing"
+    step: str
+
+
 class StepWaitingForLock(_Event):
     kind: Literal["step_waiting_for_lock"] = "step_waiting_for_lock"
     step: str
@@ -185,6 +192,7 @@ Event = Annotated[
     | ImageBuilding
     | ImageBuilt
     | StepPreparing
+    | StepPublishing
     | StepWaitingForLock
     | StepStarted
     | LogLine

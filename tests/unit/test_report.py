@@ -185,3 +185,15 @@ async def test_provenance_of_something_else_is_one_clear_error(
         key_of(str(tmp_path / "mine"), cache)
     with pytest.raises(CacheError, match="no entry with a key starting 'abcdef'"):
         key_of("abcdef", cache)
+
+
+async def test_the_timeline_shows_publishing_apart_from_running(
+    tmp_path: Path, fake: FakeRuntime
+) -> None:
+    run_id = await run(tmp_path, fake, {"gen": {"image": "example/shout"}})
+    record = find_record(tmp_path / "cache", run_id)
+    (gen,) = record.steps
+    assert gen.started_at is not None and gen.publishing_at is not None
+    assert gen.ended_at is not None and gen.started_at <= gen.publishing_at <= gen.ended_at
+    page = write_report(Cache(tmp_path / "cache"), run_id, tmp_path / "r.html").read_text()
+    assert 'class="bar publishing"' in page

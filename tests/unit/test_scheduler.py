@@ -862,9 +862,11 @@ async def test_the_events_of_a_two_step_chain(lab: Lab) -> None:
         ("step_queued", "two"),
         ("step_started", "one"),
         ("log_line", "one"),
+        ("step_publishing", "one"),
         ("step_finished", "one"),
         ("step_started", "two"),
         ("log_line", "two"),
+        ("step_publishing", "two"),
         ("step_finished", "two"),
         ("run_finished", None),
     ]

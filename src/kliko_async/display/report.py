@@ -101,6 +101,7 @@ def render(record: RunRecord, manifests: Mapping[str, Manifest]) -> str:
             ),
             " bars: grey from queued to running (waiting for inputs, a job slot, a lock or "
             "resources, then starting the container), light blue copying inputs into /work, "
+            "dark green publishing the outputs to the cache, "
             "purple building the image; a diamond is a cache hit.</p>",
             "<h2>Steps</h2>",
             _step_tables(steps, manifests),

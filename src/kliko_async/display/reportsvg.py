@@ -22,6 +22,7 @@ STATE_COLOURS = {
     "not run": "#dddddd",
 }
 WAIT_COLOUR, PREPARE_COLOUR, BUILD_COLOUR = "#e4e4e4", "#9fd3ef", "#b39ddb"
+PUBLISH_COLOUR = "#1f5f3a"
 ROWS_UNFOLDED = 200
 """Up to this many steps the timeline has a row per step; past it, a row per matrix step."""
 
@@ -188,11 +189,13 @@ def _bars(step: StepRecord, left: int, scale: float, y: int, h: int) -> list[str
     running_from = step.started_at
     prepared_from = step.preparing_at
     waiting_until = prepared_from if prepared_from is not None else running_from
+    ran_until = step.publishing_at if step.publishing_at is not None else step.ended_at
     return [
         bar(step.building_at, step.queued_at, BUILD_COLOUR, "building"),
         bar(step.queued_at, waiting_until, WAIT_COLOUR, "waiting"),
         bar(prepared_from, running_from, PREPARE_COLOUR, "preparing"),
-        bar(running_from, step.ended_at, STATE_COLOURS[step.state], step.state),
+        bar(running_from, ran_until, STATE_COLOURS[step.state], step.state),
+        bar(step.publishing_at, step.ended_at, PUBLISH_COLOUR, "publishing"),
     ]
 
 

@@ -30,6 +30,7 @@ from kliko_async.events import (
     StepFailed,
     StepFinished,
     StepPreparing,
+    StepPublishing,
     StepQueued,
     StepRetried,
     StepSkipped,
@@ -63,6 +64,7 @@ class StepRecord(BaseModel):
     queued_at: float | None = None
     preparing_at: float | None = Field(None, description="Its inputs began to be copied.")
     started_at: float | None = Field(None, description="Its (last) container started.")
+    publishing_at: float | None = Field(None, description="Its outputs began to be published.")
     ended_at: float | None = None
     attempts: int = 0
     exit_code: int | None = None
@@ -151,6 +153,9 @@ class RunRecorder:
     def _started_step(self, event: StepStarted, at: float) -> None:
         self._step(event.step).update(started_at=at, attempts=event.attempt, key=event.key)
 
+    def _publishing(self, event: StepPublishing, at: float) -> None:
+        self._step(event.step)["publishing_at"] = at
+
     def _retried(self, event: StepRetried, at: float) -> None:
         self._step(event.step)["reason"] = event.reason
 
@@ -203,6 +208,7 @@ _FOLDS: dict[str, Callable[[RunRecorder, Any, float], None]] = {
     "step_cached": RunRecorder._cached,
     "step_preparing": RunRecorder._preparing,
     "step_started": RunRecorder._started_step,
+    "step_publishing": RunRecorder._publishing,
     "step_retried": RunRecorder._retried,
     "step_finished": RunRecorder._finished,
     "step_failed": RunRecorder._failed,

@@ -25,7 +25,7 @@ from kliko_async.engine.plan import PlannedStep
 from kliko_async.engine.steplogs import StepLog, keep_log
 from kliko_async.engine.workspace import build_job
 from kliko_async.errors import CacheError, KlikoError, UnpublishableOutput
-from kliko_async.events import Event, StepPreparing, StepStarted, log_line
+from kliko_async.events import Event, StepPreparing, StepPublishing, StepStarted, log_line
 from kliko_async.model.quantities import describe_size
 from kliko_async.results import ResourceUse
 from kliko_async.runtime.base import (
@@ -174,6 +174,7 @@ class StepAttempts:
         usage: ResourceUse | None = None,
     ) -> AttemptOutcome:
         step = planned.step
+        self.emit(StepPublishing(step=step.name))
         finished_at = datetime.now(UTC)
         manifest = Manifest(
             key=planned.key,
