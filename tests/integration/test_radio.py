@@ -354,3 +354,34 @@ def test_render_of_a_single_image_step_names_the_picture_after_the_file(
     assert done.returncode == 0, done.stdout + done.stderr
     assert sorted(p.name for p in pictures.iterdir()) == ["contact-sheet.png", "wsclean-image.png"]
     assert "render: wsclean-image.png (uniform weighting" in done.stdout
+
+
+def test_the_run_writes_its_report_beside_its_outputs(
+    radio_run: tuple[Path, Path, list[dict[str, Any]]],
+) -> None:
+    _, out, _ = radio_run
+    page = (out / "report.html").read_text()
+    assert 'data-step="image" data-state="ran"' in page  # the matrix step, its expansions folded
+    for step in STEPS:
+        assert f"id='step-{step}'" in page
+    assert page.count('class="bar ran"') == len(STEPS)
+
+
+def test_the_provenance_of_an_image_reruns_it_fully_cached(
+    radio_run: tuple[Path, Path, list[dict[str, Any]]], kliko: KlikoCli, tmp_path: Path
+) -> None:
+    cache, out, _ = radio_run
+    told = kliko("provenance", out / "briggs", "--cache-dir", cache)
+    assert told.returncode == 0, told.stderr
+    chain = tmp_path / "provenance.yaml"
+    chain.write_text(told.stdout)
+    assert list(yaml.safe_load(told.stdout)["steps"]) == ["simulate", "flag", "briggs"]
+
+    again = kliko("run", chain, "--cache-dir", cache, "--out", tmp_path / "o", "--json")
+
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert step_states(events(again.stdout)) == dict.fromkeys(
+        ["simulate", "flag", "briggs"], "cached"
+    )
+    image = "wsclean-image.fits"
+    assert (tmp_path / "o" / "briggs" / image).read_bytes() == (out / "briggs" / image).read_bytes()

@@ -133,8 +133,8 @@ def _unique_names(manifests: list[Manifest]) -> Iterator[tuple[str, str]]:
             wanted.setdefault(input_key, name)
     taken: set[str] = set()
     for manifest in manifests:
-        base = wanted.get(manifest.key, manifest.step)
-        base = base if _CHAIN_NAME.match(base) else _chain_name(base)
+        candidates = [wanted.get(manifest.key, ""), manifest.step]
+        base = next((c for c in candidates if _CHAIN_NAME.match(c)), _chain_name(manifest.step))
         name, number = base, 2
         while name in taken:
             name, number = f"{base}-{number}", number + 1
