@@ -235,15 +235,16 @@ def summary_lines(finished: RunFinished, steps: list[StepView]) -> list[Renderab
     for number, what in ((finished.skipped, "skipped"), (finished.cancelled, "cancelled")):
         counts += f", {number} {what}" if number else ""
     counts += f" in {finished.wall_s:.1f}s; cache saved {finished.saved_s:.1f}s"
-    lines: list[RenderableType] = [Text.assemble(head, ": ", counts)]
+    lines: list[RenderableType] = []
     heaviest = heaviest_steps(steps)
-    if heaviest:
+    if heaviest:  # above the summary's own line, which stays last when nothing failed
         lines.append(
             Text.assemble(
-                ("heaviest: ", "bold"),
+                ("heaviest steps: ", "bold"),
                 "; ".join(f"{v.name} ({describe_usage(v.usage)})" for v in heaviest if v.usage),
             )
         )
+    lines.append(Text.assemble(head, ": ", counts))
     for view in steps:
         if view.state != "failed":
             continue
