@@ -3,7 +3,7 @@
 :class:`RunRecorder` folds a run's state events (never its log lines) into one
 :class:`StepRecord` per step: its state, key, image, inputs, and when it was queued, prepared,
 started and ended, in seconds from the run's start. At the run's end, :func:`write_record` puts
-the whole record (a :class:`RunRecord` as JSON) in ``<cache>/runs/<run-id>.json``, written to a
+the whole record (a :class:`RunRecord` as JSON) in ``<cache>/records/<run-id>.json``, written to a
 temporary file and renamed, so a half-written record is never read.
 """
 
@@ -38,8 +38,8 @@ from kliko_async.events import (
 )
 from kliko_async.results import ResourceUse
 
-RUNS = "runs"
-"""The folder of run records in the cache folder."""
+RECORDS = "records"
+"""The folder of run records in the cache folder (``runs/`` holds live runs' keys)."""
 
 RECORD_FORMAT = 1
 
@@ -219,11 +219,11 @@ _FOLDS: dict[str, Callable[[RunRecorder, Any, float], None]] = {
 
 
 def runs_folder(cache_root: Path) -> Path:
-    return cache_root / RUNS
+    return cache_root / RECORDS
 
 
 def write_record(record: dict[str, Any], cache_root: Path) -> Path:
-    """Write a run's record (:meth:`RunRecorder.finish`) to ``<cache>/runs/<run-id>.json``
+    """Write a run's record (:meth:`RunRecorder.finish`) to ``<cache>/records/<run-id>.json``
     atomically; its path."""
     folder = runs_folder(cache_root)
     folder.mkdir(parents=True, exist_ok=True)
