@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import glob
 import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
@@ -28,7 +27,7 @@ from anyio.abc import TaskGroup
 
 from kliko_async.cache.holds import RunHold
 from kliko_async.cache.paramfiles import FileSnapshots
-from kliko_async.cache.store import RUN_LOGS, Cache, default_cache_dir
+from kliko_async.cache.store import Cache, default_cache_dir
 from kliko_async.cache.upkeep import clean_stale_staging
 from kliko_async.display.runrecord import RunRecorder, write_record
 from kliko_async.engine import exports
@@ -39,7 +38,7 @@ from kliko_async.engine.leftovers import remove_leftovers
 from kliko_async.engine.plan import Plan, plan_chain
 from kliko_async.engine.resources import ResourcePool, machine_cpus
 from kliko_async.engine.scheduler import Scheduler
-from kliko_async.errors import CacheError, KlikoError, ParameterError
+from kliko_async.errors import KlikoError
 from kliko_async.events import Event, EventConsumer, RunFinished
 from kliko_async.model.chain import Chain, chain_from_pairs, load_chain
 from kliko_async.results import RunResult
@@ -467,33 +466,6 @@ async def _execute(
         with contextlib.suppress(OSError):  # the record is for looking back; never fails a run
             write_record(recorder.finish(), cache.root)
     return result
-
-
-def find_step_log(cache: Cache, plan: Plan, step: str) -> Path:
-    """The cached log of ``step`` as the chain is now, else its latest failed attempt's log."""
-    if step not in plan.steps:
-        raise ParameterError(
-            f"no step named '{step}'", where=plan.source, hint=f"Steps: {', '.join(plan.order)}."
-        )
-    if step in plan.unbuilt:
-        raise CacheError(
-            f"no saved log for step '{step}': {plan.unbuilt[step]}, so it has not run as it is",
-            where=plan.source,
-            hint="Run the chain first.",
-        )
-    entry = plan.steps[step].cached or cache.lookup(plan.steps[step].key)
-    if entry is not None:
-        return entry.log_path
-    failed = sorted(
-        (cache.root / RUN_LOGS).glob(f"*/{glob.escape(step)}.log"), key=lambda p: p.stat().st_mtime
-    )
-    if failed:
-        return failed[-1]
-    raise CacheError(
-        f"no saved log for step '{step}': it has not run with its current inputs and parameters",
-        where=plan.source,
-        hint="Run the chain first.",
-    )
 
 
 async def _load_off_loop(path: Path) -> Chain:

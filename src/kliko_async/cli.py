@@ -309,9 +309,10 @@ def _looks_like_a_path(text: str) -> bool:
 def _logs(options: argparse.Namespace) -> int:
     import anyio
 
-    from kliko_async.api import dry_run, find_step_log
+    from kliko_async.api import dry_run
     from kliko_async.cache.logfiles import log_by_key, log_records
     from kliko_async.cache.store import Cache, default_cache_dir
+    from kliko_async.engine.logsearch import find_step_log
 
     cache = Cache(options.cache_dir or default_cache_dir())
     if options.key:

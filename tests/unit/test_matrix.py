@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from kliko_async import api
-from kliko_async.api import find_step_log
 from kliko_async.cache.store import Cache
+from kliko_async.engine.logsearch import find_step_log
 from kliko_async.errors import ChainError, ParameterError
 from kliko_async.model.chain import Chain, chain_json_schema, load_chain
 from kliko_async.runtime.fake import FakeContainer, FakeRuntime
