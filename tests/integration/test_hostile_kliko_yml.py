@@ -7,9 +7,12 @@ from __future__ import annotations
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
-from tests.integration.conftest import KlikoCli
+
+if TYPE_CHECKING:
+    from conftest import KlikoCli
 
 Builder = Callable[[Path, str, str], str]
 
