@@ -278,3 +278,66 @@ def build_kliko_image(context: Path, kliko_yml: str, script: str) -> str:
 def kliko_image_builder(example_images: None) -> Callable[[Path, str, str], str]:
     """``kliko_image_builder(context, kliko_yml, script)``: see :func:`build_kliko_image`."""
     return build_kliko_image
+
+
+HELD_KLIKO_YML = """\
+schema_version: 3
+name: held
+description: Runs until the test releases it (SIGUSR1), then writes its tag to /output.
+io: split
+sections:
+  - name: held
+    fields:
+      - {name: tag, type: str, initial: "", help_text: makes steps distinct}
+"""
+HELD_SCRIPT = """\
+#!/bin/sh
+trap 'echo released; cp /parameters.json /output/; exit 0' USR1
+echo held
+while :; do sleep 1 & wait $!; done
+"""
+
+
+@pytest.fixture(scope="session")
+def held_image(tmp_path_factory: pytest.TempPathFactory, example_images: None) -> Iterator[str]:
+    """A Kliko image whose step says ``held`` and then runs until :func:`release_steps` lets it
+    end (successfully): a test sees a step running for as long as it needs to, on any machine,
+    instead of racing a ``sleep`` of a few seconds."""
+    tag = build_kliko_image(tmp_path_factory.mktemp("held") / "held", HELD_KLIKO_YML, HELD_SCRIPT)
+    try:
+        yield tag
+    finally:
+        subprocess.run(["docker", "rmi", "-f", tag], capture_output=True)
+
+
+def release_steps(owner_pid: int, *steps: str) -> None:
+    """End the running ``held_image`` containers of ``steps`` started by process ``owner_pid``.
+
+    Call it only once each step has said ``held`` (its signal handler is then in place).
+    """
+    owner = f"label={OWNER}={socket.gethostname()}:{owner_pid}"
+    for step in steps:
+        found = subprocess.run(
+            [
+                "docker",
+                "ps",
+                "-q",
+                "--filter",
+                owner,
+                "--filter",
+                f"label=io.kliko-async.step={step}",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
+        assert found, f"step {step} of process {owner_pid} is not running"
+        subprocess.run(
+            ["docker", "kill", "--signal", "USR1", *found], check=True, capture_output=True
+        )
+
+
+@pytest.fixture
+def release() -> Callable[..., None]:
+    """``release(owner_pid, *steps)``: see :func:`release_steps`."""
+    return release_steps
