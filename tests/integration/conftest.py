@@ -15,6 +15,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -60,12 +61,31 @@ def managed_containers() -> list[str]:
     return out.stdout.split()
 
 
-def left_behind() -> list[str]:
-    """Managed containers that nobody alive is responsible for, or that this process started.
+_CHILDREN: set[int] = set()
+"""The pid of every process this test session started (kliko-async, among others)."""
 
-    The engine may be shared (other test runs, benchmarks): a container whose owner label
-    names a live process other than this one belongs to that process and is still in use.
-    A container without an owner (an image probe) counts only if it stays for a second.
+
+@pytest.fixture(scope="session", autouse=True)
+def record_children() -> Iterator[None]:
+    """Note the pid of every process started through ``subprocess``, for :func:`left_behind`."""
+    original = subprocess.Popen.__init__
+
+    def recording(self: subprocess.Popen[Any], *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        _CHILDREN.add(self.pid)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(subprocess.Popen, "__init__", recording)
+        yield
+
+
+def left_behind() -> list[str]:
+    """Managed containers of this test session that nobody alive is responsible for.
+
+    The engine may be shared (other test runs, benchmarks, other helpers' kill -9 tests): only
+    containers whose owner label names this process or a process it started count, once that
+    process has ended (this process's are judged as if it had ended). A container without an
+    owner counts only if it stays for a second.
     """
     host, me = socket.gethostname(), os.getpid()
 
@@ -89,7 +109,8 @@ def left_behind() -> list[str]:
             cid, _, owner = line.partition(" ")
             owner = "" if owner.strip() == "<no value>" else owner.strip()
             owner_host, _, pid = owner.rpartition(":")
-            if not owner or (owner_host == host and pid.isdigit() and not _alive(int(pid), me)):
+            ours = owner_host == host and pid.isdigit() and int(pid) in _CHILDREN | {me}
+            if not owner or (ours and not _alive(int(pid), me)):
                 found[cid[:12]] = owner
         return found
 
