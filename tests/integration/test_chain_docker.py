@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import stat
 import subprocess
 import time
@@ -28,7 +27,7 @@ pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("example_images")]
 ROOT = Path(__file__).resolve().parents[2]
 DIAMOND = ROOT / "examples" / "chains" / "diamond.yaml"
 DIAMOND_STEPS = ["gen", "upper", "lower", "merge"]
-Creations = Callable[[float, float], list[dict[str, str]]]
+Creations = Callable[..., list[dict[str, str]]]
 Users = Callable[[subprocess.Popen[bytes], Path], list[str]]
 
 
@@ -61,16 +60,6 @@ def states(stdout: str) -> dict[str, str]:
         if match:
             found[match.group(1)] = match.group(2)
     return found
-
-
-def image_ids(*refs: str) -> set[str]:
-    done = subprocess.run(
-        ["docker", "image", "inspect", "--format", "{{.Id}}", *refs],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return set(done.stdout.split())
 
 
 # -- kliko-async run ---------------------------------------------------------------------------
@@ -109,15 +98,9 @@ def test_a_fully_cached_rerun_starts_no_container(
     assert states(rerun) == dict.fromkeys(DIAMOND_STEPS, "cached")
     assert "0 ran, 4 cached" in rerun
     assert (out / "merge" / "merged.txt").read_text() == diamond_merged(5), "outputs exported"
-    # Only this process's containers count: others may use the same engine meanwhile.
-    ours = f"{socket.gethostname()}:{process.pid}"
-    images = image_ids(*(f"example/{name}" for name in DIAMOND_STEPS))
-    created = [
-        c
-        for c in container_creations(since, until)
-        if c.get("io.kliko-async.owner") == ours
-        or (c.get("io.kliko-async.probe") == "1" and c.get("image") in images)
-    ]
+    # Only this process's containers count (kliko.yml probes carry the owner label too): others
+    # may use the same engine meanwhile, and probe the example images for caches of their own.
+    created = container_creations(since, until, owner_pid=process.pid)
     assert created == [], "no step container and no kliko.yml probe on a fully cached run"
 
 
@@ -286,16 +269,14 @@ def test_a_failed_step_is_not_cached(kliko: KlikoCli, tmp_path: Path) -> None:
 def test_a_step_timeout_stops_the_container(kliko: KlikoCli, tmp_path: Path) -> None:
     chain = write_chain(
         tmp_path / "slow.yaml",
-        "steps:\n  nap:\n    image: example/sleep\n    params: {seconds: 30}\n    timeout: 1\n",
+        "steps:\n  nap:\n    image: example/sleep\n    params: {seconds: 600}\n    timeout: 1\n",
     )
 
-    started = time.monotonic()
+    # A 10-minute sleep: had the timeout not stopped it, the command's own timeout (120 s) fails.
     done = kliko("run", chain, "--cache-dir", tmp_path / "cache", "--out", "out", "--plain")
-    took = time.monotonic() - started
 
     assert done.returncode == 1
     assert "nap | FAILED: timed out" in done.stdout
-    assert took < 15, f"a 1 s timeout took {took:.1f} s"
 
 
 def test_outputs_belong_to_the_invoking_user_even_from_another_user(

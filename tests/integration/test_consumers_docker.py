@@ -30,7 +30,7 @@ steps:
     params: {seconds: 0.1, tag: quick}
   long:
     image: example/sleep
-    params: {seconds: 30, tag: long}
+    params: {seconds: 600, tag: long}
     inputs: [quick]
 """
 
@@ -43,8 +43,7 @@ def test_a_run_piped_into_head_stops_cleanly_and_keeps_what_it_finished(
     chain.write_text(CHAIN)
     cache = tmp_path / "cache"
     command = f"{KLIKO_ASYNC} run chain.yaml --cache-dir cache"
-    started = time.monotonic()
-    done = subprocess.run(
+    done = subprocess.run(  # a 10-minute step: had it waited for it, the timeout fails the test
         ["bash", "-c", f"set -o pipefail; {command} {display} | head -{lines}"],
         cwd=tmp_path,
         env=kliko.env,
@@ -52,13 +51,11 @@ def test_a_run_piped_into_head_stops_cleanly_and_keeps_what_it_finished(
         text=True,
         timeout=60,
     )
-    took = time.monotonic() - started
 
     assert len(done.stdout.splitlines()) == lines
     assert "Traceback" not in done.stderr and "Exception" not in done.stderr, done.stderr
     assert done.returncode == 141, done.stderr
     assert "the output was closed" in done.stderr
-    assert took < 20, f"it waited {took:.0f} s for the 30 s step instead of stopping it"
     assert list((cache / "tmp").iterdir()) == [], "the stopped step's staging is deleted"
     plan = kliko("run", chain, "--cache-dir", cache, "--dry-run")
     assert plan.returncode == 0, plan.stderr
@@ -104,7 +101,7 @@ def test_a_pipe_nobody_reads_never_holds_up_the_run(kliko: KlikoCli, tmp_path: P
 @pytest.mark.anyio
 async def test_a_consumer_that_raises_changes_nothing_on_the_real_engine(tmp_path: Path) -> None:
     chain = tmp_path / "chain.yaml"
-    chain.write_text(CHAIN.replace("seconds: 30", "seconds: 0.1"))
+    chain.write_text(CHAIN.replace("seconds: 600", "seconds: 0.1"))
     errors: list[BaseException] = []
 
     def broken(event: Event) -> None:

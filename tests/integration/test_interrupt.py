@@ -21,9 +21,9 @@ pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("example_images")]
 SLEEPS = """\
 steps:
   - image: example/sleep
-    params: {seconds: 30, tag: first}
+    params: {seconds: 600, tag: first}
   - image: example/sleep
-    params: {seconds: 30, tag: second}
+    params: {seconds: 600, tag: second}
 """
 
 
@@ -64,17 +64,16 @@ def remove_afterwards() -> Iterator[list[str]]:
             subprocess.run(["docker", "rm", "-f", *leftover], capture_output=True)
 
 
-def stop_with(process: subprocess.Popen[bytes], signum: signal.Signals) -> tuple[int, float]:
-    """Send ``signum``; the exit code and how long the process took to end."""
-    sent = time.monotonic()
+def stop_with(process: subprocess.Popen[bytes], signum: signal.Signals) -> int:
+    """Send ``signum``; the exit code. Its 30 s are a guard against a hang, not a measure: the
+    steps stopped here would run for 10 minutes."""
     process.send_signal(signum)
     try:
-        code = process.wait(timeout=30)
+        return process.wait(timeout=30)
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
         raise AssertionError(f"kliko-async did not end within 30 s of {signum.name}") from None
-    return code, time.monotonic() - sent
 
 
 @pytest.mark.parametrize(
@@ -95,10 +94,9 @@ def test_a_signal_stops_the_run_and_removes_its_containers(
     remove_afterwards.append(owner_filter(process.pid))
 
     wait_for_running_container(process)
-    code, took = stop_with(process, signum)
+    code = stop_with(process, signum)
 
     assert code == exit_code, log.read_text()
-    assert took < 10, f"stopping took {took:.1f} s"
     assert containers(owner_filter(process.pid)) == [], "its containers are removed"
     assert list((cache / "tmp").iterdir()) == [], "the interrupted step's staging is deleted"
     assert not list((cache / "entries").rglob("manifest.json")), "and nothing counts as cached"
@@ -119,15 +117,14 @@ def test_a_signal_stops_run_image_and_removes_its_container(
 ) -> None:
     log = tmp_path / "run.log"
     process = kliko.popen(
-        "run-image", "example/sleep", "--seconds", "30", "--output", tmp_path / "out", log=log
+        "run-image", "example/sleep", "--seconds", "600", "--output", tmp_path / "out", log=log
     )
     remove_afterwards.append(owner_filter(process.pid))
 
     wait_for_running_container(process)
-    code, took = stop_with(process, signum)
+    code = stop_with(process, signum)
 
     assert code == exit_code, log.read_text()
-    assert took < 10, f"stopping took {took:.1f} s"
     assert containers(owner_filter(process.pid)) == [], "its container is removed"
     assert "Traceback" not in log.read_text()
 
@@ -198,8 +195,8 @@ def test_a_second_ctrl_c_says_what_it_leaves_and_the_next_run_removes_it(
     chain = tmp_path / "parallel.yaml"
     chain.write_text(
         "steps:\n"
-        "  one: {image: example/sleep, params: {seconds: 30, tag: one}}\n"
-        "  two: {image: example/sleep, params: {seconds: 30, tag: two}}\n"
+        "  one: {image: example/sleep, params: {seconds: 600, tag: one}}\n"
+        "  two: {image: example/sleep, params: {seconds: 600, tag: two}}\n"
     )
     cache, log = tmp_path / "cache", tmp_path / "run.log"
     process = kliko.popen("run", chain, "--cache-dir", cache, "--plain", "--jobs", "2", log=log)
@@ -210,15 +207,16 @@ def test_a_second_ctrl_c_says_what_it_leaves_and_the_next_run_removes_it(
         time.sleep(0.1)
 
     process.send_signal(signal.SIGINT)
-    time.sleep(0.5)  # the graceful stop is under way
-    code, took = stop_with(process, signal.SIGINT)
+    while "kliko-async: stopping" not in log.read_text():  # the graceful stop is under way
+        assert time.monotonic() < deadline and process.poll() is None, log.read_text()
+        time.sleep(0.05)
+    code = stop_with(process, signal.SIGINT)
     output = log.read_text()
 
     assert code == 130, output
-    assert took < 2, f"the second Ctrl-C took {took:.1f} s"
     assert "forced to stop; left behind:" in output
     left = containers(owner_filter(process.pid))
-    assert left, "the containers were still being stopped"
+    assert left, "it exited at once: the containers were still being stopped"
     for container_id in left:
         assert f"container {container_id[:12]} (step " in output, output
     staging = sorted((cache / "tmp").iterdir())
