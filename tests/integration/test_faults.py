@@ -66,20 +66,21 @@ def running_container(process: subprocess.Popen[bytes], step: str) -> str:
 
 @pytest.fixture
 def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
-    """kliko-async processes to stop (and whose containers to remove) should the test fail."""
+    """kliko-async processes to stop, and whose containers to remove, after the test (should it
+    fail, or when it killed them itself)."""
     started: list[subprocess.Popen[bytes]] = []
     yield started
     for process in started:
         if process.poll() is None:
             process.kill()
             process.wait()
-            leftover = subprocess.run(
-                ["docker", "ps", "-aq", "--filter", owner(process.pid)],
-                capture_output=True,
-                text=True,
-            ).stdout.split()
-            if leftover:
-                subprocess.run(["docker", "rm", "-f", *leftover], capture_output=True)
+        leftover = subprocess.run(
+            ["docker", "ps", "-aq", "--filter", owner(process.pid)],
+            capture_output=True,
+            text=True,
+        ).stdout.split()
+        if leftover:
+            subprocess.run(["docker", "rm", "-f", *leftover], capture_output=True)
 
 
 def entry_steps(cache: Path) -> list[str]:
@@ -121,7 +122,9 @@ def test_a_container_stopped_from_outside_fails_its_step_and_keeps_the_rest(
     processes.append(process)
 
     container = running_container(process, "nap")
-    time.sleep(0.3)  # let it start to sleep: a kill is then surely the container's end
+    while "nap | sleep: 60.0s" not in log.read_text():  # its line is then in the step's log
+        assert process.poll() is None, log.read_text()
+        time.sleep(0.05)
     subprocess.run(["docker", *action, container], check=True, capture_output=True)
     code = process.wait(timeout=60)
     output = log.read_text()
@@ -286,7 +289,7 @@ def test_a_log_flood_is_saved_completely_even_when_the_engine_cuts_the_stream(
 
 
 def test_a_shared_cache_keeps_the_staging_folders_of_other_hosts(
-    kliko: KlikoCli, tmp_path: Path
+    kliko: KlikoCli, tmp_path: Path, processes: list[subprocess.Popen[bytes]]
 ) -> None:
     """A cache on a shared file system: a run here names its staging folders after this host and
     removes only this host's dead leftovers, never a live folder of a run on another host (whose
@@ -299,15 +302,18 @@ def test_a_shared_cache_keeps_the_staging_folders_of_other_hosts(
     for folder in (theirs, ours):
         (folder / "output").mkdir(parents=True)
     chain = tmp_path / "chain.yaml"
-    chain.write_text("steps:\n  slow: {image: example/sleep, params: {seconds: 3}}\n")
+    chain.write_text("steps:\n  slow: {image: example/sleep, params: {seconds: 600}}\n")
     log = tmp_path / "run.log"
 
     process = kliko.popen("run", chain, "--cache-dir", cache, "--plain", log=log)
-    deadline = time.monotonic() + 60
-    while "slow | started" not in log.read_text() and time.monotonic() < deadline:
+    processes.append(process)  # killed below: its container is removed afterwards
+    while "slow | started" not in log.read_text():
+        assert process.poll() is None, log.read_text()
         time.sleep(0.05)
+    # Killed while the step runs (however long it took to get here), its staging folder stays.
+    process.kill()
+    process.wait()
     staging = [p.name for p in (cache / "tmp").iterdir() if p not in (theirs, ours)]
-    assert process.wait(timeout=60) == 0, log.read_text()
 
     assert any(
         name.endswith(f".{process.pid}.{name.split('.')[2]}.{socket.gethostname()}")
