@@ -94,11 +94,11 @@ def tree_state(root: Path) -> dict[str, tuple[int, bytes | None]]:
 
 # -- the containers themselves -----------------------------------------------------------------
 
-TWO_NAPS = """\
+TWO_HELD = """\
 steps:
-  mine: {image: example/sleep, params: {seconds: 4, tag: mine}}
-  theirs: {image: example/sleep, params: {seconds: 4, tag: theirs}, user: "1234:1234"}
-  reader: {image: example/upper, inputs: [mine]}
+  mine: {{image: {held}, params: {{tag: mine}}}}
+  theirs: {{image: {held}, params: {{tag: theirs}}, user: "1234:1234"}}
+  reader: {{image: example/upper, inputs: [mine]}}
 """
 
 
@@ -124,15 +124,19 @@ def inspect_running(process: subprocess.Popen[bytes], steps: set[str]) -> dict[s
 
 
 def test_step_containers_are_unprivileged_without_the_docker_socket_and_run_as_the_user(
-    kliko: KlikoCli, tmp_path: Path
+    kliko: KlikoCli, tmp_path: Path, held_image: str, release: Callable[..., None]
 ) -> None:
-    chain = tmp_path / "naps.yaml"
-    chain.write_text(TWO_NAPS)
+    chain = tmp_path / "held.yaml"
+    chain.write_text(TWO_HELD.format(held=held_image))
     cache = tmp_path / "cache"
     log = tmp_path / "run.log"
     process = kliko.popen("run", chain, "--cache-dir", cache, "--plain", "-j", "4", log=log)
     try:
-        seen = inspect_running(process, {"mine", "theirs"})
+        seen = inspect_running(process, {"mine", "theirs"})  # they run until released
+        while not all(f"{step} | held" in log.read_text() for step in ("mine", "theirs")):
+            assert process.poll() is None, log.read_text()
+            time.sleep(0.05)
+        release(process.pid, "mine", "theirs")
         assert process.wait(timeout=60) == 0, log.read_text()
     finally:
         if process.poll() is None:
