@@ -4,13 +4,17 @@ inputs, waiting for another run's lock; and a run whose outputs cannot be export
 from __future__ import annotations
 
 import json
+import threading
+import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import anyio
 import pytest
 
 from kliko_async import api
 from kliko_async.cache.store import Cache
+from kliko_async.engine import attempts, scheduler
 from kliko_async.errors import KlikoError
 from kliko_async.events import (
     Event,
@@ -22,6 +26,7 @@ from kliko_async.events import (
     StepWaitingForLock,
 )
 from kliko_async.model.chain import Chain, parse_chain
+from kliko_async.runtime.base import LABEL_PREFIX
 from kliko_async.runtime.fake import FakeContainer, FakeRuntime
 
 pytestmark = pytest.mark.anyio
@@ -48,6 +53,31 @@ def fake() -> FakeRuntime:
     runtime.add_image("split", kliko_yml("split"), write_and_wait)
     runtime.add_image("join", kliko_yml("join"), write_and_wait)
     return runtime
+
+
+HOUR = 3600.0
+
+
+class SkippingClock:
+    """The engine's ``time.monotonic``, which a test moves on by an hour at a moment it chooses:
+    durations are then told apart by an hour, not by how fast this machine is."""
+
+    def __init__(self) -> None:
+        self.skipped = 0.0
+
+    def monotonic(self) -> float:
+        return time.monotonic() + self.skipped
+
+    def skip_an_hour(self) -> None:
+        self.skipped += HOUR
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> SkippingClock:
+    skipping = SkippingClock()
+    for module in (scheduler, attempts):
+        monkeypatch.setattr(module, "time", SimpleNamespace(monotonic=skipping.monotonic))
+    return skipping
 
 
 def chain_of(tmp_path: Path, steps: dict[str, object]) -> Chain:
@@ -77,29 +107,35 @@ async def test_a_join_step_says_it_is_preparing_while_its_inputs_are_copied(
 
 
 async def test_a_step_waiting_for_another_runs_lock_says_so_and_reports_its_own_time(
-    tmp_path: Path, fake: FakeRuntime
+    tmp_path: Path, fake: FakeRuntime, clock: SkippingClock
 ) -> None:
     chain = chain_of(tmp_path, {"a": {"image": "split", "params": {"delay": 0.1}}})
     plan = await api.dry_run(chain, runtime=fake, cache_dir=tmp_path / "c")
     key = plan.steps["a"].key
     events: list[Event] = []
-    holding = anyio.Event()
+    holding, told = anyio.Event(), threading.Event()
+
+    def on_event(event: Event) -> None:
+        events.append(event)
+        if isinstance(event, StepWaitingForLock):
+            told.set()
 
     async def other_run() -> None:
         async with Cache(tmp_path / "c").lock(key):
             holding.set()
-            await anyio.sleep(1.0)
+            await anyio.to_thread.run_sync(told.wait)  # until the step says it waits
+            clock.skip_an_hour()  # an hour passes while it waits
 
     async with anyio.create_task_group() as group:
         group.start_soon(other_run)
         await holding.wait()
-        await api.run(chain, runtime=fake, cache_dir=tmp_path / "c", on_event=events.append)
+        await api.run(chain, runtime=fake, cache_dir=tmp_path / "c", on_event=on_event)
 
     kinds = [e.kind for e in events if getattr(e, "step", None) == "a"]
     assert kinds[:3] == ["step_queued", "step_waiting_for_lock", "step_started"]
     (done,) = [e for e in events if isinstance(e, StepFinished)]
-    assert done.waited_s >= 0.6
-    assert done.duration_s < 0.6, "the step's own time does not count the wait"
+    assert done.waited_s >= HOUR
+    assert done.duration_s < HOUR, "the step's own time does not count the wait"
     assert isinstance(next(e for e in events if isinstance(e, StepStarted)), StepStarted)
     assert not [e for e in events if isinstance(e, StepWaitingForLock) and e.step != "a"]
 
@@ -108,7 +144,13 @@ async def test_past_durations_of_the_steps_to_run_come_with_the_run_start(
     tmp_path: Path, fake: FakeRuntime
 ) -> None:
     steps: dict[str, object] = {"a": {"image": "split", "params": {"delay": 0.2}}}
-    await api.run(chain_of(tmp_path, steps), runtime=fake, cache_dir=tmp_path / "c")
+    first: list[Event] = []
+    await api.run(
+        chain_of(tmp_path, steps), runtime=fake, cache_dir=tmp_path / "c", on_event=first.append
+    )
+    (done,) = [e for e in first if isinstance(e, StepFinished)]
+    entry = Cache(tmp_path / "c").lookup(done.key)
+    assert entry is not None
     events: list[Event] = []
     await api.run(
         chain_of(tmp_path, steps),
@@ -118,7 +160,8 @@ async def test_past_durations_of_the_steps_to_run_come_with_the_run_start(
         on_event=events.append,
     )
     (start,) = [e for e in events if isinstance(e, RunStarted)]
-    assert set(start.expected_s) == {"a"} and 0.2 <= start.expected_s["a"] < 1.0
+    assert start.expected_s == {"a": entry.manifest.duration_s}, "what the first run took"
+    assert start.expected_s["a"] >= 0.2
 
 
 async def test_a_run_whose_outputs_cannot_be_exported_does_not_end_ok(
@@ -140,9 +183,19 @@ async def test_a_run_whose_outputs_cannot_be_exported_does_not_end_ok(
 
 
 async def test_a_steps_time_does_not_count_queueing_for_a_job_slot(
-    tmp_path: Path, fake: FakeRuntime
+    tmp_path: Path, clock: SkippingClock
 ) -> None:
-    steps = {n: {"image": "split", "params": {"delay": 0.3 + i / 100}} for i, n in enumerate("ab")}
+    ran: list[str] = []
+
+    async def first_takes_an_hour(container: FakeContainer) -> int:
+        ran.append(container.job.labels.get(f"{LABEL_PREFIX}.step", "?"))
+        if len(ran) == 1:
+            clock.skip_an_hour()  # while the other step queues for the one job slot
+        return await write_and_wait(container)
+
+    fake = FakeRuntime()
+    fake.add_image("split", kliko_yml("split"), first_takes_an_hour)
+    steps = {n: {"image": "split", "params": {"delay": i / 100}} for i, n in enumerate("ab")}
     events: list[Event] = []
     await api.run(
         chain_of(tmp_path, steps),
@@ -151,5 +204,7 @@ async def test_a_steps_time_does_not_count_queueing_for_a_job_slot(
         jobs=1,
         on_event=events.append,
     )
-    times = sorted(e.duration_s for e in events if isinstance(e, StepFinished))
-    assert len(times) == 2 and times[1] < 0.55, "the second waited ~0.3 s for the slot: not its own"
+    times = {e.step: e.duration_s for e in events if isinstance(e, StepFinished)}
+    first, second = ran
+    assert times[first] >= HOUR
+    assert times[second] < HOUR, "the second queued for the slot for an hour: not its own time"
