@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import stat
 import textwrap
-import time
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +14,7 @@ import anyio
 import pytest
 
 from kliko_async import api
+from kliko_async.cache import paramfiles
 from kliko_async.cache.logfiles import log_content
 from kliko_async.cache.store import Cache
 from kliko_async.cache.upkeep import verify
@@ -235,28 +236,49 @@ async def test_an_exception_in_the_block_stops_the_run_and_is_raised_as_it_is(
 
 
 @pytest.mark.anyio
-async def test_hashing_a_big_file_parameter_does_not_hold_up_cancellation(tmp_path: Path) -> None:
+async def test_hashing_a_big_file_parameter_does_not_hold_up_cancellation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A hash that lasts until the test says so (a file of many GiB): the dry run is cancelled
+    while it hashes and returns without waiting for it."""
+    hashing, release, hashed = threading.Event(), threading.Event(), threading.Event()
+    real = paramfiles.sha256_file
+
+    def slow_sha256(path: Path) -> str:
+        hashing.set()
+        release.wait(30)  # a guard: released by the test long before
+        hashed.set()
+        return real(path)
+
+    monkeypatch.setattr(paramfiles, "sha256_file", slow_sha256)
     fake = FakeRuntime()
     fake.add_image(
         "model",
         "schema_version: 3\nio: split\nsections:\n  - name: s\n    fields:\n"
         "      - {name: weights, type: file}\n",
     )
-    big = tmp_path / "weights.bin"
-    with big.open("wb") as handle:
-        handle.truncate(2 << 30)  # 2 GiB, sparse: hashing it takes seconds
+    weights = tmp_path / "weights.bin"
+    weights.write_bytes(b"w" * 1024)
     chain = parse_chain(
-        {"steps": {"m": {"image": "model", "params": {"weights": str(big)}}}},
+        {"steps": {"m": {"image": "model", "params": {"weights": str(weights)}}}},
         source=str(tmp_path / "chain.yaml"),
         base_dir=tmp_path,
     )
+    finished: list[bool] = []
 
-    started = time.monotonic()
-    with anyio.move_on_after(0.3) as scope:
-        await api.dry_run(chain, runtime=fake, cache_dir=tmp_path / "cache")
+    async def cancel_once_hashing(scope: anyio.CancelScope) -> None:
+        await anyio.to_thread.run_sync(hashing.wait)
+        scope.cancel()
 
-    assert scope.cancelled_caught
-    assert time.monotonic() - started < 1.5  # not the seconds the hash takes
+    try:
+        async with anyio.create_task_group() as group:
+            group.start_soon(cancel_once_hashing, group.cancel_scope)
+            await api.dry_run(chain, runtime=fake, cache_dir=tmp_path / "cache")
+            finished.append(True)
+        assert group.cancel_scope.cancelled_caught and not finished, "the dry run was cancelled"
+        assert not hashed.is_set(), "and returned while the file was still being hashed"
+    finally:
+        release.set()
 
 
 class SlowProbes(FakeRuntime):
