@@ -8,7 +8,6 @@ import socket
 import stat
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -539,14 +538,17 @@ def test_old_format_entries_are_not_found(cache: Cache) -> None:
     assert cache.lookup(key) is None
 
 
-def test_lookup_is_fast(cache: Cache) -> None:
+def test_lookup_reads_the_manifest_not_the_outputs(cache: Cache) -> None:
+    """A lookup costs one manifest read whatever the entry holds (its speed is measured by
+    benchmarks/cached.py): an output changed behind the cache's back is found by verify."""
     key = key_of(1)
-    publish_files(cache, key, {f"f{i:03}.txt": b"x" * 100 for i in range(100)})
-    started = time.perf_counter()
-    found = [cache.lookup(key) for _ in range(1000)]
-    elapsed = time.perf_counter() - started
-    assert all(entry is not None for entry in found)
-    assert elapsed < 1.0
+    entry = publish_files(cache, key, {f"f{i:03}.txt": b"x" * 100 for i in range(100)})
+    changed = entry.path / "output" / "f042.txt"
+    make_writable(changed)
+    changed.write_bytes(b"y" * 100)
+
+    assert cache.lookup(key) is not None
+    assert [problem.key for problem in verify(cache)] == [key]
 
 
 # -- stale staging -------------------------------------------------------------------------------

@@ -198,9 +198,7 @@ def test_a_flood_is_summarised_on_screen_with_where_its_full_log_is() -> None:
         ),
         finished(ran=1),
     ]
-    began = time.perf_counter()
-    lines = play(events)
-    spent = time.perf_counter() - began
+    lines = play(events)  # its cost is measured by benchmarks/logflood.py
 
     flood = [line for line in lines if re.fullmatch(r"flood \| line \d+", line)]
     assert flood[0] == "flood | line 1"  # the start of the flood is shown, then a sample
@@ -210,7 +208,6 @@ def test_a_flood_is_summarised_on_screen_with_where_its_full_log_is() -> None:
         f"flood | … {hidden:,} lines of this step were not shown; full log: /cache/e/log.txt"
         in (lines)
     )
-    assert spent < 5, "a flood costs a few dictionary operations per line, not a redraw"
 
 
 def test_a_long_line_without_spaces_folds_under_its_text_and_keeps_the_prefix() -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -349,11 +348,11 @@ async def test_changing_one_value_reruns_only_that_expansion_and_its_consumers(
 
 
 @pytest.mark.anyio
-async def test_a_1000_way_matrix_plans_in_well_under_a_second(
+async def test_a_1000_way_matrix_plans_a_step_and_a_key_per_combination(
     tmp_path: Path, fake: FakeRuntime
 ) -> None:
+    """Its speed (and that of a 10,000-way one) is measured by benchmarks/matrix.py."""
     (tmp_path / "robust.yml").write_text("".join(f"- {n / 100}\n" for n in range(334)))
-    started = time.perf_counter()
     chain = load(
         tmp_path,
         """\
@@ -365,10 +364,8 @@ async def test_a_1000_way_matrix_plans_in_well_under_a_second(
         """,
     )
     plan = await api.dry_run(chain, runtime=fake, cache_dir=tmp_path / "cache")
-    elapsed = time.perf_counter() - started
     assert len(plan.order) == 3 * 334 + 1
     assert len(set(step.key for step in plan.steps.values())) == len(plan.order)
-    assert elapsed < 1.0, f"loading and planning took {elapsed:.2f}s"
 
 
 async def fail_for_uniform(container: FakeContainer) -> int:
