@@ -190,14 +190,11 @@ def test_a_seconds_level_timeout_stops_the_job(kliko: KlikoCli, tmp_path: Path) 
         "steps:\n  slow: {image: example/sleep, params: {seconds: 60, tag: t}, timeout: 5}\n",
     )
     first = last_job_id()
-    started = time.monotonic()
     done = kliko("run", chain, "--backend", "slurm", "--plain", "--cache-dir", "c")
-    took = time.monotonic() - started
     assert done.returncode == 1
     assert "slow | FAILED: timed out after 5 s" in done.stdout
     # Its first line was followed while the job ran: the container never finished.
     assert "slow | sleep: 60.0s" in done.stdout
-    assert took < 30, f"a 5 s timeout took {took:.1f} s"
     (job,) = jobs_after(first)
     assert job["job_state"] == "CANCELLED"
     assert job["time_limit"] == 2  # minutes: 5 s + the job's own margin, rounded up
@@ -210,10 +207,10 @@ def test_an_impossible_request_fails_with_slurms_reason(kliko: KlikoCli, tmp_pat
         "  huge: {image: example/sleep, params: {seconds: 0}, resources: {memory: 64g}}\n"
         "  gpu: {image: example/sleep, params: {seconds: 0, tag: g}, resources: {gpus: 1}}\n",
     )
-    started = time.monotonic()
+    # Refused at once: had it waited in the queue for resources that never come, the command's
+    # own timeout would fail the test.
     done = kliko("run", chain, "--backend", "slurm", "--plain", "--cache-dir", "c", "--keep-going")
     assert done.returncode == 1
-    assert time.monotonic() - started < 30
     assert "huge | FAILED: Slurm refused the job: sbatch: error: Memory specification" in (
         done.stdout
     )
