@@ -91,19 +91,27 @@ class Project:
             "env": {"MODE": "a"},
         }
         self.other_params: dict[str, object] = {"n": 2, "prefix": "other"}
+        self.side_inputs = ["other"]
+        self.renamed: dict[str, str] = {}
+        """Old step name -> the name the chain gives it now."""
 
     def write(self) -> Path:
-        chain = {
-            "steps": {
-                "gen": self.gen,
-                "upper": {"image": self.images["upper"], "inputs": ["gen"]},
-                "other": {"image": self.images["gen"], "params": self.other_params},
-                "side": {"image": self.images["lower"], "inputs": ["other"]},
-            }
+        steps: dict[str, dict[str, object]] = {
+            "gen": self.gen,
+            "upper": {"image": self.images["upper"], "inputs": ["gen"]},
+            "other": {"image": self.images["gen"], "params": self.other_params},
+            "side": {"image": self.images["lower"], "inputs": self.side_inputs},
         }
+        for step in steps.values():
+            if "inputs" in step:
+                step["inputs"] = [self.name(i) for i in step["inputs"]]  # type: ignore[attr-defined]
+        chain = {"steps": {self.name(old): step for old, step in steps.items()}}
         path = self.folder / "chain.yaml"
         path.write_text(json.dumps(chain))  # JSON is YAML
         return path
+
+    def name(self, old: str) -> str:
+        return self.renamed.get(old, old)
 
     def run(self) -> set[str]:
         """Run the chain with the CLI; the steps that started a container."""
@@ -235,6 +243,25 @@ def test_a_file_edited_while_the_chain_runs_is_seen_as_it_was_planned(
 # -- ingredients no chain file can change alone: in-process, with the library -----------------
 
 
+def test_renaming_a_lone_input_starts_no_container(project: Project) -> None:
+    """A lone input is all of /input: the container never sees the name of its step."""
+    project.renamed = {"gen": "made"}
+    assert project.run() == set()
+    assert project.output("upper") == project.output("made").upper()
+
+
+def test_renaming_one_of_several_inputs_reruns_the_step_that_sees_its_folder(
+    project: Project,
+) -> None:
+    """Several inputs are in /input/<step>/: a new name is a new folder, so a new output."""
+    project.side_inputs = ["other", "gen"]
+    assert project.run() == {"side"}
+    assert (project.folder / "out" / "side" / "gen").is_dir()
+    project.renamed = {"gen": "made"}
+    assert project.run() == {"side"}, "upper, whose lone input it is, stays cached"
+    assert project.output("side", "made/numbers.txt") == project.output("made").lower()
+
+
 def test_the_command_is_part_of_the_key(project: Project, monkeypatch: pytest.MonkeyPatch) -> None:
     assert project.ran_in_process() == set()
     command = ("/bin/sh", "/kliko")  # the same program, started another way
@@ -263,5 +290,6 @@ def test_an_entry_records_every_ingredient(project: Project, images: dict[str, s
     assert gen.parameters["header"] == "/param_files/header"
     assert gen.env == {"MODE": "a"}
     assert gen.file_hashes == {"/param_files/header": hashlib.sha256(b"# header one\n").hexdigest()}
-    assert manifests["upper"].ingredients.inputs == {"gen": manifests["gen"].key}
+    assert manifests["upper"].ingredients.inputs == {"/input": manifests["gen"].key}
+    assert manifests["upper"].ingredients.input_layout == "whole"
     assert manifests["gen"].run_id is not None

@@ -50,6 +50,7 @@ def seed_cache(root: Path) -> Cache:
         parameters={},
         file_hashes={},
         inputs={},
+        input_layout="whole",
     )
     key = cache_key(ingredients)
     staging = cache.stage(key)

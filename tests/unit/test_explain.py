@@ -174,6 +174,7 @@ def manifest(step: str, finished: int, **changes: object) -> Manifest:
         parameters={"n": 5},
         file_hashes={},
         inputs={},
+        input_layout="whole",
     ).model_copy(update=changes)
     moment = datetime.fromtimestamp(finished, UTC)
     return Manifest(
@@ -217,4 +218,18 @@ def test_a_different_command_and_a_renamed_image() -> None:
     assert [c.text for c in found[1]] == [
         "image: example/gen -> example/gen2 (sha256:111111111111.. -> sha256:222222222222..)",
         "command: /old run -> /kliko",
+    ]
+
+
+def test_a_lone_input_moved_into_a_folder_says_the_layout_changed() -> None:
+    """A lone input is keyed by where it is (/input); in a folder, by the folder's name."""
+    upstream = "a" * 64
+    index = ManifestIndex([manifest("use", 1, inputs={"/input": upstream})])
+    now = manifest("use", 0, inputs={"gen[n=1]": upstream}, input_layout="folders")
+    found = index.closest("use", now.ingredients, "example/gen")
+    assert found is not None
+    assert [change.text for change in found[1]] == [
+        "input layout: all of /input -> a folder per input",
+        "input /input removed",
+        "input gen[n=1] added",
     ]

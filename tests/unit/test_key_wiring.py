@@ -56,16 +56,19 @@ class Project:
         self.fake.images[ref] = image
         self.fake.images[image_id] = image
 
-    async def keys(self) -> dict[str, str]:
-        """The key of every step as planned now (a fresh kliko.yml memo each time)."""
+    async def plan(self) -> plan.Plan:
+        """The chain as planned now (a fresh kliko.yml memo each time)."""
         self.plans += 1
         chain = parse_chain(
             {"steps": self.steps}, source=str(self.tmp_path / "chain.yaml"), base_dir=self.tmp_path
         )
-        planned = await api.dry_run(
+        return await api.dry_run(
             chain, runtime=self.fake, cache_dir=self.tmp_path / f"cache{self.plans}"
         )
-        return {name: step.key for name, step in planned.steps.items()}
+
+    async def keys(self) -> dict[str, str]:
+        """The key of every step as planned now."""
+        return {name: step.key for name, step in (await self.plan()).steps.items()}
 
 
 @pytest.fixture
@@ -131,10 +134,50 @@ async def test_env(project: Project) -> None:
     assert await changed(project, before) == {"gen", "use"}
 
 
-async def test_input_names(project: Project) -> None:
+async def test_which_step_the_lone_input_is(project: Project) -> None:
     before = await project.keys()
     project.steps["use"]["inputs"] = ["solo"]
     assert await changed(project, before) == {"use"}
+
+
+async def test_the_name_of_a_lone_input_is_not_an_ingredient(project: Project) -> None:
+    """A lone input is all of /input: the container never sees its step's name."""
+    before = await project.keys()
+    project.steps["renamed"] = project.steps.pop("gen")
+    project.steps["use"]["inputs"] = ["renamed"]
+    after = await project.keys()
+    assert after["use"] == before["use"]
+    assert after["renamed"] == before["gen"]
+
+
+async def test_the_names_of_several_inputs_are_ingredients(project: Project) -> None:
+    """Several inputs are in folders named after their steps, which the container sees."""
+    project.steps["use"]["inputs"] = ["gen", "solo"]
+    before = await project.keys()
+    project.steps["renamed"] = project.steps.pop("gen")
+    project.steps["use"]["inputs"] = ["renamed", "solo"]
+    after = await project.keys()
+    assert after["use"] != before["use"]
+    assert after["renamed"] == before["gen"]
+
+
+async def test_the_input_layout(project: Project) -> None:
+    """A consumer of a one-value matrix has its lone input in a folder, named after it."""
+    project.steps["gen"]["matrix"] = {"n": [3]}
+    project.steps["gen"]["params"].pop("n")
+    keys = await project.keys()
+    planned = await project.plan()
+    use = planned.steps["use"].ingredients
+    assert use.input_layout == "folders"
+    assert use.inputs == {"gen[n=3]": keys["gen[n=3]"]}
+    assert planned.steps["solo"].ingredients.input_layout == "whole"
+    project.steps["gen"]["params"]["n"] = 3
+    del project.steps["gen"]["matrix"]
+    plain = await project.plan()
+    assert plain.steps["gen"].key == keys["gen[n=3]"], "the same upstream result"
+    assert plain.steps["use"].ingredients.inputs == {"/input": keys["gen[n=3]"]}
+    assert plain.steps["use"].ingredients.input_layout == "whole"
+    assert plain.steps["use"].key != keys["use"]
 
 
 async def test_format_version(project: Project, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -166,7 +209,8 @@ async def test_the_manifest_records_every_ingredient_as_planned(
     assert gen.env == {"A": "1"}
     assert gen.command == ("/kliko",)
     assert gen.file_hashes == {"/param_files/model": hashlib.sha256(b"weights v1").hexdigest()}
-    assert entries["use"].ingredients.inputs == {"gen": entries["gen"].key}
+    assert entries["use"].ingredients.inputs == {"/input": entries["gen"].key}
+    assert entries["use"].ingredients.input_layout == "whole"
 
 
 async def test_the_container_sees_the_copy_that_was_hashed(

@@ -409,9 +409,10 @@ async def test_a_lone_input_in_its_own_folder_has_another_key_than_a_lone_input(
         for chain in (of_matrix, named)
     ]
     assert plans[0].steps[expansion].key == plans[1].steps[expansion].key
-    assert plans[0].steps["report"].ingredients.inputs == {
-        f"{expansion}/": plans[0].steps[expansion].key
-    }
+    upstream = plans[0].steps[expansion].key
+    in_folder, whole = (plan.steps["report"].ingredients for plan in plans)
+    assert (in_folder.input_layout, in_folder.inputs) == ("folders", {expansion: upstream})
+    assert (whole.input_layout, whole.inputs) == ("whole", {"/input": upstream})
     assert plans[0].steps["report"].key != plans[1].steps["report"].key
 
 

@@ -16,7 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from kliko_async.cache.entry import Manifest
-from kliko_async.cache.key import KeyIngredients
+from kliko_async.cache.key import LONE_INPUT, KeyIngredients
 from kliko_async.cache.store import Cache
 from kliko_async.engine.plan import Plan, PlannedStep
 from kliko_async.model.parameters import PARAM_FILES_DIR
@@ -30,7 +30,9 @@ __all__ = [
     "explain_plan",
 ]
 
-Ingredient = Literal["image", "command", "io", "parameter", "file parameter", "env", "input"]
+Ingredient = Literal[
+    "image", "command", "io", "parameter", "file parameter", "env", "input", "input layout"
+]
 
 
 class EntryInfo(BaseModel):
@@ -246,7 +248,9 @@ def _would_run(
     manifest, changes = found
     chased: list[IngredientChange] = []
     for change in changes:
-        source = (change.name or "").removesuffix("/")
+        source = change.name or ""
+        if source == LONE_INPUT and len(planned.step.inputs) == 1:
+            source = planned.step.inputs[0]  # a lone input is keyed by where it is, not its step
         if change.ingredient == "input" and change.before and change.after and source in plan_steps:
             upstream: StepExplanation = explain(source)
             causes = upstream.root_causes()
@@ -255,10 +259,10 @@ def _would_run(
                     cause.text if cause.step == source else f"{cause.step}: {cause.text}"
                     for cause in causes
                 )
-                text = f"input {change.name}: re-runs ({shown})"
+                text = f"input {source}: re-runs ({shown})"
             else:
                 text = (
-                    f"input {change.name}: a different result "
+                    f"input {source}: a different result "
                     f"({_short(change.before)} -> {_short(change.after)}, cached)"
                 )
             change = change.model_copy(update={"root_causes": causes, "text": text})
@@ -330,6 +334,15 @@ def _differences(manifest: Manifest, now: KeyIngredients, image: str) -> list[In
     changes += _keyed_changes(
         "env", was.env, now.env, label=lambda name: f"env {name}", changed="{!r} -> {!r}".format
     )
+    if was.input_layout != now.input_layout:
+        changes.append(
+            IngredientChange(
+                ingredient="input layout",
+                before=was.input_layout,
+                after=now.input_layout,
+                text=f"input layout: {_LAYOUTS[was.input_layout]} -> {_LAYOUTS[now.input_layout]}",
+            )
+        )
     changes += _keyed_changes(
         "input",
         was.inputs,
@@ -338,6 +351,9 @@ def _differences(manifest: Manifest, now: KeyIngredients, image: str) -> list[In
         changed=lambda old, new: f"{_short(old)} -> {_short(new)}",
     )
     return changes
+
+
+_LAYOUTS = {"whole": "all of /input", "folders": "a folder per input"}
 
 
 def _keyed_changes(

@@ -16,11 +16,12 @@ import anyio
 from pydantic import BaseModel, ConfigDict
 
 from kliko_async.cache.entry import CacheEntry
-from kliko_async.cache.key import KeyIngredients, cache_key
+from kliko_async.cache.key import LONE_INPUT, KeyIngredients, cache_key
 from kliko_async.cache.paramfiles import FileSnapshots, hash_files
 from kliko_async.cache.store import Cache
 from kliko_async.engine.images import KLIKO_COMMAND, ImageResolver, KlikoImage
 from kliko_async.engine.resources import ResourcePool
+from kliko_async.engine.workspace import each_in_a_folder
 from kliko_async.errors import ChainError, KlikoError, RuntimeUnavailable
 from kliko_async.events import Event, ImageBuilding, ImageBuilt
 from kliko_async.model.chain import RUN_CHAIN_SOURCE, Chain, Step
@@ -146,6 +147,7 @@ async def plan_chain(
             parameters=params.values,
             file_hashes=_file_hashes(params),
             inputs=_input_keys(step, planned),
+            input_layout="folders" if _in_folders(step) else "whole",
             env=step.env,
         )
         key = cache_key(ingredients)
@@ -170,16 +172,17 @@ async def plan_chain(
     return Plan(source=chain.source, order=order, steps=planned, unbuilt=unbuilt)
 
 
-def _input_keys(step: Step, planned: Mapping[str, PlannedStep]) -> dict[str, str]:
-    """The key ingredient of ``step``'s inputs: name -> key.
+def _in_folders(step: Step) -> bool:
+    return each_in_a_folder(len(step.inputs), in_folders=step.inputs_in_folders)
 
-    A lone input mounted in its own subfolder (a consumer of a one-value matrix) is written
-    ``name/``: the folder layout differs from a lone input's, so the key must differ too.
-    """
-    keys = {name: planned[name].key for name in step.inputs}
-    if step.inputs_in_folders and len(keys) == 1:
-        return {f"{name}/": key for name, key in keys.items()}
-    return keys
+
+def _input_keys(step: Step, planned: Mapping[str, PlannedStep]) -> dict[str, str]:
+    """The key ingredient of ``step``'s inputs, named as the container sees them: a lone input
+    (all of /input or /work) as ``/input``, whichever step made it; inputs in folders by the
+    folder's name (the step's)."""
+    if _in_folders(step):
+        return {name: planned[name].key for name in step.inputs}
+    return {LONE_INPUT: planned[step.inputs[0]].key} if step.inputs else {}
 
 
 def check_resources(steps: Iterable[Step], machine: ResourcePool, *, where: str) -> None:

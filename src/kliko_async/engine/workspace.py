@@ -116,6 +116,13 @@ def parameter_mounts(params: ValidatedParameters, scratch: Path) -> list[Mount]:
     return mounts
 
 
+def each_in_a_folder(count: int, *, in_folders: bool = False) -> bool:
+    """Whether ``count`` inputs are each in a folder named after its step (/input/<step>/ or
+    /work/<step>/) rather than one being all of /input (or /work): several are, and so is a
+    lone one ``in_folders`` (a consumer of a matrix step). The key names inputs the same way."""
+    return count > 1 or (count == 1 and in_folders)
+
+
 def split_input_mounts(
     inputs: Mapping[str, Path], scratch: Path, *, in_folders: bool = False
 ) -> list[Mount]:
@@ -123,7 +130,7 @@ def split_input_mounts(
         empty = scratch / "empty-input"
         empty.mkdir(exist_ok=True)
         return [Mount(source=absolute(empty), target="/input", read_only=True)]
-    if len(inputs) == 1 and not in_folders:
+    if not each_in_a_folder(len(inputs), in_folders=in_folders):
         (source,) = inputs.values()
         return [Mount(source=absolute(source), target="/input", read_only=True)]
     return [
@@ -133,7 +140,7 @@ def split_input_mounts(
 
 
 def fill_work(work: Path, inputs: Mapping[str, Path], *, in_folders: bool = False) -> None:
-    if len(inputs) == 1 and not in_folders:
+    if len(inputs) == 1 and not each_in_a_folder(1, in_folders=in_folders):
         (source,) = inputs.values()
         copy_tree_writable(source, work)
     else:
