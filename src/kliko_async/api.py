@@ -228,7 +228,7 @@ def run_chain(
     """Kliko's ``run_chain([(image, params), ...])``: a linear chain, run synchronously.
 
     Each step consumes the one before it. Raises :class:`~kliko_async.errors.RunFailed` when a
-    step fails. Step outputs are at ``result.steps[name].output`` (read-only cache folders).
+    step fails. Step outputs are at ``result.steps[name].output`` (cache folders: change none).
     Kliko 0.8's own arguments keep working: ``docker_client`` (a docker-py client, or an
     engine URL) says which Docker Engine to use, and ``kliko_dir`` is the cache folder.
     """

@@ -312,7 +312,7 @@ steps:
         if json.loads(m.read_text())["step"] == "theirs"
     ]
     assert [p.stat().st_uid for p in cached] == [1234 if os.geteuid() == 0 else os.getuid()]
-    assert stat.S_IMODE(cached[0].stat().st_mode) == 0o444, "and it is sealed read-only"
+    assert stat.S_IMODE(cached[0].stat().st_mode) == 0o644, "sealed: writable by its owner only"
     assert kliko("cache", "verify", "--cache-dir", cache).returncode == 0
     tidied = kliko("cache", "gc", "--max-size", "0", "--cache-dir", cache)
     assert tidied.returncode == 0, tidied.stderr

@@ -287,7 +287,9 @@ def test_stage_publish_lookup_round_trip(cache: Cache) -> None:
     assert tmp_children(cache) == []
 
 
-def test_published_entry_is_read_only(cache: Cache) -> None:
+def test_published_entry_is_writable_by_its_owner_only(cache: Cache) -> None:
+    """0644/0755: Kliko's images copy their input (with its modes) and write into the copy.
+    Containers see an entry read-only or as a copy; ``cache verify`` notices a change."""
     key = key_of(1)
     staging = stage_files(cache, key, {"a.txt": b"a", "deep/er/b.txt": b"b", "run.sh": b"#!"})
     (staging.output_dir / "run.sh").chmod(0o755)
@@ -297,20 +299,19 @@ def test_published_entry_is_read_only(cache: Cache) -> None:
     def mode(path: Path) -> int:
         return stat.S_IMODE(path.lstat().st_mode)
 
-    assert mode(entry.path) == 0o555
-    assert mode(entry.output_dir) == 0o555
-    assert mode(entry.output_dir / "deep") == 0o555
-    assert mode(entry.output_dir / "deep" / "er") == 0o555
-    assert mode(entry.output_dir / "a.txt") == 0o444
-    assert mode(entry.output_dir / "deep" / "er" / "b.txt") == 0o444
-    assert mode(entry.output_dir / "run.sh") == 0o555  # executables stay executable
-    assert mode(entry.path / "manifest.json") == 0o444
-    assert mode(entry.log_path) == 0o444
+    assert mode(entry.path) == 0o755
+    assert mode(entry.output_dir) == 0o755
+    assert mode(entry.output_dir / "deep") == 0o755
+    assert mode(entry.output_dir / "deep" / "er") == 0o755
+    assert mode(entry.output_dir / "a.txt") == 0o644
+    assert mode(entry.output_dir / "deep" / "er" / "b.txt") == 0o644
+    assert mode(entry.output_dir / "run.sh") == 0o755  # executables stay executable
+    assert mode(entry.path / "manifest.json") == 0o644
+    assert mode(entry.log_path) == 0o644
     assert (entry.output_dir / "link").is_symlink()
     assert entry.manifest.outputs["link"] == "symlink:a.txt"
-    if os.geteuid() != 0:
-        with pytest.raises(PermissionError):
-            (entry.output_dir / "a.txt").write_text("changed")
+    (entry.output_dir / "a.txt").write_text("changed")  # as a tool writing into its input would
+    assert [(p.path, p.problem) for p in verify(cache)] == [("output/a.txt", "content changed")]
 
 
 @pytest.mark.parametrize("kind", ["named pipe", "socket"])

@@ -766,14 +766,14 @@ async def test_a_failed_step_leaves_nothing_in_the_cache(lab: Lab) -> None:
     assert started[2:] == ["bad"]  # the second runs only the failed step again
 
 
-async def test_published_outputs_are_read_only(lab: Lab) -> None:
+async def test_published_outputs_are_writable_by_their_owner_only(lab: Lab) -> None:
     result, _ = await lab.run({"a": {"image": "work"}})
 
     output = result.steps["a"].output
     assert output is not None
     assert output.is_relative_to(lab.cache_dir / "entries")
     for path in [output, *output.rglob("*")]:
-        assert stat.S_IMODE(path.stat().st_mode) & 0o222 == 0, path
+        assert stat.S_IMODE(path.stat().st_mode) & 0o022 == 0, path
 
 
 async def test_a_join_step_gets_a_copy_of_each_input_in_a_subfolder_named_after_it(

@@ -1,7 +1,11 @@
-"""Durable, read-only trees on disk: fsync, seal (make read-only) and remove them.
+"""Durable trees on disk: fsync, seal (settle their modes) and remove them.
 
 A published cache entry must survive a crash whole and must not be changed afterwards; these are
-the filesystem operations that promise it, apart from the cache's own bookkeeping.
+the filesystem operations that promise the first, apart from the cache's own bookkeeping. Sealed
+entries are writable by their owner only (0644/0755): Kliko's images copy ``/input`` with its
+modes and write into the copy, which a read-only entry (0444/0555) made impossible for anyone but
+root. What keeps entries unchanged is how containers see them (a read-only mount on Docker, a
+copy in ``/work`` or, on Charliecloud, of each input), and ``cache verify`` checks them.
 
 Durability comes in two ways: :func:`seal_tree` and :func:`write_sealed` either fsync each file
 and folder as they go, or (``sync=False``) only collect what they wrote into a :class:`Barrier`,
@@ -21,9 +25,9 @@ from collections.abc import Callable
 from contextlib import suppress
 from pathlib import Path
 
-FILE_MODE = 0o444
-EXEC_FILE_MODE = 0o555
-DIR_MODE = 0o555
+FILE_MODE = 0o644
+EXEC_FILE_MODE = 0o755
+DIR_MODE = 0o755
 
 
 def tree_size(root: Path) -> int:
@@ -126,7 +130,7 @@ def fsync_path(path: str) -> None:
 
 
 def write_sealed(path: Path, data: bytes, barrier: Barrier | None = None) -> None:
-    """Write ``data`` to a new read-only file; fsync it, or leave that to ``barrier``."""
+    """Write ``data`` to a new file (``FILE_MODE``); fsync it, or leave that to ``barrier``."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
     try:
         view = memoryview(data)
@@ -141,13 +145,13 @@ def write_sealed(path: Path, data: bytes, barrier: Barrier | None = None) -> Non
 
 
 def seal_tree(root: Path, barrier: Barrier | None = None) -> list[tuple[str, str]]:
-    """Make ``root`` and everything under it read-only and durable, bottom up.
+    """Make ``root`` and everything under it owner-writable only and durable, bottom up.
 
-    Each file and folder is fsynced as it is sealed, or, with ``barrier``, added to it (its
-    ``wait`` makes them durable later). Files become 0444 (0555 if they were executable),
-    folders 0555. Symbolic links are left as they are and never followed. Named pipes, sockets
-    and devices are left alone too, and returned (path relative to ``root``, what it is): they
-    cannot be kept or copied as data.
+    Each file and folder is fsynced as it is sealed, or, with ``barrier``, added to it (its ``wait``
+    makes them durable later). Files become 0644 (0755 if they were executable), folders 0755:
+    writable by the owner only. Symbolic links are left as they are and never followed. Named pipes,
+    sockets and devices are left alone too, and returned (path relative to ``root``, what it is):
+    they cannot be kept or copied as data.
     """
     special: list[tuple[str, str]] = []
     if stat.S_ISDIR(os.lstat(root).st_mode):
@@ -173,8 +177,8 @@ def special_kind(mode: int) -> str:
 
 
 def seal_one(path: str, barrier: Barrier | None = None) -> int:
-    """Make one file or folder read-only and durable (now, or at ``barrier``); its
-    ``st_mode`` (links not followed).
+    """Settle one file's or folder's mode (owner-writable) and make it durable (now, or at
+    ``barrier``); its ``st_mode`` (links not followed).
 
     Only what ``lstat`` finds to be a file or folder has its mode changed: the trees sealed here
     are ones no container or other process writes any more, so nothing swaps a link in.

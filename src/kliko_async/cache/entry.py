@@ -2,7 +2,7 @@
 
 Layout of one entry folder (a staging folder has the same, minus the manifest)::
 
-    output/        the step's /output (or /work), read-only once published
+    output/        the step's /output (or /work), never changed once published
     log.txt        the step's complete stdout and stderr
     manifest.json  how it was made: the key's ingredients, timings, exit code, output hashes
 """
@@ -122,7 +122,7 @@ class _EntryFolder(BaseModel):
 
 
 class CacheEntry(_EntryFolder):
-    """A published, complete and read-only entry."""
+    """A published and complete entry (writable by its owner only; never changed)."""
 
     manifest: Manifest
 

@@ -3,7 +3,7 @@
 An entry is found by its key (:mod:`kliko_async.cache.key`), which hashes everything that
 determines a step's output. Layout under the root folder::
 
-    entries/<key[:2]>/<key>/{output/, log.txt, manifest.json}   published, read-only
+    entries/<key[:2]>/<key>/{output/, log.txt, manifest.json}   published, owner-writable only
     tmp/<key>.<pid>.<random>/                                   staging (same filesystem)
     locks/<key>.lock                                            per-key flock files (locks.py)
     runs/<run-id>.<pid>                                         keys live runs hold (holds.py)
@@ -170,13 +170,13 @@ class Cache:
     def publish(self, staging: Staging, manifest_without_outputs: Manifest) -> CacheEntry:
         """Make ``staging`` the entry of its key, atomically and durably.
 
-        The output tree is made read-only, hashed into ``manifest.outputs``, the manifest is
-        written, all of it is made durable, and only then is the folder renamed into
-        ``entries/`` (and that name made durable too). If another process published the same
-        key first, the staging folder is discarded and the existing entry returned. On any OS
-        error the staging folder is discarded and :class:`CacheError` raised; ``entries/`` then
-        holds nothing of it. An output holding a named pipe, socket or device raises
-        :class:`UnpublishableOutput` and leaves the staging folder (with its log) to the caller.
+        The output tree is sealed (writable by its owner only), hashed into ``manifest.outputs``,
+        the manifest is written, all of it is made durable, and only then is the folder renamed into
+        ``entries/`` (and that name made durable too). If another process published the same key
+        first, the staging folder is discarded and the existing entry returned. On any OS error the
+        staging folder is discarded and :class:`CacheError` raised; ``entries/`` then holds nothing
+        of it. An output holding a named pipe, socket or device raises :class:`UnpublishableOutput`
+        and leaves the staging folder (with its log) to the caller.
         """
         (outcome,) = self.publish_many([(staging, manifest_without_outputs)])
         with suppress(OSError):
@@ -248,7 +248,7 @@ class Cache:
         if existing is not None:
             self._discard_quietly(staging)
             return existing
-        action = "making the output read-only"
+        action = "sealing the output"
         try:
             special = seal_tree(staging.output_dir, barrier)
             if special:
@@ -269,7 +269,7 @@ class Cache:
             action = "writing manifest.json"
             # No temporary file needed: nobody reads a staging folder before its rename.
             write_sealed(staging.path / MANIFEST, manifest.model_dump_json().encode(), barrier)
-            action = "making the entry read-only"
+            action = "sealing the entry"
             for child in staging.path.iterdir():
                 if child.name not in (OUTPUT, MANIFEST):
                     seal_tree(child, barrier)
