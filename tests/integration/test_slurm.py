@@ -18,10 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import test_kliko_compat as compat
 
 from conftest import KLIKO_ASYNC, KlikoCli
 
 ROOT = Path(__file__).resolve().parents[2]
+compat_images = compat.compat_images  # the fixture that builds Kliko's examples
 DIAMOND = ROOT / "examples" / "chains" / "diamond.yaml"
 
 pytestmark = [
@@ -357,3 +359,54 @@ def test_a_profile_sets_the_backend_partition_and_sbatch_options(
     assert done.returncode == 0, done.stdout + done.stderr
     assert [j["nodes"] for j in jobs_after(first)] == ["bare1"]
     assert (tmp_path / "shared-cache" / "slurm" / "images").is_dir()
+
+
+# ch-run binds read-write only. Writes into the Measurement Set it is given, as WSClean writes
+# MODEL_DATA, and says whether that worked (it may: into its own copy).
+SCRIBBLE = r"""#!/bin/sh
+if echo MODEL_DATA >> /input/meerkat_2.5h.MS/table.info 2>/dev/null; then
+    echo "scribble: wrote into /input"
+else
+    echo "scribble: refused"
+fi
+echo done > /output/done.txt
+"""
+
+
+@pytest.mark.usefixtures("compat_images")
+def test_on_charliecloud_a_step_copies_or_writes_into_its_input_and_the_entry_is_unchanged(
+    kliko: KlikoCli, tmp_path: Path, kliko_image_builder: Callable[[Path, str, str], str]
+) -> None:
+    """Kliko's meqtree-pipeliner and wsclean copy /input and write into the copy; a tool may
+    write into its input itself. On a node without Docker the container gets a copy of each
+    input, so both work and the cached entries stay as they were."""
+    spec = "schema_version: 3\nname: scribble\nio: split\nsections: []\n"
+    scribble = kliko_image_builder(tmp_path / "scribble", spec, SCRIBBLE)
+    try:
+        chain = write_chain(
+            tmp_path,
+            "steps:\n"
+            "  simms: {image: kliko-compat/simms, params: {tel: meerkat, synthesis-time: 2.5}}\n"
+            "  meqtree: {image: kliko-compat/meqtree-pipeliner, inputs: [simms]}\n"
+            "  wsclean: {image: kliko-compat/wsclean, params: {weight: natural}, "
+            "inputs: [meqtree]}\n"
+            f"  scribble: {{image: {scribble}, inputs: [simms]}}\n",
+        )
+        first = last_job_id()
+        done = kliko(
+            "run", chain, "--backend", "slurm", "--partition", "bare", "--plain",
+            "--cache-dir", "c", "--out", "out",
+        )  # fmt: skip
+    finally:
+        subprocess.run(["docker", "rmi", "-f", scribble], capture_output=True)
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert {j["nodes"] for j in jobs_after(first)} == {"bare1"}
+    assert "scribble: wrote into /input" in done.stdout, "it wrote into its own copy"
+    assert compat.contents(tmp_path / "out" / "meqtree") == compat.meqtree_output()
+    assert compat.contents(tmp_path / "out" / "wsclean") == compat.wsclean_output("natural")
+    assert compat.contents(tmp_path / "out" / "simms") == compat.simms_output()
+    verified = kliko("cache", "verify", "--cache-dir", "c")
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    copies = list((tmp_path / "c").rglob("read-only-copies"))
+    assert copies == [], "the copies are deleted after each job"

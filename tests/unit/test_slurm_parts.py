@@ -18,7 +18,13 @@ from kliko_async.errors import ContainerError
 from kliko_async.runtime.base import ContainerJob, Mount
 from kliko_async.runtime.slurm.commands import SlurmCallFailed, parse_job_id, sbatch_transient
 from kliko_async.runtime.slurm.queue import JobQueue, SlurmJob, parse_squeue
-from kliko_async.runtime.slurm.script import charliecloud_command, docker_command, job_script
+from kliko_async.runtime.slurm.script import (
+    charliecloud_command,
+    copy_commands,
+    docker_command,
+    job_script,
+)
+from kliko_async.runtime.slurm.unchanged import changed_paths, tree_state
 
 KLIKO_ASYNC = str(Path(sys.executable).parent / "kliko-async")
 
@@ -73,7 +79,11 @@ def test_ch_run_binds_every_mount_and_gives_mount_points_for_several_inputs() ->
     args = charliecloud_command(JOB, Path("/c/slurm/images/aaa"), Path("/c/tmp/k/scratch/slurm"))
     binds = [b for flag, b in itertools.pairwise(args) if flag == "-b"]
     assert binds[0] == "/c/tmp/k/scratch/slurm/input:/input"  # before /input/<step>
-    assert "/c/entries/low:/input/low" in binds and "/c/tmp/k/output:/output" in binds
+    # ch-run binds read-write only: a read-only mount (a cache entry) is bound as its copy.
+    copies = "/c/tmp/k/scratch/slurm/read-only-copies"
+    assert f"{copies}/2:/input/low" in binds and "/c/tmp/k/output:/output" in binds
+    assert f"{copies}/0:/parameters.json" in binds
+    assert not any(b.startswith("/c/entries/") for b in binds)
     assert args[:2] == ["env", "-i"]  # the node's environment does not leak in
     assert ("--uid", "1000") in list(itertools.pairwise(args))
 
@@ -88,6 +98,46 @@ def test_the_job_script_is_valid_bash_and_quotes_what_it_is_given(tmp_path: Path
     assert "'GREETING=hello world; $(rm -rf /)'" in text
     assert '"io.kliko-async.owner=slurm:$SLURM_JOB_ID"' in text  # expanded by the job
     assert "sleep 40.000" in text  # the job's own time limit
+
+
+def test_the_copies_ch_run_binds_are_copies_never_links_to_the_entry(tmp_path: Path) -> None:
+    """A reflink or a full copy (never a hard link) that keeps modes and links: what the
+    container writes into it (as WSClean writes into the MS it is given) leaves the entry alone."""
+    entry = tmp_path / "entries" / "up"
+    (entry / "data.ms").mkdir(parents=True)
+    original = entry / "data.ms" / "table.f0"
+    original.write_text("visibilities\n")
+    original.chmod(0o644)
+    (entry / "link").symlink_to("data.ms")
+    job = JOB.model_copy(update={"mounts": (Mount(source=entry, target="/input", read_only=True),)})
+    folder = tmp_path / "it's the job"
+
+    subprocess.run(["bash", "-c", copy_commands(job, folder)], check=True)
+
+    copy = folder / "read-only-copies" / "0"
+    copied = copy / "data.ms" / "table.f0"
+    assert copied.read_text() == "visibilities\n"
+    assert copied.stat().st_ino != original.stat().st_ino and original.stat().st_nlink == 1
+    assert copied.stat().st_mode == original.stat().st_mode
+    assert (copy / "link").is_symlink() and str((copy / "link").readlink()) == "data.ms"
+    copied.write_text("MODEL_DATA written\n")
+    assert original.read_text() == "visibilities\n"
+
+
+def test_a_changed_read_only_input_is_noticed(tmp_path: Path) -> None:
+    entry = tmp_path / "entry"
+    (entry / "sub").mkdir(parents=True)
+    (entry / "sub" / "a.txt").write_text("a")
+    before = tree_state([entry])
+    assert changed_paths(before, tree_state([entry])) == []
+    with (entry / "sub" / "a.txt").open("a") as opened:  # opened for update, as WSClean does
+        opened.write("more")
+    (entry / "new.txt").write_text("new")
+    assert changed_paths(before, tree_state([entry])) == [
+        str(entry),
+        str(entry / "new.txt"),
+        str(entry / "sub" / "a.txt"),
+    ]
 
 
 @pytest.mark.parametrize(

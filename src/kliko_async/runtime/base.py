@@ -56,7 +56,11 @@ class Mount(BaseModel):
 
     source: Path = Field(description="Absolute host path.")
     target: str = Field(description="Absolute path inside the container.")
-    read_only: bool = False
+    read_only: bool = Field(
+        False,
+        description="The container can never change the source (a cache entry, say): Docker "
+        "mounts it read-only; Charliecloud, which binds read-write only, binds a copy.",
+    )
 
 
 class ContainerJob(BaseModel):

@@ -63,6 +63,7 @@ from kliko_async.runtime.slurm.queue import (
     parse_squeue,
 )
 from kliko_async.runtime.slurm.script import env_file, job_script
+from kliko_async.runtime.slurm.unchanged import changed_paths, tree_state
 
 CLEANUP_DEADLINE_SECONDS = 30
 """How long cancelling a job (scancel, then waiting for it to leave the node) may take."""
@@ -265,6 +266,9 @@ class SlurmRuntime:
             )
         )
         script.chmod(0o755)
+        # Charliecloud binds copies of the read-only mounts: the originals are checked after.
+        watched = [m.source for m in job.mounts if m.read_only and self.options.engine != "docker"]
+        before = await anyio.to_thread.run_sync(tree_state, watched)
         async with self._slots:  # at most max_jobs of them in Slurm's queue at once
             job_id = ""
             # Shielded: a job that sbatch submitted is known here, so a cancellation cancels it.
@@ -275,7 +279,17 @@ class SlurmRuntime:
             in_queue = self.options.max_jobs - self._slots.value
             self.most_in_queue = max(self.most_in_queue, in_queue)
             try:
-                return await self._follow(job_id, folder, on_log, on_start)
+                exited = await self._follow(job_id, folder, on_log, on_start)
+                after = await anyio.to_thread.run_sync(tree_state, watched)
+                changed = changed_paths(before, after)
+                if changed:
+                    raise ContainerError(
+                        f"{changed[0]}, in a read-only input of the step, changed while its job "
+                        f"ran ({len(changed)} path(s) in all), although the container was given a "
+                        "copy; run 'kliko-async cache verify' to find the damaged cache entry and "
+                        "delete it"
+                    )
+                return exited
             except BaseException:
                 # Cancelled (Ctrl-C, a timeout, a failed sibling) or failed while the job may live.
                 await self._cancel(job_id)

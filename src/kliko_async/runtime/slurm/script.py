@@ -8,6 +8,12 @@ stdout and stderr go to files in the job's folder (``stdout``, ``stderr``; ``std
 node and the attempt. At the end the script writes ``status`` (``<exit code> <oom killed>
 <engine>``) with one rename. It stops the container itself at its time limit, and on SIGTERM
 (scancel, a requeue) before it exits. An attempt after a requeue starts with an empty /output.
+
+``ch-run`` 0.31 binds read-write only, so under Charliecloud every read-only mount (the step's
+inputs, which are cache entries, and its parameters) is given as a copy in the job's folder,
+made just before the container starts and deleted after it: a reflink where the filesystem
+allows (``cp --reflink=auto``: no time or space for a large Measurement Set on XFS or Btrfs),
+else a plain copy; never a hard link, which would share the entry's bytes.
 """
 
 from __future__ import annotations
@@ -75,6 +81,8 @@ def job_script(
         docker=docker,
         charliecloud=charliecloud,
         inputs=inputs,
+        copies_dir=COPIES,
+        copies=copy_commands(job, folder),
         limit=f"{limit:.3f}" if limit is not None else "",
         cpus=f"{job.cpus:g}" if job.cpus is not None else 1,
         memory=job.memory or "",
@@ -122,11 +130,34 @@ def docker_command(job: ContainerJob) -> list[str]:
     return [*args, job.image, *(job.command or DEFAULT_COMMAND)]
 
 
+COPIES = "read-only-copies"
+"""The folder (in the job's) of the copies that ``ch-run`` binds in place of read-only mounts."""
+
+
+def read_only_copies(job: ContainerJob, folder: Path) -> dict[str, str]:
+    """Source -> copy of every read-only mount of ``job``, for ``ch-run`` to bind instead."""
+    return {
+        str(m.source): str(folder / COPIES / str(n))
+        for n, m in enumerate(job.mounts)
+        if m.read_only
+    }
+
+
+def copy_commands(job: ContainerJob, folder: Path) -> str:
+    """Shell commands that make :func:`read_only_copies`: reflinks where the filesystem allows,
+    else full copies (never hard links), keeping modes, times and links as they are."""
+    copies = [
+        _shell(["cp", "-R", "-P", "--preserve=mode,timestamps", "--reflink=auto", src, dst])
+        for src, dst in read_only_copies(job, folder).items()
+    ]
+    return " && ".join([_shell(["mkdir", "-p", str(folder / COPIES)]), *copies])
+
+
 def charliecloud_command(job: ContainerJob, image_dir: Path | None, folder: Path) -> list[str]:
     """``ch-run`` for ``job`` on its converted image, with a clean environment like Docker's.
 
-    Charliecloud 0.31 binds read-write only: read-only inputs are protected by their modes
-    (cached entries are 0444/0555), which holds for any user but root.
+    Charliecloud 0.31 binds read-write only: a read-only mount is bound as its copy (see
+    :func:`read_only_copies`), so the container can never change a cache entry, as any user.
     """
     assert image_dir is not None
     args = ["env", "-i", "USER=$USER", "PATH=/usr/bin:/bin", "ch-run", "--no-passwd", "-t"]
@@ -138,8 +169,10 @@ def charliecloud_command(job: ContainerJob, image_dir: Path | None, folder: Path
             args += ["--gid", found.group(2)]
     if any(m.target.startswith("/input/") for m in job.mounts):
         args += ["-b", f"{folder / 'input'}:/input"]  # mount points for /input/<step>
+    copies = read_only_copies(job, folder)
     for mount in job.mounts:
-        args += ["-b", f"{mount.source}:{mount.target}"]
+        source = copies[str(mount.source)] if mount.read_only else mount.source
+        args += ["-b", f"{source}:{mount.target}"]
     if job.workdir is not None:
         args += ["--cd", job.workdir]
     return [*args, str(image_dir), "--", *(job.command or DEFAULT_COMMAND)]
@@ -203,9 +236,19 @@ stop() {{ # the container, wherever it runs; the scancel/time limit path
 on_signal() {{ trap - TERM INT; stop; exit 143; }}
 trap on_signal TERM INT
 for d in {inputs}; do mkdir -p "$d"; done
+drop_copies() {{ # what the container made of them may be read-only: opened for removal first
+    [ -e "$dir/{copies_dir}" ] || return 0
+    chmod -R u+rwX "$dir/{copies_dir}"; rm -rf "$dir/{copies_dir}"
+}}
 if [ "$engine" = docker ]; then
     {docker} >"$dir/stdout$logs" 2>"$dir/stderr$logs" </dev/null &
 else
+    # ch-run binds read-write only: read-only mounts (cache entries) are given as copies.
+    drop_copies 2>/dev/null
+    if ! {{ {copies}; }} 2>"$dir/stderr$logs"; then
+        echo "kliko-async: could not copy the read-only inputs for ch-run" >>"$dir/stderr$logs"
+        drop_copies 2>/dev/null; finish 1 false; exit 1
+    fi
     {charliecloud} >"$dir/stdout$logs" 2>"$dir/stderr$logs" </dev/null &
 fi
 pid=$!
@@ -217,6 +260,7 @@ fi
 wait "$pid"
 code=$?
 [ -n "$watchdog" ] && kill "$watchdog" 2>/dev/null
+[ "$engine" = docker ] || drop_copies 2>/dev/null
 oom=false
 if [ "$engine" = docker ] && [ -n "{memory}" ]; then
     oom=$(docker inspect --format '{{{{.State.OOMKilled}}}}' "$CNAME" 2>/dev/null || echo false)
