@@ -29,6 +29,7 @@ def ingredients(n: int) -> KeyIngredients:
         parameters={"n": n},
         file_hashes={},
         inputs={},
+        input_layout="whole",
     )
 
 
