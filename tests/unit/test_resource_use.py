@@ -51,10 +51,17 @@ def test_nothing_sampled_is_not_measured_rather_than_zero() -> None:
 def test_the_summary_names_the_heaviest_steps() -> None:
     views = [
         StepView("light", "red", usage=ResourceUse(cpu_s=0.1, samples=1)),
-        StepView("heavy", "red", usage=ResourceUse(cpu_s=9.0, peak_memory_bytes=2 * 10**9)),
+        StepView(
+            "heavy", "red", usage=ResourceUse(cpu_s=9.0, peak_memory_bytes=2 * 10**9, samples=9)
+        ),
         StepView("cached", "red"),
         StepView("middle", "red", usage=ResourceUse(cpu_s=2.0, samples=1)),
     ]
     assert [v.name for v in heaviest_steps(views, most=2)] == ["heavy", "middle"]
     heavy = views[1].usage
     assert heavy is not None and describe_usage(heavy) == "CPU 9.0s, peak memory 2.0 GB"
+
+
+def test_figures_from_one_sample_are_said_to_be_lower_bounds() -> None:
+    once = ResourceUse(cpu_s=0.1, peak_memory_bytes=4_400_000, samples=1)
+    assert describe_usage(once) == "CPU ≥0.1s, peak memory ≥4.4 MB"

@@ -63,12 +63,16 @@ def _step_message(event: Event) -> tuple[str, str] | None:
 
 
 def describe_usage(usage: ResourceUse) -> str:
-    """``CPU 1.2s, peak memory 310.4 MB``: what the engine measured of a step's container."""
+    """``CPU 1.2s, peak memory 310.4 MB``: what the engine measured of a step's container.
+
+    Measured once only (a container that ended within about a second of the engine's first
+    sample), the figures are lower bounds, and say so: ``CPU ≥0.1s, peak memory ≥4.4 MB``."""
+    least = "≥" if usage.samples < 2 else ""
     parts = []
     if usage.cpu_s is not None:
-        parts.append(f"CPU {seconds(usage.cpu_s)}")
+        parts.append(f"CPU {least}{seconds(usage.cpu_s)}")
     if usage.peak_memory_bytes is not None:
-        parts.append(f"peak memory {_size(usage.peak_memory_bytes)}")
+        parts.append(f"peak memory {least}{_size(usage.peak_memory_bytes)}")
     return ", ".join(parts)
 
 
