@@ -20,7 +20,7 @@ from pathlib import Path
 
 from kliko_async.cache.durable import remove_tree
 from kliko_async.cache.hashing import sha256_file
-from kliko_async.errors import ParameterError, cache_hint, os_error_text
+from kliko_async.errors import CacheError, ParameterError, cache_hint, os_error_text
 from kliko_async.model.parameters import PARAM_FILES_DIR, FileParameter, ValidatedParameters
 
 __all__ = ["FileSnapshots", "hash_files"]
@@ -65,8 +65,11 @@ class FileSnapshots:
             except ParameterError as error:
                 cause = error.__cause__
                 if isinstance(cause, OSError) and cause.errno in _FULL_OR_READ_ONLY:
-                    error.hint = cache_hint(cause, self._cache_root)
-                    error.args = (str(error),)
+                    # The cache's disk is at fault, not the parameter: a cache error (status 1,
+                    # not the 2 of an input that cannot be used), saying what to do about it.
+                    raise CacheError(
+                        error.message, where=where, hint=cache_hint(cause, self._cache_root)
+                    ) from cause
                 raise
         for folder, _dirnames, _files in os.walk(root):  # never enters a link
             os.chmod(folder, 0o555)
