@@ -102,3 +102,9 @@ def test_every_subpackage_says_what_it_owns_and_may_import() -> None:
             continue
         doc = ast.get_docstring(ast.parse(init.read_text())) or ""
         assert "import" in doc, f"{init.relative_to(PACKAGE)} has no docstring on its imports"
+
+
+@pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_a_module_is_short_enough_to_read_in_one_sitting(path: Path) -> None:
+    """A module that needs a table of contents is two modules (STYLE.md): 500 lines at most."""
+    assert len(path.read_text().splitlines()) <= 500

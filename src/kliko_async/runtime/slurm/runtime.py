@@ -63,7 +63,7 @@ from kliko_async.runtime.slurm.queue import (
     parse_squeue,
 )
 from kliko_async.runtime.slurm.script import env_file, job_script
-from kliko_async.runtime.slurm.unchanged import changed_paths, tree_state
+from kliko_async.runtime.slurm.unchanged import check_unchanged, tree_state
 
 CLEANUP_DEADLINE_SECONDS = 30
 """How long cancelling a job (scancel, then waiting for it to leave the node) may take."""
@@ -280,15 +280,7 @@ class SlurmRuntime:
             self.most_in_queue = max(self.most_in_queue, in_queue)
             try:
                 exited = await self._follow(job_id, folder, on_log, on_start)
-                after = await anyio.to_thread.run_sync(tree_state, watched)
-                changed = changed_paths(before, after)
-                if changed:
-                    raise ContainerError(
-                        f"{changed[0]}, in a read-only input of the step, changed while its job "
-                        f"ran ({len(changed)} path(s) in all), although the container was given a "
-                        "copy; run 'kliko-async cache verify' to find the damaged cache entry and "
-                        "delete it"
-                    )
+                await anyio.to_thread.run_sync(check_unchanged, before, watched)
                 return exited
             except BaseException:
                 # Cancelled (Ctrl-C, a timeout, a failed sibling) or failed while the job may live.

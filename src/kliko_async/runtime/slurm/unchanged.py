@@ -13,7 +13,9 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-__all__ = ["TreeState", "changed_paths", "tree_state"]
+from kliko_async.errors import ContainerError
+
+__all__ = ["TreeState", "changed_paths", "check_unchanged", "tree_state"]
 
 TreeState = dict[str, tuple[int, int, int, int]]
 """Path -> (inode, mode, size, modification time in ns), links not followed."""
@@ -34,6 +36,17 @@ def tree_state(roots: Iterable[Path]) -> TreeState:
 def changed_paths(before: TreeState, after: TreeState) -> list[str]:
     """Paths added, removed or changed between two states, sorted."""
     return sorted(p for p in before.keys() | after.keys() if before.get(p) != after.get(p))
+
+
+def check_unchanged(before: TreeState, roots: Iterable[Path]) -> None:
+    """Raise :class:`ContainerError` if anything under ``roots`` differs from ``before``."""
+    changed = changed_paths(before, tree_state(roots))
+    if changed:
+        raise ContainerError(
+            f"{changed[0]}, in a read-only input of the step, changed while its job ran "
+            f"({len(changed)} path(s) in all), although the container was given a copy; run "
+            "'kliko-async cache verify' to find the damaged cache entry and delete it"
+        )
 
 
 def _add(state: TreeState, path: str) -> None:
