@@ -4,7 +4,10 @@ traceback, and no escape sequence from the image reaches the terminal (issue 18)
 
 from __future__ import annotations
 
+import os
 import subprocess
+import sys
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -15,6 +18,7 @@ if TYPE_CHECKING:
     from conftest import KlikoCli
 
 Builder = Callable[[Path, str, str], str]
+KLIKO_ASYNC = str(Path(sys.executable).parent / "kliko-async")
 
 SCRIPT = "#!/bin/sh\necho ran\n"
 HEAD = "schema_version: 3\nio: split\n"
@@ -117,3 +121,39 @@ def test_escape_sequences_in_help_and_labels_never_reach_the_terminal(
 
     refused = kliko.raw("run-image", hostile["escapes"], "--mode", "b\x1b[2J")
     assert_one_line_error(refused, "is not one of the choices")
+
+
+def test_a_kliko_yml_of_hundreds_of_megabytes_is_never_read_whole(
+    tmp_path: Path, kliko: KlikoCli
+) -> None:
+    """The image's kliko.yml is read only as far as the size it may have: validating an image
+    whose kliko.yml is 300 MB costs no more memory than a small one (it cost 300 MB or more)."""
+    context = tmp_path / "giant"
+    context.mkdir()
+    (context / "kliko").write_text(SCRIPT)
+    (context / "kliko").chmod(0o755)
+    (context / "Dockerfile").write_text(
+        "FROM kliko-async/busybox\nCOPY kliko /kliko\n"
+        "RUN dd if=/dev/zero of=/kliko.yml bs=1M count=300 2>/dev/null\n"
+    )
+    tag = f"kliko-async-test/giant-yml-{uuid.uuid4().hex[:10]}"
+    subprocess.run(["docker", "build", "-q", "-t", tag, str(context)], check=True)
+    out, err = tmp_path / "out", tmp_path / "err"
+    try:
+        with out.open("wb") as stdout, err.open("wb") as stderr:
+            process = subprocess.Popen(
+                [KLIKO_ASYNC, "validate", tag],
+                cwd=tmp_path,
+                env=kliko.env,
+                stdout=stdout,
+                stderr=stderr,
+            )
+        _, status, usage = os.wait4(process.pid, 0)  # this child's own peak memory
+        process.returncode = os.waitstatus_to_exitcode(status)
+        done = subprocess.CompletedProcess(
+            process.args, process.returncode, out.read_bytes(), err.read_bytes()
+        )
+        assert_one_line_error(done, "more than the 1,048,576 bytes allowed")
+    finally:
+        subprocess.run(["docker", "rmi", "-f", tag], capture_output=True)
+    assert usage.ru_maxrss < 150 * 1024, f"peak {usage.ru_maxrss} KiB"  # ru_maxrss is in KiB

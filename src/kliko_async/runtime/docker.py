@@ -16,18 +16,21 @@ import aiohttp
 import anyio
 
 from kliko_async.errors import ContainerError, ImageError, RuntimeUnavailable, shown
+from kliko_async.model.spec import MAX_KLIKO_YML_BYTES
 from kliko_async.runtime.base import (
-    KLIKO_EXECUTABLE,
     LABEL_PREFIX,
-    OWNER_LABEL,
     ContainerExit,
     ContainerJob,
     ImageFiles,
     LogSink,
-    owner_label,
 )
 from kliko_async.runtime.buildcontext import CONTEXT_ENCODING, open_context_archive
-from kliko_async.runtime.dockerfiles import container_config, path_exists, read_file
+from kliko_async.runtime.dockerfiles import (
+    container_config,
+    path_exists,
+    probe_config,
+    read_file,
+)
 from kliko_async.runtime.dockerlogs import LogFollower, LogReader, ending_events
 from kliko_async.runtime.dockerowners import Owners, lend_mounts, return_mounts
 from kliko_async.runtime.dockerstats import UsageSampler
@@ -162,20 +165,13 @@ class DockerRuntime:
         self, image_id: str, *, read: Sequence[str] = (), stat: Sequence[str] = ()
     ) -> ImageFiles:
         await self._ready()
-        config = {
-            "Image": image_id,
-            "Cmd": [KLIKO_EXECUTABLE],
-            "Entrypoint": [],
-            "Labels": {
-                f"{LABEL_PREFIX}.managed": "1",
-                f"{LABEL_PREFIX}.probe": "1",
-                OWNER_LABEL: owner_label(),
-            },
-        }
-        container = await self._create(config)
+        container = await self._create(probe_config(image_id))
         tracked = track(InFlight("reading an image's kliko.yml", container_id=container.id))
         try:
-            contents = {path: await read_file(container, path) for path in read}
+            contents = {
+                path: await read_file(self.client, container.id, path, limit=MAX_KLIKO_YML_BYTES)
+                for path in read
+            }
             exists = {path: await path_exists(self.client, container.id, path) for path in stat}
         finally:
             with anyio.CancelScope(shield=True), anyio.move_on_after(CLEANUP_DEADLINE_SECONDS):

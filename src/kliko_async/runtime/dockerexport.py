@@ -11,8 +11,8 @@ import aiohttp
 import anyio
 
 from kliko_async.errors import ContainerError
-from kliko_async.runtime.base import KLIKO_EXECUTABLE, LABEL_PREFIX, OWNER_LABEL, owner_label
 from kliko_async.runtime.docker import DockerRuntime
+from kliko_async.runtime.dockerfiles import probe_config
 from kliko_async.runtime.dockerlogs import engine_response
 
 REMOVE_DEADLINE_SECONDS = 30
@@ -24,18 +24,7 @@ async def export_image(docker: DockerRuntime, image_id: str, archive: Path) -> l
     client = docker.client
     try:
         info = await client.images.inspect(image_id)
-        container = await client.containers.create(
-            {
-                "Image": image_id,
-                "Cmd": [KLIKO_EXECUTABLE],
-                "Entrypoint": [],
-                "Labels": {
-                    f"{LABEL_PREFIX}.managed": "1",
-                    f"{LABEL_PREFIX}.probe": "1",
-                    OWNER_LABEL: owner_label(),
-                },
-            }
-        )
+        container = await client.containers.create(probe_config(image_id))
     except (aiodocker.DockerError, aiohttp.ClientError, OSError) as error:
         raise ContainerError(f"cannot export image {image_id[:19]}: {error}") from None
     try:

@@ -4,27 +4,61 @@ made for it), a build folder as a tar."""
 
 from __future__ import annotations
 
+import io
 import tarfile
 from typing import Any
 
 import aiodocker
 
 from kliko_async.errors import ContainerError
-from kliko_async.runtime.base import LABEL_PREFIX, ContainerJob
+from kliko_async.runtime.base import (
+    KLIKO_EXECUTABLE,
+    LABEL_PREFIX,
+    OWNER_LABEL,
+    ContainerJob,
+    owner_label,
+)
 from kliko_async.runtime.dockerlogs import engine_response
 
 
-async def read_file(container: Any, path: str) -> bytes | None:
+async def read_file(
+    client: aiodocker.Docker, container_id: str, path: str, *, limit: int
+) -> bytes | None:
+    """The file at ``path`` in a container, or None if there is none; at most ``limit + 1``
+    bytes of it (more than ``limit`` means it is too big: the caller says so). The engine's
+    archive is read only as far as that, never whole: an image is someone else's, and its
+    kliko.yml may be any size."""
+    wanted = limit + 1 + _TAR_HEADERS
+    received = bytearray()
     try:
-        archive: tarfile.TarFile = await container.get_archive(path)
+        async with engine_response(
+            client,
+            f"containers/{container_id}/archive",
+            method="GET",
+            params={"path": path},
+            timeout=None,
+        ) as response:
+            async for chunk in response.content.iter_chunked(1 << 16):
+                received += chunk
+                if len(received) >= wanted:
+                    break  # the rest is never read; the connection is closed, not reused
     except aiodocker.DockerError as exc:
         if exc.status == 404:
             return None
         raise ContainerError(f"cannot copy {path} out of the image: {exc.message}") from None
-    with archive:
-        member = next((m for m in archive.getmembers() if m.isfile()), None)
-        handle = archive.extractfile(member) if member else None
-        return handle.read() if handle else None
+    try:
+        with tarfile.open(fileobj=io.BytesIO(received), mode="r|") as archive:
+            for member in archive:
+                if member.isfile():
+                    handle = archive.extractfile(member)
+                    return handle.read(limit + 1) if handle else None
+    except tarfile.TarError as error:
+        raise ContainerError(f"cannot read {path} out of the image: {error}") from None
+    return None
+
+
+_TAR_HEADERS = 16 << 10
+"""Room for the archive's headers before the file's bytes (long names take extra blocks)."""
 
 
 async def path_exists(client: aiodocker.Docker, container_id: str, path: str) -> bool:
@@ -44,6 +78,21 @@ async def path_exists(client: aiodocker.Docker, container_id: str, path: str) ->
         if exc.status == 404:
             return False
         raise ContainerError(f"cannot look for {path} in the image: {exc.message}") from None
+
+
+def probe_config(image_id: str) -> dict[str, Any]:
+    """A container of ``image_id`` made only to read its files, never started: labelled as
+    kliko-async's and this process's, so that a leftover is found and removed."""
+    return {
+        "Image": image_id,
+        "Cmd": [KLIKO_EXECUTABLE],
+        "Entrypoint": [],
+        "Labels": {
+            f"{LABEL_PREFIX}.managed": "1",
+            f"{LABEL_PREFIX}.probe": "1",
+            OWNER_LABEL: owner_label(),
+        },
+    }
 
 
 def container_config(job: ContainerJob) -> dict[str, Any]:
