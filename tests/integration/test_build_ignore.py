@@ -24,7 +24,7 @@ from kliko_async.runtime.docker import DockerRuntime
 if TYPE_CHECKING:
     from conftest import KlikoCli
 
-pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("example_images")]
+pytestmark = [pytest.mark.docker, pytest.mark.load, pytest.mark.usefixtures("example_images")]
 
 KLIKO_YML = "schema_version: 3\nio: split\nsections: []\n"
 KLIKO = "#!/bin/sh\ncd /ctx && find . | sort > /output/listing.txt\n"

@@ -31,7 +31,7 @@ from kliko_async.runtime.docker import DockerRuntime
 if TYPE_CHECKING:
     from conftest import KlikoCli
 
-pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("example_images")]
+pytestmark = [pytest.mark.docker, pytest.mark.load, pytest.mark.usefixtures("example_images")]
 
 ENGINE_SOCKET = "/var/run/docker.sock"
 

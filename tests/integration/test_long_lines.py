@@ -26,7 +26,7 @@ from kliko_async.engine.attempts import SHOWN_LINE_CHARS
 if TYPE_CHECKING:
     from conftest import KlikoCli
 
-pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("example_images")]
+pytestmark = [pytest.mark.docker, pytest.mark.load, pytest.mark.usefixtures("example_images")]
 
 KLIKO_YML = """\
 schema_version: 3

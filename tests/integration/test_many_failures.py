@@ -17,7 +17,7 @@ from kliko_async.cache.store import Cache
 from kliko_async.runtime.base import ContainerExit, ContainerJob, LogSink
 from kliko_async.runtime.docker import DockerRuntime
 
-pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("example_images")]
+pytestmark = [pytest.mark.docker, pytest.mark.load, pytest.mark.usefixtures("example_images")]
 
 JOBS = 4
 IN_USE_BOUND = 3 * JOBS + 2
