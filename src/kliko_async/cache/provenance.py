@@ -101,7 +101,8 @@ def provenance_chain(cache: Cache, key: str) -> str:
         if ingredients.env:
             step["env"] = dict(ingredients.env)
         steps[names[manifest.key]] = step
-        renamed = {n for n, k in ingredients.inputs.items() if names[k] != n}
+        # a lone input is keyed by its place (/input), not its name: renaming it changes nothing
+        renamed = {n for n, k in ingredients.inputs.items() if names[k] != n and n[:1] != "/"}
         if renamed:
             notes.append(
                 f"#   (inputs {', '.join(sorted(renamed))} of {names[manifest.key]} are renamed "
