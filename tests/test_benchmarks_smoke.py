@@ -66,7 +66,7 @@ def test_scheduler_scenario_reports_sane_numbers(tmp_path: Path) -> None:
     total = rows["plan + run"]
     assert total.kliko is not None and total.kliko > 0
     assert total.ok is not None  # a target was checked, whatever the outcome
-    memory = rows["peak RSS (ru_maxrss); floor: RSS after imports"]
+    memory = rows["peak RSS (VmHWM); floor: RSS after imports"]
     assert memory.floor is not None and memory.kliko is not None
     assert 0 < memory.floor <= memory.kliko < 10_000
     text = harness.table([result])

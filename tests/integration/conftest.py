@@ -11,6 +11,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -146,6 +147,20 @@ KLIKO_ASYNC = str(Path(sys.executable).parent / "kliko-async")
 """The console script of the virtualenv running the tests."""
 
 
+PEAK_LAUNCHER = """\
+import os, sys
+pid = os.fork()
+if pid == 0:
+    os.execv(sys.argv[2], sys.argv[2:])
+_, status, usage = os.wait4(pid, 0)
+with open(sys.argv[1], "w") as peak:
+    peak.write(str(usage.ru_maxrss))
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+"""``python -c PEAK_LAUNCHER FILE COMMAND...`` runs COMMAND and writes its peak memory (KiB) to
+FILE."""
+
+
 class KlikoCli:
     """Runs the ``kliko-async`` command as a user would, in a test's own folder.
 
@@ -180,6 +195,21 @@ class KlikoCli:
             capture_output=True,
             timeout=timeout,
         )
+
+    def measured(
+        self, *args: str | os.PathLike[str], timeout: float = 300
+    ) -> tuple[subprocess.CompletedProcess[bytes], int]:
+        """As ``raw``, and the command's peak memory in bytes.
+
+        Measured by a small launcher of its own: a child of pytest would inherit pytest's
+        memory high-water mark (Linux keeps it across fork and exec), which grows to 150 MB and
+        more over the suite."""
+        with tempfile.NamedTemporaryFile("r") as peak:
+            done = subprocess.run(
+                [sys.executable, "-c", PEAK_LAUNCHER, peak.name, KLIKO_ASYNC, *map(str, args)],
+                cwd=self.cwd, env=self.env, capture_output=True, timeout=timeout,
+            )  # fmt: skip
+            return done, int(peak.read()) * 1024  # ru_maxrss is in KiB
 
     def popen(self, *args: str | os.PathLike[str], log: Path) -> subprocess.Popen[bytes]:
         """Start the command in the background, its stdout and stderr going to ``log``."""

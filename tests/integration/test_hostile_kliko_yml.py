@@ -122,31 +122,12 @@ def test_escape_sequences_in_help_and_labels_never_reach_the_terminal(
     assert_one_line_error(refused, "is not one of the choices")
 
 
-PEAK_OF_CHILD = """\
-import os, sys
-pid = os.fork()
-if pid == 0:
-    os.execv(sys.argv[1], sys.argv[1:])
-_, status, usage = os.wait4(pid, 0)
-print(usage.ru_maxrss, file=sys.stderr)
-sys.exit(os.waitstatus_to_exitcode(status))
-"""
-"""Runs its arguments and says their peak memory (KiB) as its last line on stderr. A launcher of
-its own: a child of pytest would inherit pytest's memory high-water mark (Linux keeps it across
-fork and exec), which grows to 150 MB over the suite."""
-
-
-def peak_of_validate(kliko: KlikoCli, cwd: Path, tag: str) -> int:
-    """`kliko-async validate TAG`'s peak memory (KiB), having checked that it refused the
-    kliko.yml in one line as longer than allowed."""
-    done = subprocess.run(
-        [sys.executable, "-c", PEAK_OF_CHILD, KLIKO_ASYNC, "validate", tag],
-        cwd=cwd, env=kliko.env, capture_output=True, timeout=120,
-    )  # fmt: skip
-    error, _, peak = done.stderr.rstrip(b"\n").rpartition(b"\n")
-    refused = subprocess.CompletedProcess(done.args, done.returncode, done.stdout, error + b"\n")
-    assert_one_line_error(refused, "more than the 1,048,576 bytes allowed")
-    return int(peak)
+def peak_of_validate(kliko: KlikoCli, tag: str) -> int:
+    """`kliko-async validate TAG`'s peak memory, having checked that it refused the kliko.yml in
+    one line as longer than allowed."""
+    done, peak = kliko.measured("validate", tag)
+    assert_one_line_error(done, "more than the 1,048,576 bytes allowed")
+    return peak
 
 
 def test_a_kliko_yml_of_hundreds_of_megabytes_is_never_read_whole(
@@ -167,8 +148,8 @@ def test_a_kliko_yml_of_hundreds_of_megabytes_is_never_read_whole(
     tag = f"kliko-async-test/giant-yml-{uuid.uuid4().hex[:10]}"
     subprocess.run(["docker", "build", "-q", "-t", tag, str(context)], check=True)
     try:
-        giant = peak_of_validate(kliko, tmp_path, tag)
+        giant = peak_of_validate(kliko, tag)
     finally:
         subprocess.run(["docker", "rmi", "-f", tag], capture_output=True)
-    small = peak_of_validate(kliko, tmp_path, hostile["huge"])
-    assert giant < small + 64 * 1024, f"peak {giant} KiB against {small} KiB for 1.2 MB"
+    small = peak_of_validate(kliko, hostile["huge"])
+    assert giant < small + 64 * 2**20, f"peak {giant:,} bytes against {small:,} for 1.2 MB"
