@@ -288,6 +288,36 @@ def test_a_job_that_left_squeue_without_accounting_ends_as_unknown() -> None:
     anyio.run(main)
 
 
+def test_a_job_that_ended_before_any_poll_saw_it_is_read_from_accounting() -> None:
+    """A short job (the check of the cache folder) may end between sbatch and the first poll,
+    and squeue may show no ended job (MinJobAge, or a site's squeue): it once waited forever."""
+    slurm = FakeSlurm({})
+    slurm.finished["1"] = "COMPLETED"
+
+    async def main() -> None:
+        queue = JobQueue(fastest=0.01, slowest=0.01, command=slurm)
+        queue.watch("1")
+        info = await queue.next_state("1")
+        assert info is not None and info.state == "COMPLETED" and info.from_sacct
+
+    anyio.run(main)
+
+
+def test_a_job_no_one_knows_is_waited_for_only_as_long_as_the_patience_lasts() -> None:
+    slurm = FakeSlurm({})
+
+    async def main() -> None:
+        queue = JobQueue(fastest=0.01, slowest=0.01, patience=0.2, command=slurm)
+        queue.watch("1")
+        assert await queue.next_state("1") is None  # not shown yet: still waiting
+        with anyio.fail_after(5):
+            while (info := await queue.next_state("1")) is None:
+                pass
+        assert info.state == "UNKNOWN" and not info.active
+
+    anyio.run(main)
+
+
 @pytest.mark.parametrize(
     ("out", "code", "wanted"),
     [("4242\n", 0, "4242"), ("4242;kliko\n", 0, "4242"), ("", 0, None), ("Submitted", 0, None)],

@@ -187,6 +187,7 @@ class JobQueue:
         self.failed_polls = 0
         self._command = command
         self._jobs: dict[str, SlurmJob | None] = {}
+        self._watched_at: dict[str, float] = {}
         self._tick = anyio.Event()
         self._polling = False
         self._failing_since: float | None = None
@@ -195,10 +196,12 @@ class JobQueue:
 
     def watch(self, job_id: str) -> None:
         self._jobs.setdefault(job_id, None)
+        self._watched_at.setdefault(job_id, anyio.current_time())
         self.interval = self.fastest
 
     def forget(self, job_id: str) -> None:
         self._jobs.pop(job_id, None)
+        self._watched_at.pop(job_id, None)
 
     def hurry(self) -> None:
         """Poll at the fastest pace again (a job is being cancelled, or just ended)."""
@@ -233,9 +236,12 @@ class JobQueue:
             return
         try:
             found = await self._squeue(ids)
-            gone = [i for i in ids if i not in found and _seen_in_squeue(self._jobs.get(i))]
-            if gone:
-                found.update(await self._sacct(gone))
+            # Not in squeue: it left the queue (seen there before), or it ended before any
+            # poll saw it and has left already (squeue may show no ended job): ask accounting.
+            # How a job ended is read from accounting once.
+            missing = [i for i in ids if i not in found and not _ended_in_accounting(self._jobs[i])]
+            if missing:
+                found.update(await self._sacct(missing))
         except SlurmCallFailed as error:
             self.failed_polls += 1
             now = anyio.current_time()
@@ -251,8 +257,15 @@ class JobQueue:
         self._failing_since = None
         self.polls += 1
         changed = False
-        for job_id in gone:
-            if job_id not in found:  # no accounting knows it: say so rather than wait forever
+        now = anyio.current_time()
+        for job_id in missing:
+            if job_id in found:
+                continue
+            # Neither squeue nor accounting knows it: a job seen before has vanished, and so
+            # has one never seen for as long as the patience with Slurm lasts. Say so rather
+            # than wait forever.
+            seen = _seen_in_squeue(self._jobs.get(job_id))
+            if seen or now - self._watched_at.get(job_id, now) >= self.patience:
                 found[job_id] = SlurmJob(job_id=job_id, state="UNKNOWN", from_sacct=True)
         for job_id in ids:
             state = found.get(job_id)
@@ -302,3 +315,7 @@ class JobQueue:
 
 def _seen_in_squeue(job: SlurmJob | None) -> bool:
     return job is not None and not job.from_sacct
+
+
+def _ended_in_accounting(job: SlurmJob | None) -> bool:
+    return job is not None and job.from_sacct
