@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import stat
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -13,7 +16,8 @@ import anyio
 import pytest
 
 from kliko_async import api
-from kliko_async.engine.exports import EXPORT_MARKER
+from kliko_async.cache.processes import host_name
+from kliko_async.engine.exports import EXPORT_MARKER, remove_abandoned_copies
 from kliko_async.errors import KlikoError
 from kliko_async.events import Event, ExportStarted, OutputExported
 from kliko_async.model.chain import Chain, parse_chain
@@ -201,3 +205,62 @@ async def test_a_cancelled_export_leaves_no_half_copied_folder(
 
     assert not scope.cancelled_caught, "the copy stopped at the next file, not at its end"
     assert list(out.iterdir()) == [], "the unfinished copy is removed"
+
+
+KILLED_MID_COPY = """
+import os, signal, sys
+from pathlib import Path
+from kliko_async.engine.exports import export_step
+
+copied = []
+
+
+def between_files():
+    copied.append(1)
+    if len(copied) == 3:  # two files copied, then kill -9
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+export_step(Path(sys.argv[1]), Path(sys.argv[2]), "s", "k" * 64, between_files=between_files)
+"""
+
+
+def export_killed_mid_copy(source: Path, out: Path) -> int:
+    """Export ``source`` as step ``s`` in a process killed with SIGKILL after two files; its
+    pid, now of no process."""
+    killed = subprocess.Popen([sys.executable, "-c", KILLED_MID_COPY, source, out])
+    assert killed.wait(timeout=60) == -signal.SIGKILL
+    return killed.pid
+
+
+async def test_a_half_copy_left_by_an_export_killed_with_sigkill_is_removed_next_time(
+    tmp_path: Path, fake: FakeRuntime
+) -> None:
+    source = tmp_path / "source"
+    source.mkdir()
+    for i in range(4):
+        (source / f"f{i}").write_text(f"{i}\n")
+    out = tmp_path / "out"
+    dead = export_killed_mid_copy(source, out)
+    (half,) = out.iterdir()
+    assert half.name.startswith(".s.kliko-") and half.name.endswith(".exporting")
+    assert len(list(half.iterdir())) == 2  # a half copy, hidden, left for good until now
+    # Left alone: a live process's copy, another host's, and a link named like a copy.
+    live = out / f".t.kliko-{host_name()}-{os.getppid()}-a1.exporting"
+    elsewhere = out / f".t.kliko-another-host-{dead}-a2.replaced"
+    kept = tmp_path / "kept"
+    for folder in (live, elsewhere, kept):
+        folder.mkdir()
+        (folder / "file").write_text("mine\n")
+    link = out / f".t.kliko-{host_name()}-{dead}-a3.exporting"
+    link.symlink_to(kept)
+
+    chain = chain_of(tmp_path, s={"image": "example/tool"})
+    result = await api.run(chain, runtime=fake, cache_dir=tmp_path / "cache", out=out)
+
+    assert result.ok
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["s", live.name, elsewhere.name, link.name]
+    )
+    assert (kept / "file").read_text() == "mine\n" and link.is_symlink()
+    assert remove_abandoned_copies(out) == []

@@ -4,13 +4,17 @@ Each export ``<out>/<step>/`` carries a marker file, :data:`EXPORT_MARKER`. A la
 an existing ``<out>/<step>`` only if it holds that marker: anything else there (the user's own
 ``data/`` folder, a file, a symbolic link) is left as it is and the export is refused, naming it.
 A new copy is made next to the old one and renamed into place, so an interrupted export never
-leaves a half-copied folder under the step's name. Copies never alter the cache.
+leaves a half-copied folder under the step's name. The copy's hidden name says which process on
+which host makes it; a later export under the same ``--out`` removes the copies of processes that
+are gone (``kill -9``, a crash), as stale staging is cleaned in the cache. Copies never alter the
+cache.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 import tempfile
 import time
@@ -18,11 +22,40 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from kliko_async.cache.durable import remove_tree
+from kliko_async.cache.processes import host_name, pid_alive
 from kliko_async.cache.provenance import EXPORT_MARKER
 from kliko_async.engine.workspace import SpecialFileError, blocking_file, copy_tree_writable
 from kliko_async.errors import KlikoError
 from kliko_async.events import Event, ExportStarted, OutputExported
 from kliko_async.results import RunResult
+
+_UNFINISHED = re.compile(r"\.kliko-(?P<host>.+)-(?P<pid>\d+)-\w+\.(?:exporting|replaced)\Z")
+"""The end of a hidden copy's name: ``.<step>.kliko-<host>-<pid>-<random>.exporting`` (or
+``.replaced``, an earlier export being swapped out)."""
+
+
+def _hidden(out: Path, step: str, suffix: str) -> Path:
+    prefix = f".{step}.kliko-{host_name()}-{os.getpid()}-"
+    return Path(tempfile.mkdtemp(prefix=prefix, suffix=suffix, dir=out))
+
+
+def remove_abandoned_copies(out: Path) -> list[Path]:
+    """Remove the hidden copies under ``out`` whose exporting process (on this host) is gone;
+    the ones removed. Blocking: call it in a worker thread."""
+    removed = []
+    try:
+        names = os.listdir(out)
+    except OSError:  # no --out yet, or not ours to read: nothing of ours is there
+        return []
+    for name in names:
+        found = _UNFINISHED.search(name) if name.startswith(".") else None
+        if found is None or found["host"] != host_name() or pid_alive(int(found["pid"])):
+            continue
+        path = out / name
+        if stat.S_ISDIR(_lstat_mode(path)):  # never a link, nor what a link leads to
+            remove_tree(path)
+            removed.append(path)
+    return removed
 
 
 def check_export_targets(out: Path, steps: Iterable[str]) -> None:
@@ -52,6 +85,7 @@ def export_outputs(
     (it may raise to stop the export, which then removes its unfinished copy).
     """
     steps = [(name, step) for name, step in result.steps.items() if step.output is not None]
+    remove_abandoned_copies(out)
     if emit is not None:
         emit(ExportStarted(folder=str(out), steps=[name for name, _ in steps]))
     for index, (name, step) in enumerate(steps, start=1):
@@ -87,7 +121,7 @@ def export_step(
     replacing = _replaceable(out, step)
     try:
         out.mkdir(parents=True, exist_ok=True)
-        fresh = Path(tempfile.mkdtemp(prefix=f".{step}.", suffix=".exporting", dir=out))
+        fresh = _hidden(out, step, ".exporting")
     except OSError as error:
         raise KlikoError(
             f"could not copy the output of step '{step}' to {target}: {error.strerror or error}",
@@ -107,7 +141,7 @@ def export_step(
         # The same output gives the same export, marker included (two runs, one result).
         marker.write_text(json.dumps({"step": step, "key": key}) + "\n")
         if replacing:
-            old = Path(tempfile.mkdtemp(prefix=f".{step}.", suffix=".replaced", dir=out))
+            old = _hidden(out, step, ".replaced")
             os.replace(target, old / step)
             os.rename(fresh, target)
             remove_tree(old)
