@@ -26,6 +26,7 @@ from kliko_async.model.parameters import PARAM_FILES_DIR, FileParameter, Validat
 __all__ = ["FileSnapshots", "hash_files"]
 
 _CHUNK = 1 << 20
+_ZEROS = bytes(_CHUNK)
 _FULL_OR_READ_ONLY = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
 
 
@@ -90,7 +91,11 @@ class FileSnapshots:
         with source.open("rb") as reader, target.open("xb") as writer:
             while chunk := reader.read(_CHUNK):
                 digest.update(chunk)
-                writer.write(chunk)
+                if chunk == _ZEROS[: len(chunk)]:  # a hole, or zeros: kept as a hole
+                    writer.seek(len(chunk), os.SEEK_CUR)
+                else:
+                    writer.write(chunk)
+            writer.truncate()  # the length, with any hole at the end
             writer.flush()
         target.chmod(0o444)
         self._copies[source] = (target, digest.hexdigest())

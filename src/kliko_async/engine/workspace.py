@@ -9,12 +9,12 @@ when there are several), so a later step can never change a cached result. Alway
 from __future__ import annotations
 
 import os
-import shutil
 import stat
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from kliko_async.cache.durable import special_kind
+from kliko_async.cache.filecopy import copy_file
 from kliko_async.engine.images import KLIKO_COMMAND, KlikoImage
 from kliko_async.model.parameters import PARAM_FILES_DIR, ValidatedParameters
 from kliko_async.runtime.base import ContainerJob, Mount
@@ -110,7 +110,7 @@ def parameter_mounts(params: ValidatedParameters, scratch: Path) -> list[Mount]:
         for item in params.files:
             rel = Path(item.container_path).relative_to(PARAM_FILES_DIR)
             (root / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(item.host_path, root / rel)
+            copy_file(item.host_path, root / rel)
         readable_by_anyone(root)
         mounts.append(Mount(source=absolute(root), target=PARAM_FILES_DIR, read_only=True))
     return mounts
@@ -155,10 +155,10 @@ def copy_tree_writable(
 
     Modes are kept, plus the owner's write bit (and the owner's search bit on folders): an
     executable stays executable, as Kliko's join IO needs for a tool handed on in ``/work``.
-    Links are copied as links, never followed. A named pipe, socket or device is refused
-    (:class:`SpecialFileError`): copying one could block forever or read a device. Returns the
-    number of files and their total size; ``between_files`` is called before each file (to
-    stop a long copy on cancellation).
+    Links are copied as links, never followed; a sparse file stays sparse. A named pipe, socket
+    or device is refused (:class:`SpecialFileError`): copying one could block forever or read a
+    device. Returns the number of files and their total size; ``between_files`` is called
+    before each file (to stop a long copy on cancellation).
     """
     files = size = 0
     _make_folder(target, os.lstat(source))
@@ -174,7 +174,7 @@ def copy_tree_writable(
             elif stat.S_ISDIR(info.st_mode):
                 _make_folder(dst, info)
             elif stat.S_ISREG(info.st_mode):
-                shutil.copyfile(src, dst, follow_symlinks=False)
+                copy_file(src, dst)
                 os.chmod(dst, stat.S_IMODE(info.st_mode) | stat.S_IWUSR | stat.S_IRUSR)
                 files, size = files + 1, size + info.st_size
             else:
