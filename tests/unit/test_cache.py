@@ -410,7 +410,7 @@ def test_malformed_keys_are_rejected(cache: Cache, bad: str) -> None:
         cache.remove(bad)
 
 
-def test_publish_failure_leaves_nothing(cache: Cache, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_publish_failure_publishes_nothing(cache: Cache, monkeypatch: pytest.MonkeyPatch) -> None:
     key = key_of(1)
     staging = stage_files(cache, key, {"a.txt": b"a"})
 
@@ -427,13 +427,15 @@ def test_publish_failure_leaves_nothing(cache: Cache, monkeypatch: pytest.Monkey
     assert "moving the entry into place failed" in message
     assert os.strerror(errno.ENOSPC) in message
     assert "gc" in message  # the hint says how to free space
-    assert not staging.path.exists()
     assert not (cache.root / "entries" / key[:2] / key).exists()
     assert cache.lookup(key) is None
+    # The staging folder is left to the caller, who keeps the step's log from it.
+    assert staging.path.exists()
+    cache.discard(staging)
     assert tmp_children(cache) == []
 
 
-def test_publish_failure_while_writing_the_manifest_leaves_nothing(
+def test_publish_failure_while_writing_the_manifest_publishes_nothing(
     cache: Cache, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     key = key_of(1)
@@ -447,7 +449,8 @@ def test_publish_failure_while_writing_the_manifest_leaves_nothing(
         cache.publish(staging, manifest_for(key, step="calibrate"))
     monkeypatch.undo()
 
-    assert not staging.path.exists()
+    assert staging.path.exists(), "left to the caller, who keeps the step's log from it"
+    cache.discard(staging)
     assert cache.lookup(key) is None
     assert list(cache.entries()) == []
 

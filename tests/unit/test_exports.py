@@ -16,6 +16,7 @@ import anyio
 import pytest
 
 from kliko_async import api
+from kliko_async.cache.filecopy import copy_file
 from kliko_async.cache.processes import host_name
 from kliko_async.engine.exports import EXPORT_MARKER, remove_abandoned_copies
 from kliko_async.errors import KlikoError
@@ -150,13 +151,12 @@ async def test_exports_run_in_a_worker_thread_and_report_progress(
         tmp_path, a={"image": "example/tool"}, b={"image": "example/tool", "inputs": []}
     )
     threads: set[str] = set()
-    real_copyfile = __import__("shutil").copyfile
 
-    def watching_copyfile(src: object, dst: object, **kwargs: bool) -> object:
+    def watching_copy_file(src: Path, dst: Path) -> int:
         threads.add(threading.current_thread().name)
-        return real_copyfile(src, dst, **kwargs)
+        return copy_file(src, dst)
 
-    monkeypatch.setattr("kliko_async.engine.workspace.shutil.copyfile", watching_copyfile)
+    monkeypatch.setattr("kliko_async.engine.workspace.copy_file", watching_copy_file)
     events: list[Event] = []
     out = tmp_path / "out"
 
@@ -184,14 +184,13 @@ async def test_a_cancelled_export_leaves_no_half_copied_folder(
     out = tmp_path / "out"
     result = await api.run(chain, runtime=fake, cache_dir=tmp_path / "cache")
     gate = threading.Event()
-    real_copyfile = __import__("shutil").copyfile
 
-    def slow_copyfile(src: object, dst: object, **kwargs: bool) -> object:
+    def slow_copy_file(src: Path, dst: Path) -> int:
         gate.set()
         threading.Event().wait(0.2)
-        return real_copyfile(src, dst, **kwargs)
+        return copy_file(src, dst)
 
-    monkeypatch.setattr("kliko_async.engine.workspace.shutil.copyfile", slow_copyfile)
+    monkeypatch.setattr("kliko_async.engine.workspace.copy_file", slow_copy_file)
 
     with anyio.move_on_after(5) as scope:
         async with anyio.create_task_group() as tg:

@@ -173,10 +173,10 @@ class Cache:
         The output tree is sealed (writable by its owner only), hashed into ``manifest.outputs``,
         the manifest is written, all of it is made durable, and only then is the folder renamed into
         ``entries/`` (and that name made durable too). If another process published the same key
-        first, the staging folder is discarded and the existing entry returned. On any OS error the
-        staging folder is discarded and :class:`CacheError` raised; ``entries/`` then holds nothing
-        of it. An output holding a named pipe, socket or device raises :class:`UnpublishableOutput`
-        and leaves the staging folder (with its log) to the caller.
+        first, the staging folder is discarded and the existing entry returned. On any OS error
+        :class:`CacheError` is raised and ``entries/`` holds nothing of it; an output holding a
+        named pipe, socket or device raises :class:`UnpublishableOutput`. Either way the staging
+        folder is left to the caller, who keeps the step's log and discards the rest.
         """
         (outcome,) = self.publish_many([(staging, manifest_without_outputs)])
         with suppress(OSError):
@@ -220,8 +220,7 @@ class Cache:
         try:
             self._barrier.wait()
         except OSError as err:
-            for index, staging, entry in sealed:
-                self._discard_quietly(staging)
+            for index, _staging, entry in sealed:
                 outcomes[index] = self._publish_error(entry.manifest.step, "making it durable", err)
             sealed = []
         for index, staging, entry in sealed:
@@ -275,7 +274,6 @@ class Cache:
                     seal_tree(child, barrier)
             barrier.add(str(staging.path))
         except OSError as err:
-            self._discard_quietly(staging)
             raise self._publish_error(step, action, err) from err
         return CacheEntry(key=key, path=staging.path, manifest=manifest)
 
@@ -285,7 +283,6 @@ class Cache:
         try:
             winner = self._rename_into_place(staging, final)
         except OSError as err:
-            self._discard_quietly(staging)
             return self._publish_error(sealed.manifest.step, "moving the entry into place", err)
         if winner is not None:
             self._discard_quietly(staging)

@@ -197,8 +197,8 @@ class StepAttempts:
             entry = await self.commits.publish(staging, manifest, scratch=staging.path / "scratch")
         except UnpublishableOutput as error:  # the step's fault: keep its log, say what it wrote
             return await self._failed(planned, staging, error.message, 0, last)
-        except CacheError as error:
-            return AttemptOutcome(ok=False, reason=str(error), exit_code=0, last_lines=list(last))
+        except CacheError as error:  # the cache's disk: the step's log is kept all the same
+            return await self._failed(planned, staging, str(error), 0, last)
         return AttemptOutcome(ok=True, exit_code=0, entry=entry)
 
     async def _failed(
