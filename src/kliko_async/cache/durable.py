@@ -25,6 +25,8 @@ from collections.abc import Callable
 from contextlib import suppress
 from pathlib import Path
 
+import anyio
+
 FILE_MODE = 0o644
 EXEC_FILE_MODE = 0o755
 DIR_MODE = 0o755
@@ -197,6 +199,13 @@ def seal_one(path: str, barrier: Barrier | None = None) -> int:
             barrier.add(path)
         os.chmod(path, DIR_MODE)
     return info.st_mode
+
+
+async def remove_tree_off_loop(path: Path) -> None:
+    """:func:`remove_tree` in a worker thread (a tree may hold thousands of files, on a slow
+    shared file system), shielded: it runs to its end even while the caller is cancelled."""
+    with anyio.CancelScope(shield=True):
+        await anyio.to_thread.run_sync(remove_tree, path)
 
 
 def remove_tree(path: Path) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import anyio
 
-from kliko_async.cache.durable import remove_tree
+from kliko_async.cache.durable import remove_tree_off_loop
 from kliko_async.errors import ContainerError
 from kliko_async.runtime.docker import DockerRuntime
 from kliko_async.runtime.dockerexport import export_image
@@ -40,7 +40,7 @@ class CharliecloudImages:
             final.parent.mkdir(parents=True, exist_ok=True)
             tmp = final.parent / f".{final.name}.{socket.gethostname()}.{os.getpid()}"
             archive = tmp.with_name(tmp.name + ".tar")
-            remove_tree(tmp)
+            await remove_tree_off_loop(tmp)  # of a process killed while converting
             try:
                 image_env = await export_image(self._docker, image_id, archive)
                 await self._unpack(archive, tmp, image_id)
@@ -50,7 +50,7 @@ class CharliecloudImages:
                 (tmp / "ch" / "environment").write_text("".join(f"{e}\n" for e in image_env))
                 os.rename(tmp, final)  # atomic: a half-converted image is never used
             except BaseException as error:
-                remove_tree(tmp)  # synchronous: runs even while being cancelled
+                await remove_tree_off_loop(tmp)  # shielded: runs even while being cancelled
                 if not (isinstance(error, OSError) and final.is_dir()):
                     raise
                 # else another process won the rename: its image is as good
@@ -73,7 +73,7 @@ class CharliecloudImages:
                 "on this machine, or set engine: docker"
             ) from None
         if done.returncode != 0:
-            remove_tree(target)
+            await remove_tree_off_loop(target)
             raise ContainerError(
                 f"ch-convert could not convert image {image_id[:19]}: {command_error(done)}"
             )

@@ -75,3 +75,12 @@ def ended_without_status(job_id: str, folder: Path, info: SlurmJob | None) -> Co
         f"Slurm job {job_id} ended {info.state}{node} (exit code {info.exit_code}) before "
         "its container reported" + (": " + " | ".join(said) if said else "")
     )
+
+
+def pending_for_good(job_id: str, partition: str | None, reason: str | None) -> ContainerError:
+    """The error of a job pending for a reason waiting will not change (it was cancelled)."""
+    where = f" in partition '{partition}'" if partition else ""
+    return ContainerError(
+        f"Slurm cannot run job {job_id}{where}: it is pending with reason '{reason}', which "
+        "waiting will not change"
+    )

@@ -1,10 +1,20 @@
-"""The container's stdout and stderr files of a Slurm job, followed from the submitting host."""
+"""The container's stdout and stderr files of a Slurm job, followed from the submitting host.
+
+The files are on the shared file system, where a read may take a while: the runtime fetches
+new bytes in a worker thread (:meth:`LogFiles.fetch`) and delivers the lines on the event loop
+(:meth:`LogFiles.deliver`), where the sink is."""
 
 from __future__ import annotations
 
+import secrets
 from pathlib import Path
+from typing import NamedTuple
 
-from kliko_async.runtime.base import LineSplitter, LogSink, Stream
+from kliko_async.runtime.base import ContainerJob, LineSplitter, LogSink, Stream
+
+READ_LIMIT = 4 << 20
+"""Bytes read from each file per poll: a step that wrote a gigabyte between two polls is
+followed a few megabytes at a time, not read into memory at once."""
 
 
 class LogFiles:
@@ -40,23 +50,71 @@ class LogFiles:
         self._open(attempt)
 
     def read(self) -> bool:
-        """Deliver what was written since the last call; whether anything was."""
-        got = False
-        for stream, (path, splitter) in self._files.items():
+        """Deliver what was written since the last call; whether anything was. Blocking (file
+        reads on a shared file system): :meth:`fetch` then :meth:`deliver` keep it off the loop."""
+        return self.deliver(self.fetch())
+
+    def fetch(self) -> list[tuple[Stream, bytes]]:
+        """What each file gained since the last call, at most ``READ_LIMIT`` bytes each (the
+        rest at the next call). Blocking: run it in a worker thread; deliver on the loop."""
+        chunks: list[tuple[Stream, bytes]] = []
+        for stream, (path, _) in self._files.items():
             try:
                 with path.open("rb") as handle:
                     handle.seek(self._offsets[stream])
-                    chunk = handle.read()
+                    chunk = handle.read(READ_LIMIT)
             except FileNotFoundError:
                 continue
             if chunk:
-                got = True
                 self._offsets[stream] += len(chunk)
-                for line in splitter.feed(chunk):
-                    self._on_log(stream, line)
-        return got
+                chunks.append((stream, chunk))
+        return chunks
+
+    def deliver(self, chunks: list[tuple[Stream, bytes]]) -> bool:
+        """Split fetched chunks into lines for the sink; whether there were any bytes."""
+        for stream, chunk in chunks:
+            for line in self._files[stream][1].feed(chunk):
+                self._on_log(stream, line)
+        return bool(chunks)
 
     def flush(self) -> None:
         for stream, (_, splitter) in self._files.items():
             for line in splitter.flush():
                 self._on_log(stream, line)
+
+
+class JobFiles(NamedTuple):
+    """What a job's folder showed at one look."""
+
+    started: str
+    """The ``started`` file: the node and the attempt ("" before the job started)."""
+    chunks: list[tuple[Stream, bytes]]
+    """New bytes of the container's stdout and stderr."""
+    status: bool
+    """Whether the ``status`` file, written when the container ended, is there."""
+
+
+def look_at_job_files(folder: Path, logs: LogFiles) -> JobFiles:
+    """One look at the job's folder. Blocking (a shared file system): run it in a thread."""
+    try:
+        started = (folder / "started").read_text(errors="replace")
+    except OSError:
+        started = ""
+    chunks = logs.fetch()
+    return JobFiles(started, chunks, (folder / "status").exists())
+
+
+def job_folder(job: ContainerJob, jobs_root: Path) -> Path:
+    """The job's folder, made ready: in the step's staging folder (next to its
+    parameters.json), else a new one under ``jobs_root``; an earlier job's files there go.
+    Blocking (a shared file system): run it in a thread."""
+    parameters = next((m.source for m in job.mounts if m.target == "/parameters.json"), None)
+    if parameters is not None:
+        folder = parameters.parent / "slurm"
+    else:  # a job without parameters (not one the scheduler makes)
+        folder = jobs_root / secrets.token_hex(8)
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob("*"):  # of an earlier job in this folder
+        if stale.name.startswith(("started", "status", "timed-out", "stdout", "stderr")):
+            stale.unlink(missing_ok=True)
+    return folder

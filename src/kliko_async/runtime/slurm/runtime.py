@@ -29,7 +29,7 @@ from pathlib import Path
 
 import anyio
 
-from kliko_async.cache.durable import remove_tree
+from kliko_async.cache.durable import remove_tree_off_loop
 from kliko_async.errors import ContainerError, RuntimeUnavailable
 from kliko_async.runtime.base import (
     LABEL_PREFIX,
@@ -51,8 +51,13 @@ from kliko_async.runtime.slurm.commands import (
     slurm_command,
     user_name,
 )
-from kliko_async.runtime.slurm.endings import ended_without_status, read_text, status_exit
-from kliko_async.runtime.slurm.logfiles import LogFiles
+from kliko_async.runtime.slurm.endings import (
+    ended_without_status,
+    pending_for_good,
+    read_text,
+    status_exit,
+)
+from kliko_async.runtime.slurm.logfiles import LogFiles, job_folder, look_at_job_files
 from kliko_async.runtime.slurm.options import SlurmOptions
 from kliko_async.runtime.slurm.queue import (
     HOPELESS_REASONS,
@@ -217,7 +222,7 @@ class SlurmRuntime:
                 )
             verified.write_text(" ".join(nodes) + "\n")
         finally:
-            remove_tree(probe)
+            await remove_tree_off_loop(probe)
 
     async def _wait_probe(self, job_id: str) -> bool:
         self.queue.watch(job_id)
@@ -253,7 +258,7 @@ class SlurmRuntime:
                 "give that user the step's folders without opening them to everyone; run the "
                 "step as yourself (no user:), or on the local Docker Engine"
             )
-        folder = self._job_folder(job)
+        folder = await anyio.to_thread.run_sync(job_folder, job, self.folder / "jobs")
         image_dir = None
         if self.options.engine != "docker":
             image_dir = await self._images.converted(job.image)
@@ -289,19 +294,6 @@ class SlurmRuntime:
             finally:
                 self.queue.forget(job_id)
                 self._live.discard(job_id)
-
-    def _job_folder(self, job: ContainerJob) -> Path:
-        """The job's folder: in the step's staging folder (next to its parameters.json)."""
-        parameters = next((m.source for m in job.mounts if m.target == "/parameters.json"), None)
-        if parameters is not None:
-            folder = parameters.parent / "slurm"
-        else:  # a job without parameters (not one the scheduler makes)
-            folder = self.folder / "jobs" / secrets.token_hex(8)
-        folder.mkdir(parents=True, exist_ok=True)
-        for stale in folder.glob("*"):  # of an earlier job in this folder
-            if stale.name.startswith(("started", "status", "timed-out", "stdout", "stderr")):
-                stale.unlink(missing_ok=True)
-        return folder
 
     def _sbatch_args(
         self, job: ContainerJob, folder: Path, name: str, limit: float | None
@@ -400,7 +392,9 @@ class SlurmRuntime:
             tg.start_soon(watch_state)
             pause = _FOLLOW_FASTEST
             while not failed:
-                node, attempt = [*read_text(folder / "started").split(), "", ""][:2]
+                # The job's files are on the shared file system: read them off the loop.
+                look = await anyio.to_thread.run_sync(look_at_job_files, folder, logs)
+                node, attempt = [*look.started.split(), "", ""][:2]
                 if node and not started:
                     started = True
                     container_id = f"{job_id}@{node}"
@@ -412,8 +406,8 @@ class SlurmRuntime:
                         f"[kliko-async] Slurm requeued job {job_id}: attempt {int(attempt) + 1} "
                         f"starts on node {node} with an empty /output",
                     )
-                got = logs.read()
-                if status.exists():
+                got = logs.deliver(look.chunks)
+                if look.status:
                     break
                 info = latest[0] if latest else None
                 if info is not None and info.state == "PENDING" and info.reason in HOPELESS_REASONS:
@@ -427,22 +421,21 @@ class SlurmRuntime:
                 pause = _FOLLOW_FASTEST if got else min(pause * 1.5, _FOLLOW_SLOWEST)
                 await anyio.sleep(pause)
             tg.cancel_scope.cancel()
-        logs.read()
+        while logs.deliver(await anyio.to_thread.run_sync(logs.fetch)):
+            pass  # the rest of what the job wrote
         logs.flush()
-        if failed and not status.exists():
+        ended = await anyio.to_thread.run_sync(status.exists)
+        if failed and not ended:
             raise failed[0]
         if hopeless is not None:
             await self._cancel(job_id)
-            where = f" in partition '{self.options.partition}'" if self.options.partition else ""
-            raise ContainerError(
-                f"Slurm cannot run job {job_id}{where}: it is pending with reason "
-                f"'{hopeless.reason}', which waiting will not change"
-            )
-        if status.exists():
+            raise pending_for_good(job_id, self.options.partition, hopeless.reason)
+        if ended:
             if not started and on_start:  # the job was over before its start was seen
                 on_start(container_id)
-            return status_exit(job_id, folder, container_id)
-        return ended_without_status(job_id, folder, latest[0] if latest else None)
+            return await anyio.to_thread.run_sync(status_exit, job_id, folder, container_id)
+        last = latest[0] if latest else None
+        return await anyio.to_thread.run_sync(ended_without_status, job_id, folder, last)
 
     async def _cancel(self, job_id: str) -> None:
         """scancel the job; wait until it has left its node (its script removes the container).
