@@ -40,7 +40,7 @@ from kliko_async.engine.resources import ResourcePool, machine_cpus
 from kliko_async.engine.scheduler import Scheduler
 from kliko_async.errors import KlikoError
 from kliko_async.events import Event, EventConsumer, RunFinished
-from kliko_async.model.chain import Chain, chain_from_pairs, load_chain
+from kliko_async.model.chain import RUN_CHAIN_SOURCE, Chain, chain_from_pairs, load_chain
 from kliko_async.results import RunResult
 from kliko_async.runtime.base import Runtime
 from kliko_async.runtime.inflight import InFlight, track, untrack
@@ -406,7 +406,7 @@ async def _execute(
         pool = ResourcePool(cpus=1 << 20, memory=1 << 62, gpus=1 << 20)  # Slurm accounts
     files = FileSnapshots(cache.private_path(f"files-{run_id}"), cache.root)
     finished: list[RunFinished] = []
-    recorder = RunRecorder(run_id, str(chain) if not isinstance(chain, Chain) else "")
+    recorder = RunRecorder(run_id, "" if loaded.source == RUN_CHAIN_SOURCE else loaded.source)
 
     def announce(event: Event) -> None:
         recorder(event)

@@ -21,6 +21,7 @@ from kliko_async.errors import KlikoError, ParameterError
 
 if TYPE_CHECKING:
     from kliko_async.events import EventConsumer
+    from kliko_async.model.chain import Chain
 
 CLOSED_OUTPUT_EXIT = 141
 """The exit status when stdout closed under a run (``| head``): a shell's 128 + SIGPIPE."""
@@ -87,9 +88,10 @@ def _run(options: argparse.Namespace) -> int:
 
     from kliko_async.api import dry_run
 
+    chain = _chain(options)
     explain = functools.partial(
         _print_explanations,
-        options.chain,
+        chain,
         [],
         cache_dir=options.cache_dir,
         as_json=options.json,
@@ -102,7 +104,7 @@ def _run(options: argparse.Namespace) -> int:
         _apply_profile(options)
         plan = anyio.run(
             lambda: dry_run(
-                options.chain,
+                chain,
                 cache_dir=options.cache_dir,
                 force=options.force,
                 no_cache=options.no_cache,
@@ -116,7 +118,24 @@ def _run(options: argparse.Namespace) -> int:
         return 0
     _apply_profile(options)
     display = _pick_display(options)  # the run closes it after its last event
-    return anyio.run(_run_until_signal, options, display)
+    return anyio.run(_run_until_signal, options, chain, display)
+
+
+def _chain(options: argparse.Namespace) -> Path | Chain:
+    """The chain file, or the chain loaded with the ``--set`` values of its variables and cut
+    down to the target steps and what they need (loaded here, before any event loop runs)."""
+    sets, targets = options.sets, getattr(options, "targets", [])
+    if not sets and not targets:
+        return Path(options.chain)
+    from kliko_async.model.chain import load_chain
+    from kliko_async.model.variables import VariableError, parse_sets
+
+    try:
+        given = parse_sets(sets)
+    except VariableError as error:
+        raise ParameterError(str(error), hint="Write --set NAME=VALUE once per variable.") from None
+    chain = load_chain(options.chain, sets=given)
+    return chain.needed_for(targets) if targets else chain
 
 
 def _apply_profile(options: argparse.Namespace) -> None:
@@ -163,7 +182,9 @@ def _pick_display(options: argparse.Namespace) -> EventConsumer:
     return LiveDisplay(logs=options.logs)
 
 
-async def _run_until_signal(options: argparse.Namespace, display: EventConsumer) -> int:
+async def _run_until_signal(
+    options: argparse.Namespace, chain: Path | Chain, display: EventConsumer
+) -> int:
     import anyio
 
     from kliko_async.api import open_run
@@ -186,7 +207,7 @@ async def _run_until_signal(options: argparse.Namespace, display: EventConsumer)
                     )
 
             async with open_run(
-                options.chain,
+                chain,
                 cache_dir=options.cache_dir,
                 jobs=options.jobs,
                 keep_going=options.keep_going,
@@ -318,7 +339,8 @@ def _logs(options: argparse.Namespace) -> int:
     if options.key:
         path = log_by_key(cache, options.key)
     elif options.chain is not None and options.step is not None:
-        plan = anyio.run(lambda: dry_run(options.chain, cache_dir=cache.root))
+        chain = _chain(options)
+        plan = anyio.run(lambda: dry_run(chain, cache_dir=cache.root))
         path = find_step_log(cache, plan, options.step)
     else:
         raise ParameterError("logs needs CHAIN STEP, or --key KEY")
@@ -332,13 +354,13 @@ def _logs(options: argparse.Namespace) -> int:
 
 def _why(options: argparse.Namespace) -> int:
     _print_explanations(
-        options.chain, options.steps, cache_dir=options.cache_dir, as_json=options.json
+        _chain(options), options.steps, cache_dir=options.cache_dir, as_json=options.json
     )
     return 0
 
 
 def _print_explanations(
-    chain: Path,
+    chain: Path | Chain,
     steps: list[str],
     *,
     cache_dir: Path | None,
@@ -370,7 +392,8 @@ def _graph(options: argparse.Namespace) -> int:
     from kliko_async.api import dry_run
     from kliko_async.display import graph
 
-    plan = anyio.run(lambda: dry_run(options.chain, cache_dir=options.cache_dir))
+    chain = _chain(options)
+    plan = anyio.run(lambda: dry_run(chain, cache_dir=options.cache_dir))
     if options.format == "text":
         from rich.console import Console
 

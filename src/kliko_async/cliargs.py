@@ -19,6 +19,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="run a chain file", description="Run a chain file.")
     run.add_argument("chain", type=Path, help="the chain file (YAML)")
+    targets_argument(run, "run only these steps and what they need")
+    set_option(run)
     run.add_argument("-j", "--jobs", type=positive_int, help="steps at once (default: CPUs)")
     run.add_argument(
         "--keep-going", action="store_true", help="after a failure, run what does not depend on it"
@@ -133,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     logs.add_argument("chain", nargs="?", type=Path, help="the chain file")
     logs.add_argument("step", nargs="?", help="the step name")
     logs.add_argument("--key", help="a cache key (or its first characters) instead")
+    set_option(logs)
     logs.add_argument(
         "-t",
         "--timestamps",
@@ -152,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     why.add_argument("chain", type=Path, help="the chain file")
     why.add_argument("steps", nargs="*", metavar="STEP", help="step names (default: all)")
     why.add_argument("--json", action="store_true", help="one JSON explanation per line")
+    set_option(why)
     cache_dir_option(why)
 
     graph = commands.add_parser(
@@ -161,6 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
         "terminal, or as Graphviz (--format dot; --format svg needs Graphviz's dot).",
     )
     graph.add_argument("chain", type=Path, help="the chain file")
+    targets_argument(graph, "draw only these steps and what they need")
+    set_option(graph)
     graph.add_argument("--format", choices=("text", "dot", "svg"), default="text")
     graph.add_argument("-o", "--output", type=Path, help="write to this file (default: stdout)")
     cache_dir_option(graph)
@@ -191,3 +197,24 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError("must be at least 1")
     return value
+
+
+def targets_argument(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument(
+        "targets",
+        nargs="*",
+        metavar="STEP",
+        help=f"{what} (default: every step; a matrix step's name means all of its expansions)",
+    )
+
+
+def set_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        dest="sets",
+        help="give the chain's variable NAME (under vars:) this value, typed by the parameter "
+        "it lands in; repeatable",
+    )

@@ -1,6 +1,7 @@
 """Loading a chain file: YAML text in, a checked :class:`~kliko_async.model.chainmodel.Chain` out.
 
-A chain file is YAML with one top-level key, ``steps``. In the mapping form each key names a
+A chain file is YAML with the top-level key ``steps`` (and ``vars``, its variables:
+:mod:`kliko_async.model.variables`). In the mapping form each key names a
 step and ``inputs`` lists the steps it reads from; in the list form the steps run one after the
 other (each step's inputs default to the step before it, as in Kliko's ``run_chain``) and names
 default to the image's last path component. A step with ``matrix:`` expands here into one step
@@ -32,6 +33,7 @@ from kliko_async.model.chainmodel import (
 )
 from kliko_async.model.inputfiles import InputFileError, read_input_file
 from kliko_async.model.matrix import expand_matrices
+from kliko_async.model.variables import Substituter, VariableError, resolve
 from kliko_async.model.yamltext import (
     YamlTextError,
     did_you_mean,
@@ -55,10 +57,12 @@ __all__ = [
 ]
 
 _NAME_MAX = 100
+_TOP_LEVEL = ["steps", "vars"]
 
 
-def load_chain(path: Path) -> Chain:
-    """Read, parse and check the chain file at ``path``."""
+def load_chain(path: Path, *, sets: Mapping[str, str] | None = None) -> Chain:
+    """Read, parse and check the chain file at ``path``; ``sets`` are ``--set`` values of its
+    variables (command-line text, by name)."""
     path = Path(path)
     source = str(path)
     try:
@@ -79,16 +83,19 @@ def load_chain(path: Path) -> Chain:
         data = parse_yaml_bytes(raw)
     except YamlTextError as exc:
         raise ChainError(exc.message, where=source, hint=exc.hint) from None
-    return parse_chain(data, source=source, base_dir=path.parent)
+    return parse_chain(data, source=source, base_dir=path.parent, sets=sets)
 
 
-def parse_chain(data: Any, *, source: str, base_dir: Path) -> Chain:
+def parse_chain(
+    data: Any, *, source: str, base_dir: Path, sets: Mapping[str, str] | None = None
+) -> Chain:
     """Check already-parsed YAML ``data`` and build the :class:`Chain` it describes.
 
-    ``source`` names the data in messages; a relative ``build`` is resolved against ``base_dir``.
+    ``source`` names the data in messages; a relative ``build`` is resolved against ``base_dir``;
+    ``sets`` are ``--set`` values of the chain's variables (:mod:`kliko_async.model.variables`).
     """
     base = Path(os.path.abspath(base_dir))
-    raw_steps = _steps_section(data, source)
+    raw_steps = _with_variables(_steps_section(data, source), data, sets or {}, source)
     if isinstance(raw_steps, Mapping):
         entries = [(f"step {key!r}", key, raw) for key, raw in raw_steps.items()]
     else:
@@ -171,6 +178,32 @@ def chain_from_pairs(pairs: Sequence[tuple[str, Mapping[str, Any]]]) -> Chain:
     return parse_chain({"steps": data}, source=RUN_CHAIN_SOURCE, base_dir=Path.cwd())
 
 
+def _with_variables(
+    raw_steps: Mapping[Any, Any] | list[Any],
+    data: Mapping[str, Any],
+    sets: Mapping[str, str],
+    source: str,
+) -> Mapping[Any, Any] | list[Any]:
+    """The steps with their ``${vars.NAME}`` replaced (the chain's ``vars:``, ``--set`` over it)."""
+    if "vars" not in data and not sets:
+        return raw_steps
+    try:
+        substitute = Substituter(resolve(data.get("vars"), sets))
+        if isinstance(raw_steps, Mapping):
+            return {key: substitute(raw, where=f"step {key!r}") for key, raw in raw_steps.items()}
+        return [
+            substitute(raw, where=_list_label(number, raw))
+            for number, raw in enumerate(raw_steps, 1)
+        ]
+    except VariableError as exc:
+        raise ChainError(
+            str(exc),
+            where=source,
+            hint="Declare each variable under 'vars:' at the top of the chain file and use it "
+            "as ${vars.NAME}.",
+        ) from None
+
+
 def _steps_section(data: Any, source: str) -> Mapping[Any, Any] | list[Any]:
     example = "Start from:  steps: {gen: {image: example/gen}}"
     if data is None:
@@ -184,11 +217,11 @@ def _steps_section(data: Any, source: str) -> Mapping[Any, Any] | list[Any]:
             where=source,
             hint=example,
         )
-    unknown = [key for key in data if key != "steps"]
+    unknown = [key for key in data if key not in _TOP_LEVEL]
     if unknown:
-        text = ", ".join(f"{key!r}{did_you_mean(str(key), ['steps'])}" for key in unknown)
+        text = ", ".join(f"{key!r}{did_you_mean(str(key), _TOP_LEVEL)}" for key in unknown)
         raise ChainError(
-            f"has unknown top-level key(s) {text}; only 'steps' is allowed",
+            f"has unknown top-level key(s) {text}; only 'steps' and 'vars' are allowed",
             where=source,
             hint="Remove them or move them under a step.",
         )

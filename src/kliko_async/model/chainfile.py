@@ -263,6 +263,14 @@ class ChainFile(BaseModel):
             "before it)."
         )
     )
+    vars: dict[str, Any] | None = Field(
+        default=None,
+        description=(
+            "The chain's variables, by name: a value or a list, used in the steps' strings as "
+            "${vars.NAME} (alone, the value with its type; inside text, as text) and set on the "
+            "command line with --set NAME=VALUE."
+        ),
+    )
 
 
 def chain_json_schema() -> dict[str, Any]:

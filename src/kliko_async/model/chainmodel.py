@@ -326,3 +326,18 @@ class Chain(BaseModel):
                     seen.add(child)
                     queue.append(child)
         return seen
+
+    def needed_for(self, targets: Collection[str]) -> Chain:
+        """The chain cut down to the steps ``targets`` mean (as :meth:`select`) and every step
+        they read from, directly or through others, in file order: what running those targets
+        runs. Each step keeps its inputs, so its key is the same as in the whole chain and the
+        cache is shared with runs of it."""
+        queue = deque(self.select(targets, what="target step"))
+        needed = set(queue)
+        while queue:
+            for source in self.steps[queue.popleft()].inputs:
+                if source not in needed:
+                    needed.add(source)
+                    queue.append(source)
+        steps = {name: step for name, step in self.steps.items() if name in needed}
+        return Chain(source=self.source, steps=steps)

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, field_validator
 
 from kliko_async.errors import ParameterError, shown
 from kliko_async.model.spec import BOOL_WORDS, Field, KlikoSpec, check_value
+from kliko_async.model.variables import CliText
 from kliko_async.model.yamltext import MAX_INTEGER_DIGITS, did_you_mean
 
 PARAM_FILES_DIR = "/param_files"
@@ -95,6 +96,12 @@ def validate_parameters(
             values[name] = file_default(field, spec.io)  # never read from the host
             continue
         value = field.initial if given is None else given
+        if isinstance(value, CliText) or _holds_cli_text(value):
+            try:  # --set text: typed by the field it lands in
+                value = _typed_cli_text(field, value)
+            except ParameterError as error:
+                problems.append(f"parameter {name!r}: the --set value {error.message}")
+                continue
         if value is None:
             if field.required:
                 problems.append(f"parameter {name!r} ({field.type}) is required but not given")
@@ -109,6 +116,21 @@ def validate_parameters(
     if problems:
         raise ParameterError("; ".join(problems), where=where)
     return ValidatedParameters(values=values, files=tuple(files))
+
+
+def _holds_cli_text(value: Any) -> bool:
+    return isinstance(value, list) and any(isinstance(item, CliText) for item in value)
+
+
+def _typed_cli_text(field: Field, value: Any) -> Any:
+    """A ``--set`` value (or a list holding some) as a value of the field's type."""
+    if isinstance(value, CliText):
+        return parse_cli_value(field, str(value))
+    kind = field.item_type() if field.is_list() else field.type
+    return [
+        _parse_cli_item(field, kind, str(item), str(item)) if isinstance(item, CliText) else item
+        for item in value
+    ]
 
 
 def file_default(field: Field, io: Literal["split", "join"]) -> str | list[str]:

@@ -1,0 +1,185 @@
+"""Chain variables: ``vars:`` at the top of a chain file, ``${vars.NAME}`` in its steps, and
+``--set NAME=VALUE`` on the command line.
+
+A string that is exactly ``${vars.NAME}`` becomes the variable's value with its type (a number,
+a list for a ``matrix:``); inside a longer string the value is put in as text
+(``image: radio/image:${vars.tag}``). Every string under ``steps`` may hold variables, map keys
+never do. ``$${`` writes a literal ``${``.
+
+A value given with ``--set`` is command-line text, as a ``--name`` flag of ``run-image`` is: it
+is typed by the field of the kliko.yml it lands in (``--set n=3`` gives 3 to an ``int`` field
+and "3" to a ``str`` one), when the step's parameters are checked. A variable whose chain value
+is a list takes a YAML list (``--set fields=[a, b]``), so that a ``matrix:`` over it expands.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from kliko_async.model.yamltext import (
+    MAX_EXPANDED_VALUES,
+    YamlTextError,
+    did_you_mean,
+    parse_yaml_text,
+    yaml_kind,
+)
+
+__all__ = ["VARIABLE_NAME", "CliText", "Substituter", "VariableError", "parse_sets", "resolve"]
+
+VARIABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+_REFERENCE = re.compile(r"\$\$\{|\$\{vars\.([^}]*)\}|\$\{")
+
+
+class CliText(str):
+    """Text given on the command line (``--set``): typed by the field it lands in."""
+
+    __slots__ = ()
+
+
+class VariableError(ValueError):
+    """A problem with variables; its text names the place (``step 'a': params.n``)."""
+
+
+def parse_sets(sets: Sequence[str]) -> dict[str, str]:
+    """``["NAME=VALUE", ...]`` as given to ``--set``, by name; a repeated name is refused."""
+    values: dict[str, str] = {}
+    for item in sets:
+        name, equals, value = item.partition("=")
+        if not equals or not VARIABLE_NAME.fullmatch(name):
+            raise VariableError(
+                f"--set {item!r} is not NAME=VALUE with a variable's name (letters, digits "
+                "and _, not starting with a digit)"
+            )
+        if name in values:
+            raise VariableError(f"--set {name} is given twice; give each variable once")
+        values[name] = value
+    return values
+
+
+def resolve(declared: Any, sets: Mapping[str, str]) -> dict[str, Any]:
+    """The chain's ``vars:`` section with the ``--set`` values over it."""
+    if declared is None:
+        declared = {}
+    if not isinstance(declared, Mapping):
+        raise VariableError(
+            f"'vars' is a {yaml_kind(declared)}; it must be a mapping of names to values"
+        )
+    problems = []
+    values: dict[str, Any] = {}
+    for name, value in declared.items():
+        if not isinstance(name, str) or not VARIABLE_NAME.fullmatch(name):
+            problems.append(
+                f"vars: {name!r} is not a variable name (letters, digits and _, not starting "
+                "with a digit)"
+            )
+        elif isinstance(value, Mapping):
+            problems.append(f"vars.{name} is a mapping; a variable is a value or a list")
+        else:
+            values[name] = value
+    for name, text in sets.items():
+        if name not in values:
+            known = ", ".join(values) or "none"
+            problems.append(
+                f"--set {name}: the chain declares no variable {name!r}"
+                f"{did_you_mean(name, values)} (its vars: {known})"
+            )
+        elif isinstance(values[name], list):
+            values[name] = _list_from_text(name, text, problems)
+        else:
+            values[name] = CliText(text)
+    if problems:
+        raise VariableError("; ".join(problems))
+    return values
+
+
+def _list_from_text(name: str, text: str, problems: list[str]) -> list[Any]:
+    try:
+        value = parse_yaml_text(text)
+    except YamlTextError as error:
+        problems.append(f"--set {name}: {error.message}")
+        return []
+    if not isinstance(value, list):
+        problems.append(
+            f"--set {name}: vars.{name} is a list in the chain, so give a list, such as "
+            f"--set {name}='[a, b]' (got {yaml_kind(value)})"
+        )
+        return []
+    return value
+
+
+class Substituter:
+    """Replaces ``${vars.NAME}`` in the strings of a chain's steps, one step at a time.
+
+    Raises :class:`VariableError` naming the first unknown variable and where it is, or when
+    whole-value lists grow the chain (all steps together) past the bound on YAML values."""
+
+    def __init__(self, values: Mapping[str, Any]) -> None:
+        self.values = values
+        self._budget = [MAX_EXPANDED_VALUES]
+
+    def __call__(self, data: Any, *, where: str) -> Any:
+        """``data`` (a step as written) with its variables replaced."""
+        if isinstance(data, Mapping):  # a step: "step 'a': params.n"
+            return {
+                key: _walk(value, self.values, f"{where}: {key}", self._budget)
+                for key, value in data.items()
+            }
+        return _walk(data, self.values, where, self._budget)
+
+
+def _walk(data: Any, values: Mapping[str, Any], where: str, budget: list[int]) -> Any:
+    if isinstance(data, str):
+        return _in_text(data, values, where, budget)
+    if isinstance(data, Mapping):
+        return {key: _walk(value, values, f"{where}.{key}", budget) for key, value in data.items()}
+    if isinstance(data, list):
+        return [_walk(item, values, f"{where}[{i}]", budget) for i, item in enumerate(data)]
+    return data
+
+
+def _in_text(text: str, values: Mapping[str, Any], where: str, budget: list[int]) -> Any:
+    if "${" not in text:
+        return text
+    whole = _REFERENCE.fullmatch(text)
+    if whole is not None and whole.group(1) is not None:
+        value = _value(whole.group(1), values, where)
+        if isinstance(value, list):
+            budget[0] -= len(value)
+            if budget[0] < 0:
+                raise VariableError(
+                    f"{where}: the variables' lists grow the chain past "
+                    f"{MAX_EXPANDED_VALUES:,} values"
+                )
+        return value
+
+    def put(match: re.Match[str]) -> str:
+        if match.group(0) == "$${":
+            return "${"
+        if match.group(1) is None:
+            raise VariableError(
+                f"{where}: {text!r} has a '${{' that is not ${{vars.NAME}} (write $${{ for a "
+                "literal one)"
+            )
+        value = _value(match.group(1), values, where)
+        if isinstance(value, list | Mapping):
+            raise VariableError(
+                f"{where}: vars.{match.group(1)} is a list; a list can be a whole value "
+                f"('${{vars.{match.group(1)}}}' alone), not part of the text {text!r}"
+            )
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        return "" if value is None else str(value)
+
+    return _REFERENCE.sub(put, text)
+
+
+def _value(name: str, values: Mapping[str, Any], where: str) -> Any:
+    if name not in values:
+        known = ", ".join(values) or "none"
+        raise VariableError(
+            f"{where}: ${{vars.{name}}} names no variable{did_you_mean(name, values)} "
+            f"(the chain's vars: {known})"
+        )
+    return values[name]
