@@ -37,6 +37,9 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     except KeyboardInterrupt:
         print("kliko-async: interrupted", file=sys.stderr)
         code = 130
+    except BrokenPipeError:  # `| head` read enough of a listing (dry run, why, graph, logs)
+        _silence_stdout()
+        raise SystemExit(CLOSED_OUTPUT_EXIT) from None
     except BaseExceptionGroup as group:  # a task group wrapped an error meant for people
         matched, _ = group.split(KlikoError)
         if matched is None:

@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from kliko_async.cache.datahash import DATA_KEY_PREFIX
 from kliko_async.cache.entry import Manifest
 from kliko_async.cache.store import KEY_PATTERN, Cache
 from kliko_async.errors import CacheError
@@ -77,7 +78,8 @@ def upstream_manifests(cache: Cache, key: str) -> list[Manifest]:
                 "with 'cache gc'?",
             )
         for input_key in entry.manifest.ingredients.inputs.values():
-            visit(input_key, wanted)
+            if not input_key.startswith(DATA_KEY_PREFIX):  # data: a host file or folder
+                visit(input_key, wanted)
         found[wanted] = entry.manifest
 
     visit(key, None)
@@ -90,6 +92,17 @@ def provenance_chain(cache: Cache, key: str) -> str:
     names = dict(_unique_names(manifests))
     steps: dict[str, dict[str, Any]] = {}
     notes: list[str] = []
+    data: dict[str, dict[str, str]] = {}
+    for manifest in manifests:
+        for name, input_key in manifest.ingredients.inputs.items():
+            if input_key.startswith(DATA_KEY_PREFIX) and input_key not in names:
+                data_name = name if _CHAIN_NAME.match(name) else f"data{len(data) + 1}"
+                names[input_key] = data_name
+                data[data_name] = {"path": f"./{data_name}"}
+                notes.append(
+                    f"#   data {data_name}: give the file or folder whose data digest is "
+                    f"{input_key.removeprefix(DATA_KEY_PREFIX)} (its path is not kept)"
+                )
     for manifest in manifests:
         ingredients = manifest.ingredients
         step: dict[str, Any] = {"image": ingredients.image_id}
@@ -121,7 +134,8 @@ def provenance_chain(cache: Cache, key: str) -> str:
         "# chain is fully cached, and elsewhere (with the same images) it makes the same keys.",
         *notes,
     ]
-    body = yaml.safe_dump({"steps": steps}, sort_keys=False, allow_unicode=True, width=100)
+    document = {"data": data, "steps": steps} if data else {"steps": steps}
+    body = yaml.safe_dump(document, sort_keys=False, allow_unicode=True, width=100)
     return "\n".join(header) + "\n" + body
 
 

@@ -4,11 +4,19 @@ from __future__ import annotations
 
 from typing import TextIO
 
+from kliko_async.display.terminal import printable
 from kliko_async.engine.plan import Plan
 
 
 def print_plan(plan: Plan, stream: TextIO) -> None:
-    width = max((len(n) for n in plan.order), default=4)
+    width = max((len(n) for n in [*plan.data, *plan.order]), default=4)
+    for name, data in plan.data.items():
+        read = f"{data.hashed_files} read now" if data.hashed_files else "none read now"
+        digest, where = data.key.removeprefix("data:")[:16], printable(str(data.path))
+        stream.write(
+            f"{name:<{width}}  {digest}  {'data':<22}  {where}  "
+            f"({data.files} file(s), {data.size:,} bytes; {read})\n"
+        )
     for name in plan.order:
         if name in plan.unbuilt:
             unknown = "(no key yet)"

@@ -25,7 +25,7 @@ def layers(plan: Plan) -> list[list[str]]:
     depth: dict[str, int] = {}
     for name in plan.order:  # inputs come before their consumers in ``order``
         inputs = plan.steps[name].step.inputs
-        depth[name] = 1 + max((depth[i] for i in inputs), default=-1)
+        depth[name] = 1 + max((depth.get(i, -1) for i in inputs), default=-1)  # data: -1
     grouped: list[list[str]] = [[] for _ in range(max(depth.values(), default=-1) + 1)]
     for name in plan.order:
         grouped[depth[name]].append(name)
@@ -43,7 +43,7 @@ def consumers(plan: Plan) -> dict[str, list[str]]:
     found: dict[str, list[str]] = {name: [] for name in plan.order}
     for name in plan.order:
         for source in plan.steps[name].step.inputs:
-            found[source].append(name)
+            found.setdefault(source, []).append(name)
     return found
 
 

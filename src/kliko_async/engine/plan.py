@@ -9,12 +9,20 @@ are reported together.
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable, Collection, Iterable, Mapping
 from pathlib import Path
 
 import anyio
 from pydantic import BaseModel, ConfigDict
 
+from kliko_async.cache.datahash import (
+    DATA_KEY_PREFIX,
+    STAT_CACHE,
+    DataError,
+    StatCache,
+    digest_data,
+)
 from kliko_async.cache.entry import CacheEntry
 from kliko_async.cache.key import LONE_INPUT, KeyIngredients, cache_key
 from kliko_async.cache.paramfiles import FileSnapshots, hash_files
@@ -46,6 +54,22 @@ class PlannedStep(BaseModel):
         return self.step.name
 
 
+class PlannedData(BaseModel):
+    """A data input, checked and keyed: the host file or folder steps read."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    path: Path
+    """The file or folder itself (links to it resolved): what is mounted."""
+    key: str
+    """What its consumers' keys hold for it: ``data:`` and the digest of its content."""
+    files: int
+    size: int
+    hashed_files: int
+    """How many files were read to key it this time (the others' stat had not changed)."""
+
+
 class Plan(BaseModel):
     """A checked chain: steps in a valid order, each with its key and cache state."""
 
@@ -54,6 +78,7 @@ class Plan(BaseModel):
     source: str
     order: list[str]
     steps: dict[str, PlannedStep]
+    data: dict[str, PlannedData] = {}
     unbuilt: dict[str, str] = {}
     """Steps a dry run cannot key without building an image first: why, by step name (only
     plans made with ``build=False`` have any; they are in ``order`` but not in ``steps``)."""
@@ -101,6 +126,7 @@ async def plan_chain(
     base_dir = Path.cwd() if chain.source == RUN_CHAIN_SOURCE else Path(chain.source).parent
     base_dir = base_dir.resolve()
     order = chain.topological_order()
+    data = await plan_data(chain, cache)
     # First reads of images start a probe container each: do them all at once, not in turn.
     await resolver.prefetch(s.image for s in chain.steps.values() if s.image is not None)
     planned: dict[str, PlannedStep] = {}
@@ -138,7 +164,7 @@ async def plan_chain(
         except KlikoError as error:
             problems.append(error)
             continue
-        if any(i not in planned for i in step.inputs):
+        if any(i not in planned and i not in data for i in step.inputs):
             continue  # an input is already reported as broken
         ingredients = KeyIngredients(
             image_id=image.id,
@@ -146,7 +172,7 @@ async def plan_chain(
             io=image.spec.io,
             parameters=params.values,
             file_hashes=_file_hashes(params),
-            inputs=_input_keys(step, planned),
+            inputs=_input_keys(step, {**planned, **data}),
             input_layout="folders" if _in_folders(step) else "whole",
             env=step.env,
         )
@@ -169,14 +195,52 @@ async def plan_chain(
         raise ChainError(
             f"{len(problems)} problems were found before running: {details}", where=chain.source
         )
-    return Plan(source=chain.source, order=order, steps=planned, unbuilt=unbuilt)
+    return Plan(source=chain.source, order=order, steps=planned, unbuilt=unbuilt, data=data)
 
 
 def _in_folders(step: Step) -> bool:
     return each_in_a_folder(len(step.inputs), in_folders=step.inputs_in_folders)
 
 
-def _input_keys(step: Step, planned: Mapping[str, PlannedStep]) -> dict[str, str]:
+async def plan_data(chain: Chain, cache: Cache | None) -> dict[str, PlannedData]:
+    """Check and key every data input of ``chain``, in a worker thread (a big folder takes a
+    while the first time); one ChainError names every one that cannot be used."""
+    if not chain.data:
+        return {}
+    stats = StatCache(cache.root / STAT_CACHE if cache is not None else None)
+
+    def digest_all() -> tuple[dict[str, PlannedData], list[str]]:
+        found: dict[str, PlannedData] = {}
+        problems: list[str] = []
+        for name, item in chain.data.items():
+            try:
+                digest = digest_data(item.path, stats)
+            except DataError as error:
+                problems.append(f"data {name!r}: {error}")
+                continue
+            found[name] = PlannedData(
+                name=name,
+                path=Path(os.path.realpath(item.path)),
+                key=DATA_KEY_PREFIX + digest.digest,
+                files=digest.files,
+                size=digest.size,
+                hashed_files=digest.hashed_files,
+            )
+        stats.save()
+        return found, problems
+
+    found, problems = await anyio.to_thread.run_sync(digest_all, abandon_on_cancel=True)
+    if problems:
+        raise ChainError(
+            "; ".join(problems),
+            where=chain.source,
+            hint="Give data as files and folders the steps may read, holding only files, "
+            "folders and links that stay inside.",
+        )
+    return found
+
+
+def _input_keys(step: Step, planned: Mapping[str, PlannedStep | PlannedData]) -> dict[str, str]:
     """The key ingredient of ``step``'s inputs, named as the container sees them: a lone input
     (all of /input or /work) as ``/input``, whichever step made it; inputs in folders by the
     folder's name (the step's)."""

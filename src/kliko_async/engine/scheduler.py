@@ -78,10 +78,15 @@ class Scheduler:
         self.wants_log_lines = wants_log_lines
         self.results: dict[str, StepResult] = {}
         # A step's task starts when its last input settles: no task waits for its inputs.
-        self._unsettled = {name: len(set(plan.steps[name].step.inputs)) for name in plan.order}
+        # Data inputs are there from the start: only steps are waited for.
+        self._step_inputs = {
+            name: [i for i in plan.steps[name].step.inputs if i not in plan.data]
+            for name in plan.order
+        }
+        self._unsettled = {name: len(set(self._step_inputs[name])) for name in plan.order}
         self._consumers: dict[str, list[str]] = {}
         for name in plan.order:
-            for dep in set(plan.steps[name].step.inputs):
+            for dep in set(self._step_inputs[name]):
                 self._consumers.setdefault(dep, []).append(name)
         self._slots = anyio.CapacityLimiter(self.jobs)
         self._stopping = False
@@ -187,7 +192,11 @@ class Scheduler:
                 tg.start_soon(self._step, tg, self.plan.steps[consumer])
 
     async def _settle(self, planned: PlannedStep) -> StepResult:
-        broken = [d for d in planned.step.inputs if self.results[d].state not in ("done", "cached")]
+        broken = [
+            d
+            for d in self._step_inputs[planned.name]
+            if self.results[d].state not in ("done", "cached")
+        ]
         if broken:
             return self._skip(planned, f"input {', '.join(repr(b) for b in broken)} did not finish")
         if planned.cached is not None:
@@ -235,10 +244,10 @@ class Scheduler:
             if entry is not None and (not planned.forced or key in self._made):
                 self._note(key)
                 return self._cached(planned, entry)  # made meanwhile, by this run or another
-            for input_key in sorted({self.results[i].key for i in planned.step.inputs}):
+            for input_key in sorted({self.results[i].key for i in self._step_inputs[planned.name]}):
                 # Readers hold a shared lock: `cache gc` leaves these entries alone.
                 await reading.enter_async_context(self.cache.lock(input_key, shared=True))
-            gone = [i for i in planned.step.inputs if not self._output_of(i).is_dir()]
+            gone = [i for i in planned.step.inputs if not self._input_there(i)]
             if gone:
                 result = self._input_gone(planned, gone)
                 self._stop_unless_keep_going()
@@ -289,10 +298,13 @@ class Scheduler:
 
     def _input_gone(self, planned: PlannedStep, gone: list[str]) -> StepResult:
         names = ", ".join(repr(g) for g in gone)
-        reason = (
-            f"the cache entry of input {names} was removed before this step could read it "
-            "(by 'kliko-async cache gc'?); run the chain again to recompute it"
-        )
+        if all(g in self.plan.data for g in gone):
+            reason = f"the data {names} was removed before this step could read it"
+        else:
+            reason = (
+                f"the cache entry of input {names} was removed before this step could read it "
+                "(by 'kliko-async cache gc'?); run the chain again to recompute it"
+            )
         self.emit(StepFailed(step=planned.name, key=planned.key, reason=reason))
         return StepResult(name=planned.name, key=planned.key, state="failed", reason=reason)
 
@@ -376,7 +388,14 @@ class Scheduler:
             last_lines=tuple(outcome.last_lines),
         )
 
+    def _input_there(self, name: str) -> bool:
+        if name in self.plan.data:
+            return self.plan.data[name].path.exists()
+        return self._output_of(name).is_dir()
+
     def _output_of(self, name: str) -> Path:
+        if name in self.plan.data:
+            return self.plan.data[name].path
         output = self.results[name].output
         assert output is not None  # only done or cached inputs get here
         return output

@@ -132,20 +132,36 @@ def split_input_mounts(
         return [Mount(source=absolute(empty), target="/input", read_only=True)]
     if not each_in_a_folder(len(inputs), in_folders=in_folders):
         (source,) = inputs.values()
-        return [Mount(source=absolute(source), target="/input", read_only=True)]
-    return [
-        Mount(source=absolute(source), target=f"/input/{name}", read_only=True)
-        for name, source in sorted(inputs.items())
-    ]
+        return [_input_mount(source, "/input")]
+    return [_input_mount(source, f"/input/{name}") for name, source in sorted(inputs.items())]
+
+
+def _input_mount(source: Path, folder: str) -> Mount:
+    """``source`` read-only at ``folder``; a file (data) goes into it under its own name."""
+    if source.is_file():
+        return Mount(source=absolute(source), target=f"{folder}/{source.name}", read_only=True)
+    return Mount(source=absolute(source), target=folder, read_only=True)
 
 
 def fill_work(work: Path, inputs: Mapping[str, Path], *, in_folders: bool = False) -> None:
     if len(inputs) == 1 and not each_in_a_folder(1, in_folders=in_folders):
         (source,) = inputs.values()
-        copy_tree_writable(source, work)
+        _copy_input(source, work)
     else:
         for name, source in sorted(inputs.items()):
-            copy_tree_writable(source, work / name)
+            _copy_input(source, work / name)
+
+
+def _copy_input(source: Path, folder: Path) -> None:
+    """Copy an input's folder (or a data file, under its own name) into ``folder``."""
+    if source.is_file():
+        folder.mkdir(exist_ok=True)
+        copy_file(source, folder / source.name)
+        os.chmod(
+            folder / source.name, stat.S_IMODE(source.stat().st_mode) | stat.S_IRUSR | stat.S_IWUSR
+        )
+    else:
+        copy_tree_writable(source, folder)
 
 
 def copy_tree_writable(

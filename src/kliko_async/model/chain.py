@@ -27,6 +27,7 @@ from kliko_async.model.chainmodel import (
     RUN_CHAIN_SOURCE,
     STEP_NAME_PATTERN,
     Chain,
+    DataInput,
     Resources,
     Step,
     step_name_problem,
@@ -57,7 +58,10 @@ __all__ = [
 ]
 
 _NAME_MAX = 100
-_TOP_LEVEL = ["steps", "vars"]
+_TOP_LEVEL = ["steps", "vars", "data"]
+_VARIABLES_HINT = (
+    "Declare each variable under 'vars:' at the top of the chain file and use it as ${vars.NAME}."
+)
 
 
 def load_chain(path: Path, *, sets: Mapping[str, str] | None = None) -> Chain:
@@ -95,7 +99,13 @@ def parse_chain(
     ``sets`` are ``--set`` values of the chain's variables (:mod:`kliko_async.model.variables`).
     """
     base = Path(os.path.abspath(base_dir))
-    raw_steps = _with_variables(_steps_section(data, source), data, sets or {}, source)
+    raw_steps = _steps_section(data, source)
+    raw_data = data.get("data")
+    if "vars" in data or sets:
+        substitute = _substituter(data, sets or {}, source)
+        raw_steps = _with_variables(raw_steps, substitute, source)
+        raw_data = _with_variables(raw_data, substitute, source, kind="data")
+    sources = _data_section(raw_data, base, source)
     if isinstance(raw_steps, Mapping):
         entries = [(f"step {key!r}", key, raw) for key, raw in raw_steps.items()]
     else:
@@ -160,7 +170,7 @@ def parse_chain(
             where=source,
             hint="Correct the matrix and load the chain again.",
         )
-    return Chain(source=source, steps=steps)
+    return Chain(source=source, steps=steps, data=sources)
 
 
 def chain_from_pairs(pairs: Sequence[tuple[str, Mapping[str, Any]]]) -> Chain:
@@ -178,30 +188,61 @@ def chain_from_pairs(pairs: Sequence[tuple[str, Mapping[str, Any]]]) -> Chain:
     return parse_chain({"steps": data}, source=RUN_CHAIN_SOURCE, base_dir=Path.cwd())
 
 
-def _with_variables(
-    raw_steps: Mapping[Any, Any] | list[Any],
-    data: Mapping[str, Any],
-    sets: Mapping[str, str],
-    source: str,
-) -> Mapping[Any, Any] | list[Any]:
-    """The steps with their ``${vars.NAME}`` replaced (the chain's ``vars:``, ``--set`` over it)."""
-    if "vars" not in data and not sets:
-        return raw_steps
+def _substituter(data: Mapping[str, Any], sets: Mapping[str, str], source: str) -> Substituter:
     try:
-        substitute = Substituter(resolve(data.get("vars"), sets))
-        if isinstance(raw_steps, Mapping):
-            return {key: substitute(raw, where=f"step {key!r}") for key, raw in raw_steps.items()}
-        return [
-            substitute(raw, where=_list_label(number, raw))
-            for number, raw in enumerate(raw_steps, 1)
-        ]
+        return Substituter(resolve(data.get("vars"), sets))
     except VariableError as exc:
+        raise ChainError(str(exc), where=source, hint=_VARIABLES_HINT) from None
+
+
+def _with_variables(raw: Any, substitute: Substituter, source: str, *, kind: str = "step") -> Any:
+    """A section (steps or data) with its ``${vars.NAME}`` replaced, entry by entry."""
+    try:
+        if isinstance(raw, Mapping):
+            return {key: substitute(item, where=f"{kind} {key!r}") for key, item in raw.items()}
+        if isinstance(raw, list):
+            return [
+                substitute(item, where=_list_label(number, item))
+                for number, item in enumerate(raw, 1)
+            ]
+        return raw
+    except VariableError as exc:
+        raise ChainError(str(exc), where=source, hint=_VARIABLES_HINT) from None
+
+
+def _data_section(raw: Any, base: Path, source: str) -> dict[str, DataInput]:
+    """``data:``: names of host files and folders, as ``NAME: PATH`` or ``NAME: {path: PATH}``;
+    a relative path is relative to the chain file's folder. Whether each is there and usable
+    is checked when the chain is planned."""
+    if raw is None:
+        return {}
+    example = "Write it as  data: {obs: {path: /data/obs1.ms}}"
+    if not isinstance(raw, Mapping):
         raise ChainError(
-            str(exc),
+            f"'data' is a {yaml_kind(raw)}; it must be a mapping of names to paths",
             where=source,
-            hint="Declare each variable under 'vars:' at the top of the chain file and use it "
-            "as ${vars.NAME}.",
-        ) from None
+            hint=example,
+        )
+    problems: list[str] = []
+    found: dict[str, DataInput] = {}
+    for name, value in raw.items():
+        if (problem := step_name_problem(name)) is not None:
+            problems.append(problem.replace("step name", "data name"))
+            continue
+        path = value.get("path") if isinstance(value, Mapping) else value
+        extra = sorted(set(value) - {"path"}) if isinstance(value, Mapping) else []
+        if extra:
+            problems.append(f"data {name!r}: unknown key(s) {', '.join(map(repr, extra))}")
+        elif not isinstance(path, str) or not path:
+            problems.append(
+                f"data {name!r}: give the path of a file or folder (got {yaml_kind(path)})"
+            )
+        else:
+            where = Path(os.path.normpath(base / os.path.expanduser(path)))
+            found[name] = DataInput(name=name, path=where)
+    if problems:
+        raise ChainError(join_problems(problems), where=source, hint=example)
+    return found
 
 
 def _steps_section(data: Any, source: str) -> Mapping[Any, Any] | list[Any]:
@@ -221,7 +262,7 @@ def _steps_section(data: Any, source: str) -> Mapping[Any, Any] | list[Any]:
     if unknown:
         text = ", ".join(f"{key!r}{did_you_mean(str(key), _TOP_LEVEL)}" for key in unknown)
         raise ChainError(
-            f"has unknown top-level key(s) {text}; only 'steps' and 'vars' are allowed",
+            f"has unknown top-level key(s) {text}; only 'steps', 'vars' and 'data' are allowed",
             where=source,
             hint="Remove them or move them under a step.",
         )

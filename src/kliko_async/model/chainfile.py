@@ -248,6 +248,14 @@ def _chain_file_schema(schema: dict[str, Any]) -> None:
             option["additionalProperties"] = step
 
 
+class DataSpec(BaseModel):
+    """One data input: a host file or folder."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    path: str = Field(min_length=1, description="The file or folder on the host.")
+
+
 class ChainFile(BaseModel):
     """A kliko-async chain file: Kliko steps and the inputs that connect them into a DAG."""
 
@@ -262,6 +270,15 @@ class ChainFile(BaseModel):
             "of steps that run one after the other (each step's inputs default to the step "
             "before it)."
         )
+    )
+    data: dict[StepName, str | DataSpec] | None = Field(
+        default=None,
+        description=(
+            "Host files and folders the chain starts from, by name: steps list the name in "
+            "their inputs. A relative path is relative to the chain file's folder. Each is "
+            "keyed by its content (a file is read again only when its size, times or inode "
+            "changed)."
+        ),
     )
     vars: dict[str, Any] | None = Field(
         default=None,

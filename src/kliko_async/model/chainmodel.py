@@ -33,6 +33,7 @@ __all__ = [
     "RUN_CHAIN_SOURCE",
     "STEP_NAME_PATTERN",
     "Chain",
+    "DataInput",
     "MatrixOrigin",
     "Resources",
     "Step",
@@ -247,6 +248,15 @@ class Step(BaseModel):
     )
 
 
+class DataInput(BaseModel):
+    """A host file or folder a chain starts from (``data:``): steps read it as an input."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: _LoadedName = Field(description="The name steps list in their inputs.")
+    path: Path = Field(description="The absolute path of the file or folder on the host.")
+
+
 class Chain(BaseModel):
     """A checked chain: unique safe names, known inputs and no cycle.
 
@@ -257,6 +267,10 @@ class Chain(BaseModel):
 
     source: str = Field(description="The chain file path as given, or '<run_chain>'.")
     steps: dict[str, Step] = Field(description="The steps by name, in file order.")
+    data: dict[str, DataInput] = Field(
+        default_factory=dict,
+        description="Host files and folders the steps read as inputs, by name (data:).",
+    )
 
     @model_validator(mode="after")
     def _check_graph(self) -> Chain:
@@ -265,22 +279,34 @@ class Chain(BaseModel):
             for key, step in self.steps.items()
             if key != step.name
         ]
+        problems += [
+            f"data {key!r} is stored under a different name, {data.name!r}"
+            for key, data in self.data.items()
+            if key != data.name
+        ]
+        problems += [
+            f"{name!r} names both a step and data; give them different names"
+            for name in self.data
+            if name in self.steps
+        ]
         check_dag(self.source, self._graph(), problems)
         return self
 
     def _graph(self) -> dict[str, tuple[str, ...]]:
-        return {name: step.inputs for name, step in self.steps.items()}
+        graph = {name: step.inputs for name, step in self.steps.items()}
+        return {**{name: () for name in self.data if name not in graph}, **graph}
 
     def topological_order(self) -> list[str]:
-        """Step names with every step after its inputs, in file order where the inputs allow."""
+        """Step names with every step after its inputs, in file order where the inputs allow
+        (data are not steps: they are not in it)."""
         order = topological_order(self._graph())
         if order is None:  # only reachable through model_construct
             raise ChainError(cycle_text(self._graph()), where=self.source, hint=CYCLE_HINT)
-        return order
+        return [name for name in order if name in self.steps]
 
     def dependents(self) -> dict[str, tuple[str, ...]]:
-        """Every step mapped to the steps that list it as an input, in file order."""
-        found: dict[str, list[str]] = {name: [] for name in self.steps}
+        """Every step (and data) mapped to the steps that list it as an input, in file order."""
+        found: dict[str, list[str]] = {name: [] for name in [*self.data, *self.steps]}
         for step in self.steps.values():
             for source in step.inputs:
                 found[source].append(step.name)
@@ -335,9 +361,11 @@ class Chain(BaseModel):
         queue = deque(self.select(targets, what="target step"))
         needed = set(queue)
         while queue:
-            for source in self.steps[queue.popleft()].inputs:
+            name = queue.popleft()
+            for source in self.steps[name].inputs if name in self.steps else ():
                 if source not in needed:
                     needed.add(source)
                     queue.append(source)
         steps = {name: step for name, step in self.steps.items() if name in needed}
-        return Chain(source=self.source, steps=steps)
+        data = {name: data for name, data in self.data.items() if name in needed}
+        return Chain(source=self.source, steps=steps, data=data)
