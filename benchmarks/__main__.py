@@ -17,7 +17,16 @@ from pathlib import Path
 
 import anyio
 
-from benchmarks import bigoutput, cached, fanout, logflood, overhead, scheduler, slurmfanout
+from benchmarks import (
+    bigoutput,
+    cached,
+    datainput,
+    fanout,
+    logflood,
+    overhead,
+    scheduler,
+    slurmfanout,
+)
 from benchmarks.harness import (
     RESULTS_DIR,
     Config,
@@ -43,6 +52,7 @@ SCENARIOS: dict[str, tuple[Scenario, bool]] = {
     scheduler.NAME: (scheduler.run, False),
     logflood.NAME: (logflood.run, True),
     bigoutput.NAME: (bigoutput.run, True),
+    datainput.NAME: (datainput.run, False),
     slurmfanout.NAME: (slurmfanout.run, True),  # only with --only: needs scripts/slurm-cluster
 }
 OPT_IN = {slurmfanout.NAME}

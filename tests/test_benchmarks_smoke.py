@@ -93,3 +93,25 @@ def test_logflood_check_reads_the_saved_log_records(tmp_path: Path) -> None:
     plain = tmp_path / "plain.txt"
     plain.write_text("line 1\nline 2\nline 3\n")  # not records: not what a run saved
     assert logflood.check_log(plain, 3)[1] is False
+
+
+def test_datainput_scenario_checks_what_it_reads_and_reports_every_row(tmp_path: Path) -> None:
+    """The data-input scenario on 20 files and 1 MB: its floor hashes every file and its own
+    checks (every file read first, none when unchanged, one after one change) hold."""
+    datainput = load("datainput")
+    harness = load("harness")
+    cfg = harness.Config(smoke=True, reps=1, workdir=tmp_path)
+
+    result = anyio.run(lambda: datainput.run(cfg))
+
+    assert result.error is None and result.params["files"] == 20
+    rows = {row.metric: row for row in result.rows}
+    assert set(rows) == {
+        "first keying: time",
+        "first keying: MB/s (sha256sum: floor)",
+        "re-run, nothing changed",
+        "one file changed",
+    }
+    assert all(row.floor and row.kliko for row in rows.values())
+    assert rows["re-run, nothing changed"].ok is not None
+    assert not (tmp_path / "datainput").exists(), "the folder is removed at the end"

@@ -401,7 +401,7 @@ async def _execute(
         from kliko_async.runtime.slurm.runtime import SlurmRuntime
 
         runtime = slurm_runtime = SlurmRuntime(cache.root, slurm)
-        await slurm_runtime.check_shared_cache()
+        await slurm_runtime.check_shared_cache([d.path for d in loaded.data.values()])
         jobs = jobs or await slurm_runtime.total_cpus()
         pool = ResourcePool(cpus=1 << 20, memory=1 << 62, gpus=1 << 20)  # Slurm accounts
     files = FileSnapshots(cache.private_path(f"files-{run_id}"), cache.root)

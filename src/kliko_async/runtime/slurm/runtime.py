@@ -17,19 +17,15 @@ hosts may compute one key twice, and the first rename wins.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
 import re
-import secrets
-import socket
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import anyio
 
-from kliko_async.cache.durable import remove_tree_off_loop
 from kliko_async.errors import ContainerError, RuntimeUnavailable
 from kliko_async.runtime.base import (
     LABEL_PREFIX,
@@ -54,7 +50,6 @@ from kliko_async.runtime.slurm.commands import (
 from kliko_async.runtime.slurm.endings import (
     ended_without_status,
     pending_for_good,
-    read_text,
     status_exit,
 )
 from kliko_async.runtime.slurm.logfiles import LogFiles, job_folder, look_at_job_files
@@ -68,6 +63,7 @@ from kliko_async.runtime.slurm.queue import (
     parse_squeue,
 )
 from kliko_async.runtime.slurm.script import env_file, job_script
+from kliko_async.runtime.slurm.sharedcheck import check_shared
 from kliko_async.runtime.slurm.unchanged import check_unchanged, tree_state
 
 CLEANUP_DEADLINE_SECONDS = 30
@@ -168,61 +164,19 @@ class SlurmRuntime:
         except (ValueError, IndexError):
             return 1
 
-    async def check_shared_cache(self) -> None:
-        """Refuse, clearly, when a node cannot see the cache folder at the same path.
+    async def check_shared_cache(self, paths: Sequence[Path] = ()) -> None:
+        """Refuse, clearly, when a node cannot see the cache folder (or one of ``paths``, the
+        chain's data) at the same path (:mod:`~kliko_async.runtime.slurm.sharedcheck`)."""
+        await check_shared(self, paths)
 
-        One job on every responding node reads a token written here and writes it back; the
-        answer is remembered for that set of nodes. A check that cannot run within
-        ``PROBE_DEADLINE_SECONDS`` (a busy cluster), or whose end squeue cannot tell, is left
-        to the jobs themselves.
-        """
-        nodes = await self.nodes()
-        check = self.folder / "shared"
-        name = hashlib.sha256(" ".join([self.options.partition or "", *nodes]).encode())
-        verified = check / f"{name.hexdigest()[:16]}.ok"
-        if verified.is_file():
-            return
-        probe = check / f"probe-{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
-        probe.mkdir(parents=True)
-        token = secrets.token_hex(8)
-        (probe / "token").write_text(token)
-        copy = f'cat "{probe}/token" > "{probe}/seen.$SLURMD_NODENAME"'
-        script = f"srun --ntasks-per-node=1 sh -c '{copy}'"
-        args = [
-            "sbatch",
-            "--parsable",
-            f"--job-name={JOB_PREFIX}check-shared",
-            f"--nodes={len(nodes)}",
-            "--ntasks-per-node=1",
-            f"--nodelist={','.join(nodes)}",
-            f"--output={probe}/slurm.out",
-            "--time=2",
-            *self._partition_args(),
-            *self.options.sbatch_options,
-            f"--wrap={script}",
-        ]
-        try:
-            try:
-                job_id = parse_job_id(await retrying(args, transient=sbatch_transient))
-            except ContainerError as error:
-                raise RuntimeUnavailable(
-                    f"could not submit the check of the cache folder: {error}"
-                ) from None
-            ended = await self._wait_probe(job_id)
-            if not ended:
-                return  # not run in time: each job checks that it sees its folder
-            blind = [n for n in nodes if read_text(probe / f"seen.{n}") != token]
-            if blind:
-                raise RuntimeUnavailable(
-                    f"the cache folder {self.folder.parent} is not visible at the same path on "
-                    f"node(s) {', '.join(blind)}, so jobs there could not read their inputs or "
-                    "write their outputs",
-                    hint="Put the cache on a filesystem shared by every node (NFS, Lustre, "
-                    "GPFS, BeeGFS) and point --cache-dir at it.",
-                )
-            verified.write_text(" ".join(nodes) + "\n")
-        finally:
-            await remove_tree_off_loop(probe)
+    def partition_args(self) -> list[str]:
+        return self._partition_args()
+
+    job_prefix = JOB_PREFIX
+
+    async def wait_probe(self, job_id: str) -> bool:
+        """Wait for a probe job to end (True), or cancel it after PROBE_DEADLINE_SECONDS."""
+        return await self._wait_probe(job_id)
 
     async def _wait_probe(self, job_id: str) -> bool:
         self.queue.watch(job_id)

@@ -63,11 +63,7 @@ def job_script(
         "docker": "engine=docker",
         "charliecloud": "engine=ch-run",
     }[engine]
-    inputs = " ".join(
-        shlex.quote(str(folder / "input" / Path(m.target).name))
-        for m in job.mounts
-        if m.target.startswith("/input/")
-    )
+    inputs = mount_points(job, folder)
     output = next((m.source for m in job.mounts if m.target == "/output"), None)
     work = next((m.source for m in job.mounts if m.target == "/work"), None)
     return _TEMPLATE.format(
@@ -132,6 +128,22 @@ def docker_command(job: ContainerJob) -> list[str]:
 
 COPIES = "read-only-copies"
 """The folder (in the job's) of the copies that ``ch-run`` binds in place of read-only mounts."""
+
+
+def mount_points(job: ContainerJob, folder: Path) -> str:
+    """Shell commands that make the mount points under ``/input`` for ``ch-run`` (which binds
+    only onto what exists): a folder per input folder, an empty file per data file."""
+    commands = []
+    for mount in job.mounts:
+        if not mount.target.startswith("/input/"):
+            continue
+        point = folder / "input" / mount.target.removeprefix("/input/")
+        if mount.source.is_file():
+            commands.append(_shell(["mkdir", "-p", str(point.parent)]))
+            commands.append(_shell(["touch", str(point)]))
+        else:
+            commands.append(_shell(["mkdir", "-p", str(point)]))
+    return "\n".join(commands)
 
 
 def read_only_copies(job: ContainerJob, folder: Path) -> dict[str, str]:
@@ -235,7 +247,7 @@ stop() {{ # the container, wherever it runs; the scancel/time limit path
 }}
 on_signal() {{ trap - TERM INT; stop; exit 143; }}
 trap on_signal TERM INT
-for d in {inputs}; do mkdir -p "$d"; done
+{inputs}
 drop_copies() {{ # what the container made of them may be read-only: opened for removal first
     [ -e "$dir/{copies_dir}" ] || return 0
     chmod -R u+rwX "$dir/{copies_dir}"; rm -rf "$dir/{copies_dir}"
