@@ -14,7 +14,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from kliko_async.errors import ContainerError
+from kliko_async.errors import ContainerError, RuntimeUnavailable
 from kliko_async.runtime.base import ContainerJob, Mount
 from kliko_async.runtime.slurm.commands import SlurmCallFailed, parse_job_id, sbatch_transient
 from kliko_async.runtime.slurm.queue import JobQueue, SlurmJob, parse_squeue
@@ -393,3 +393,20 @@ def test_a_config_file_with_an_unknown_key_is_refused_naming_it(tmp_path: Path) 
     assert "invalid config file: profiles.cluster.partiton: Extra inputs are not permitted" in (
         done.stderr
     )
+
+
+@pytest.mark.parametrize(("partition", "rows"), [("kliko", 2), ("bare", 1), (None, 2)])
+def test_the_default_partition_may_be_named_as_sinfo_marks_it(
+    monkeypatch: pytest.MonkeyPatch, partition: str | None, rows: int
+) -> None:
+    """sinfo writes the default partition as 'kliko*'; --partition kliko once found none."""
+    from kliko_async.runtime.slurm import commands
+
+    async def answer(args: Sequence[str], **options: object) -> subprocess.CompletedProcess[bytes]:
+        return done(0, "kliko* node1 idle\nkliko* node2 mix\nbare bare1 idle\n")
+
+    monkeypatch.setattr(commands, "retrying", answer)
+    found = anyio.run(lambda: commands.sinfo(partition, "%N %t", per_node=True))
+    assert len(found) == rows
+    with pytest.raises(RuntimeUnavailable, match=r"no partition 'gpu' \(it has: bare, kliko\)"):
+        anyio.run(lambda: commands.sinfo("gpu", "%N %t", per_node=True))

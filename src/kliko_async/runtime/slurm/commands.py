@@ -127,7 +127,8 @@ async def sinfo(partition: str | None, fields: str, *, per_node: bool) -> list[l
         ) from None
     rows = [line.split() for line in done.stdout.decode().splitlines() if line.strip()]
     wanted = partition
-    chosen = [r[1:] for r in rows if (r[0] == wanted if wanted else r[0].endswith("*"))]
+    # sinfo marks the default partition with '*': naming it is naming it all the same.
+    chosen = [r[1:] for r in rows if (r[0].rstrip("*") == wanted if wanted else r[0].endswith("*"))]
     if not chosen:
         if wanted:
             known = ", ".join(sorted({r[0].rstrip("*") for r in rows}))
