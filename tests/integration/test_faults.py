@@ -260,6 +260,7 @@ def test_a_step_out_of_memory_says_so(kliko: KlikoCli, tmp_path: Path, hog_image
 # -- log floods ------------------------------------------------------------------------------
 
 
+@pytest.mark.load  # a million lines, no question of ownership: run once, as root
 def test_a_log_flood_is_saved_completely_even_when_the_engine_cuts_the_stream(
     kliko: KlikoCli, tmp_path: Path
 ) -> None:
