@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import yaml
 
-from kliko_async.cache.hashing import sha256_file
+from kliko_async.cache.hashing import hash_tree, sha256_file
 from kliko_async.cache.provenance import EXPORT_MARKER
 from kliko_async.cache.store import Cache
 
@@ -395,3 +395,37 @@ def test_the_provenance_of_an_image_reruns_it_fully_cached(
     assert entry is not None
     image = "wsclean-image.fits"
     assert sha256_file(tmp_path / "o" / "briggs" / image) == entry.manifest.outputs[image]
+
+
+def test_the_second_chain_flags_and_images_an_observation_on_disk(
+    radio_run: tuple[Path, Path, list[dict[str, Any]]], kliko: KlikoCli, tmp_path: Path
+) -> None:
+    """examples/radio/from-ms.yaml on the Measurement Set the first chain simulated, exported:
+    the data is read, never written; flagging finds the interference; the image is right."""
+    _, out, _ = radio_run
+    observation = out / "simulate"
+    before = hash_tree(observation)
+    done = kliko(
+        "run", RADIO / "from-ms.yaml", "--set", f"observation={observation}",
+        "--cache-dir", tmp_path / "cache", "--out", tmp_path / "out", "--json",
+        timeout=RUN_TIMEOUT,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-5000:] + done.stderr[-5000:]
+    found = events(done.stdout)
+    assert step_states(found) == dict.fromkeys(["flag", "image", "render"], "ran")
+    assert hash_tree(observation) == before, "the observation on disk is never written"
+    lines = [e["text"] for e in found if e["kind"] == "log_line" and e["step"] == "flag"]
+    after = [float(m.group(1)) for t in lines if (m := re.search(r"([\d.]+)% flagged after", t))]
+    assert after and 7.5 <= after[0] <= 15.0, "\n".join(lines)
+    image = read_fits(tmp_path / "out" / "image" / "wsclean-image.fits")
+    assert image.header["WSCWEIGH"] == "Briggs'(0)"
+    flux, x, y = image.brightest()
+    x0, y0 = image.header["CRPIX1"] - 1, image.header["CRPIX2"] - 1
+    assert abs(x - x0) <= 2 and abs(y - y0) <= 2 and flux == pytest.approx(1.0, rel=0.1)
+    assert (tmp_path / "out" / "render" / "contact-sheet.png").is_file()
+
+    again = kliko(
+        "run", RADIO / "from-ms.yaml", "--set", f"observation={observation}",
+        "--cache-dir", tmp_path / "cache", "--json",
+    )  # fmt: skip
+    assert step_states(events(again.stdout)) == dict.fromkeys(["flag", "image", "render"], "cached")

@@ -263,3 +263,34 @@ async def test_a_half_copy_left_by_an_export_killed_with_sigkill_is_removed_next
     )
     assert (kept / "file").read_text() == "mine\n" and link.is_symlink()
     assert remove_abandoned_copies(out) == []
+
+
+@pytest.mark.parametrize(
+    ("content", "refused"),
+    [('{"step": "simulate", "key": "' + "a" * 64 + '"}\n', False), ("my own notes\n", True)],
+    ids=["an earlier export's marker", "a file of the step's own"],
+)
+async def test_a_marker_carried_from_an_export_used_as_data_is_replaced(
+    tmp_path: Path, content: str, refused: bool
+) -> None:
+    """A step that copies its input (an earlier export, given as data) into its output carries
+    that export's marker along: the new export replaces it. A file of the step's own by that
+    name is still refused, naming it."""
+
+    async def copies_its_input(container: FakeContainer) -> int:
+        (container.path("/output") / EXPORT_MARKER).write_text(content)
+        (container.path("/output") / "data.txt").write_text("data\n")
+        return 0
+
+    fake = FakeRuntime()
+    fake.add_image("example/copy", SPLIT_YML, copies_its_input)
+    chain = chain_of(tmp_path, s={"image": "example/copy"})
+    out = tmp_path / "out"
+    if refused:
+        with pytest.raises(KlikoError, match=f"holds a file named {EXPORT_MARKER}"):
+            await api.run(chain, runtime=fake, cache_dir=tmp_path / "cache", out=out)
+        return
+    result = await api.run(chain, runtime=fake, cache_dir=tmp_path / "cache", out=out)
+    marker = json.loads((out / "s" / EXPORT_MARKER).read_text())
+    assert marker == {"step": "s", "key": result.steps["s"].key}
+    assert (out / "s" / "data.txt").read_text() == "data\n"

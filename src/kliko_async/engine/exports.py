@@ -131,7 +131,7 @@ def export_step(
     try:
         files, size = copy_tree_writable(source, fresh, between_files=between_files)
         marker = fresh / EXPORT_MARKER
-        if marker.exists() or marker.is_symlink():
+        if (marker.exists() or marker.is_symlink()) and not _carried_marker(marker):
             raise KlikoError(
                 f"the output of step '{step}' holds a file named {EXPORT_MARKER}, the name "
                 "kliko-async uses to mark its exports, so it is not exported",
@@ -163,6 +163,18 @@ def export_step(
         remove_tree(fresh)
         raise
     return files, size
+
+
+def _carried_marker(marker: Path) -> bool:
+    """Whether ``marker`` is the marker of an earlier export, carried through by a step that
+    copied its input (an export used as data, copied into /work): replaced, not refused."""
+    if not stat.S_ISREG(_lstat_mode(marker)) or os.lstat(marker).st_size > 4096:
+        return False
+    try:
+        said = json.loads(marker.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(said, dict) and set(said) == {"step", "key"}
 
 
 def _replaceable(out: Path, step: str) -> bool:
