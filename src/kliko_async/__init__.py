@@ -28,6 +28,8 @@ if TYPE_CHECKING:
         StepFailure,
     )
     from kliko_async.events import (
+        DataKeyed,
+        DataKeying,
         Event,
         EventConsumer,
         ExportStarted,
@@ -63,6 +65,8 @@ _LAZY = {
     "Event": "kliko_async.events",
     "EventConsumer": "kliko_async.events",
     "ExportStarted": "kliko_async.events",
+    "DataKeyed": "kliko_async.events",
+    "DataKeying": "kliko_async.events",
     "ImageBuilding": "kliko_async.events",
     "ImageBuilt": "kliko_async.events",
     "ImageError": "kliko_async.errors",
@@ -125,6 +129,8 @@ __all__ = [
     "ChainError",
     "ChainRun",
     "ContainerError",
+    "DataKeyed",
+    "DataKeying",
     "Event",
     "EventConsumer",
     "ExportStarted",

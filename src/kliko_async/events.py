@@ -53,6 +53,25 @@ class StepCached(_Event):
     waited_s: float = Field(0.0, description="Time spent waiting for another run to make it.")
 
 
+class DataKeying(_Event):
+    """A data input's files are being looked at (and read where they changed) to key it."""
+
+    kind: Literal["data_keying"] = "data_keying"
+    data: str = Field(description="The data's name in the chain file.")
+    path: str
+
+
+class DataKeyed(_Event):
+    kind: Literal["data_keyed"] = "data_keyed"
+    data: str
+    path: str
+    files: int
+    size_bytes: int
+    read_files: int = Field(description="Files read this time (new, or their stat changed).")
+    read_bytes: int
+    duration_s: float
+
+
 class ImageBuilding(_Event):
     kind: Literal["image_building"] = "image_building"
     step: str
@@ -189,6 +208,8 @@ Event = Annotated[
     RunStarted
     | StepQueued
     | StepCached
+    | DataKeying
+    | DataKeyed
     | ImageBuilding
     | ImageBuilt
     | StepPreparing

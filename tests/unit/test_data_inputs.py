@@ -13,7 +13,9 @@ import pytest
 
 from kliko_async import api
 from kliko_async.cache.datahash import RECENT_NS, DataError, StatCache, digest_data
+from kliko_async.display.wording import run_message
 from kliko_async.errors import ChainError
+from kliko_async.events import DataKeyed, DataKeying, Event
 from kliko_async.model.chain import Chain, load_chain
 from kliko_async.runtime.fake import FakeContainer, FakeRuntime
 
@@ -209,3 +211,21 @@ async def test_steps_read_data_as_inputs_and_rerun_only_when_its_content_changes
     obs.rename(tmp_path / "moved")
     with pytest.raises(ChainError, match=r"data 'obs': .*does not exist"):
         await api.dry_run(chain, runtime=runtime, cache_dir=cache)
+
+
+async def test_keying_data_is_said_in_events_with_what_was_read(tmp_path: Path) -> None:
+    obs = observation(tmp_path, files=3)
+    runtime = FakeRuntime()
+    runtime.add_image("split", SPLIT)
+    chain = write_chain(
+        tmp_path, f"data: {{obs: {obs}}}\nsteps: {{a: {{image: split, inputs: [obs]}}}}\n"
+    )
+    seen: list[Event] = []
+    await api.run(chain, runtime=runtime, cache_dir=tmp_path / "cache", on_event=seen.append)
+    await api.run(chain, runtime=runtime, cache_dir=tmp_path / "cache", on_event=seen.append)
+    keying = [e for e in seen if isinstance(e, DataKeying)]
+    keyed = [e for e in seen if isinstance(e, DataKeyed)]
+    assert [e.data for e in keying] == ["obs", "obs"] and keying[0].path == str(obs)
+    assert [(e.files, e.read_files) for e in keyed] == [(4, 4), (4, 0)]
+    assert keyed[0].size_bytes == keyed[0].read_bytes == 3 * 1000 + 23
+    assert run_message(keyed[1]) == "data obs: 4 files, 3.0 kB (none read) in 0.0s"

@@ -45,6 +45,8 @@ class DataError(ValueError):
 class DataDigest:
     """A data input's digest, and what it took."""
 
+    root: Path
+    """The file or folder itself, links to it resolved: what a container is given."""
     digest: str
     files: int
     size: int
@@ -138,6 +140,7 @@ def digest_data(path: Path, stats: StatCache) -> DataDigest:
         total.update(line.encode("utf-8", "surrogateescape"))
     hashed = [d for d in digests.values() if d[1]]
     return DataDigest(
+        root=root,
         digest=total.hexdigest(),
         files=len(digests),
         size=size,

@@ -9,7 +9,7 @@ are reported together.
 from __future__ import annotations
 
 import functools
-import os
+import time
 from collections.abc import Callable, Collection, Iterable, Mapping
 from pathlib import Path
 
@@ -31,7 +31,7 @@ from kliko_async.engine.images import KLIKO_COMMAND, ImageResolver, KlikoImage
 from kliko_async.engine.resources import ResourcePool
 from kliko_async.engine.workspace import each_in_a_folder
 from kliko_async.errors import ChainError, KlikoError, RuntimeUnavailable
-from kliko_async.events import Event, ImageBuilding, ImageBuilt
+from kliko_async.events import DataKeyed, DataKeying, Event, ImageBuilding, ImageBuilt
 from kliko_async.model.chain import RUN_CHAIN_SOURCE, Chain, Step
 from kliko_async.model.parameters import ValidatedParameters, validate_parameters
 
@@ -126,7 +126,7 @@ async def plan_chain(
     base_dir = Path.cwd() if chain.source == RUN_CHAIN_SOURCE else Path(chain.source).parent
     base_dir = base_dir.resolve()
     order = chain.topological_order()
-    data = await plan_data(chain, cache)
+    data = await plan_data(chain, cache, emit)
     # First reads of images start a probe container each: do them all at once, not in turn.
     await resolver.prefetch(s.image for s in chain.steps.values() if s.image is not None)
     planned: dict[str, PlannedStep] = {}
@@ -202,34 +202,48 @@ def _in_folders(step: Step) -> bool:
     return each_in_a_folder(len(step.inputs), in_folders=step.inputs_in_folders)
 
 
-async def plan_data(chain: Chain, cache: Cache | None) -> dict[str, PlannedData]:
-    """Check and key every data input of ``chain``, in a worker thread (a big folder takes a
-    while the first time); one ChainError names every one that cannot be used."""
+async def plan_data(
+    chain: Chain, cache: Cache | None, emit: Callable[[Event], None] | None = None
+) -> dict[str, PlannedData]:
+    """Check and key every data input of ``chain``, each in a worker thread (a big folder takes
+    a while the first time), saying so in events; one ChainError names every one that cannot
+    be used."""
     if not chain.data:
         return {}
     stats = StatCache(cache.root / STAT_CACHE if cache is not None else None)
-
-    def digest_all() -> tuple[dict[str, PlannedData], list[str]]:
-        found: dict[str, PlannedData] = {}
-        problems: list[str] = []
-        for name, item in chain.data.items():
-            try:
-                digest = digest_data(item.path, stats)
-            except DataError as error:
-                problems.append(f"data {name!r}: {error}")
-                continue
-            found[name] = PlannedData(
-                name=name,
-                path=Path(os.path.realpath(item.path)),
-                key=DATA_KEY_PREFIX + digest.digest,
-                files=digest.files,
-                size=digest.size,
-                hashed_files=digest.hashed_files,
+    found: dict[str, PlannedData] = {}
+    problems: list[str] = []
+    for name, item in chain.data.items():
+        if emit is not None:
+            emit(DataKeying(data=name, path=str(item.path)))
+        began = time.monotonic()
+        digest = functools.partial(digest_data, item.path, stats)
+        try:
+            keyed = await anyio.to_thread.run_sync(digest, abandon_on_cancel=True)
+        except DataError as error:
+            problems.append(f"data {name!r}: {error}")
+            continue
+        found[name] = PlannedData(
+            name=name,
+            path=keyed.root,
+            key=DATA_KEY_PREFIX + keyed.digest,
+            files=keyed.files,
+            size=keyed.size,
+            hashed_files=keyed.hashed_files,
+        )
+        if emit is not None:
+            emit(
+                DataKeyed(
+                    data=name,
+                    path=str(item.path),
+                    files=keyed.files,
+                    size_bytes=keyed.size,
+                    read_files=keyed.hashed_files,
+                    read_bytes=keyed.hashed_bytes,
+                    duration_s=time.monotonic() - began,
+                )
             )
-        stats.save()
-        return found, problems
-
-    found, problems = await anyio.to_thread.run_sync(digest_all, abandon_on_cancel=True)
+    await anyio.to_thread.run_sync(stats.save)
     if problems:
         raise ChainError(
             "; ".join(problems),
