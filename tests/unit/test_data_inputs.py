@@ -13,7 +13,7 @@ import pytest
 
 from kliko_async import api
 from kliko_async.cache.datahash import RECENT_NS, DataError, StatCache, digest_data
-from kliko_async.display.wording import run_message
+from kliko_async.display.wording import step_message
 from kliko_async.errors import ChainError
 from kliko_async.events import DataKeyed, DataKeying, Event
 from kliko_async.model.chain import Chain, load_chain
@@ -228,4 +228,4 @@ async def test_keying_data_is_said_in_events_with_what_was_read(tmp_path: Path) 
     assert [e.data for e in keying] == ["obs", "obs"] and keying[0].path == str(obs)
     assert [(e.files, e.read_files) for e in keyed] == [(4, 4), (4, 0)]
     assert keyed[0].size_bytes == keyed[0].read_bytes == 3 * 1000 + 23
-    assert run_message(keyed[1]) == "data obs: 4 files, 3.0 kB (none read) in 0.0s"
+    assert step_message(keyed[1]) == ("obs", "data: 4 files, 3.0 kB (none read) in 0.0s")

@@ -31,6 +31,18 @@ def _step_message(event: Event) -> tuple[str, str] | None:
             )
             saved = f"saved {event.original_duration_s:.1f}s"
             return event.step, f"cached ({event.key[:12]}, {saved}{waited})"
+        case "data_keying":  # data are not steps, but their lines read as a step's do
+            return event.data, f"data: looking at {event.path}"
+        case "data_keyed":
+            read = (
+                f"{event.read_files} read, {_size(event.read_bytes)}"
+                if event.read_files
+                else "none read"
+            )
+            return event.data, (
+                f"data: {event.files} files, {_size(event.size_bytes)} ({read}) "
+                f"in {event.duration_s:.1f}s"
+            )
         case "image_building":
             return event.step, f"building image from {event.context}"
         case "image_built":
@@ -93,18 +105,6 @@ def _run_message(event: Event) -> str | None:
     match event.kind:
         case "run_started":
             return f"run {event.run_id}: {len(event.steps)} steps, up to {event.jobs} at once"
-        case "data_keying":
-            return f"data {event.data}: looking at {event.path}"
-        case "data_keyed":
-            read = (
-                f"{event.read_files} read, {_size(event.read_bytes)}"
-                if event.read_files
-                else "none read"
-            )
-            return (
-                f"data {event.data}: {event.files} files, {_size(event.size_bytes)} ({read}) "
-                f"in {event.duration_s:.1f}s"
-            )
         case "export_started":
             return f"copying the outputs of {len(event.steps)} steps to {event.folder}"
         case "output_exported":  # the run's, after the steps: not one of a step's own lines
