@@ -108,3 +108,25 @@ def test_data_a_container_could_not_be_given_is_refused_in_one_line(
     assert done.stderr.startswith("kliko-async: error: ") and done.stderr.count("\n") == 1
     assert "data 'obs'" in done.stderr and said in done.stderr
     assert "Traceback" not in done.stdout + done.stderr
+
+
+def test_one_chain_over_several_observations_runs_once_per_observation(
+    kliko: KlikoCli, tmp_path: Path, container_creations: Creations
+) -> None:
+    for night in ("night1", "night2"):
+        (tmp_path / night).mkdir()
+        (tmp_path / night / "vis.txt").write_text(f"{night}\n")
+    (tmp_path / "chain.yaml").write_text(
+        "vars: {nights: [night1, night2]}\n"
+        "data:\n  obs: {path: '${vars.nights}'}\n"
+        "steps:\n"
+        "  upper: {image: example/upper, inputs: [obs], matrix: {same-as: obs}}\n"
+        "  merge: {image: example/merge, inputs: [upper]}\n"
+    )
+    shown, started = run(kliko, tmp_path, container_creations)
+    assert shown == dict.fromkeys(["upper[night1]", "upper[night2]", "merge"], "done")
+    assert (tmp_path / "out" / "upper[night2]" / "vis.txt").read_text() == "NIGHT2\n"
+    assert (tmp_path / "out" / "merge" / "merged.txt").read_text() == "NIGHT1\n----\nNIGHT2\n----\n"
+
+    shown, started = run(kliko, tmp_path, container_creations, "--set", "nights=[night2]")
+    assert shown == {"upper[night2]": "cached", "merge": "done"} and started == ["merge"]

@@ -229,3 +229,49 @@ async def test_keying_data_is_said_in_events_with_what_was_read(tmp_path: Path) 
     assert [(e.files, e.read_files) for e in keyed] == [(4, 4), (4, 0)]
     assert keyed[0].size_bytes == keyed[0].read_bytes == 3 * 1000 + 23
     assert step_message(keyed[1]) == ("obs", "data: 4 files, 3.0 kB (none read) in 0.0s")
+
+
+async def test_the_same_chain_over_several_observations_is_a_list_of_data(
+    tmp_path: Path,
+) -> None:
+    """``path:`` given a list (here a variable) makes one data input per path, read as a
+    matrix step's expansions: a ``same-as`` step runs once per observation, a plain consumer
+    reads them all, each in its folder; ``--set`` picks other observations."""
+    for night in ("night1", "night2", "night3"):
+        (tmp_path / night).mkdir()
+        (tmp_path / night / "vis.dat").write_text(f"{night}\n")
+    text = """\
+    vars: {nights: [night1, night2]}
+    data:
+      obs: {path: "${vars.nights}"}
+    steps:
+      flag: {image: split, inputs: [obs], matrix: {same-as: obs}}
+      combine: {image: split, inputs: [flag]}
+      raw: {image: split, inputs: [obs]}
+    """
+    chain = write_chain(tmp_path, text)
+    assert sorted(chain.data) == ["obs[night1]", "obs[night2]"]
+    assert chain.steps["flag[night2]"].inputs == ("obs[night2]",)
+    assert chain.steps["combine"].inputs == ("flag[night1]", "flag[night2]")
+    assert chain.steps["raw"].inputs == ("obs[night1]", "obs[night2]")
+    assert chain.steps["raw"].inputs_in_folders
+
+    runtime = FakeRuntime()
+    runtime.add_image("split", SPLIT)  # copies /input to /output
+    cache = tmp_path / "cache"
+    first = await api.run(chain, runtime=runtime, cache_dir=cache, out=tmp_path / "out")
+    assert first.ok and (tmp_path / "out" / "flag[night2]" / "vis.dat").read_text() == "night2\n"
+    assert (tmp_path / "out" / "raw" / "obs[night1]" / "vis.dat").read_text() == "night1\n"
+
+    path = tmp_path / "chain.yaml"
+    other = load_chain(path, sets={"nights": "[night2, night3]"})
+    again = await api.run(other, runtime=runtime, cache_dir=cache)
+    states = {name: step.state for name, step in again.steps.items()}
+    assert states == {
+        "flag[night2]": "cached",
+        "flag[night3]": "done",
+        "combine": "done",
+        "raw": "done",
+    }
+    with pytest.raises(ChainError, match="give the path of a file or folder, or a list"):
+        write_chain(tmp_path, "data: {obs: {path: [a, 3]}}\nsteps: {a: {image: x}}\n")

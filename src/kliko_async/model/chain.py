@@ -105,7 +105,7 @@ def parse_chain(
         substitute = _substituter(data, sets or {}, source)
         raw_steps = _with_variables(raw_steps, substitute, source)
         raw_data = _with_variables(raw_data, substitute, source, kind="data")
-    sources = _data_section(raw_data, base, source)
+    sources, data_families = _data_section(raw_data, base, source)
     if isinstance(raw_steps, Mapping):
         entries = [(f"step {key!r}", key, raw) for key, raw in raw_steps.items()]
     else:
@@ -163,7 +163,9 @@ def parse_chain(
         previous = name
     matrices = {name: spec.matrix for name, spec in zip(names, specs, strict=True) if spec.matrix}
     problems = []
-    steps = expand_matrices(steps, matrices, base_dir=base, problems=problems)
+    steps = expand_matrices(
+        steps, matrices, base_dir=base, problems=problems, data_families=data_families
+    )
     if problems:
         raise ChainError(
             join_problems(problems),
@@ -210,12 +212,16 @@ def _with_variables(raw: Any, substitute: Substituter, source: str, *, kind: str
         raise ChainError(str(exc), where=source, hint=_VARIABLES_HINT) from None
 
 
-def _data_section(raw: Any, base: Path, source: str) -> dict[str, DataInput]:
+def _data_section(
+    raw: Any, base: Path, source: str
+) -> tuple[dict[str, DataInput], dict[str, list[str]]]:
     """``data:``: names of host files and folders, as ``NAME: PATH`` or ``NAME: {path: PATH}``;
-    a relative path is relative to the chain file's folder. Whether each is there and usable
-    is checked when the chain is planned."""
+    a relative path is relative to the chain file's folder. A list of paths (a variable, for
+    several observations) makes one data input per path, ``NAME[last part of its path]``, like
+    a matrix step's expansions: returned as the second value, by name. Whether each is there
+    and usable is checked when the chain is planned."""
     if raw is None:
-        return {}
+        return {}, {}
     example = "Write it as  data: {obs: {path: /data/obs1.ms}}"
     if not isinstance(raw, Mapping):
         raise ChainError(
@@ -225,24 +231,46 @@ def _data_section(raw: Any, base: Path, source: str) -> dict[str, DataInput]:
         )
     problems: list[str] = []
     found: dict[str, DataInput] = {}
+    families: dict[str, list[str]] = {}
     for name, value in raw.items():
         if (problem := step_name_problem(name)) is not None:
             problems.append(problem.replace("step name", "data name"))
             continue
         path = value.get("path") if isinstance(value, Mapping) else value
         extra = sorted(set(value) - {"path"}) if isinstance(value, Mapping) else []
+        paths: list[Any] = path if isinstance(path, list) else [path]
         if extra:
             problems.append(f"data {name!r}: unknown key(s) {', '.join(map(repr, extra))}")
-        elif not isinstance(path, str) or not path:
+        elif not paths or not all(isinstance(p, str) and p for p in paths):
             problems.append(
-                f"data {name!r}: give the path of a file or folder (got {yaml_kind(path)})"
+                f"data {name!r}: give the path of a file or folder, or a list of them "
+                f"(got {yaml_kind(path)})"
             )
+        elif not isinstance(path, list):
+            found[name] = DataInput(name=name, path=_data_path(base, paths[0]))
         else:
-            where = Path(os.path.normpath(base / os.path.expanduser(path)))
-            found[name] = DataInput(name=name, path=where)
+            labels = _member_labels(paths)
+            families[name] = [f"{name}[{label}]" for label in labels]
+            for member, item in zip(families[name], paths, strict=True):
+                found[member] = DataInput(name=member, path=_data_path(base, item))
     if problems:
         raise ChainError(join_problems(problems), where=source, hint=example)
-    return found
+    return found, families
+
+
+def _data_path(base: Path, path: str) -> Path:
+    return Path(os.path.normpath(base / os.path.expanduser(path)))
+
+
+def _member_labels(paths: list[str]) -> list[str]:
+    """Each path's last part, made safe as a name (by its number where they are not unique)."""
+    labels = [
+        re.sub(r"[^A-Za-z0-9._=,+-]", "_", os.path.basename(os.path.normpath(p)))[:80].lstrip("._-")
+        for p in paths
+    ]
+    if len(set(labels)) < len(labels) or not all(labels):
+        return [str(i) for i in range(1, len(paths) + 1)]
+    return labels
 
 
 def _steps_section(data: Any, source: str) -> Mapping[Any, Any] | list[Any]:

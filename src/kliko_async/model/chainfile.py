@@ -253,7 +253,11 @@ class DataSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    path: str = Field(min_length=1, description="The file or folder on the host.")
+    path: str | list[str] = Field(
+        min_length=1,
+        description="The file or folder on the host, or a list of them: one data input per "
+        "path, NAME[last part of the path], read by steps as a matrix step's expansions are.",
+    )
 
 
 class ChainFile(BaseModel):
@@ -271,7 +275,7 @@ class ChainFile(BaseModel):
             "before it)."
         )
     )
-    data: dict[StepName, str | DataSpec] | None = Field(
+    data: dict[StepName, str | list[str] | DataSpec] | None = Field(
         default=None,
         description=(
             "Host files and folders the chain starts from, by name: steps list the name in "

@@ -45,26 +45,38 @@ def expand_matrices(
     *,
     base_dir: Path,
     problems: list[str],
+    data_families: Mapping[str, list[str]] | None = None,
 ) -> dict[str, Step]:
     """``steps`` with every step in ``matrices`` replaced by its expansions, in file order, and
     every input that names a matrix step rewritten to the expansions it means.
 
+    ``data_families`` are data given as a list of paths (name -> the names of its members, such
+    as ``obs[night1]``): inputs naming one mean all of its members, and a step that is
+    ``same-as`` it runs once per member, each reading its own.
+
     Problems go to ``problems`` (each naming the step); the steps returned are then incomplete.
     """
-    if not matrices:
+    data_families = data_families or {}
+    if not matrices and not data_families:
         return dict(steps)
     families: dict[str, _Family] = {}
+    for name, members in data_families.items():
+        labels = [member[len(name) + 1 : -1] for member in members]  # obs[night1] -> night1
+        families[name] = _Family(name, [{"data": label} for label in labels])
+        families[name].suffixes = labels
     for name, matrix in matrices.items():
         if matrix.same_as is None:
             combinations = _combinations(name, matrix, base_dir, problems)
             if combinations:
                 families[name] = _Family(name, combinations)
-    roots = _pairing_roots(steps, matrices, families, problems)
-    expansions: dict[str, list[str]] = {}
+    roots = _pairing_roots(steps, matrices, families, problems, data=data_families)
+    expansions: dict[str, list[str]] = {
+        name: list(members) for name, members in data_families.items()
+    }
     for name, matrix in matrices.items():
-        family = families.get(roots.get(name, name))
-        if family is not None:
-            expansions[name] = _expansion_names(name, matrix, family, problems)
+        found = families.get(roots.get(name, name))
+        if found is not None:
+            expansions[name] = _expansion_names(name, matrix, found, problems)
     if problems:
         return {}
     _check_unique(steps, expansions, problems)
@@ -199,8 +211,11 @@ def _pairing_roots(
     matrices: Mapping[str, MatrixSpec],
     families: Mapping[str, _Family],
     problems: list[str],
+    *,
+    data: Mapping[str, list[str]],
 ) -> dict[str, str]:
-    """Each ``same-as`` step mapped to the matrix step whose values it ends up pairing with."""
+    """Each ``same-as`` step mapped to the matrix step (or list of data) whose values it ends
+    up pairing with."""
     roots: dict[str, str] = {}
     for name, matrix in matrices.items():
         if matrix.same_as is None:
@@ -209,6 +224,9 @@ def _pairing_roots(
         seen = [name]
         current = matrix.same_as
         while True:
+            if current in data:
+                roots[name] = current
+                break
             if current in seen:
                 loop = " -> ".join([*seen[seen.index(current) :], current])
                 problems.append(f"{where}: the pairings form a loop: {loop}")
