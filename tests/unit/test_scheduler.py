@@ -1064,3 +1064,42 @@ async def test_a_random_dag_of_2000_steps_runs_in_dependency_order(
     for name, spec in steps.items():
         for source in spec["inputs"]:
             assert end[source] < start[name], (source, name)
+
+
+class QueuedRuntime(FakeRuntime):
+    """Containers wait ``queued`` seconds before they start, as Slurm jobs wait for a node."""
+
+    def __init__(self, queued: float) -> None:
+        super().__init__()
+        self.queued = queued
+
+    async def run(self, job: Any, *, on_log: Any, on_start: Any = None) -> Any:
+        await anyio.sleep(self.queued)  # pending: no container yet
+        return await super().run(job, on_log=on_log, on_start=on_start)
+
+
+@pytest.mark.parametrize(("delay", "timed_out"), [(0.05, False), (30, True)])
+async def test_a_timeout_counts_from_the_start_not_the_wait_in_the_queue(
+    tmp_path: Path, delay: float, timed_out: bool
+) -> None:
+    """A step with a 1 s timeout that waits 2 s for a node and then runs briefly succeeds (it
+    was once stopped while pending); one that runs past 1 s after its start is stopped."""
+    runtime = QueuedRuntime(queued=2.0)
+
+    async def work(container: FakeContainer) -> int:
+        await anyio.sleep(delay)
+        return 0
+
+    runtime.add_image("work", "schema_version: 3\nio: split\nsections: []\n", work)
+    chain = parse_chain(
+        {"steps": {"s": {"image": "work", "timeout": 1}}},
+        source=str(tmp_path / "chain.yaml"),
+        base_dir=tmp_path,
+    )
+    with anyio.fail_after(20):
+        result = await api.run(chain, runtime=runtime, cache_dir=tmp_path / "cache")
+    step = result.steps["s"]
+    if timed_out:
+        assert step.state == "failed" and "timed out after 1 s" in (step.reason or "")
+    else:
+        assert step.state == "done", step.reason

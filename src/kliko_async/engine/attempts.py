@@ -134,8 +134,10 @@ class StepAttempts:
             log = StepLog(staging.log_path)
             try:
                 on_log = self._log_sink(step.name, log, last)
-                on_start = self._start_sink(planned, attempt)
-                with anyio.move_on_after(step.timeout) as scope:
+                # The timeout counts from the container's start: not while it waits in a
+                # Slurm queue (or for the engine to create it).
+                with anyio.CancelScope() as scope:
+                    on_start = self._start_sink(planned, attempt, scope, step.timeout)
                     log.on_error = scope.cancel  # a log that cannot be saved stops the step
                     exited = await self.runtime.run(job, on_log=on_log, on_start=on_start)
                 timed_out = scope.cancelled_caught and log.error is None
@@ -246,8 +248,12 @@ class StepAttempts:
 
         return on_log
 
-    def _start_sink(self, planned: PlannedStep, attempt: int) -> Callable[[str], None]:
+    def _start_sink(
+        self, planned: PlannedStep, attempt: int, scope: anyio.CancelScope, timeout: float | None
+    ) -> Callable[[str], None]:
         def on_start(container_id: str) -> None:
+            if timeout is not None:
+                scope.deadline = anyio.current_time() + timeout
             self.emit(
                 StepStarted(
                     step=planned.name, key=planned.key, container_id=container_id, attempt=attempt

@@ -213,7 +213,8 @@ class StepSpec(BaseModel):
         default=None,
         gt=0,
         allow_inf_nan=False,
-        description="Seconds after which a running step is stopped and counted as failed.",
+        description="Seconds after which a running step is stopped and counted as failed, "
+        "counted from its container's start (not while its Slurm job waits in the queue).",
     )
     resources: Resources = Field(
         default_factory=Resources, description="CPU, memory and GPU limits for the container."
