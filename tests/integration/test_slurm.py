@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -276,6 +277,14 @@ def test_sigterm_mid_run_leaves_no_job_pending_or_running(kliko: KlikoCli, tmp_p
             "running and pending jobs",
         )
         wait_until(lambda: "| started" in log.read_text(), "a started step")
+        # The display says which job each step is, where it runs, and why a job waits.
+        wait_until(
+            lambda: bool(
+                re.search(r"\| \[kliko-async\] Slurm job \d+ is pending: \w", log.read_text())
+            ),
+            "a pending job's reason",
+        )
+        assert re.search(r"\| \[kliko-async\] Slurm job \d+ runs on node \w", log.read_text())
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=60) == 143, log.read_text()
     finally:

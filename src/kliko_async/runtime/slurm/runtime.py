@@ -342,6 +342,7 @@ class SlurmRuntime:
         started = False
         ended_at: float | None = None
         hopeless: SlurmJob | None = None
+        pending: str | None = None
         async with anyio.create_task_group() as tg:
             tg.start_soon(watch_state)
             pause = _FOLLOW_FASTEST
@@ -352,6 +353,7 @@ class SlurmRuntime:
                 if node and not started:
                     started = True
                     container_id = f"{job_id}@{node}"
+                    on_log("stderr", f"[kliko-async] Slurm job {job_id} runs on node {node}")
                     if on_start:
                         on_start(container_id)
                 if attempt.isdigit() and int(attempt) > logs.attempt:
@@ -364,6 +366,10 @@ class SlurmRuntime:
                 if look.status:
                     break
                 info = latest[0] if latest else None
+                if info is not None and info.state == "PENDING" and info.reason != pending:
+                    pending = info.reason  # why it waits, each time that changes
+                    why = pending or "no reason given yet"
+                    on_log("stderr", f"[kliko-async] Slurm job {job_id} is pending: {why}")
                 if info is not None and info.state == "PENDING" and info.reason in HOPELESS_REASONS:
                     hopeless = info
                     break
