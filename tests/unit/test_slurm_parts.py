@@ -410,3 +410,24 @@ def test_the_default_partition_may_be_named_as_sinfo_marks_it(
     assert len(found) == rows
     with pytest.raises(RuntimeUnavailable, match=r"no partition 'gpu' \(it has: bare, kliko\)"):
         anyio.run(lambda: commands.sinfo("gpu", "%N %t", per_node=True))
+
+
+def test_accounting_that_lags_behind_a_job_leaving_squeue_is_waited_for() -> None:
+    """A job just cancelled leaves squeue before the completion log has its line: the queue
+    waits a grace period for accounting instead of calling it vanished (it once said UNKNOWN
+    and the step's 'was cancelled' was lost)."""
+    slurm = FakeSlurm({"1": "RUNNING"})
+
+    async def main() -> None:
+        queue = JobQueue(fastest=0.01, slowest=0.01, accounting_grace=5.0, command=slurm)
+        queue.watch("1")
+        await queue.next_state("1")
+        del slurm.states["1"]  # gone from squeue; accounting has not written it yet
+        for _ in range(5):
+            info = await queue.next_state("1")
+            assert info is not None and info.state == "RUNNING", "still waiting for accounting"
+        slurm.finished["1"] = "CANCELLED"
+        info = await queue.next_state("1")
+        assert info is not None and info.state == "CANCELLED" and info.from_sacct
+
+    anyio.run(main)

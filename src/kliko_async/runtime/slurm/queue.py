@@ -177,17 +177,20 @@ class JobQueue:
         slowest: float = 3.0,
         *,
         patience: float = 120.0,
+        accounting_grace: float = 10.0,
         command: Command = slurm_command,
     ) -> None:
         self.fastest = fastest
         self.slowest = slowest
         self.patience = patience
+        self.accounting_grace = accounting_grace
         self.interval = fastest
         self.polls = 0
         self.failed_polls = 0
         self._command = command
         self._jobs: dict[str, SlurmJob | None] = {}
         self._watched_at: dict[str, float] = {}
+        self._missing_since: dict[str, float] = {}
         self._tick = anyio.Event()
         self._polling = False
         self._failing_since: float | None = None
@@ -202,6 +205,7 @@ class JobQueue:
     def forget(self, job_id: str) -> None:
         self._jobs.pop(job_id, None)
         self._watched_at.pop(job_id, None)
+        self._missing_since.pop(job_id, None)
 
     def hurry(self) -> None:
         """Poll at the fastest pace again (a job is being cancelled, or just ended)."""
@@ -258,14 +262,21 @@ class JobQueue:
         self.polls += 1
         changed = False
         now = anyio.current_time()
+        for job_id in [i for i in ids if i in found]:
+            self._missing_since.pop(job_id, None)
         for job_id in missing:
             if job_id in found:
                 continue
-            # Neither squeue nor accounting knows it: a job seen before has vanished, and so
-            # has one never seen for as long as the patience with Slurm lasts. Say so rather
-            # than wait forever.
+            # Neither squeue nor accounting knows it. Accounting may lag a moment behind a job
+            # that just left squeue (the completion log is written as it ends): a job seen
+            # before has vanished once that grace is over (at once with no accounting at all),
+            # one never seen once the patience with Slurm is. Say so rather than wait forever.
+            since = self._missing_since.setdefault(job_id, now)
+            grace = 0.0 if self._accounting == "none" else self.accounting_grace
             seen = _seen_in_squeue(self._jobs.get(job_id))
-            if seen or now - self._watched_at.get(job_id, now) >= self.patience:
+            if (seen and now - since >= grace) or now - self._watched_at.get(
+                job_id, now
+            ) >= self.patience:
                 found[job_id] = SlurmJob(job_id=job_id, state="UNKNOWN", from_sacct=True)
         for job_id in ids:
             state = found.get(job_id)
