@@ -287,12 +287,23 @@ def run_blocking(function: Callable[[], Awaitable[T]]) -> T:
     Where an event loop already runs in this thread (Jupyter, Luigi's worker), it runs on a
     fresh loop in a helper thread instead, since loops do not nest.
     """
+    box: list[T] = []
+
+    async def main() -> None:
+        # The result is kept out of the main task: on Python 3.11, asyncio.run's clean-up
+        # formats that task's repr, result included, while restoring the SIGINT handler (the
+        # enum lookup of the old handler fails, and its error message is built): for the plan
+        # of a 10,000-step chain, seconds of pydantic reprs thrown away.
+        box.append(await function())
+
     try:
         asyncio.get_running_loop()
     except RuntimeError:  # no loop here: the common case
-        return anyio.run(function)
-    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="kliko-async") as pool:
-        return pool.submit(anyio.run, function).result()
+        anyio.run(main)
+    else:
+        with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="kliko-async") as pool:
+            pool.submit(anyio.run, main).result()
+    return box[0]
 
 
 async def export_outputs(

@@ -89,7 +89,7 @@ def _dispatch(args: list[str]) -> int:
 def _run(options: argparse.Namespace) -> int:
     import anyio
 
-    from kliko_async.api import dry_run
+    from kliko_async.api import dry_run, run_blocking
 
     chain = _chain(options)
     explain = functools.partial(
@@ -105,7 +105,7 @@ def _run(options: argparse.Namespace) -> int:
         explain()
     if options.dry_run:
         _apply_profile(options)
-        plan = anyio.run(
+        plan = run_blocking(
             lambda: dry_run(
                 chain,
                 cache_dir=options.cache_dir,
@@ -124,12 +124,12 @@ def _run(options: argparse.Namespace) -> int:
     return anyio.run(_run_until_signal, options, chain, display)
 
 
-def _chain(options: argparse.Namespace) -> Path | Chain:
-    """The chain file, or the chain loaded with the ``--set`` values of its variables and cut
-    down to the target steps and what they need (loaded here, before any event loop runs)."""
+def _chain(options: argparse.Namespace) -> Chain:
+    """The chain loaded with the ``--set`` values of its variables and cut down to the target
+    steps and what they need. Loaded here, in the main thread before any event loop runs, so
+    that Ctrl-C stops the loading of a huge chain file at once (in a worker thread, the
+    interpreter would wait for it to finish before exiting)."""
     sets, targets = options.sets, getattr(options, "targets", [])
-    if not sets and not targets:
-        return Path(options.chain)
     from kliko_async.model.chain import load_chain
     from kliko_async.model.variables import VariableError, parse_sets
 
@@ -331,9 +331,8 @@ def _looks_like_a_path(text: str) -> bool:
 
 
 def _logs(options: argparse.Namespace) -> int:
-    import anyio
 
-    from kliko_async.api import dry_run
+    from kliko_async.api import dry_run, run_blocking
     from kliko_async.cache.logfiles import log_by_key, log_records
     from kliko_async.cache.store import Cache, default_cache_dir
     from kliko_async.engine.logsearch import find_step_log
@@ -343,7 +342,7 @@ def _logs(options: argparse.Namespace) -> int:
         path = log_by_key(cache, options.key)
     elif options.chain is not None and options.step is not None:
         chain = _chain(options)
-        plan = anyio.run(lambda: dry_run(chain, cache_dir=cache.root))
+        plan = run_blocking(lambda: dry_run(chain, cache_dir=cache.root))
         path = find_step_log(cache, plan, options.step)
     else:
         raise ParameterError("logs needs CHAIN STEP, or --key KEY")
@@ -372,11 +371,10 @@ def _print_explanations(
     no_cache: bool = False,
     build: bool = True,
 ) -> None:
-    import anyio
 
-    from kliko_async.api import explain
+    from kliko_async.api import explain, run_blocking
 
-    explanations = anyio.run(
+    explanations = run_blocking(
         lambda: explain(
             chain, steps, cache_dir=cache_dir, force=force, no_cache=no_cache, build=build
         )
@@ -390,13 +388,12 @@ def _print_explanations(
 
 
 def _graph(options: argparse.Namespace) -> int:
-    import anyio
 
-    from kliko_async.api import dry_run
+    from kliko_async.api import dry_run, run_blocking
     from kliko_async.display import graph
 
     chain = _chain(options)
-    plan = anyio.run(lambda: dry_run(chain, cache_dir=options.cache_dir))
+    plan = run_blocking(lambda: dry_run(chain, cache_dir=options.cache_dir))
     if options.format == "text":
         from rich.console import Console
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TextIO
 
 from kliko_async.display.terminal import printable
@@ -27,9 +28,32 @@ def print_plan(plan: Plan, stream: TextIO) -> None:
             state = f"cached (ran {step.cached.manifest.duration_s:.1f}s)"
         else:
             state = "forced" if step.forced else "would run"
-        inputs = ", ".join(step.step.inputs) or "-"
+        inputs = shown_inputs(step.step.inputs)
         stream.write(
             f"{name:<{width}}  {step.key[:16]}  {state:<22}  {step.image.ref}  <- {inputs}\n"
         )
     runs = len(plan.to_run)
     stream.write(f"{runs} to run, {len(plan.order) - runs} cached\n")
+
+
+SHOWN_INPUTS = 8
+"""A step's inputs listed by name up to this many; past it, the rest is counted."""
+
+
+def shown_inputs(inputs: Sequence[str]) -> str:
+    """A step's inputs on one line: the expansions of a matrix step (``s[tag=a]``, ...) as one
+    ``s[...]`` with their count when there are more than three, and at most ``SHOWN_INPUTS``
+    names, the rest counted (a consumer of a 10,000-way matrix is one short line)."""
+    groups: dict[str, list[str]] = {}
+    for name in inputs:
+        groups.setdefault(name.split("[", 1)[0] if name.endswith("]") else name, []).append(name)
+    parts: list[str] = []
+    for prefix, names in groups.items():
+        if len(names) > 3:
+            parts.append(f"{prefix}[...] ({len(names):,} expansions)")
+        else:
+            parts.extend(names)
+    if len(parts) > SHOWN_INPUTS:
+        rest = len(parts) - SHOWN_INPUTS
+        parts = [*parts[:SHOWN_INPUTS], f"and {rest:,} more"]
+    return ", ".join(parts) or "-"

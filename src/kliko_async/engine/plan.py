@@ -14,6 +14,7 @@ from collections.abc import Callable, Collection, Iterable, Mapping
 from pathlib import Path
 
 import anyio
+import anyio.lowlevel
 from pydantic import BaseModel, ConfigDict
 
 from kliko_async.cache.datahash import (
@@ -88,6 +89,10 @@ class Plan(BaseModel):
         return [n for n in self.order if n in self.unbuilt or self.steps[n].cached is None]
 
 
+CHECKPOINT_EVERY = 256
+"""Planning lets other tasks (and a cancellation) in after this many steps."""
+
+
 async def plan_chain(
     chain: Chain,
     *,
@@ -132,7 +137,9 @@ async def plan_chain(
     planned: dict[str, PlannedStep] = {}
     unbuilt: dict[str, str] = {}
     problems: list[KlikoError] = []
-    for name in order:
+    for index, name in enumerate(order):
+        if index % CHECKPOINT_EVERY == CHECKPOINT_EVERY - 1:
+            await anyio.lowlevel.checkpoint()  # a huge chain: Ctrl-C gets in while planning
         step = chain.steps[name]
         waiting = [i for i in step.inputs if i in unbuilt]
         if waiting:
@@ -172,7 +179,7 @@ async def plan_chain(
             io=image.spec.io,
             parameters=params.values,
             file_hashes=_file_hashes(params),
-            inputs=_input_keys(step, {**planned, **data}),
+            inputs=_input_keys(step, planned, data),
             input_layout="folders" if _in_folders(step) else "whole",
             env=step.env,
         )
@@ -254,13 +261,19 @@ async def plan_data(
     return found
 
 
-def _input_keys(step: Step, planned: Mapping[str, PlannedStep | PlannedData]) -> dict[str, str]:
+def _input_keys(
+    step: Step, planned: Mapping[str, PlannedStep], data: Mapping[str, PlannedData]
+) -> dict[str, str]:
     """The key ingredient of ``step``'s inputs, named as the container sees them: a lone input
     (all of /input or /work) as ``/input``, whichever step made it; inputs in folders by the
     folder's name (the step's)."""
+
+    def key_of(name: str) -> str:
+        return planned[name].key if name in planned else data[name].key
+
     if _in_folders(step):
-        return {name: planned[name].key for name in step.inputs}
-    return {LONE_INPUT: planned[step.inputs[0]].key} if step.inputs else {}
+        return {name: key_of(name) for name in step.inputs}
+    return {LONE_INPUT: key_of(step.inputs[0])} if step.inputs else {}
 
 
 def check_resources(steps: Iterable[Step], machine: ResourcePool, *, where: str) -> None:

@@ -24,6 +24,8 @@ from pydantic import ValidationError
 from kliko_async.errors import ChainError
 from kliko_async.model.chainfile import ChainFile, StepSpec, chain_json_schema
 from kliko_async.model.chainmodel import (
+    MAX_STEPS,
+    MAX_STEPS_HINT,
     RUN_CHAIN_SOURCE,
     STEP_NAME_PATTERN,
     Chain,
@@ -58,6 +60,14 @@ __all__ = [
 ]
 
 _NAME_MAX = 100
+MAX_CHAIN_BYTES = 16 << 20
+"""A chain file's size limit: 16 MiB is 100,000 steps of about 160 bytes each. A bigger file
+would take minutes and gigabytes only to be read (a 50 MB chain file: 84 s to parse), so it is
+refused before it is parsed."""
+_TOO_LARGE_HINT = (
+    "Write a big sweep as a matrix (its values from a file with from-file) rather than step by "
+    f"step; a chain may have {MAX_STEPS:,} steps."
+)
 _TOP_LEVEL = ["steps", "vars", "data"]
 _VARIABLES_HINT = (
     "Declare each variable under 'vars:' at the top of the chain file and use it as ${vars.NAME}."
@@ -70,7 +80,7 @@ def load_chain(path: Path, *, sets: Mapping[str, str] | None = None) -> Chain:
     path = Path(path)
     source = str(path)
     try:
-        raw = read_input_file(path)
+        raw = read_input_file(path, limit=MAX_CHAIN_BYTES, too_large_hint=_TOO_LARGE_HINT)
     except InputFileError as exc:
         if exc.missing:
             raise ChainError(
@@ -111,6 +121,12 @@ def parse_chain(
     else:
         entries = [(_list_label(number, raw), None, raw) for number, raw in enumerate(raw_steps, 1)]
 
+    if len(entries) > MAX_STEPS:
+        raise ChainError(
+            f"has {len(entries):,} steps, more than the {MAX_STEPS:,} a chain may have",
+            where=source,
+            hint=MAX_STEPS_HINT,
+        )
     problems: list[str] = []
     specs: list[StepSpec] = []
     for label, key, raw in entries:
@@ -171,6 +187,13 @@ def parse_chain(
             join_problems(problems),
             where=source,
             hint="Correct the matrix and load the chain again.",
+        )
+    if len(steps) > MAX_STEPS:
+        raise ChainError(
+            f"has {len(steps):,} steps once its matrices are expanded, more than the "
+            f"{MAX_STEPS:,} a chain may have",
+            where=source,
+            hint=MAX_STEPS_HINT,
         )
     return Chain(source=source, steps=steps, data=sources)
 

@@ -51,6 +51,14 @@ EXPANDED_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._=,+\[\]-]{0,199}$"
 
 RUN_CHAIN_SOURCE = "<run_chain>"
 
+MAX_STEPS = 100_000
+"""The most steps one chain may have, matrix expansions counted: planning 100,000 takes about
+half a minute and a gigabyte of memory; a chain far past it would take hours to plan, not to
+run, and is refused before it is built."""
+MAX_STEPS_HINT = (
+    "Split the work into several chains (they share one cache), or sweep fewer values at once."
+)
+
 _NAME_RE = re.compile(STEP_NAME_PATTERN)
 _EXPANDED_RE = re.compile(EXPANDED_NAME_PATTERN)
 NAME_MAX = 100

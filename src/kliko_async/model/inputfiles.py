@@ -36,8 +36,11 @@ class InputFileError(Exception):
         self.folder = folder
 
 
-def read_input_file(path: Path, *, limit: int = MAX_YAML_BYTES) -> bytes:
-    """The bytes of the regular file at ``path``, at most ``limit`` of them; else InputFileError."""
+def read_input_file(
+    path: Path, *, limit: int = MAX_YAML_BYTES, too_large_hint: str = "Give a smaller file."
+) -> bytes:
+    """The bytes of the regular file at ``path``, at most ``limit`` of them; else InputFileError
+    (with ``too_large_hint`` when there are more)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
@@ -56,14 +59,14 @@ def read_input_file(path: Path, *, limit: int = MAX_YAML_BYTES) -> bytes:
                 hint="Give the path of a file; to use generated text, write it to a file first.",
             )
         if info.st_size > limit:
-            raise _too_large(info.st_size, limit)
+            raise _too_large(info.st_size, limit, too_large_hint)
         chunks: list[bytes] = []
         size = 0
         while chunk := os.read(fd, min(_CHUNK, limit + 1 - size)):
             chunks.append(chunk)
             size += len(chunk)
             if size > limit:  # it grew while being read
-                raise _too_large(size, limit)
+                raise _too_large(size, limit, too_large_hint)
         return b"".join(chunks)
     except IsADirectoryError:
         raise _folder() from None
@@ -85,8 +88,5 @@ def _folder() -> InputFileError:
     return InputFileError("is a folder, not a file", hint="Give the path of the file.", folder=True)
 
 
-def _too_large(size: int, limit: int) -> InputFileError:
-    return InputFileError(
-        f"is {size:,} bytes, more than the {limit:,} bytes allowed",
-        hint="Give a smaller file.",
-    )
+def _too_large(size: int, limit: int, hint: str) -> InputFileError:
+    return InputFileError(f"is {size:,} bytes, more than the {limit:,} bytes allowed", hint=hint)

@@ -11,15 +11,24 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import re
 import string
+from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from kliko_async.errors import shown
 from kliko_async.model.chainfile import MatrixFile, MatrixSpec
-from kliko_async.model.chainmodel import NAME_MAX, MatrixOrigin, Step, folder_name_problem
+from kliko_async.model.chainmodel import (
+    MAX_STEPS,
+    MAX_STEPS_HINT,
+    NAME_MAX,
+    MatrixOrigin,
+    Step,
+    folder_name_problem,
+)
 from kliko_async.model.inputfiles import InputFileError, read_input_file
 from kliko_async.model.yamltext import YamlTextError, did_you_mean, parse_yaml_bytes, yaml_kind
 
@@ -137,6 +146,14 @@ def _combinations(
     if len(lists) != len(matrix.parameters):
         return []
     keys = list(lists)
+    count = math.prod(len(values) for values in lists.values())
+    if count > MAX_STEPS:
+        sizes = " x ".join(f"{len(values):,}" for values in lists.values())
+        problems.append(
+            f"{where} makes {count:,} combinations ({sizes}), more than the {MAX_STEPS:,} steps "
+            f"a chain may have; {MAX_STEPS_HINT[0].lower()}{MAX_STEPS_HINT[1:]}"
+        )
+        return []
     combinations = [
         dict(zip(keys, values, strict=True)) for values in itertools.product(*lists.values())
     ]
@@ -199,7 +216,7 @@ def _values_of(
             return None
         values = loaded
     identities = [_identity(value) for value in values]
-    repeated = sorted({text for text in identities if identities.count(text) > 1})
+    repeated = sorted(text for text, n in Counter(identities).items() if n > 1)
     if repeated:
         problems.append(f"{where} lists {', '.join(repeated)} more than once")
         return None
@@ -282,7 +299,7 @@ def _expansion_names(
             )
             return []
         names.append(expansion)
-    repeated = sorted({n for n in names if names.count(n) > 1})
+    repeated = sorted(n for n, times in Counter(names).items() if times > 1)
     if repeated:
         problems.append(
             f"step {name!r}: matrix.name {matrix.name!r} gives the same name "
