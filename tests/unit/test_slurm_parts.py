@@ -156,6 +156,7 @@ class FakeSlurm:
         self.fail_next = 0
         self.accounting = "completion"  # "storage", "completion" or "none"
         self.finished: dict[str, str] = {}  # left squeue, known to accounting: state
+        self.restarts: dict[str, int] = {}  # how often Slurm requeued a job
 
     async def __call__(self, args: Sequence[str]) -> subprocess.CompletedProcess[bytes]:
         self.calls.append(list(args))
@@ -165,7 +166,7 @@ class FakeSlurm:
         if args[0] == "squeue":
             wanted = next(a for a in args if a.startswith("--jobs=")).split("=")[1].split(",")
             lines = [
-                f"{i}|{s}|None|node1|0|0|me|kliko-r-{i}|"
+                f"{i}|{s}|None|node1|0|{self.restarts.get(i, 0)}|me|kliko-r-{i}|"
                 for i, s in self.states.items()
                 if i in wanted
             ]
@@ -429,5 +430,53 @@ def test_accounting_that_lags_behind_a_job_leaving_squeue_is_waited_for() -> Non
         slurm.finished["1"] = "CANCELLED"
         info = await queue.next_state("1")
         assert info is not None and info.state == "CANCELLED" and info.from_sacct
+
+    anyio.run(main)
+
+
+def test_a_requeued_job_hidden_from_squeue_for_a_moment_is_not_ended_by_its_first_attempt() -> None:
+    """Releasing a requeued job (scontrol update StartTime=now) can hide it from squeue for a
+    moment, when the completion log holds only its first attempt's end: that was once read as
+    the job's end, and the step failed while its second attempt went on to succeed."""
+    slurm = FakeSlurm({"1": "RUNNING"})
+
+    async def main() -> None:
+        queue = JobQueue(fastest=0.01, slowest=0.01, requeue_blip=30.0, command=slurm)
+        queue.watch("1")
+        await queue.next_state("1")
+        slurm.states["1"], slurm.restarts["1"] = "REQUEUE_HOLD", 1
+        info = await queue.next_state("1")
+        assert info is not None and info.requeued
+        del slurm.states["1"]  # the blip
+        slurm.finished["1"] = "FAILED"  # the first attempt's record, all accounting has
+        for _ in range(5):
+            info = await queue.next_state("1")
+            assert info is not None and info.state == "REQUEUE_HOLD", "not its end"
+        slurm.states["1"] = "RUNNING"  # back, on its second attempt
+        info = await queue.next_state("1")
+        assert info is not None and info.state == "RUNNING" and info.restarts == 1
+        slurm.states["1"] = "COMPLETED"
+        info = await queue.next_state("1")
+        assert info is not None and info.state == "COMPLETED"
+
+    anyio.run(main)
+
+
+def test_a_requeued_job_that_stays_away_from_squeue_is_read_from_accounting() -> None:
+    slurm = FakeSlurm({"1": "RUNNING"})
+    slurm.restarts["1"] = 1
+
+    async def main() -> None:
+        queue = JobQueue(fastest=0.01, slowest=0.01, requeue_blip=0.2, command=slurm)
+        queue.watch("1")
+        await queue.next_state("1")
+        del slurm.states["1"]  # its second attempt ended and the controller forgot it
+        slurm.finished["1"] = "FAILED"
+        started = anyio.current_time()
+        info = await queue.next_state("1")
+        while info is not None and info.state == "RUNNING":
+            info = await queue.next_state("1")
+        assert info is not None and info.state == "FAILED" and info.from_sacct
+        assert anyio.current_time() - started >= 0.2
 
     anyio.run(main)

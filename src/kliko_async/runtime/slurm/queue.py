@@ -168,7 +168,8 @@ class JobQueue:
     which no watched job changed, up to ``slowest``; a new job or any change resets it. A
     failed poll is retried after a growing pause (up to 30 s); when polls have failed for
     ``patience`` seconds, the jobs' waiters get ``SlurmCallFailed`` (their steps fail, the
-    run goes on) and the next waiter starts afresh.
+    run goes on) and the next waiter starts afresh. A requeued job missing from squeue is not
+    taken as ended from accounting until it has been missing ``requeue_blip`` seconds.
     """
 
     def __init__(
@@ -178,12 +179,14 @@ class JobQueue:
         *,
         patience: float = 120.0,
         accounting_grace: float = 10.0,
+        requeue_blip: float = 5.0,
         command: Command = slurm_command,
     ) -> None:
         self.fastest = fastest
         self.slowest = slowest
         self.patience = patience
         self.accounting_grace = accounting_grace
+        self.requeue_blip = requeue_blip
         self.interval = fastest
         self.polls = 0
         self.failed_polls = 0
@@ -262,16 +265,23 @@ class JobQueue:
         self.polls += 1
         changed = False
         now = anyio.current_time()
-        for job_id in [i for i in ids if i in found]:
+        for job_id in [i for i in ids if i in found and i not in missing]:
             self._missing_since.pop(job_id, None)
         for job_id in missing:
+            since = self._missing_since.setdefault(job_id, now)
+            blip = now - since < self.requeue_blip
+            if job_id in found and blip and _requeued_before(self._jobs.get(job_id)):
+                # Releasing a requeued job (scontrol update, scontrol release) can hide it from
+                # squeue for a moment, and accounting then holds only the record of its earlier
+                # attempt: not its end. Believed once the job stays away.
+                del found[job_id]
+                continue
             if job_id in found:
                 continue
             # Neither squeue nor accounting knows it. Accounting may lag a moment behind a job
             # that just left squeue (the completion log is written as it ends): a job seen
             # before has vanished once that grace is over (at once with no accounting at all),
             # one never seen once the patience with Slurm is. Say so rather than wait forever.
-            since = self._missing_since.setdefault(job_id, now)
             grace = 0.0 if self._accounting == "none" else self.accounting_grace
             seen = _seen_in_squeue(self._jobs.get(job_id))
             if (seen and now - since >= grace) or now - self._watched_at.get(
@@ -326,6 +336,12 @@ class JobQueue:
 
 def _seen_in_squeue(job: SlurmJob | None) -> bool:
     return job is not None and not job.from_sacct
+
+
+def _requeued_before(job: SlurmJob | None) -> bool:
+    """Seen in squeue as requeued, or on a later attempt: accounting may hold an earlier
+    attempt's end for it."""
+    return _seen_in_squeue(job) and job is not None and (job.requeued or job.restarts > 0)
 
 
 def _ended_in_accounting(job: SlurmJob | None) -> bool:
