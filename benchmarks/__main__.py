@@ -18,6 +18,7 @@ from pathlib import Path
 import anyio
 
 from benchmarks import (
+    bigchain,
     bigoutput,
     cached,
     datainput,
@@ -52,6 +53,7 @@ SCENARIOS: dict[str, tuple[Scenario, bool]] = {
     scheduler.NAME: (scheduler.run, False),
     logflood.NAME: (logflood.run, True),
     bigoutput.NAME: (bigoutput.run, True),
+    bigchain.NAME: (bigchain.run, True),
     datainput.NAME: (datainput.run, False),
     slurmfanout.NAME: (slurmfanout.run, True),  # only with --only: needs scripts/slurm-cluster
 }

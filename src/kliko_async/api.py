@@ -458,6 +458,7 @@ async def _execute(
                 jobs=jobs or machine_cpus(),
                 keep_going=keep_going,
                 wants_log_lines=bus.wants_log_lines,
+                log_lines_per_second=bus.log_lines_per_second,
                 pool=pool,
                 hold=hold,
             )

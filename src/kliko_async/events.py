@@ -120,8 +120,11 @@ class LogLine(_Event):
 
 
 class LogLinesSkipped(_Event):
-    """Log lines of ``step`` that one consumer did not get, as it fell behind (its queue was
-    full); they are in the step's saved log. Only that consumer sees this event."""
+    """Log lines of ``step`` that a consumer did not get; they are in the step's saved log.
+
+    Either that consumer fell behind (its queue was full; only it sees this event), or every
+    consumer of the run takes at most so many lines per second (``log_lines_per_second``) and
+    the lines past that were never made into events."""
 
     kind: Literal["log_lines_skipped"] = "log_lines_skipped"
     step: str
@@ -274,6 +277,11 @@ class EventConsumer(Protocol):
     with itself, so it may block (a slow terminal, a paused pipe) without stalling the run. If it
     raises, it gets no further events and the run goes on; the error is not the run's. ``close``
     is called once, after its last event (``RunFinished``, or the one it failed on).
+
+    A consumer that shows only so many lines of a step per second (a live view) may say so in
+    an attribute ``log_lines_per_second``: when every consumer of a run has one, lines past the
+    highest are counted at the source (``LogLinesSkipped``) instead of becoming events, so that
+    a flood of millions of lines costs next to nothing. Without it, a consumer gets every line.
     """
 
     def __call__(self, event: Event, /) -> None: ...

@@ -86,3 +86,15 @@ def test_bigoutput_scenario_runs_its_floors(example_images: None, tmp_path: Path
     rows = run_scenario("bigoutput", tmp_path)
     assert rows["run + publish vs bare run"].floor and rows["publish vs cp -r"].floor
     assert rows["re-use (cached re-run + export) vs cp -r"].kliko
+
+
+def test_bigchain_scenario_runs_the_cli_on_big_chains(example_images: None, tmp_path: Path) -> None:
+    rows = run_scenario("bigchain", tmp_path)
+    assert rows["kliko-async --version (floor: python -c 0)"].kliko
+    matrix = rows["dry run, 50-way matrix: peak memory"]
+    assert matrix.kliko and matrix.kliko > 10  # the CLI's own peak, read through the launcher
+    per_step = rows["  per step at 2,000 (floor: at 200)"]
+    assert per_step.floor and per_step.kliko
+    assert rows["Ctrl-C halfway through the 2,000-step dry run: exited after"].kliko is not None
+    assert rows["4-way matrix, cached re-run with --out"].kliko
+    assert rows["  containers created"].kliko == 0

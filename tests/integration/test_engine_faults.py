@@ -8,6 +8,7 @@ needs one of its own (``own_engine``): the shared one is never touched.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import signal
@@ -70,49 +71,65 @@ def chatty_image(
 
 class DroppingProxy:
     """Relays a unix socket to the engine's, and drops every connection open at the moment the
-    engine first sends ``trigger`` (as a flaky network or an engine hiccup would)."""
+    engine first sends ``trigger`` (as a flaky network or an engine hiccup would).
+
+    Built on asyncio's streams, not anyio's: a cancelled receive on an anyio UNIX socket stream
+    leaves its reader registered until a callback runs, and a socket turning readable in that
+    moment raised InvalidStateError in the event loop (once in three runs under load); the
+    relays here end by aborting their transports, never by cancelling a read.
+    """
 
     def __init__(self, path: Path, trigger: bytes) -> None:
         self.path = path
         self.trigger = trigger
         self.dropped = 0
-        self._open: set[anyio.CancelScope] = set()
+        self._open: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()
 
     async def serve(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
-        listener = await anyio.create_unix_listener(self.path)
+        server = await asyncio.start_unix_server(self._relay, path=str(self.path))
         task_status.started()
-        await listener.serve(self._relay)
+        async with server:
+            await server.serve_forever()
 
-    async def _relay(self, client: anyio.abc.SocketStream) -> None:
+    async def _relay(self, client: asyncio.StreamReader, to_client: asyncio.StreamWriter) -> None:
         try:
-            async with client, await anyio.connect_unix(ENGINE_SOCKET) as engine:
-                async with anyio.create_task_group() as tg:
-                    self._open.add(tg.cancel_scope)
-                    tg.start_soon(self._pump, client, engine, tg.cancel_scope, False)
-                    tg.start_soon(self._pump, engine, client, tg.cancel_scope, True)
-                self._open.discard(tg.cancel_scope)
-        except (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError):
-            pass
+            engine, to_engine = await asyncio.open_unix_connection(ENGINE_SOCKET)
+        except OSError:
+            to_client.transport.abort()
+            return
+        pair = (to_client, to_engine)
+        self._open.add(pair)
+        try:
+            await asyncio.gather(
+                self._pump(client, to_engine, pair, watch=False),
+                self._pump(engine, to_client, pair, watch=True),
+            )
+        finally:
+            self._open.discard(pair)
 
     async def _pump(
         self,
-        source: anyio.abc.SocketStream,
-        sink: anyio.abc.SocketStream,
-        scope: anyio.CancelScope,
+        source: asyncio.StreamReader,
+        sink: asyncio.StreamWriter,
+        pair: tuple[asyncio.StreamWriter, asyncio.StreamWriter],
+        *,
         watch: bool,
     ) -> None:
         seen = b""
         try:
-            async for chunk in source:
-                await sink.send(chunk)
+            while chunk := await source.read(65536):
+                sink.write(chunk)
+                await sink.drain()
                 seen = (seen + chunk)[-len(self.trigger) - len(chunk) :]
                 if watch and not self.dropped and self.trigger in seen:
                     self.dropped = len(self._open)
-                    for other in list(self._open):
-                        other.cancel()  # leaving the relay closes both of its sockets
-        except (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError):
+                    for writers in list(self._open):
+                        for writer in writers:
+                            writer.transport.abort()  # as a dropped connection: no goodbye
+        except (OSError, ConnectionError):
             pass
-        scope.cancel()  # one side ended: so does the other
+        for writer in pair:  # one side ended: so does the other
+            writer.transport.abort()
 
 
 def saved_log(cache: Cache, step: str) -> bytes:

@@ -36,6 +36,10 @@ _STATE_STYLES = {"step_failed": "bold red", "step_cached": "cyan", "step_finishe
 class LiveDisplay:
     """An event consumer (``__call__(event)``, ``close()``) drawing the live view with rich."""
 
+    log_lines_per_second: float = LINES_PER_SECOND
+    """It never shows more lines of a step per second: the run need not make more into events
+    (with ``logs`` other than "all", it shows none)."""
+
     def __init__(
         self,
         console: Console | None = None,
@@ -47,6 +51,8 @@ class LiveDisplay:
         self.console = console or Console()
         self._logs = logs
         self._all_logs = logs == "all"
+        if not self._all_logs:
+            self.log_lines_per_second = 0
         self._period = 1 / refresh_per_second
         self._live = Live(
             self.view,

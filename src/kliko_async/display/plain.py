@@ -36,6 +36,8 @@ class PlainDisplay:
         self._quiet = quiet
         self._logs = logs
         self._flushed = time.monotonic()
+        self.log_lines_per_second: float | None = None if logs == "all" and not quiet else 0
+        """Every line when it prints them; none made into events when it prints none."""
 
     def __call__(self, event: Event) -> None:
         if event.kind == "log_line":

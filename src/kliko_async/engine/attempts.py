@@ -25,7 +25,14 @@ from kliko_async.engine.plan import PlannedStep
 from kliko_async.engine.steplogs import StepLog, keep_log
 from kliko_async.engine.workspace import build_job
 from kliko_async.errors import CacheError, KlikoError, UnpublishableOutput
-from kliko_async.events import Event, StepPreparing, StepPublishing, StepStarted, log_line
+from kliko_async.events import (
+    Event,
+    LogLinesSkipped,
+    StepPreparing,
+    StepPublishing,
+    StepStarted,
+    log_line,
+)
 from kliko_async.model.quantities import describe_size
 from kliko_async.results import ResourceUse
 from kliko_async.runtime.base import (
@@ -72,6 +79,7 @@ class StepAttempts:
         run_id: str,
         log_dir: Path,
         wants_log_lines: bool,
+        log_lines_per_second: float | None = None,
         commits: GroupCommit | None = None,
     ) -> None:
         self.runtime = runtime
@@ -81,6 +89,9 @@ class StepAttempts:
         self.run_id = run_id
         self.log_dir = log_dir
         self.wants_log_lines = wants_log_lines
+        self.log_lines_per_second = log_lines_per_second
+        """At most this many LogLine events per step and second (None: every line); see
+        :class:`~kliko_async.events.EventConsumer`."""
         self._owner = owner_label()
 
     async def run(
@@ -132,8 +143,9 @@ class StepAttempts:
             else:  # a few small files: cheaper here than a round trip to a thread
                 job = prepare()
             log = StepLog(staging.log_path)
+            budget = LineBudget(step.name, self.emit, self.log_lines_per_second)
             try:
-                on_log = self._log_sink(step.name, log, last)
+                on_log = self._log_sink(step.name, log, last, budget)
                 # The timeout counts from the container's start: not while it waits in a
                 # Slurm queue (or for the engine to create it).
                 with anyio.CancelScope() as scope:
@@ -143,6 +155,7 @@ class StepAttempts:
                 timed_out = scope.cancelled_caught and log.error is None
             finally:
                 log.close()
+                budget.flush()  # the count of lines not made into events, before the end
             if log.error is not None:
                 reason = f"could not save its log: {log.error.strerror or log.error}"
                 return await self._failed(planned, staging, reason, None, last)
@@ -235,8 +248,12 @@ class StepAttempts:
             OWNER_LABEL: self._owner,
         }
 
-    def _log_sink(self, step: str, log: StepLog, last: deque[str]) -> LogSink:
+    def _log_sink(self, step: str, log: StepLog, last: deque[str], budget: LineBudget) -> LogSink:
         emit, wants = self.emit, self.wants_log_lines
+        if budget.per_second is not None:
+            wants, take = False, budget.take  # the budget decides, and emits
+        else:
+            take = None
 
         def on_log(stream: Stream, text: str, at: str | None = None, /) -> None:
             log.write_line(stream, text, at)
@@ -245,6 +262,8 @@ class StepAttempts:
             last.append(text)
             if wants:
                 emit(log_line(step, stream, text))
+            elif take is not None:
+                take(stream, text)
 
         return on_log
 
@@ -261,6 +280,38 @@ class StepAttempts:
             )
 
         return on_start
+
+
+class LineBudget:
+    """Makes at most ``per_second`` lines of one step per second into LogLine events and
+    counts the rest, said in a LogLinesSkipped event before the next line made an event (and
+    at the step's end: ``flush``). ``per_second`` None: no budget (the caller emits)."""
+
+    __slots__ = ("_emit", "_made", "_skipped", "_window", "per_second", "step")
+
+    def __init__(self, step: str, emit: Callable[[Event], None], per_second: float | None) -> None:
+        self.step = step
+        self.per_second = per_second
+        self._emit = emit
+        self._window = 0.0
+        self._made = 0
+        self._skipped = 0
+
+    def take(self, stream: Stream, text: str) -> None:
+        now = time.monotonic()
+        if now - self._window >= 1.0:
+            self._window, self._made = now, 0
+        if self.per_second is not None and self._made >= self.per_second:
+            self._skipped += 1
+            return
+        self.flush()
+        self._made += 1
+        self._emit(log_line(self.step, stream, text))
+
+    def flush(self) -> None:
+        if self._skipped:
+            self._emit(LogLinesSkipped(step=self.step, count=self._skipped))
+            self._skipped = 0
 
 
 def exit_reason(exited: ContainerExit, memory: int | None) -> str:

@@ -211,6 +211,17 @@ class EventBus:
     def wants_log_lines(self) -> bool:
         return bool(self._feeds or self._subscriptions)
 
+    @property
+    def log_lines_per_second(self) -> float | None:
+        """How many lines of a step per second the consumers take at most (the highest of their
+        ``log_lines_per_second``); None when one of them takes every line."""
+        if self._subscriptions:
+            return None
+        budgets = [getattr(feed.consumer, "log_lines_per_second", None) for feed in self._feeds]
+        if not budgets or any(b is None for b in budgets):
+            return None
+        return max(float(b) for b in budgets if b is not None)
+
     def emit(self, event: Event) -> None:
         for feed in self._feeds:
             if not feed.queue.closed:

@@ -64,6 +64,7 @@ class Scheduler:
         log_dir: Path | None = None,
         pool: ResourcePool | None = None,
         wants_log_lines: bool = True,
+        log_lines_per_second: float | None = None,
         hold: RunHold | None = None,
     ) -> None:
         self.plan = plan
@@ -98,6 +99,7 @@ class Scheduler:
             run_id=run_id,
             log_dir=self.log_dir,
             wants_log_lines=wants_log_lines,
+            log_lines_per_second=log_lines_per_second,
             commits=self.commits,
         )
         self.hold = hold
