@@ -108,7 +108,14 @@ def plain_chain(path: Path, steps: int) -> Path:
 
 def interrupted(command: list[str], after_s: float) -> float:
     """Seconds from SIGINT, sent ``after_s`` into ``command``, until it has exited."""
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        command,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        # SIGINT as a terminal's Ctrl-C would find it: a benchmark started in the background
+        # (`&`) inherits SIGINT ignored, and Python keeps an ignored SIGINT ignored.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     time.sleep(after_s)
     if process.poll() is not None:
         raise RuntimeError("the dry run ended before it could be interrupted: give it more steps")

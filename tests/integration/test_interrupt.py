@@ -6,6 +6,7 @@ from __future__ import annotations
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +18,8 @@ if TYPE_CHECKING:
     from conftest import KlikoCli
 
 pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("example_images")]
+
+KLIKO_ASYNC = str(Path(sys.executable).parent / "kliko-async")
 
 SLEEPS = """\
 steps:
@@ -232,3 +235,34 @@ def test_a_second_ctrl_c_says_what_it_leaves_and_the_next_run_removes_it(
     assert done.returncode == 0, done.stderr
     assert containers(owner_filter(process.pid)) == [], "the next run removed the containers"
     assert [f for f in staging if f.exists()] == [], "and the staging folders"
+
+
+@pytest.mark.parametrize("after_s", [1.0, 6.0])
+def test_ctrl_c_while_a_huge_chain_is_read_or_planned_ends_the_dry_run(
+    tmp_path: Path, after_s: float
+) -> None:
+    """A 100,000-step dry run takes half a minute to read and plan; Ctrl-C in the middle once
+    waited for a worker thread to read the whole file and for planning to finish (8-23 s).
+    Reading (1 s in) and planning (6 s in: reading 7 MB of YAML takes a few seconds) must both
+    give way: the process ends interrupted, without its plan, instead of printing it."""
+    chain = tmp_path / "huge.yaml"
+    with chain.open("w") as out:
+        out.write("steps:\n")
+        for i in range(100_000):
+            inputs = f", inputs: [s{i - 1:06d}]" if i % 10 else ""
+            out.write(f"  s{i:06d}: {{image: example/sleep, params: {{tag: t{i}}}{inputs}}}\n")
+    process = subprocess.Popen(
+        [KLIKO_ASYNC, "run", "--dry-run", str(chain), "--cache-dir", str(tmp_path / "cache")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        # SIGINT as a terminal's Ctrl-C finds it (a suite started in the background inherits it
+        # ignored, and Python keeps an ignored SIGINT ignored).
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    time.sleep(after_s)
+    assert process.poll() is None, "the dry run ended before it could be interrupted"
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err.decode()
+    assert b"interrupted" in err and b"Traceback" not in err
+    assert b"to run" not in out  # no plan: it stopped, it did not finish first
