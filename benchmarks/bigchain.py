@@ -50,17 +50,8 @@ LINEAR_TARGET = 1.5
 INTERRUPT_TARGET_S = 2.0
 CACHED_TARGET_S = 2.5
 
-PEAK_LAUNCHER = """\
-import os, sys
-pid = os.fork()
-if pid == 0:
-    os.execv(sys.argv[2], sys.argv[2:])
-_, status, usage = os.wait4(pid, 0)
-with open(sys.argv[1], "w") as peak:
-    peak.write(str(usage.ru_maxrss))
-sys.exit(os.waitstatus_to_exitcode(status))
-"""
-"""``python -c PEAK_LAUNCHER FILE COMMAND...`` runs COMMAND and writes its peak memory (KiB)."""
+PEAK = Path(__file__).with_name("peak.py")
+"""The launcher that reads a command's own peak memory (see benchmarks/peak.py)."""
 
 
 def measured(command: list[str]) -> tuple[float, float]:
@@ -69,7 +60,7 @@ def measured(command: list[str]) -> tuple[float, float]:
     with tempfile.NamedTemporaryFile("r") as peak:
         started = time.perf_counter()
         done = subprocess.run(
-            [sys.executable, "-c", PEAK_LAUNCHER, peak.name, *command],
+            [sys.executable, str(PEAK), peak.name, *command],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )

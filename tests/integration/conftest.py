@@ -147,17 +147,8 @@ KLIKO_ASYNC = str(Path(sys.executable).parent / "kliko-async")
 """The console script of the virtualenv running the tests."""
 
 
-PEAK_LAUNCHER = """\
-import os, sys
-pid = os.fork()
-if pid == 0:
-    os.execv(sys.argv[2], sys.argv[2:])
-_, status, usage = os.wait4(pid, 0)
-with open(sys.argv[1], "w") as peak:
-    peak.write(str(usage.ru_maxrss))
-sys.exit(os.waitstatus_to_exitcode(status))
-"""
-"""``python -c PEAK_LAUNCHER FILE COMMAND...`` runs COMMAND and writes its peak memory (KiB) to
+PEAK_LAUNCHER = Path(__file__).resolve().parents[2] / "benchmarks" / "peak.py"
+"""``python PEAK_LAUNCHER FILE COMMAND...`` runs COMMAND and writes its peak memory (KiB) to
 FILE."""
 
 
@@ -206,7 +197,7 @@ class KlikoCli:
         more over the suite."""
         with tempfile.NamedTemporaryFile("r") as peak:
             done = subprocess.run(
-                [sys.executable, "-c", PEAK_LAUNCHER, peak.name, KLIKO_ASYNC, *map(str, args)],
+                [sys.executable, str(PEAK_LAUNCHER), peak.name, KLIKO_ASYNC, *map(str, args)],
                 cwd=self.cwd, env=self.env, capture_output=True, timeout=timeout,
             )  # fmt: skip
             return done, int(peak.read()) * 1024  # ru_maxrss is in KiB
