@@ -250,10 +250,9 @@ class StepAttempts:
 
     def _log_sink(self, step: str, log: StepLog, last: deque[str], budget: LineBudget) -> LogSink:
         emit, wants = self.emit, self.wants_log_lines
-        if budget.per_second is not None:
+        take = None
+        if wants and budget.per_second is not None:
             wants, take = False, budget.take  # the budget decides, and emits
-        else:
-            take = None
 
         def on_log(stream: Stream, text: str, at: str | None = None, /) -> None:
             log.write_line(stream, text, at)
