@@ -11,7 +11,7 @@ import functools
 import os
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -95,9 +95,17 @@ class StepAttempts:
         self._owner = owner_label()
 
     async def run(
-        self, planned: PlannedStep, attempt: int, inputs: Mapping[str, Path]
+        self,
+        planned: PlannedStep,
+        attempt: int,
+        inputs: Mapping[str, Path],
+        *,
+        container_done: Callable[[], Awaitable[object]] | None = None,
     ) -> AttemptOutcome:
-        """Attempt ``planned`` once (the ``attempt``-th time) with its inputs' output folders."""
+        """Attempt ``planned`` once (the ``attempt``-th time) with its inputs' output folders.
+
+        ``container_done`` is awaited when the container has ended well, before its output is
+        published (the scheduler gives its job slot back there)."""
         step = planned.step
         last: deque[str] = deque(maxlen=LAST_LINES)
         try:
@@ -105,7 +113,7 @@ class StepAttempts:
         except CacheError as error:
             return AttemptOutcome(ok=False, reason=str(error))
         with under_way(InFlight(f"staging folder of step {step.name}", folder=staging.path)):
-            return await self._run_staged(planned, attempt, inputs, staging, last)
+            return await self._run_staged(planned, attempt, inputs, staging, last, container_done)
 
     async def _run_staged(
         self,
@@ -114,6 +122,7 @@ class StepAttempts:
         inputs: Mapping[str, Path],
         staging: Staging,
         last: deque[str],
+        container_done: Callable[[], Awaitable[object]] | None = None,
     ) -> AttemptOutcome:
         step = planned.step
         started_at = datetime.now(UTC)
@@ -174,6 +183,8 @@ class StepAttempts:
             reason = exit_reason(exited, step.resources.memory)
             return await self._failed(planned, staging, reason, exited.exit_code, last)
         try:
+            if container_done is not None:
+                await container_done()
             return await self._publish(planned, staging, started_at, started, last, exited.usage)
         except BaseException:
             await self._discard(staging)  # cancelled while publishing: nothing half-done stays

@@ -254,15 +254,21 @@ class Scheduler:
                 result = self._input_gone(planned, gone)
                 self._stop_unless_keep_going()
                 return result
-            async with (
-                self.pool.claim(resources.cpus, resources.memory, resources.gpus),
-                self._slots,
-            ):
+            async with contextlib.AsyncExitStack() as slot:
+                await slot.enter_async_context(
+                    self.pool.claim(resources.cpus, resources.memory, resources.gpus)
+                )
+                await slot.enter_async_context(self._slots)
                 if self._stopping and attempt == 1:
                     return self._skip(planned, "an earlier step failed (use --keep-going to go on)")
                 self._began.setdefault(planned.name, time.monotonic())
                 inputs = {i: self._output_of(i) for i in planned.step.inputs}
-                outcome = await self.attempts.run(planned, attempt, inputs)
+                # The job slot and the resources go back when the container has ended well,
+                # before its output is published: the next step's container starts meanwhile,
+                # and the steps publishing at once share one durability barrier.
+                outcome = await self.attempts.run(
+                    planned, attempt, inputs, container_done=slot.aclose
+                )
                 if outcome.ok:
                     self._made.add(key)
                     self._note(key)  # still under its lock, so `cache gc` sees it held
