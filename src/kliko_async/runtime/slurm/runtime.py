@@ -239,6 +239,7 @@ class SlurmRuntime:
             self.most_in_queue = max(self.most_in_queue, in_queue)
             try:
                 exited = await self._follow(job_id, folder, on_log, on_start)
+                await self._left_queue(job_id)  # before its place goes to the next job
                 await anyio.to_thread.run_sync(check_unchanged, before, watched)
                 return exited
             except BaseException:
@@ -396,6 +397,21 @@ class SlurmRuntime:
             return await anyio.to_thread.run_sync(status_exit, job_id, folder, container_id)
         last = latest[0] if latest else None
         return await anyio.to_thread.run_sync(ended_without_status, job_id, folder, last)
+
+    async def _left_queue(self, job_id: str) -> None:
+        """Wait until Slurm no longer counts the job in its queue (at most
+        ``CLEANUP_DEADLINE_SECONDS``). The job's status file comes before the end of its script
+        (the container is still being removed) and Slurm's bookkeeping: its place under
+        ``--slurm-max-jobs`` goes to the next job only once Slurm agrees, as a site's limit
+        counts (under load, a run once had 9 jobs in the queue with a limit of 8)."""
+        self.queue.hurry()
+        with anyio.move_on_after(CLEANUP_DEADLINE_SECONDS):
+            try:
+                info = self.queue.known(job_id) or await self.queue.next_state(job_id)
+                while info is not None and info.active:  # None: not in squeue, so not counted
+                    info = await self.queue.next_state(job_id)
+            except SlurmCallFailed:
+                return  # Slurm does not answer: the job's own end was seen, go on
 
     async def _cancel(self, job_id: str) -> None:
         """scancel the job; wait until it has left its node (its script removes the container).
