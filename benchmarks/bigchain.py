@@ -29,7 +29,7 @@ from pathlib import Path
 
 import anyio
 
-from benchmarks.cached import cli_command, ours, owner_label
+from benchmarks.cached import cli_command, ours, owner_label, run_cli
 from benchmarks.harness import (
     MANAGED_LABEL,
     Config,
@@ -167,14 +167,11 @@ async def run(cfg: Config) -> ScenarioResult:
     async def cached_rerun(rep: int) -> None:
         out = work / f"out-{rep}"
         command = [*cli, "run", str(sweep), "--plain", "--cache-dir", str(cache), "--out", str(out)]
-        process = await anyio.to_thread.run_sync(
-            lambda: subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        )
         started = time.perf_counter()
-        _, errors = await anyio.to_thread.run_sync(process.communicate)
+        pid, code, errors = await anyio.to_thread.run_sync(run_cli, command)
         result.add("cached_s", time.perf_counter() - started)
-        owners.add(owner_label(process.pid))
-        if process.returncode != 0:
+        owners.add(owner_label(pid))
+        if code != 0:
             raise RuntimeError(f"the cached re-run failed: {errors.decode()[-2000:]}")
         if not (out / "all").is_dir():
             raise RuntimeError(f"the cached re-run exported no output to {out}")

@@ -338,7 +338,6 @@ def _looks_like_a_path(text: str) -> bool:
 
 
 def _logs(options: argparse.Namespace) -> int:
-
     from kliko_async.api import dry_run, run_blocking
     from kliko_async.cache.logfiles import log_by_key, log_records
     from kliko_async.cache.store import Cache, default_cache_dir
@@ -378,7 +377,6 @@ def _print_explanations(
     no_cache: bool = False,
     build: bool = True,
 ) -> None:
-
     from kliko_async.api import explain, run_blocking
 
     explanations = run_blocking(
@@ -395,7 +393,6 @@ def _print_explanations(
 
 
 def _graph(options: argparse.Namespace) -> int:
-
     from kliko_async.api import dry_run, run_blocking
     from kliko_async.display import graph
 
