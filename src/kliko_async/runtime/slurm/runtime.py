@@ -404,14 +404,8 @@ class SlurmRuntime:
         (the container is still being removed) and Slurm's bookkeeping: its place under
         ``--slurm-max-jobs`` goes to the next job only once Slurm agrees, as a site's limit
         counts (under load, a run once had 9 jobs in the queue with a limit of 8)."""
-        self.queue.hurry()
         with anyio.move_on_after(CLEANUP_DEADLINE_SECONDS):
-            try:
-                info = self.queue.known(job_id) or await self.queue.next_state(job_id)
-                while info is not None and info.active:  # None: not in squeue, so not counted
-                    info = await self.queue.next_state(job_id)
-            except SlurmCallFailed:
-                return  # Slurm does not answer: the job's own end was seen, go on
+            await self._until_gone(job_id)
 
     async def _cancel(self, job_id: str) -> None:
         """scancel the job; wait until it has left its node (its script removes the container).
@@ -420,17 +414,24 @@ class SlurmRuntime:
         not answering within the deadline leaves the job to Slurm (a later run cancels it)."""
         with anyio.CancelScope(shield=True), anyio.move_on_after(CLEANUP_DEADLINE_SECONDS):
             self.queue.watch(job_id)
-            self.queue.hurry()
             try:
                 await retrying(["scancel", job_id])
-                while True:
-                    info = await self.queue.next_state(job_id)
-                    if info is None or not info.active:
-                        return
+                await self._until_gone(job_id)
             except SlurmCallFailed:
                 return
             finally:
                 self.queue.forget(job_id)
+
+    async def _until_gone(self, job_id: str) -> None:
+        """Until Slurm no longer shows the job pending, running or completing (not in squeue at
+        all: not counted either); a Slurm that stops answering ends the wait."""
+        self.queue.hurry()
+        try:
+            info = self.queue.known(job_id) or await self.queue.next_state(job_id)
+            while info is not None and info.active:
+                info = await self.queue.next_state(job_id)
+        except SlurmCallFailed:
+            return
 
     # -- leftovers ---------------------------------------------------------------------------
 
