@@ -79,11 +79,13 @@ def timed(command: list[str]) -> float:
 
 
 def matrix_chain(path: Path, ways: int, nonce: str) -> Path:
+    """A ``ways``-way matrix step and its consumer. The nonce is quoted: a hex nonce of digits
+    only (85648048) would be a YAML integer, which a str parameter refuses."""
     tags = ", ".join(f"{nonce}-{i}" for i in range(ways))
     path.write_text(
         "steps:\n"
         f"  s:\n    image: {IMAGE}\n    matrix: {{tag: [{tags}]}}\n    params: {{seconds: 0}}\n"
-        f"  all: {{image: {IMAGE}, inputs: [s], params: {{seconds: 0, tag: {nonce}}}}}\n"
+        f"  all: {{image: {IMAGE}, inputs: [s], params: {{seconds: 0, tag: '{nonce}'}}}}\n"
     )
     return path
 
