@@ -282,6 +282,10 @@ class EventConsumer(Protocol):
     an attribute ``log_lines_per_second``: when every consumer of a run has one, lines past the
     highest are counted at the source (``LogLinesSkipped``) instead of becoming events, so that
     a flood of millions of lines costs next to nothing. Without it, a consumer gets every line.
+
+    A consumer that buffers what it writes (log lines to a pipe) may have a method ``flush``:
+    the bus calls it after each batch of events it handed over (events are gathered for a few
+    milliseconds), so that the last line before a quiet spell is not held back until the next.
     """
 
     def __call__(self, event: Event, /) -> None: ...

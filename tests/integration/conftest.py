@@ -383,3 +383,22 @@ def release_steps(owner_pid: int, *steps: str) -> None:
 def release() -> Callable[..., None]:
     """``release(owner_pid, *steps)``: see :func:`release_steps`."""
     return release_steps
+
+
+def wait_for_output(
+    process: subprocess.Popen[bytes], log: Path, *texts: str, timeout: float = 120
+) -> str:
+    """Wait until each of ``texts`` is in ``log``, the output of the running ``process``; the
+    log so far. Fails (never hangs) when the process ended first or ``timeout`` passed."""
+    deadline = time.monotonic() + timeout
+    while not all(text in (output := log.read_text()) for text in texts):
+        assert process.poll() is None, f"ended before saying {texts}:\n{output}"
+        assert time.monotonic() < deadline, f"not said within {timeout:.0f}s: {texts}\n{output}"
+        time.sleep(0.05)
+    return output
+
+
+@pytest.fixture
+def output_of() -> Callable[..., str]:
+    """``output_of(process, log, *texts)``: see :func:`wait_for_output`."""
+    return wait_for_output

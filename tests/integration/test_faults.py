@@ -14,7 +14,7 @@ import socket
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -114,6 +114,7 @@ def test_a_container_stopped_from_outside_fails_its_step_and_keeps_the_rest(
     processes: list[subprocess.Popen[bytes]],
     action: list[str],
     expected: list[str],
+    output_of: Callable[..., str],
 ) -> None:
     chain = tmp_path / "nap.yaml"
     chain.write_text(NAP_CHAIN)
@@ -122,9 +123,7 @@ def test_a_container_stopped_from_outside_fails_its_step_and_keeps_the_rest(
     processes.append(process)
 
     container = running_container(process, "nap")
-    while "nap | sleep: 60.0s" not in log.read_text():  # its line is then in the step's log
-        assert process.poll() is None, log.read_text()
-        time.sleep(0.05)
+    output_of(process, log, "nap | sleep: 60.0s")  # its line is then in the step's log
     subprocess.run(["docker", *action, container], check=True, capture_output=True)
     code = process.wait(timeout=60)
     output = log.read_text()
@@ -290,7 +289,10 @@ def test_a_log_flood_is_saved_completely_even_when_the_engine_cuts_the_stream(
 
 
 def test_a_shared_cache_keeps_the_staging_folders_of_other_hosts(
-    kliko: KlikoCli, tmp_path: Path, processes: list[subprocess.Popen[bytes]]
+    kliko: KlikoCli,
+    tmp_path: Path,
+    processes: list[subprocess.Popen[bytes]],
+    output_of: Callable[..., str],
 ) -> None:
     """A cache on a shared file system: a run here names its staging folders after this host and
     removes only this host's dead leftovers, never a live folder of a run on another host (whose
@@ -308,9 +310,7 @@ def test_a_shared_cache_keeps_the_staging_folders_of_other_hosts(
 
     process = kliko.popen("run", chain, "--cache-dir", cache, "--plain", log=log)
     processes.append(process)  # killed below: its container is removed afterwards
-    while "slow | started" not in log.read_text():
-        assert process.poll() is None, log.read_text()
-        time.sleep(0.05)
+    output_of(process, log, "slow | started")
     # Killed while the step runs (however long it took to get here), its staging folder stays.
     process.kill()
     process.wait()

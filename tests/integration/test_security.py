@@ -124,7 +124,11 @@ def inspect_running(process: subprocess.Popen[bytes], steps: set[str]) -> dict[s
 
 
 def test_step_containers_are_unprivileged_without_the_docker_socket_and_run_as_the_user(
-    kliko: KlikoCli, tmp_path: Path, held_image: str, release: Callable[..., None]
+    kliko: KlikoCli,
+    tmp_path: Path,
+    held_image: str,
+    release: Callable[..., None],
+    output_of: Callable[..., str],
 ) -> None:
     chain = tmp_path / "held.yaml"
     chain.write_text(TWO_HELD.format(held=held_image))
@@ -133,9 +137,7 @@ def test_step_containers_are_unprivileged_without_the_docker_socket_and_run_as_t
     process = kliko.popen("run", chain, "--cache-dir", cache, "--plain", "-j", "4", log=log)
     try:
         seen = inspect_running(process, {"mine", "theirs"})  # they run until released
-        while not all(f"{step} | held" in log.read_text() for step in ("mine", "theirs")):
-            assert process.poll() is None, log.read_text()
-            time.sleep(0.05)
+        output_of(process, log, "mine | held", "theirs | held")
         release(process.pid, "mine", "theirs")
         assert process.wait(timeout=60) == 0, log.read_text()
     finally:

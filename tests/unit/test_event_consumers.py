@@ -7,7 +7,9 @@ queue), and the run's result and saved logs are the same as without any consumer
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import threading
 import time
 from pathlib import Path
@@ -18,6 +20,8 @@ import pytest
 from kliko_async import api
 from kliko_async.cache.logfiles import log_content
 from kliko_async.cache.store import Cache
+from kliko_async.display.jsonl import JsonLinesDisplay
+from kliko_async.display.plain import PlainDisplay
 from kliko_async.engine.bus import EventBus
 from kliko_async.events import (
     Event,
@@ -25,6 +29,8 @@ from kliko_async.events import (
     LogLinesSkipped,
     RunFinished,
     StepFinished,
+    StepStarted,
+    log_line,
 )
 from kliko_async.model.chain import Chain, parse_chain
 from kliko_async.runtime.fake import FakeContainer, FakeRuntime
@@ -245,3 +251,32 @@ async def test_a_consumer_stuck_forever_delays_a_cancelled_run_only_by_the_grace
             await anyio.sleep(5)
     assert returned == [], "it stopped waiting while the consumer was still stuck"
     stuck.set()
+
+
+@pytest.mark.parametrize("display", ["plain", "json"])
+async def test_the_last_log_lines_before_a_quiet_spell_reach_a_pipe_at_once(display: str) -> None:
+    """A step says two lines and then works on silently: whoever reads the pipe (``| tee``, a
+    test waiting for a line) sees both lines now, not when some later event comes. The plain
+    display used to flush only when a line came 0.1 s after the last flush, so the second of two
+    quick lines waited in the buffer for as long as the step ran on (a CI run hung on it)."""
+    read_end, write_end = os.pipe()
+    os.set_blocking(read_end, False)
+    stream = os.fdopen(write_end, "w", buffering=65536)  # a pipe: never blocks here
+    consumer = PlainDisplay(stream) if display == "plain" else JsonLinesDisplay(stream)
+    bus = EventBus()
+    bus.on_event(consumer)
+    seen = b""
+    try:
+        async with bus.delivering():
+            bus.emit(StepStarted(step="held", key="k", container_id="c", attempt=1))
+            bus.emit(log_line("held", "stdout", "first line"))
+            bus.emit(log_line("held", "stdout", "working quietly now"))
+            with anyio.move_on_after(10):
+                while b"quietly" not in seen:
+                    await anyio.sleep(0.01)
+                    with contextlib.suppress(BlockingIOError):
+                        seen += os.read(read_end, 65536)
+            assert b"first line" in seen and b"quietly" in seen, seen  # the run still goes on
+    finally:
+        stream.close()
+        os.close(read_end)

@@ -16,5 +16,9 @@ class JsonLinesDisplay:
         if event.kind != "log_line":
             self._stream.flush()
 
+    def flush(self) -> None:
+        """Log lines go out here, once per batch of events (see ``EventConsumer``)."""
+        self._stream.flush()
+
     def close(self) -> None:
         self._stream.flush()

@@ -5,7 +5,6 @@ Each line is prefixed by the step name, like ``docker compose up``, and flushed 
 
 from __future__ import annotations
 
-import time
 from typing import TextIO
 
 from kliko_async.display.terminal import printable
@@ -28,25 +27,17 @@ class PlainDisplay:
     line), or none.
     """
 
-    FLUSH_EVERY_S = 0.1
-    """Log lines are flushed at least this often, so a pipe sees them promptly."""
-
     def __init__(self, stream: TextIO, *, quiet: bool = False, logs: LogChoice = "all") -> None:
         self._stream = stream
         self._quiet = quiet
         self._logs = logs
-        self._flushed = time.monotonic()
         self.log_lines_per_second: float | None = None if logs == "all" and not quiet else 0
         """Every line when it prints them; none made into events when it prints none."""
 
     def __call__(self, event: Event) -> None:
         if event.kind == "log_line":
             if not self._quiet and self._logs == "all":
-                self._stream.write(f"{event.step} | {printable(event.text)}\n")
-                now = time.monotonic()
-                if now - self._flushed >= self.FLUSH_EVERY_S:
-                    self._stream.flush()
-                    self._flushed = now
+                self._stream.write(f"{event.step} | {printable(event.text)}\n")  # see flush
             return
         if self._quiet and event.kind not in ("step_failed", "run_finished"):
             return
@@ -58,6 +49,11 @@ class PlainDisplay:
                     f"{event.step} | {printable(text)}\n" for text in event.last_lines
                 )
             self._stream.flush()
+
+    def flush(self) -> None:
+        """Log lines go out here, once per batch of events (see ``EventConsumer``): a pipe sees
+        each line promptly, and a flood of lines costs a write per batch, not per line."""
+        self._stream.flush()
 
     def close(self) -> None:
         self._stream.flush()

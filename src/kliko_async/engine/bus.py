@@ -129,6 +129,7 @@ class ConsumerFeed:
         on_failure: Callable[[BaseException], None] | None,
     ) -> None:
         self.consumer = consumer
+        self._flush: Callable[[], object] | None = getattr(consumer, "flush", None)
         self.queue = _EventQueue(max_log_lines)
         self.error: BaseException | None = None
         self._on_failure = on_failure
@@ -168,6 +169,8 @@ class ConsumerFeed:
     def _deliver(self, batch: list[Event]) -> None:
         for event in batch:
             self.consumer(event)
+        if self._flush is not None:  # the batch's output out now, not when a later one comes
+            self._flush()
 
     def _close(self) -> None:
         close = getattr(self.consumer, "close", None)
