@@ -31,6 +31,10 @@ EVENTS_DEADLINE_SECONDS = 5
 FOLLOW_RETRY_SECONDS = (0.2, 0.5, 1.0, 2.0, 5.0)
 """The pauses before following a log again whose stream broke (the last one repeats)."""
 
+FOLLOW_AGAIN_SECONDS = 1.0
+"""The least pause before following again a log whose stream ended cleanly while the container
+was not known to have ended: as a rule the wait says, well within it, that it did."""
+
 _STREAMS: dict[int, Stream] = {1: "stdout", 2: "stderr"}
 
 
@@ -102,8 +106,9 @@ class LogReader:
 class LogFollower:
     """Follows one container's log into a :class:`LogReader`, and catches up once it ended.
 
-    :meth:`follow` never raises: a broken stream is followed again (after a pause) from the
-    position reached, until :meth:`stop` is called; :meth:`catch_up` then fetches whatever the
+    :meth:`follow` never raises: a broken stream, or one that ended while the container was not
+    known to have ended, is followed again (after a pause) from the position reached, until
+    :meth:`stop` is called; :meth:`catch_up` then fetches whatever the
     follow missed (Docker 20.10 ends a followed stream when the container exits, before its
     last lines were sent).
     """
@@ -112,20 +117,25 @@ class LogFollower:
         self._client = client
         self._path = f"containers/{container_id}/logs"
         self._reader = reader
-        self._stopped = False
+        self._stopped = anyio.Event()
 
     def stop(self) -> None:
-        """The container has ended: a stream that breaks from now on is not followed again."""
-        self._stopped = True
+        """The container has ended: a stream that ends or breaks from now on is not followed
+        again (and a pause before following again ends at once)."""
+        self._stopped.set()
 
     async def follow(self) -> None:
         pauses = iter(FOLLOW_RETRY_SECONDS)
         pause = FOLLOW_RETRY_SECONDS[0]
-        while not self._stopped:
+        while not self._stopped.is_set():
             position = self._reader.position
+            ended = False
             try:
                 await self._read({"follow": 1, "tail": "all"})
-                return  # the stream ended: the container did
+                # The stream ended: as a rule because the container did, which the wait says
+                # in a moment. An engine may also end a follow early while the container runs
+                # on; its later lines would then wait for the catch-up at its end.
+                ended = True
             except aiodocker.DockerError as exc:
                 if exc.status == 404:
                     return  # the container is gone; the caller finds out why
@@ -134,7 +144,8 @@ class LogFollower:
             if self._reader.position > position:  # it got somewhere: start the pauses afresh
                 pauses = iter(FOLLOW_RETRY_SECONDS)
             pause = next(pauses, pause)
-            await anyio.sleep(pause)
+            with anyio.move_on_after(max(pause, FOLLOW_AGAIN_SECONDS) if ended else pause):
+                await self._stopped.wait()
 
     async def catch_up(self) -> None:
         """Deliver the frames that the follow missed, if any."""
