@@ -174,7 +174,7 @@ async def measure(
     """
     data = random_dag(steps, seed)
     edges = sum(len(s.get("inputs", [])) for s in data["steps"].values())
-    runtime = FakeRuntime()
+    runtime = FakeRuntime(keep_jobs=False)  # as an engine: nothing of a job kept here
     runtime.add_image(IMAGE, NOOP_KLIKO_YML, noop_program)
     started = time.perf_counter()
     chain = parse_chain(data, source="benchmarks/scheduler", base_dir=workdir)
@@ -210,7 +210,7 @@ async def measure(
         "edges": edges,
         "done": outcome.count("done"),
         "ok": outcome.ok,
-        "containers": len(runtime.jobs),
+        "containers": runtime.started,
         "max_running": runtime.max_running,
         "load_s": loaded - started,
         "plan_s": planned - loaded,
