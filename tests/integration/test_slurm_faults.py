@@ -19,7 +19,6 @@ from test_slurm import (
     jobs_after,
     last_job_id,
     slurm_cluster,  # noqa: F401  (the fixture)
-    slurm_jobs,
     wait_until,
     write_chain,
 )
@@ -235,7 +234,7 @@ steps:
 """
 
 
-def test_slurm_max_jobs_keeps_the_runs_jobs_in_the_queue_at_or_below_it(
+def test_slurm_max_jobs_keeps_the_runs_jobs_in_the_queue_at_or_below_it_and_sends_arrays(
     kliko: KlikoCli, tmp_path: Path
 ) -> None:
     tags = ", ".join(f"t{i:02d}" for i in range(40))
@@ -244,11 +243,20 @@ def test_slurm_max_jobs_keeps_the_runs_jobs_in_the_queue_at_or_below_it(
     most = [0]
     stop = threading.Event()
 
-    def sample() -> None:  # squeue from outside, as a site's limit would count
+    def sample() -> None:  # squeue from outside, as a site's limit counts: each task one job
         while not stop.is_set():
-            jobs = [j for j in slurm_jobs() if int(j["job_id"]) > first]
-            mine = [j for j in jobs if j["name"].startswith("kliko-") and "check" not in j["name"]]
-            live = [j for j in mine if j["job_state"] in ("PENDING", "RUNNING", "CONFIGURING")]
+            listed = subprocess.run(
+                ["squeue", "--noheader", "--array", "--states=all", "--format=%i|%T|%j"],
+                capture_output=True,
+                text=True,
+            ).stdout.splitlines()
+            tasks = [line.split("|") for line in listed if line.count("|") == 2]
+            mine = [
+                t for t in tasks
+                if int(t[0].split("_")[0]) > first and t[2].startswith("kliko-")
+                and "check" not in t[2]
+            ]  # fmt: skip
+            live = [t for t in mine if t[1] in ("PENDING", "RUNNING", "CONFIGURING")]
             most[0] = max(most[0], len(live))
             stop.wait(0.2)
 
@@ -263,5 +271,13 @@ def test_slurm_max_jobs_keeps_the_runs_jobs_in_the_queue_at_or_below_it(
         stop.set()
         sampler.join()
     assert done.returncode == 0, done.stdout + done.stderr
-    assert len(jobs_after(first)) == 40
+    jobs = jobs_after(first)
+    assert len(jobs) == 40
     assert 1 <= most[0] <= 8, f"{most[0]} of the run's jobs were in the queue at once"
+    # Expansions ready together went in as job arrays: far fewer sbatch calls than steps.
+    submissions = {j["array_job_id"] or j["job_id"] for j in jobs}
+    arrays = {j["array_job_id"] for j in jobs if j["array_job_id"]}
+    calls = f"{len(submissions)} sbatch calls, {len(arrays)} of them arrays"
+    assert arrays and len(submissions) <= 20, calls
+    said = sorted(o.read_text() for o in Path(tmp_path, "c", "entries").rglob("slept.txt"))
+    assert said == [f"slept 1.0 t{i:02d}\n" for i in range(40)], "each task ran its own step"

@@ -166,7 +166,7 @@ class FakeSlurm:
         if args[0] == "squeue":
             wanted = next(a for a in args if a.startswith("--jobs=")).split("=")[1].split(",")
             lines = [
-                f"{i}|{s}|None|node1|0|{self.restarts.get(i, 0)}|me|kliko-r-{i}|"
+                f"{i}|{i}|{s}|None|node1|0|{self.restarts.get(i, 0)}|me|kliko-r-{i}|"
                 for i, s in self.states.items()
                 if i in wanted
             ]
@@ -350,7 +350,7 @@ def test_only_sbatch_errors_that_waiting_may_clear_are_retried(error: str, trans
 
 
 def test_squeue_lines_with_a_comment_holding_bars_are_read_whole() -> None:
-    text = '7|RUNNING|None|node1|0|1|me|kliko-r-a|{"k":"a|b"}|\n'
+    text = '7|7|RUNNING|None|node1|0|1|me|kliko-r-a|{"k":"a|b"}|\n'
     (job,) = parse_squeue(text, with_comment=True).values()
     assert job.comment == '{"k":"a|b"}' and job.restarts == 1 and job.node == "node1"
 

@@ -37,6 +37,7 @@ from kliko_async.model.quantities import describe_size
 from kliko_async.results import ResourceUse
 from kliko_async.runtime.base import (
     LABEL_PREFIX,
+    MATRIX_LABEL,
     OWNER_LABEL,
     ContainerExit,
     LogSink,
@@ -252,12 +253,15 @@ class StepAttempts:
             await anyio.to_thread.run_sync(self.cache.discard, staging)
 
     def _labels(self, planned: PlannedStep) -> dict[str, str]:
-        return {
+        labels = {
             f"{LABEL_PREFIX}.run": self.run_id,
             f"{LABEL_PREFIX}.step": planned.name,
             f"{LABEL_PREFIX}.key": planned.key,
             OWNER_LABEL: self._owner,
         }
+        if planned.step.matrix is not None:  # its expansions may share a Slurm job array
+            labels[MATRIX_LABEL] = planned.step.matrix.step
+        return labels
 
     def _log_sink(self, step: str, log: StepLog, last: deque[str], budget: LineBudget) -> LogSink:
         emit, wants = self.emit, self.wants_log_lines

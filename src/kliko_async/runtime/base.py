@@ -43,6 +43,10 @@ LABEL_PREFIX = "io.kliko-async"
 
 OWNER_LABEL = f"{LABEL_PREFIX}.owner"
 
+MATRIX_LABEL = f"{LABEL_PREFIX}.matrix"
+"""On an expansion of a ``matrix:`` step: that step's name (its expansions ready together go
+into Slurm as one job array)."""
+
 
 def owner_label() -> str:
     """``host:pid`` of this process, on every container it starts, to find leftovers later."""

@@ -10,6 +10,7 @@ waiting for an answer.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 
 import anyio
@@ -62,9 +63,16 @@ HOPELESS_REASONS = frozenset(
 )
 """Pending reasons that never clear by waiting: the step fails with the reason instead."""
 
-SQUEUE_FIELDS = "JobID:|,State:|,Reason:|,NodeList:|,exit_code:|,RestartCnt:|,UserName:|,Name:|"
-"""``squeue --Format``: '|' after each field and no width (nothing is cut or padded). The
-comment, which may hold '|', comes last when it is asked for."""
+SQUEUE_FIELDS = (
+    "JobArrayID:|,JobID:|,State:|,Reason:|,NodeList:|,exit_code:|,RestartCnt:|,UserName:|,Name:|"
+)
+"""``squeue --array --Format``: '|' after each field and no width (nothing is cut or padded).
+The comment, which may hold '|', comes last when it is asked for. A task of a job array is
+``<array>_<task>`` (with ``--array``, one line each, pending ones too); its own job ID, by
+which accounting knows it, follows (it is the array's ID until the task started)."""
+
+_JOB_ID = re.compile(r"\d+(?:_\d+)?")
+"""A job's ID, or a task's of a job array (``<array>_<task>``)."""
 
 INVALID_JOB_ID = "Invalid job id specified"
 """squeue's answer when none of the IDs asked for is known (all of them left the queue)."""
@@ -76,6 +84,9 @@ class SlurmJob(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     job_id: str
+    raw_id: str = ""
+    """For a task of a job array, the job ID of its own (accounting's name for it) once it
+    started; else the same as ``job_id``."""
     name: str = ""
     state: str
     reason: str = ""
@@ -111,12 +122,16 @@ def parse_squeue(text: str, *, with_comment: bool = False) -> dict[str, SlurmJob
     fields = SQUEUE_FIELDS.count("|")
     for line in text.splitlines():
         parts = line.split("|", fields)
-        if len(parts) <= fields or not parts[0].strip().isdigit():
+        if len(parts) <= fields or not _JOB_ID.fullmatch(parts[0].strip()):
             continue
-        job_id, state, reason, node, status, restarts, user, name = (p.strip() for p in parts[:8])
+        job_id, raw_id, state, reason, node, status, restarts, user, name = (
+            p.strip() for p in parts[:9]
+        )
         comment = parts[fields].rstrip().removesuffix("|") if with_comment else ""
         found[job_id] = SlurmJob(
             job_id=job_id,
+            # A pending task shows its array's ID, which only its last task will keep.
+            raw_id=raw_id if raw_id.isdigit() and state != "PENDING" else job_id,
             name=name,
             state=state.split()[0] if state else "",
             reason="" if reason in ("None", "(null)") else reason,
@@ -134,7 +149,7 @@ def parse_sacct(text: str) -> dict[str, SlurmJob]:
     found: dict[str, SlurmJob] = {}
     for line in text.splitlines():
         parts = line.split("|")
-        if len(parts) < 5 or not parts[0].isdigit():
+        if len(parts) < 5 or not _JOB_ID.fullmatch(parts[0]):
             continue  # a job step (ID.batch) or an unexpected line
         code, _, signal = parts[2].partition(":")
         status = (int(code) << 8 if code.isdigit() else 0) | (
@@ -142,6 +157,7 @@ def parse_sacct(text: str) -> dict[str, SlurmJob]:
         )
         found[parts[0]] = SlurmJob(
             job_id=parts[0],
+            raw_id=parts[0],
             state=parts[1].split()[0] if parts[1] else "",
             exit_status=status,
             node="" if parts[3] in ("None assigned", "(null)") else parts[3],
@@ -155,7 +171,7 @@ async def our_active_jobs(
     command: Command = slurm_command, delays: Sequence[float] = RETRY_DELAYS
 ) -> dict[str, SlurmJob]:
     """This user's jobs that are pending or running, with their comments (for leftovers)."""
-    args = ["squeue", "--noheader", "--me", f"--Format={SQUEUE_FIELDS},Comment:|"]
+    args = ["squeue", "--noheader", "--me", "--array", f"--Format={SQUEUE_FIELDS},Comment:|"]
     done = await retrying(args, command=command, delays=delays)
     return parse_squeue(done.stdout.decode("utf-8", "replace"), with_comment=True)
 
@@ -238,7 +254,7 @@ class JobQueue:
 
     async def _poll(self) -> None:
         self._failure = None
-        ids = sorted(self._jobs, key=int)
+        ids = sorted(self._jobs, key=_order)
         if not ids:
             return
         try:
@@ -301,6 +317,7 @@ class JobQueue:
             "--noheader",
             "--me",
             "--states=all",
+            "--array",
             f"--jobs={','.join(ids)}",
             f"--Format={SQUEUE_FIELDS}",
         ]
@@ -312,7 +329,29 @@ class JobQueue:
         return parse_squeue(done.stdout.decode("utf-8", "replace"))
 
     async def _sacct(self, ids: Iterable[str]) -> dict[str, SlurmJob]:
-        """How jobs that left squeue ended, from accounting; {} where there is none."""
+        """How jobs that left squeue ended, from accounting; {} where there is none.
+
+        A task of a job array is asked for by its own job ID (the completion log knows no
+        ``<array>_<task>``), once squeue showed it started; before that it is not asked for.
+        """
+        by_raw: dict[str, str] = {}
+        for job_id in ids:
+            known = self._jobs.get(job_id)
+            raw = known.raw_id if known is not None and known.raw_id else job_id
+            if "_" not in raw:
+                by_raw[raw] = job_id
+        if not by_raw:
+            return {}
+        asked = set(by_raw.values())
+        ended: dict[str, SlurmJob] = {}
+        for printed, job in (await self._accounting_of(list(by_raw))).items():
+            # The completion log prints the job ID asked for; a database the task's name.
+            name = by_raw.get(printed) or (printed if printed in asked else None)
+            if name is not None:
+                ended[name] = job.model_copy(update={"job_id": name})
+        return ended
+
+    async def _accounting_of(self, ids: Sequence[str]) -> dict[str, SlurmJob]:
         if self._accounting == "none":
             return {}
         fields = ["-n", "-P", "-X", "-o", "JobID,State,ExitCode,NodeList,JobName"]
@@ -332,6 +371,12 @@ class JobQueue:
         if done.returncode != 0:
             raise SlurmCallFailed(f"sacct failed: {command_error(done)}")
         return parse_sacct(done.stdout.decode("utf-8", "replace"))
+
+
+def _order(job_id: str) -> tuple[int, int]:
+    """Jobs in the order they were submitted, an array's tasks in theirs."""
+    array, _, task = job_id.partition("_")
+    return int(array), int(task or -1)
 
 
 def _seen_in_squeue(job: SlurmJob | None) -> bool:

@@ -1,7 +1,8 @@
 """The Slurm runtime: each container runs as one Slurm job on a cluster node (see ``Runtime``).
 
 Images are resolved, read and built on the local Docker Engine (the submitting host's); each
-``run`` submits one batch job (``sbatch --parsable``, named ``kliko-<run>-<step>``) whose script
+``run`` submits one batch job (``sbatch --parsable``, named ``kliko-<run>-<step>``; jobs alike and
+ready together go in as one job array, see ``slurm/arrays.py``) whose script
 (``slurm/script.py``) runs the container on its node with Docker, or with Charliecloud where the
 node has no Docker Engine. The job's folder is in the step's staging folder in the cache, which
 must be on a filesystem every node sees at the same path: the container's stdout and stderr are
@@ -18,9 +19,7 @@ hosts may compute one key twice, and the first rename wins.
 from __future__ import annotations
 
 import json
-import math
 import os
-import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -29,22 +28,22 @@ import anyio
 from kliko_async.errors import ContainerError, RuntimeUnavailable
 from kliko_async.runtime.base import (
     LABEL_PREFIX,
+    MATRIX_LABEL,
     ContainerExit,
     ContainerJob,
     ImageFiles,
     LogSink,
 )
 from kliko_async.runtime.docker import DockerRuntime
+from kliko_async.runtime.slurm.arrays import (
+    Submission,
+)
 from kliko_async.runtime.slurm.charliecloud import CharliecloudImages
 from kliko_async.runtime.slurm.commands import (
     RETRY_DELAYS,
     SlurmCallFailed,
-    command_error,
-    parse_job_id,
     retrying,
-    sbatch_transient,
     sinfo,
-    slurm_command,
     user_name,
 )
 from kliko_async.runtime.slurm.endings import (
@@ -56,14 +55,13 @@ from kliko_async.runtime.slurm.logfiles import LogFiles, job_folder, look_at_job
 from kliko_async.runtime.slurm.options import SlurmOptions
 from kliko_async.runtime.slurm.queue import (
     HOPELESS_REASONS,
-    SQUEUE_FIELDS,
     JobQueue,
     SlurmJob,
     our_active_jobs,
-    parse_squeue,
 )
 from kliko_async.runtime.slurm.script import env_file, job_script
 from kliko_async.runtime.slurm.sharedcheck import check_shared
+from kliko_async.runtime.slurm.submit import JOB_PREFIX, Submitter, unlink_with_folder
 from kliko_async.runtime.slurm.unchanged import check_unchanged, tree_state
 
 CLEANUP_DEADLINE_SECONDS = 30
@@ -82,10 +80,7 @@ SUBMIT_DEADLINE_SECONDS = 60
 PROBE_DEADLINE_SECONDS = 60
 """How long the shared-filesystem check at start waits for its job to run."""
 
-JOB_PREFIX = "kliko-"
-
 _FOLLOW_FASTEST, _FOLLOW_SLOWEST = 0.05, 0.25
-_SAFE = re.compile(r"[^A-Za-z0-9_.-]")
 
 
 class SlurmRuntime:
@@ -103,13 +98,13 @@ class SlurmRuntime:
         self.queue = JobQueue(
             self.options.poll_fastest, self.options.poll_slowest, patience=self.options.patience
         )
-        self.submitted = 0
         self.most_in_queue = 0
         """The most of this process's step jobs that were pending or running at once."""
         self._slots = anyio.Semaphore(self.options.max_jobs)
         self._docker = docker or DockerRuntime()
         self._images = CharliecloudImages(self.folder / "images", self._docker)
         self._live: set[str] = set()
+        self._submitter = Submitter(self.options, self.queue, self._live, self.folder / "arrays")
 
     # -- images: on the local engine ---------------------------------------------------------
 
@@ -228,11 +223,15 @@ class SlurmRuntime:
         # Charliecloud binds copies of the read-only mounts: the originals are checked after.
         watched = [m.source for m in job.mounts if m.read_only and self.options.engine != "docker"]
         before = await anyio.to_thread.run_sync(tree_state, watched)
+        step = job.labels.get(f"{LABEL_PREFIX}.step", "step")
+        family = job.labels.get(MATRIX_LABEL)
+        options = self._submitter.job_options(job, limit, self._partition_args())
+        submission = Submission(job, folder, script, options, step, family)
         async with self._slots:  # at most max_jobs of them in Slurm's queue at once
             job_id = ""
             # Shielded: a job that sbatch submitted is known here, so a cancellation cancels it.
             with anyio.CancelScope(shield=True), anyio.move_on_after(SUBMIT_DEADLINE_SECONDS):
-                job_id = await self._submit(job, folder, script, limit)
+                job_id = await self._submitter.submit(submission)
             if not job_id:
                 raise ContainerError(f"sbatch did not answer within {SUBMIT_DEADLINE_SECONDS} s")
             in_queue = self.options.max_jobs - self._slots.value
@@ -249,70 +248,8 @@ class SlurmRuntime:
             finally:
                 self.queue.forget(job_id)
                 self._live.discard(job_id)
-
-    def _sbatch_args(
-        self, job: ContainerJob, folder: Path, name: str, limit: float | None
-    ) -> list[str]:
-        args = [
-            "sbatch",
-            "--parsable",
-            f"--job-name={name}",
-            f"--output={folder}/slurm.out",
-            f"--chdir={folder}",
-            f"--comment={json.dumps(job.labels, separators=(',', ':'))}",
-            "--nodes=1",
-            "--ntasks=1",
-            *self._partition_args(),
-        ]
-        if not self.options.requeue and "--requeue" not in self.options.sbatch_options:
-            args.append("--no-requeue")  # a node failure or preemption ends the job: retries
-        if job.cpus is not None:
-            args.append(f"--cpus-per-task={max(1, math.ceil(job.cpus))}")
-        if job.memory is not None:
-            args.append(f"--mem={max(1, math.ceil(job.memory / (1 << 20)))}M")
-        if job.gpus:
-            args.append(f"--gres=gpu:{job.gpus}")
-        if limit is not None:  # Slurm's limits are minutes; leave time to start the container
-            args.append(f"--time={math.ceil((limit + 60) / 60)}")
-        return args
-
-    async def _submit(
-        self, job: ContainerJob, folder: Path, script: Path, limit: float | None
-    ) -> str:
-        """sbatch the job, trying again while the controller is out of reach; a refusal of
-        the job itself (a bad option, an impossible request) fails at once."""
-        run = job.labels.get(f"{LABEL_PREFIX}.run", "run")
-        step = job.labels.get(f"{LABEL_PREFIX}.step", "step")
-        name = f"{JOB_PREFIX}{run}-{_SAFE.sub('_', step)}"
-        args = [*self._sbatch_args(job, folder, name, limit), *self.options.sbatch_options]
-        args.append(str(script))
-        for tries, delay in enumerate([*RETRY_DELAYS, None], start=1):
-            done = await slurm_command(args)
-            if done.returncode == 0:
-                job_id = parse_job_id(done)
-                break
-            # The call may have failed after the controller took the job (a timeout): adopt it.
-            adopted = (await self._jobs_named(name)) - self._live  # names hold the run's ID
-            if adopted:
-                job_id = min(adopted, key=int)
-                break
-            if delay is None or not sbatch_transient(done):
-                after = f" (after {tries} tries)" if tries > 1 else ""
-                raise ContainerError(f"Slurm refused the job{after}: {command_error(done)}")
-            await anyio.sleep(delay)
-        self.submitted += 1
-        self.queue.watch(job_id)
-        self._live.add(job_id)
-        return job_id
-
-    async def _jobs_named(self, name: str) -> set[str]:
-        """This user's pending or running jobs called ``name`` (empty when squeue fails)."""
-        args = ["squeue", "--noheader", "--me", f"--name={name}", f"--Format={SQUEUE_FIELDS}"]
-        done = await slurm_command(args)
-        if done.returncode != 0:
-            return set()
-        found = parse_squeue(done.stdout.decode("utf-8", "replace"))
-        return {i for i, j in found.items() if j.active}
+                if submission.link is not None:  # the last task's link takes its folder along
+                    await anyio.to_thread.run_sync(unlink_with_folder, submission.link)
 
     async def _follow(
         self,

@@ -1,0 +1,201 @@
+"""Submitting the Slurm runtime's jobs: ``sbatch`` each alone, or the expansions of a matrix
+step ready together as one job array (see ``arrays.py``), through a controller that may not
+answer at once."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import re
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import anyio
+
+from kliko_async.cache.durable import remove_tree
+from kliko_async.errors import ContainerError
+from kliko_async.runtime.base import LABEL_PREFIX, ContainerJob
+from kliko_async.runtime.slurm.arrays import Gatherer, Submission, array_script, shared_labels
+from kliko_async.runtime.slurm.commands import (
+    RETRY_DELAYS,
+    command_error,
+    parse_job_id,
+    sbatch_transient,
+    slurm_command,
+)
+from kliko_async.runtime.slurm.options import SlurmOptions
+from kliko_async.runtime.slurm.queue import SQUEUE_FIELDS, JobQueue, parse_squeue
+
+JOB_PREFIX = "kliko-"
+
+_SAFE = re.compile(r"[^A-Za-z0-9_.-]")
+
+
+class Submitter:
+    """sbatch for one runtime: each job is watched in ``queue`` and counted ``live`` from its
+    submission; ``arrays`` is the folder for the arrays' scripts. ``submitted`` counts the
+    sbatch calls that took (an array is one)."""
+
+    def __init__(
+        self, options: SlurmOptions, queue: JobQueue, live: set[str], arrays: Path
+    ) -> None:
+        self.options = options
+        self.queue = queue
+        self.submitted = 0
+        self._live = live
+        self._arrays = arrays
+        self._gatherer = Gatherer(self._submit_one, self._submit_array)
+
+    async def submit(self, submission: Submission) -> str:
+        """The job ID of ``submission`` (``<array>_<task>`` for a task of an array)."""
+        return await self._gatherer.submit(submission)
+
+    def job_options(
+        self, job: ContainerJob, limit: float | None, partition: Sequence[str]
+    ) -> tuple[str, ...]:
+        """sbatch's options for what ``job`` asks of the cluster (jobs alike in these may go
+        in as one array); its name, output, folder and comment are added at submission."""
+        args = [
+            "--nodes=1",
+            "--ntasks=1",
+            *partition,
+        ]
+        if not self.options.requeue and "--requeue" not in self.options.sbatch_options:
+            args.append("--no-requeue")  # a node failure or preemption ends the job: retries
+        if job.cpus is not None:
+            args.append(f"--cpus-per-task={max(1, math.ceil(job.cpus))}")
+        if job.memory is not None:
+            args.append(f"--mem={max(1, math.ceil(job.memory / (1 << 20)))}M")
+        if job.gpus:
+            args.append(f"--gres=gpu:{job.gpus}")
+        if limit is not None:  # Slurm's limits are minutes; leave time to start the container
+            args.append(f"--time={math.ceil((limit + 60) / 60)}")
+        return (*args, *self.options.sbatch_options)
+
+    async def _submit_one(self, group: Sequence[Submission]) -> None:
+        """sbatch one job on its own."""
+        (one,) = group
+        name = f"{JOB_PREFIX}{self._run(one.job)}-{_SAFE.sub('_', one.step)}"
+        args = [
+            "sbatch",
+            "--parsable",
+            f"--job-name={name}",
+            f"--output={one.folder}/slurm.out",
+            f"--chdir={one.folder}",
+            f"--comment={json.dumps(one.job.labels, separators=(',', ':'))}",
+            *one.options,
+            str(one.script),
+        ]
+        one.job_id = await self._sbatch(args, name)
+        self._watch(one.job_id)
+
+    async def _submit_array(self, group: Sequence[Submission]) -> None:
+        """sbatch jobs alike as the tasks of one array; where Slurm refuses the array (a site
+        may disable arrays, or allow smaller ones), each goes in on its own."""
+        first = group[0]
+        name = f"{JOB_PREFIX}{self._run(first.job)}-{_SAFE.sub('_', first.family or first.step)}"
+        try:
+            folder = await anyio.to_thread.run_sync(
+                array_folder, self._arrays, [s.folder for s in group]
+            )
+        except OSError as error:
+            raise ContainerError(f"could not write the job array's script: {error}") from None
+        labels = shared_labels([s.job for s in group])
+        args = [
+            "sbatch",
+            "--parsable",
+            f"--array=0-{len(group) - 1}",
+            f"--job-name={name}",
+            f"--output={folder}/%a.out",  # each a link to its task's folder/slurm.out
+            f"--chdir={folder}",
+            f"--comment={json.dumps(labels, separators=(',', ':'))}",
+            *first.options,
+            str(folder / "array.sh"),
+        ]
+        try:
+            array_id = await self._sbatch(args, name)
+        except ContainerError:
+            await anyio.to_thread.run_sync(remove_tree, folder)
+            for submission in group:
+                submission.error = None
+                try:
+                    await self._submit_one([submission])
+                except ContainerError as error:
+                    submission.error = error
+            return
+        for task, submission in enumerate(group):
+            submission.job_id = f"{array_id}_{task}"
+            submission.link = folder / f"{task}.out"
+            self._watch(submission.job_id)
+
+    def _watch(self, job_id: str) -> None:
+        self.queue.watch(job_id)
+        self._live.add(job_id)
+
+    @staticmethod
+    def _run(job: ContainerJob) -> str:
+        return job.labels.get(f"{LABEL_PREFIX}.run", "run")
+
+    async def _sbatch(self, args: list[str], name: str) -> str:
+        """Submit with ``args``, trying again while the controller is out of reach; the job's
+        (or array's) ID. A refusal of the job itself fails at once."""
+        for tries, delay in enumerate([*RETRY_DELAYS, None], start=1):
+            done = await slurm_command(args)
+            if done.returncode == 0:
+                job_id = parse_job_id(done)
+                break
+            # The call may have failed after the controller took the job (a timeout): adopt it.
+            adopted = (await self.jobs_named(name)) - self._live  # names hold the run's ID
+            if adopted:
+                job_id = min((i.split("_")[0] for i in adopted), key=int)
+                break
+            if delay is None or not sbatch_transient(done):
+                after = f" (after {tries} tries)" if tries > 1 else ""
+                raise ContainerError(f"Slurm refused the job{after}: {command_error(done)}")
+            await anyio.sleep(delay)
+        self.submitted += 1
+        return job_id
+
+    async def jobs_named(self, name: str) -> set[str]:
+        """This user's pending or running jobs called ``name`` (empty when squeue fails)."""
+        args = [
+            "squeue",
+            "--noheader",
+            "--me",
+            "--array",
+            f"--name={name}",
+            f"--Format={SQUEUE_FIELDS}",
+        ]
+        done = await slurm_command(args)
+        if done.returncode != 0:
+            return set()
+        found = parse_squeue(done.stdout.decode("utf-8", "replace"))
+        return {i for i, j in found.items() if j.active}
+
+
+def array_folder(root: Path, folders: Sequence[Path]) -> Path:
+    """A new folder with an array's script and, for each task, the link through which Slurm
+    writes that task's own output (``%a.out``) into its job folder's ``slurm.out``."""
+    root.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix="array-", dir=root))
+    script = folder / "array.sh"
+    script.write_text(array_script(folders))
+    script.chmod(0o755)
+    for task, job in enumerate(folders):
+        (folder / f"{task}.out").symlink_to(job / "slurm.out")
+    return folder
+
+
+def unlink_with_folder(link: Path) -> None:
+    """Remove a task's link; the last one also takes the array's folder."""
+    with contextlib.suppress(OSError):
+        link.unlink()
+    try:
+        left = [p.name for p in link.parent.iterdir()]
+    except OSError:  # another task's end took the folder already
+        return
+    if left == ["array.sh"]:
+        with contextlib.suppress(OSError):
+            remove_tree(link.parent)
