@@ -27,6 +27,7 @@ from benchmarks import (
     overhead,
     scheduler,
     slurmfanout,
+    slurmmatrix,
 )
 from benchmarks.harness import (
     RESULTS_DIR,
@@ -56,8 +57,9 @@ SCENARIOS: dict[str, tuple[Scenario, bool]] = {
     bigchain.NAME: (bigchain.run, True),
     datainput.NAME: (datainput.run, False),
     slurmfanout.NAME: (slurmfanout.run, True),  # only with --only: needs scripts/slurm-cluster
+    slurmmatrix.NAME: (slurmmatrix.run, True),  # only with --only: needs scripts/slurm-cluster
 }
-OPT_IN = {slurmfanout.NAME}
+OPT_IN = {slurmfanout.NAME, slurmmatrix.NAME}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
