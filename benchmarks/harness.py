@@ -202,6 +202,24 @@ async def run_process(
     return await anyio.run_process(list(command), check=check, cwd=cwd)
 
 
+async def timed_script(
+    result: ScenarioResult, key: str, script: Path, work: Path, *args: str
+) -> None:
+    """Run the floor ``script`` with ``work`` and ``args`` (it must succeed) and add its wall
+    time to ``result`` under ``key``."""
+    started = time.perf_counter()
+    await anyio.run_process([str(script), str(work), *args], check=True)
+    result.add(key, time.perf_counter() - started)
+
+
+def script_file(cfg: Config, name: str, text: str) -> Path:
+    """An executable script ``name`` in the work folder."""
+    path = cfg.workdir / name
+    path.write_text(text)
+    path.chmod(0o755)
+    return path
+
+
 def engine_available() -> bool:
     if shutil.which("docker") is None:
         return False

@@ -18,7 +18,15 @@ import uuid
 
 import anyio
 
-from benchmarks.harness import Config, EventClock, ScenarioResult, interleaved, remove_tree
+from benchmarks.harness import (
+    Config,
+    EventClock,
+    ScenarioResult,
+    interleaved,
+    remove_tree,
+    script_file,
+    timed_script,
+)
 from kliko_async import api
 from kliko_async.model.chain import parse_chain
 from kliko_async.runtime.slurm.options import SlurmOptions
@@ -60,17 +68,12 @@ async def run(cfg: Config) -> ScenarioResult:
         "vs a bare sbatch script",
         params={"branches": branches, "seconds": seconds, "reps": reps, "image": IMAGE},
     )
-    floor_script = cfg.workdir / "slurm-floor.sh"
-    floor_script.write_text(FLOOR_SCRIPT)
-    floor_script.chmod(0o755)
+    floor_script = script_file(cfg, "slurm-floor.sh", FLOOR_SCRIPT)
 
     async def floor(rep: int) -> None:
         work = cfg.tmp(f"slurm-floor-{rep}")
-        started = time.perf_counter()
-        await anyio.run_process(
-            [str(floor_script), str(work), IMAGE, str(branches), f"{seconds:g}"], check=True
-        )
-        result.add("floor_wall_s", time.perf_counter() - started)
+        args = (IMAGE, str(branches), f"{seconds:g}")
+        await timed_script(result, "floor_wall_s", floor_script, work, *args)
         assert (work / "b15" / "out" / "slept.txt").is_file(), "the floor's fan-out failed"
         remove_tree(work)
 

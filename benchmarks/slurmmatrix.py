@@ -14,9 +14,15 @@ from __future__ import annotations
 import time
 import uuid
 
-import anyio
-
-from benchmarks.harness import Config, EventClock, ScenarioResult, interleaved, remove_tree
+from benchmarks.harness import (
+    Config,
+    EventClock,
+    ScenarioResult,
+    interleaved,
+    remove_tree,
+    script_file,
+    timed_script,
+)
 from kliko_async import api
 from kliko_async.model.chain import parse_chain
 from kliko_async.runtime.slurm.options import SlurmOptions
@@ -51,17 +57,12 @@ async def run(cfg: Config) -> ScenarioResult:
         f"a {tasks}-way matrix of {seconds:g} s steps on Slurm vs one bare sbatch --array",
         params={"tasks": tasks, "seconds": seconds, "reps": reps, "image": IMAGE},
     )
-    floor_script = cfg.workdir / "slurm-matrix-floor.sh"
-    floor_script.write_text(FLOOR_SCRIPT)
-    floor_script.chmod(0o755)
+    floor_script = script_file(cfg, "slurm-matrix-floor.sh", FLOOR_SCRIPT)
 
     async def floor(rep: int) -> None:
         work = cfg.tmp(f"slurm-matrix-floor-{rep}")
-        started = time.perf_counter()
-        await anyio.run_process(
-            [str(floor_script), str(work), IMAGE, str(tasks), f"{seconds:g}"], check=True
-        )
-        result.add("floor_wall_s", time.perf_counter() - started)
+        args = (IMAGE, str(tasks), f"{seconds:g}")
+        await timed_script(result, "floor_wall_s", floor_script, work, *args)
         done = sum((work / str(i) / "out" / "slept.txt").is_file() for i in range(tasks))
         assert done == tasks, f"the floor's array wrote {done} of {tasks} outputs"
         remove_tree(work)
