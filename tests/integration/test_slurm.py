@@ -299,6 +299,51 @@ def test_sigterm_mid_run_leaves_no_job_pending_or_running(kliko: KlikoCli, tmp_p
     assert not list((tmp_path / "c" / "tmp").iterdir())  # no staging folder left
 
 
+SLOW_MATRIX = """\
+steps:
+  sweep:
+    image: example/sleep
+    params: {seconds: 120}
+    resources: {cpus: 8}
+    matrix: {tag: [m0, m1, m2, m3, m4, m5]}
+"""
+
+
+def test_ctrl_c_cancels_every_task_of_an_array_running_or_pending(
+    kliko: KlikoCli, tmp_path: Path
+) -> None:
+    """The six expansions go in as one array; each needs a whole node, so some tasks run and
+    the others wait. Ctrl-C then: every task cancelled (the pending ones too), no container
+    left on a node, no staging folder and no array folder left in the cache."""
+    chain = write_chain(tmp_path, SLOW_MATRIX)
+    first = last_job_id()
+    log = tmp_path / "run.log"
+    process = kliko.popen(
+        "run", chain, "--backend", "slurm", "--plain", "--cache-dir", "c", log=log
+    )
+    try:
+        wait_until(
+            lambda: {j["job_state"] for j in jobs_after(first)} >= {"RUNNING", "PENDING"},
+            "running and pending tasks",
+        )
+        wait_until(lambda: log.read_text().count("| started") >= 2, "two started steps")
+        assert re.search(r"\| \[kliko-async\] Slurm job \d+_\d runs on node \w", log.read_text())
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=60) == 130, log.read_text()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    jobs = jobs_after(first)
+    assert {j["array_job_id"] for j in jobs} - {0} != set(), "the expansions went in as an array"
+    assert active(jobs) == []
+    assert {j["job_state"] for j in jobs} == {"CANCELLED"}
+    assert job_containers(jobs) == []
+    assert not list((tmp_path / "c" / "tmp").iterdir())  # no staging folder left
+    arrays = tmp_path / "c" / "slurm" / "arrays"
+    assert not arrays.exists() or not list(arrays.iterdir()), list(arrays.iterdir())
+
+
 def test_a_later_run_cancels_the_jobs_of_a_killed_run(kliko: KlikoCli, tmp_path: Path) -> None:
     chain = write_chain(
         tmp_path, "steps:\n  a: {image: example/sleep, params: {seconds: 120, tag: kill9}}\n"

@@ -249,7 +249,8 @@ class SlurmRuntime:
                 self.queue.forget(job_id)
                 self._live.discard(job_id)
                 if submission.link is not None:  # the last task's link takes its folder along
-                    await anyio.to_thread.run_sync(unlink_with_folder, submission.link)
+                    with anyio.CancelScope(shield=True):  # Ctrl-C: the more so
+                        await anyio.to_thread.run_sync(unlink_with_folder, submission.link)
 
     async def _follow(
         self,
