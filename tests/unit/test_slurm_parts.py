@@ -212,7 +212,53 @@ def test_one_squeue_call_per_poll_asks_for_the_watched_jobs_only_and_slows_down_
         assert queue.interval == 0.04
         slurm.states["2"] = "RUNNING"
         await queue.next_state("1")
-        assert queue.interval == 0.01  # a change: fast again
+        assert queue.interval == queue.quickest() == 0.02  # a change: fast again (2 jobs)
+
+    anyio.run(main)
+
+
+def test_a_poll_whose_follower_is_cancelled_lets_its_squeue_end_and_keeps_the_answer() -> None:
+    # The follower that polls is cancelled as its job ends (or at Ctrl-C); killing squeue then
+    # raced Python's child watcher ("Unknown child process pid ..." on the user's terminal).
+    slurm = FakeSlurm({"1": "RUNNING", "2": "PENDING"})
+    ended: list[str] = []
+
+    async def slow_squeue(args: Sequence[str]) -> subprocess.CompletedProcess[bytes]:
+        await anyio.sleep(0.3)
+        answer = await slurm(args)
+        ended.append(args[0])
+        return answer
+
+    async def main() -> None:
+        queue = JobQueue(fastest=0.01, slowest=0.01, command=slow_squeue)
+        queue.watch("1")
+        queue.watch("2")
+        with anyio.move_on_after(0.1):  # the poller, cancelled mid-squeue
+            await queue.next_state("1")
+            await anyio.sleep(1)  # (the cancellation arrives at the next checkpoint)
+        assert ended == ["squeue"], "the squeue call was cut short"
+        info = queue.known("2")  # the other jobs' followers get the answer all the same
+        assert info is not None and info.state == "PENDING"
+
+    anyio.run(main)
+
+
+def test_the_more_jobs_a_run_watches_the_less_often_it_polls_at_most() -> None:
+    slurm = FakeSlurm({str(i): "RUNNING" for i in range(1, 201)})
+
+    async def main() -> None:
+        queue = JobQueue(fastest=0.25, slowest=3.0, command=slurm)
+        queue.watch("1")
+        assert queue.interval == 0.25  # a small run: as quick as asked
+        for i in range(2, 201):
+            queue.watch(str(i))
+        assert queue.interval == 2.0  # 200 jobs: one call answers for all, every 2 s at most
+        queue.hurry()
+        assert queue.interval == 2.0
+        for i in range(2, 201):
+            queue.forget(str(i))
+        queue.hurry()
+        assert queue.interval == 0.25
 
     anyio.run(main)
 

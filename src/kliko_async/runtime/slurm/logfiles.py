@@ -6,7 +6,10 @@ new bytes in a worker thread (:meth:`LogFiles.fetch`) and delivers the lines on 
 
 from __future__ import annotations
 
+import contextlib
+import os
 import secrets
+from collections.abc import Mapping
 from pathlib import Path
 from typing import NamedTuple
 
@@ -54,11 +57,15 @@ class LogFiles:
         reads on a shared file system): :meth:`fetch` then :meth:`deliver` keep it off the loop."""
         return self.deliver(self.fetch())
 
-    def fetch(self) -> list[tuple[Stream, bytes]]:
+    def fetch(self, sizes: Mapping[str, int] | None = None) -> list[tuple[Stream, bytes]]:
         """What each file gained since the last call, at most ``READ_LIMIT`` bytes each (the
-        rest at the next call). Blocking: run it in a worker thread; deliver on the loop."""
+        rest at the next call). Blocking: run it in a worker thread; deliver on the loop.
+        ``sizes``: the folder's file sizes by name, as just listed: a file that is not there or
+        has not grown is not opened (most looks at most jobs find nothing new)."""
         chunks: list[tuple[Stream, bytes]] = []
         for stream, (path, _) in self._files.items():
+            if sizes is not None and sizes.get(path.name, -1) <= self._offsets[stream]:
+                continue
             try:
                 with path.open("rb") as handle:
                     handle.seek(self._offsets[stream])
@@ -95,13 +102,35 @@ class JobFiles(NamedTuple):
 
 
 def look_at_job_files(folder: Path, logs: LogFiles) -> JobFiles:
-    """One look at the job's folder. Blocking (a shared file system): run it in a thread."""
+    """One look at the job's folder: one listing, and a file opened only when it is there
+    (and a log only when it grew). Blocking (a shared file system): run it in a thread."""
+    sizes: dict[str, int] = {}
     try:
-        started = (folder / "started").read_text(errors="replace")
+        with os.scandir(folder) as listing:
+            for entry in listing:
+                if entry.name.startswith(_LOOKED_AT):
+                    sizes[entry.name] = entry.stat().st_size
     except OSError:
-        started = ""
-    chunks = logs.fetch()
-    return JobFiles(started, chunks, (folder / "status").exists())
+        pass  # not there (yet, or any more): nothing to see
+    started = ""
+    if "started" in sizes:
+        with contextlib.suppress(OSError):
+            started = (folder / "started").read_text(errors="replace")
+    return JobFiles(started, logs.fetch(sizes), "status" in sizes)
+
+
+_LOOKED_AT = ("started", "status", "stdout", "stderr")
+
+_STALE = (*_LOOKED_AT, "timed-out", "usage", "times.", "cid")
+"""The files an earlier job left in a job's folder."""
+
+
+def read_text(path: Path) -> str:
+    """A job file's text; "" when it is not there (yet, or any more)."""
+    try:
+        return path.read_text(errors="replace")
+    except OSError:
+        return ""
 
 
 def job_folder(job: ContainerJob, jobs_root: Path) -> Path:
@@ -115,6 +144,6 @@ def job_folder(job: ContainerJob, jobs_root: Path) -> Path:
         folder = jobs_root / secrets.token_hex(8)
     folder.mkdir(parents=True, exist_ok=True)
     for stale in folder.glob("*"):  # of an earlier job in this folder
-        if stale.name.startswith(("started", "status", "timed-out", "stdout", "stderr")):
+        if stale.name.startswith(_STALE):
             stale.unlink(missing_ok=True)
     return folder

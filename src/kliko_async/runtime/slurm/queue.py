@@ -176,12 +176,22 @@ async def our_active_jobs(
     return parse_squeue(done.stdout.decode("utf-8", "replace"), with_comment=True)
 
 
+POLL_DEADLINE_SECONDS = 30
+"""The longest one poll's commands may take (a controller that does not answer)."""
+
+
+SECONDS_PER_JOB = 0.01
+"""How the shortest poll interval grows with the jobs watched: 0.25 s up to 25 jobs, 1 s with
+100, 2 s with 200 (3 s, the slowest, from 300)."""
+
+
 class JobQueue:
     """The states of the jobs this process watches, from one ``squeue`` call per poll.
 
     Whoever waits first polls (after the current interval); everyone else waiting meanwhile
-    gets the same answer. The interval starts at ``fastest`` and grows by half each poll in
-    which no watched job changed, up to ``slowest``; a new job or any change resets it. A
+    gets the same answer. The interval starts at ``fastest`` (longer with many jobs watched:
+    :meth:`quickest`) and grows by half each poll in which no watched job changed, up to
+    ``slowest``; a new job or any change resets it. A
     failed poll is retried after a growing pause (up to 30 s); when polls have failed for
     ``patience`` seconds, the jobs' waiters get ``SlurmCallFailed`` (their steps fail, the
     run goes on) and the next waiter starts afresh. A requeued job missing from squeue is not
@@ -219,7 +229,7 @@ class JobQueue:
     def watch(self, job_id: str) -> None:
         self._jobs.setdefault(job_id, None)
         self._watched_at.setdefault(job_id, anyio.current_time())
-        self.interval = self.fastest
+        self.interval = self.quickest()
 
     def forget(self, job_id: str) -> None:
         self._jobs.pop(job_id, None)
@@ -228,7 +238,13 @@ class JobQueue:
 
     def hurry(self) -> None:
         """Poll at the fastest pace again (a job is being cancelled, or just ended)."""
-        self.interval = self.fastest
+        self.interval = self.quickest()
+
+    def quickest(self) -> float:
+        """The shortest interval now: ``fastest``, longer the more jobs are watched (one poll
+        answers for all of them: a big run keeps its jobs moving on 1 call a second or two,
+        and a controller is not asked 4 times a second for 200 jobs), at most ``slowest``."""
+        return min(max(self.fastest, len(self._jobs) * SECONDS_PER_JOB), self.slowest)
 
     def known(self, job_id: str) -> SlurmJob | None:
         """The job's state as of the last poll."""
@@ -258,24 +274,26 @@ class JobQueue:
         if not ids:
             return
         try:
-            found = await self._squeue(ids)
-            # Not in squeue: it left the queue (seen there before), or it ended before any
-            # poll saw it and has left already (squeue may show no ended job): ask accounting.
-            # How a job ended is read from accounting once.
-            missing = [i for i in ids if i not in found and not _ended_in_accounting(self._jobs[i])]
-            if missing:
-                found.update(await self._sacct(missing))
+            # Shielded: a poll, once its command started, is let end (bounded in time). The
+            # poller is whichever follower asked first, and followers are cancelled as their
+            # jobs end; a command killed mid-way raced Python's child watcher, which then
+            # printed "Unknown child process pid ..." on the user's terminal (Python 3.11).
+            with anyio.CancelScope(shield=True), anyio.fail_after(POLL_DEADLINE_SECONDS):
+                found = await self._squeue(ids)
+                # Not in squeue: it left the queue (seen there before), or it ended before any
+                # poll saw it and has left already (squeue may show no ended job): ask
+                # accounting. How a job ended is read from accounting once.
+                missing = [
+                    i for i in ids if i not in found and not _ended_in_accounting(self._jobs[i])
+                ]
+                if missing:
+                    found.update(await self._sacct(missing))
+        except TimeoutError:
+            error = SlurmCallFailed(f"squeue or sacct did not answer in {POLL_DEADLINE_SECONDS} s")
+            self._poll_failed(error)
+            return
         except SlurmCallFailed as error:
-            self.failed_polls += 1
-            now = anyio.current_time()
-            self._failing_since = self._failing_since or now
-            self.interval = min(max(self.interval * 2, 1.0), 30.0)
-            if now - self._failing_since >= self.patience:
-                self._failing_since = None
-                self.interval = self.fastest
-                self._failure = SlurmCallFailed(
-                    f"Slurm did not answer about its jobs for {self.patience:g} s: {error}"
-                )
+            self._poll_failed(error)
             return
         self._failing_since = None
         self.polls += 1
@@ -309,7 +327,19 @@ class JobQueue:
             if state is not None and job_id in self._jobs and state != self._jobs[job_id]:
                 self._jobs[job_id] = state
                 changed = True
-        self.interval = self.fastest if changed else min(self.interval * 1.5, self.slowest)
+        self.interval = self.quickest() if changed else min(self.interval * 1.5, self.slowest)
+
+    def _poll_failed(self, error: SlurmCallFailed) -> None:
+        self.failed_polls += 1
+        now = anyio.current_time()
+        self._failing_since = self._failing_since or now
+        self.interval = min(max(self.interval * 2, 1.0), 30.0)
+        if now - self._failing_since >= self.patience:
+            self._failing_since = None
+            self.interval = self.fastest
+            self._failure = SlurmCallFailed(
+                f"Slurm did not answer about its jobs for {self.patience:g} s: {error}"
+            )
 
     async def _squeue(self, ids: Sequence[str]) -> dict[str, SlurmJob]:
         args = [

@@ -51,7 +51,8 @@ from kliko_async.runtime.slurm.endings import (
     pending_for_good,
     status_exit,
 )
-from kliko_async.runtime.slurm.logfiles import LogFiles, job_folder, look_at_job_files
+from kliko_async.runtime.slurm.logfiles import LogFiles, job_folder
+from kliko_async.runtime.slurm.looks import FolderLooks
 from kliko_async.runtime.slurm.options import SlurmOptions
 from kliko_async.runtime.slurm.queue import (
     HOPELESS_REASONS,
@@ -80,7 +81,7 @@ SUBMIT_DEADLINE_SECONDS = 60
 PROBE_DEADLINE_SECONDS = 60
 """How long the shared-filesystem check at start waits for its job to run."""
 
-_FOLLOW_FASTEST, _FOLLOW_SLOWEST = 0.05, 0.25
+_FOLLOW_FASTEST, _FOLLOW_SLOWEST, _FOLLOW_PENDING = 0.05, 0.25, 1.0
 
 
 class SlurmRuntime:
@@ -104,6 +105,7 @@ class SlurmRuntime:
         self._docker = docker or DockerRuntime()
         self._images = CharliecloudImages(self.folder / "images", self._docker)
         self._live: set[str] = set()
+        self._looks = FolderLooks()
         self._submitter = Submitter(self.options, self.queue, self._live, self.folder / "arrays")
 
     # -- images: on the local engine ---------------------------------------------------------
@@ -286,8 +288,9 @@ class SlurmRuntime:
             tg.start_soon(watch_state)
             pause = _FOLLOW_FASTEST
             while not failed:
-                # The job's files are on the shared file system: read them off the loop.
-                look = await anyio.to_thread.run_sync(look_at_job_files, folder, logs)
+                # The job's files are on the shared file system: read off the loop, in one
+                # thread hop with the other jobs' folders.
+                look = await self._looks.look(folder, logs)
                 node, attempt = [*look.started.split(), "", ""][:2]
                 if node and not started:
                     started = True
@@ -318,6 +321,8 @@ class SlurmRuntime:
                     if now - ended_at > STATUS_GRACE_SECONDS:
                         break
                 pause = _FOLLOW_FASTEST if got else min(pause * 1.5, _FOLLOW_SLOWEST)
+                if not started and info is not None and info.state == "PENDING":
+                    pause = _FOLLOW_PENDING  # waiting for a node: its files change little
                 await anyio.sleep(pause)
             tg.cancel_scope.cancel()
         while logs.deliver(await anyio.to_thread.run_sync(logs.fetch)):
