@@ -7,8 +7,10 @@ from pathlib import Path
 
 from kliko_async.errors import ContainerError
 from kliko_async.runtime.base import ContainerExit
+from kliko_async.runtime.slurm.logfiles import read_text
 from kliko_async.runtime.slurm.queue import SlurmJob
 from kliko_async.runtime.slurm.script import REQUEUED_EXIT, UNSEEN_EXIT
+from kliko_async.runtime.slurm.usage import job_usage
 
 NODE_STATES = {
     "NODE_FAIL": "node {node} failed while it ran Slurm job {job} (NODE_FAIL)",
@@ -19,13 +21,6 @@ NODE_STATES = {
 }
 """States where the cluster, not the step, ended the job: the step may well succeed when it
 is tried again (its ``retries``)."""
-
-
-def read_text(path: Path) -> str:
-    try:
-        return path.read_text(errors="replace")
-    except OSError:
-        return ""
 
 
 def status_exit(job_id: str, folder: Path, container_id: str) -> ContainerExit:
@@ -42,7 +37,12 @@ def status_exit(job_id: str, folder: Path, container_id: str) -> ContainerExit:
         raise ContainerError(
             f"stopped by its own time limit inside Slurm job {job_id} (exit code {code})"
         )
-    return ContainerExit(container_id=container_id, exit_code=code, oom_killed=oom == "true")
+    return ContainerExit(
+        container_id=container_id,
+        exit_code=code,
+        oom_killed=oom == "true",
+        usage=job_usage(folder, engine),
+    )
 
 
 def ended_without_status(job_id: str, folder: Path, info: SlurmJob | None) -> ContainerExit:

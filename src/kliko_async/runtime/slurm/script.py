@@ -8,6 +8,9 @@ stdout and stderr go to files in the job's folder (``stdout``, ``stderr``; ``std
 node and the attempt. At the end the script writes ``status`` (``<exit code> <oom killed>
 <engine>``) with one rename. It stops the container itself at its time limit, and on SIGTERM
 (scancel, a requeue) before it exits. An attempt after a requeue starts with an empty /output.
+While the container runs, the script measures what it uses (``usage``; see ``usage.py``). The
+script starts as few processes as it can beside the container's: on a busy node every one
+costs, and a 200-way matrix starts 200 of these scripts.
 
 ``ch-run`` 0.31 binds read-write only, so under Charliecloud every read-only mount (the step's
 inputs, which are cache entries, and its parameters) is given as a copy in the job's folder,
@@ -80,16 +83,23 @@ def job_script(
         copies_dir=COPIES,
         copies=copy_commands(job, folder),
         limit=f"{limit:.3f}" if limit is not None else "",
-        cpus=f"{job.cpus:g}" if job.cpus is not None else 1,
+        cpus=_CPUS.replace("{want}", f"{job.cpus:g}") if job.cpus is not None else "",
         memory=job.memory or "",
+        meter=METER,
     )
 
+
+_CPUS = """\
+CPUS=$(awk -v want={want} -v have="$(nproc --all)" 'BEGIN { print (want < have) ? want : have }')
+"""
+"""The job's CPUs, at most the node's (``docker run --cpus`` refuses more); only when asked."""
 
 _SHELL_WORDS = {
     "$CNAME": '"$CNAME"',
     "USER=$USER": '"USER=$USER"',
     "$CPUS": '"$CPUS"',
     f"{OWNER_LABEL}=slurm:$SLURM_JOB_ID": f'"{OWNER_LABEL}=slurm:$SLURM_JOB_ID"',
+    "$dir/cid": '"$dir/cid"',
 }
 """Words the script must expand itself (the container's name, the user's name)."""
 
@@ -101,6 +111,7 @@ def _shell(args: list[str]) -> str:
 def docker_command(job: ContainerJob) -> list[str]:
     """``docker run`` for ``job``, as ``runtime/docker.py`` configures the container."""
     args = ["docker", "run", "--name", "$CNAME", "--network", "bridge", "--init=false"]
+    args += ["--cidfile", "$dir/cid"]  # the container's ID, by which its usage is measured
     if job.memory is None:  # nothing to ask the engine afterwards (was it out of memory?)
         args.append("--rm")
     labels = {f"{LABEL_PREFIX}.managed": "1", **job.labels}
@@ -200,6 +211,59 @@ def env_file(job: ContainerJob) -> str:
     return "".join(f"{key}={value}\n" for key, value in job.env.items())
 
 
+METER = r"""meter() { # what the container uses, into $dir/usage: <cpu ns|-> <peak> <samples>
+    # Docker: the container's own cgroup counters (v1 or v2; the peak is the kernel's own
+    # high-water mark where it keeps one). ch-run: the container's processes are this job's:
+    # the peak is the sum of their own high-water marks (VmHWM) as sampled, the CPU time comes
+    # from 'times' (exact).
+    local n=0 peak=0 cpu=- mem= acct= id= d= value= key= pause=0.25 tick
+    exec {tick}<> <(:) # a pipe that never has data: 'read -t' on it sleeps without a process
+    while kill -0 "$1" 2>/dev/null; do
+        if [ "$engine" = docker ] && [ -z "$mem" ] && [ -s "$dir/cid" ]; then
+            read -r id <"$dir/cid"
+            for d in "memory/docker/$id" "memory/system.slice/docker-$id.scope" \
+                "system.slice/docker-$id.scope" "docker/$id"; do
+                [ -d "/sys/fs/cgroup/$d" ] || continue
+                case $d in
+                memory/*)
+                    mem="/sys/fs/cgroup/$d/memory.max_usage_in_bytes"
+                    acct="/sys/fs/cgroup/cpuacct/${d#memory/}/cpuacct.usage" ;;
+                *)
+                    mem="/sys/fs/cgroup/$d/memory.peak"
+                    [ -f "$mem" ] || mem="/sys/fs/cgroup/$d/memory.current"
+                    acct="/sys/fs/cgroup/$d/cpu.stat" ;;
+                esac
+                break
+            done
+        fi
+        value=
+        if [ -n "$mem" ]; then
+            read -r value <"$mem" || break # the container's cgroup is gone: it ended
+            case $acct in
+            *.usage) read -r cpu <"$acct" ;;
+            *) while read -r key d; do [ "$key" = usage_usec ] && cpu=$((d * 1000)); done \
+                <"$acct" ;;
+            esac
+        elif [ "$engine" != docker ]; then
+            value=$(ps -e -o pid=,ppid= | awk -v root="$1" '
+                { up[$1] = $2 }
+                END { for (p in up) { q = p; while (q in up && q != root && q > 1) q = up[q]
+                      if (q != root) continue; f = "/proc/" p "/status"
+                      while ((getline line < f) > 0) if (line ~ /^VmHWM:/) { split(line, w)
+                          total += w[2] }
+                      close(f) }
+                      print total * 1024 }')
+        fi
+        if [ -n "$value" ] && [ "$value" -ge 0 ] 2>/dev/null; then
+            [ "$value" -gt "$peak" ] && peak=$value
+            n=$((n + 1))
+            printf '%s %s %s\n' "${cpu:--}" "$peak" "$n" >"$dir/usage"
+        fi
+        read -r -t "$pause" -u "$tick" d
+        [ "$n" -ge 4 ] && pause=1 # a short step is sampled often, a long one once a second
+    done
+}"""
+
 _TEMPLATE = """\
 #!/bin/bash
 # A kliko-async step, submitted by runtime/slurm/runtime.py: run one Kliko container on this node.
@@ -207,14 +271,13 @@ dir={folder}
 [ -f "$dir/job.sh" ] || {{ echo "cannot see $dir on $(hostname)" >&2; exit {unseen}; }}
 cd "$dir" || exit {unseen}
 CNAME="kliko-slurm-$SLURM_JOB_ID"
-CPUS=$(awk -v want={cpus} -v have="$(nproc --all)" 'BEGIN {{ print (want < have) ? want : have }}')
-export USER="${{USER:-$(id -un)}}"
+{cpus}export USER="${{USER:-$(id -un)}}"
 {pick}
 attempt=${{SLURM_RESTART_COUNT:-0}}
 logs=
 if [ "$attempt" -gt 0 ]; then # requeued by Slurm: this attempt starts clean
     logs=".$attempt"
-    rm -f "$dir/timed-out" "$dir/status"
+    rm -f "$dir/timed-out" "$dir/status" "$dir/cid" "$dir/usage" "$dir/times.before"
     if [ -n {work} ]; then # /work began as a copy of the inputs: it cannot be made afresh here
         printf '%s false requeued\n' {requeued_exit} >"$dir/status.tmp"
         mv "$dir/status.tmp" "$dir/status"
@@ -222,8 +285,8 @@ if [ "$attempt" -gt 0 ]; then # requeued by Slurm: this attempt starts clean
     fi
     [ -n {output} ] && find {output} -mindepth 1 -delete
 fi
-printf '%s %s\n' "${{SLURMD_NODENAME:-$(hostname)}}" "$attempt" >"$dir/started.tmp"
-mv "$dir/started.tmp" "$dir/started"
+# One short write, read as "not started yet" while empty: no rename (a process) needed.
+printf '%s %s\n' "${{SLURMD_NODENAME:-$(hostname)}}" "$attempt" >"$dir/started"
 pid=
 finish() {{
     printf '%s %s %s\\n' "$1" "$2" "$engine" >"$dir/status.tmp" &&
@@ -252,6 +315,7 @@ drop_copies() {{ # what the container made of them may be read-only: opened for 
     [ -e "$dir/{copies_dir}" ] || return 0
     chmod -R u+rwX "$dir/{copies_dir}"; rm -rf "$dir/{copies_dir}"
 }}
+{meter}
 if [ "$engine" = docker ]; then
     {docker} >"$dir/stdout$logs" 2>"$dir/stderr$logs" </dev/null &
 else
@@ -261,9 +325,12 @@ else
         echo "kliko-async: could not copy the read-only inputs for ch-run" >>"$dir/stderr$logs"
         drop_copies 2>/dev/null; finish 1 false; exit 1
     fi
+    times >"$dir/times.before"
     {charliecloud} >"$dir/stdout$logs" 2>"$dir/stderr$logs" </dev/null &
 fi
 pid=$!
+meter "$pid" 2>/dev/null &
+meter_pid=$!
 watchdog=
 if [ -n "{limit}" ]; then
     (sleep {limit}; touch "$dir/timed-out"; stop) &
@@ -271,6 +338,8 @@ if [ -n "{limit}" ]; then
 fi
 wait "$pid"
 code=$?
+times >"$dir/times.after" # the container's CPU under ch-run (its processes were this shell's)
+kill "$meter_pid" 2>/dev/null
 [ -n "$watchdog" ] && kill "$watchdog" 2>/dev/null
 [ "$engine" = docker ] || drop_copies 2>/dev/null
 oom=false

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from kliko_async.cache.durable import remove_tree_off_loop
 from kliko_async.errors import ContainerError, RuntimeUnavailable
 from kliko_async.runtime.slurm.commands import parse_job_id, retrying, sbatch_transient
-from kliko_async.runtime.slurm.endings import read_text
+from kliko_async.runtime.slurm.logfiles import read_text
 
 if TYPE_CHECKING:
     from kliko_async.runtime.slurm.runtime import SlurmRuntime
