@@ -526,3 +526,22 @@ def test_a_requeued_job_that_stays_away_from_squeue_is_read_from_accounting() ->
         assert anyio.current_time() - started >= 0.2
 
     anyio.run(main)
+
+
+def test_polls_stay_due_when_the_followers_that_wait_for_them_keep_being_cancelled() -> None:
+    # Each follower polls for all while it waits, and is cancelled when its own job ends: with
+    # jobs ending more often than the interval, a wait that began afresh with each new poller
+    # never came due (a 200-way matrix went 30 s without a poll).
+    slurm = FakeSlurm({"1": "RUNNING", "2": "RUNNING"})
+
+    async def main() -> None:
+        queue = JobQueue(fastest=0.2, slowest=0.2, command=slurm)
+        queue.watch("1")
+        queue.watch("2")
+        for _ in range(12):  # a follower every 0.1 s, each cancelled before 0.2 s passed
+            with anyio.move_on_after(0.1):
+                await queue.next_state("1")
+                await anyio.sleep(1)
+        assert len(slurm.calls) >= 4, slurm.calls  # 1.2 s at one poll per 0.2 s: about 6
+
+    anyio.run(main)

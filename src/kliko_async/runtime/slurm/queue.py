@@ -222,6 +222,7 @@ class JobQueue:
         self._missing_since: dict[str, float] = {}
         self._tick = anyio.Event()
         self._polling = False
+        self._polled_at: float | None = None  # when the last poll began (None: none yet)
         self._failing_since: float | None = None
         self._failure: SlurmCallFailed | None = None
         self._accounting: str | None = None  # "", "--completion" or "none": found at first use
@@ -258,7 +259,13 @@ class JobQueue:
         else:
             self._polling = True
             try:
-                await anyio.sleep(self.interval)
+                # Until the poll is due, from the last one: a poller cancelled meanwhile (its
+                # job ended) leaves the rest of the wait to the next one, not a new interval
+                # (with 16 jobs ending each 2 s interval, no poll was ever due for 30 s).
+                if self._polled_at is None:
+                    self._polled_at = anyio.current_time()
+                await anyio.sleep_until(self._polled_at + self.interval)
+                self._polled_at = anyio.current_time()
                 await self._poll()
             finally:
                 self._polling = False
