@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from test_resource_use_docker import KLIKO_YML  # a 'megabytes' parameter
 from test_slurm import slurm_cluster  # noqa: F401  (the fixture)
 
 from conftest import KlikoCli
@@ -19,14 +20,6 @@ pytestmark = [
     pytest.mark.usefixtures("example_images", "slurm_cluster"),
 ]
 
-KLIKO_YML = """\
-schema_version: 3
-io: split
-sections:
-  - name: main
-    fields:
-      - {name: megabytes, type: int, initial: 120}
-"""
 # The shell holds the bytes in a variable for two seconds: the memory is really held, by the
 # container's main process, long enough for any way of measuring it.
 SCRIPT = """#!/bin/sh

@@ -545,3 +545,23 @@ def test_polls_stay_due_when_the_followers_that_wait_for_them_keep_being_cancell
         assert len(slurm.calls) >= 4, slurm.calls  # 1.2 s at one poll per 0.2 s: about 6
 
     anyio.run(main)
+
+
+def test_hurry_shortens_the_wait_for_the_poll_under_way() -> None:
+    # The run's last jobs: the interval had grown while nothing changed; a job that ends asks
+    # for the next poll at once rather than when the long wait runs out.
+    slurm = FakeSlurm({"1": "RUNNING"})
+
+    async def main() -> None:
+        queue = JobQueue(fastest=0.05, slowest=5.0, command=slurm)
+        queue.watch("1")
+        await queue.next_state("1")
+        queue.interval = 5.0  # grown while nothing changed
+        with anyio.fail_after(2):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(queue.next_state, "1")
+                await anyio.sleep(0.2)
+                queue.hurry()
+        assert len(slurm.calls) == 2
+
+    anyio.run(main)

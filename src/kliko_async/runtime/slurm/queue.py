@@ -223,6 +223,7 @@ class JobQueue:
         self._tick = anyio.Event()
         self._polling = False
         self._polled_at: float | None = None  # when the last poll began (None: none yet)
+        self._hurried = anyio.Event()
         self._failing_since: float | None = None
         self._failure: SlurmCallFailed | None = None
         self._accounting: str | None = None  # "", "--completion" or "none": found at first use
@@ -238,8 +239,10 @@ class JobQueue:
         self._missing_since.pop(job_id, None)
 
     def hurry(self) -> None:
-        """Poll at the fastest pace again (a job is being cancelled, or just ended)."""
+        """Poll at the fastest pace again (a job is being cancelled, or just ended), from the
+        poll that is waited for now on."""
         self.interval = self.quickest()
+        self._hurried.set()
 
     def quickest(self) -> float:
         """The shortest interval now: ``fastest``, longer the more jobs are watched (one poll
@@ -264,7 +267,10 @@ class JobQueue:
                 # (with 16 jobs ending each 2 s interval, no poll was ever due for 30 s).
                 if self._polled_at is None:
                     self._polled_at = anyio.current_time()
-                await anyio.sleep_until(self._polled_at + self.interval)
+                while (wait := self._polled_at + self.interval - anyio.current_time()) > 0:
+                    self._hurried = anyio.Event()  # hurry() shortens the wait under way
+                    with anyio.move_on_after(wait):
+                        await self._hurried.wait()
                 self._polled_at = anyio.current_time()
                 await self._poll()
             finally:
