@@ -108,8 +108,10 @@ def look_at_job_files(folder: Path, logs: LogFiles) -> JobFiles:
     try:
         with os.scandir(folder) as listing:
             for entry in listing:
-                if entry.name.startswith(_LOOKED_AT):
+                if entry.name.startswith(_LOGS):  # how far each log has grown
                     sizes[entry.name] = entry.stat().st_size
+                elif entry.name in ("started", "status"):  # only whether they are there
+                    sizes[entry.name] = 0
     except OSError:
         pass  # not there (yet, or any more): nothing to see
     started = ""
@@ -119,9 +121,9 @@ def look_at_job_files(folder: Path, logs: LogFiles) -> JobFiles:
     return JobFiles(started, logs.fetch(sizes), "status" in sizes)
 
 
-_LOOKED_AT = ("started", "status", "stdout", "stderr")
+_LOGS = ("stdout", "stderr")
 
-_STALE = (*_LOOKED_AT, "timed-out", "usage", "times.", "cid")
+_STALE = (*_LOGS, "started", "status", "timed-out", "usage", "times.", "cid")
 """The files an earlier job left in a job's folder."""
 
 

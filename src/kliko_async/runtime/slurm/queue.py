@@ -301,12 +301,10 @@ class JobQueue:
                 ]
                 if missing:
                     found.update(await self._sacct(missing))
-        except TimeoutError:
-            error = SlurmCallFailed(f"squeue or sacct did not answer in {POLL_DEADLINE_SECONDS} s")
-            self._poll_failed(error)
-            return
-        except SlurmCallFailed as error:
-            self._poll_failed(error)
+        except (SlurmCallFailed, TimeoutError) as error:
+            self._poll_failed(
+                str(error) or f"squeue or sacct did not answer in {POLL_DEADLINE_SECONDS} s"
+            )
             return
         self._failing_since = None
         self.polls += 1
@@ -342,7 +340,7 @@ class JobQueue:
                 changed = True
         self.interval = self.quickest() if changed else min(self.interval * 1.5, self.slowest)
 
-    def _poll_failed(self, error: SlurmCallFailed) -> None:
+    def _poll_failed(self, error: str) -> None:
         self.failed_polls += 1
         now = anyio.current_time()
         self._failing_since = self._failing_since or now
