@@ -14,7 +14,8 @@ import re
 import signal
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -263,19 +264,45 @@ def wait_until(check: Callable[[], bool], what: str, timeout: float = 60) -> Non
         time.sleep(0.2)
 
 
-def test_sigterm_mid_run_leaves_no_job_pending_or_running(kliko: KlikoCli, tmp_path: Path) -> None:
-    chain = write_chain(tmp_path, SLOW)
+@contextmanager
+def running_and_pending(
+    kliko: KlikoCli, tmp_path: Path, chain_text: str
+) -> Iterator[tuple[subprocess.Popen[bytes], Path, int]]:
+    """``kliko-async run --plain`` of ``chain_text`` on Slurm, once some of its jobs run and
+    others wait for a node: the process, its output file and the last job ID before it. The
+    process is killed on the way out if it still runs."""
+    chain = write_chain(tmp_path, chain_text)
     first = last_job_id()
     log = tmp_path / "run.log"
     process = kliko.popen(
         "run", chain, "--backend", "slurm", "--plain", "--cache-dir", "c", log=log
     )
     try:
-        # Some jobs run, at least one waits for a node (c, d, e each need a whole node).
         wait_until(
             lambda: {j["job_state"] for j in jobs_after(first)} >= {"RUNNING", "PENDING"},
             "running and pending jobs",
         )
+        yield process, log, first
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def all_cancelled_and_gone(first: int, tmp_path: Path) -> list[dict[str, Any]]:
+    """The run's jobs after ``first``, each checked cancelled, with no container and no
+    staging folder left."""
+    jobs = jobs_after(first)
+    assert active(jobs) == []
+    assert {j["job_state"] for j in jobs} == {"CANCELLED"}
+    assert job_containers(jobs) == []
+    assert not list((tmp_path / "c" / "tmp").iterdir())  # no staging folder left
+    return jobs
+
+
+def test_sigterm_mid_run_leaves_no_job_pending_or_running(kliko: KlikoCli, tmp_path: Path) -> None:
+    # Some jobs run, at least one waits for a node (c, d, e each need a whole node).
+    with running_and_pending(kliko, tmp_path, SLOW) as (process, log, first):
         wait_until(lambda: "| started" in log.read_text(), "a started step")
         # The display says which job each step is, where it runs, and why a job waits.
         wait_until(
@@ -287,16 +314,7 @@ def test_sigterm_mid_run_leaves_no_job_pending_or_running(kliko: KlikoCli, tmp_p
         assert re.search(r"\| \[kliko-async\] Slurm job \d+ runs on node \w", log.read_text())
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=60) == 143, log.read_text()
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-    jobs = jobs_after(first)
-    assert len(jobs) >= 3
-    assert active(jobs) == []
-    assert {j["job_state"] for j in jobs} == {"CANCELLED"}
-    assert job_containers(jobs) == []
-    assert not list((tmp_path / "c" / "tmp").iterdir())  # no staging folder left
+    assert len(all_cancelled_and_gone(first, tmp_path)) >= 3
 
 
 SLOW_MATRIX = """\
@@ -315,31 +333,13 @@ def test_ctrl_c_cancels_every_task_of_an_array_running_or_pending(
     """The six expansions go in as one array; each needs a whole node, so some tasks run and
     the others wait. Ctrl-C then: every task cancelled (the pending ones too), no container
     left on a node, no staging folder and no array folder left in the cache."""
-    chain = write_chain(tmp_path, SLOW_MATRIX)
-    first = last_job_id()
-    log = tmp_path / "run.log"
-    process = kliko.popen(
-        "run", chain, "--backend", "slurm", "--plain", "--cache-dir", "c", log=log
-    )
-    try:
-        wait_until(
-            lambda: {j["job_state"] for j in jobs_after(first)} >= {"RUNNING", "PENDING"},
-            "running and pending tasks",
-        )
+    with running_and_pending(kliko, tmp_path, SLOW_MATRIX) as (process, log, first):
         wait_until(lambda: log.read_text().count("| started") >= 2, "two started steps")
         assert re.search(r"\| \[kliko-async\] Slurm job \d+_\d runs on node \w", log.read_text())
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=60) == 130, log.read_text()
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-    jobs = jobs_after(first)
+    jobs = all_cancelled_and_gone(first, tmp_path)
     assert {j["array_job_id"] for j in jobs} - {0} != set(), "the expansions went in as an array"
-    assert active(jobs) == []
-    assert {j["job_state"] for j in jobs} == {"CANCELLED"}
-    assert job_containers(jobs) == []
-    assert not list((tmp_path / "c" / "tmp").iterdir())  # no staging folder left
     arrays = tmp_path / "c" / "slurm" / "arrays"
     assert not arrays.exists() or not list(arrays.iterdir()), list(arrays.iterdir())
 
