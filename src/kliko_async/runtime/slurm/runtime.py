@@ -54,6 +54,7 @@ from kliko_async.runtime.slurm.endings import (
 from kliko_async.runtime.slurm.logfiles import LogFiles, job_folder
 from kliko_async.runtime.slurm.looks import FolderLooks
 from kliko_async.runtime.slurm.options import SlurmOptions
+from kliko_async.runtime.slurm.places import Places
 from kliko_async.runtime.slurm.queue import (
     HOPELESS_REASONS,
     JobQueue,
@@ -101,7 +102,7 @@ class SlurmRuntime:
         )
         self.most_in_queue = 0
         """The most of this process's step jobs that were pending or running at once."""
-        self._slots = anyio.Semaphore(self.options.max_jobs)
+        self._places = Places(self.options.max_jobs)
         self._docker = docker or DockerRuntime()
         self._images = CharliecloudImages(self.folder / "images", self._docker)
         self._live: set[str] = set()
@@ -229,15 +230,14 @@ class SlurmRuntime:
         family = job.labels.get(MATRIX_LABEL)
         options = self._submitter.job_options(job, limit, self._partition_args())
         submission = Submission(job, folder, script, options, step, family)
-        async with self._slots:  # at most max_jobs of them in Slurm's queue at once
+        async with self._places:  # at most max_jobs in Slurm's queue; freed ones go on together
             job_id = ""
             # Shielded: a job that sbatch submitted is known here, so a cancellation cancels it.
             with anyio.CancelScope(shield=True), anyio.move_on_after(SUBMIT_DEADLINE_SECONDS):
                 job_id = await self._submitter.submit(submission)
             if not job_id:
                 raise ContainerError(f"sbatch did not answer within {SUBMIT_DEADLINE_SECONDS} s")
-            in_queue = self.options.max_jobs - self._slots.value
-            self.most_in_queue = max(self.most_in_queue, in_queue)
+            self.most_in_queue = max(self.most_in_queue, self._places.in_use)
             try:
                 exited = await self._follow(job_id, folder, on_log, on_start)
                 await self._left_queue(job_id)  # before its place goes to the next job

@@ -1,0 +1,130 @@
+"""The run's places in Slurm's queue (``--slurm-max-jobs``): never more than the limit, and
+places that free up while jobs wait go on together (so their expansions make one array)."""
+
+from __future__ import annotations
+
+import random
+
+import anyio
+
+from kliko_async.runtime.slurm.places import Places
+
+
+def test_the_first_jobs_take_their_places_at_once_and_no_more_than_the_limit() -> None:
+    async def main() -> None:
+        places = Places(4, hold_s=10)
+        took: list[int] = []
+
+        async def job(n: int) -> None:
+            async with places:
+                took.append(n)
+                await anyio.sleep(60)
+
+        with anyio.move_on_after(0.2):
+            async with anyio.create_task_group() as tg:
+                for n in range(6):
+                    tg.start_soon(job, n)
+        assert took == [0, 1, 2, 3], "four places: four jobs, the first to ask"
+
+    anyio.run(main)
+
+
+def test_a_place_that_frees_up_while_jobs_wait_is_held_until_a_batch_is_free() -> None:
+    async def main() -> None:
+        places = Places(8, hold_s=10)  # a batch: 2 places
+        assert places.batch == 2
+        for _ in range(8):
+            await places.__aenter__()
+        took: list[float] = []
+
+        async def waiter() -> None:
+            await places.__aenter__()
+            took.append(anyio.current_time())
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(3):
+                tg.start_soon(waiter)
+            await anyio.sleep(0.05)
+            start = anyio.current_time()
+            places.release()
+            await anyio.sleep(0.3)
+            assert took == [], "one freed place went on alone"
+            places.release()  # a batch: both go on together, at once
+            await anyio.sleep(0.05)
+            assert len(took) == 2 and all(t - start < 0.4 for t in took)
+            assert places.in_use == 8
+            tg.cancel_scope.cancel()
+
+    anyio.run(main)
+
+
+def test_a_held_place_goes_on_alone_after_the_hold() -> None:
+    async def main() -> None:
+        places = Places(8, hold_s=0.3)
+        for _ in range(8):
+            await places.__aenter__()
+        took: list[float] = []
+
+        async def waiter() -> None:
+            await places.__aenter__()
+            took.append(anyio.current_time())
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(waiter)
+            await anyio.sleep(0.05)
+            freed = anyio.current_time()
+            places.release()
+        (at,) = took
+        assert 0.25 <= at - freed < 1.0, f"handed on after {at - freed:.2f} s"
+
+    anyio.run(main)
+
+
+def test_a_place_that_frees_up_with_no_one_waiting_is_taken_at_once_later() -> None:
+    async def main() -> None:
+        places = Places(2, hold_s=10)
+        async with places:
+            pass
+        with anyio.fail_after(1):
+            async with places:
+                async with places:
+                    assert places.in_use == 2
+
+    anyio.run(main)
+
+
+def test_many_jobs_of_random_lengths_never_hold_more_places_than_the_limit_and_all_run() -> None:
+    rng = random.Random(7)
+    lengths = [rng.uniform(0, 0.05) for _ in range(60)]
+
+    async def main() -> None:
+        places = Places(8, hold_s=0.05)
+        most = [0]
+        ran: list[int] = []
+
+        async def job(n: int) -> None:
+            async with places:
+                most[0] = max(most[0], places.in_use)
+                await anyio.sleep(lengths[n])
+                ran.append(n)
+
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                for n in range(60):
+                    tg.start_soon(job, n)
+        assert sorted(ran) == list(range(60)) and most[0] == 8 and places.in_use == 0
+
+    anyio.run(main)
+
+
+def test_a_waiter_cancelled_while_places_are_held_takes_none() -> None:
+    async def main() -> None:
+        places = Places(4, hold_s=10)
+        for _ in range(4):
+            await places.__aenter__()
+        with anyio.move_on_after(0.1):
+            await places.__aenter__()
+        places.release()
+        assert places.in_use == 3
+
+    anyio.run(main)
