@@ -16,7 +16,7 @@ def test_the_first_jobs_take_their_places_at_once_and_no_more_than_the_limit() -
         took: list[int] = []
 
         async def job(n: int) -> None:
-            async with places:
+            async with places.take():
                 took.append(n)
                 await anyio.sleep(60)
 
@@ -31,27 +31,28 @@ def test_the_first_jobs_take_their_places_at_once_and_no_more_than_the_limit() -
 
 def test_a_place_that_frees_up_while_jobs_wait_is_held_until_a_batch_is_free() -> None:
     async def main() -> None:
-        places = Places(8, hold_s=10)  # a batch: 2 places
-        assert places.batch == 2
+        places = Places(8, hold_s=10)
+        assert places.batch == 4  # half the limit
         for _ in range(8):
-            await places.__aenter__()
+            await places.acquire()
         took: list[float] = []
 
         async def waiter() -> None:
-            await places.__aenter__()
+            await places.acquire()
             took.append(anyio.current_time())
 
         async with anyio.create_task_group() as tg:
-            for _ in range(3):
+            for _ in range(5):
                 tg.start_soon(waiter)
             await anyio.sleep(0.05)
             start = anyio.current_time()
-            places.release()
-            await anyio.sleep(0.3)
-            assert took == [], "one freed place went on alone"
-            places.release()  # a batch: both go on together, at once
+            for _ in range(3):
+                places.release()
+                await anyio.sleep(0.1)
+            assert took == [], "places went on before a batch was free"
+            places.release()  # a batch: all four go on together, at once
             await anyio.sleep(0.05)
-            assert len(took) == 2 and all(t - start < 0.4 for t in took)
+            assert len(took) == 4 and all(t - start < 0.5 for t in took)
             assert places.in_use == 8
             tg.cancel_scope.cancel()
 
@@ -62,11 +63,11 @@ def test_a_held_place_goes_on_alone_after_the_hold() -> None:
     async def main() -> None:
         places = Places(8, hold_s=0.3)
         for _ in range(8):
-            await places.__aenter__()
+            await places.acquire()
         took: list[float] = []
 
         async def waiter() -> None:
-            await places.__aenter__()
+            await places.acquire()
             took.append(anyio.current_time())
 
         async with anyio.create_task_group() as tg:
@@ -83,12 +84,11 @@ def test_a_held_place_goes_on_alone_after_the_hold() -> None:
 def test_a_place_that_frees_up_with_no_one_waiting_is_taken_at_once_later() -> None:
     async def main() -> None:
         places = Places(2, hold_s=10)
-        async with places:
+        async with places.take():
             pass
         with anyio.fail_after(1):
-            async with places:
-                async with places:
-                    assert places.in_use == 2
+            async with places.take(), places.take():
+                assert places.in_use == 2
 
     anyio.run(main)
 
@@ -103,7 +103,7 @@ def test_many_jobs_of_random_lengths_never_hold_more_places_than_the_limit_and_a
         ran: list[int] = []
 
         async def job(n: int) -> None:
-            async with places:
+            async with places.take():
                 most[0] = max(most[0], places.in_use)
                 await anyio.sleep(lengths[n])
                 ran.append(n)
@@ -121,10 +121,35 @@ def test_a_waiter_cancelled_while_places_are_held_takes_none() -> None:
     async def main() -> None:
         places = Places(4, hold_s=10)
         for _ in range(4):
-            await places.__aenter__()
+            await places.acquire()
         with anyio.move_on_after(0.1):
-            await places.__aenter__()
+            await places.acquire()
         places.release()
         assert places.in_use == 3
+
+    anyio.run(main)
+
+
+def test_a_job_that_shares_no_array_takes_a_held_place_at_once() -> None:
+    async def main() -> None:
+        places = Places(8, hold_s=0.5)
+        for _ in range(8):
+            await places.acquire()
+        took: list[str] = []
+
+        async def waiter(gathers: bool) -> None:
+            await places.acquire(gathers)
+            took.append("expansion" if gathers else "lone step")
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(waiter, True)
+            await anyio.sleep(0.05)
+            places.release()  # held for the expansion, which waits for a second one
+            await anyio.sleep(0.05)
+            tg.start_soon(waiter, False)
+            await anyio.sleep(0.05)
+            assert took == ["lone step"], "the lone step waited on a place held for an array"
+            places.release()
+        assert took == ["lone step", "expansion"]
 
     anyio.run(main)

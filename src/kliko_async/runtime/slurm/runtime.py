@@ -230,7 +230,7 @@ class SlurmRuntime:
         family = job.labels.get(MATRIX_LABEL)
         options = self._submitter.job_options(job, limit, self._partition_args())
         submission = Submission(job, folder, script, options, step, family)
-        async with self._places:  # at most max_jobs in Slurm's queue; freed ones go on together
+        async with self._places.take(family is not None):  # at most max_jobs in Slurm's queue
             job_id = ""
             # Shielded: a job that sbatch submitted is known here, so a cancellation cancels it.
             with anyio.CancelScope(shield=True), anyio.move_on_after(SUBMIT_DEADLINE_SECONDS):
