@@ -13,7 +13,7 @@ from pathlib import Path
 
 import anyio
 
-from kliko_async.cache.durable import remove_tree
+from kliko_async.cache.durable import remove_small_tree
 from kliko_async.cache.entry import CacheEntry, Manifest, Staging
 from kliko_async.cache.store import Cache
 from kliko_async.errors import CacheError
@@ -101,7 +101,7 @@ class GroupCommit:
         for request in group:
             if request.scratch is not None:
                 with contextlib.suppress(OSError):
-                    remove_tree(request.scratch)
+                    remove_small_tree(request.scratch)
         outcomes = self.cache.publish_many([(r.staging, r.manifest) for r in group])
         self._unsynced = True
         for request, outcome in zip(group, outcomes, strict=True):

@@ -31,6 +31,8 @@ def blocking_file(folder: Path) -> Path | None:
 
 def absolute(path: Path) -> Path:
     """``path`` made absolute and normalised without touching the disk (Docker wants both)."""
+    if path.is_absolute() and ".." not in path.parts:  # pathlib dropped "." and "//" already
+        return path  # (the cache's own paths: no new Path for each of a step's mounts)
     return Path(os.path.abspath(path))
 
 
@@ -62,7 +64,8 @@ def build_job(
     whole of /input (or /work) unless ``inputs_in_folders`` (a consumer of a matrix step).
     """
     scratch.mkdir(parents=True, exist_ok=True)
-    output.mkdir(parents=True, exist_ok=True)
+    if not output.is_dir():  # a staging folder comes with its output/: one stat, not a mkdir
+        output.mkdir(parents=True, exist_ok=True)
     mounts = parameter_mounts(params, scratch)
     if image.spec.io == "split":
         mounts += split_input_mounts(inputs, scratch, in_folders=inputs_in_folders)

@@ -1,0 +1,41 @@
+"""Deleting a step's scratch folder in a few calls, and the long way whenever it holds more."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from kliko_async.cache.durable import remove_small_tree
+
+
+def test_a_scratch_folder_of_files_and_empty_folders_goes(tmp_path: Path) -> None:
+    scratch = tmp_path / "scratch"
+    (scratch / "empty-input").mkdir(parents=True)
+    (scratch / "parameters.json").write_text("{}")
+    remove_small_tree(scratch)
+    assert not scratch.exists() and tmp_path.exists()
+
+
+def test_nested_and_read_only_folders_go_the_long_way(tmp_path: Path) -> None:
+    scratch = tmp_path / "scratch"
+    files = scratch / "param_files" / "sky"
+    files.mkdir(parents=True)
+    (files / "model.txt").write_text("model")
+    files.chmod(0o500)  # as a read-only mount's copy may be
+    remove_small_tree(scratch)
+    assert not scratch.exists()
+
+
+def test_a_link_in_it_goes_and_what_it_points_at_stays(tmp_path: Path) -> None:
+    scratch, kept = tmp_path / "scratch", tmp_path / "kept"
+    (kept / "inside").mkdir(parents=True)
+    scratch.mkdir()
+    os.symlink(kept, scratch / "to-folder")
+    os.symlink(kept / "inside", scratch / "to-inside")
+    remove_small_tree(scratch)
+    assert not scratch.exists() and (kept / "inside").is_dir()
+
+
+def test_a_missing_folder_is_fine(tmp_path: Path) -> None:
+    remove_small_tree(tmp_path / "never-made")
+    assert list(tmp_path.iterdir()) == []
