@@ -320,6 +320,48 @@ def test_a_job_that_left_squeue_is_looked_up_once_in_accounting(accounting: str)
     anyio.run(main)
 
 
+@pytest.mark.parametrize(
+    ("seen", "state"),
+    [(True, "CANCELLED"), (False, "CANCELLED"), (False, "COMPLETED")],
+    ids=["cancelled-pending", "cancelled-never-polled", "ended-between-two-polls"],
+)
+def test_a_job_the_run_saw_end_is_gone_once_squeue_no_longer_shows_it(
+    seen: bool, state: str
+) -> None:
+    # An array cancelled while pending left squeue at once and accounting never held it: the
+    # run waited out the accounting grace (Ctrl-C answered after 11 s, not 1-2 s). A job that
+    # ran and ended between two polls (its status file read) held its place the same way.
+    slurm = FakeSlurm({"1": "PENDING"})
+
+    async def main() -> None:
+        queue = JobQueue(fastest=0.01, slowest=0.01, command=slurm, accounting_grace=30)
+        queue.watch("1")
+        if seen:
+            await queue.next_state("1")
+        del slurm.states["1"]  # gone from the controller; accounting knows nothing of it
+        queue.ended("1", state)
+        with anyio.fail_after(2):
+            info = await queue.next_state("1")
+        assert info is not None and not info.active and info.state == state
+
+    anyio.run(main)
+
+
+def test_a_job_not_cancelled_by_the_run_waits_out_the_grace_when_squeue_loses_it() -> None:
+    slurm = FakeSlurm({"1": "PENDING"})
+
+    async def main() -> None:
+        queue = JobQueue(fastest=0.01, slowest=0.01, command=slurm, accounting_grace=30)
+        queue.watch("1")
+        await queue.next_state("1")
+        del slurm.states["1"]
+        for _ in range(3):  # accounting may lag: still the state last seen
+            info = await queue.next_state("1")
+            assert info is not None and info.state == "PENDING"
+
+    anyio.run(main)
+
+
 def test_a_job_that_left_squeue_without_accounting_ends_as_unknown() -> None:
     slurm = FakeSlurm({"1": "RUNNING"})
     slurm.accounting = "none"

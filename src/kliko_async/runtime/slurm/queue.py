@@ -227,6 +227,7 @@ class JobQueue:
         self._failing_since: float | None = None
         self._failure: SlurmCallFailed | None = None
         self._accounting: str | None = None  # "", "--completion" or "none": found at first use
+        self._ended: dict[str, str] = {}
 
     def watch(self, job_id: str) -> None:
         self._jobs.setdefault(job_id, None)
@@ -237,6 +238,15 @@ class JobQueue:
         self._jobs.pop(job_id, None)
         self._watched_at.pop(job_id, None)
         self._missing_since.pop(job_id, None)
+        self._ended.pop(job_id, None)
+
+    def ended(self, job_id: str, state: str) -> None:
+        """The run knows the job ended (``state``: its status file was read, or ``scancel``
+        took it): once squeue no longer shows it, it has gone, whatever accounting says. (A job
+        cancelled while pending may never reach accounting: waiting for it held Ctrl-C 11 s.
+        One that ended between two polls was never seen in squeue: its place in the queue was
+        held for the whole patience with Slurm.)"""
+        self._ended[job_id] = state
 
     def hurry(self) -> None:
         """Poll at the fastest pace again (a job is being cancelled, or just ended), from the
@@ -322,6 +332,9 @@ class JobQueue:
                 del found[job_id]
                 continue
             if job_id in found:
+                continue
+            if job_id in self._ended:  # it ended, and squeue no longer shows it: gone
+                found[job_id] = SlurmJob(job_id=job_id, state=self._ended[job_id], from_sacct=True)
                 continue
             # Neither squeue nor accounting knows it. Accounting may lag a moment behind a job
             # that just left squeue (the completion log is written as it ends): a job seen

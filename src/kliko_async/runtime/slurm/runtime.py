@@ -347,6 +347,7 @@ class SlurmRuntime:
         (the container is still being removed) and Slurm's bookkeeping: its place under
         ``--slurm-max-jobs`` goes to the next job only once Slurm agrees, as a site's limit
         counts (under load, a run once had 9 jobs in the queue with a limit of 8)."""
+        self.queue.ended(job_id, "COMPLETED")  # its status file was read
         with anyio.move_on_after(CLEANUP_DEADLINE_SECONDS):
             await self._until_gone(job_id)
 
@@ -359,6 +360,7 @@ class SlurmRuntime:
             self.queue.watch(job_id)
             try:
                 await retrying(["scancel", job_id])
+                self.queue.ended(job_id, "CANCELLED")
                 await self._until_gone(job_id)
             except SlurmCallFailed:
                 return
