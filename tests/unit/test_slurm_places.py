@@ -10,6 +10,20 @@ import anyio
 from kliko_async.runtime.slurm.places import Places
 
 
+async def filled(total: int, hold_s: float) -> Places:
+    """Places of which every one is taken."""
+    places = Places(total, hold_s=hold_s)
+    for _ in range(total):
+        await places.acquire()
+    return places
+
+
+async def take_one(places: Places, took: list[float], gathers: bool = True) -> None:
+    """Wait for a place; note when it came."""
+    await places.acquire(gathers)
+    took.append(anyio.current_time())
+
+
 def test_the_first_jobs_take_their_places_at_once_and_no_more_than_the_limit() -> None:
     async def main() -> None:
         places = Places(4, hold_s=10)
@@ -31,19 +45,12 @@ def test_the_first_jobs_take_their_places_at_once_and_no_more_than_the_limit() -
 
 def test_a_place_that_frees_up_while_jobs_wait_is_held_until_a_batch_is_free() -> None:
     async def main() -> None:
-        places = Places(8, hold_s=10)
+        places = await filled(8, hold_s=10)
         assert places.batch == 4  # half the limit
-        for _ in range(8):
-            await places.acquire()
         took: list[float] = []
-
-        async def waiter() -> None:
-            await places.acquire()
-            took.append(anyio.current_time())
-
         async with anyio.create_task_group() as tg:
             for _ in range(5):
-                tg.start_soon(waiter)
+                tg.start_soon(take_one, places, took)
             await anyio.sleep(0.05)
             start = anyio.current_time()
             for _ in range(3):
@@ -61,17 +68,10 @@ def test_a_place_that_frees_up_while_jobs_wait_is_held_until_a_batch_is_free() -
 
 def test_a_held_place_goes_on_alone_after_the_hold() -> None:
     async def main() -> None:
-        places = Places(8, hold_s=0.3)
-        for _ in range(8):
-            await places.acquire()
+        places = await filled(8, hold_s=0.3)
         took: list[float] = []
-
-        async def waiter() -> None:
-            await places.acquire()
-            took.append(anyio.current_time())
-
         async with anyio.create_task_group() as tg:
-            tg.start_soon(waiter)
+            tg.start_soon(take_one, places, took)
             await anyio.sleep(0.05)
             freed = anyio.current_time()
             places.release()
@@ -119,9 +119,7 @@ def test_many_jobs_of_random_lengths_never_hold_more_places_than_the_limit_and_a
 
 def test_a_waiter_cancelled_while_places_are_held_takes_none() -> None:
     async def main() -> None:
-        places = Places(4, hold_s=10)
-        for _ in range(4):
-            await places.acquire()
+        places = await filled(4, hold_s=10)
         with anyio.move_on_after(0.1):
             await places.acquire()
         places.release()
@@ -132,24 +130,18 @@ def test_a_waiter_cancelled_while_places_are_held_takes_none() -> None:
 
 def test_a_job_that_shares_no_array_takes_a_held_place_at_once() -> None:
     async def main() -> None:
-        places = Places(8, hold_s=0.5)
-        for _ in range(8):
-            await places.acquire()
-        took: list[str] = []
-
-        async def waiter(gathers: bool) -> None:
-            await places.acquire(gathers)
-            took.append("expansion" if gathers else "lone step")
-
+        places = await filled(8, hold_s=0.5)
+        expansion: list[float] = []
+        lone: list[float] = []
         async with anyio.create_task_group() as tg:
-            tg.start_soon(waiter, True)
+            tg.start_soon(take_one, places, expansion)
             await anyio.sleep(0.05)
-            places.release()  # held for the expansion, which waits for a second one
+            places.release()  # held for the expansion, which waits for more to free up
             await anyio.sleep(0.05)
-            tg.start_soon(waiter, False)
+            tg.start_soon(take_one, places, lone, False)
             await anyio.sleep(0.05)
-            assert took == ["lone step"], "the lone step waited on a place held for an array"
+            assert lone and not expansion, "the lone step waited on a place held for an array"
             places.release()
-        assert took == ["lone step", "expansion"]
+        assert len(expansion) == 1 and lone[0] < expansion[0]
 
     anyio.run(main)
