@@ -225,7 +225,8 @@ def remove_small_tree(path: Path) -> None:
 
 
 def remove_tree(path: Path) -> None:
-    """Delete ``path`` recursively, first making its folders writable. Missing is fine."""
+    """Delete ``path`` recursively, making its folders writable where one is not (a sealed
+    entry, a folder a container made read-only). Missing is fine."""
     if path.is_symlink() or not path.exists():
         with suppress(FileNotFoundError):
             path.unlink()
@@ -233,6 +234,11 @@ def remove_tree(path: Path) -> None:
     if not path.is_dir():
         path.unlink()
         return
+    try:  # one pass where every folder may be written (and always as root)
+        shutil.rmtree(path)
+        return
+    except PermissionError:
+        pass  # a read-only folder: opened up below, then the rest deleted
     with suppress(FileNotFoundError):
         os.chmod(path, 0o700)
     for dirpath, dirnames, _filenames in os.walk(path):
