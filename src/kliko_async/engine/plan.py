@@ -29,6 +29,7 @@ from kliko_async.cache.key import LONE_INPUT, KeyIngredients, cache_key
 from kliko_async.cache.paramfiles import FileSnapshots, hash_files
 from kliko_async.cache.store import Cache
 from kliko_async.engine.images import KLIKO_COMMAND, ImageResolver, KlikoImage
+from kliko_async.engine.problems import PlanProblems
 from kliko_async.engine.resources import ResourcePool
 from kliko_async.engine.workspace import each_in_a_folder
 from kliko_async.errors import ChainError, KlikoError, RuntimeUnavailable
@@ -136,7 +137,7 @@ async def plan_chain(
     await resolver.prefetch(s.image for s in chain.steps.values() if s.image is not None)
     planned: dict[str, PlannedStep] = {}
     unbuilt: dict[str, str] = {}
-    problems: list[KlikoError] = []
+    problems = PlanProblems(chain)
     for index, name in enumerate(order):
         if index % CHECKPOINT_EVERY == CHECKPOINT_EVERY - 1:
             await anyio.lowlevel.checkpoint()  # a huge chain: Ctrl-C gets in while planning
@@ -157,7 +158,7 @@ async def plan_chain(
         except RuntimeUnavailable:
             raise  # no engine: the same for every step, so said once
         except KlikoError as error:
-            problems.append(_in_step(error, name))
+            problems.of_image(error, step)
             continue
         where = f"step '{name}' (image {image.ref})"
         try:
@@ -169,7 +170,7 @@ async def plan_chain(
                 )
                 params = await anyio.to_thread.run_sync(take, abandon_on_cancel=True)
         except KlikoError as error:
-            problems.append(error)
+            problems.of_step(error, step, image.ref, where)
             continue
         if any(i not in planned and i not in data for i in step.inputs):
             continue  # an input is already reported as broken
@@ -195,13 +196,7 @@ async def plan_chain(
             cached=cached,
             forced=is_forced,
         )
-    if len(problems) == 1:
-        raise problems[0]
-    if problems:
-        details = " ".join(f"({n}) {p}" for n, p in enumerate(problems, 1))
-        raise ChainError(
-            f"{len(problems)} problems were found before running: {details}", where=chain.source
-        )
+    problems.raise_any()
     return Plan(source=chain.source, order=order, steps=planned, unbuilt=unbuilt, data=data)
 
 
@@ -290,13 +285,6 @@ def check_resources(steps: Iterable[Step], machine: ResourcePool, *, where: str)
             hint="Lower the step's resources to what the machine has (a step never runs with "
             "less than it asks for).",
         )
-
-
-def _in_step(error: KlikoError, name: str) -> KlikoError:
-    """``error`` (about an image, its kliko.yml or its build) saying which step it concerns."""
-    error.where = f"step '{name}', {error.where}" if error.where else f"step '{name}'"
-    error.args = (str(error),)
-    return error
 
 
 async def _image_of(

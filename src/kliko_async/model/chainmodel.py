@@ -297,7 +297,10 @@ class Chain(BaseModel):
             for name in self.data
             if name in self.steps
         ]
-        check_dag(self.source, self._graph(), problems)
+        families = {
+            name: step.matrix.step for name, step in self.steps.items() if step.matrix is not None
+        }
+        check_dag(self.source, self._graph(), problems, families)
         return self
 
     def _graph(self) -> dict[str, tuple[str, ...]]:

@@ -7,6 +7,7 @@ checks serve the chain model and anything else shaped like a DAG. Linear in the 
 from __future__ import annotations
 
 import heapq
+from collections import Counter
 from collections.abc import Mapping, Sequence
 
 from kliko_async.errors import ChainError
@@ -75,24 +76,54 @@ def cycle_text(graph: Graph) -> str:
     return f"the steps' inputs form a cycle: {text}"
 
 
-def check_dag(source: str, graph: Graph, problems: list[str] | None = None) -> None:
+def check_dag(
+    source: str,
+    graph: Graph,
+    problems: list[str] | None = None,
+    families: Mapping[str, str] | None = None,
+) -> None:
     """Raise one ChainError for unknown, repeated or self inputs (added to ``problems``), or for a
-    cycle; ``source`` names the chain in the message."""
+    cycle; ``source`` names the chain in the message. ``families``: expanded step -> the matrix
+    step it came from; a mistake every expansion shares is said once, of the matrix step."""
     problems = list(problems or [])
+    families = families or {}
+    found: dict[tuple[str, str, str], list[str]] = {}  # (step or family, kind, input) -> steps
     for name, inputs in graph.items():
         listed: set[str] = set()
         for input_name in inputs:
             if input_name == name:
-                problems.append(f"step {name!r} lists itself as an input")
+                kind = "self"
             elif input_name in listed:
-                problems.append(f"step {name!r} lists input {input_name!r} more than once")
+                kind = "repeated"
             elif input_name not in graph:
-                hint = did_you_mean(input_name, graph) if len(problems) < _MAX_SUGGESTED else ""
-                problems.append(
-                    f"step {name!r} has input {input_name!r}, but there is no such step{hint}"
-                )
+                kind = "unknown"
+            else:
+                kind = ""
+            if kind:
+                found.setdefault((families.get(name, name), kind, input_name), []).append(name)
             listed.add(input_name)
+    sizes = Counter(families.values())
+    # Suggested instead of a mistyped input: steps and matrix steps (not each expansion).
+    candidates = [*(name for name in graph if name not in families), *sizes]
+    for (who, kind, input_name), names in found.items():
+        step = repr(names[0]) if len(names) == 1 else _expansions(who, len(names), sizes[who])
+        if kind == "self":
+            problems.append(f"step {step} lists itself as an input")
+        elif kind == "repeated":
+            problems.append(f"step {step} lists input {input_name!r} more than once")
+        else:
+            hint = did_you_mean(input_name, candidates) if len(problems) < _MAX_SUGGESTED else ""
+            problems.append(
+                f"step {step} has input {input_name!r}, but there is no such step{hint}"
+            )
     if problems:
         raise ChainError(join_problems(problems), where=source, hint=_INPUT_HINT)
     if topological_order(graph) is None:
         raise ChainError(cycle_text(graph), where=source, hint=CYCLE_HINT)
+
+
+def _expansions(family: str, count: int, total: int) -> str:
+    """The matrix step ``family`` as the subject of a problem ``count`` of its expansions share."""
+    if count == total:
+        return f"{family!r} (all {total} expansions)"
+    return f"{family!r} ({count} of its {total} expansions)"
