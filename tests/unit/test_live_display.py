@@ -14,6 +14,7 @@ from rich.console import Console
 
 from kliko_async.display.live import LINES_PER_SECOND, LiveDisplay
 from kliko_async.display.runview import RunView
+from kliko_async.display.wording import short_name
 from kliko_async.events import (
     Event,
     RunFinished,
@@ -141,6 +142,30 @@ def test_every_log_line_and_state_change_scrolls_prefixed_by_its_step() -> None:
         "upper | done in 0.1s",
     ]
     assert any(line.startswith("fail  | FAILED: exited with code 3") for line in lines)
+
+
+def test_expansions_of_a_matrix_step_stay_told_apart_in_a_narrow_prefix() -> None:
+    names = [f"sweep[tag=179dd6-{i}]" for i in (7, 17, 170)]
+    events: list[Event] = [started(*names)]
+    for name in names:
+        events += [
+            StepStarted(step=name, key="k", container_id="c0ffee" * 8),
+            log_line(name, "stdout", f"line of {name}"),
+        ]
+
+    narrow = play(events, width=80)
+    prefixes = {line.split(" | ")[0] for line in narrow if line.startswith("sweep[…")}
+    assert prefixes == {"sweep[…179dd6-7]", "sweep[…79dd6-17]", "sweep[…9dd6-170]"}
+    # A wide terminal gives the names room: shown whole.
+    wide = play(events, width=160)
+    assert "sweep[tag=179dd6-170] | line of sweep[tag=179dd6-170]" in wide
+
+
+def test_short_names_keep_their_start_and_their_end() -> None:
+    assert short_name("sweep[tag=179dd6-17]", 16) == "sweep[…79dd6-17]"
+    assert short_name("calibrate[field=3C286,chan=12]", 16) == "calibr…,chan=12]"
+    assert short_name("short", 16) == "short"
+    assert all(len(short_name("x" * 40, width)) == width for width in range(2, 30))
 
 
 def test_each_step_keeps_its_own_colour_in_its_prefix() -> None:

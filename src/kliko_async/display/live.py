@@ -22,7 +22,7 @@ from rich.text import Text
 
 from kliko_async.display.runview import RunView
 from kliko_async.display.terminal import printable
-from kliko_async.display.wording import LogChoice, step_message
+from kliko_async.display.wording import LogChoice, short_name, step_message
 from kliko_async.events import Event, LogLine
 
 LINES_PER_SECOND = 50
@@ -30,6 +30,7 @@ LINES_PER_SECOND = 50
 SAMPLE_PER_SECOND = 3
 """A step that went over the limit in the last second shows only this many: a sample."""
 _PREFIX_WIDTH = 16
+_WIDEST_PREFIX = 32
 _STATE_STYLES = {"step_failed": "bold red", "step_cached": "cyan", "step_finished": "green"}
 
 
@@ -90,7 +91,7 @@ class LiveDisplay:
         self.view.update(event)
         if event.kind == "run_started":
             longest = max((len(s) for s in event.steps), default=4)
-            self._prefix_width = min(_PREFIX_WIDTH, longest)
+            self._prefix_width = min(self._widest_prefix(), longest)
             return
         message = step_message(event)
         if message is None:
@@ -138,10 +139,15 @@ class LiveDisplay:
         self._queue.append((step, Text(text, style="dim italic")))
 
     def _prefix(self, step: str) -> Text:
-        if len(step) > self._prefix_width < _PREFIX_WIDTH:  # named before the run started
-            self._prefix_width = min(_PREFIX_WIDTH, len(step))
-        name = step if len(step) <= self._prefix_width else step[: self._prefix_width - 1] + "…"
+        widest = self._widest_prefix()
+        if len(step) > self._prefix_width < widest:  # named before the run started
+            self._prefix_width = min(widest, len(step))
+        name = short_name(step, self._prefix_width)
         return Text(f"{name:<{self._prefix_width}} |", style=self.view.colour(step))
+
+    def _widest_prefix(self) -> int:
+        """How wide the step names before the lines may be: a fifth of a wide terminal."""
+        return max(_PREFIX_WIDTH, min(_WIDEST_PREFIX, self.console.width // 5))
 
     def _start(self) -> None:
         self._live.start(refresh=False)

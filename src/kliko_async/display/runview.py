@@ -16,7 +16,7 @@ from rich.table import Table
 from rich.text import Text
 
 from kliko_async.display.terminal import printable
-from kliko_async.display.wording import describe_usage, run_state, seconds
+from kliko_async.display.wording import describe_usage, run_state, seconds, short_name
 from kliko_async.events import Event, RunFinished
 from kliko_async.results import ResourceUse
 
@@ -34,7 +34,7 @@ _STATE_STYLES = {
     "failed": "bold red",
 }
 _NAME_WIDTH = 24
-"""Step names longer than this are shortened in the panel (the scroll shows them whole)."""
+"""Step names longer than this are shortened in the panel (the plain lines show them whole)."""
 
 
 @dataclass
@@ -220,7 +220,7 @@ def _cells(active: list[StepView], width: int, rows: int, now: float) -> list[Te
 
 
 def _short(name: str) -> str:
-    return name if len(name) <= _NAME_WIDTH else name[: _NAME_WIDTH - 1] + "…"
+    return short_name(name, _NAME_WIDTH)
 
 
 def summary_lines(finished: RunFinished, steps: list[StepView]) -> list[RenderableType]:

@@ -12,6 +12,21 @@ LogChoice = Literal["all", "failed", "none"]
 """``--logs``: which container log lines a display shows (every line is saved anyway)."""
 
 
+def short_name(name: str, width: int) -> str:
+    """``name`` in at most ``width`` characters. A longer one keeps its start and its end around
+    an ellipsis: the end is what tells the expansions of a matrix step apart (``sweep[tag=…-17]``,
+    where a cut end would show every expansion as ``sweep[tag=17…``)."""
+    if len(name) <= width:
+        return name
+    if width < 5:
+        return name[: width - 1] + "…"
+    head = (width - 1) * 2 // 5
+    bracket = name.find("[")
+    if 0 < bracket < width // 2:  # the matrix step's own name, whole
+        head = bracket + 1
+    return f"{name[:head]}…{name[len(name) - (width - 1 - head) :]}"
+
+
 def step_message(event: Event) -> tuple[str, str] | None:
     """(step, what happened to it) for a step's state change; None for other events.
 
