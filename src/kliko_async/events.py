@@ -186,7 +186,9 @@ class RunFinished(_Event):
     saved_s: float = Field(description="Sum of the original durations of the cache hits.")
     ok: bool
     outputs_copied: bool = Field(
-        True, description="False when copying the outputs to the run's --out folder failed."
+        True,
+        description="False when the outputs were not all copied to the run's --out folder "
+        "(the copy failed, or was interrupted).",
     )
 
 

@@ -357,7 +357,7 @@ def test_quiet_run_whose_outputs_cannot_be_copied_does_not_say_ok(tmp_path: Path
     (summary,) = done.stdout.splitlines()
     assert (
         summary.startswith("run ")
-        and "FAILED (its outputs could not be copied to --out)" in summary
+        and "FAILED (not all of its outputs were copied to --out)" in summary
     )
     assert "could not copy the output of step" in done.stderr
     assert "Traceback" not in done.stderr

@@ -229,7 +229,7 @@ def summary_lines(finished: RunFinished, steps: list[StepView]) -> list[Renderab
     colour = {"ok": "bold green", "interrupted": "bold yellow"}.get(word, "bold red")
     state = Text(word, style=colour)
     if not finished.outputs_copied:
-        state.append(" (its outputs could not be copied to --out)")
+        state.append(" (not all of its outputs were copied to --out)")
     head = Text.assemble(("summary: ", "bold"), f"run {finished.run_id} ", state)
     counts = f"{finished.ran} ran, {finished.cached} cached, {finished.failed} failed"
     for number, what in ((finished.skipped, "skipped"), (finished.cancelled, "cancelled")):

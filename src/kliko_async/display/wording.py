@@ -130,7 +130,7 @@ def _run_message(event: Event) -> str | None:
         case "run_finished":
             state = run_state(event)
             if not event.outputs_copied:
-                state += " (its outputs could not be copied to --out)"
+                state += " (not all of its outputs were copied to --out)"
             return (
                 f"run {event.run_id} {state}: {event.ran} ran, {event.cached} cached, "
                 f"{event.failed} failed, {event.skipped} skipped, {event.cancelled} cancelled "
