@@ -194,6 +194,43 @@ def test_the_summary_holds_each_failed_steps_last_lines_and_log_path() -> None:
     assert end[4] == "  full log: /cache/logs/r1/fail.log"
 
 
+def test_the_summary_says_once_how_a_matrix_step_failed_in_each_of_its_expansions() -> None:
+    names = [f"bad[tag={i}]" for i in range(300)]
+    events: list[Event] = [started(*names, "odd", "bad[tag=x]")]
+    for name in [*names, "odd", "bad[tag=x]"]:
+        events.append(StepStarted(step=name, key="k", container_id="c0ffee" * 8))
+        last = ["fail: about to fail", "no x" if name.endswith("x]") else "something went wrong"]
+        events.append(
+            StepFailed(
+                step=name,
+                key="k",
+                reason="exited with code 3",
+                exit_code=3,
+                last_lines=last,
+                log_path=f"/cache/logs/r1/{name}.log",
+            )
+        )
+    events.append(finished(ok=False, ran=302, failed=302))
+
+    lines = play(events, width=200, logs="none")
+    end = lines[lines.index(next(x for x in lines if x.startswith("summary:"))) :]
+
+    assert end[1:13] == [
+        "bad (300 expansions: bad[tag=0] … bad[tag=299]) failed: exit 3: exited with code 3",
+        "  | fail: about to fail",
+        "  | something went wrong",
+        "  full logs: /cache/logs/r1/bad[tag=0].log and 299 more beside it",
+        "odd failed: exit 3: exited with code 3",
+        "  | fail: about to fail",
+        "  | something went wrong",
+        "  full log: /cache/logs/r1/odd.log",
+        "bad[tag=x] failed: exit 3: exited with code 3",  # failed otherwise: said on its own
+        "  | fail: about to fail",
+        "  | no x",
+        "  full log: /cache/logs/r1/bad[tag=x].log",
+    ]
+
+
 def test_logs_none_shows_no_log_lines_but_the_failed_steps_last_lines_in_the_summary() -> None:
     lines = play(sample_run(), logs="none")
 

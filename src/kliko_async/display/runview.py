@@ -245,24 +245,44 @@ def summary_lines(finished: RunFinished, steps: list[StepView]) -> list[Renderab
             )
         )
     lines.append(Text.assemble(head, ": ", counts))
-    for view in steps:
-        if view.state != "failed":
-            continue
+    for views in failures(steps):
+        first = views[0]
+        name = first.name if len(views) == 1 else expansions_name(views)
         lines.append(
-            Text.assemble(
-                (view.name, f"bold {view.colour}"), (" failed: ", "bold red"), view.reason
-            )
+            Text.assemble((name, f"bold {first.colour}"), (" failed: ", "bold red"), first.reason)
         )
-        if view.last_lines:
+        if first.last_lines:
             last = _folding_grid()
-            for line in view.last_lines:
+            for line in first.last_lines:
                 last.add_row(Text("  |", style="red"), Text(printable(line)))
             lines.append(last)
-        if view.log_path:
+        logs = [v.log_path for v in views if v.log_path]
+        if logs:
             where = _folding_grid()
-            where.add_row(Text("  full log:", style="red"), Text(view.log_path, style="red"))
+            more = f" and {len(logs) - 1:,} more beside it" if len(logs) > 1 else ""
+            label = "  full logs:" if more else "  full log:"
+            where.add_row(Text(label, style="red"), Text(logs[0] + more, style="red"))
             lines.append(where)
     return lines
+
+
+def failures(steps: list[StepView]) -> list[list[StepView]]:
+    """The failed steps, those of one matrix step that failed alike (the same reason and last
+    lines) together: a 1,000-way sweep that failed for one reason is said once, not 1,000 times.
+    Expansions are named ``<matrix step>[...]``, a name no other step can have."""
+    groups: dict[tuple[str, str, tuple[str, ...]], list[StepView]] = {}
+    for view in steps:
+        if view.state == "failed":
+            family = view.name.split("[", 1)[0] if view.name.endswith("]") else view.name
+            groups.setdefault((family, view.reason, tuple(view.last_lines)), []).append(view)
+    return list(groups.values())
+
+
+def expansions_name(views: list[StepView]) -> str:
+    """Expansions of one matrix step that failed alike: ``sweep (300 expansions: sweep[x=0] …
+    sweep[x=299])``."""
+    family = views[0].name.split("[", 1)[0]
+    return f"{family} ({len(views):,} expansions: {views[0].name} … {views[-1].name})"
 
 
 def heaviest_steps(steps: list[StepView], most: int = 3) -> list[StepView]:
