@@ -109,12 +109,16 @@ class StepFailure(KlikoError):
         self.exit_code = exit_code
         self.last_lines = tuple(last_lines)
         self.log_path = log_path
-        message = reason
-        shown = self.last_lines[-self.SHOWN_LINES :]
-        if shown:
-            message += "; its last lines:\n" + "\n".join(f"    | {line}" for line in shown) + "\n"
         hint = f"Its full log is in {log_path}." if log_path else None
-        super().__init__(message, where=f"step '{step}'", hint=hint)
+        super().__init__(self.said(reason, last_lines), where=f"step '{step}'", hint=hint)
+
+    @classmethod
+    def said(cls, reason: str, last_lines: tuple[str, ...] | list[str]) -> str:
+        """The reason, then the last few log lines."""
+        shown = last_lines[-cls.SHOWN_LINES :]
+        if not shown:
+            return reason
+        return f"{reason}; its last lines:\n" + "\n".join(f"    | {line}" for line in shown) + "\n"
 
 
 class RunFailed(KlikoError):
@@ -123,8 +127,35 @@ class RunFailed(KlikoError):
     def __init__(self, failures: list[StepFailure]) -> None:
         self.failures = failures
         count = f"{len(failures)} step{'s' if len(failures) != 1 else ''} failed"
-        details = "\n".join(f"  {failure}" for failure in failures)
+        details = "\n".join(f"  {said}" for said in _alike_said_once(failures))
         super().__init__(f"{count}:\n{details}")
+
+
+def _alike_said_once(failures: list[StepFailure]) -> list[str]:
+    """Each failure's text; expansions of one matrix step (``<step>[...]``: no other step name
+    holds a bracket) that failed alike, with the same reason and last lines, said once."""
+    groups: dict[tuple[str, str, tuple[str, ...]], list[StepFailure]] = {}
+    for failure in failures:
+        name = failure.step
+        family = name.split("[", 1)[0] if name.endswith("]") else name
+        groups.setdefault((family, failure.reason, failure.last_lines), []).append(failure)
+    said = []
+    for (family, _, _), alike in groups.items():
+        first = alike[0]
+        if len(alike) == 1:
+            said.append(str(first))
+            continue
+        where = f"step '{family}' ({len(alike):,} expansions: '{first.step}' … '{alike[-1].step}')"
+        hint = f"Their logs are {first.log_path} and {len(alike) - 1:,} more beside it."
+        text = str(
+            KlikoError(
+                StepFailure.said(first.reason, first.last_lines),
+                where=where,
+                hint=hint if first.log_path else None,
+            )
+        )
+        said.append(text)
+    return said
 
 
 class Interrupted(KlikoError):

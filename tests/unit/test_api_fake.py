@@ -18,7 +18,7 @@ from kliko_async.cache import paramfiles
 from kliko_async.cache.logfiles import log_content
 from kliko_async.cache.store import Cache
 from kliko_async.cache.upkeep import verify
-from kliko_async.errors import ParameterError, RunFailed, SpecError
+from kliko_async.errors import ParameterError, RunFailed, SpecError, StepFailure
 from kliko_async.events import Event, ImageBuilding, ImageBuilt, RunFinished, StepCancelled
 from kliko_async.model.chain import Chain, chain_from_pairs, parse_chain
 from kliko_async.runtime.base import LABEL_PREFIX
@@ -164,6 +164,44 @@ async def test_raise_for_failures_says_why_each_step_failed_with_its_last_lines_
     assert message.startswith("1 step failed:\n  step 'bad': exited with code 4")
     assert "    | wrote hello\n" in message
     assert f"Its full log is in {failure.log_path}" in message
+
+
+async def test_raise_for_failures_says_once_how_many_expansions_failed_alike(
+    tmp_path: Path, fake: FakeRuntime
+) -> None:
+    # Every expansion writes "wrote hello" and exits 4; "odd" writes another line.
+    delays = [i / 10_000 for i in range(40)]
+    sweep = {"image": "example/text", "params": {"exit": 4}, "matrix": {"delay": delays}}
+    odd = {"image": "example/text", "params": {"exit": 4, "text": "odd"}}
+    chain = chain_of(tmp_path, sweep=sweep, odd=odd)
+
+    result = await api.run(chain, runtime=fake, cache_dir=tmp_path / "cache", keep_going=True)
+
+    with pytest.raises(RunFailed) as info:
+        result.raise_for_failures()
+    assert len(info.value.failures) == 41  # each failure's details stay there
+    message = str(info.value)
+    assert message.startswith("41 steps failed:\n  step 'sweep' (40 expansions: 'sweep[delay=0")
+    assert message.count("exited with code 4") == 2
+    assert "step 'odd': exited with code 4; its last lines:\n    | wrote odd" in message
+
+
+async def test_expansions_that_failed_alike_are_said_once_in_the_run_failure() -> None:
+    alike = [
+        StepFailure(f"bad[x={i}]", "exited with code 3", last_lines=["a"], log_path=f"/l/{i}.log")
+        for i in range(300)
+    ]
+    odd = StepFailure("bad[x=odd]", "exited with code 3", last_lines=["b"], log_path="/l/o.log")
+
+    message = str(RunFailed([*alike, odd]))
+
+    assert message.startswith(
+        "301 steps failed:\n  step 'bad' (300 expansions: 'bad[x=0]' … 'bad[x=299]'): "
+        "exited with code 3; its last lines:\n    | a\n"
+    )
+    assert "Their logs are /l/0.log and 299 more beside it." in message
+    assert "step 'bad[x=odd]': exited with code 3; its last lines:\n    | b" in message
+    assert message.count("exited with code 3") == 2
 
 
 async def test_the_run_id_option_names_the_run_and_labels_its_containers(
