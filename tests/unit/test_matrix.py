@@ -390,6 +390,33 @@ async def test_the_log_of_a_failed_expansion_is_found_by_its_name(tmp_path: Path
 
 
 @pytest.mark.anyio
+async def test_asking_for_the_log_of_a_matrix_step_names_one_of_its_expansions(
+    tmp_path: Path,
+) -> None:
+    runtime = FakeRuntime()
+    runtime.add_image("example/imager", IMAGER, fail_for_uniform)
+    runtime.add_image("example/merge", PLAIN, list_inputs)
+    chain = load(tmp_path, MATRIX_CHAIN.format(weights="natural, uniform"))
+    plan = await api.dry_run(chain, runtime=runtime, cache_dir=tmp_path / "cache")
+    cache = Cache(tmp_path / "cache")
+
+    with pytest.raises(ParameterError) as whole:
+        find_step_log(cache, plan, "image")
+    assert str(whole.value) == (
+        f"{plan.source}: 'image' is a matrix step of 2 expansions, each with its own log. "
+        "Name one, such as 'image[weight=natural,robust=0.5]' (quoted in the shell)."
+    )
+    with pytest.raises(ParameterError, match=r"the matrix step 'image' has no such expansion"):
+        find_step_log(cache, plan, "image[weight=briggs]")
+    with pytest.raises(ParameterError) as unknown:
+        find_step_log(cache, plan, "imag")
+    # Each matrix step once, not each of its expansions.
+    assert str(unknown.value).endswith(
+        "no step named 'imag' (did you mean 'image'?). Steps: image (2 expansions), report."
+    )
+
+
+@pytest.mark.anyio
 async def test_a_lone_input_in_its_own_folder_has_another_key_than_a_lone_input(
     tmp_path: Path, fake: FakeRuntime
 ) -> None:

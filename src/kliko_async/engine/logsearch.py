@@ -9,14 +9,55 @@ from pathlib import Path
 from kliko_async.cache.store import RUN_LOGS, Cache
 from kliko_async.engine.plan import Plan
 from kliko_async.errors import CacheError, ParameterError
+from kliko_async.model.yamltext import did_you_mean
+
+SHOWN_STEPS = 20
+"""An unknown step's error names at most this many of the chain's steps."""
+
+
+def unknown_step(plan: Plan, step: str) -> ParameterError:
+    """Why ``step`` is not a step of ``plan``: a matrix step (each of its expansions has its own
+    log: one is named), or a name not in the chain (with the steps there, each matrix step once,
+    not its thousand expansions)."""
+    expansions: dict[str, list[str]] = {}
+    names: list[str] = []
+    for name in plan.order:
+        matrix = plan.steps[name].step.matrix if name in plan.steps else None
+        if matrix is None:
+            names.append(name)
+        elif matrix.step not in expansions:
+            expansions[matrix.step] = [name]
+            names.append(matrix.step)
+        else:
+            expansions[matrix.step].append(name)
+    if step in expansions:
+        members = expansions[step]
+        return ParameterError(
+            f"'{step}' is a matrix step of {len(members):,} expansions, each with its own log",
+            where=plan.source,
+            hint=f"Name one, such as '{members[0]}' (quoted in the shell).",
+        )
+    family = step.split("[", 1)[0]
+    if family in expansions:  # an expansion that is not there (values mistyped, or changed)
+        return ParameterError(
+            f"no step named '{step}': the matrix step '{family}' has no such expansion",
+            where=plan.source,
+            hint=f"Its {len(expansions[family]):,} expansions are named like "
+            f"'{expansions[family][0]}'; 'kliko-async run --dry-run' lists them all.",
+        )
+    shown = [f"{n} ({len(expansions[n]):,} expansions)" if n in expansions else n for n in names]
+    more = f" and {len(shown) - SHOWN_STEPS:,} more" if len(shown) > SHOWN_STEPS else ""
+    return ParameterError(
+        f"no step named '{step}'{did_you_mean(step, names)}",
+        where=plan.source,
+        hint=f"Steps: {', '.join(shown[:SHOWN_STEPS])}{more}.",
+    )
 
 
 def find_step_log(cache: Cache, plan: Plan, step: str) -> Path:
     """The cached log of ``step`` as the chain is now, else its latest failed attempt's log."""
     if step not in plan.steps:
-        raise ParameterError(
-            f"no step named '{step}'", where=plan.source, hint=f"Steps: {', '.join(plan.order)}."
-        )
+        raise unknown_step(plan, step)
     if step in plan.unbuilt:
         raise CacheError(
             f"no saved log for step '{step}': {plan.unbuilt[step]}, so it has not run as it is",
