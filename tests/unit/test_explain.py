@@ -62,6 +62,25 @@ async def why(
     return {explanation.step: explanation for explanation in found}
 
 
+async def test_a_step_whose_attempt_failed_did_not_never_run(tmp_path: Path) -> None:
+    async def fail(container: object) -> int:
+        return 3
+
+    fake = FakeRuntime()
+    fake.add_image("example/text", TEXT_YML.format(io="split"), fail)
+    result = await api.run(chain(tmp_path), runtime=fake, cache_dir=tmp_path / "cache")
+    assert result.steps["gen"].state == "failed"
+    log = result.steps["gen"].log_path
+
+    found = await why(tmp_path, fake, chain(tmp_path))
+
+    assert found["gen"].failed_log == str(log)
+    assert found["gen"].lines() == [
+        f"gen: would run: never finished well (an attempt failed; its log: {log})"
+    ]
+    assert found["mid"].reason == "never ran"  # skipped: no attempt of its own
+
+
 async def test_never_ran_then_cached_with_its_entry_run_and_duration(tmp_path: Path) -> None:
     fake = fake_with()
     before = await why(tmp_path, fake, chain(tmp_path))

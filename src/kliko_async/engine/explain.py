@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from kliko_async.cache.entry import Manifest
 from kliko_async.cache.key import LONE_INPUT, KeyIngredients
-from kliko_async.cache.store import Cache
+from kliko_async.cache.store import RUN_LOGS, Cache
 from kliko_async.engine.plan import Plan, PlannedStep
 from kliko_async.model.parameters import PARAM_FILES_DIR
 
@@ -119,6 +119,11 @@ class StepExplanation(BaseModel):
         default=None,
         description="Why the step has no key yet: a dry run builds no image (key is then '').",
     )
+    failed_log: str | None = Field(
+        default=None,
+        description="Would run and no entry of its name is cached: the log of the latest failed "
+        "attempt of a step of its name, when one is kept.",
+    )
 
     @property
     def reason(self) -> str:
@@ -129,6 +134,8 @@ class StepExplanation(BaseModel):
             return self.unbuilt
         if self.forced and not self.changes:
             return "forced (--force or --no-cache)"
+        if self.entry is None and self.failed_log is not None:
+            return f"never finished well (an attempt failed; its log: {self.failed_log})"
         if self.entry is None:
             return "never ran"
         if not self.changes:
@@ -141,7 +148,8 @@ class StepExplanation(BaseModel):
             return []
         found: list[RootCause] = []
         if self.entry is None:
-            found.append(RootCause(step=self.step, text="never ran"))
+            text = "never ran" if self.failed_log is None else "never finished well"
+            found.append(RootCause(step=self.step, text=text))
         for change in self.changes:
             if change.root_causes:
                 found.extend(change.root_causes)
@@ -165,14 +173,18 @@ class ManifestIndex:
     """The manifests of a cache's entries by the name of the step that made them: one pass over
     the cache, then each step's candidates without reading the disk again."""
 
-    def __init__(self, manifests: Iterable[Manifest]) -> None:
+    def __init__(
+        self, manifests: Iterable[Manifest], failed_logs: Mapping[str, str] | None = None
+    ) -> None:
         self._by_step: dict[str, list[Manifest]] = {}
         for manifest in manifests:
             self._by_step.setdefault(manifest.step, []).append(manifest)
+        self.failed_logs = dict(failed_logs or {})
+        """Step name -> the log of the latest failed attempt of a step of that name."""
 
     @classmethod
     def of_cache(cls, cache: Cache) -> ManifestIndex:
-        return cls(entry.manifest for entry in cache.entries())
+        return cls((entry.manifest for entry in cache.entries()), latest_failed_logs(cache))
 
     def closest(
         self, step: str, ingredients: KeyIngredients, image: str
@@ -244,6 +256,7 @@ def _would_run(
             forced=planned.forced,
             entry=None,
             changes=[],
+            failed_log=index.failed_logs.get(planned.name),
         )
     manifest, changes = found
     chased: list[IngredientChange] = []
@@ -433,3 +446,17 @@ def _short(identity: str) -> str:
     """``sha256:1e3c4f...`` or a bare key, shortened to 12 hex digits."""
     prefix, _, digest = identity.rpartition(":")
     return f"{prefix}:{digest[:12]}.." if prefix else f"{digest[:12]}.."
+
+
+def latest_failed_logs(cache: Cache) -> dict[str, str]:
+    """Step name -> the newest kept log of a failed attempt (``logs/<run>/<step>.log``)."""
+    found: dict[str, tuple[float, str]] = {}
+    for path in (cache.root / RUN_LOGS).glob("*/*.log"):
+        try:
+            modified = path.stat().st_mtime
+        except OSError:
+            continue
+        step = path.name.removesuffix(".log")
+        if step not in found or modified > found[step][0]:
+            found[step] = (modified, str(path))
+    return {step: path for step, (_, path) in found.items()}
