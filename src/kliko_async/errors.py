@@ -103,8 +103,11 @@ class StepFailure(KlikoError):
         exit_code: int | None = None,
         last_lines: tuple[str, ...] | list[str] = (),
         log_path: str | None = None,
+        matrix_step: str | None = None,
     ) -> None:
         self.step = step
+        self.matrix_step = matrix_step
+        """The matrix step ``step`` is an expansion of (None: a step of its own)."""
         self.reason = reason
         self.exit_code = exit_code
         self.last_lines = tuple(last_lines)
@@ -132,12 +135,11 @@ class RunFailed(KlikoError):
 
 
 def _alike_said_once(failures: list[StepFailure]) -> list[str]:
-    """Each failure's text; expansions of one matrix step (``<step>[...]``: no other step name
-    holds a bracket) that failed alike, with the same reason and last lines, said once."""
+    """Each failure's text; expansions of one matrix step that failed alike, with the same
+    reason and last lines, said once."""
     groups: dict[tuple[str, str, tuple[str, ...]], list[StepFailure]] = {}
     for failure in failures:
-        name = failure.step
-        family = name.split("[", 1)[0] if name.endswith("]") else name
+        family = failure.matrix_step or failure.step
         groups.setdefault((family, failure.reason, failure.last_lines), []).append(failure)
     said = []
     for (family, _, _), alike in groups.items():

@@ -37,6 +37,10 @@ class RunStarted(_Event):
         description="Step -> how long an earlier run of it (same step name and image) took, "
         "for the steps to run whose past duration the cache knows; for an ETA.",
     )
+    matrix: dict[str, str] = Field(
+        default_factory=dict,
+        description="Each expansion of a matrix step -> the name of that matrix step.",
+    )
 
 
 class StepQueued(_Event):

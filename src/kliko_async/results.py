@@ -51,6 +51,10 @@ class RunResult(BaseModel):
     steps: dict[str, StepResult]
     wall_s: float
     saved_s: float
+    matrix: dict[str, str] = Field(
+        default_factory=dict,
+        description="Each expansion of a matrix step -> the name of that matrix step.",
+    )
 
     @property
     def ok(self) -> bool:
@@ -67,6 +71,7 @@ class RunResult(BaseModel):
                 exit_code=r.exit_code,
                 last_lines=r.last_lines,
                 log_path=str(r.log_path) if r.log_path else None,
+                matrix_step=self.matrix.get(r.name),
             )
             for r in self.steps.values()
             if r.state in ("failed", "cancelled")

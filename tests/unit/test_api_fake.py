@@ -171,7 +171,8 @@ async def test_raise_for_failures_says_once_how_many_expansions_failed_alike(
 ) -> None:
     # Every expansion writes "wrote hello" and exits 4; "odd" writes another line.
     delays = [i / 10_000 for i in range(40)]
-    sweep = {"image": "example/text", "params": {"exit": 4}, "matrix": {"delay": delays}}
+    matrix = {"delay": delays, "name": "try-{index}"}  # named by a template: no brackets
+    sweep = {"image": "example/text", "params": {"exit": 4}, "matrix": matrix}
     odd = {"image": "example/text", "params": {"exit": 4, "text": "odd"}}
     chain = chain_of(tmp_path, sweep=sweep, odd=odd)
 
@@ -181,17 +182,27 @@ async def test_raise_for_failures_says_once_how_many_expansions_failed_alike(
         result.raise_for_failures()
     assert len(info.value.failures) == 41  # each failure's details stay there
     message = str(info.value)
-    assert message.startswith("41 steps failed:\n  step 'sweep' (40 expansions: 'sweep[delay=0")
+    assert message.startswith(
+        "41 steps failed:\n  step 'sweep' (40 expansions: 'try-1' … 'try-40')"
+    )
     assert message.count("exited with code 4") == 2
     assert "step 'odd': exited with code 4; its last lines:\n    | wrote odd" in message
 
 
 async def test_expansions_that_failed_alike_are_said_once_in_the_run_failure() -> None:
     alike = [
-        StepFailure(f"bad[x={i}]", "exited with code 3", last_lines=["a"], log_path=f"/l/{i}.log")
+        StepFailure(
+            f"bad[x={i}]",
+            "exited with code 3",
+            last_lines=["a"],
+            log_path=f"/l/{i}.log",
+            matrix_step="bad",
+        )
         for i in range(300)
     ]
-    odd = StepFailure("bad[x=odd]", "exited with code 3", last_lines=["b"], log_path="/l/o.log")
+    odd = StepFailure(
+        "bad[x=odd]", "exited with code 3", last_lines=["b"], log_path="/l/o.log", matrix_step="bad"
+    )
 
     message = str(RunFailed([*alike, odd]))
 

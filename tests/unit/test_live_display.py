@@ -196,7 +196,9 @@ def test_the_summary_holds_each_failed_steps_last_lines_and_log_path() -> None:
 
 def test_the_summary_says_once_how_a_matrix_step_failed_in_each_of_its_expansions() -> None:
     names = [f"bad[tag={i}]" for i in range(300)]
-    events: list[Event] = [started(*names, "odd", "bad[tag=x]")]
+    everyone = [*names, "odd", "bad[tag=x]"]
+    matrix = {name: "bad" for name in everyone if name != "odd"}
+    events: list[Event] = [RunStarted(run_id="r1", steps=everyone, jobs=4, matrix=matrix)]
     for name in [*names, "odd", "bad[tag=x]"]:
         events.append(StepStarted(step=name, key="k", container_id="c0ffee" * 8))
         last = ["fail: about to fail", "no x" if name.endswith("x]") else "something went wrong"]

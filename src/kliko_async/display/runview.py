@@ -51,6 +51,8 @@ class StepView:
     last_lines: list[str] = field(default_factory=list)
     log_path: str | None = None
     usage: ResourceUse | None = None
+    matrix_step: str | None = None
+    """The matrix step it is an expansion of (None: a step of its own)."""
 
 
 class RunView:
@@ -95,6 +97,7 @@ class RunView:
                     view = self._step(name)
                     view.image = event.images.get(name, "")
                     view.expected = event.expected_s.get(name)
+                    view.matrix_step = event.matrix.get(name)
             case "image_building":
                 self._enter(event.step, "building")
             case "image_built":
@@ -268,12 +271,11 @@ def summary_lines(finished: RunFinished, steps: list[StepView]) -> list[Renderab
 
 def failures(steps: list[StepView]) -> list[list[StepView]]:
     """The failed steps, those of one matrix step that failed alike (the same reason and last
-    lines) together: a 1,000-way sweep that failed for one reason is said once, not 1,000 times.
-    Expansions are named ``<matrix step>[...]``, a name no other step can have."""
+    lines) together: a 1,000-way sweep that failed for one reason is said once, not 1,000 times."""
     groups: dict[tuple[str, str, tuple[str, ...]], list[StepView]] = {}
     for view in steps:
         if view.state == "failed":
-            family = view.name.split("[", 1)[0] if view.name.endswith("]") else view.name
+            family = view.matrix_step or view.name
             groups.setdefault((family, view.reason, tuple(view.last_lines)), []).append(view)
     return list(groups.values())
 
@@ -281,7 +283,7 @@ def failures(steps: list[StepView]) -> list[list[StepView]]:
 def expansions_name(views: list[StepView]) -> str:
     """Expansions of one matrix step that failed alike: ``sweep (300 expansions: sweep[x=0] …
     sweep[x=299])``."""
-    family = views[0].name.split("[", 1)[0]
+    family = views[0].matrix_step or views[0].name
     return f"{family} ({len(views):,} expansions: {views[0].name} … {views[-1].name})"
 
 

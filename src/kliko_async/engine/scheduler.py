@@ -112,6 +112,11 @@ class Scheduler:
         self._durations: dict[StepImage, float] = {}  # of the steps done, for later ETAs
         self._waited: dict[str, float] = {}
         self._began: dict[str, float] = {}  # when a step first held its slot and its lock
+        self._matrix = {  # each expansion -> its matrix step
+            name: planned.step.matrix.step
+            for name, planned in plan.steps.items()
+            if planned.step.matrix is not None
+        }
 
     async def run(self) -> RunResult:
         check_resources(
@@ -128,6 +133,7 @@ class Scheduler:
                 images={n: s.image.ref for n, s in self.plan.steps.items()},
                 jobs=self.jobs,
                 expected_s=expected,
+                matrix=self._matrix,
             )
         )
         for name in self.plan.to_run:
@@ -163,6 +169,7 @@ class Scheduler:
             steps={n: self.results[n] for n in self.plan.order},
             wall_s=time.monotonic() - started,
             saved_s=sum(r.duration_s for r in self.results.values() if r.state == "cached"),
+            matrix=self._matrix,
         )
         self.emit(
             RunFinished(
