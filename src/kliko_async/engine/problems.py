@@ -67,9 +67,6 @@ class PlanProblems:
         problem = self._problems.setdefault(key, _Problem(error, said_at, image))
         problem.steps.append(step)
 
-    def __len__(self) -> int:
-        return len(self._problems)
-
     def raise_any(self) -> None:
         """Raise what was found, if anything."""
         errors = [self._said(problem) for problem in self._problems.values()]
