@@ -14,12 +14,12 @@ LogChoice = Literal["all", "failed", "none"]
 
 def short_name(name: str, width: int) -> str:
     """``name`` in at most ``width`` characters. A longer one keeps its start and its end around
-    an ellipsis: the end is what tells the expansions of a matrix step apart (``sweep[tag=…-17]``,
-    where a cut end would show every expansion as ``sweep[tag=17…``)."""
+    an ellipsis: the end is what tells the expansions of a matrix step apart
+    (``sweep[…79dd6-17]``, where a cut end showed every expansion as ``sweep[tag=179dd…``)."""
     if len(name) <= width:
         return name
     if width < 5:
-        return name[: width - 1] + "…"
+        return name[: max(0, width - 1)] + "…"
     head = (width - 1) * 2 // 5
     bracket = name.find("[")
     if 0 < bracket < width // 2:  # the matrix step's own name, whole
