@@ -315,6 +315,20 @@ def test_thirty_parallel_steps_fit_a_40_line_terminal() -> None:
         assert all(len(line) <= width for line in lines)
 
 
+def test_the_panel_counts_a_matrix_steps_failed_expansions_as_one() -> None:
+    names = [f"bad[tag={i}]" for i in range(300)]
+    view = RunView()
+    view.update(
+        RunStarted(run_id="r1", steps=[*names, "odd"], jobs=4, matrix=dict.fromkeys(names, "bad"))
+    )
+    for name in [*names[:276], "odd", names[299]]:
+        view.update(StepFailed(step=name, key="k", reason="exited with code 3", exit_code=3))
+
+    text = "\n".join(panel(view, width=100, height=20))
+
+    assert "failed: bad ×277, odd" in text  # not 'bad[tag=0], bad[tag=1], ...' cut short
+
+
 def test_a_short_terminal_keeps_the_running_and_failed_steps_and_collapses_the_rest() -> None:
     names = [f"step-{i:02d}" for i in range(40)]
     view = RunView()

@@ -157,7 +157,7 @@ class RunView:
         lines.extend(_cells(active, width, max(1, rows), now))
         if failed:
             text = Text("failed: ", style="bold red", no_wrap=True, overflow="ellipsis")
-            text.append(", ".join(v.name for v in failed), style="red")
+            text.append(", ".join(_failed_names(failed)), style="red")
             lines.append(text)
         order = ("running", *ACTIVE[:3], "waiting to retry", "waiting", *SETTLED)
         parts = [f"{counts[s]} {s}" for s in order if counts.get(s)]
@@ -220,6 +220,18 @@ def _cells(active: list[StepView], width: int, rows: int, now: float) -> list[Te
         line.rstrip()
         lines.append(line)
     return lines
+
+
+def _failed_names(failed: list[StepView]) -> list[str]:
+    """The failed steps for the panel's line: a matrix step's failed expansions as one
+    (``bad ×276``), so the line says what failed in a sweep before its ellipsis."""
+    counts: dict[str, int] = {}
+    names: dict[str, str] = {}
+    for view in failed:
+        family = view.matrix_step or view.name
+        counts[family] = counts.get(family, 0) + 1
+        names.setdefault(family, view.name)
+    return [names[f] if n == 1 else f"{f} ×{n:,}" for f, n in counts.items()]
 
 
 def _short(name: str) -> str:
