@@ -9,6 +9,7 @@ from pathlib import Path
 from kliko_async.cache.store import RUN_LOGS, Cache
 from kliko_async.engine.plan import Plan
 from kliko_async.errors import CacheError, ParameterError
+from kliko_async.model.chainmodel import matrix_steps
 from kliko_async.model.yamltext import did_you_mean
 
 SHOWN_STEPS = 20
@@ -19,17 +20,13 @@ def unknown_step(plan: Plan, step: str) -> ParameterError:
     """Why ``step`` is not a step of ``plan``: a matrix step (each of its expansions has its own
     log: one is named), or a name not in the chain (with the steps there, each matrix step once,
     not its thousand expansions)."""
+    family = matrix_steps(planned.step for planned in plan.steps.values())
+    # The chain's steps, a matrix step once (where its first expansion is).
+    names = list(dict.fromkeys(family.get(name, name) for name in plan.order))
     expansions: dict[str, list[str]] = {}
-    names: list[str] = []
     for name in plan.order:
-        matrix = plan.steps[name].step.matrix if name in plan.steps else None
-        if matrix is None:
-            names.append(name)
-        elif matrix.step not in expansions:
-            expansions[matrix.step] = [name]
-            names.append(matrix.step)
-        else:
-            expansions[matrix.step].append(name)
+        if name in family:
+            expansions.setdefault(family[name], []).append(name)
     if step in expansions:
         members = expansions[step]
         return ParameterError(
@@ -37,13 +34,13 @@ def unknown_step(plan: Plan, step: str) -> ParameterError:
             where=plan.source,
             hint=f"Name one, such as '{members[0]}' (quoted in the shell).",
         )
-    family = step.split("[", 1)[0]
-    if family in expansions:  # an expansion that is not there (values mistyped, or changed)
+    asked = step.split("[", 1)[0]
+    if asked in expansions:  # an expansion that is not there (values mistyped, or changed)
         return ParameterError(
-            f"no step named '{step}': the matrix step '{family}' has no such expansion",
+            f"no step named '{step}': the matrix step '{asked}' has no such expansion",
             where=plan.source,
-            hint=f"Its {len(expansions[family]):,} expansions are named like "
-            f"'{expansions[family][0]}'; 'kliko-async run --dry-run' lists them all.",
+            hint=f"Its {len(expansions[asked]):,} expansions are named like "
+            f"'{expansions[asked][0]}'; 'kliko-async run --dry-run' lists them all.",
         )
     shown = [f"{n} ({len(expansions[n]):,} expansions)" if n in expansions else n for n in names]
     more = f" and {len(shown) - SHOWN_STEPS:,} more" if len(shown) > SHOWN_STEPS else ""

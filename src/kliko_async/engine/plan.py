@@ -35,6 +35,7 @@ from kliko_async.engine.workspace import each_in_a_folder
 from kliko_async.errors import ChainError, KlikoError, RuntimeUnavailable
 from kliko_async.events import DataKeyed, DataKeying, Event, ImageBuilding, ImageBuilt
 from kliko_async.model.chain import RUN_CHAIN_SOURCE, Chain, Step
+from kliko_async.model.chainmodel import matrix_steps
 from kliko_async.model.parameters import ValidatedParameters, validate_parameters
 
 
@@ -118,7 +119,7 @@ async def plan_chain(
     ``Plan.unbuilt``.
     """
     check_resources(chain.steps.values(), machine or ResourcePool(), where=chain.source)
-    groups = {step.matrix.step for step in chain.steps.values() if step.matrix is not None}
+    groups = set(matrix_steps(chain.steps.values()).values())
     unknown = sorted(set(force) - set(chain.steps) - groups)
     if unknown:
         raise ChainError(

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from kliko_async.errors import ChainError, KlikoError
 from kliko_async.model.chain import Chain, Step
+from kliko_async.model.chainmodel import matrix_steps
 
 SHOWN_STEPS = 5
 """A problem shared by more steps (apart from whole matrix steps) names this many of them."""
@@ -37,9 +38,7 @@ class PlanProblems:
 
     def __init__(self, chain: Chain) -> None:
         self._source = chain.source
-        self._expansions = Counter(
-            step.matrix.step for step in chain.steps.values() if step.matrix is not None
-        )
+        self._expansions = Counter(matrix_steps(chain.steps.values()).values())
         self._problems: dict[tuple[object, ...], _Problem] = {}
 
     def of_image(self, error: KlikoError, step: Step) -> None:

@@ -39,6 +39,7 @@ from kliko_async.events import (
     StepSkipped,
     StepWaitingForLock,
 )
+from kliko_async.model.chainmodel import matrix_steps
 from kliko_async.results import RunResult, StepResult
 from kliko_async.runtime.base import (
     Runtime,
@@ -112,11 +113,7 @@ class Scheduler:
         self._durations: dict[StepImage, float] = {}  # of the steps done, for later ETAs
         self._waited: dict[str, float] = {}
         self._began: dict[str, float] = {}  # when a step first held its slot and its lock
-        self._matrix = {  # each expansion -> its matrix step
-            name: planned.step.matrix.step
-            for name, planned in plan.steps.items()
-            if planned.step.matrix is not None
-        }
+        self._matrix = matrix_steps(planned.step for planned in plan.steps.values())
 
     async def run(self) -> RunResult:
         check_resources(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections import deque
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -39,6 +39,7 @@ __all__ = [
     "Step",
     "StepName",
     "folder_name_problem",
+    "matrix_steps",
     "step_name_problem",
 ]
 
@@ -297,10 +298,7 @@ class Chain(BaseModel):
             for name in self.data
             if name in self.steps
         ]
-        families = {
-            name: step.matrix.step for name, step in self.steps.items() if step.matrix is not None
-        }
-        check_dag(self.source, self._graph(), problems, families)
+        check_dag(self.source, self._graph(), problems, matrix_steps(self.steps.values()))
         return self
 
     def _graph(self) -> dict[str, tuple[str, ...]]:
@@ -327,9 +325,8 @@ class Chain(BaseModel):
         """The steps ``names`` mean: a step's own name, or a matrix step's name for all of its
         expansions. Unknown names are one ChainError; ``what`` names the option in it."""
         members: dict[str, list[str]] = {}
-        for step in self.steps.values():
-            if step.matrix is not None:
-                members.setdefault(step.matrix.step, []).append(step.name)
+        for name, matrix_step in matrix_steps(self.steps.values()).items():
+            members.setdefault(matrix_step, []).append(name)
         selected: list[str] = []
         unknown: list[str] = []
         for name in names:
@@ -380,3 +377,8 @@ class Chain(BaseModel):
         steps = {name: step for name, step in self.steps.items() if name in needed}
         data = {name: data for name, data in self.data.items() if name in needed}
         return Chain(source=self.source, steps=steps, data=data)
+
+
+def matrix_steps(steps: Iterable[Step]) -> dict[str, str]:
+    """Each expansion among ``steps`` -> the name of the matrix step it came from, in order."""
+    return {step.name: step.matrix.step for step in steps if step.matrix is not None}
