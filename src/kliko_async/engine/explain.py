@@ -17,7 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from kliko_async.cache.entry import Manifest
 from kliko_async.cache.key import LONE_INPUT, KeyIngredients
-from kliko_async.cache.store import RUN_LOGS, Cache
+from kliko_async.cache.store import Cache
+from kliko_async.engine.logsearch import newest_failed_logs
 from kliko_async.engine.plan import Plan, PlannedStep
 from kliko_async.model.parameters import PARAM_FILES_DIR
 
@@ -184,7 +185,8 @@ class ManifestIndex:
 
     @classmethod
     def of_cache(cls, cache: Cache) -> ManifestIndex:
-        return cls((entry.manifest for entry in cache.entries()), latest_failed_logs(cache))
+        failed = {step: str(path) for step, path in newest_failed_logs(cache).items()}
+        return cls((entry.manifest for entry in cache.entries()), failed)
 
     def closest(
         self, step: str, ingredients: KeyIngredients, image: str
@@ -446,17 +448,3 @@ def _short(identity: str) -> str:
     """``sha256:1e3c4f...`` or a bare key, shortened to 12 hex digits."""
     prefix, _, digest = identity.rpartition(":")
     return f"{prefix}:{digest[:12]}.." if prefix else f"{digest[:12]}.."
-
-
-def latest_failed_logs(cache: Cache) -> dict[str, str]:
-    """Step name -> the newest kept log of a failed attempt (``logs/<run>/<step>.log``)."""
-    found: dict[str, tuple[float, str]] = {}
-    for path in (cache.root / RUN_LOGS).glob("*/*.log"):
-        try:
-            modified = path.stat().st_mtime
-        except OSError:
-            continue
-        step = path.name.removesuffix(".log")
-        if step not in found or modified > found[step][0]:
-            found[step] = (modified, str(path))
-    return {step: path for step, (_, path) in found.items()}

@@ -64,13 +64,27 @@ def find_step_log(cache: Cache, plan: Plan, step: str) -> Path:
     entry = plan.steps[step].cached or cache.lookup(plan.steps[step].key)
     if entry is not None:
         return entry.log_path
-    failed = sorted(
-        (cache.root / RUN_LOGS).glob(f"*/{glob.escape(step)}.log"), key=lambda p: p.stat().st_mtime
-    )
-    if failed:
-        return failed[-1]
+    failed = newest_failed_logs(cache, step).get(step)
+    if failed is not None:
+        return failed
     raise CacheError(
         f"no saved log for step '{step}': it has not run with its current inputs and parameters",
         where=plan.source,
         hint="Run the chain first.",
     )
+
+
+def newest_failed_logs(cache: Cache, step: str | None = None) -> dict[str, Path]:
+    """Step name -> the newest kept log of a failed attempt (``logs/<run>/<step>.log``), for
+    ``step`` alone (one look in each run's folder) or for every step (None: one listing)."""
+    pattern = f"*/{glob.escape(step)}.log" if step is not None else "*/*.log"
+    found: dict[str, tuple[float, Path]] = {}
+    for path in (cache.root / RUN_LOGS).glob(pattern):
+        try:
+            modified = path.stat().st_mtime
+        except OSError:  # removed meanwhile (cache gc)
+            continue
+        name = path.name.removesuffix(".log")
+        if name not in found or modified > found[name][0]:
+            found[name] = (modified, path)
+    return {name: path for name, (_, path) in found.items()}
