@@ -66,6 +66,9 @@ class LiveDisplay:
         # What is to scroll: appended on the event loop, taken by the drawing thread.
         self._queue: deque[LogLine | tuple[str, Text]] = deque()
         self._prefix_width = 4
+        # How wide the step names before the lines may be: a fifth of a wide terminal. Read
+        # once: the console's width asks the terminal each time, and this is per line drawn.
+        self._widest = max(_PREFIX_WIDTH, min(_WIDEST_PREFIX, self.console.width // 5))
         self._second = 0  # advanced by the drawing thread: the flood limit's time window
         self._window = 0
         self._shown: dict[str, int] = {}  # lines of each step shown in this window (loop only)
@@ -91,7 +94,7 @@ class LiveDisplay:
         self.view.update(event)
         if event.kind == "run_started":
             longest = max((len(s) for s in event.steps), default=4)
-            self._prefix_width = min(self._widest_prefix(), longest)
+            self._prefix_width = min(self._widest, longest)
             return
         message = step_message(event)
         if message is None:
@@ -139,15 +142,10 @@ class LiveDisplay:
         self._queue.append((step, Text(text, style="dim italic")))
 
     def _prefix(self, step: str) -> Text:
-        widest = self._widest_prefix()
-        if len(step) > self._prefix_width < widest:  # named before the run started
-            self._prefix_width = min(widest, len(step))
+        if len(step) > self._prefix_width < self._widest:  # named before the run started
+            self._prefix_width = min(self._widest, len(step))
         name = short_name(step, self._prefix_width)
         return Text(f"{name:<{self._prefix_width}} |", style=self.view.colour(step))
-
-    def _widest_prefix(self) -> int:
-        """How wide the step names before the lines may be: a fifth of a wide terminal."""
-        return max(_PREFIX_WIDTH, min(_WIDEST_PREFIX, self.console.width // 5))
 
     def _start(self) -> None:
         self._live.start(refresh=False)
