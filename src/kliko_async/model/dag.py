@@ -102,6 +102,21 @@ def check_dag(
             if kind:
                 found.setdefault((families.get(name, name), kind, input_name), []).append(name)
             listed.add(input_name)
+    if found:  # (a chain without mistakes, the usual case, pays for none of this)
+        _say_found(found, graph, families, problems)
+    if problems:
+        raise ChainError(join_problems(problems), where=source, hint=_INPUT_HINT)
+    if topological_order(graph) is None:
+        raise ChainError(cycle_text(graph), where=source, hint=CYCLE_HINT)
+
+
+def _say_found(
+    found: Mapping[tuple[str, str, str], list[str]],
+    graph: Graph,
+    families: Mapping[str, str],
+    problems: list[str],
+) -> None:
+    """Add the input mistakes ``found`` to ``problems``, one per matrix step that shares one."""
     sizes = Counter(families.values())
     # Suggested instead of a mistyped input: steps and matrix steps (not each expansion).
     candidates = [*(name for name in graph if name not in families), *sizes]
@@ -116,10 +131,6 @@ def check_dag(
             problems.append(
                 f"step {step} has input {input_name!r}, but there is no such step{hint}"
             )
-    if problems:
-        raise ChainError(join_problems(problems), where=source, hint=_INPUT_HINT)
-    if topological_order(graph) is None:
-        raise ChainError(cycle_text(graph), where=source, hint=CYCLE_HINT)
 
 
 def _expansions(family: str, count: int, total: int) -> str:
