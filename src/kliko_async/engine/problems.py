@@ -37,8 +37,8 @@ class PlanProblems:
     error (the problem's own when there is one, else a ChainError listing them all)."""
 
     def __init__(self, chain: Chain) -> None:
-        self._source = chain.source
-        self._expansions = Counter(matrix_steps(chain.steps.values()).values())
+        self._chain = chain
+        self._expansions: Counter[str] = Counter()  # matrix step -> its expansions, once needed
         self._problems: dict[tuple[object, ...], _Problem] = {}
 
     def of_image(self, error: KlikoError, step: Step) -> None:
@@ -68,6 +68,9 @@ class PlanProblems:
 
     def raise_any(self) -> None:
         """Raise what was found, if anything."""
+        if not self._problems:
+            return  # (a plan without problems, the usual case, pays for nothing here)
+        self._expansions = Counter(matrix_steps(self._chain.steps.values()).values())
         errors = [self._said(problem) for problem in self._problems.values()]
         if len(errors) == 1:
             raise errors[0]
@@ -75,13 +78,13 @@ class PlanProblems:
             details = " ".join(f"({n}) {error}" for n, error in enumerate(errors, 1))
             raise ChainError(
                 f"{len(errors)} problems were found before running: {details}",
-                where=self._source,
+                where=self._chain.source,
             )
 
     def _said(self, problem: _Problem) -> KlikoError:
         """The problem's error (of its own class, so of its exit status) naming its steps; a
         copy: the resolver keeps an image's error for the next step of that image."""
-        steps = self.steps_text(problem.steps)
+        steps = self._steps_text(problem.steps)
         error = copy.copy(problem.error)
         if problem.said_at is not None:
             if len(problem.steps) > 1 and error.where and error.where.startswith(problem.said_at):
@@ -92,7 +95,7 @@ class PlanProblems:
         error.args = (str(error),)
         return error
 
-    def steps_text(self, steps: list[Step]) -> str:
+    def _steps_text(self, steps: list[Step]) -> str:
         """``step 'a'``, or ``steps 'a', 'sweep' (all 20 expansions) and 3 more``."""
         groups: dict[str, list[str]] = {}  # in the order first met: a step, or a matrix step
         for step in steps:
