@@ -15,6 +15,7 @@ import pytest
 
 from kliko_async import api
 from kliko_async.cache import paramfiles
+from kliko_async.cache.entry import LOG, MANIFEST, OUTPUT
 from kliko_async.cache.logfiles import log_content
 from kliko_async.cache.store import Cache
 from kliko_async.cache.upkeep import verify
@@ -410,3 +411,55 @@ async def test_a_dry_run_builds_nothing_and_writes_nothing(
     (tool / "Dockerfile").write_text("FROM scratch\nLABEL changed=1\n")
     changed = await api.dry_run(chain, runtime=fake, cache_dir=cache)
     assert sorted(changed.unbuilt) == ["after", "built"], "a changed folder needs a new build"
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("copied_at_planning", [True, False])
+async def test_no_scratch_folder_is_published_or_left_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, copied_at_planning: bool
+) -> None:
+    """A step's scratch/ (parameters.json, the empty /input, copies of file parameters) is
+    removed before its entry is published: in the event loop when it holds only small files, in
+    the commit's thread when file parameters were copied into it at run time."""
+    if not copied_at_planning:  # as a caller of build_job without planning's copies does
+        monkeypatch.setattr(
+            paramfiles.FileSnapshots,
+            "take",
+            lambda self, params, where: paramfiles.hash_files(params, where=where),
+        )
+    weights = tmp_path / "weights.bin"
+    weights.write_bytes(b"w" * 1000)
+    fake = FakeRuntime()
+    fake.add_image(
+        "model",
+        "schema_version: 3\nio: split\nsections:\n  - name: s\n    fields:\n"
+        "      - {name: weights, type: file, required: false}\n",
+        exit_well,
+    )
+    chain = parse_chain(
+        {
+            "steps": {
+                "plain": {"image": "model"},
+                "with-file": {"image": "model", "params": {"weights": str(weights)}},
+            }
+        },
+        source="t",
+        base_dir=tmp_path,
+    )
+    result = await api.run(chain, runtime=fake, cache_dir=tmp_path / "cache", out=None)
+    assert result.ok
+    entries = list(Cache(tmp_path / "cache").entries())
+    assert len(entries) == 2
+    for entry in entries:
+        assert sorted(p.name for p in entry.path.iterdir()) == [LOG, MANIFEST, OUTPUT]
+        seen = (entry.path / "output" / "seen").read_text().split()
+        assert "/parameters.json" in seen
+        assert ("/param_files" in seen) == (entry.manifest.step == "with-file")
+    assert list((tmp_path / "cache" / "tmp").iterdir()) == []
+
+
+async def exit_well(container: FakeContainer) -> int:
+    """Say which of its mounts it was given, in /output/seen."""
+    seen = sorted(mount.target for mount in container.job.mounts)
+    (container.path("/output") / "seen").write_text(" ".join(seen))
+    return 0

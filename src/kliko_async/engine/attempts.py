@@ -18,6 +18,7 @@ from pathlib import Path
 import anyio
 from pydantic import BaseModel, ConfigDict
 
+from kliko_async.cache.durable import remove_small_tree
 from kliko_async.cache.entry import CacheEntry, Manifest, Staging
 from kliko_async.cache.groupcommit import GroupCommit
 from kliko_async.cache.store import Cache
@@ -221,12 +222,26 @@ class StepAttempts:
                 await anyio.to_thread.run_sync(self.cache.remove, planned.key)
             # Off the loop (hashing big outputs takes seconds), with the other steps finishing
             # now: one durability barrier and one worker thread for all of them.
-            entry = await self.commits.publish(staging, manifest, scratch=staging.path / "scratch")
+            scratch = self._scratch(planned, staging)
+            entry = await self.commits.publish(staging, manifest, scratch=scratch)
         except UnpublishableOutput as error:  # the step's fault: keep its log, say what it wrote
             return await self._failed(planned, staging, error.message, 0, last)
         except CacheError as error:  # the cache's disk: the step's log is kept all the same
             return await self._failed(planned, staging, str(error), 0, last)
         return AttemptOutcome(ok=True, exit_code=0, entry=entry)
+
+    def _scratch(self, planned: PlannedStep, staging: Staging) -> Path | None:
+        """Remove the staging folder's ``scratch/`` (not part of the entry) here, when it holds
+        only parameters.json and an empty folder: three calls. Copies of file parameters (any
+        size) are left to the commit's worker thread: the folder returned."""
+        scratch = staging.path / "scratch"
+        if planned.params.files and planned.params.files_root is None:
+            return scratch
+        # Here rather than in the thread: a thread making these calls beside the event loop's
+        # own file calls passes the GIL back and forth at each (seven context switches a step).
+        with contextlib.suppress(OSError):
+            remove_small_tree(scratch)
+        return None
 
     async def _failed(
         self,
