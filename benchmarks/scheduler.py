@@ -26,7 +26,7 @@ import sys
 import tempfile
 import time
 import tracemalloc
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -199,7 +199,13 @@ class MemoryCache(Cache):
 
     @asynccontextmanager
     async def lock(
-        self, key: str, *, shared: bool = False, poll: float = 0.05
+        self,
+        key: str,
+        *,
+        shared: bool = False,
+        poll: float = 0.05,
+        on_wait: Callable[[], None] | None = None,
+        patience: float = 0.0,
     ) -> AsyncIterator[None]:
         yield
 

@@ -665,6 +665,30 @@ async def test_waiting_for_a_lock_is_cancellable(cache: Cache) -> None:
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize(("held_s", "told"), [(0.0, 0), (0.05, 0), (0.4, 1)])
+async def test_a_lock_tells_once_that_it_is_waited_for_past_its_patience(
+    cache: Cache, held_s: float, told: int
+) -> None:
+    key = key_of(1)
+    waits: list[float] = []
+    first_holds = anyio.Event()
+
+    async def other() -> None:
+        async with cache.lock(key):
+            first_holds.set()
+            await anyio.sleep(held_s)
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as group:
+            group.start_soon(other)
+            await first_holds.wait()
+            on_wait = lambda: waits.append(anyio.current_time())  # noqa: E731
+            async with cache.lock(key, poll=0.01, on_wait=on_wait, patience=0.2):
+                pass
+    assert len(waits) == told
+
+
+@pytest.mark.anyio
 async def test_lock_is_released_when_the_body_raises(cache: Cache) -> None:
     key = key_of(1)
     with pytest.raises(RuntimeError, match="boom"):

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import fcntl
 import os
-from collections.abc import AsyncIterator, Iterator
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
@@ -38,16 +39,32 @@ class KeyLocks:
 
     @asynccontextmanager
     async def hold(
-        self, key: str, *, shared: bool = False, poll: float = 0.05
+        self,
+        key: str,
+        *,
+        shared: bool = False,
+        poll: float = 0.05,
+        on_wait: Callable[[], None] | None = None,
+        patience: float = 0.0,
     ) -> AsyncIterator[None]:
-        """Hold the lock of ``key``; waiting polls with ``anyio.sleep`` and can be cancelled."""
+        """Hold the lock of ``key``; waiting polls with ``anyio.sleep`` and can be cancelled.
+
+        ``on_wait`` is called once, when the lock has been held by someone else for
+        ``patience`` seconds (a lock free at once costs no timer)."""
         fd = self._open(key)
         mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
+        busy_since: float | None = None
         try:
             while True:
                 try:
                     fcntl.flock(fd, mode | fcntl.LOCK_NB)
                 except BlockingIOError:
+                    if on_wait is not None:
+                        now = time.monotonic()
+                        busy_since = now if busy_since is None else busy_since
+                        if now - busy_since >= patience:
+                            on_wait()
+                            on_wait = None
                     await anyio.sleep(poll)
                     continue
                 except OSError as err:
@@ -126,8 +143,11 @@ class KeyLocks:
     def _open(self, key: str) -> int:
         path = self.path(key)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            try:
+                return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            except FileNotFoundError:  # the first lock, or removed by hand: make the folder
+                path.parent.mkdir(parents=True, exist_ok=True)
+                return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         except OSError as err:
             raise cache_os_error(
                 "could not open the lock file", err, where=str(path), root=self._root

@@ -28,7 +28,7 @@ import re
 import secrets
 import tempfile
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager, suppress
 from pathlib import Path
 
@@ -344,16 +344,23 @@ class Cache:
     # -- locking -------------------------------------------------------------------------------
 
     def lock(
-        self, key: str, *, shared: bool = False, poll: float = 0.05
+        self,
+        key: str,
+        *,
+        shared: bool = False,
+        poll: float = 0.05,
+        on_wait: Callable[[], None] | None = None,
+        patience: float = 0.0,
     ) -> AbstractAsyncContextManager[None]:
         """Hold the lock of ``key``, against other processes and other tasks alike.
 
         Exclusive (the default) while computing ``key``; ``shared`` while reading its entry as
         an input, which keeps ``gc`` (and a forced re-run elsewhere) from removing it meanwhile.
-        Waiting can be cancelled. See :mod:`kliko_async.cache.locks`.
+        Waiting can be cancelled; ``on_wait`` is called once it has lasted ``patience``
+        seconds. See :mod:`kliko_async.cache.locks`.
         """
         _check_key(key)
-        return self.locks.hold(key, shared=shared, poll=poll)
+        return self.locks.hold(key, shared=shared, poll=poll, on_wait=on_wait, patience=patience)
 
     # -- listing and removal -------------------------------------------------------------------
 

@@ -293,16 +293,19 @@ class Scheduler:
     async def _lock_key(self, planned: PlannedStep, stack: contextlib.AsyncExitStack) -> None:
         """Hold the step's key's lock in ``stack``; if another run holds it, say so and count
         the time waited, which is not the step's own."""
-        with anyio.move_on_after(LOCK_PATIENCE_S):
-            await stack.enter_async_context(self.cache.lock(planned.key))
-            return
-        self.emit(StepWaitingForLock(step=planned.name, key=planned.key))
-        waiting = time.monotonic()
+        waiting: list[float] = []
+
+        def on_wait() -> None:
+            self.emit(StepWaitingForLock(step=planned.name, key=planned.key))
+            waiting.append(time.monotonic())
+
+        lock = self.cache.lock(planned.key, on_wait=on_wait, patience=LOCK_PATIENCE_S)
         try:
-            await stack.enter_async_context(self.cache.lock(planned.key))
+            await stack.enter_async_context(lock)
         finally:
-            waited = time.monotonic() - waiting
-            self._waited[planned.name] = self._waited.get(planned.name, 0.0) + waited
+            if waiting:
+                waited = time.monotonic() - waiting[0]
+                self._waited[planned.name] = self._waited.get(planned.name, 0.0) + waited
 
     def _stop_unless_keep_going(self) -> None:
         if not self.keep_going:
