@@ -194,6 +194,9 @@ class MemoryCache(Cache):
     ) -> list[CacheEntry | CacheError]:
         return [self.publish(staging, manifest) for staging, manifest in staged]
 
+    def seal_small(self, staging: Staging, manifest_without_outputs: Manifest) -> None:
+        return None  # nothing sealed on disk: publish_many keeps the entry in memory
+
     def sync(self) -> None:
         pass
 

@@ -11,7 +11,7 @@ import anyio
 import pytest
 
 from kliko_async.cache import durable
-from kliko_async.cache.durable import Barrier
+from kliko_async.cache.durable import Barrier, remove_small_tree
 from kliko_async.cache.entry import Manifest, Staging
 from kliko_async.cache.groupcommit import GroupCommit
 from kliko_async.cache.key import KeyIngredients, cache_key
@@ -103,9 +103,12 @@ def cache(tmp_path: Path) -> Cache:
 
 
 @pytest.mark.parametrize("syncfs", [True, False], ids=["syncfs", "fsync-each"])
+@pytest.mark.parametrize("sealed_where", ["thread", "loop"])
 async def test_a_group_is_durable_before_anything_of_it_is_renamed_into_place(
-    cache: Cache, monkeypatch: pytest.MonkeyPatch, syncfs: bool
+    cache: Cache, monkeypatch: pytest.MonkeyPatch, syncfs: bool, sealed_where: str
 ) -> None:
+    """Sealed in the worker thread (a scratch folder to remove first), or small and sealed in
+    the event loop before its group: either way durable at the group's barrier."""
     if not syncfs:
         monkeypatch.setattr(durable, "_syncfs", lambda root: False)
     watch = DiskWatch(monkeypatch, cache)
@@ -114,7 +117,12 @@ async def test_a_group_is_durable_before_anything_of_it_is_renamed_into_place(
 
     async def publish(key: str) -> None:
         staging = stage_files(cache, key, {"a.txt": key.encode(), "sub/b.txt": b"b"})
-        await commits.publish(staging, manifest_for(key), scratch=staging.path / "scratch")
+        scratch = staging.path / "scratch"
+        if sealed_where == "loop":
+            remove_small_tree(scratch)
+        await commits.publish(
+            staging, manifest_for(key), scratch=scratch if sealed_where == "thread" else None
+        )
 
     async with anyio.create_task_group() as group:
         for key in keys:

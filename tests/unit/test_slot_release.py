@@ -12,6 +12,7 @@ import pytest
 
 from kliko_async import api
 from kliko_async.cache.entry import Manifest, Staging
+from kliko_async.cache.sealing import Sealed
 from kliko_async.cache.store import Cache
 from kliko_async.model.chain import parse_chain
 from kliko_async.runtime.fake import FakeContainer, FakeRuntime
@@ -29,8 +30,10 @@ def test_the_next_container_starts_while_a_step_publishes(
     ran_meanwhile: list[bool] = []
     original = Cache.publish_many
 
-    def slow_publish(self: Cache, staged: Sequence[tuple[Staging, Manifest]]) -> list[object]:
-        names = [manifest.step for _, manifest in staged]
+    def slow_publish(
+        self: Cache, staged: Sequence[tuple[Staging, Manifest] | Sealed]
+    ) -> list[object]:
+        names = [i.entry.manifest.step if isinstance(i, Sealed) else i[1].step for i in staged]
         publishing.extend(names)
         if "first" in names:  # held until the other step's container ran (at most 10 s)
             ran_meanwhile.append(second_started.wait(10))

@@ -167,6 +167,27 @@ def seal_tree(root: Path, barrier: Barrier | None = None) -> list[tuple[str, str
     return sorted(special)
 
 
+def small_tree(root: Path, *, max_entries: int, max_bytes: int) -> bool:
+    """Whether the tree at ``root`` holds at most ``max_entries`` files, folders and links and
+    at most ``max_bytes`` in its files (links never followed); it stops looking as soon as it
+    does not, so a huge tree costs a few calls."""
+    entries = size = 0
+    folders = [root]
+    while folders:
+        with os.scandir(folders.pop()) as found:
+            for entry in found:
+                entries += 1
+                if entries > max_entries:
+                    return False
+                if entry.is_dir(follow_symlinks=False):
+                    folders.append(Path(entry.path))
+                elif entry.is_file(follow_symlinks=False):
+                    size += entry.stat(follow_symlinks=False).st_size
+                    if size > max_bytes:
+                        return False
+    return True
+
+
 def special_kind(mode: int) -> str:
     """'a named pipe', 'a socket' or 'a device', for the ``st_mode`` of a special file."""
     if stat.S_ISFIFO(mode):

@@ -15,17 +15,18 @@ import anyio
 
 from kliko_async.cache.durable import remove_small_tree
 from kliko_async.cache.entry import CacheEntry, Manifest, Staging
-from kliko_async.cache.store import Cache
+from kliko_async.cache.store import Cache, Sealed
 from kliko_async.errors import CacheError
 
 
 class _Request:
-    __slots__ = ("manifest", "outcome", "scratch", "staging")
+    __slots__ = ("manifest", "outcome", "scratch", "sealed", "staging")
 
     def __init__(self, staging: Staging, manifest: Manifest, scratch: Path | None) -> None:
         self.staging = staging
         self.manifest = manifest
         self.scratch = scratch
+        self.sealed: Sealed | None = None
         self.outcome: CacheEntry | CacheError | None = None
 
 
@@ -50,12 +51,17 @@ class GroupCommit:
         """Publish ``staging`` with ``manifest``; raises what :meth:`Cache.publish` raises.
 
         ``scratch``, a folder inside the staging folder that is not part of the entry, is
-        deleted first (in the same worker thread).
+        deleted first (in the same worker thread). Without one, a small staging folder is
+        sealed here, before the group (:meth:`Cache.seal_small`).
 
         Cancelled while its group is being committed, it waits for the group to end (the
         entry may well be published by then); cancelled before, its staging folder is left
-        to the caller, untouched."""
+        to the caller (sealed already, if it was small)."""
         request = _Request(staging, manifest, scratch)
+        if scratch is None:  # a small one is sealed here, without a GIL match with the thread
+            request.sealed = self.cache.seal_small(staging, manifest)
+            if request.sealed is not None and request.sealed.entry.path != staging.path:
+                return request.sealed.entry  # another process published the key meanwhile
         self._waiting.append(request)
         try:
             while request.outcome is None:
@@ -102,7 +108,7 @@ class GroupCommit:
             if request.scratch is not None:
                 with contextlib.suppress(OSError):
                     remove_small_tree(request.scratch)
-        outcomes = self.cache.publish_many([(r.staging, r.manifest) for r in group])
+        outcomes = self.cache.publish_many([r.sealed or (r.staging, r.manifest) for r in group])
         self._unsynced = True
         for request, outcome in zip(group, outcomes, strict=True):
             request.outcome = outcome

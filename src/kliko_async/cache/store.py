@@ -32,23 +32,21 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager, suppress
 from pathlib import Path
 
-from kliko_async.cache.durable import DIR_MODE, Barrier, remove_tree, seal_tree, write_sealed
+from kliko_async.cache.durable import DIR_MODE, Barrier, remove_tree
 from kliko_async.cache.entry import (
-    LOG,
-    MANIFEST,
     OUTPUT,
     CacheEntry,
     Manifest,
     Staging,
     read_manifest,
 )
-from kliko_async.cache.hashing import hash_tree, sha256_file
 from kliko_async.cache.key import CACHE_FORMAT_VERSION
 from kliko_async.cache.locks import KeyLocks
 from kliko_async.cache.processes import host_name
-from kliko_async.errors import CacheError, UnpublishableOutput, cache_os_error
+from kliko_async.cache.sealing import Sealed, SealingFailed, is_small, seal_staging_files
+from kliko_async.errors import CacheError, cache_os_error
 
-__all__ = ["KEY_PATTERN", "RUN_LOGS", "Cache", "default_cache_dir"]
+__all__ = ["KEY_PATTERN", "RUN_LOGS", "Cache", "Sealed", "default_cache_dir"]
 
 _ENTRIES = "entries"
 _TMP = "tmp"
@@ -185,8 +183,22 @@ class Cache:
             raise outcome
         return outcome
 
+    def seal_small(self, staging: Staging, manifest_without_outputs: Manifest) -> Sealed | None:
+        """Seal, hash and give its manifest to ``staging`` now, when it is small
+        (:func:`~kliko_async.cache.sealing.is_small`): the part of publishing that makes a few
+        dozen small file calls. A worker thread making them beside the event loop's own calls
+        passes the GIL to and fro at each (a context switch each); here they cost what they
+        cost. None when it is not small: :meth:`publish_many` does all of it, off the loop.
+        Raises what :meth:`publish` raises for its sealing; the barrier and the rename come
+        later, in :meth:`publish_many`."""
+        if not is_small(staging):
+            return None
+        barrier = Barrier(self.root)
+        entry = self._seal_staging(staging, manifest_without_outputs, barrier)
+        return Sealed(staging, entry, barrier.paths)
+
     def publish_many(
-        self, staged: Sequence[tuple[Staging, Manifest]]
+        self, staged: Sequence[tuple[Staging, Manifest] | Sealed]
     ) -> list[CacheEntry | CacheError]:
         """Publish several staging folders with one durability barrier (a group commit).
 
@@ -196,22 +208,28 @@ class Cache:
         The new names in ``entries/`` become durable at the next barrier: the next group's,
         or :meth:`sync`, which the caller runs once after its last group. Returns, in order,
         each one's entry or the error :meth:`publish` would have raised for it. Groups of one
-        ``Cache`` object (from several threads) take turns.
+        ``Cache`` object (from several threads) take turns. Folders :meth:`seal_small` sealed
+        already are only made durable and renamed.
         """
         with self._publishing:
             return self._publish_group(staged)
 
     def _publish_group(
-        self, staged: Sequence[tuple[Staging, Manifest]]
+        self, staged: Sequence[tuple[Staging, Manifest] | Sealed]
     ) -> list[CacheEntry | CacheError]:
         outcomes: list[CacheEntry | CacheError | None] = []
         sealed: list[tuple[int, Staging, CacheEntry]] = []
-        for staging, manifest in staged:
-            try:
-                done = self._seal_staging(staging, manifest, self._barrier)
-            except CacheError as error:  # UnpublishableOutput too
-                outcomes.append(error)
-                continue
+        for item in staged:
+            if isinstance(item, Sealed):
+                staging, done = item.staging, item.entry
+                self._barrier.paths.extend(item.paths)
+            else:
+                staging, manifest = item
+                try:
+                    done = self._seal_staging(staging, manifest, self._barrier)
+                except CacheError as error:  # UnpublishableOutput too
+                    outcomes.append(error)
+                    continue
             if done.path == staging.path:
                 sealed.append((len(outcomes), staging, done))
                 outcomes.append(None)
@@ -247,34 +265,12 @@ class Cache:
         if existing is not None:
             self._discard_quietly(staging)
             return existing
-        action = "sealing the output"
         try:
-            special = seal_tree(staging.output_dir, barrier)
-            if special:
-                raise UnpublishableOutput(
-                    "its output holds "
-                    + ", ".join(f"{kind} ({OUTPUT}/{rel})" for rel, kind in special)
-                    + ", which the cache cannot keep and --out cannot copy, so nothing of the "
-                    "step was published",
-                    where=f"step '{step}'",
-                    hint="Let the step write only files, folders and links to its output",
-                )
-            action = "hashing the output"
-            outputs = hash_tree(staging.output_dir)
-            action = "hashing the log"
-            log = staging.path / LOG
-            log_sha256 = sha256_file(log) if log.exists() else None
-            manifest = manifest.model_copy(update={"outputs": outputs, "log_sha256": log_sha256})
-            action = "writing manifest.json"
-            # No temporary file needed: nobody reads a staging folder before its rename.
-            write_sealed(staging.path / MANIFEST, manifest.model_dump_json().encode(), barrier)
-            action = "sealing the entry"
-            for child in staging.path.iterdir():
-                if child.name not in (OUTPUT, MANIFEST):
-                    seal_tree(child, barrier)
-            barrier.add(str(staging.path))
-        except OSError as err:
-            raise self._publish_error(step, action, err) from err
+            manifest = seal_staging_files(staging, manifest, barrier)
+        except SealingFailed as failed:
+            cause = failed.__cause__
+            assert isinstance(cause, OSError)
+            raise self._publish_error(step, failed.action, cause) from cause
         return CacheEntry(key=key, path=staging.path, manifest=manifest)
 
     def _move_into_place(self, staging: Staging, sealed: CacheEntry) -> CacheEntry | CacheError:
