@@ -3,6 +3,7 @@ judged by it, and only on the host that made them (a pid means nothing on anothe
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import socket
@@ -23,6 +24,8 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+@functools.cache
 def host_name() -> str:
-    """This host's name, safe in a file name (only letters, digits, ``-``, ``_`` and ``.``)."""
+    """This host's name, safe in a file name (only letters, digits, ``-``, ``_`` and ``.``);
+    looked up once (every staging folder's name holds it)."""
     return re.sub(r"[^A-Za-z0-9._-]", "_", socket.gethostname()) or "unknown-host"

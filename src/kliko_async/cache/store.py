@@ -23,6 +23,7 @@ Tidying and checking (``gc``, ``verify``) live in :mod:`kliko_async.cache.upkeep
 from __future__ import annotations
 
 import errno
+import itertools
 import os
 import re
 import secrets
@@ -58,6 +59,10 @@ KEY_PATTERN = re.compile(r"[A-Za-z0-9_-]{2,128}")
 """Keys name folders and files, so they may not contain separators or dots (a staging folder is
 named ``<key>.<pid>.<random>``). Real keys are 64 lowercase hex digits; anything this pattern
 allows is accepted so that tests and tools may use short readable keys."""
+
+
+_TMP_RANDOM = secrets.token_hex(3)
+_TMP_COUNT = itertools.count()
 
 
 def default_cache_dir() -> Path:
@@ -113,7 +118,9 @@ class Cache:
     def _new_tmp_path(self, key: str) -> Path:
         # <key>.<pid>.<random>.<host>: on a shared file system, only the host that made it can
         # tell whether its process is gone (see upkeep.clean_stale_staging).
-        return self.tmp_dir / f"{key}.{os.getpid()}.{secrets.token_hex(6)}.{host_name()}"
+        # The random part: this process's own random start and a count (no urandom a step).
+        unique = f"{_TMP_RANDOM}{next(_TMP_COUNT):06x}"
+        return self.tmp_dir / f"{key}.{os.getpid()}.{unique}.{host_name()}"
 
     # -- setup ---------------------------------------------------------------------------------
 

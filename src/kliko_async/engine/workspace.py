@@ -101,8 +101,14 @@ def parameter_mounts(params: ValidatedParameters, scratch: Path) -> list[Mount]:
     very copies were hashed into the step's key.
     """
     parameters = scratch / "parameters.json"
-    parameters.write_text(params.parameters_json())
-    parameters.chmod(0o644)
+    fd = os.open(parameters, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    try:
+        data = memoryview(params.parameters_json().encode())
+        while data:
+            data = data[os.write(fd, data) :]
+        os.fchmod(fd, 0o644)  # whatever the umask: the container's user reads it
+    finally:
+        os.close(fd)
     mounts = [Mount(source=absolute(parameters), target="/parameters.json", read_only=True)]
     if params.files_root is not None:
         mounts.append(
