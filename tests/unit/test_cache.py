@@ -19,6 +19,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from kliko_async.cache import key as key_module
+from kliko_async.cache import store as store_module
 from kliko_async.cache.entry import CacheEntry, Manifest, Staging
 from kliko_async.cache.hashing import sha256_file
 from kliko_async.cache.key import CACHE_FORMAT_VERSION, KeyIngredients, cache_key
@@ -483,19 +484,15 @@ def test_publish_returns_the_winner_of_a_race(
     key = key_of(1)
     mine = stage_files(cache, key, {"a.txt": b"mine"})
     theirs = stage_files(cache, key, {"a.txt": b"theirs"})
-    real_lookup = Cache.lookup
-    calls = {"n": 0}
+    real_seal = store_module.seal_staging_files
 
-    def lookup_that_misses_once(self: Cache, k: str) -> CacheEntry | None:
-        calls["n"] += 1
-        if calls["n"] == 1:
-            # Another process publishes between our check and our rename.
-            monkeypatch.setattr(Cache, "lookup", real_lookup)
+    def seal_then_lose_the_race(staging: Staging, manifest: Manifest, barrier: Any) -> Manifest:
+        sealed = real_seal(staging, manifest, barrier)
+        if staging == mine:  # another process publishes between our sealing and our rename
             cache.publish(theirs, manifest_for(key))
-            return None
-        return real_lookup(self, k)
+        return sealed
 
-    monkeypatch.setattr(Cache, "lookup", lookup_that_misses_once)
+    monkeypatch.setattr(store_module, "seal_staging_files", seal_then_lose_the_race)
     entry = cache.publish(mine, manifest_for(key))
 
     assert (entry.output_dir / "a.txt").read_bytes() == b"theirs"

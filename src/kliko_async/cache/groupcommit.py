@@ -60,8 +60,6 @@ class GroupCommit:
         request = _Request(staging, manifest, scratch)
         if scratch is None:  # a small one is sealed here, without a GIL match with the thread
             request.sealed = self.cache.seal_small(staging, manifest)
-            if request.sealed is not None and request.sealed.entry.path != staging.path:
-                return request.sealed.entry  # another process published the key meanwhile
         self._waiting.append(request)
         try:
             while request.outcome is None:

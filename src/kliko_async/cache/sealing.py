@@ -25,8 +25,7 @@ and log hold at most this many bytes, is small: sealing it takes a millisecond a
 
 class Sealed(NamedTuple):
     """A staging folder sealed ahead of its group (:meth:`Cache.seal_small`): its entry as it
-    will be once renamed (or the entry another process published first), and the paths its
-    group's barrier makes durable."""
+    will be once renamed, and the paths its group's barrier makes durable."""
 
     staging: Staging
     entry: CacheEntry

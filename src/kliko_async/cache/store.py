@@ -81,6 +81,7 @@ class Cache:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
         self.locks = KeyLocks(self.root / _LOCKS, self.root)
+        self._entries = self.root / _ENTRIES
         self._barrier = Barrier(self.root)
         self._publishing = threading.RLock()
 
@@ -88,14 +89,14 @@ class Cache:
 
     @property
     def _entries_dir(self) -> Path:
-        return self.root / _ENTRIES
+        return self._entries
 
     @property
     def tmp_dir(self) -> Path:
         return self.root / _TMP
 
     def _entry_path(self, key: str) -> Path:
-        return self._entries_dir / key[:2] / key
+        return Path(f"{self._entries}/{key[:2]}/{key}")  # one Path, not three (a lookup a step)
 
     @property
     def specs_dir(self) -> Path:
@@ -237,11 +238,8 @@ class Cache:
                 except CacheError as error:  # UnpublishableOutput too
                     outcomes.append(error)
                     continue
-            if done.path == staging.path:
-                sealed.append((len(outcomes), staging, done))
-                outcomes.append(None)
-            else:
-                outcomes.append(done)  # published by another process meanwhile
+            sealed.append((len(outcomes), staging, done))
+            outcomes.append(None)
         try:
             self._barrier.wait()
         except OSError as err:
@@ -259,7 +257,9 @@ class Cache:
 
     def _seal_staging(self, staging: Staging, manifest: Manifest, barrier: Barrier) -> CacheEntry:
         """Seal ``staging`` and write its manifest (durable at ``barrier``); the entry as it
-        will be, at the staging path. Or the existing entry, if the key is published already."""
+        will be, at the staging path. If another process publishes the key first, the rename
+        finds its entry (:meth:`_rename_into_place`): not looked for here, since the steps of a
+        run publish under their key's lock and the race is that rare."""
         key = staging.key
         step = manifest.step
         if manifest.key != key:
@@ -268,10 +268,6 @@ class Cache:
                 f"manifest key {manifest.key} does not match staging key {key}",
                 where=f"step '{step}'",
             )
-        existing = self.lookup(key)
-        if existing is not None:
-            self._discard_quietly(staging)
-            return existing
         try:
             manifest = seal_staging_files(staging, manifest, barrier)
         except SealingFailed as failed:
