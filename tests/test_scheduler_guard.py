@@ -1,5 +1,5 @@
 """The regression guard: the scheduler's per-step cost (fake runtime, 2,000 steps, durable cache
-on disk) must not grow past 1.5x the committed baseline (``benchmarks/guard_baseline.json``).
+on tmpfs) must not grow past 1.5x the committed baseline (``benchmarks/guard_baseline.json``).
 
 Not a timed test: the cost is CPU time per step divided by the CPU time of a calibration loop
 measured in the same process (see ``benchmarks/guard.py``), so a slower or busier machine moves
@@ -14,10 +14,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+from benchmarks.scheduler import tmpfs_dir
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_per_step_cost_stays_within_half_again_of_the_baseline(tmp_path: Path) -> None:
+    if tmpfs_dir() is None:  # on a disk, the disk's own cost blurs the scheduler's
+        pytest.skip("no writable /dev/shm, where the guard puts its cache")
     baseline = json.loads((ROOT / "benchmarks" / "guard_baseline.json").read_text())
     done = subprocess.run(
         [sys.executable, "-m", "benchmarks.guard", "--steps", str(baseline["steps"])],
