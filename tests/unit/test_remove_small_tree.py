@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from kliko_async.cache.durable import remove_small_tree
+from kliko_async.cache.durable import remove_if_small, remove_small_tree
 
 
 def test_a_scratch_folder_of_files_and_empty_folders_goes(tmp_path: Path) -> None:
@@ -39,3 +39,26 @@ def test_a_link_in_it_goes_and_what_it_points_at_stays(tmp_path: Path) -> None:
 def test_a_missing_folder_is_fine(tmp_path: Path) -> None:
     remove_small_tree(tmp_path / "never-made")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_only_a_small_folder_goes_at_once_anything_more_is_left_for_the_long_way(
+    tmp_path: Path,
+) -> None:
+    """What the event loop tries before it hands a scratch folder to the worker thread: a Slurm
+    job's folder of files inside it (on a shared file system) is not deleted there."""
+    small, big = tmp_path / "small", tmp_path / "big"
+    (small / "empty-input").mkdir(parents=True)
+    (small / "parameters.json").write_text("{}")
+    (big / "slurm").mkdir(parents=True)
+    for name in ("job.sh", "stdout", "stderr", "status"):
+        (big / "slurm" / name).write_text(name)
+    assert remove_if_small(small) and not small.exists()
+    assert not remove_if_small(big)
+    assert sorted(p.name for p in (big / "slurm").iterdir()) == [
+        "job.sh",
+        "status",
+        "stderr",
+        "stdout",
+    ]
+    remove_small_tree(big)
+    assert not big.exists()

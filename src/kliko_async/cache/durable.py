@@ -233,6 +233,14 @@ def remove_small_tree(path: Path) -> None:
     """Delete a folder of a few files and empty folders (a step's ``scratch/``) in a few calls;
     anything else in it (a folder of file parameters, a file we may not delete) goes the long
     way, :func:`remove_tree`."""
+    if not remove_if_small(path):
+        remove_tree(path)
+
+
+def remove_if_small(path: Path) -> bool:
+    """Delete a folder that holds only files and empty folders, in a few calls; False when it
+    holds anything else (a folder with files, a file we may not delete), which is left as it is
+    found then (less what was deleted before). A missing folder is not there to delete: False."""
     try:
         with os.scandir(path) as entries:
             for entry in entries:
@@ -242,7 +250,8 @@ def remove_small_tree(path: Path) -> None:
                     os.unlink(entry.path)
         os.rmdir(path)
     except OSError:
-        remove_tree(path)
+        return False
+    return True
 
 
 def remove_tree(path: Path) -> None:

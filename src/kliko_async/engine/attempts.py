@@ -18,7 +18,7 @@ from pathlib import Path
 import anyio
 from pydantic import BaseModel, ConfigDict
 
-from kliko_async.cache.durable import remove_small_tree
+from kliko_async.cache.durable import remove_if_small
 from kliko_async.cache.entry import CacheEntry, Manifest, Staging
 from kliko_async.cache.groupcommit import GroupCommit
 from kliko_async.cache.store import Cache
@@ -231,17 +231,16 @@ class StepAttempts:
         return AttemptOutcome(ok=True, exit_code=0, entry=entry)
 
     def _scratch(self, planned: PlannedStep, staging: Staging) -> Path | None:
-        """Remove the staging folder's ``scratch/`` (not part of the entry) here, when it holds
-        only parameters.json and an empty folder: three calls. Copies of file parameters (any
-        size) are left to the commit's worker thread: the folder returned."""
+        """Remove the staging folder's ``scratch/`` (not part of the entry) here when it holds
+        only parameters.json and an empty folder: three calls. Anything more (copies of file
+        parameters, a Slurm job's folder) is left to the commit's worker thread: the folder
+        returned."""
         scratch = staging.path / "scratch"
         if planned.params.files and planned.params.files_root is None:
             return scratch
         # Here rather than in the thread: a thread making these calls beside the event loop's
         # own file calls passes the GIL back and forth at each (seven context switches a step).
-        with contextlib.suppress(OSError):
-            remove_small_tree(scratch)
-        return None
+        return None if remove_if_small(scratch) else scratch
 
     async def _failed(
         self,
