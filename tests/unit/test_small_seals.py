@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import anyio
 import pytest
 
 from kliko_async import api
-from kliko_async.cache import sealing
+from kliko_async.cache import groupcommit, sealing
 from kliko_async.cache.durable import small_tree
 from kliko_async.cache.entry import Manifest, Staging
 from kliko_async.cache.key import KeyIngredients
@@ -132,3 +133,31 @@ def test_a_key_published_meanwhile_is_taken_and_the_staging_folder_dropped(
     assert outcome == published
     assert not second.path.exists()
     assert (published.output_dir / "a").read_text() == "first"
+
+
+def test_a_slow_file_system_stops_sealing_in_the_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One seal in the loop that took longer than SEAL_HERE_S (a network file system): every
+    later one of the run goes to the worker thread, so the loop is held once, briefly."""
+    sealed_in: list[str] = []
+    seal = sealing.seal_staging_files
+
+    def slow(staging: Staging, manifest: Manifest, barrier: object) -> Manifest:
+        main = threading.current_thread() is threading.main_thread()
+        sealed_in.append("loop" if main else "thread")
+        time.sleep(groupcommit.SEAL_HERE_S * 2)
+        return seal(staging, manifest, barrier)  # type: ignore[arg-type]
+
+    monkeypatch.setattr("kliko_async.cache.store.seal_staging_files", slow)
+    runtime = FakeRuntime()
+    runtime.add_image("x/files", KLIKO_YML, write_files)
+    steps = {f"s{i}": {"image": "x/files", "params": {"files": 1, "size": i + 1}} for i in range(4)}
+    for i in range(1, 4):
+        steps[f"s{i}"]["inputs"] = [f"s{i - 1}"]  # one after another
+    chain = parse_chain({"steps": steps}, source="c", base_dir=tmp_path)
+    cache_dir = tmp_path / "cache"
+    result = anyio.run(lambda: api.run(chain, runtime=runtime, cache_dir=cache_dir, out=None))
+
+    assert result.ok
+    assert sealed_in == ["loop", "thread", "thread", "thread"]

@@ -9,6 +9,7 @@ gathers, so the groups grow with the load and a lone step waits for nobody.
 from __future__ import annotations
 
 import contextlib
+import time
 from pathlib import Path
 
 import anyio
@@ -17,6 +18,11 @@ from kliko_async.cache.durable import remove_small_tree
 from kliko_async.cache.entry import CacheEntry, Manifest, Staging
 from kliko_async.cache.store import Cache, Sealed
 from kliko_async.errors import CacheError
+
+SEAL_HERE_S = 0.005
+"""Sealing a small staging folder in the event loop takes a fraction of a millisecond on a local
+disk; once one takes longer than this (a network file system, a Slurm cluster's shared one),
+the rest of the run seals in the worker thread, so that the loop is never held for long."""
 
 
 class _Request:
@@ -44,6 +50,9 @@ class GroupCommit:
         self._committing: list[_Request] | None = None
         self._committed = anyio.Event()
         self._unsynced = False
+        self.seal_here = True
+        """Whether small staging folders are sealed in the event loop (until one took longer
+        than ``SEAL_HERE_S``)."""
 
     async def publish(
         self, staging: Staging, manifest: Manifest, *, scratch: Path | None = None
@@ -58,8 +67,11 @@ class GroupCommit:
         entry may well be published by then); cancelled before, its staging folder is left
         to the caller (sealed already, if it was small)."""
         request = _Request(staging, manifest, scratch)
-        if scratch is None:  # a small one is sealed here, without a GIL match with the thread
+        if scratch is None and self.seal_here:  # small ones here: no GIL match with the thread
+            began = time.perf_counter()
             request.sealed = self.cache.seal_small(staging, manifest)
+            if time.perf_counter() - began > SEAL_HERE_S:
+                self.seal_here = False  # a slow (network) file system: off the loop from now on
         self._waiting.append(request)
         try:
             while request.outcome is None:
