@@ -138,8 +138,9 @@ def test_a_key_published_meanwhile_is_taken_and_the_staging_folder_dropped(
 def test_a_slow_file_system_stops_sealing_in_the_loop(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """One seal in the loop that took longer than SEAL_HERE_S (a network file system): every
-    later one of the run goes to the worker thread, so the loop is held once, briefly."""
+    """Three seals in a row in the loop that took longer than SEAL_HERE_S (a network file
+    system, not a pause of the garbage collector): every later one of the run goes to the
+    worker thread, so the loop is held thrice, briefly."""
     sealed_in: list[str] = []
     seal = sealing.seal_staging_files
 
@@ -152,12 +153,12 @@ def test_a_slow_file_system_stops_sealing_in_the_loop(
     monkeypatch.setattr("kliko_async.cache.store.seal_staging_files", slow)
     runtime = FakeRuntime()
     runtime.add_image("x/files", KLIKO_YML, write_files)
-    steps = {f"s{i}": {"image": "x/files", "params": {"files": 1, "size": i + 1}} for i in range(4)}
-    for i in range(1, 4):
+    steps = {f"s{i}": {"image": "x/files", "params": {"files": 1, "size": i + 1}} for i in range(5)}
+    for i in range(1, 5):
         steps[f"s{i}"]["inputs"] = [f"s{i - 1}"]  # one after another
     chain = parse_chain({"steps": steps}, source="c", base_dir=tmp_path)
     cache_dir = tmp_path / "cache"
     result = anyio.run(lambda: api.run(chain, runtime=runtime, cache_dir=cache_dir, out=None))
 
     assert result.ok
-    assert sealed_in == ["loop", "thread", "thread", "thread"]
+    assert sealed_in == ["loop", "loop", "loop", "thread", "thread"]

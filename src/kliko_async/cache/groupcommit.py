@@ -21,8 +21,9 @@ from kliko_async.errors import CacheError
 
 SEAL_HERE_S = 0.005
 """Sealing a small staging folder in the event loop takes a fraction of a millisecond on a local
-disk; once one takes longer than this (a network file system, a Slurm cluster's shared one),
-the rest of the run seals in the worker thread, so that the loop is never held for long."""
+disk; once three in a row take longer than this (a network file system, a Slurm cluster's
+shared one), the rest of the run seals in the worker thread, so that the loop is not held for
+long again."""
 
 
 class _Request:
@@ -51,8 +52,9 @@ class GroupCommit:
         self._committed = anyio.Event()
         self._unsynced = False
         self.seal_here = True
-        """Whether small staging folders are sealed in the event loop (until one took longer
-        than ``SEAL_HERE_S``)."""
+        """Whether small staging folders are sealed in the event loop (until three in a row
+        took longer than ``SEAL_HERE_S``)."""
+        self._slow_seals = 0
 
     async def publish(
         self, staging: Staging, manifest: Manifest, *, scratch: Path | None = None
@@ -70,8 +72,11 @@ class GroupCommit:
         if scratch is None and self.seal_here:  # small ones here: no GIL match with the thread
             began = time.perf_counter()
             request.sealed = self.cache.seal_small(staging, manifest)
-            if time.perf_counter() - began > SEAL_HERE_S:
-                self.seal_here = False  # a slow (network) file system: off the loop from now on
+            # Three slow ones in a row: a slow (network) file system, not a pause of the
+            # garbage collector; off the loop from now on.
+            slow = time.perf_counter() - began > SEAL_HERE_S
+            self._slow_seals = self._slow_seals + 1 if slow else 0
+            self.seal_here = self._slow_seals < 3
         self._waiting.append(request)
         try:
             while request.outcome is None:
