@@ -162,3 +162,35 @@ def test_a_slow_file_system_stops_sealing_in_the_loop(
 
     assert result.ok
     assert sealed_in == ["loop", "loop", "loop", "thread", "thread"]
+
+
+def test_an_output_that_cannot_be_looked_at_fails_its_step_as_before(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A container that made its output unreadable (root reads anything, so the look is made
+    to fail here): the step fails with the cache's reason, and the run goes on to its end."""
+
+    def unreadable(root: Path, **bounds: int) -> bool:
+        raise PermissionError(13, "Permission denied", str(root))
+
+    def seal_fails(staging: Staging, manifest: Manifest, barrier: object) -> Manifest:
+        raise sealing.SealingFailed("sealing the output") from PermissionError(
+            13, "Permission denied", str(staging.output_dir)
+        )
+
+    monkeypatch.setattr(sealing, "small_tree", unreadable)
+    monkeypatch.setattr("kliko_async.cache.store.seal_staging_files", seal_fails)
+    runtime = FakeRuntime()
+    runtime.add_image("x/files", KLIKO_YML, write_files)
+    chain = parse_chain(
+        {"steps": {"s": {"image": "x/files", "params": {"files": 1, "size": 1}}}},
+        source="c",
+        base_dir=tmp_path,
+    )
+    result = anyio.run(
+        lambda: api.run(
+            chain, runtime=runtime, cache_dir=tmp_path / "cache", out=None, keep_going=True
+        )
+    )
+    assert result.steps["s"].state == "failed"
+    assert "sealing the output failed" in (result.steps["s"].reason or "")

@@ -41,17 +41,18 @@ class SealingFailed(Exception):
 
 
 def is_small(staging: Staging) -> bool:
-    """Whether ``staging`` is small; False when its log cannot be looked at (the thread, which
-    seals it then, says what is wrong)."""
+    """Whether ``staging`` is small; False when its log or output cannot be looked at (the
+    thread, which seals it then, says what is wrong, as for any other staging folder)."""
     try:
-        log_bytes = os.stat(staging.path / LOG).st_size
-    except FileNotFoundError:
-        log_bytes = 0
-    except OSError:
+        try:
+            log_bytes = os.stat(staging.path / LOG).st_size
+        except FileNotFoundError:
+            log_bytes = 0
+        return log_bytes <= SMALL_BYTES and small_tree(
+            staging.output_dir, max_entries=SMALL_FILES, max_bytes=SMALL_BYTES - log_bytes
+        )
+    except OSError:  # an output its container made unreadable, say: the thread tells what
         return False
-    return log_bytes <= SMALL_BYTES and small_tree(
-        staging.output_dir, max_entries=SMALL_FILES, max_bytes=SMALL_BYTES - log_bytes
-    )
 
 
 def seal_staging_files(staging: Staging, manifest: Manifest, barrier: Barrier) -> Manifest:

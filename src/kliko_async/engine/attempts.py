@@ -238,6 +238,8 @@ class StepAttempts:
         scratch = staging.path / "scratch"
         if planned.params.files and planned.params.files_root is None:
             return scratch
+        if not self.commits.seal_here:  # a slow (network) file system: nothing of it here
+            return scratch
         # Here rather than in the thread: a thread making these calls beside the event loop's
         # own file calls passes the GIL back and forth at each (seven context switches a step).
         return None if remove_if_small(scratch) else scratch
