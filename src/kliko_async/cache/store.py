@@ -81,22 +81,18 @@ class Cache:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
         self.locks = KeyLocks(self.root / _LOCKS, self.root)
-        self._entries_root = self.root / _ENTRIES
+        self._entries_dir = self.root / _ENTRIES
         self._barrier = Barrier(self.root)
         self._publishing = threading.RLock()
 
     # -- paths ---------------------------------------------------------------------------------
 
     @property
-    def _entries_dir(self) -> Path:
-        return self._entries_root
-
-    @property
     def tmp_dir(self) -> Path:
         return self.root / _TMP
 
     def _entry_path(self, key: str) -> Path:
-        return Path(f"{self._entries_root}/{key[:2]}/{key}")  # one Path, not three
+        return Path(f"{self._entries_dir}/{key[:2]}/{key}")  # one Path, not three
 
     @property
     def specs_dir(self) -> Path:
