@@ -16,7 +16,8 @@ import anyio
 
 from kliko_async.cache.durable import remove_small_tree
 from kliko_async.cache.entry import CacheEntry, Manifest, Staging
-from kliko_async.cache.store import Cache, Sealed
+from kliko_async.cache.sealing import Sealed
+from kliko_async.cache.store import Cache
 from kliko_async.errors import CacheError
 
 SEAL_HERE_S = 0.005

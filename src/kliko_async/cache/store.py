@@ -47,7 +47,7 @@ from kliko_async.cache.processes import host_name
 from kliko_async.cache.sealing import Sealed, SealingFailed, is_small, seal_staging_files
 from kliko_async.errors import CacheError, cache_os_error
 
-__all__ = ["KEY_PATTERN", "RUN_LOGS", "Cache", "Sealed", "default_cache_dir"]
+__all__ = ["KEY_PATTERN", "RUN_LOGS", "Cache", "default_cache_dir"]
 
 _ENTRIES = "entries"
 _TMP = "tmp"
