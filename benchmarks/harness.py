@@ -346,6 +346,36 @@ def parameters_json(values: dict[str, Any]) -> str:
     return json.dumps(values, sort_keys=True, indent=2) + "\n"
 
 
+SLEEP_PARAMS_SH = r"""params_json() { # $1: seconds, $2: tag; as kliko-async writes it
+    printf '{\n  "seconds": %s,\n  "tag": "%s"\n}\n' "$1" "$2"
+}
+"""
+"""A shell function for the floor scripts: example/sleep's /parameters.json, sorted keys, two
+spaces, one key a line. The image's param.sh reads nothing else: from a one-line
+``{"seconds": 1, ...}`` it reads no value, sleeps 0 s and writes ``slept  `` (the Slurm floors
+did, until 2026-12-05, and so measured containers that never slept)."""
+
+
+def check_slept(output: Path, seconds: float, tag: str, who: str) -> None:
+    """That an example/sleep container with ``seconds`` and ``tag`` did its work: its
+    ``slept.txt`` in ``output`` names both (it is written after the sleep, from the values the
+    image read). Raises AssertionError naming ``who`` and what was found otherwise."""
+    path = output / "slept.txt"
+    try:
+        words = path.read_text().split()
+    except OSError as error:
+        raise AssertionError(f"{who}: no {path} ({error.strerror})") from None
+    try:
+        slept = float(words[1]) if len(words) == 3 and words[::2] == ["slept", tag] else None
+    except ValueError:
+        slept = None
+    if slept != seconds:
+        raise AssertionError(
+            f"{who}: {path} says {' '.join(words)!r}, not 'slept {seconds:g} {tag}': "
+            "the container did not read the parameters it was given"
+        )
+
+
 def invoking_user() -> str:
     return f"{os.getuid()}:{os.getgid()}"
 

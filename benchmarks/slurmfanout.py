@@ -19,9 +19,11 @@ import uuid
 import anyio
 
 from benchmarks.harness import (
+    SLEEP_PARAMS_SH,
     Config,
     EventClock,
     ScenarioResult,
+    check_slept,
     interleaved,
     remove_tree,
     script_file,
@@ -35,15 +37,19 @@ from kliko_async.runtime.slurm.script import Engine
 NAME = "slurm-fanout"
 IMAGE = "example/sleep"
 
-FLOOR_SCRIPT = """\
+FLOOR_SCRIPT = (
+    """\
 #!/bin/bash
 # The floor: the fan-out's 17 jobs as a bare sbatch script would submit them.
 set -euo pipefail
 dir=$1; image=$2; branches=$3; seconds=$4
+"""
+    + SLEEP_PARAMS_SH
+    + """\
 job() { # $1: name, $2: seconds, $3..: sbatch options
     local name=$1 secs=$2; shift 2
     mkdir -p "$dir/$name/out"
-    printf '{"seconds": %s, "tag": "%s"}' "$secs" "$name" >"$dir/$name/parameters.json"
+    params_json "$secs" "$name" >"$dir/$name/parameters.json"
     sbatch --parsable --job-name="floor-$name" --output=/dev/null "$@" --wrap \\
         "docker run --rm --user $(id -u):$(id -g) \\
          -v $dir/$name/parameters.json:/parameters.json:ro \\
@@ -56,6 +62,7 @@ for i in $(seq -w 0 $((branches - 1))); do
 done
 while [ -n "$(squeue -h -t PD,R,CF,CG -j "$ids" -o %i)" ]; do sleep 0.1; done
 """
+)
 
 
 async def run(cfg: Config) -> ScenarioResult:
@@ -74,7 +81,9 @@ async def run(cfg: Config) -> ScenarioResult:
         work = cfg.tmp(f"slurm-floor-{rep}")
         args = (IMAGE, str(branches), f"{seconds:g}")
         await timed_script(result, "floor_wall_s", floor_script, work, *args)
-        assert (work / "b15" / "out" / "slept.txt").is_file(), "the floor's fan-out failed"
+        check_slept(work / "src" / "out", 0, "src", "the floor's source")
+        for i in range(branches):  # each branch slept as long as kliko-async's do
+            check_slept(work / f"b{i:02d}" / "out", seconds, f"b{i:02d}", "the floor's branch")
         remove_tree(work)
 
     async def kliko(rep: int, engine: Engine) -> None:
@@ -102,6 +111,10 @@ async def run(cfg: Config) -> ScenarioResult:
         )
         ended = time.perf_counter()
         assert outcome.ok and outcome.count("done") == branches + 1, "the fan-out failed"
+        for name, step in outcome.steps.items():
+            assert step.output is not None
+            params = chain.steps[name].params
+            check_slept(step.output, params["seconds"], params["tag"], f"kliko-async's {name}")
         result.add(f"kliko_{engine}_wall_s", ended - started)
         result.add(f"kliko_{engine}_steps_s", ended - clock.first["run_started"])
         remove_tree(work)

@@ -15,9 +15,11 @@ import time
 import uuid
 
 from benchmarks.harness import (
+    SLEEP_PARAMS_SH,
     Config,
     EventClock,
     ScenarioResult,
+    check_slept,
     interleaved,
     remove_tree,
     script_file,
@@ -31,14 +33,18 @@ NAME = "slurm-matrix"
 IMAGE = "example/sleep"
 TARGET = 1.10
 
-FLOOR_SCRIPT = """\
+FLOOR_SCRIPT = (
+    """\
 #!/bin/bash
 # The floor: the matrix's tasks as one bare job array.
 set -euo pipefail
 dir=$1; image=$2; tasks=$3; seconds=$4
+"""
+    + SLEEP_PARAMS_SH
+    + """\
 for i in $(seq 0 $((tasks - 1))); do
     mkdir -p "$dir/$i/out"
-    printf '{"seconds": %s, "tag": "t%s"}' "$seconds" "$i" >"$dir/$i/parameters.json"
+    params_json "$seconds" "t$i" >"$dir/$i/parameters.json"
 done
 id=$(sbatch --parsable --job-name=floor-matrix --output=/dev/null --array=0-$((tasks - 1)) \\
     --wrap "docker run --rm --user $(id -u):$(id -g) \\
@@ -46,6 +52,7 @@ id=$(sbatch --parsable --job-name=floor-matrix --output=/dev/null --array=0-$((t
         -v $dir/\\$SLURM_ARRAY_TASK_ID/out:/output $image /kliko")
 while [ -n "$(squeue -h -r -t PD,R,CF,CG -j "$id" -o %i)" ]; do sleep 0.1; done
 """
+)
 
 
 async def run(cfg: Config) -> ScenarioResult:
@@ -63,8 +70,8 @@ async def run(cfg: Config) -> ScenarioResult:
         work = cfg.tmp(f"slurm-matrix-floor-{rep}")
         args = (IMAGE, str(tasks), f"{seconds:g}")
         await timed_script(result, "floor_wall_s", floor_script, work, *args)
-        done = sum((work / str(i) / "out" / "slept.txt").is_file() for i in range(tasks))
-        assert done == tasks, f"the floor's array wrote {done} of {tasks} outputs"
+        for i in range(tasks):  # every task slept as long as kliko-async's steps do
+            check_slept(work / str(i) / "out", seconds, f"t{i}", "the floor's array")
         remove_tree(work)
 
     async def kliko(rep: int) -> None:
@@ -90,6 +97,10 @@ async def run(cfg: Config) -> ScenarioResult:
         )
         ended = time.perf_counter()
         assert outcome.ok and outcome.count("done") == tasks, "the matrix failed"
+        for name, step in outcome.steps.items():
+            assert step.output is not None
+            tag = chain.steps[name].params["tag"]
+            check_slept(step.output, seconds, tag, f"kliko-async's step {name}")
         result.add("kliko_wall_s", ended - started)
         result.add("kliko_steps_s", ended - clock.first["run_started"])
         remove_tree(work)
