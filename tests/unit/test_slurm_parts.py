@@ -157,6 +157,7 @@ class FakeSlurm:
         self.accounting = "completion"  # "storage", "completion" or "none"
         self.finished: dict[str, str] = {}  # left squeue, known to accounting: state
         self.restarts: dict[str, int] = {}  # how often Slurm requeued a job
+        self.reasons: dict[str, str] = {}  # why a job is pending
 
     async def __call__(self, args: Sequence[str]) -> subprocess.CompletedProcess[bytes]:
         self.calls.append(list(args))
@@ -166,7 +167,8 @@ class FakeSlurm:
         if args[0] == "squeue":
             wanted = next(a for a in args if a.startswith("--jobs=")).split("=")[1].split(",")
             lines = [
-                f"{i}|{i}|{s}|None|node1|0|{self.restarts.get(i, 0)}|me|kliko-r-{i}|"
+                f"{i}|{i}|{s}|{self.reasons.get(i, 'None')}|node1|0|{self.restarts.get(i, 0)}|"
+                f"me|kliko-r-{i}|"
                 for i, s in self.states.items()
                 if i in wanted
             ]

@@ -265,6 +265,9 @@ class SlurmRuntime:
         latest: list[SlurmJob] = []
         failed: list[ContainerError] = []
         status = folder / "status"
+        # Set when the queue shows the job in a new state (or its reason changed): the files
+        # are looked at again at once, not after the pause (a second while it was pending).
+        changed = [anyio.Event()]
 
         async def watch_state() -> None:
             # Errors are kept, not raised: raised in this task group they would arrive as an
@@ -273,11 +276,18 @@ class SlurmRuntime:
                 while True:
                     info = await self.queue.next_state(job_id)
                     if info is not None:
+                        before = latest[0] if latest else None
                         latest[:] = [info]
+                        if before is None or (before.state, before.reason) != (
+                            info.state,
+                            info.reason,
+                        ):
+                            changed[0].set()
                         if not info.active:
                             return
             except ContainerError as error:
                 failed.append(error)
+                changed[0].set()
 
         container_id = f"slurm-{job_id}"
         started = False
@@ -323,7 +333,10 @@ class SlurmRuntime:
                 pause = _FOLLOW_FASTEST if got else min(pause * 1.5, _FOLLOW_SLOWEST)
                 if not started and info is not None and info.state == "PENDING":
                     pause = _FOLLOW_PENDING  # waiting for a node: its files change little
-                await anyio.sleep(pause)
+                if not changed[0].is_set():
+                    with anyio.move_on_after(pause):
+                        await changed[0].wait()
+                changed[0] = anyio.Event()
             tg.cancel_scope.cancel()
         while logs.deliver(await anyio.to_thread.run_sync(logs.fetch)):
             pass  # the rest of what the job wrote
