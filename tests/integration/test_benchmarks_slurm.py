@@ -26,4 +26,6 @@ def test_slurm_matrix_scenario_runs_its_array_floor_and_chain(tmp_path: Path) ->
 
 def test_slurm_fanout_scenario_runs_its_floor_and_chain(tmp_path: Path) -> None:
     rows = run_scenario("slurmfanout", tmp_path)
-    assert rows["from the first step on (engine docker)"].floor
+    row = rows["from the first step on (engine docker)"]
+    assert row.floor and row.kliko and row.target == "<= 1.10x"
+    assert rows["from the first step on (engine auto)"].target == ""  # ch-run: not the floor's
