@@ -37,8 +37,8 @@ from benchmarks.harness import (
 )
 from kliko_async import api
 from kliko_async.cache.hashing import hash_tree
+from kliko_async.cache.provenance import EXPORT_MARKER
 from kliko_async.cache.store import Cache
-from kliko_async.engine.exports import EXPORT_MARKER
 from kliko_async.model.chain import parse_chain
 
 NAME = "bigoutput"

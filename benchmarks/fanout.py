@@ -15,7 +15,15 @@ import uuid
 import anyio
 
 from benchmarks.engine import Engine
-from benchmarks.harness import Config, EventClock, ScenarioResult, interleaved, remove_tree
+from benchmarks.harness import (
+    Config,
+    EventClock,
+    ScenarioResult,
+    check_slept,
+    check_steps_slept,
+    interleaved,
+    remove_tree,
+)
 from kliko_async import api
 from kliko_async.model.chain import parse_chain
 
@@ -55,6 +63,10 @@ async def run(cfg: Config) -> ScenarioResult:
             ended = time.perf_counter()
             result.add("floor_wall_s", ended - started)
             result.add("floor_branches_s", ended - fanned)
+            check_slept(floor_dir / "src" / "output", 0.0, "src", "the fan-out floor's source")
+            for i in range(branches):  # each branch slept as long as kliko-async's do
+                folder = floor_dir / f"b{i:02d}" / "output"
+                check_slept(folder, seconds, f"b{i:02d}", "the fan-out floor's branch")
 
         async def kliko(rep: int) -> None:
             work = cfg.tmp(f"fanout-kliko-{rep}")
@@ -74,6 +86,7 @@ async def run(cfg: Config) -> ScenarioResult:
             outcome = await api.run(chain, cache_dir=work / "cache", jobs=branches, on_event=clock)
             ended = time.perf_counter()
             assert outcome.ok and outcome.count("done") == branches + 1, "the fan-out failed"
+            check_steps_slept(outcome, chain)
             src_done = next(
                 e.time for e in clock.events if e.kind == "step_finished" and e.step == "src"
             )

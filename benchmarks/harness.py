@@ -21,13 +21,17 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 from anyio.abc import Process, TaskGroup
 from anyio.streams.text import TextReceiveStream
 
 import kliko_async
+
+if TYPE_CHECKING:
+    from kliko_async.model.chain import Chain
+    from kliko_async.results import RunResult
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = ROOT / "benchmarks" / "results"
@@ -374,6 +378,14 @@ def check_slept(output: Path, seconds: float, tag: str, who: str) -> None:
             f"{who}: {path} says {' '.join(words)!r}, not 'slept {seconds:g} {tag}': "
             "the container did not read the parameters it was given"
         )
+
+
+def check_steps_slept(outcome: RunResult, chain: Chain) -> None:
+    """:func:`check_slept` for every step of a run of example/sleep steps, by its params."""
+    for name, step in outcome.steps.items():
+        params = chain.steps[name].params
+        assert step.output is not None, f"kliko-async's step {name} has no output"
+        check_slept(step.output, params["seconds"], params["tag"], f"kliko-async's step {name}")
 
 
 def invoking_user() -> str:

@@ -15,7 +15,15 @@ import time
 import uuid
 
 from benchmarks.engine import Engine
-from benchmarks.harness import Config, EventClock, ScenarioResult, interleaved, remove_tree
+from benchmarks.harness import (
+    Config,
+    EventClock,
+    ScenarioResult,
+    check_slept,
+    check_steps_slept,
+    interleaved,
+    remove_tree,
+)
 from kliko_async import api
 from kliko_async.model.chain import parse_chain
 
@@ -44,6 +52,7 @@ async def run(cfg: Config) -> ScenarioResult:
                 done = await engine.run(config)
                 assert done.exit_code == 0, "the floor container failed"
             result.add("floor_per_step_s", (time.perf_counter() - started) / steps)
+            check_slept(floor_dir / "output", 0.0, "floor", "the overhead floor")
 
         async def floor_logs(rep: int) -> None:
             started = time.perf_counter()
@@ -51,6 +60,7 @@ async def run(cfg: Config) -> ScenarioResult:
                 done = await engine.run(config, consume_logs=True)
                 assert done.exit_code == 0, "the floor container failed"
             result.add("floor_logs_per_step_s", (time.perf_counter() - started) / steps)
+            check_slept(floor_dir / "output", 0.0, "floor", "the overhead floor")
 
         async def kliko(rep: int) -> None:
             work = cfg.tmp(f"overhead-kliko-{rep}")
@@ -74,6 +84,7 @@ async def run(cfg: Config) -> ScenarioResult:
             outcome = await api.run(chain, cache_dir=work / "cache", jobs=1, on_event=clock)
             wall = time.perf_counter() - started
             assert outcome.ok and outcome.count("done") == steps, "the chain did not run fully"
+            check_steps_slept(outcome, chain)
             plan = clock.first["run_started"] - started
             result.add("kliko_per_step_s", wall / steps)
             result.add("kliko_plan_s", plan)

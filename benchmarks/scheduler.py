@@ -44,6 +44,7 @@ from benchmarks.harness import (
 )
 from kliko_async import api
 from kliko_async.cache.entry import CacheEntry, Manifest, Staging
+from kliko_async.cache.sealing import Sealed
 from kliko_async.cache.store import Cache
 from kliko_async.engine.bus import EventBus
 from kliko_async.engine.images import ImageResolver
@@ -190,9 +191,13 @@ class MemoryCache(Cache):
         return entry
 
     def publish_many(
-        self, staged: Sequence[tuple[Staging, Manifest]]
+        self, staged: Sequence[tuple[Staging, Manifest] | Sealed]
     ) -> list[CacheEntry | CacheError]:
-        return [self.publish(staging, manifest) for staging, manifest in staged]
+        entries: list[CacheEntry | CacheError] = []
+        for item in staged:
+            assert not isinstance(item, Sealed), "seal_small seals nothing here"
+            entries.append(self.publish(*item))
+        return entries
 
     def seal_small(self, staging: Staging, manifest_without_outputs: Manifest) -> None:
         return None  # nothing sealed on disk: publish_many keeps the entry in memory

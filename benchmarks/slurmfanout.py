@@ -24,6 +24,7 @@ from benchmarks.harness import (
     EventClock,
     ScenarioResult,
     check_slept,
+    check_steps_slept,
     interleaved,
     remove_tree,
     script_file,
@@ -112,10 +113,7 @@ async def run(cfg: Config) -> ScenarioResult:
         )
         ended = time.perf_counter()
         assert outcome.ok and outcome.count("done") == branches + 1, "the fan-out failed"
-        for name, step in outcome.steps.items():
-            assert step.output is not None
-            params = chain.steps[name].params
-            check_slept(step.output, params["seconds"], params["tag"], f"kliko-async's {name}")
+        check_steps_slept(outcome, chain)
         result.add(f"kliko_{engine}_wall_s", ended - started)
         result.add(f"kliko_{engine}_steps_s", ended - clock.first["run_started"])
         remove_tree(work)

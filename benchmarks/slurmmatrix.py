@@ -20,6 +20,7 @@ from benchmarks.harness import (
     EventClock,
     ScenarioResult,
     check_slept,
+    check_steps_slept,
     interleaved,
     remove_tree,
     script_file,
@@ -97,10 +98,7 @@ async def run(cfg: Config) -> ScenarioResult:
         )
         ended = time.perf_counter()
         assert outcome.ok and outcome.count("done") == tasks, "the matrix failed"
-        for name, step in outcome.steps.items():
-            assert step.output is not None
-            tag = chain.steps[name].params["tag"]
-            check_slept(step.output, seconds, tag, f"kliko-async's step {name}")
+        check_steps_slept(outcome, chain)
         result.add("kliko_wall_s", ended - started)
         result.add("kliko_steps_s", ended - clock.first["run_started"])
         remove_tree(work)
