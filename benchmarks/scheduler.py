@@ -46,6 +46,7 @@ from kliko_async import api
 from kliko_async.cache.entry import CacheEntry, Manifest, Staging
 from kliko_async.cache.sealing import Sealed
 from kliko_async.cache.store import Cache
+from kliko_async.collector import fewer_collections
 from kliko_async.engine.bus import EventBus
 from kliko_async.engine.images import ImageResolver
 from kliko_async.engine.plan import plan_chain
@@ -246,19 +247,20 @@ async def measure(
         bus = EventBus()
         bus.on_event(clock)
         resolver = ImageResolver(runtime, None)
-        async with bus.delivering():
-            plan = await plan_chain(chain, resolver=resolver, cache=cache, emit=bus.emit)
-            clock(RunStarted(run_id="bench", steps=[], jobs=0))  # marks the end of planning
-            scheduler = Scheduler(
-                plan,
-                runtime=runtime,
-                cache=cache,
-                emit=bus.emit,
-                run_id="bench",
-                jobs=jobs or machine_cpus(),
-                wants_log_lines=bus.wants_log_lines,
-            )
-            outcome = await scheduler.run()
+        with fewer_collections():  # as api.run
+            async with bus.delivering():
+                plan = await plan_chain(chain, resolver=resolver, cache=cache, emit=bus.emit)
+                clock(RunStarted(run_id="bench", steps=[], jobs=0))  # marks the end of planning
+                scheduler = Scheduler(
+                    plan,
+                    runtime=runtime,
+                    cache=cache,
+                    emit=bus.emit,
+                    run_id="bench",
+                    jobs=jobs or machine_cpus(),
+                    wants_log_lines=bus.wants_log_lines,
+                )
+                outcome = await scheduler.run()
     else:
         outcome = await api.run(
             chain, runtime=runtime, cache_dir=workdir / "cache", jobs=jobs, on_event=clock

@@ -29,6 +29,7 @@ from kliko_async.cache.holds import RunHold
 from kliko_async.cache.paramfiles import FileSnapshots
 from kliko_async.cache.store import Cache, default_cache_dir
 from kliko_async.cache.upkeep import clean_stale_staging
+from kliko_async.collector import fewer_collections
 from kliko_async.display.runrecord import RunRecorder, write_record
 from kliko_async.engine import exports
 from kliko_async.engine.bus import ConsumerFeed, EventBus, EventSubscription
@@ -121,6 +122,12 @@ async def open_run(
     failure: list[KlikoError] = []
 
     async def execute() -> None:
+        # Reading, planning and running a big chain keep millions of objects: fewer passes
+        # of the garbage collector over them (see kliko_async.collector).
+        with fewer_collections():
+            await execute_delivering()
+
+    async def execute_delivering() -> None:
         async with bus.delivering():  # leaving it closes the bus and lets consumers finish
             try:
                 handle._result = await _execute(
@@ -184,13 +191,14 @@ async def dry_run(
     ``build``, ``build:`` steps are built as a run would (and kliko.yml files remembered), so
     that every step has its key.
     """
-    loaded = chain if isinstance(chain, Chain) else await _load_off_loop(Path(chain))
-    cache = Cache(Path(cache_dir) if cache_dir else default_cache_dir())
-    async with open_runtime(runtime) as rt:
-        resolver = ImageResolver(rt, cache.specs_dir, remember=build)
-        return await plan_chain(
-            loaded, resolver=resolver, cache=cache, force=force, no_cache=no_cache, build=build
-        )
+    with fewer_collections():  # as for a run
+        loaded = chain if isinstance(chain, Chain) else await _load_off_loop(Path(chain))
+        cache = Cache(Path(cache_dir) if cache_dir else default_cache_dir())
+        async with open_runtime(runtime) as rt:
+            resolver = ImageResolver(rt, cache.specs_dir, remember=build)
+            return await plan_chain(
+                loaded, resolver=resolver, cache=cache, force=force, no_cache=no_cache, build=build
+            )
 
 
 async def explain(

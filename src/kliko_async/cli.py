@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from kliko_async.cliargs import build_parser
+from kliko_async.collector import fewer_collections
 from kliko_async.errors import KlikoError, ParameterError
 
 if TYPE_CHECKING:
@@ -31,7 +32,8 @@ CLOSED_OUTPUT_EXIT = 141
 def main(argv: Sequence[str] | None = None) -> NoReturn:
     args = list(sys.argv[1:] if argv is None else argv)
     try:
-        code = _dispatch(args)
+        with fewer_collections():  # the process's own: for big chains (kliko_async.collector)
+            code = _dispatch(args)
     except KlikoError as error:
         print(f"kliko-async: error: {_printable(str(error))}", file=sys.stderr)
         code = error.exit_status
@@ -133,10 +135,9 @@ def _run(options: argparse.Namespace) -> int:
 
 def _chain(options: argparse.Namespace) -> Chain:
     """The chain loaded with the ``--set`` values of its variables and cut down to the target
-    steps and what they need. Loaded here, in the main thread before any event loop runs, so
-    that Ctrl-C stops the loading of a huge chain file at once (in a worker thread, the
-    interpreter would wait for it to finish before exiting)."""
+    steps and what they need; before any event loop runs."""
     sets, targets = options.sets, getattr(options, "targets", [])
+    from kliko_async.engine.signals import while_main_waits
     from kliko_async.model.chain import load_chain
     from kliko_async.model.variables import VariableError, parse_sets
 
@@ -144,7 +145,7 @@ def _chain(options: argparse.Namespace) -> Chain:
         given = parse_sets(sets)
     except VariableError as error:
         raise ParameterError(str(error), hint="Write --set NAME=VALUE once per variable.") from None
-    chain = load_chain(options.chain, sets=given)
+    chain = while_main_waits(functools.partial(load_chain, options.chain, sets=given))
     return chain.needed_for(targets) if targets else chain
 
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import threading
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar, cast
 
 import anyio
 
@@ -59,3 +60,27 @@ async def until_signal(work: Callable[[], Awaitable[T]], *, what: str) -> T:
         interrupted.exit_status = EXIT_CODES.get(received[0], 130)
         raise interrupted
     return outcome[0]
+
+
+def while_main_waits(function: Callable[[], T]) -> T:
+    """``function()`` in a daemon thread while the main thread waits for it, so that Ctrl-C is
+    answered at once: a huge chain file is composed by libyaml in one C call (seconds at
+    100,000 steps), which no signal handler can interrupt in the thread that makes it. The
+    command then leaves with ``os._exit`` (:func:`kliko_async.cli.main`), not waiting for it."""
+    done = threading.Event()
+    outcome: list[Any] = []
+
+    def work() -> None:
+        try:
+            outcome.append((True, function()))
+        except BaseException as error:  # raised in the main thread, below
+            outcome.append((False, error))
+        finally:
+            done.set()
+
+    threading.Thread(target=work, name="kliko-async-load", daemon=True).start()
+    done.wait()  # a signal interrupts the wait (POSIX): KeyboardInterrupt here
+    ok, value = outcome[0]
+    if not ok:
+        raise value
+    return cast(T, value)

@@ -24,6 +24,8 @@ from typing import Any
 
 import yaml
 
+from kliko_async.collector import collector_paused
+
 try:
     from yaml import CSafeLoader as _BaseLoader
 except ImportError:  # pragma: no cover - PyYAML built without libyaml
@@ -261,6 +263,13 @@ def parse_yaml_text(text: str) -> Any:
 
 def _load(text: str) -> Any:
     loader = _StrictLoader(text)  # a SafeLoader subclass
+    # Composing a big document makes millions of nodes and no cyclic garbage: the collector,
+    # going over all of them again and again, took most of the time and held up Ctrl-C.
+    with collector_paused():
+        return _load_with(loader)
+
+
+def _load_with(loader: _StrictLoader) -> Any:
     try:
         node = loader.get_single_node()
         if node is None:
