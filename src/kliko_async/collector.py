@@ -14,53 +14,70 @@ from __future__ import annotations
 
 import gc
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from typing import Any, Generic, TypeVar
+
+T = TypeVar("T")
 
 YOUNG_THRESHOLD = 10_000
 """Allocations between two collections of the youngest generation (CPython's default: 700);
 the older generations follow it at their own (unchanged) ratios."""
 
-_lock = threading.Lock()  # YAML is read in worker threads too
-_tuned = 0
-_saved: tuple[int, int, int] | None = None
-_paused = 0
-_was_enabled = True
+
+class _Setting(Generic[T]):
+    """A process-wide setting changed while anyone uses it: ``change`` when the first user
+    comes (it returns what to put back), ``restore`` with that when the last one leaves."""
+
+    def __init__(self, change: Callable[[], T], restore: Callable[[T], None]) -> None:
+        self._change = change
+        self._restore = restore
+        self._lock = threading.Lock()  # YAML is read in worker threads too
+        self._users = 0
+        self._saved: Any = None
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        with self._lock:
+            if self._users == 0:
+                self._saved = self._change()
+            self._users += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._users -= 1
+                if self._users == 0:
+                    self._restore(self._saved)
 
 
-@contextmanager
-def fewer_collections() -> Iterator[None]:
+def _raise_young_threshold() -> tuple[int, int, int]:
+    saved = gc.get_threshold()
+    young, *older = saved
+    gc.set_threshold(max(young, YOUNG_THRESHOLD), *older)
+    return saved
+
+
+def _disable() -> bool:
+    was_enabled = gc.isenabled()
+    gc.disable()
+    return was_enabled
+
+
+def _enable_if(was_enabled: bool) -> None:
+    if was_enabled:
+        gc.enable()
+
+
+_fewer = _Setting(_raise_young_threshold, lambda saved: gc.set_threshold(*saved))
+_paused = _Setting(_disable, _enable_if)
+
+
+def fewer_collections() -> AbstractContextManager[None]:
     """Collect at most every :data:`YOUNG_THRESHOLD` allocations while in this block."""
-    global _tuned, _saved
-    with _lock:
-        if _tuned == 0:
-            _saved = gc.get_threshold()
-            young, *older = _saved
-            gc.set_threshold(max(young, YOUNG_THRESHOLD), *older)
-        _tuned += 1
-    try:
-        yield
-    finally:
-        with _lock:
-            _tuned -= 1
-            if _tuned == 0 and _saved is not None:
-                gc.set_threshold(*_saved)
-                _saved = None
+    return _fewer.held()
 
 
-@contextmanager
-def collector_paused() -> Iterator[None]:
+def collector_paused() -> AbstractContextManager[None]:
     """No automatic collection while in this block (one bulk load of acyclic objects)."""
-    global _paused, _was_enabled
-    with _lock:
-        if _paused == 0:
-            _was_enabled = gc.isenabled()
-            gc.disable()
-        _paused += 1
-    try:
-        yield
-    finally:
-        with _lock:
-            _paused -= 1
-            if _paused == 0 and _was_enabled:
-                gc.enable()
+    return _paused.held()
