@@ -1057,3 +1057,15 @@ def test_parse_age(text: str, expected: timedelta) -> None:
 def test_parse_age_rejects_nonsense(text: str) -> None:
     with pytest.raises(CacheError, match="is not an age"):
         parse_age(text)
+
+
+def test_a_copy_of_a_staging_folder_with_another_path_has_that_paths_folders(
+    tmp_path: Path,
+) -> None:
+    staging = Staging(key="k", path=tmp_path / "a")
+    assert (staging.output_dir, staging.log_path) == (tmp_path / "a/output", tmp_path / "a/log.txt")
+    moved = staging.model_copy(update={"path": tmp_path / "b"})
+    assert moved.output_dir == tmp_path / "b/output"
+    assert moved.log_path == tmp_path / "b/log.txt"
+    assert moved.scratch_dir == tmp_path / "b/scratch"
+    assert staging.output_dir == tmp_path / "a/output"

@@ -10,9 +10,10 @@ Layout of one entry folder (a staging folder has the same, minus the manifest)::
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Self, overload
 
 from pydantic import (
     BaseModel,
@@ -32,6 +33,7 @@ __all__ = ["MANIFEST", "CacheEntry", "Manifest", "Staging", "read_manifest"]
 MANIFEST = "manifest.json"
 OUTPUT = "output"
 LOG = "log.txt"
+SCRATCH = "scratch"
 
 
 class Manifest(BaseModel):
@@ -104,6 +106,30 @@ def shown_name(name: str) -> str:
     return os.fsencode(name).decode("utf-8", "backslashreplace")
 
 
+class _Subfolder:
+    """A folder inside an entry or staging folder (``path / name``), made once per model: it is
+    asked for several times a step. As ``functools.cached_property``, without its lock."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __set_name__(self, owner: type, attribute: str) -> None:
+        self.attribute = attribute
+
+    @overload
+    def __get__(self, folder: None, owner: type) -> _Subfolder: ...
+
+    @overload
+    def __get__(self, folder: _EntryFolder, owner: type) -> Path: ...
+
+    def __get__(self, folder: _EntryFolder | None, owner: type) -> Path | _Subfolder:
+        if folder is None:
+            return self
+        path: Path = folder.path / self.name
+        folder.__dict__[self.attribute] = path  # found there from now on, before this
+        return path
+
+
 class _EntryFolder(BaseModel):
     """The layout shared by a staging folder and the entry it becomes: output/ and log.txt."""
 
@@ -112,13 +138,14 @@ class _EntryFolder(BaseModel):
     key: str
     path: Path
 
-    @property
-    def output_dir(self) -> Path:
-        return self.path / OUTPUT
+    output_dir: ClassVar[_Subfolder] = _Subfolder(OUTPUT)
+    log_path: ClassVar[_Subfolder] = _Subfolder(LOG)
 
-    @property
-    def log_path(self) -> Path:
-        return self.path / LOG
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
+        copy = super().model_copy(update=update, deep=deep)
+        for name in [n for n in copy.__dict__ if n not in type(copy).model_fields]:
+            del copy.__dict__[name]  # a subfolder of the old path: made again from the new
+        return copy
 
 
 class CacheEntry(_EntryFolder):
@@ -136,6 +163,9 @@ class Staging(_EntryFolder):
 
     :meth:`kliko_async.cache.store.Cache.stage` has created its ``output/``.
     """
+
+    scratch_dir: ClassVar[_Subfolder] = _Subfolder(SCRATCH)
+    """``scratch/``: what the step is given (parameters.json), not part of the entry."""
 
 
 def read_manifest(entry_path: Path) -> Manifest | None:

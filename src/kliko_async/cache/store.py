@@ -82,6 +82,7 @@ class Cache:
         self.root = Path(root)
         self.locks = KeyLocks(self.root / _LOCKS, self.root)
         self._entries_dir = self.root / _ENTRIES
+        self._tmp_dir = self.root / _TMP
         self._barrier = Barrier(self.root)
         self._publishing = threading.RLock()
 
@@ -89,7 +90,7 @@ class Cache:
 
     @property
     def tmp_dir(self) -> Path:
-        return self.root / _TMP
+        return self._tmp_dir
 
     def _entry_path(self, key: str) -> Path:
         return Path(f"{self._entries_dir}/{key[:2]}/{key}")  # one Path, not three
@@ -117,7 +118,7 @@ class Cache:
         # tell whether its process is gone (see upkeep.clean_stale_staging).
         # The random part: this process's own random start and a count (no urandom a step).
         unique = f"{_TMP_RANDOM}{next(_TMP_COUNT):06x}"
-        return self.tmp_dir / f"{key}.{os.getpid()}.{unique}.{host_name()}"
+        return self._tmp_dir / f"{key}.{os.getpid()}.{unique}.{host_name()}"
 
     # -- setup ---------------------------------------------------------------------------------
 
@@ -160,14 +161,15 @@ class Cache:
             except FileNotFoundError:  # the first staging folder: make tmp/ first
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.mkdir()
-            (path / OUTPUT).mkdir()
+            staging = Staging(key=key, path=path)
+            staging.output_dir.mkdir()
         except OSError as err:
             with suppress(OSError):
                 remove_tree(path)
             raise cache_os_error(
                 "could not create a staging folder", err, where=str(path), root=self.root
             ) from err
-        return Staging(key=key, path=path)
+        return staging
 
     def publish(self, staging: Staging, manifest_without_outputs: Manifest) -> CacheEntry:
         """Make ``staging`` the entry of its key, atomically and durably.

@@ -134,7 +134,7 @@ class StepAttempts:
                 build_job,
                 planned.image,
                 planned.params,
-                scratch=staging.path / "scratch",
+                scratch=staging.scratch_dir,
                 output=staging.output_dir,
                 inputs=inputs,
                 inputs_in_folders=step.inputs_in_folders,
@@ -235,7 +235,7 @@ class StepAttempts:
         only parameters.json and an empty folder: three calls. Anything more (copies of file
         parameters, a Slurm job's folder) is left to the commit's worker thread: the folder
         returned."""
-        scratch = staging.path / "scratch"
+        scratch = staging.scratch_dir
         if planned.params.files and planned.params.files_root is None:
             return scratch
         if not self.commits.seal_here:  # a slow (network) file system: nothing of it here

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import os
+from collections import deque
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import anyio
 
 from kliko_async.model.quantities import describe_size
+
+_NOTHING = nullcontext()
+"""The claim of a step that asks for nothing (most do): nothing to wait for or give back."""
 
 
 def machine_cpus() -> int:
@@ -59,10 +63,9 @@ class ResourcePool:
             )
         return ", and for ".join(problems) or None
 
-    @asynccontextmanager
-    async def claim(
+    def claim(
         self, cpus: float | None, memory: int | None, gpus: int | None = None
-    ) -> AsyncIterator[None]:
+    ) -> AbstractAsyncContextManager[None]:
         """Hold ``cpus``, ``memory`` and ``gpus`` while the block runs; waits until they are free.
 
         Claims are granted in the order they were made, with backfilling: a later claim may go
@@ -74,10 +77,10 @@ class ResourcePool:
             min(memory or 0, self.memory_total),
             min(gpus or 0, self.gpus_total),  # none here: the engine will say so
         )
-        if not any(want):
-            yield
-            return
-        waiter = _Claim(*want)
+        return self._held(_Claim(*want)) if any(want) else _NOTHING
+
+    @asynccontextmanager
+    async def _held(self, waiter: _Claim) -> AsyncIterator[None]:
         self._waiting.append(waiter)
         self._grant()
         try:
@@ -123,3 +126,38 @@ class _Claim:
     memory: int
     gpus: int
     granted: anyio.Event = field(default_factory=anyio.Event)
+
+
+class JobSlots:
+    """At most ``count`` steps running at once: ``async with slots:`` holds one, granted in the
+    order asked. As ``anyio.CapacityLimiter`` for one holder a slot, without its checkpoint: a
+    free slot is taken at once, without a round through the event loop (a step a slot)."""
+
+    def __init__(self, count: int) -> None:
+        self._free = count
+        self._waiting: deque[anyio.Event] = deque()
+
+    async def __aenter__(self) -> None:
+        if self._free and not self._waiting:
+            self._free -= 1
+            await anyio.lowlevel.cancel_shielded_checkpoint()  # as CapacityLimiter: others' turn
+            return
+        turn = anyio.Event()
+        self._waiting.append(turn)
+        try:
+            await turn.wait()
+        except BaseException:
+            if turn.is_set():  # given the slot while being cancelled: hand it on
+                self._release()
+            else:
+                self._waiting.remove(turn)
+            raise
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._release()
+
+    def _release(self) -> None:
+        if self._waiting:
+            self._waiting.popleft().set()  # the slot passes straight to the next in line
+        else:
+            self._free += 1

@@ -25,7 +25,7 @@ from kliko_async.cache.logfiles import run_log_dir
 from kliko_async.cache.store import Cache
 from kliko_async.engine.attempts import AttemptOutcome, StepAttempts
 from kliko_async.engine.plan import Plan, PlannedStep, check_resources
-from kliko_async.engine.resources import ResourcePool
+from kliko_async.engine.resources import JobSlots, ResourcePool
 from kliko_async.events import (
     Event,
     RunFinished,
@@ -90,7 +90,7 @@ class Scheduler:
         for name in plan.order:
             for dep in set(self._step_inputs[name]):
                 self._consumers.setdefault(dep, []).append(name)
-        self._slots = anyio.CapacityLimiter(self.jobs)
+        self._slots = JobSlots(self.jobs)
         self._stopping = False
         self.commits = GroupCommit(cache)
         self.attempts = StepAttempts(
@@ -183,19 +183,28 @@ class Scheduler:
         )
         return result
 
-    async def _step(self, tg: TaskGroup, planned: PlannedStep) -> None:
-        """Settle one step whose inputs have all settled; then start its ready consumers."""
-        name = planned.name
-        try:
-            self.results[name] = await self._settle(planned)
-        except anyio.get_cancelled_exc_class():
-            self.results[name] = StepResult(name=name, key=planned.key, state="cancelled")
-            self.emit(StepCancelled(step=name))
-            raise
-        for consumer in self._consumers.get(name, ()):
-            self._unsettled[consumer] -= 1
-            if not self._unsettled[consumer]:
-                tg.start_soon(self._step, tg, self.plan.steps[consumer])
+    async def _step(self, tg: TaskGroup, planned: PlannedStep | None) -> None:
+        """Settle one step whose inputs have all settled; then start its ready consumers.
+
+        The first of them goes on in this task, the others in tasks of their own: a chain of
+        steps is one task, not a task a step (starting one costs more than most of a step)."""
+        while planned is not None:
+            name = planned.name
+            try:
+                self.results[name] = await self._settle(planned)
+            except anyio.get_cancelled_exc_class():
+                self.results[name] = StepResult(name=name, key=planned.key, state="cancelled")
+                self.emit(StepCancelled(step=name))
+                raise
+            planned = None
+            for consumer in self._consumers.get(name, ()):
+                self._unsettled[consumer] -= 1
+                if self._unsettled[consumer]:
+                    continue
+                if planned is None:
+                    planned = self.plan.steps[consumer]
+                else:
+                    tg.start_soon(self._step, tg, self.plan.steps[consumer])
 
     async def _settle(self, planned: PlannedStep) -> StepResult:
         broken = [

@@ -23,7 +23,7 @@ class StepLog:
     through ``on_error``, and the attempt fails, since an entry's log must be complete."""
 
     def __init__(self, path: Path) -> None:
-        self._file = path.open("w", encoding="utf-8", errors="surrogateescape", buffering=1 << 16)
+        self._file = path.open("wb", buffering=1 << 16)  # records are encoded here: no text layer
         self.error: OSError | None = None
         self.on_error: Callable[[], None] | None = None
 
@@ -33,7 +33,7 @@ class StepLog:
         if at is None:
             at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         try:
-            self._file.write(f"{at} {stream} {text}\n")
+            self._file.write(f"{at} {stream} {text}\n".encode("utf-8", "surrogateescape"))
         except OSError as error:
             self._failed(error)
         except UnicodeEncodeError:  # a surrogate not from decoding bytes (a library caller)
