@@ -26,8 +26,8 @@ import sys
 import tempfile
 import time
 import tracemalloc
-from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -172,6 +172,9 @@ def file_floor(steps: int, folder: Path, *, publish: bool) -> float:
     return elapsed
 
 
+_NO_LOCK = nullcontext()
+
+
 class MemoryCache(Cache):
     """Entries and locks in memory; staging folders stay real (the scheduler writes into them).
 
@@ -206,8 +209,7 @@ class MemoryCache(Cache):
     def sync(self) -> None:
         pass
 
-    @asynccontextmanager
-    async def lock(
+    def lock(
         self,
         key: str,
         *,
@@ -215,8 +217,8 @@ class MemoryCache(Cache):
         poll: float = 0.05,
         on_wait: Callable[[], None] | None = None,
         patience: float = 0.0,
-    ) -> AsyncIterator[None]:
-        yield
+    ) -> AbstractAsyncContextManager[None]:
+        return _NO_LOCK  # one process, one run: nothing to hold
 
 
 async def measure(

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 from kliko_async.cache.durable import remove_if_small, remove_small_tree
+from kliko_async.engine.workspace import remove_scratch
 
 
 def test_a_scratch_folder_of_files_and_empty_folders_goes(tmp_path: Path) -> None:
@@ -62,3 +63,28 @@ def test_only_a_small_folder_goes_at_once_anything_more_is_left_for_the_long_way
     ]
     remove_small_tree(big)
     assert not big.exists()
+
+
+def test_the_scratch_folder_of_a_step_goes_without_being_listed(tmp_path: Path) -> None:
+    for empty_input in (False, True):
+        scratch = tmp_path / f"scratch{empty_input}"
+        scratch.mkdir()
+        (scratch / "parameters.json").write_text("{}")
+        if empty_input:
+            (scratch / "empty-input").mkdir()
+        assert remove_scratch(scratch)
+        assert not scratch.exists()
+
+
+def test_a_scratch_folder_holding_more_is_left_for_the_long_way(tmp_path: Path) -> None:
+    scratch = tmp_path / "scratch"
+    (scratch / "job").mkdir(parents=True)  # a Slurm job's folder, say
+    (scratch / "job" / "out.log").write_text("log")
+    (scratch / "parameters.json").write_text("{}")
+    assert not remove_scratch(scratch)
+    assert (scratch / "job" / "out.log").read_text() == "log"
+    remove_small_tree(scratch)
+    assert not scratch.exists()
+    scratch.mkdir()  # no parameters.json: not what a step's scratch folder is
+    assert not remove_scratch(scratch)
+    assert scratch.is_dir()

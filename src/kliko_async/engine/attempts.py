@@ -18,13 +18,12 @@ from pathlib import Path
 import anyio
 from pydantic import BaseModel, ConfigDict
 
-from kliko_async.cache.durable import remove_if_small
 from kliko_async.cache.entry import CacheEntry, Manifest, Staging
 from kliko_async.cache.groupcommit import GroupCommit
 from kliko_async.cache.store import Cache
 from kliko_async.engine.plan import PlannedStep
 from kliko_async.engine.steplogs import StepLog, keep_log
-from kliko_async.engine.workspace import build_job
+from kliko_async.engine.workspace import build_job, remove_scratch
 from kliko_async.errors import CacheError, KlikoError, UnpublishableOutput
 from kliko_async.events import (
     Event,
@@ -232,9 +231,9 @@ class StepAttempts:
 
     def _scratch(self, planned: PlannedStep, staging: Staging) -> Path | None:
         """Remove the staging folder's ``scratch/`` (not part of the entry) here when it holds
-        only parameters.json and an empty folder: three calls. Anything more (copies of file
-        parameters, a Slurm job's folder) is left to the commit's worker thread: the folder
-        returned."""
+        only parameters.json and perhaps the empty /input: two or three calls. Anything more
+        (copies of file parameters, a Slurm job's folder) is left to the commit's worker
+        thread: the folder returned."""
         scratch = staging.scratch_dir
         if planned.params.files and planned.params.files_root is None:
             return scratch
@@ -242,7 +241,7 @@ class StepAttempts:
             return scratch
         # Here rather than in the thread: a thread making these calls beside the event loop's
         # own file calls passes the GIL back and forth at each (seven context switches a step).
-        return None if remove_if_small(scratch) else scratch
+        return None if remove_scratch(scratch) else scratch
 
     async def _failed(
         self,

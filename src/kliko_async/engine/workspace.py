@@ -8,6 +8,7 @@ when there are several), so a later step can never change a cached result. Alway
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from collections.abc import Callable, Mapping
@@ -18,6 +19,11 @@ from kliko_async.cache.filecopy import copy_file
 from kliko_async.engine.images import KLIKO_COMMAND, KlikoImage
 from kliko_async.model.parameters import PARAM_FILES_DIR, ValidatedParameters
 from kliko_async.runtime.base import ContainerJob, Mount
+
+PARAMETERS_FILE = "parameters.json"
+EMPTY_INPUT = "empty-input"
+"""In a step's scratch folder: its parameters, and the empty folder that is /input of a step
+without inputs."""
 
 
 def blocking_file(folder: Path) -> Path | None:
@@ -100,7 +106,7 @@ def parameter_mounts(params: ValidatedParameters, scratch: Path) -> list[Mount]:
     Files already copied at planning (``params.files_root``) are mounted as they are: those
     very copies were hashed into the step's key.
     """
-    parameters = scratch / "parameters.json"
+    parameters = scratch / PARAMETERS_FILE
     fd = os.open(parameters, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
     try:
         data = memoryview(params.parameters_json().encode())
@@ -125,6 +131,24 @@ def parameter_mounts(params: ValidatedParameters, scratch: Path) -> list[Mount]:
     return mounts
 
 
+def remove_scratch(scratch: Path) -> bool:
+    """Delete a scratch folder that holds what :func:`build_job` put there for a step without
+    file parameters (parameters.json and perhaps the empty /input) in as few calls as that
+    takes, without listing it; False, with the rest left, when it holds anything else."""
+    try:
+        os.unlink(f"{scratch}/{PARAMETERS_FILE}")
+        try:
+            os.rmdir(scratch)
+        except OSError as error:
+            if error.errno != errno.ENOTEMPTY:
+                raise
+            os.rmdir(f"{scratch}/{EMPTY_INPUT}")
+            os.rmdir(scratch)
+    except OSError:
+        return False
+    return True
+
+
 def each_in_a_folder(count: int, *, in_folders: bool = False) -> bool:
     """Whether ``count`` inputs are each in a folder named after its step (/input/<step>/ or
     /work/<step>/) rather than one being all of /input (or /work): several are, and so is a
@@ -136,7 +160,7 @@ def split_input_mounts(
     inputs: Mapping[str, Path], scratch: Path, *, in_folders: bool = False
 ) -> list[Mount]:
     if not inputs:
-        empty = scratch / "empty-input"
+        empty = scratch / EMPTY_INPUT
         empty.mkdir(exist_ok=True)
         return [Mount(source=absolute(empty), target="/input", read_only=True)]
     if not each_in_a_folder(len(inputs), in_folders=in_folders):
