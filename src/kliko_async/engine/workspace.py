@@ -65,13 +65,12 @@ def build_job(
 ) -> ContainerJob:
     """Write parameters into ``scratch``, prepare ``output`` and return the container's job.
 
-    ``output`` becomes ``/output`` (split IO) or ``/work`` (join IO). ``inputs`` maps input
+    ``output``, an existing folder (a staging folder comes with its ``output/``), becomes
+    ``/output`` (split IO) or ``/work`` (join IO). ``inputs`` maps input
     names to host folders; for join IO they are copied into ``output`` first. One input is the
     whole of /input (or /work) unless ``inputs_in_folders`` (a consumer of a matrix step).
     """
     scratch.mkdir(parents=True, exist_ok=True)
-    if not output.is_dir():  # a staging folder comes with its output/: one stat, not a mkdir
-        output.mkdir(parents=True, exist_ok=True)
     mounts = parameter_mounts(params, scratch)
     if image.spec.io == "split":
         mounts += split_input_mounts(inputs, scratch, in_folders=inputs_in_folders)
