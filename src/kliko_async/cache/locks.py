@@ -51,7 +51,8 @@ class KeyLocks:
 
         ``on_wait`` is called once, when the lock has been held by someone else for
         ``patience`` seconds (a lock free at once costs no timer)."""
-        fd = self._open(key)
+        path = self.path(key)
+        fd = self._open(path)
         mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
         busy_since: float | None = None
         try:
@@ -70,13 +71,13 @@ class KeyLocks:
                 except OSError as err:
                     raise CacheError(
                         f"could not lock the lock file ({os_error_text(err)})",
-                        where=str(self.path(key)),
+                        where=str(path),
                         hint="Put the cache on a local filesystem that supports flock.",
                     ) from err
-                if self._still_at_path(fd, key):
+                if _same_file(fd, path):
                     break
                 os.close(fd)  # gc deleted the file meanwhile: lock the one at the path now
-                fd = self._open(key)
+                fd = self._open(path)
             try:
                 yield
             finally:
@@ -87,7 +88,8 @@ class KeyLocks:
     @contextmanager
     def try_exclusive(self, key: str) -> Iterator[bool]:
         """Hold the lock of ``key`` exclusively if nobody holds it; whether that worked."""
-        fd = self._open(key)
+        path = self.path(key)
+        fd = self._open(path)
         try:
             while True:
                 try:
@@ -95,10 +97,10 @@ class KeyLocks:
                 except BlockingIOError:
                     yield False
                     return
-                if self._still_at_path(fd, key):
+                if _same_file(fd, path):
                     break
                 os.close(fd)
-                fd = self._open(key)
+                fd = self._open(path)
             try:
                 yield True
             finally:
@@ -137,11 +139,7 @@ class KeyLocks:
                 os.close(fd)  # releases the lock
         return removed
 
-    def _still_at_path(self, fd: int, key: str) -> bool:
-        return _same_file(fd, self.path(key))
-
-    def _open(self, key: str) -> int:
-        path = self.path(key)
+    def _open(self, path: Path) -> int:
         try:
             try:
                 return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
