@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -117,3 +118,17 @@ def test_datainput_scenario_checks_what_it_reads_and_reports_every_row(tmp_path:
     assert all(row.floor and row.kliko for row in rows.values())
     assert rows["re-run, nothing changed"].ok is not None
     assert not (tmp_path / "datainput").exists(), "the folder is removed at the end"
+
+
+def test_instruction_count_child_runs_every_step_and_its_count_is_read(tmp_path: Path) -> None:
+    instructions = load("instructions")
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.instructions", "--child", "30", tmp_path],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "cache").is_dir()  # the run's cache stub root: it ran there
+    sample = "==7== Collected : 12\n==7==\n==7== I   refs:      2,052,910,095\n"
+    assert instructions._REFS.search(sample).group(1) == "2,052,910,095"
