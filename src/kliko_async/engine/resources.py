@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -126,38 +125,3 @@ class _Claim:
     memory: int
     gpus: int
     granted: anyio.Event = field(default_factory=anyio.Event)
-
-
-class JobSlots:
-    """At most ``count`` steps running at once: ``async with slots:`` holds one, granted in the
-    order asked. As ``anyio.CapacityLimiter`` for one holder a slot, without its checkpoint: a
-    free slot is taken at once, without a round through the event loop (a step a slot)."""
-
-    def __init__(self, count: int) -> None:
-        self._free = count
-        self._waiting: deque[anyio.Event] = deque()
-
-    async def __aenter__(self) -> None:
-        if self._free and not self._waiting:
-            self._free -= 1
-            await anyio.lowlevel.cancel_shielded_checkpoint()  # as CapacityLimiter: others' turn
-            return
-        turn = anyio.Event()
-        self._waiting.append(turn)
-        try:
-            await turn.wait()
-        except BaseException:
-            if turn.is_set():  # given the slot while being cancelled: hand it on
-                self._release()
-            else:
-                self._waiting.remove(turn)
-            raise
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        self._release()
-
-    def _release(self) -> None:
-        if self._waiting:
-            self._waiting.popleft().set()  # the slot passes straight to the next in line
-        else:
-            self._free += 1

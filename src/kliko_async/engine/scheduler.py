@@ -25,7 +25,7 @@ from kliko_async.cache.logfiles import run_log_dir
 from kliko_async.cache.store import Cache
 from kliko_async.engine.attempts import AttemptOutcome, StepAttempts
 from kliko_async.engine.plan import Plan, PlannedStep, check_resources
-from kliko_async.engine.resources import JobSlots, ResourcePool
+from kliko_async.engine.resources import ResourcePool
 from kliko_async.events import (
     Event,
     RunFinished,
@@ -90,7 +90,7 @@ class Scheduler:
         for name in plan.order:
             for dep in set(self._step_inputs[name]):
                 self._consumers.setdefault(dep, []).append(name)
-        self._slots = JobSlots(self.jobs)
+        self._slots = anyio.CapacityLimiter(self.jobs)
         self._stopping = False
         self.commits = GroupCommit(cache)
         self.attempts = StepAttempts(
