@@ -415,6 +415,29 @@ async def test_a_step_waiting_for_another_runs_lock_holds_no_job_slot(lab: Lab) 
     assert lab.started() == ["free", "locked"]
 
 
+async def test_a_step_goes_on_in_the_task_of_the_step_that_made_it_ready(lab: Lab) -> None:
+    # Starting a task costs more than most of a step's own work: a chain of steps is one task,
+    # and a fan-out starts a task only for each consumer after the first.
+    tasks: dict[str, int] = {}
+
+    async def where(container: FakeContainer) -> int:
+        tasks[step_of(container)] = anyio.get_current_task().id
+        return await lab.work(container)
+
+    lab.program("where", where)
+    chain = {"a": {"image": "where"}}
+    for prev, name in zip("abcd", "bcde", strict=True):
+        chain[name] = {"image": "where", "inputs": [prev]}
+    chain |= {f"fan{i}": {"image": "where", "params": {"n": i}, "inputs": ["e"]} for i in range(3)}
+
+    result, _ = await lab.run(chain)
+
+    assert set(states(result).values()) == {"done"}
+    assert len({tasks[name] for name in "abcde"}) == 1
+    assert tasks["fan0"] == tasks["e"]
+    assert len({tasks["e"], tasks["fan1"], tasks["fan2"]}) == 3
+
+
 # --------------------------------------------------------------------------------------------
 # Failures
 # --------------------------------------------------------------------------------------------
