@@ -3,15 +3,17 @@
 A host application runs kliko-async on its own event loop, next to its own tasks: clean-up of
 stale staging folders, the ETA's look at past durations and the removal of folders must not
 hold that loop. A watchdog task measures how long the loop was kept busy between two of its
-turns (the loop thread's CPU time, so a machine busy with other processes does not count); a
-run in a cache folder with a thousand entries and as many stale staging folders keeps it under
-100 ms.
+turns (the loop thread's CPU time, so a machine busy with other processes does not count, less
+the garbage collector's, which grows with the whole process's heap); a run in a cache folder
+with a thousand entries and as many stale staging folders keeps it under 50 ms.
 """
 
 from __future__ import annotations
 
+import gc
 import json
 import shutil
+import threading
 import time
 from pathlib import Path
 
@@ -38,7 +40,8 @@ sections:
 ENTRIES = 1000
 STALE = 1000
 DEAD_PID = 4_194_304 + 1  # above Linux's largest pid: no process has it
-LIMIT_S = 0.100
+LIMIT_S = 0.050
+"""10 ms here; 93 ms when the stale staging folders are removed on the loop."""
 
 
 async def write_one(container: FakeContainer) -> int:
@@ -48,16 +51,37 @@ async def write_one(container: FakeContainer) -> int:
 
 
 class LoopWatchdog:
-    """Wakes every 10 ms and notes the longest time the loop thread was busy in between."""
+    """Wakes every 10 ms and notes the longest time the loop thread was busy in between.
+
+    Less the time the cyclic garbage collector took in that thread meanwhile: a full collection
+    goes over every object of the process, and in a test session that has run a thousand tests
+    one took 106 ms, none of it the run's own work (a collection of two million objects here:
+    half a second)."""
 
     def __init__(self) -> None:
         self.worst_s = 0.0
+        self._thread = threading.get_ident()
+        self._collecting_since = 0.0
+        self.collected_s = 0.0
+
+    def _on_collection(self, phase: str, info: dict[str, int]) -> None:
+        if threading.get_ident() != self._thread:
+            return
+        if phase == "start":
+            self._collecting_since = time.thread_time()
+        else:
+            self.collected_s += time.thread_time() - self._collecting_since
 
     async def watch(self, until: anyio.Event) -> None:
-        while not until.is_set():
-            busy = time.thread_time()
-            await anyio.sleep(0.01)
-            self.worst_s = max(self.worst_s, time.thread_time() - busy)
+        gc.callbacks.append(self._on_collection)
+        try:
+            while not until.is_set():
+                busy, collected = time.thread_time(), self.collected_s
+                await anyio.sleep(0.01)
+                spent = time.thread_time() - busy - (self.collected_s - collected)
+                self.worst_s = max(self.worst_s, spent)
+        finally:
+            gc.callbacks.remove(self._on_collection)
 
 
 def fill_cache(cache_dir: Path, runtime: FakeRuntime, tmp_path: Path) -> None:
@@ -79,7 +103,7 @@ def fill_cache(cache_dir: Path, runtime: FakeRuntime, tmp_path: Path) -> None:
         (folder / "output" / "half.txt").write_text("half written\n")
 
 
-async def test_a_run_in_a_big_cache_never_blocks_the_loop_for_100_ms(tmp_path: Path) -> None:
+async def test_a_run_in_a_big_cache_never_blocks_the_loop_for_50_ms(tmp_path: Path) -> None:
     runtime = FakeRuntime()
     runtime.add_image("one", KLIKO_YML, write_one)
     cache_dir = tmp_path / "cache"
