@@ -125,28 +125,25 @@ async def open_run(
         # Reading, planning and running a big chain keep millions of objects: fewer passes
         # of the garbage collector over them (see kliko_async.collector).
         with fewer_collections():
-            await execute_delivering()
-
-    async def execute_delivering() -> None:
-        async with bus.delivering():  # leaving it closes the bus and lets consumers finish
-            try:
-                handle._result = await _execute(
-                    chain,
-                    bus=bus,
-                    handle=handle,
-                    runtime=runtime,
-                    cache_dir=cache_dir,
-                    jobs=jobs,
-                    keep_going=keep_going,
-                    force=force,
-                    no_cache=no_cache,
-                    out=out,
-                    run_id=run_id or new_run_id(),
-                    backend=backend,
-                    slurm=slurm,
-                )
-            except KlikoError as error:
-                failure.append(error)  # raised below, outside the task group, not in a group
+            async with bus.delivering():  # leaving it closes the bus and lets consumers finish
+                try:
+                    handle._result = await _execute(
+                        chain,
+                        bus=bus,
+                        handle=handle,
+                        runtime=runtime,
+                        cache_dir=cache_dir,
+                        jobs=jobs,
+                        keep_going=keep_going,
+                        force=force,
+                        no_cache=no_cache,
+                        out=out,
+                        run_id=run_id or new_run_id(),
+                        backend=backend,
+                        slurm=slurm,
+                    )
+                except KlikoError as error:
+                    failure.append(error)  # raised below, outside the task group, not in a group
 
     tg: TaskGroup
     try:
