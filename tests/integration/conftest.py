@@ -299,6 +299,25 @@ def container_users() -> Callable[[subprocess.Popen[bytes], Path], list[str]]:
     return users_of_running_containers
 
 
+TEST_TAGS: list[str] = []
+"""Every image tag the tests built: removed when the session ends, so that running the suite
+leaves no image behind on the engine (each run made about forty before)."""
+
+
+def new_test_tag(name: str) -> str:
+    """A unique ``kliko-async-test/<name>-<random>`` tag, removed at the end of the session."""
+    tag = f"kliko-async-test/{name}-{uuid.uuid4().hex[:10]}"
+    TEST_TAGS.append(tag)
+    return tag
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _remove_test_images() -> Iterator[None]:
+    yield
+    if TEST_TAGS:
+        subprocess.run(["docker", "rmi", "-f", *TEST_TAGS], capture_output=True)
+
+
 def build_kliko_image(context: Path, kliko_yml: str, script: str) -> str:
     """Build a Kliko image the upstream way (``FROM kliko-async/busybox``, its kliko.yml and an
     executable kliko script, no CMD) in the new folder ``context``; its unique tag."""
@@ -309,7 +328,7 @@ def build_kliko_image(context: Path, kliko_yml: str, script: str) -> str:
     (context / "Dockerfile").write_text(
         "FROM kliko-async/busybox\nCOPY kliko.yml /kliko.yml\nCOPY kliko /kliko\n"
     )
-    tag = f"kliko-async-test/{context.name}-{uuid.uuid4().hex[:10]}"
+    tag = new_test_tag(context.name)
     subprocess.run(
         ["docker", "build", "-q", "-t", tag, str(context)], check=True, capture_output=True
     )

@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from conftest import new_test_tag
+
 if TYPE_CHECKING:
     from conftest import KlikoCli
 
@@ -40,7 +42,7 @@ def build_image(context: Path, files: dict[str, str], *, executable: bool = True
             (context / name).chmod(0o755)
         lines.append(f"COPY {name} /{name}")
     (context / "Dockerfile").write_text("\n".join(lines) + "\n")
-    tag = f"kliko-async-test/{context.name}-{uuid.uuid4().hex[:10]}"
+    tag = new_test_tag(context.name)
     subprocess.run(
         ["docker", "build", "-q", "-t", tag, str(context)], check=True, capture_output=True
     )

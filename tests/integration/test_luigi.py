@@ -6,13 +6,14 @@ import logging
 import os
 import subprocess
 import time
-import uuid
 import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from conftest import new_test_tag
 
 with warnings.catch_warnings():  # luigi warns about its own range-task autoloading
     warnings.simplefilter("ignore", DeprecationWarning)
@@ -147,7 +148,7 @@ def checked_image(tmp_path_factory: pytest.TempPathFactory, example_images: None
     (context / "Dockerfile").write_text(
         "FROM kliko-async/busybox\nADD param.sh /\nADD kliko.yml /\nADD kliko /\n"
     )
-    tag = f"kliko-async-test/checked-{uuid.uuid4().hex[:10]}"
+    tag = new_test_tag("checked")
     subprocess.run(["docker", "build", "-q", "-t", tag, str(context)], check=True)
     return tag
 
