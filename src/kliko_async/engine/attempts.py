@@ -65,7 +65,7 @@ class AttemptOutcome(BaseModel):
     exit_code: int | None = None
     entry: CacheEntry | None = None
     log_path: Path | None = None
-    last_lines: list[str] = []
+    last_lines: tuple[str, ...] = ()
 
 
 class StepAttempts:
@@ -258,7 +258,7 @@ class StepAttempts:
         log_path = keep_log(staging.log_path, self.log_dir / f"{planned.name}.log")
         await self._discard(staging)
         return AttemptOutcome(
-            ok=False, reason=reason, exit_code=exit_code, log_path=log_path, last_lines=list(last)
+            ok=False, reason=reason, exit_code=exit_code, log_path=log_path, last_lines=tuple(last)
         )
 
     async def _discard(self, staging: Staging) -> None:
