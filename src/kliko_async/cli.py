@@ -292,10 +292,22 @@ def _run_image(args: list[str]) -> int:
     if known.image is None:
         build_parser().parse_args(["run-image", "--help"]) if known.help else None
         raise KlikoError("run-image needs an image: kliko-async run-image IMAGE [--PARAM VALUE]")
-    return anyio.run(_run_image_async, known.image, known.cache_dir, args)
+    # A --params file is the user's own input: read and checked before the engine is asked
+    # for the image, so that its mistakes are said first, with or without an engine.
+    given = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    given.add_argument("--params", type=Path)
+    params_file = given.parse_known_args(args)[0].params
+    from_file = None
+    if params_file is not None:
+        from kliko_async.engine.runimage import read_params_file
+
+        from_file = read_params_file(params_file)
+    return anyio.run(_run_image_async, known.image, known.cache_dir, args, from_file)
 
 
-async def _run_image_async(ref: str, cache_dir: Path | None, args: list[str]) -> int:
+async def _run_image_async(
+    ref: str, cache_dir: Path | None, args: list[str], from_file: dict[str, Any] | None
+) -> int:
     from kliko_async.api import open_runtime, read_image
     from kliko_async.engine.runimage import image_parser, run_single_image
     from kliko_async.engine.signals import until_signal
@@ -304,7 +316,8 @@ async def _run_image_async(ref: str, cache_dir: Path | None, args: list[str]) ->
         image = await read_image(ref, cache_dir=cache_dir, runtime=runtime)
         options = image_parser(image, _printable).parse_args(args)
         return await until_signal(
-            lambda: run_single_image(runtime, image, options), what="removing the container"
+            lambda: run_single_image(runtime, image, options, from_file),
+            what="removing the container",
         )
 
 

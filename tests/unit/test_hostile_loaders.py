@@ -199,12 +199,18 @@ def test_shown_never_fails_and_stays_short() -> None:
 # -- through the command, as a user would ------------------------------------------------------
 
 
+NO_ENGINE = {"DOCKER_HOST": "unix:///nonexistent/docker.sock"}
+"""A --params file is checked before the engine is asked for the image: these need none."""
+
+
 def test_run_image_params_with_a_repeated_key_is_refused(tmp_path: Path) -> None:
     (tmp_path / "p.json").write_text('{"n": 1, "n": 2}')
     (tmp_path / "p.yaml").write_text("n: 1\nn: 2\n")
     for name in ("p.json", "p.yaml"):
-        done = kliko(tmp_path, "run-image", "example/gen", "--params", name)
+        done = kliko(tmp_path, "run-image", "example/gen", "--params", name, env=NO_ENGINE)
         assert "twice" in one_line_error(done), name
+    done = kliko(tmp_path, "run-image", "example/gen", "--params=missing.json", env=NO_ENGINE)
+    assert "--params missing.json: does not exist" in one_line_error(done)
 
 
 @pytest.mark.parametrize("host", ["garbage://x", "localhost:2375"])
@@ -235,5 +241,5 @@ def test_tiny_inputs_end_in_one_line_and_status_2(
 
 def test_json_with_a_huge_integer_is_refused(tmp_path: Path) -> None:
     (tmp_path / "p.json").write_text(json.dumps({"n": 1}).replace("1", "9" * 5000))
-    done = kliko(tmp_path, "run-image", "example/gen", "--params", "p.json")
+    done = kliko(tmp_path, "run-image", "example/gen", "--params", "p.json", env=NO_ENGINE)
     assert "5000 digits" in one_line_error(done)

@@ -61,3 +61,17 @@ def test_a_field_named_like_a_folder_option_is_a_param_flag() -> None:
 
     assert options.output == Path("out")
     assert gather_parameters(kliko_image, options) == {"output": "ms", "help": 3}
+
+
+def test_a_flag_overrides_the_params_file_read_before_the_image() -> None:
+    kliko_image = image(load_spec(EXAMPLES / "simms" / "kliko.yml"), "kliko/simms")
+    options = image_parser(kliko_image).parse_args(
+        ["kliko/simms", "--params", "p.yaml", "--tel", "meerkat"]
+    )
+    from_file = {"tel": "kat7", "synthesis-time": 2.5}
+
+    # The file was read already (by the command, before the engine): not read again here.
+    assert gather_parameters(kliko_image, options, from_file) == {
+        "tel": "meerkat",
+        "synthesis-time": 2.5,
+    }

@@ -11,7 +11,7 @@ import argparse
 import json
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -84,11 +84,14 @@ def _help(field: Field) -> str:
     return ("; ".join(parts) or field.type).replace("%", "%%")  # argparse %-formats help
 
 
-def gather_parameters(image: KlikoImage, options: argparse.Namespace) -> dict[str, Any]:
-    """Parameters from ``--params FILE`` overridden by per-parameter flags."""
-    params: dict[str, Any] = {}
-    if options.params is not None:
-        params.update(_read_params_file(options.params))
+def gather_parameters(
+    image: KlikoImage, options: argparse.Namespace, from_file: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """Parameters from ``--params FILE`` (``from_file``: that file, read already) overridden by
+    per-parameter flags."""
+    params: dict[str, Any] = dict(from_file or {})
+    if from_file is None and options.params is not None:
+        params.update(read_params_file(options.params))
     fields = image.spec.fields()
     for name, value in vars(options).items():
         if name.startswith("param__") and value is not None:
@@ -97,7 +100,7 @@ def gather_parameters(image: KlikoImage, options: argparse.Namespace) -> dict[st
     return params
 
 
-def _read_params_file(path: Path) -> dict[str, Any]:
+def read_params_file(path: Path) -> dict[str, Any]:
     """The mapping in a ``--params`` file: bounded as every input, and a key given twice is an
     error (as in a chain file), not a silent choice of the last."""
     where = f"--params {path}"
@@ -140,9 +143,16 @@ def _parse_json(raw: bytes) -> Any:
         ) from None
 
 
-async def run_single_image(runtime: Runtime, image: KlikoImage, options: argparse.Namespace) -> int:
+async def run_single_image(
+    runtime: Runtime,
+    image: KlikoImage,
+    options: argparse.Namespace,
+    from_file: Mapping[str, Any] | None = None,
+) -> int:
+    """Run ``image`` once with ``options`` (parsed by :func:`image_parser`); ``from_file``: the
+    ``--params`` file, if read already (:func:`read_params_file`). The container's exit status."""
     params = validate_parameters(
-        image.spec, gather_parameters(image, options), where=f"image {image.ref}"
+        image.spec, gather_parameters(image, options, from_file), where=f"image {image.ref}"
     )
     folder = options.output if image.spec.io == "split" else options.work
     make_folder(folder, "--output" if image.spec.io == "split" else "--work")
