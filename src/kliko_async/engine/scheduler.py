@@ -9,7 +9,6 @@ to the cache only on success. Everything that happens is emitted as an event.
 from __future__ import annotations
 
 import contextlib
-import os
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -398,7 +397,7 @@ class Scheduler:
                 key=planned.key,
                 reason=reason,
                 exit_code=outcome.exit_code,
-                last_lines=list(outcome.last_lines),
+                last_lines=outcome.last_lines,
                 log_path=str(outcome.log_path) if outcome.log_path else None,
             )
         )
@@ -410,13 +409,13 @@ class Scheduler:
             duration_s=duration,
             reason=reason,
             log_path=outcome.log_path,
-            last_lines=outcome.last_lines,
+            last_lines=tuple(outcome.last_lines),
         )
 
     def _input_there(self, name: str) -> bool:
         if name in self.plan.data:
             return self.plan.data[name].path.exists()
-        return os.path.isdir(self._output_of(name))  # (Path.is_dir costs twice as much)
+        return self._output_of(name).is_dir()
 
     def _output_of(self, name: str) -> Path:
         if name in self.plan.data:
