@@ -1069,3 +1069,15 @@ def test_a_copy_of_a_staging_folder_with_another_path_has_that_paths_folders(
     assert moved.log_path == tmp_path / "b/log.txt"
     assert moved.scratch_dir == tmp_path / "b/scratch"
     assert staging.output_dir == tmp_path / "a/output"
+
+
+def test_a_staging_folder_is_its_fields_whatever_subfolders_were_asked_for(
+    tmp_path: Path,
+) -> None:
+    staging = Staging(key="k", path=tmp_path / "a")
+    fresh = dict(staging)
+    assert (staging.output_dir, staging.log_path, staging.scratch_dir) != ()  # made and kept
+
+    assert dict(staging) == fresh == {"key": "k", "path": tmp_path / "a"}
+    assert Staging(**dict(staging)) == staging
+    assert staging.model_dump() == fresh

@@ -108,13 +108,14 @@ def shown_name(name: str) -> str:
 
 class _Subfolder:
     """A folder inside an entry or staging folder (``path / name``), made once per model: it is
-    asked for several times a step. As ``functools.cached_property``, without its lock."""
+    asked for several times a step. Kept in the model's ``__dict__`` under a name that starts
+    with ``_``, which pydantic's ``dict(model)`` and ``model_validate(vars(model))`` leave out."""
 
     def __init__(self, name: str) -> None:
         self.name = name
 
     def __set_name__(self, owner: type, attribute: str) -> None:
-        self.attribute = attribute
+        self.attribute = f"_{attribute}"
 
     @overload
     def __get__(self, folder: None, owner: type) -> _Subfolder: ...
@@ -125,8 +126,10 @@ class _Subfolder:
     def __get__(self, folder: _EntryFolder | None, owner: type) -> Path | _Subfolder:
         if folder is None:
             return self
-        path: Path = folder.path / self.name
-        folder.__dict__[self.attribute] = path  # found there from now on, before this
+        made: dict[str, Path] = folder.__dict__
+        path = made.get(self.attribute)
+        if path is None:
+            path = made[self.attribute] = folder.path / self.name
         return path
 
 
