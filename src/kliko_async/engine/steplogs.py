@@ -3,6 +3,7 @@ kept after a failure. Reading and finding saved logs is :mod:`kliko_async.cache.
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import errno
 import os
@@ -33,11 +34,13 @@ class StepLog:
         if at is None:
             at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         try:
-            self._file.write(f"{at} {stream} {text}\n".encode("utf-8", "surrogateescape"))
+            try:
+                record = f"{at} {stream} {text}\n".encode("utf-8", "surrogateescape")
+            except UnicodeEncodeError:  # a surrogate not from decoding bytes (a library caller)
+                record = _record_replacing(stream, text, at)
+            self._file.write(record)
         except OSError as error:
             self._failed(error)
-        except UnicodeEncodeError:  # a surrogate not from decoding bytes (a library caller)
-            self.write_line(stream, text.encode("utf-8", "replace").decode("utf-8"), at)
 
     def close(self) -> None:
         try:
@@ -50,6 +53,25 @@ class StepLog:
             self.error = error
             if self.on_error is not None:
                 self.on_error()
+
+
+def _escaped_or_replaced(error: UnicodeError) -> tuple[bytes, int]:
+    """An encoding error handler: a surrogate that escapes a byte (``surrogateescape``) is that
+    byte again, any other is ``?``."""
+    assert isinstance(error, UnicodeEncodeError)
+    bad = error.object[error.start : error.end]
+    kept = bytes(ord(c) - 0xDC00 if 0xDC80 <= ord(c) <= 0xDCFF else 0x3F for c in bad)
+    return kept, error.end
+
+
+_REPLACING = "kliko-async-escaped-or-replaced"
+codecs.register_error(_REPLACING, _escaped_or_replaced)
+
+
+def _record_replacing(stream: str, text: str, at: str) -> bytes:
+    """A record whose time stamp, stream or text holds a surrogate that is no escaped byte: the
+    escaped bytes as they were, any other surrogate as ``?``."""
+    return f"{at} {stream} {text}\n".encode("utf-8", _REPLACING)
 
 
 def keep_log(source: Path, target: Path) -> Path | None:
