@@ -76,8 +76,7 @@ class KeyLocks:
                     ) from err
                 if _same_file(fd, path):
                     break
-                os.close(fd)  # gc deleted the file meanwhile: lock the one at the path now
-                fd = self._open(path)
+                fd = self._reopen(fd, path)  # gc deleted the file meanwhile: lock the new one
             try:
                 yield
             finally:
@@ -99,8 +98,7 @@ class KeyLocks:
                     return
                 if _same_file(fd, path):
                     break
-                os.close(fd)
-                fd = self._open(path)
+                fd = self._reopen(fd, path)
             try:
                 yield True
             finally:
@@ -138,6 +136,13 @@ class KeyLocks:
             finally:
                 os.close(fd)  # releases the lock
         return removed
+
+    def _reopen(self, fd: int, path: Path) -> int:
+        """The file at ``path`` opened, then ``fd`` (an older file of that path) closed: if the
+        open fails, ``fd`` is still open, for the caller to close once."""
+        fresh = self._open(path)
+        os.close(fd)
+        return fresh
 
     def _open(self, path: Path) -> int:
         try:
