@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from kliko_async.cliargs import build_parser
+from kliko_async.cliargs import apply_profile, build_parser, parse_command_line, profile_named
 from kliko_async.collector import fewer_collections
 from kliko_async.errors import KlikoError, ParameterError
 
@@ -74,10 +74,12 @@ def _first_leaf(group: BaseExceptionGroup[Any]) -> BaseException:
 
 
 def _dispatch(args: list[str]) -> int:
-    parser = build_parser()
     if args and args[0] == "run-image":
         return _run_image(args[1:])
-    options = parser.parse_args(args)
+    options = parse_command_line(args)
+    if options.command != "run" and hasattr(options, "cache_dir"):
+        # The same cache as `run` with these options: the profile's (see _apply_profile).
+        options.cache_dir = options.cache_dir or profile_named(options.profile).cache_dir
     handlers: dict[str, Callable[[argparse.Namespace], int]] = {
         "run": _run,
         "validate": _validate,
@@ -100,6 +102,7 @@ def _run(options: argparse.Namespace) -> int:
 
     from kliko_async.api import dry_run, run_blocking
 
+    apply_profile(options)  # first: the explanation reads the profile's cache too
     chain = _chain(options)
     explain = functools.partial(
         _print_explanations,
@@ -113,7 +116,6 @@ def _run(options: argparse.Namespace) -> int:
     if options.explain and not options.dry_run:
         explain()
     if options.dry_run:
-        _apply_profile(options)
         plan = run_blocking(
             lambda: dry_run(
                 chain,
@@ -128,7 +130,6 @@ def _run(options: argparse.Namespace) -> int:
         if options.explain:
             explain(build=False)  # a dry run builds nothing, not even to explain
         return 0
-    _apply_profile(options)
     display = _pick_display(options)  # the run closes it after its last event
     return anyio.run(_run_until_signal, options, chain, display)
 
@@ -147,23 +148,6 @@ def _chain(options: argparse.Namespace) -> Chain:
         raise ParameterError(str(error), hint="Write --set NAME=VALUE once per variable.") from None
     chain = while_main_waits(functools.partial(load_chain, options.chain, sets=given))
     return chain.needed_for(targets) if targets else chain
-
-
-def _apply_profile(options: argparse.Namespace) -> None:
-    """Fill the options not given on the command line from the chosen profile."""
-    from kliko_async.model.profiles import load_profile
-
-    profile = load_profile(options.profile)
-    options.backend = options.backend or profile.backend or "docker"
-    options.partition = options.partition or profile.partition
-    options.slurm_opt = [*profile.slurm_opts, *options.slurm_opt]
-    options.engine = profile.engine or "auto"
-    options.cache_dir = options.cache_dir or profile.cache_dir
-    options.jobs = options.jobs or profile.jobs
-    given_max_jobs = options.slurm_max_jobs
-    options.slurm_max_jobs = options.slurm_max_jobs or profile.slurm_max_jobs
-    if options.backend != "slurm" and (options.partition or options.slurm_opt or given_max_jobs):
-        raise ParameterError("--partition, --slurm-opt and --slurm-max-jobs need --backend slurm")
 
 
 def _slurm_options(options: argparse.Namespace) -> Any:

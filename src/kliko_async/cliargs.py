@@ -1,14 +1,62 @@
-"""The ``kliko-async`` command line's arguments: every subcommand and option, with its help."""
+"""The ``kliko-async`` command line's arguments: every subcommand and option, with its help;
+parsing them, and the options a profile of the config file fills in."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from kliko_async import __version__
+from kliko_async.errors import ParameterError
+
+if TYPE_CHECKING:
+    from kliko_async.model.profiles import Profile
+
+
+def parse_command_line(args: list[str]) -> argparse.Namespace:
+    """The command line, with options and step names in any order (``run chain.yaml -j 2
+    merge``): argparse takes positionals mixed with options only per subcommand."""
+    parser, commands = build_parsers()
+    options, extra = parser.parse_known_args(args)
+    if not extra:
+        return options
+    command = commands[options.command]
+    after = args[args.index(options.command) + 1 :]  # only -h/--version come before it
+    if options.command == "cache":
+        return parser.parse_args(args)  # its actions take no positionals: the usual error
+    mixed = command.parse_intermixed_args(after)
+    mixed.command = options.command
+    return mixed
+
+
+def profile_named(name: str | None) -> Profile:
+    from kliko_async.model.profiles import load_profile
+
+    return load_profile(name)
+
+
+def apply_profile(options: argparse.Namespace) -> None:
+    """Fill the options not given on the command line from the chosen profile."""
+    profile = profile_named(options.profile)
+    options.backend = options.backend or profile.backend or "docker"
+    options.partition = options.partition or profile.partition
+    options.slurm_opt = [*profile.slurm_opts, *options.slurm_opt]
+    options.engine = profile.engine or "auto"
+    options.cache_dir = options.cache_dir or profile.cache_dir
+    options.jobs = options.jobs or profile.jobs
+    given_max_jobs = options.slurm_max_jobs
+    options.slurm_max_jobs = options.slurm_max_jobs or profile.slurm_max_jobs
+    if options.backend != "slurm" and (options.partition or options.slurm_opt or given_max_jobs):
+        raise ParameterError("--partition, --slurm-opt and --slurm-max-jobs need --backend slurm")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    return build_parsers()[0]
+
+
+def build_parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The command's parser, and each subcommand's by name (``run``, ``why``, ...)."""
     parser = argparse.ArgumentParser(
         prog="kliko-async",
         description="Run chains of Kliko containers as a concurrent DAG with a content-addressed "
@@ -25,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--keep-going", action="store_true", help="after a failure, run what does not depend on it"
     )
-    cache_dir_option(run)
+    cache_dir_option(run, profile="a profile of run options from the config file (see the README)")
     run.add_argument(
         "--out", type=Path, default=Path("kliko-out"), help="copy outputs to OUT/<step>/"
     )
@@ -55,9 +103,6 @@ def build_parser() -> argparse.ArgumentParser:
         type=positive_int,
         metavar="N",
         help="at most N of the run's Slurm jobs pending or running at once (default 100)",
-    )
-    run.add_argument(
-        "--profile", help="a profile of run options from the config file (see the README)"
     )
     run.add_argument(
         "--dry-run", action="store_true", help="print the plan (keys, cache hits) and stop"
@@ -183,13 +228,21 @@ def build_parser() -> argparse.ArgumentParser:
     gc.add_argument("--older-than", help="e.g. 30d, 12h")
     gc.add_argument("--max-size", help="e.g. 10G: remove oldest entries until under it")
     cache_dir_option(gc)
-    return parser
+    return parser, dict(commands.choices)
 
 
-def cache_dir_option(parser: argparse.ArgumentParser) -> None:
+def cache_dir_option(
+    parser: argparse.ArgumentParser,
+    *,
+    profile: str = "take the cache folder from this profile of the config file (default: its "
+    "default profile, as 'run' does)",
+) -> None:
     parser.add_argument(
-        "--cache-dir", type=Path, help="cache folder (default: $XDG_CACHE_HOME/kliko-async)"
+        "--cache-dir",
+        type=Path,
+        help="cache folder (default: the profile's, else $XDG_CACHE_HOME/kliko-async)",
     )
+    parser.add_argument("--profile", help=profile)
 
 
 def positive_int(text: str) -> int:

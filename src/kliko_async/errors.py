@@ -69,6 +69,13 @@ class CacheError(KlikoError):
     """The cache folder cannot be used (not writable, full disk, corrupt entry)."""
 
 
+class UnusableCacheFolder(CacheError):
+    """The cache folder given (or the default) cannot be made or written at all: a setting that
+    cannot be used, said before anything runs."""
+
+    exit_status = INPUT_EXIT
+
+
 class UnpublishableOutput(CacheError):
     """A step's output holds what the cache cannot keep: a named pipe, socket or device."""
 
@@ -79,6 +86,13 @@ class RuntimeUnavailable(KlikoError):
 
 class ImageError(KlikoError):
     """An image that does not exist locally and cannot be built or pulled."""
+
+
+class MissingImage(ImageError):
+    """A chain or command names an image that is not on the engine and cannot be pulled: the
+    input cannot be used, said before anything runs."""
+
+    exit_status = INPUT_EXIT
 
 
 class ContainerError(KlikoError):
@@ -202,7 +216,9 @@ def cache_hint(err: OSError, root: Path) -> str:
     return f"Check the cache folder {root}."
 
 
-def cache_os_error(doing: str, err: OSError, *, where: str, root: Path) -> CacheError:
-    """The error for an OS error met while ``doing`` something in the cache folder ``root``:
-    what failed and why, where, and what to do about it."""
-    return CacheError(f"{doing} ({os_error_text(err)})", where=where, hint=cache_hint(err, root))
+def cache_os_error(
+    doing: str, err: OSError, *, where: str, root: Path, kind: type[CacheError] = CacheError
+) -> CacheError:
+    """The error (a ``kind``) for an OS error met while ``doing`` something in the cache folder
+    ``root``: what failed and why, where, and what to do about it."""
+    return kind(f"{doing} ({os_error_text(err)})", where=where, hint=cache_hint(err, root))

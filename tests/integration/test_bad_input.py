@@ -313,6 +313,7 @@ def test_an_image_tag_that_does_not_exist_locally(
     done = run_one_step(kliko, tmp_path, cache_dir, f"{{image: '{tag}'}}")
 
     assert_fails_clearly(done, "step 'bad'", tag, "not present on this engine", "Build it first")
+    assert done.returncode == 2, "an image the chain names that is not there is bad input"
 
 
 def test_a_build_that_fails_shows_the_build_error(

@@ -403,6 +403,7 @@ def test_a_cache_folder_under_a_regular_file_is_refused(tmp_path: Path) -> None:
     done = kliko(tmp_path, "run", "chain.yaml", "--cache-dir", blocker / "cache")
 
     assert_fails_clearly(done, "not-a-folder/cache", "is not writable", "Not a directory")
+    assert done.returncode == 2, "a setting that cannot be used, said before the run"
     assert blocker.read_text() == "a file where a folder should be\n"
 
 
@@ -438,6 +439,7 @@ def test_a_read_only_cache_folder_is_refused(tmp_path: Path, read_only_cache: Pa
     done = kliko(tmp_path, "run", "chain.yaml", "--cache-dir", read_only_cache)
 
     assert_fails_clearly(done, str(read_only_cache), "is not writable")
+    assert done.returncode == 2, "a setting that cannot be used, said before the run"
     assert "Read-only file system" in done.stderr or "Permission denied" in done.stderr
 
 
@@ -454,6 +456,7 @@ def test_an_out_folder_that_is_a_file_is_refused_before_running(
     done = kliko(tmp_path, "run", "chain.yaml", "--cache-dir", cache_dir, "--out", out)
 
     assert_fails_clearly(done, f"--out {out}", "results is not a folder")
+    assert done.returncode == 2, "a setting that cannot be used, said before the run"
     assert (tmp_path / "results").read_text() == "not a folder\n"
 
 

@@ -45,7 +45,7 @@ from kliko_async.cache.key import CACHE_FORMAT_VERSION
 from kliko_async.cache.locks import KeyLocks
 from kliko_async.cache.processes import host_name
 from kliko_async.cache.sealing import Sealed, SealingFailed, is_small, seal_staging_files
-from kliko_async.errors import CacheError, cache_os_error
+from kliko_async.errors import CacheError, UnusableCacheFolder, cache_os_error
 
 __all__ = ["KEY_PATTERN", "RUN_LOGS", "Cache", "default_cache_dir"]
 
@@ -137,6 +137,7 @@ class Cache:
                     err,
                     where=str(folder),
                     root=self.root,
+                    kind=UnusableCacheFolder,
                 ) from err
 
     # -- lookup and publish --------------------------------------------------------------------

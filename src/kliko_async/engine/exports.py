@@ -25,7 +25,7 @@ from kliko_async.cache.durable import remove_tree
 from kliko_async.cache.processes import host_name, pid_alive
 from kliko_async.cache.provenance import EXPORT_MARKER
 from kliko_async.engine.workspace import SpecialFileError, blocking_file, copy_tree_writable
-from kliko_async.errors import KlikoError
+from kliko_async.errors import KlikoError, ParameterError
 from kliko_async.events import Event, ExportStarted, OutputExported
 from kliko_async.results import RunResult
 
@@ -62,7 +62,7 @@ def check_export_targets(out: Path, steps: Iterable[str]) -> None:
     """Refuse, before any step runs, an ``--out`` whose ``<out>/<step>`` is not ours to replace."""
     existing = blocking_file(out)
     if existing is not None:
-        raise KlikoError(
+        raise ParameterError(
             f"{existing} is not a folder, so step outputs cannot be copied under it",
             where=f"--out {out}",
             hint="Give --out a folder (it is created if missing).",
@@ -178,7 +178,8 @@ def _carried_marker(marker: Path) -> bool:
 
 
 def _replaceable(out: Path, step: str) -> bool:
-    """Whether ``out/<step>`` is an earlier export (True) or absent (False); else refuse."""
+    """Whether ``out/<step>`` is an earlier export (True) or absent (False); else refuse: the
+    ``--out`` given cannot be used (exit status 2, as for any setting that cannot be)."""
     target = out / step
     where = f"--out {out}"
     try:
@@ -186,18 +187,18 @@ def _replaceable(out: Path, step: str) -> bool:
     except FileNotFoundError:
         return False
     except OSError as error:
-        raise KlikoError(
+        raise ParameterError(
             f"cannot look at {target}: {error.strerror or error}", where=where
         ) from None
     if stat.S_ISLNK(info.st_mode):
-        raise KlikoError(
+        raise ParameterError(
             f"{target} is a symbolic link (to {os.readlink(target)}); kliko-async never "
             f"exports the output of step '{step}' through a link, nor replaces it",
             where=where,
             hint="Remove the link, or give another --out.",
         )
     if not stat.S_ISDIR(info.st_mode):
-        raise KlikoError(
+        raise ParameterError(
             f"{target} exists and is not a folder, so the output of step '{step}' cannot be "
             "copied there; it is left as it is",
             where=where,
@@ -205,7 +206,7 @@ def _replaceable(out: Path, step: str) -> bool:
         )
     marker = target / EXPORT_MARKER
     if not stat.S_ISREG(_lstat_mode(marker)):
-        raise KlikoError(
+        raise ParameterError(
             f"{target} already exists and kliko-async did not write it (it has no "
             f"{EXPORT_MARKER} file), so it is not replaced by the output of step '{step}'",
             where=where,

@@ -23,7 +23,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from kliko_async.errors import KlikoError
+from kliko_async.errors import ParameterError
 from kliko_async.model.inputfiles import InputFileError, read_input_file
 from kliko_async.model.yamltext import YamlTextError, parse_yaml_bytes
 
@@ -67,7 +67,7 @@ def load_profile(name: str | None) -> Profile:
     path = config_path()
     if not path.is_file():
         if name is not None:
-            raise KlikoError(
+            raise ParameterError(
                 f"no config file, so there is no profile '{name}'",
                 where=str(path),
                 hint="Write the file with a 'profiles:' mapping (see the README), or set "
@@ -78,7 +78,7 @@ def load_profile(name: str | None) -> Profile:
         data = parse_yaml_bytes(read_input_file(path)) or {}
         config = ConfigFile.model_validate(data)
     except (InputFileError, YamlTextError) as error:
-        raise KlikoError(
+        raise ParameterError(
             f"cannot read the config file: it {error.message}", where=str(path), hint=error.hint
         ) from None
     except ValidationError as error:
@@ -86,13 +86,13 @@ def load_profile(name: str | None) -> Profile:
             f"{'.'.join(str(p) for p in e['loc']) or 'the file'}: {e['msg']}"
             for e in error.errors()
         )
-        raise KlikoError(f"invalid config file: {problems}", where=str(path)) from None
+        raise ParameterError(f"invalid config file: {problems}", where=str(path)) from None
     chosen = name or config.default
     if chosen is None:
         return Profile()
     if chosen not in config.profiles:
         known = ", ".join(sorted(config.profiles)) or "none"
-        raise KlikoError(
+        raise ParameterError(
             f"no profile '{chosen}' (profiles: {known})",
             where=str(path),
             hint="Pick one of them with --profile, or add it under 'profiles:'.",

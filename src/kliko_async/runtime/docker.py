@@ -15,7 +15,13 @@ import aiodocker
 import aiohttp
 import anyio
 
-from kliko_async.errors import ContainerError, ImageError, RuntimeUnavailable, shown
+from kliko_async.errors import (
+    ContainerError,
+    ImageError,
+    MissingImage,
+    RuntimeUnavailable,
+    shown,
+)
 from kliko_async.model.spec import MAX_KLIKO_YML_BYTES
 from kliko_async.runtime.base import (
     LABEL_PREFIX,
@@ -143,11 +149,11 @@ class DockerRuntime:
                     f"cannot inspect image: {exc.message}", where=f"image '{ref}'"
                 ) from None
         if ref.startswith("sha256:"):
-            raise ImageError("no such image ID on this engine", where=f"image '{ref}'")
+            raise MissingImage("no such image ID on this engine", where=f"image '{ref}'")
         try:
             await self.client.images.pull(ref)
         except aiodocker.DockerError as exc:
-            raise ImageError(
+            raise MissingImage(
                 f"not present on this engine and could not be pulled ({exc.message.strip()})",
                 where=f"image '{ref}'",
                 hint="Build it first (docker build -t ...), or give the step a 'build:' folder.",

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import anyio
 
-from kliko_async.errors import ContainerError, ImageError
+from kliko_async.errors import ContainerError, MissingImage
 from kliko_async.runtime.base import ContainerExit, ContainerJob, ImageFiles, LogSink
 
 
@@ -113,7 +113,7 @@ class FakeRuntime:
         try:
             return self.images[ref].id
         except KeyError:
-            raise ImageError("not present on this engine", where=f"image '{ref}'") from None
+            raise MissingImage("not present on this engine", where=f"image '{ref}'") from None
 
     async def probe_image(
         self, image_id: str, *, read: Sequence[str] = (), stat: Sequence[str] = ()
