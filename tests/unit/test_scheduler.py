@@ -47,6 +47,7 @@ from kliko_async.events import (
     StepRetried,
     StepSkipped,
     StepStarted,
+    StepWaitingForLock,
 )
 from kliko_async.model.chain import Chain, chain_from_pairs, parse_chain
 from kliko_async.results import RunResult
@@ -717,6 +718,28 @@ async def test_two_identical_steps_in_one_run_compute_their_key_once(lab: Lab) -
     assert lab.started() == ["twin1"]
     assert result.steps["twin2"].output == result.steps["twin1"].output
     assert [e.step for e in of_type(events, StepCached)] == ["twin2"]
+
+
+async def test_a_twin_made_by_this_run_is_cached_at_once_while_a_step_reads_it(lab: Lab) -> None:
+    """twin2 and twin3 wait for twin1 of this run; once it is made they are cached hits, even
+    while `reader` holds the entry's shared lock reading it: no exclusive lock is waited for,
+    nor said to be another run's."""
+    same = {"image": "work", "params": {"n": 9, "delay": 0.1}}
+    reader = {"image": "work", "inputs": ["twin1"], "params": {"delay": 0.5}}
+
+    result, events = await lab.run(
+        {"twin1": same, "twin2": same, "twin3": same, "reader": reader}, jobs=4
+    )
+
+    assert states(result) == {
+        "twin1": "done",
+        "twin2": "cached",
+        "twin3": "cached",
+        "reader": "done",
+    }
+    assert of_type(events, StepWaitingForLock) == []
+    assert [e.waited_s for e in of_type(events, StepCached)] == [0.0, 0.0]
+    assert lab.index("end", "reader") > len(lab.timeline) - 2  # ended last: cached ones went first
 
 
 CHAIN_WITH_SIDE = {

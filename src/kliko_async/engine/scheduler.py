@@ -254,6 +254,11 @@ class Scheduler:
         async with contextlib.AsyncExitStack() as reading:
             if key in self._shared_keys:
                 await reading.enter_async_context(self._shared_keys[key])
+                made = self.cache.lookup(key) if key in self._made else None
+                if made is not None:  # by a twin in this run: read it as a hit, as others do
+                    entry = await self._hold_cached(key, made)
+                    if entry is not None:
+                        return self._cached(planned, entry)
             await self._lock_key(planned, reading)
             entry = self.cache.lookup(key)
             if entry is not None and (not planned.forced or key in self._made):
@@ -290,7 +295,8 @@ class Scheduler:
                 return outcome
 
     async def _hold_cached(self, key: str, entry: CacheEntry) -> CacheEntry | None:
-        """Hold a cache hit found at planning for the rest of the run; None if it has gone."""
+        """Hold a cache hit (found at planning, or made by a twin step of this run) for the rest
+        of the run; None if it has gone."""
         async with self.cache.lock(key, shared=True):
             self._note(key)
             return entry if entry.output_dir.is_dir() else None
