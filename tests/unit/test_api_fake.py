@@ -4,6 +4,7 @@ runtime: chain files, results, exported outputs, errors and the caller's own exc
 from __future__ import annotations
 
 import json
+import os
 import stat
 import textwrap
 import threading
@@ -364,6 +365,32 @@ async def test_the_images_of_a_chain_are_read_at_the_same_time(tmp_path: Path) -
     broken = chain_from_pairs([*steps, ("kliko/broken", {})])
     with pytest.raises(SpecError, match="no /kliko executable"):
         await api.dry_run(broken, runtime=fake, cache_dir=tmp_path / "c")
+
+
+async def test_a_dry_run_with_data_leaves_the_cache_folder_as_it_was(
+    tmp_path: Path, fake: FakeRuntime
+) -> None:
+    obs = tmp_path / "obs"
+    obs.mkdir()
+    (obs / "vis.dat").write_bytes(b"visibilities" * 1000)
+    os.utime(obs / "vis.dat", (1e9, 1e9))  # not recent: its hash may be remembered
+    chain = parse_chain(
+        {"data": {"obs": "obs"}, "steps": {"use": {"image": "example/text", "inputs": ["obs"]}}},
+        source=str(tmp_path / "chain.yml"),
+        base_dir=tmp_path,
+    )
+    cache = tmp_path / "cache"
+    await api.run(chain, runtime=fake, cache_dir=cache)
+    assert (cache / "data-hashes.json").is_file(), "a run remembers what it hashed"
+    (obs / "more.dat").write_bytes(b"another night")
+    os.utime(obs / "more.dat", (1e9, 1e9))
+    before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in cache.rglob("*") if p.is_file()}
+
+    plan = await api.dry_run(chain, runtime=fake, cache_dir=cache)
+
+    assert plan.to_run == ["use"], "the data changed"
+    after = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in cache.rglob("*") if p.is_file()}
+    assert after == before, "a dry run writes nothing, not even the data's stat cache"
 
 
 async def test_a_dry_run_builds_nothing_and_writes_nothing(

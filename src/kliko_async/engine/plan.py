@@ -133,7 +133,7 @@ async def plan_chain(
     base_dir = Path.cwd() if chain.source == RUN_CHAIN_SOURCE else Path(chain.source).parent
     base_dir = base_dir.resolve()
     order = chain.topological_order()
-    data = await plan_data(chain, cache, emit)
+    data = await plan_data(chain, cache, emit, remember=build)
     # First reads of images start a probe container each: do them all at once, not in turn.
     await resolver.prefetch(s.image for s in chain.steps.values() if s.image is not None)
     planned: dict[str, PlannedStep] = {}
@@ -206,11 +206,16 @@ def _in_folders(step: Step) -> bool:
 
 
 async def plan_data(
-    chain: Chain, cache: Cache | None, emit: Callable[[Event], None] | None = None
+    chain: Chain,
+    cache: Cache | None,
+    emit: Callable[[Event], None] | None = None,
+    *,
+    remember: bool = True,
 ) -> dict[str, PlannedData]:
     """Check and key every data input of ``chain``, each in a worker thread (a big folder takes
     a while the first time), saying so in events; one ChainError names every one that cannot
-    be used."""
+    be used. The stat cache is read, and written only when ``remember`` (not by a dry run,
+    which writes nothing)."""
     if not chain.data:
         return {}
     stats = StatCache(cache.root / STAT_CACHE if cache is not None else None)
@@ -246,7 +251,8 @@ async def plan_data(
                     duration_s=time.monotonic() - began,
                 )
             )
-    await anyio.to_thread.run_sync(stats.save)
+    if remember:
+        await anyio.to_thread.run_sync(stats.save)
     if problems:
         raise ChainError(
             "; ".join(problems),
