@@ -313,8 +313,9 @@ def run_blocking(function: Callable[[], Awaitable[T]]) -> T:
 
 async def export_outputs(
     result: RunResult, out: Path, *, emit: Callable[[Event], None] | None = None
-) -> None:
-    """Copy every finished step's output to ``out/<step>/``, in a worker thread.
+) -> list[str]:
+    """Copy every finished step's output to ``out/<step>/``, in a worker thread; the steps that
+    did not finish whose ``out/<step>`` still holds an earlier export.
 
     The event loop stays free while big outputs are copied (other runs' containers, displays,
     Ctrl-C); ``emit`` sees :class:`~kliko_async.events.ExportStarted` and one
@@ -326,12 +327,12 @@ async def export_outputs(
         if emit is not None:
             anyio.from_thread.run_sync(emit, event)
 
-    def in_thread() -> None:
-        exports.export_outputs(
+    def in_thread() -> list[str]:
+        return exports.export_outputs(
             result, out, emit=send, between_files=anyio.from_thread.check_cancelled
         )
 
-    await anyio.to_thread.run_sync(in_thread)
+    return await anyio.to_thread.run_sync(in_thread)
 
 
 async def read_image(
@@ -436,6 +437,7 @@ async def _execute(
             announce(event)
 
     exported = False
+    stale: list[str] = []  # steps that did not finish whose --out folder is an earlier export
     copies = track(InFlight("copies of file parameters", folder=files.folder))
     hold = RunHold(cache.root, run_id)  # what the run made or found: gc keeps it to the end
     try:
@@ -469,7 +471,7 @@ async def _execute(
             )
             result = await scheduler.run()
         if out is not None:
-            await export_outputs(result, Path(out), emit=bus.emit)
+            stale = await export_outputs(result, Path(out), emit=bus.emit)
         exported = True
     finally:
         with anyio.CancelScope(shield=True):  # runs even while being cancelled
@@ -478,6 +480,8 @@ async def _execute(
         for event in finished:
             if not exported and event.ok:
                 event = event.model_copy(update={"ok": False, "outputs_copied": False})
+            if stale:
+                event = event.model_copy(update={"stale_outputs": stale})
             announce(event)
         untrack(copies)
         with contextlib.suppress(OSError):  # the record is for looking back; never fails a run

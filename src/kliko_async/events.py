@@ -194,6 +194,11 @@ class RunFinished(_Event):
         description="False when the outputs were not all copied to the run's --out folder "
         "(the copy failed, or was interrupted).",
     )
+    stale_outputs: list[str] = Field(
+        default_factory=list,
+        description="Steps that did not finish in this run whose <out>/<step> still holds an "
+        "earlier run's export, left as it was.",
+    )
 
 
 class ExportStarted(_Event):

@@ -14,13 +14,16 @@ from pathlib import Path
 
 import anyio
 import pytest
+from rich.text import Text
 
 from kliko_async import api
 from kliko_async.cache.filecopy import copy_file
 from kliko_async.cache.processes import host_name
+from kliko_async.display.runview import summary_lines
+from kliko_async.display.wording import run_message
 from kliko_async.engine.exports import EXPORT_MARKER, remove_abandoned_copies
 from kliko_async.errors import KlikoError
-from kliko_async.events import Event, ExportStarted, OutputExported
+from kliko_async.events import Event, ExportStarted, OutputExported, RunFinished
 from kliko_async.model.chain import Chain, parse_chain
 from kliko_async.runtime.fake import FakeContainer, FakeRuntime
 
@@ -294,3 +297,39 @@ async def test_a_marker_carried_from_an_export_used_as_data_is_replaced(
     marker = json.loads((out / "s" / EXPORT_MARKER).read_text())
     assert marker == {"step": "s", "key": result.steps["s"].key}
     assert (out / "s" / "data.txt").read_text() == "data\n"
+
+
+async def test_an_earlier_export_of_a_step_that_failed_now_is_kept_and_said(
+    tmp_path: Path, fake: FakeRuntime
+) -> None:
+    failing = {"fail": False}
+
+    async def maybe_fail(container: FakeContainer) -> int:
+        (container.path("/output") / "x.txt").write_text("1\n")
+        return 1 if failing["fail"] else 0
+
+    fake.add_image("example/maybe", "schema_version: 3\nio: split\nsections: []\n", maybe_fail)
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    first = chain_of(
+        tmp_path, s={"image": "example/maybe"}, t={"image": "example/tool", "inputs": ["s"]}
+    )
+    await api.run(first, runtime=fake, cache_dir=cache, out=out)
+    failing["fail"] = True
+    events: list[Event] = []
+
+    # Another chain (s's key changes with its env) whose s now fails, and t is skipped.
+    again = chain_of(
+        tmp_path,
+        s={"image": "example/maybe", "env": {"RUN": "2"}},
+        t={"image": "example/tool", "inputs": ["s"]},
+    )
+    result = await api.run(again, runtime=fake, cache_dir=cache, out=out, on_event=events.append)
+
+    assert {n: r.state for n, r in result.steps.items()} == {"s": "failed", "t": "skipped"}
+    (finished,) = [e for e in events if isinstance(e, RunFinished)]
+    assert finished.stale_outputs == ["s", "t"]
+    assert (out / "s" / "x.txt").read_text() == "1\n", "the earlier export is left as it was"
+    said = run_message(finished)
+    assert said is not None and "--out still holds an earlier run's output of s, t" in said
+    summary = [str(line) for line in summary_lines(finished, []) if isinstance(line, Text)]
+    assert any("--out still holds an earlier run's output of s, t" in line for line in summary)

@@ -469,7 +469,7 @@ def test_a_profile_that_does_not_exist_is_named_with_the_ones_that_do(tmp_path: 
         tmp_path, "run", "c.yaml", "--profile", "clutser",
         config="profiles:\n  cluster: {backend: slurm, partition: compute}\n",
     )  # fmt: skip
-    assert done.returncode == 1
+    assert done.returncode == 2  # a setting that cannot be used
     assert "no profile 'clutser' (profiles: cluster)" in done.stderr
     assert "config.yaml" in done.stderr and "Traceback" not in done.stderr
 
@@ -480,7 +480,7 @@ def test_a_config_file_with_an_unknown_key_is_refused_naming_it(tmp_path: Path) 
         tmp_path, "run", "c.yaml",
         config="profiles:\n  cluster: {backend: slurm, partiton: compute}\n",
     )  # fmt: skip
-    assert done.returncode == 1
+    assert done.returncode == 2
     assert "invalid config file: profiles.cluster.partiton: Extra inputs are not permitted" in (
         done.stderr
     )

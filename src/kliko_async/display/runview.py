@@ -16,7 +16,13 @@ from rich.table import Table
 from rich.text import Text
 
 from kliko_async.display.terminal import printable
-from kliko_async.display.wording import describe_usage, run_state, seconds, short_name
+from kliko_async.display.wording import (
+    describe_usage,
+    run_state,
+    seconds,
+    short_name,
+    stale_outputs,
+)
 from kliko_async.events import Event, RunFinished
 from kliko_async.results import ResourceUse
 
@@ -260,6 +266,9 @@ def summary_lines(finished: RunFinished, steps: list[StepView]) -> list[Renderab
             )
         )
     lines.append(Text.assemble(head, ": ", counts))
+    stale = stale_outputs(finished)
+    if stale is not None:
+        lines.append(Text(printable(stale), style="yellow"))
     for views in failures(steps):
         first = views[0]
         name = first.name if len(views) == 1 else expansions_name(views)

@@ -131,12 +131,28 @@ def _run_message(event: Event) -> str | None:
             state = run_state(event)
             if not event.outputs_copied:
                 state += " (not all of its outputs were copied to --out)"
-            return (
+            line = (
                 f"run {event.run_id} {state}: {event.ran} ran, {event.cached} cached, "
                 f"{event.failed} failed, {event.skipped} skipped, {event.cancelled} cancelled "
                 f"in {event.wall_s:.1f}s (cache saved {event.saved_s:.1f}s)"
             )
+            stale = stale_outputs(event)
+            return line if stale is None else f"{line}; {stale}"
     return None
+
+
+def stale_outputs(event: RunFinished, shown: int = 3) -> str | None:
+    """What the summary says of ``--out`` folders an earlier run wrote for steps that did not
+    finish now (their old outputs are left, and must not pass for this run's); None if none."""
+    names = event.stale_outputs
+    if not names:
+        return None
+    listed = ", ".join(names[:shown]) + (
+        f" and {len(names) - shown:,} more" if len(names) > shown else ""
+    )
+    return (
+        f"--out still holds an earlier run's output of {listed}, which did not finish in this run"
+    )
 
 
 def run_state(finished: RunFinished) -> str:

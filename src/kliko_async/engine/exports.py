@@ -77,8 +77,10 @@ def export_outputs(
     *,
     emit: Callable[[Event], None] | None = None,
     between_files: Callable[[], None] | None = None,
-) -> None:
-    """Copy every finished step's output to ``out/<step>/``, replacing only earlier exports.
+) -> list[str]:
+    """Copy every finished step's output to ``out/<step>/``, replacing only earlier exports;
+    the steps that did not finish whose ``out/<step>`` is an earlier export (left as it is: the
+    cache may no longer hold it), for the run's summary to say so.
 
     Blocking: call it in a worker thread. ``emit`` receives an :class:`ExportStarted` and one
     :class:`OutputExported` per step; ``between_files`` is called before each file is copied
@@ -104,6 +106,14 @@ def export_outputs(
                     total=len(steps),
                 )
             )
+    unfinished = (name for name, step in result.steps.items() if step.output is None)
+    return [name for name in unfinished if _is_earlier_export(out, name)]
+
+
+def _is_earlier_export(out: Path, step: str) -> bool:
+    """Whether ``out/<step>`` is a folder kliko-async exported (not a link, holding its marker)."""
+    target = out / step
+    return stat.S_ISDIR(_lstat_mode(target)) and stat.S_ISREG(_lstat_mode(target / EXPORT_MARKER))
 
 
 def export_step(

@@ -15,13 +15,7 @@ import aiodocker
 import aiohttp
 import anyio
 
-from kliko_async.errors import (
-    ContainerError,
-    ImageError,
-    MissingImage,
-    RuntimeUnavailable,
-    shown,
-)
+from kliko_async.errors import ContainerError, ImageError, MissingImage, RuntimeUnavailable, shown
 from kliko_async.model.spec import MAX_KLIKO_YML_BYTES
 from kliko_async.runtime.base import (
     LABEL_PREFIX,
