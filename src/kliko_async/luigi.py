@@ -44,7 +44,7 @@ from kliko_async.api import dry_run, on_engine, read_image, run, run_blocking
 from kliko_async.cache.store import Cache, default_cache_dir
 from kliko_async.errors import ParameterError
 from kliko_async.events import Event, LogLine
-from kliko_async.model.chain import Chain, parse_chain
+from kliko_async.model.chain import Chain, chain_from_steps
 from kliko_async.model.parameters import validate_parameters
 from kliko_async.model.spec import Field, KlikoSpec
 
@@ -154,7 +154,7 @@ class KlikoTask(luigi.Task):
             }
 
         visit(self)
-        return parse_chain({"steps": steps}, source=f"<luigi {self.task_id}>", base_dir=Path.cwd())
+        return chain_from_steps(steps, source=f"<luigi {self.task_id}>", base_dir=Path.cwd())
 
     @functools.cached_property
     def cache_key(self) -> str:

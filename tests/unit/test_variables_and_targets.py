@@ -11,7 +11,7 @@ import pytest
 
 from kliko_async import api
 from kliko_async.errors import ChainError, ParameterError
-from kliko_async.model.chain import Chain, chain_json_schema, load_chain
+from kliko_async.model.chain import Chain, chain_from_pairs, chain_json_schema, load_chain
 from kliko_async.runtime.fake import FakeRuntime
 
 pytestmark = pytest.mark.anyio
@@ -88,6 +88,30 @@ def test_escapes_and_text_without_variables_are_left_as_written(tmp_path: Path) 
     chain = load(tmp_path, text)
     assert chain.steps["a"].params == {"label": "${vars.n} costs $$5 and 1"}
     assert chain.steps["a"].env == {"X": "$HOME"}
+
+
+@pytest.mark.parametrize("declared", ["", "vars: {other: 1}\n"])
+def test_an_undeclared_variable_is_refused_with_or_without_a_vars_section(
+    tmp_path: Path, declared: str
+) -> None:
+    text = declared + 'steps: {a: {image: typed, params: {label: "${vars.tag}-$${HOME}"}}}\n'
+    with pytest.raises(ChainError, match=r"params.label: \$\{vars.tag\} names no variable"):
+        load(tmp_path, text)
+    # written with a YAML escape, the reference is still seen
+    with pytest.raises(ChainError, match=r"\$\{vars.tag\} names no variable"):
+        load(tmp_path, declared + 'steps: {a: {image: typed, params: {label: "\\x24{vars.tag}"}}}')
+
+
+def test_without_vars_an_escape_is_still_a_literal_and_python_steps_are_text(
+    tmp_path: Path,
+) -> None:
+    chain = load(tmp_path, 'steps: {a: {image: typed, params: {label: "$${HOME}-$$x"}}}\n')
+    assert chain.steps["a"].params == {"label": "${HOME}-$$x"}
+    with pytest.raises(ChainError, match="declares no variable 'tag'"):
+        load(tmp_path, "steps: {a: {image: typed}}\n", tag="x")
+    # Kliko's run_chain pairs are Python values, not a chain file: no variables in them
+    pairs = chain_from_pairs([("typed", {"label": "${HOME}"})])
+    assert pairs.steps["typed"].params == {"label": "${HOME}"}
 
 
 @pytest.mark.parametrize(

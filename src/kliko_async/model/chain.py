@@ -54,6 +54,7 @@ __all__ = [
     "Step",
     "StepSpec",
     "chain_from_pairs",
+    "chain_from_steps",
     "chain_json_schema",
     "load_chain",
     "parse_chain",
@@ -97,7 +98,7 @@ def load_chain(path: Path, *, sets: Mapping[str, str] | None = None) -> Chain:
         data = parse_yaml_bytes(raw)
     except YamlTextError as exc:
         raise ChainError(exc.message, where=source, hint=exc.hint) from None
-    return parse_chain(data, source=source, base_dir=path.parent, sets=sets)
+    return _parse(data, source, path.parent, sets or {}, variables=_may_refer(raw))
 
 
 def parse_chain(
@@ -108,11 +109,36 @@ def parse_chain(
     ``source`` names the data in messages; a relative ``build`` is resolved against ``base_dir``;
     ``sets`` are ``--set`` values of the chain's variables (:mod:`kliko_async.model.variables`).
     """
+    return _parse(data, source, base_dir, sets or {}, variables=True)
+
+
+def chain_from_steps(
+    steps: Mapping[str, Any] | Sequence[Any], *, source: str, base_dir: Path
+) -> Chain:
+    """A chain from steps built in Python (Luigi tasks, ``run_chain``'s pairs) rather than
+    written in a chain file: they have no variables, so a ``${`` in them is plain text."""
+    return _parse({"steps": steps}, source, base_dir, {}, variables=False)
+
+
+def _may_refer(raw: bytes) -> bool:
+    """Whether the chain file's bytes may hold a ``${`` in a string. YAML writes one only as
+    those two characters or through a backslash (an escape such as ``\\x24``, or a line
+    break escaped in double quotes), so a file with neither is not walked at all: a
+    10,000-step chain without variables costs nothing more."""
+    return b"${" in raw or b"\\" in raw
+
+
+def _parse(
+    data: Any, source: str, base_dir: Path, sets: Mapping[str, str], *, variables: bool
+) -> Chain:
+    """parse_chain; with ``variables`` False the steps and data are taken as they are (a file
+    whose bytes hold no ``${``, or steps from Python), though ``vars:`` and ``sets`` are still
+    checked (a ``--set`` of a variable the chain lacks is an error either way)."""
     base = Path(os.path.abspath(base_dir))
     raw_steps = _steps_section(data, source)
     raw_data = data.get("data")
-    if "vars" in data or sets:
-        substitute = _substituter(data, sets or {}, source)
+    substitute = _substituter(data, sets, source)
+    if variables:
         raw_steps = _with_variables(raw_steps, substitute, source)
         raw_data = _with_variables(raw_data, substitute, source, kind="data")
     sources, data_families = _data_section(raw_data, base, source)
@@ -210,7 +236,7 @@ def chain_from_pairs(pairs: Sequence[tuple[str, Mapping[str, Any]]]) -> Chain:
             )
         image, params = pair
         data.append({"image": image, "params": {} if params is None else params})
-    return parse_chain({"steps": data}, source=RUN_CHAIN_SOURCE, base_dir=Path.cwd())
+    return chain_from_steps(data, source=RUN_CHAIN_SOURCE, base_dir=Path.cwd())
 
 
 def _substituter(data: Mapping[str, Any], sets: Mapping[str, str], source: str) -> Substituter:

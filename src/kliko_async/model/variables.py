@@ -120,13 +120,31 @@ class Substituter:
         self._budget = [MAX_EXPANDED_VALUES]
 
     def __call__(self, data: Any, *, where: str) -> Any:
-        """``data`` (a step as written) with its variables replaced."""
+        """``data`` (a step as written) with its variables replaced; as it is when none of its
+        strings holds a ``${`` (looking costs a third of replacing)."""
+        if not _mentions(data):
+            return data
         if isinstance(data, Mapping):  # a step: "step 'a': params.n"
             return {
                 key: _walk(value, self.values, f"{where}: {key}", self._budget)
                 for key, value in data.items()
             }
         return _walk(data, self.values, where, self._budget)
+
+
+def _mentions(data: Any) -> bool:
+    """Whether a string in ``data`` holds ``${``."""
+    stack = [data]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if "${" in item:
+                return True
+        elif isinstance(item, Mapping):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
 
 
 def _walk(data: Any, values: Mapping[str, Any], where: str, budget: list[int]) -> Any:
