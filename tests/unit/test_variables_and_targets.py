@@ -175,6 +175,40 @@ async def test_set_values_are_typed_by_the_field_they_land_in(tmp_path: Path) ->
     assert values["in_list"]["channels"] == [7, 9]
 
 
+async def test_a_whole_variable_fits_a_field_as_the_same_set_text_does(tmp_path: Path) -> None:
+    """A number reaching a text field takes its text, text reaching a number field is read as
+    one (as --set text is), and setting the value the chain already has changes no key."""
+    text = """\
+    vars: {v: 4, s: "7", f: 0.25}
+    steps:
+      num_to_text: {image: typed, params: {n: "${vars.v}", label: "${vars.v}"}}
+      text_to_num: {image: typed, params: {n: "${vars.s}", label: "${vars.s}", x: "${vars.s}"}}
+      float_both: {image: typed, params: {x: "${vars.f}", label: "${vars.f}"}}
+      in_list: {image: typed, params: {channels: ["${vars.v}", "${vars.s}"]}}
+    """
+    cache = tmp_path / "cache"
+    plan = await api.dry_run(load(tmp_path, text), runtime=fake(), cache_dir=cache)
+    values = {name: step.params.values for name, step in plan.steps.items()}
+    assert values["num_to_text"] == {**values["num_to_text"], "n": 4, "label": "4"}
+    assert values["text_to_num"] == {**values["text_to_num"], "n": 7, "label": "7", "x": 7.0}
+    assert values["float_both"] == {**values["float_both"], "x": 0.25, "label": "0.25"}
+    assert values["in_list"]["channels"] == [4, 7]
+    again = await api.dry_run(
+        load(tmp_path, text, v="4", s="7", f="0.25"), runtime=fake(), cache_dir=cache
+    )
+    assert {n: s.key for n, s in again.steps.items()} == {n: s.key for n, s in plan.steps.items()}
+    # a value that fits its field as written keys as it did before variables were typed
+    literal = text.replace('n: "${vars.v}", label: "${vars.v}"', "n: 4, label: '4'")
+    written = await api.dry_run(load(tmp_path, literal), runtime=fake(), cache_dir=cache)
+    assert written.steps["num_to_text"].key == plan.steps["num_to_text"].key
+
+
+async def test_a_whole_variable_that_fits_neither_way_is_said_as_written(tmp_path: Path) -> None:
+    text = 'vars: {f: 2.5}\nsteps: {a: {image: typed, params: {n: "${vars.f}"}}}\n'
+    with pytest.raises(ParameterError, match=r"'n': expected an integer, got a number 2.5"):
+        await api.dry_run(load(tmp_path, text), runtime=fake(), cache_dir=tmp_path / "cache")
+
+
 async def test_set_changes_exactly_the_keys_of_the_steps_that_use_the_variable(
     tmp_path: Path,
 ) -> None:

@@ -10,7 +10,7 @@ import json
 import math
 import os
 import posixpath
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, field_validator
 
 from kliko_async.errors import ParameterError, shown
 from kliko_async.model.spec import BOOL_WORDS, Field, KlikoSpec, check_value
-from kliko_async.model.variables import CliText
+from kliko_async.model.variables import CliText, FromVariable, as_written
 from kliko_async.model.yamltext import MAX_INTEGER_DIGITS, did_you_mean
 
 PARAM_FILES_DIR = "/param_files"
@@ -111,6 +111,8 @@ def validate_parameters(
             values[name] = file_default(field, spec.io)  # never read from the host
             continue
         value = field.initial if given is None else given
+        if isinstance(value, FromVariable) or _holds_variable(value):
+            value = _variable_typed(field, value)
         if isinstance(value, CliText) or _holds_cli_text(value):
             try:  # --set text: typed by the field it lands in
                 value = _typed_cli_text(field, value)
@@ -135,6 +137,39 @@ def validate_parameters(
 
 def _holds_cli_text(value: Any) -> bool:
     return isinstance(value, list) and any(isinstance(item, CliText) for item in value)
+
+
+def _holds_variable(value: Any) -> bool:
+    return isinstance(value, list) and any(isinstance(item, FromVariable) for item in value)
+
+
+def _variable_typed(field: Field, value: Any) -> Any:
+    """A whole ``${vars.NAME}`` (or a list holding some) as written where it fits the field,
+    else as its text typed by the field, as ``--set`` text is: ``vars: {n: 4}`` is 4 for an
+    ``int`` field and "4" for a ``str`` one. Text that does not fit either is left as written,
+    for check_value to say what is wrong with it."""
+    if isinstance(value, FromVariable):
+        if check_value(field, value)[1] is None:
+            return as_written(value)
+        return _retyped(value, lambda text: parse_cli_value(field, text))
+    if not field.is_list():
+        return value
+    kind = field.item_type()
+    return [
+        item
+        if not isinstance(item, FromVariable)
+        else as_written(item)
+        if check_value(field, [item])[1] is None
+        else _retyped(item, lambda text: _parse_cli_item(field, kind, text, text))
+        for item in value
+    ]
+
+
+def _retyped(value: Any, parse: Callable[[str], Any]) -> Any:
+    try:
+        return parse(str(as_written(value)))
+    except ParameterError:
+        return as_written(value)
 
 
 def _typed_cli_text(field: Field, value: Any) -> Any:

@@ -6,6 +6,11 @@ a list for a ``matrix:``); inside a longer string the value is put in as text
 (``image: radio/image:${vars.tag}``). Every string under ``steps`` may hold variables, map keys
 never do. ``$${`` writes a literal ``${``.
 
+A parameter given a whole ``${vars.NAME}`` takes the value as written where it fits the field,
+and otherwise its text, typed by the field as a ``--set`` value is (:class:`FromVariable`): so
+``vars: {n: 4}`` gives 4 to an ``int`` field and "4" to a ``str`` one, and a ``--set`` of the
+value the chain already has changes nothing, whichever field it lands in.
+
 A value given with ``--set`` is command-line text, as a ``--name`` flag of ``run-image`` is: it
 is typed by the field of the kliko.yml it lands in (``--set n=3`` gives 3 to an ``int`` field
 and "3" to a ``str`` one), when the step's parameters are checked. A variable whose chain value
@@ -26,7 +31,16 @@ from kliko_async.model.yamltext import (
     yaml_kind,
 )
 
-__all__ = ["VARIABLE_NAME", "CliText", "Substituter", "VariableError", "parse_sets", "resolve"]
+__all__ = [
+    "VARIABLE_NAME",
+    "CliText",
+    "FromVariable",
+    "Substituter",
+    "VariableError",
+    "as_written",
+    "parse_sets",
+    "resolve",
+]
 
 VARIABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 _REFERENCE = re.compile(r"\$\$\{|\$\{vars\.([^}]*)\}|\$\{")
@@ -36,6 +50,48 @@ class CliText(str):
     """Text given on the command line (``--set``): typed by the field it lands in."""
 
     __slots__ = ()
+
+
+class FromVariable:
+    """A scalar that a whole ``${vars.NAME}`` put in: it is the value as written (so it keys,
+    compares and names a matrix expansion as the value does), and a parameter it does not fit
+    takes its text instead (:func:`~kliko_async.model.parameters.validate_parameters`)."""
+
+    __slots__ = ()
+
+
+class _VariableInt(int, FromVariable):
+    __slots__ = ()
+
+
+class _VariableFloat(float, FromVariable):
+    __slots__ = ()
+
+
+class _VariableStr(str, FromVariable):
+    __slots__ = ()
+
+
+def _marked(value: Any) -> Any:
+    """``value`` as a :class:`FromVariable`, when it is a number or a string (booleans cannot
+    be subclassed; ``--set`` text is typed by the field already)."""
+    if isinstance(value, bool | CliText):
+        return value
+    if isinstance(value, int):
+        return _VariableInt(value)
+    if isinstance(value, float):
+        return _VariableFloat(value)
+    if isinstance(value, str):
+        return _VariableStr(value)
+    return value
+
+
+def as_written(value: FromVariable) -> Any:
+    """The plain value a :class:`FromVariable` stands for (an ``int``, ``float`` or ``str``)."""
+    for kind in (int, float, str):
+        if isinstance(value, kind):
+            return kind(value)
+    return value
 
 
 class VariableError(ValueError):
@@ -170,7 +226,7 @@ def _in_text(text: str, values: Mapping[str, Any], where: str, budget: list[int]
                     f"{where}: the variables' lists grow the chain past "
                     f"{MAX_EXPANDED_VALUES:,} values"
                 )
-        return value
+        return _marked(value)
 
     def put(match: re.Match[str]) -> str:
         if match.group(0) == "$${":
