@@ -174,6 +174,35 @@ def test_same_as_pairs_one_to_one_through_a_chain_of_pairings(tmp_path: Path) ->
     assert chain.steps["report"].inputs == ("plot-natural", "plot-uniform")
 
 
+@pytest.mark.parametrize("inputs", ["[a]", "[]"])
+def test_same_as_a_step_it_does_not_read_is_refused(tmp_path: Path, inputs: str) -> None:
+    message = load_error(
+        tmp_path,
+        f"""\
+        steps:
+          a: {{image: example/gen, matrix: {{n: [1, 2]}}}}
+          b: {{image: example/gen, matrix: {{n: [1, 2, 3]}}}}
+          c: {{image: example/upper, inputs: {inputs}, matrix: {{same-as: b}}}}
+        """,
+    )
+    listed = "'a'" if inputs == "[a]" else "none"
+    assert "step 'c': matrix.same-as 'b' pairs" in message
+    assert f"its inputs ({listed}) do not include 'b' or a step paired with it" in message
+
+
+def test_same_as_may_read_a_step_paired_with_the_same_values(tmp_path: Path) -> None:
+    chain = load(
+        tmp_path,
+        """\
+        steps:
+          image: {image: example/imager, matrix: {weight: [natural, uniform]}}
+          restore: {image: example/restore, inputs: [image], matrix: {same-as: image}}
+          plot: {image: example/plot, inputs: [restore], matrix: {same-as: image}}
+        """,
+    )
+    assert chain.steps["plot[weight=uniform]"].inputs == ("restore[weight=uniform]",)
+
+
 @pytest.mark.parametrize(
     ("matrix", "expected"),
     [

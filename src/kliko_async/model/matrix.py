@@ -79,6 +79,7 @@ def expand_matrices(
             if combinations:
                 families[name] = _Family(name, combinations)
     roots = _pairing_roots(steps, matrices, families, problems, data=data_families)
+    _check_paired_inputs(steps, matrices, roots, problems)
     expansions: dict[str, list[str]] = {
         name: list(members) for name, members in data_families.items()
     }
@@ -268,6 +269,31 @@ def _pairing_roots(
             seen.append(current)
             current = target.same_as
     return roots
+
+
+def _check_paired_inputs(
+    steps: Mapping[str, Step],
+    matrices: Mapping[str, MatrixSpec],
+    roots: Mapping[str, str],
+    problems: list[str],
+) -> None:
+    """A ``same-as`` step must read what it pairs with: one of its inputs is the step (or data)
+    it is ``same-as``, or another step paired with the same values. Otherwise every expansion
+    would read the same inputs and make the same output N times under N names."""
+    for name, matrix in matrices.items():
+        root = roots.get(name)
+        if matrix.same_as is None or root is None:
+            continue
+        inputs = steps[name].inputs
+        if any(roots.get(item, item) == root for item in inputs):
+            continue
+        listed = ", ".join(repr(item) for item in inputs) or "none"
+        problems.append(
+            f"step {name!r}: matrix.same-as {matrix.same_as!r} pairs each expansion with one "
+            f"of {matrix.same_as!r}, but its inputs ({listed}) do not include {matrix.same_as!r} "
+            f"or a step paired with it, so every expansion would read the same; add "
+            f"{matrix.same_as!r} to its inputs, or drop 'same-as' for one step that reads all"
+        )
 
 
 def _expansion_names(
