@@ -822,3 +822,18 @@ def test_env_names_and_values_the_engine_would_mangle_are_refused_naming_the_ste
             name="noisy", image="x", build=None, params={}, inputs=(), retries=0,
             retry_backoff=0, timeout=None, resources=Resources(), user=None, env=env,
         )  # fmt: skip
+
+
+@pytest.mark.parametrize("user", ["nobody", "root; rm -rf /", "1000:", ":1000", "1000:1000:1"])
+def test_a_user_that_is_not_a_numeric_uid_or_uid_gid_is_refused_at_load(
+    tmp_path: Path, user: str
+) -> None:
+    text = f"steps:\n  a: {{image: example/gen}}\n  b: {{image: example/gen, user: {user!r}}}\n"
+    _, message = load_error(tmp_path, text)
+    assert f"step 'b': user: {user!r} is not a numeric uid or uid:gid" in message
+
+
+@pytest.mark.parametrize("user", ["1000", "1000:1000", "0:0"])
+def test_a_numeric_user_is_kept(user: str) -> None:
+    chain = parse({"steps": {"a": {"image": "example/gen", "user": user}}})
+    assert chain.steps["a"].user == user

@@ -20,7 +20,7 @@ from pydantic import (
     model_validator,
 )
 
-from kliko_async.model.chainmodel import Resources, StepName, check_env
+from kliko_async.model.chainmodel import Resources, StepName, StepUser, check_env
 from kliko_async.model.yamltext import yaml_kind
 
 __all__ = ["ChainFile", "MatrixFile", "MatrixSpec", "StepSpec", "chain_json_schema"]
@@ -219,10 +219,11 @@ class StepSpec(BaseModel):
     resources: Resources = Field(
         default_factory=Resources, description="CPU, memory and GPU limits for the container."
     )
-    user: str | None = Field(
+    user: StepUser = Field(
         default=None,
         min_length=1,
-        description="The user to run the container as, such as '1000:1000'.",
+        description="The user to run the container as: a numeric uid or uid:gid, such as "
+        "'1000:1000'.",
     )
     env: Annotated[dict[str, str], AfterValidator(check_env)] = Field(
         default_factory=dict,

@@ -225,6 +225,35 @@ def check_env(env: dict[str, str]) -> dict[str, str]:
     return env
 
 
+_NUMERIC_USER = re.compile(r"([0-9]+)(?::([0-9]+))?")
+
+
+def numeric_user(user: str) -> tuple[int, int | None] | None:
+    """``uid`` and ``gid`` (None if not given) of a ``uid[:gid]`` user, or None for any other
+    text. A step's own user must be numeric: the runtimes give its folders to that uid (Docker),
+    pass it on as ``--uid``/``--gid`` (Charliecloud), or run it only when it is the invoking
+    ``uid:gid``; a name would fail only once the step is reached."""
+    found = _NUMERIC_USER.fullmatch(user)
+    if found is None:
+        return None
+    return int(found.group(1)), int(found.group(2)) if found.group(2) else None
+
+
+def check_user(user: str | None) -> str | None:
+    """``user`` if it is a numeric ``uid`` or ``uid:gid``; else a clear error."""
+    if user is not None and numeric_user(user) is None:
+        raise ValueError(
+            f"{user[:60]!r} is not a numeric uid or uid:gid; give the user as uid:gid, such as "
+            "'1000:1000' (a step's folders are given to that uid while it runs, so a user "
+            "name cannot be used)"
+        )
+    return user
+
+
+StepUser = Annotated[str | None, AfterValidator(check_user)]
+"""A step's ``user:``: a numeric ``uid`` or ``uid:gid``, checked when the chain is loaded."""
+
+
 class Step(BaseModel):
     """One step of a loaded chain, with its name, inputs and build folder resolved."""
 
@@ -241,7 +270,7 @@ class Step(BaseModel):
     )
     timeout: float | None = Field(gt=0, description="Seconds before the step is stopped.")
     resources: Resources = Field(description="CPU, memory and GPU limits.")
-    user: str | None = Field(description="The user to run the container as.")
+    user: StepUser = Field(description="The user to run the container as (uid or uid:gid).")
     env: Annotated[dict[str, str], AfterValidator(check_env)] = Field(
         description="Extra environment variables."
     )

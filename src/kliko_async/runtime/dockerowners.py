@@ -12,7 +12,6 @@ kept as they are. The copies pass through temporary files beside the mount, neve
 
 from __future__ import annotations
 
-import re
 import tarfile
 import tempfile
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -25,25 +24,25 @@ import aiodocker
 import anyio
 
 from kliko_async.errors import ContainerError
+from kliko_async.model.chainmodel import numeric_user as parsed_user
 from kliko_async.runtime.base import ContainerJob, Mount
 from kliko_async.runtime.dockerlogs import engine_response
 
 Owners = dict[str, tuple[int, int]]
 """Archive entry name -> (uid, gid) it had."""
 
-_NUMERIC_USER = re.compile(r"^(\d+)(?::(\d+))?$")
-
 
 def numeric_user(user: str | None) -> tuple[int, int | None]:
-    """``uid`` and ``gid`` (None if not given) of a ``uid[:gid]`` user; a clear error if not."""
-    found = _NUMERIC_USER.match(user or "")
+    """``uid`` and ``gid`` (None if not given) of a ``uid[:gid]`` user; a clear error if not
+    (a chain's steps are checked when it is loaded; a job may come from elsewhere)."""
+    found = parsed_user(user or "")
     if found is None:
         raise ContainerError(
             f"the step's user {user!r} is not a numeric uid or uid:gid, so its folders cannot "
             "be given to it (kliko-async never makes them writable by everyone instead); give "
             "the user as uid:gid, such as '1000:1000'"
         )
-    return int(found.group(1)), int(found.group(2)) if found.group(2) else None
+    return found
 
 
 async def lend_mounts(client: Any, container_id: str, job: ContainerJob) -> dict[str, Owners]:

@@ -21,12 +21,12 @@ else a plain copy; never a hard link, which would share the entry's bytes.
 
 from __future__ import annotations
 
-import re
 import shlex
 from pathlib import Path
 from typing import Literal
 
 from kliko_async.errors import ContainerError
+from kliko_async.model.chainmodel import numeric_user
 from kliko_async.runtime.base import KLIKO_EXECUTABLE, LABEL_PREFIX, OWNER_LABEL, ContainerJob
 
 Engine = Literal["auto", "docker", "charliecloud"]
@@ -43,8 +43,6 @@ retried afresh where it has retries)."""
 
 UNSEEN_EXIT = 97
 """The job's exit code when the node cannot see the job's folder (no shared filesystem)."""
-
-_NUMERIC_USER = re.compile(r"^(\d+)(?::(\d+))?$")
 
 
 def job_script(
@@ -185,11 +183,11 @@ def charliecloud_command(job: ContainerJob, image_dir: Path | None, folder: Path
     assert image_dir is not None
     args = ["env", "-i", "USER=$USER", "PATH=/usr/bin:/bin", "ch-run", "--no-passwd", "-t"]
     args += ["--set-env", f"--set-env={folder / 'env'}"]
-    found = _NUMERIC_USER.match(job.user or "")
+    found = numeric_user(job.user or "")
     if found:
-        args += ["--uid", found.group(1)]
-        if found.group(2):
-            args += ["--gid", found.group(2)]
+        args += ["--uid", str(found[0])]
+        if found[1] is not None:
+            args += ["--gid", str(found[1])]
     if any(m.target.startswith("/input/") for m in job.mounts):
         args += ["-b", f"{folder / 'input'}:/input"]  # mount points for /input/<step>
     copies = read_only_copies(job, folder)
