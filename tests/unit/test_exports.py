@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -155,9 +156,9 @@ async def test_exports_run_in_a_worker_thread_and_report_progress(
     )
     threads: set[str] = set()
 
-    def watching_copy_file(src: Path, dst: Path) -> int:
+    def watching_copy_file(src: Path, dst: Path, **options: Any) -> int:
         threads.add(threading.current_thread().name)
-        return copy_file(src, dst)
+        return copy_file(src, dst, **options)
 
     monkeypatch.setattr("kliko_async.engine.workspace.copy_file", watching_copy_file)
     events: list[Event] = []
@@ -188,10 +189,10 @@ async def test_a_cancelled_export_leaves_no_half_copied_folder(
     result = await api.run(chain, runtime=fake, cache_dir=tmp_path / "cache")
     gate = threading.Event()
 
-    def slow_copy_file(src: Path, dst: Path) -> int:
+    def slow_copy_file(src: Path, dst: Path, **options: Any) -> int:
         gate.set()
         threading.Event().wait(0.2)
-        return copy_file(src, dst)
+        return copy_file(src, dst, **options)
 
     monkeypatch.setattr("kliko_async.engine.workspace.copy_file", slow_copy_file)
 

@@ -26,6 +26,7 @@ import anyio.abc
 import pytest
 
 from kliko_async import api
+from kliko_async.cache import filecopy
 from kliko_async.cache.logfiles import log_content
 from kliko_async.cache.store import Cache
 from kliko_async.cache.upkeep import gc, verify
@@ -681,6 +682,55 @@ async def test_a_run_after_a_cancelled_one_runs_only_what_did_not_finish(lab: La
     result, _ = await lab.run(steps)
 
     assert states(result) == {"quick": "cached", "slow": "done"}
+
+
+COPIES = {  # the sizes of the files a join step copies; the copy call cancelled during
+    "many files": ([1024] * 20, 3),
+    "its last file": ([1024] * 3, 3),
+    "one big file": ([16 << 20], 1),
+}
+
+
+@pytest.mark.parametrize(("sizes", "cancel_at"), list(COPIES.values()), ids=list(COPIES))
+async def test_cancelling_a_run_stops_copying_into_work_and_starts_no_container(
+    lab: Lab, monkeypatch: pytest.MonkeyPatch, sizes: list[int], cancel_at: int
+) -> None:
+    """Ctrl-C (or an application's move_on_after) while a join step's inputs are copied into
+    /work: the copy stops at the next file, or the next piece of a big one, not at its end; the
+    step's container never starts, even when the copy's last piece was under way."""
+
+    async def writer(container: FakeContainer) -> int:
+        for index, size in enumerate(sizes):
+            (container.path("/output") / f"f{index:02d}").write_bytes(bytes(size))
+        return 0
+
+    lab.program("writer", writer)
+    run = anyio.CancelScope()
+    calls = 0
+    real_copy_file_range = os.copy_file_range
+
+    def copy_file_range(*args: int) -> int:
+        nonlocal calls
+        calls += 1
+        if calls == cancel_at:
+            anyio.from_thread.run_sync(run.cancel)  # Ctrl-C, while this piece is copied
+        return real_copy_file_range(*args)
+
+    monkeypatch.setattr(filecopy.os, "copy_file_range", copy_file_range)
+    monkeypatch.setattr(filecopy, "CHECKED_PIECE", 1 << 20)
+    events: list[Event] = []
+    steps = {"big": {"image": "writer"}, "join": {"image": "join", "inputs": ["big"]}}
+
+    with run:
+        await api.run(
+            lab.chain(steps), runtime=lab.fake, cache_dir=lab.cache_dir, on_event=events.append
+        )
+
+    assert run.cancelled_caught
+    assert calls == cancel_at, "not one more file or piece was copied after the cancellation"
+    assert lab.fake.started == 1, "only the writer's container: the join step's never started"
+    assert list((lab.cache_dir / "tmp").iterdir()) == [], "its half-filled /work is removed"
+    assert [e.step for e in of_type(events, StepCancelled)] == ["join"]
 
 
 # --------------------------------------------------------------------------------------------

@@ -11,10 +11,19 @@ from __future__ import annotations
 
 import errno
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 CHUNK = 1 << 20
 """Bytes per read and write where the kernel cannot copy between the files itself."""
+
+KERNEL_PIECE = 1 << 30
+"""Bytes per ``copy_file_range`` call when nothing is checked between the calls."""
+
+CHECKED_PIECE = 64 << 20
+"""Bytes per ``copy_file_range`` call when a check runs between the calls: a fraction of a
+second even on a slow disk (where a whole :data:`KERNEL_PIECE` takes seconds), so that a
+cancelled copy of a huge file stops soon."""
 
 _NO_HOLES = (errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP)
 """What ``lseek`` says where the file system cannot tell data from holes."""
@@ -23,15 +32,25 @@ _NO_KERNEL_COPY = (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, er
 """What ``copy_file_range`` says where it cannot copy between these two files."""
 
 
-def copy_file(source: Path | str, target: Path | str) -> int:
+def copy_file(
+    source: Path | str,
+    target: Path | str,
+    *,
+    between_chunks: Callable[[], None] | None = None,
+) -> int:
     """Copy the regular file ``source`` (never through a link) to a new ``target``, holes kept;
-    the number of bytes of data copied."""
+    the number of bytes of data copied.
+
+    ``between_chunks`` is called between two pieces of the copy; it may raise to stop it (a
+    cancelled run), which leaves ``target`` half-written for the caller to remove."""
     src = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
         dst = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
         try:
             size = os.fstat(src).st_size
-            copied = sum(_copy_range(src, dst, start, end) for start, end in _data(src, size))
+            copied = sum(
+                _copy_range(src, dst, start, end, between_chunks) for start, end in _data(src, size)
+            )
             os.ftruncate(dst, size)
             return copied
         finally:
@@ -59,14 +78,24 @@ def _data(fd: int, size: int) -> list[tuple[int, int]]:
     return segments
 
 
-def _copy_range(src: int, dst: int, start: int, end: int) -> int:
-    """Copy bytes ``start`` to ``end`` of ``src`` to the same place in ``dst``."""
+def _copy_range(
+    src: int,
+    dst: int,
+    start: int,
+    end: int,
+    between_chunks: Callable[[], None] | None = None,
+) -> int:
+    """Copy bytes ``start`` to ``end`` of ``src`` to the same place in ``dst``, calling
+    ``between_chunks`` (if any) between two pieces."""
     offset = start
     kernel = hasattr(os, "copy_file_range")
+    piece = KERNEL_PIECE if between_chunks is None else CHECKED_PIECE
     while offset < end:
+        if between_chunks is not None and offset > start:
+            between_chunks()
         if kernel:
             try:
-                done = os.copy_file_range(src, dst, min(end - offset, 1 << 30), offset, offset)
+                done = os.copy_file_range(src, dst, min(end - offset, piece), offset, offset)
             except OSError as error:
                 if error.errno not in _NO_KERNEL_COPY:
                     raise

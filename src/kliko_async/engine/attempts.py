@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import anyio
+import anyio.lowlevel
 from pydantic import BaseModel, ConfigDict
 
 from kliko_async.cache.entry import CacheEntry, Manifest, Staging
@@ -40,6 +41,7 @@ from kliko_async.runtime.base import (
     MATRIX_LABEL,
     OWNER_LABEL,
     ContainerExit,
+    ContainerJob,
     LogSink,
     Runtime,
     Stream,
@@ -149,7 +151,7 @@ class StepAttempts:
                 self.emit(StepPreparing(step=step.name, inputs=list(step.inputs)))
                 # Copying the inputs into /work may take long: in a worker thread, so that it
                 # never stalls the log streams and timers of the other running steps.
-                job = await anyio.to_thread.run_sync(prepare)
+                job = await prepare_in_thread(prepare)
             else:  # a few small files: cheaper here than a round trip to a thread
                 job = prepare()
             log = StepLog(staging.log_path)
@@ -309,6 +311,20 @@ class StepAttempts:
             )
 
         return on_start
+
+
+async def prepare_in_thread(prepare: Callable[..., ContainerJob]) -> ContainerJob:
+    """``prepare(between_files=...)`` (:func:`build_job` of a join step) in a worker thread that
+    stops copying between two files, or two pieces of a big one, once the run is cancelled.
+
+    A worker thread is never interrupted: Ctrl-C used to wait for the whole copy (minutes for
+    a huge input), and the container was then created and started all the same. A cancellation
+    that comes after the copy's last check is raised here, before any container exists.
+    """
+    checked = functools.partial(prepare, between_files=anyio.from_thread.check_cancelled)
+    job = await anyio.to_thread.run_sync(checked)
+    await anyio.lowlevel.checkpoint_if_cancelled()
+    return job
 
 
 class LineBudget:

@@ -62,6 +62,7 @@ def build_job(
     memory: int | None = None,
     gpus: int | None = None,
     timeout: float | None = None,
+    between_files: Callable[[], None] | None = None,
 ) -> ContainerJob:
     """Write parameters into ``scratch``, prepare ``output`` and return the container's job.
 
@@ -69,6 +70,7 @@ def build_job(
     ``/output`` (split IO) or ``/work`` (join IO). ``inputs`` maps input
     names to host folders; for join IO they are copied into ``output`` first. One input is the
     whole of /input (or /work) unless ``inputs_in_folders`` (a consumer of a matrix step).
+    ``between_files`` is called while that copy goes on (see :func:`fill_work`).
     """
     scratch.mkdir(parents=True, exist_ok=True)
     mounts = parameter_mounts(params, scratch)
@@ -76,7 +78,7 @@ def build_job(
         mounts += split_input_mounts(inputs, scratch, in_folders=inputs_in_folders)
         mounts.append(Mount(source=absolute(output), target="/output"))
     else:
-        fill_work(output, inputs, in_folders=inputs_in_folders)
+        fill_work(output, inputs, in_folders=inputs_in_folders, between_files=between_files)
         mounts.append(Mount(source=absolute(output), target="/work"))
     run_as = user or invoking_user()
     # A different uid writes its outputs by owning them while it runs (never by opening them
@@ -175,25 +177,36 @@ def _input_mount(source: Path, folder: str) -> Mount:
     return Mount(source=absolute(source), target=folder, read_only=True)
 
 
-def fill_work(work: Path, inputs: Mapping[str, Path], *, in_folders: bool = False) -> None:
+def fill_work(
+    work: Path,
+    inputs: Mapping[str, Path],
+    *,
+    in_folders: bool = False,
+    between_files: Callable[[], None] | None = None,
+) -> None:
+    """Copy the inputs into ``work``. ``between_files`` is called before each file and between
+    pieces of a big one; it may raise to stop the copy (a cancelled run: gigabytes of inputs
+    took minutes to copy after Ctrl-C), which leaves a half-filled ``work`` to remove."""
     if len(inputs) == 1 and not each_in_a_folder(1, in_folders=in_folders):
         (source,) = inputs.values()
-        _copy_input(source, work)
+        _copy_input(source, work, between_files)
     else:
         for name, source in sorted(inputs.items()):
-            _copy_input(source, work / name)
+            _copy_input(source, work / name, between_files)
 
 
-def _copy_input(source: Path, folder: Path) -> None:
+def _copy_input(
+    source: Path, folder: Path, between_files: Callable[[], None] | None = None
+) -> None:
     """Copy an input's folder (or a data file, under its own name) into ``folder``."""
     if source.is_file():
         folder.mkdir(exist_ok=True)
-        copy_file(source, folder / source.name)
+        copy_file(source, folder / source.name, between_chunks=between_files)
         os.chmod(
             folder / source.name, stat.S_IMODE(source.stat().st_mode) | stat.S_IRUSR | stat.S_IWUSR
         )
     else:
-        copy_tree_writable(source, folder)
+        copy_tree_writable(source, folder, between_files=between_files)
 
 
 def copy_tree_writable(
@@ -206,7 +219,7 @@ def copy_tree_writable(
     Links are copied as links, never followed; a sparse file stays sparse. A named pipe, socket
     or device is refused (:class:`SpecialFileError`): copying one could block forever or read a
     device. Returns the number of files and their total size; ``between_files`` is called
-    before each file (to stop a long copy on cancellation).
+    before each file and between pieces of a big one (to stop a long copy on cancellation).
     """
     files = size = 0
     _make_folder(target, os.lstat(source))
@@ -222,7 +235,7 @@ def copy_tree_writable(
             elif stat.S_ISDIR(info.st_mode):
                 _make_folder(dst, info)
             elif stat.S_ISREG(info.st_mode):
-                copy_file(src, dst)
+                copy_file(src, dst, between_chunks=between_files)
                 os.chmod(dst, stat.S_IMODE(info.st_mode) | stat.S_IWUSR | stat.S_IRUSR)
                 files, size = files + 1, size + info.st_size
             else:
