@@ -320,7 +320,8 @@ async def export_outputs(
     The event loop stays free while big outputs are copied (other runs' containers, displays,
     Ctrl-C); ``emit`` sees :class:`~kliko_async.events.ExportStarted` and one
     :class:`~kliko_async.events.OutputExported` per step. Only earlier exports are replaced
-    (see :mod:`kliko_async.engine.exports`); cancelling stops the copy between two files.
+    (see :mod:`kliko_async.engine.exports`); cancelling stops the copy between two files, or
+    two 64 MiB pieces of a big one.
     """
 
     def send(event: Event) -> None:  # from the worker thread to the loop, where consumers are
