@@ -157,14 +157,21 @@ class ImageResolver:
             )
             text = files.contents.get(KLIKO_YML)
             if text is None:
+                problem = files.problems.get(KLIKO_YML)
                 raise SpecError(
-                    f"the image has no {KLIKO_YML}, so it is not a Kliko image",
+                    f"the image's {KLIKO_YML} {problem}, so it is not a Kliko image"
+                    if problem
+                    else f"the image has no {KLIKO_YML}, so it is not a Kliko image",
                     where=f"image {ref or image_id}",
                     hint="Add a kliko.yml describing its parameters (COPY kliko.yml /kliko.yml).",
                 )
             if not files.exists.get(KLIKO_EXECUTABLE, False):
+                problem = files.problems.get(KLIKO_EXECUTABLE)
                 raise SpecError(
-                    f"the image has no {KLIKO_EXECUTABLE} executable, so it is not a Kliko image",
+                    f"the image's {KLIKO_EXECUTABLE} {problem}, so it is not a Kliko image"
+                    if problem
+                    else f"the image has no {KLIKO_EXECUTABLE} executable, so it is not a "
+                    "Kliko image",
                     where=f"image {ref or image_id}",
                     hint="Add the program the container runs as /kliko (COPY kliko /kliko).",
                 )

@@ -117,12 +117,19 @@ class ContainerExit(BaseModel):
 
 
 class ImageFiles(BaseModel):
-    """Files read out of an image without running it."""
+    """Files read out of an image without running it, their symbolic links followed in the
+    image (as the container would open them)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    contents: dict[str, bytes | None] = Field(description="Path -> bytes, None if absent.")
-    exists: dict[str, bool] = Field(description="Path -> whether it exists in the image.")
+    contents: dict[str, bytes | None] = Field(description="Path -> bytes, None if no file.")
+    exists: dict[str, bool] = Field(description="Path -> whether a file is there in the image.")
+    problems: dict[str, str] = Field(
+        default_factory=dict,
+        description="Path -> why what is there is no file, to follow the path ('is a folder', "
+        "'is a symbolic link to ..., which does not exist', '... goes round in a loop'); "
+        "absent where a file is, or nothing at all.",
+    )
 
 
 class Runtime(Protocol):
@@ -132,7 +139,9 @@ class Runtime(Protocol):
     may try to pull first). Raises :class:`~kliko_async.errors.ImageError` if there is none.
 
     ``probe_image(image_id, read=..., stat=...)``: the bytes of each path in ``read`` and whether
-    each path in ``stat`` exists, taken from the image without running it (create, copy, remove).
+    each path in ``stat`` is a file, taken from the image without running it (create, copy,
+    remove); symbolic links are followed within the image, and what stops a path from leading
+    to a file (a folder, a link to nothing, a loop of links) is said in ``problems``.
 
     ``build_image(context, tag=..., on_log=..., labels=...)``: build a folder with a Dockerfile
     and return the new image ID, labelled with ``labels``; build output lines go to ``on_log``.

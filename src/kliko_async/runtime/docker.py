@@ -25,12 +25,7 @@ from kliko_async.runtime.base import (
     LogSink,
 )
 from kliko_async.runtime.buildcontext import CONTEXT_ENCODING, open_context_archive
-from kliko_async.runtime.dockerfiles import (
-    container_config,
-    path_exists,
-    probe_config,
-    read_file,
-)
+from kliko_async.runtime.dockerfiles import container_config, find_file, probe_config
 from kliko_async.runtime.dockerlogs import LogFollower, LogReader, ending_events
 from kliko_async.runtime.dockerowners import Owners, lend_mounts, return_mounts
 from kliko_async.runtime.dockerstats import UsageSampler
@@ -168,16 +163,22 @@ class DockerRuntime:
         container = await self._create(probe_config(image_id))
         tracked = track(InFlight("reading an image's kliko.yml", container_id=container.id))
         try:
-            contents = {
-                path: await read_file(self.client, container.id, path, limit=MAX_KLIKO_YML_BYTES)
+            found = {
+                path: await find_file(self.client, container.id, path, limit=MAX_KLIKO_YML_BYTES)
                 for path in read
             }
-            exists = {path: await path_exists(self.client, container.id, path) for path in stat}
+            stated = {
+                path: await find_file(self.client, container.id, path, limit=0) for path in stat
+            }
         finally:
             with anyio.CancelScope(shield=True), anyio.move_on_after(CLEANUP_DEADLINE_SECONDS):
                 await self._delete(container)
                 untrack(tracked)
-        return ImageFiles(contents=contents, exists=exists)
+        return ImageFiles(
+            contents={path: file.content for path, file in found.items()},
+            exists={path: file.content is not None for path, file in stated.items()},
+            problems={path: f.problem for path, f in (found | stated).items() if f.problem},
+        )
 
     async def build_image(
         self,

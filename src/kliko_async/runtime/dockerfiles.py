@@ -4,13 +4,16 @@ made for it), a build folder as a tar."""
 
 from __future__ import annotations
 
+import base64
 import io
+import json
+import posixpath
 import tarfile
-from typing import Any
+from typing import Any, NamedTuple
 
 import aiodocker
 
-from kliko_async.errors import ContainerError
+from kliko_async.errors import ContainerError, shown
 from kliko_async.runtime.base import (
     KLIKO_EXECUTABLE,
     LABEL_PREFIX,
@@ -20,14 +23,82 @@ from kliko_async.runtime.base import (
 )
 from kliko_async.runtime.dockerlogs import engine_response
 
+MAX_LINKS = 40
+"""The most symbolic links followed from one path of an image (Linux's bound): more means they
+go round in a loop. The engine says where a link leads with every link on the way followed (and
+fails on a loop), so one step is the rule; this bounds an engine that would say less."""
 
-async def read_file(
+
+class ImageFile(NamedTuple):
+    """What is at a path of an image, its symbolic links followed."""
+
+    content: bytes | None
+    """The file's first ``limit + 1`` bytes; None if no file is there."""
+    problem: str | None
+    """Why what is there is not a file, to follow its path ("is a folder", "is a symbolic link
+    to '/x', which does not exist"); None if it is a file, or nothing is there at all."""
+
+
+async def find_file(
     client: aiodocker.Docker, container_id: str, path: str, *, limit: int
-) -> bytes | None:
-    """The file at ``path`` in a container, or None if there is none; at most ``limit + 1``
-    bytes of it (more than ``limit`` means it is too big: the caller says so). The engine's
-    archive is read only as far as that, never whole: an image is someone else's, and its
-    kliko.yml may be any size."""
+) -> ImageFile:
+    """The file at ``path`` in a container, its symbolic links followed as ``cat`` in the
+    container would (absolute targets from the container's root, never the host's: the engine
+    resolves them in the container's filesystem); at most ``limit + 1`` bytes of it (more than
+    ``limit`` means it is too big: the caller says so). The engine's archive is read only as far
+    as that, never whole: an image is someone else's, and its kliko.yml may be any size."""
+    where = path
+    for _ in range(MAX_LINKS + 1):
+        try:
+            found = await _first_member(client, container_id, where, limit=limit)
+        except _Unresolved as unresolved:
+            return ImageFile(None, _via(path, where, str(unresolved)))
+        if found is None:
+            return ImageFile(None, None if where == path else _via(path, where, "missing"))
+        member, content, target = found
+        if not member.issym():
+            if member.isfile():
+                return ImageFile(content, None)
+            kind = "a folder" if member.isdir() else "a device or a pipe, not a file"
+            return ImageFile(None, _via(path, where, kind))
+        where = target or _lexically(where, member.linkname)
+    return ImageFile(None, _via(path, where, _LOOP))
+
+
+def _via(path: str, where: str, kind: str) -> str:
+    """What ``path`` is, having led to ``where``: ``kind`` says what is there."""
+    if where == path:
+        return f"is {kind}"
+    if kind == "missing":
+        return f"is a symbolic link to {shown(where)}, which does not exist"
+    return f"is a symbolic link to {shown(where)}, which is {kind}"
+
+
+def _lexically(link: str, target: str) -> str:
+    """``target`` of the link at ``link``, as an absolute path (for an engine that does not say
+    where a link leads): ``..`` never leaves the root."""
+    return "/" + posixpath.normpath(posixpath.join(posixpath.dirname(link), target)).lstrip("/")
+
+
+_LOOP = "a symbolic link that goes round in a loop"
+_UNRESOLVED = {
+    "too many links": _LOOP,
+    "not a directory": "a symbolic link that leads nowhere (through a file, as into a folder)",
+}
+"""What the engine's error in following a path's links (its text) means: the rest of its text
+names the host's folders, and is not shown."""
+
+
+class _Unresolved(Exception):
+    """The engine could not follow the links of a path: ``str()`` says why."""
+
+
+async def _first_member(
+    client: aiodocker.Docker, container_id: str, path: str, *, limit: int
+) -> tuple[tarfile.TarInfo, bytes | None, str | None] | None:
+    """The first member of the engine's archive of ``path`` (itself; a link is not followed),
+    the first ``limit + 1`` bytes of its content if it is a file, and where it leads if it is a
+    symbolic link (resolved by the engine in the container); None if nothing is there."""
     wanted = limit + 1 + _TAR_HEADERS
     received = bytearray()
     try:
@@ -38,6 +109,7 @@ async def read_file(
             params={"path": path},
             timeout=None,
         ) as response:
+            target = _link_target(response.headers.get(_STAT_HEADER, ""))
             async for chunk in response.content.iter_chunked(1 << 16):
                 received += chunk
                 if len(received) >= wanted:
@@ -45,39 +117,36 @@ async def read_file(
     except aiodocker.DockerError as exc:
         if exc.status == 404:
             return None
+        for error, meaning in _UNRESOLVED.items():
+            if error in exc.message:
+                raise _Unresolved(meaning) from None
         raise ContainerError(f"cannot copy {path} out of the image: {exc.message}") from None
     try:
         with tarfile.open(fileobj=io.BytesIO(received), mode="r|") as archive:
-            for member in archive:
-                if member.isfile():
-                    handle = archive.extractfile(member)
-                    return handle.read(limit + 1) if handle else None
+            member = archive.next()
+            if member is None:
+                return None
+            handle = archive.extractfile(member) if member.isfile() else None
+            return member, handle.read(limit + 1) if handle else None, target
     except tarfile.TarError as error:
         raise ContainerError(f"cannot read {path} out of the image: {error}") from None
-    return None
 
 
 _TAR_HEADERS = 16 << 10
 """Room for the archive's headers before the file's bytes (long names take extra blocks)."""
 
+_STAT_HEADER = "X-Docker-Container-Path-Stat"
+"""The engine's stat of the archived path (base64 JSON): ``linkTarget`` is where a symbolic link
+leads, every link on the way followed in the container's filesystem."""
 
-async def path_exists(client: aiodocker.Docker, container_id: str, path: str) -> bool:
+
+def _link_target(header: str) -> str | None:
     try:
-        async with engine_response(
-            client,
-            f"containers/{container_id}/archive",
-            method="HEAD",
-            params={"path": path},
-        ):
-            return True
+        stat = json.loads(base64.b64decode(header, validate=True))
     except ValueError:
-        # A HEAD error reply has no body, and aiodocker fails decoding it as JSON: the engine
-        # answers HEAD on the archive endpoint with an error only when the path is absent.
-        return False
-    except aiodocker.DockerError as exc:
-        if exc.status == 404:
-            return False
-        raise ContainerError(f"cannot look for {path} in the image: {exc.message}") from None
+        return None
+    target = stat.get("linkTarget") if isinstance(stat, dict) else None
+    return target if isinstance(target, str) and target.startswith("/") else None
 
 
 def probe_config(image_id: str) -> dict[str, Any]:
