@@ -203,6 +203,27 @@ async def test_a_whole_variable_fits_a_field_as_the_same_set_text_does(tmp_path:
     assert written.steps["num_to_text"].key == plan.steps["num_to_text"].key
 
 
+async def test_a_whole_variable_in_a_text_key_is_its_text_as_set_gives_it(tmp_path: Path) -> None:
+    """user:, env: (and image:, build:) are text: a number or a boolean from vars: is put in as
+    its text there, as the same --set value is, not refused as "not a valid string"."""
+    text = """\
+    vars: {uid: 1000, n: 4, flag: true, ratio: 0.5}
+    steps:
+      a:
+        image: typed
+        user: "${vars.uid}"
+        env: {N: "${vars.n}", F: "${vars.flag}", R: "${vars.ratio}"}
+    """
+    chain = load(tmp_path, text)
+    step = chain.steps["a"]
+    assert (step.user, step.env) == ("1000", {"N": "4", "F": "true", "R": "0.5"})
+    cache = tmp_path / "cache"
+    plan = await api.dry_run(chain, runtime=fake(), cache_dir=cache)
+    given = load(tmp_path, text, uid="1000", n="4", flag="true", ratio="0.5")
+    again = await api.dry_run(given, runtime=fake(), cache_dir=cache)
+    assert again.steps["a"].key == plan.steps["a"].key
+
+
 async def test_a_whole_variable_that_fits_neither_way_is_said_as_written(tmp_path: Path) -> None:
     text = 'vars: {f: 2.5}\nsteps: {a: {image: typed, params: {n: "${vars.f}"}}}\n'
     with pytest.raises(ParameterError, match=r"'n': expected an integer, got a number 2.5"):

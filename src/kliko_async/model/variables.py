@@ -182,7 +182,7 @@ class Substituter:
             return data
         if isinstance(data, Mapping):  # a step: "step 'a': params.n"
             return {
-                key: _walk(value, self.values, f"{where}: {key}", self._budget)
+                key: _walk(value, self.values, f"{where}: {key}", self._budget, key in TEXT_KEYS)
                 for key, value in data.items()
             }
         return _walk(data, self.values, where, self._budget)
@@ -203,22 +203,35 @@ def _mentions(data: Any) -> bool:
     return False
 
 
-def _walk(data: Any, values: Mapping[str, Any], where: str, budget: list[int]) -> Any:
+TEXT_KEYS = frozenset({"image", "build", "user", "env"})
+"""A step's keys whose values are text only: a whole ``${vars.NAME}`` there is the variable's
+text (``vars: {uid: 1000}`` gives ``user: "1000"``), as a ``--set`` value would be."""
+
+
+def _walk(
+    data: Any, values: Mapping[str, Any], where: str, budget: list[int], text: bool = False
+) -> Any:
     if isinstance(data, str):
-        return _in_text(data, values, where, budget)
+        return _in_text(data, values, where, budget, text)
     if isinstance(data, Mapping):
-        return {key: _walk(value, values, f"{where}.{key}", budget) for key, value in data.items()}
+        return {
+            key: _walk(value, values, f"{where}.{key}", budget, text) for key, value in data.items()
+        }
     if isinstance(data, list):
-        return [_walk(item, values, f"{where}[{i}]", budget) for i, item in enumerate(data)]
+        return [_walk(item, values, f"{where}[{i}]", budget, text) for i, item in enumerate(data)]
     return data
 
 
-def _in_text(text: str, values: Mapping[str, Any], where: str, budget: list[int]) -> Any:
+def _in_text(
+    text: str, values: Mapping[str, Any], where: str, budget: list[int], as_text: bool = False
+) -> Any:
     if "${" not in text:
         return text
     whole = _REFERENCE.fullmatch(text)
     if whole is not None and whole.group(1) is not None:
         value = _value(whole.group(1), values, where)
+        if as_text and not isinstance(value, list | Mapping):
+            return _scalar_text(value)
         if isinstance(value, list):
             budget[0] -= len(value)
             if budget[0] < 0:
@@ -242,11 +255,16 @@ def _in_text(text: str, values: Mapping[str, Any], where: str, budget: list[int]
                 f"{where}: vars.{match.group(1)} is a list; a list can be a whole value "
                 f"('${{vars.{match.group(1)}}}' alone), not part of the text {text!r}"
             )
-        if isinstance(value, bool):
-            return "true" if value else "false"
-        return "" if value is None else str(value)
+        return _scalar_text(value)
 
     return _REFERENCE.sub(put, text)
+
+
+def _scalar_text(value: Any) -> str:
+    """A variable's value put into text: YAML's spelling of a boolean, nothing for null."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return "" if value is None else str(value)
 
 
 def _value(name: str, values: Mapping[str, Any], where: str) -> Any:
