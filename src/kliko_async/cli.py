@@ -80,6 +80,7 @@ def _dispatch(args: list[str]) -> int:
     if options.command != "run" and hasattr(options, "cache_dir"):
         # The same cache as `run` with these options: the profile's (see _apply_profile).
         options.cache_dir = options.cache_dir or profile_named(options.profile).cache_dir
+        _check_cache_dir(options.cache_dir)
     handlers: dict[str, Callable[[argparse.Namespace], int]] = {
         "run": _run,
         "validate": _validate,
@@ -94,6 +95,17 @@ def _dispatch(args: list[str]) -> int:
     return handlers[options.command](options)
 
 
+def _check_cache_dir(cache_dir: Path | None) -> None:
+    """Refuse a cache folder given that is something else (a file, /dev/null): read as a cache,
+    it would look empty ("0 entries"), and `cache gc` would fail on it."""
+    if cache_dir is not None and cache_dir.exists() and not cache_dir.is_dir():
+        raise ParameterError(
+            "is not a folder, so it holds no cache",
+            where=f"--cache-dir {cache_dir}",
+            hint="Give the cache folder of the runs (the profile's, or the default one).",
+        )
+
+
 # -- run ---------------------------------------------------------------------------------------
 
 
@@ -103,6 +115,10 @@ def _run(options: argparse.Namespace) -> int:
     from kliko_async.api import dry_run, run_blocking
 
     apply_profile(options)  # first: the explanation reads the profile's cache too
+    if options.report is not None and not options.dry_run:
+        from kliko_async.display.report import check_report_target
+
+        check_report_target(options.report)  # not after an hour of running
     chain = _chain(options)
     explain = functools.partial(
         _print_explanations,

@@ -98,3 +98,32 @@ def test_an_unknown_option_among_step_names_is_still_refused(
 
     assert exited.value.code == 2
     assert "unrecognized arguments: --bogus" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["cache", "gc", "--max-size", "0", "--cache-dir", "/dev/null"],
+        ["cache", "ls", "--cache-dir", "/dev/null"],
+        ["cache", "verify", "--cache-dir", "/dev/null"],
+        ["report", "--cache-dir", "/dev/null"],
+        ["report", "nosuchrun"],
+        ["provenance", "/nonexistent"],
+        ["provenance", "."],
+        ["logs", "--key", "ffff"],
+        ["run", "c.yaml", "--report", "/dev/null/report.html"],
+        ["run", "c.yaml", "--report", "."],
+    ],
+    ids=lambda args: " ".join(args),
+)
+def test_arguments_that_cannot_be_used_exit_2_in_one_line(tmp_path: Path, args: list[str]) -> None:
+    """Each was exit status 1 (or, for gc of a file, a traceback), as if a run had failed; a
+    cache folder that is a file read as an empty cache. The run is refused before it runs."""
+    (tmp_path / "c.yaml").write_text("steps:\n  a: {image: example/gen}\n")
+
+    done = kliko(tmp_path, *args)
+
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr
+    assert done.stderr.startswith("kliko-async: error: ") and done.stderr.count("\n") == 1
+    assert "no Docker Engine" not in done.stderr, "said before the engine is asked"

@@ -17,7 +17,7 @@ from kliko_async.cache.store import Cache
 from kliko_async.display.report import find_record, write_report
 from kliko_async.display.reportsvg import ROWS_UNFOLDED
 from kliko_async.display.runrecord import RunRecord, runs_folder
-from kliko_async.errors import CacheError
+from kliko_async.errors import CacheError, ParameterError
 from kliko_async.model.chain import parse_chain
 from kliko_async.runtime.fake import FakeContainer, FakeRuntime
 
@@ -135,7 +135,7 @@ async def test_a_big_matrix_is_folded_by_its_matrix_step(tmp_path: Path, fake: F
 async def test_no_run_yet_is_one_clear_error(tmp_path: Path) -> None:
     with pytest.raises(CacheError, match="no run has been recorded"):
         write_report(Cache(tmp_path / "cache"), None, tmp_path / "r.html")
-    with pytest.raises(CacheError, match="no run with an ID starting 'abc'"):
+    with pytest.raises(ParameterError, match="no run with an ID starting 'abc'"):
         find_record(tmp_path / "cache", "abc")
 
 
@@ -181,9 +181,9 @@ async def test_provenance_of_something_else_is_one_clear_error(
 ) -> None:
     cache = Cache(tmp_path / "cache")
     (tmp_path / "mine").mkdir()
-    with pytest.raises(CacheError, match="neither an exported step folder"):
+    with pytest.raises(ParameterError, match="neither an exported step folder"):
         key_of(str(tmp_path / "mine"), cache)
-    with pytest.raises(CacheError, match="no entry with a key starting 'abcdef'"):
+    with pytest.raises(ParameterError, match="no entry with a key starting 'abcdef'"):
         key_of("abcdef", cache)
 
 

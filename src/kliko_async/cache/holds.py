@@ -82,7 +82,7 @@ class HeldKeys:
     def refresh(self) -> set[str]:
         try:
             names = os.listdir(self.folder)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             return self.keys
         for name in names:
             path = self.folder / name

@@ -111,7 +111,7 @@ class KeyLocks:
         removed = 0
         try:
             names = sorted(os.listdir(self.folder))
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):  # no cache there (yet)
             return 0
         for name in names:
             if not name.endswith(".lock"):

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from kliko_async.cache.store import RUN_LOGS, Cache
-from kliko_async.errors import CacheError
+from kliko_async.errors import ParameterError
 
 
 def run_log_dir(cache: Cache, run_id: str) -> Path:
@@ -21,7 +21,7 @@ def log_by_key(cache: Cache, key: str) -> Path:
     matches = [e for e in cache.entries() if e.key.startswith(key)]
     if len(matches) != 1:
         found = "no entry" if not matches else f"{len(matches)} entries"
-        raise CacheError(f"{found} with a key starting '{key}'", where=str(cache.root))
+        raise ParameterError(f"{found} with a key starting '{key}'", where=str(cache.root))
     return matches[0].log_path
 
 

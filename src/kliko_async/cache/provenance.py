@@ -21,7 +21,7 @@ import yaml
 from kliko_async.cache.datahash import DATA_KEY_PREFIX
 from kliko_async.cache.entry import Manifest
 from kliko_async.cache.store import KEY_PATTERN, Cache
-from kliko_async.errors import CacheError
+from kliko_async.errors import CacheError, ParameterError
 
 EXPORT_MARKER = ".kliko-async-export"
 """The file in every ``<out>/<step>/`` that kliko-async wrote: the step and its cache key."""
@@ -44,20 +44,20 @@ def key_of(target: str, cache: Cache) -> str:
     if (path / "manifest.json").is_file() and KEY_PATTERN.fullmatch(path.name):
         return path.name
     if path.exists():
-        raise CacheError(
+        raise ParameterError(
             "neither an exported step folder (it has no .kliko-async-export marker) nor a cache "
             "entry",
             where=target,
             hint="Give a folder that 'kliko-async run --out' wrote, or a cache key.",
         )
     if not KEY_PATTERN.fullmatch(target):
-        raise CacheError(f"no such folder, and not a cache key: '{target}'")
+        raise ParameterError(f"no such folder, and not a cache key: '{target}'")
     if cache.lookup(target) is not None:
         return target
     matches = [entry.key for entry in cache.entries() if entry.key.startswith(target)]
     if len(matches) != 1:
         found = "no entry" if not matches else f"{len(matches)} entries"
-        raise CacheError(f"{found} with a key starting '{target}'", where=str(cache.root))
+        raise ParameterError(f"{found} with a key starting '{target}'", where=str(cache.root))
     return matches[0]
 
 

@@ -10,6 +10,7 @@ and last lines. Expansions of a matrix step are folded under it.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping, Sequence
 from html import escape
 from pathlib import Path
@@ -22,7 +23,7 @@ from kliko_async.display.reportsvg import STATE_COLOURS, graph_svg, group_steps,
 from kliko_async.display.runrecord import RunRecord, StepRecord, runs_folder
 from kliko_async.display.terminal import printable
 from kliko_async.display.wording import describe_usage
-from kliko_async.errors import CacheError, KlikoError, os_error_text
+from kliko_async.errors import CacheError, KlikoError, ParameterError, os_error_text
 
 _STYLE = """
 body { font: 14px/1.4 system-ui, sans-serif; margin: 1.5em; color: #222; }
@@ -71,7 +72,7 @@ def find_record(cache_root: Path, run_id: str | None) -> RunRecord:
         matches = sorted(runs_folder(cache_root).glob(f"{run_id}*.json"))
         if len(matches) != 1:
             found = "no run" if not matches else f"{len(matches)} runs"
-            raise CacheError(f"{found} with an ID starting '{run_id}'", where=str(cache_root))
+            raise ParameterError(f"{found} with an ID starting '{run_id}'", where=str(cache_root))
         path = matches[0]
     try:
         return RunRecord.model_validate_json(path.read_bytes())
@@ -228,6 +229,22 @@ def _parameters(step: StepRecord, manifest: Manifest | None) -> str:
 
 def _log(step: StepRecord) -> str:
     return f"<code>{escape(step.log_path)}</code>" if step.log_path else ""
+
+
+def check_report_target(target: Path) -> None:
+    """Refuse, before a run, a ``--report`` that could not be written after it: its folder
+    missing or not a folder, or a folder in its place."""
+    folder = target.parent
+    if target.is_dir():
+        problem, hint = "is a folder", "Give the report a file name, such as report.html."
+    elif not folder.is_dir():
+        missing = "" if folder.exists() else " (it does not exist)"
+        problem, hint = f"{folder} is not a folder{missing}", "Give a file in an existing folder."
+    elif not os.access(folder, os.W_OK):
+        problem, hint = f"cannot write in {folder}", "Give a file in a folder you can write."
+    else:
+        return
+    raise ParameterError(problem, where=f"--report {target}", hint=hint)
 
 
 def write_report(cache: Cache, run_id: str | None, target: Path) -> Path:
