@@ -166,6 +166,20 @@ def test_outputs_belong_to_the_invoking_user(kliko: KlikoCli, tmp_path: Path) ->
     assert owner_of(out) == {os.getuid()}
 
 
+@pytest.mark.parametrize("user", ["nobody", "root; rm -rf /", "1000:"])
+def test_a_user_that_is_not_numeric_is_refused_before_a_container_starts(
+    kliko: KlikoCli, tmp_path: Path, user: str
+) -> None:
+    out = tmp_path / "out"
+
+    done = kliko("run-image", "example/gen", "--user", user, "--output", out)
+
+    assert done.returncode == 2, done.stderr
+    assert f"--user {user}: " in done.stderr and "is not a numeric uid or uid:gid" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not out.exists(), "refused before anything was made"
+
+
 def test_the_container_runs_as_the_invoking_uid_and_gid(
     kliko: KlikoCli, tmp_path: Path, container_users: Users
 ) -> None:

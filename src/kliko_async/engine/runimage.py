@@ -18,6 +18,7 @@ from typing import Any
 from kliko_async.engine.images import KlikoImage
 from kliko_async.engine.workspace import blocking_file, build_job
 from kliko_async.errors import ParameterError, os_error_text, shown
+from kliko_async.model.chainmodel import check_user
 from kliko_async.model.inputfiles import InputFileError, read_input_file
 from kliko_async.model.parameters import parse_cli_value, validate_parameters
 from kliko_async.model.spec import Field
@@ -154,6 +155,11 @@ async def run_single_image(
     params = validate_parameters(
         image.spec, gather_parameters(image, options, from_file), where=f"image {image.ref}"
     )
+    if options.user is not None:
+        try:
+            check_user(options.user)
+        except ValueError as error:
+            raise ParameterError(str(error), where=f"--user {options.user}") from None
     folder = options.output if image.spec.io == "split" else options.work
     make_folder(folder, "--output" if image.spec.io == "split" else "--work")
     inputs = {"input": options.input} if getattr(options, "input", None) else {}
