@@ -18,6 +18,7 @@ import sys
 import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -790,6 +791,37 @@ async def test_a_twin_made_by_this_run_is_cached_at_once_while_a_step_reads_it(l
     assert of_type(events, StepWaitingForLock) == []
     assert [e.waited_s for e in of_type(events, StepCached)] == [0.0, 0.0]
     assert lab.index("end", "reader") > len(lab.timeline) - 2  # ended last: cached ones went first
+
+
+class QueueingRuntime(FakeRuntime):
+    """A fake engine whose containers wait ``queue_s`` for a place (as in a Slurm queue)
+    before they start."""
+
+    queue_s = 0.4
+
+    async def run(self, job: Any, *, on_log: Any, on_start: Any = None) -> Any:
+        await anyio.sleep(self.queue_s)
+        return await super().run(job, on_log=on_log, on_start=on_start)
+
+
+async def test_a_steps_time_counts_from_its_containers_start_not_its_wait_in_a_queue(
+    tmp_path: Path,
+) -> None:
+    lab = Lab(tmp_path, fake=QueueingRuntime())
+    steps = {"a": {"image": "work", "params": {"delay": 0.1}}}
+
+    result, events = await lab.run(steps)
+
+    (done,) = of_type(events, StepFinished)
+    entry = lab.cache.lookup(result.steps["a"].key)
+    assert entry is not None
+    assert result.steps["a"].duration_s == done.duration_s
+    for seconds in (done.duration_s, entry.manifest.duration_s):
+        assert 0.1 <= seconds < QueueingRuntime.queue_s, "the queue's 0.4 s are not the step's"
+    manifest = entry.manifest
+    assert manifest.finished_at - manifest.started_at == pytest.approx(
+        timedelta(seconds=manifest.duration_s), abs=timedelta(milliseconds=1)
+    )
 
 
 CHAIN_WITH_SIDE = {

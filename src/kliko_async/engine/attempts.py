@@ -12,7 +12,7 @@ import os
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import anyio
@@ -104,11 +104,14 @@ class StepAttempts:
         inputs: Mapping[str, Path],
         *,
         container_done: Callable[[], Awaitable[object]] | None = None,
+        container_started: Callable[[float], object] | None = None,
     ) -> AttemptOutcome:
         """Attempt ``planned`` once (the ``attempt``-th time) with its inputs' output folders.
 
         ``container_done`` is awaited when the container has ended well, before its output is
-        published (the scheduler gives its job slot back there)."""
+        published (the scheduler gives its job slot back there); ``container_started`` is told
+        when (``time.monotonic()``) the container started: a step's time counts from there, not
+        from its wait for a place in a Slurm queue or for the engine."""
         step = planned.step
         last: deque[str] = deque(maxlen=LAST_LINES)
         try:
@@ -116,7 +119,9 @@ class StepAttempts:
         except CacheError as error:
             return AttemptOutcome(ok=False, reason=str(error))
         with under_way(InFlight(f"staging folder of step {step.name}", folder=staging.path)):
-            return await self._run_staged(planned, attempt, inputs, staging, last, container_done)
+            return await self._run_staged(
+                planned, attempt, inputs, staging, last, container_done, container_started
+            )
 
     async def _run_staged(
         self,
@@ -126,10 +131,10 @@ class StepAttempts:
         staging: Staging,
         last: deque[str],
         container_done: Callable[[], Awaitable[object]] | None = None,
+        container_started: Callable[[float], object] | None = None,
     ) -> AttemptOutcome:
         step = planned.step
-        started_at = datetime.now(UTC)
-        started = time.monotonic()
+        began = [time.monotonic()]  # the container's start, once it is known
         try:
             prepare = functools.partial(
                 build_job,
@@ -161,7 +166,7 @@ class StepAttempts:
                 # The timeout counts from the container's start: not while it waits in a
                 # Slurm queue (or for the engine to create it).
                 with anyio.CancelScope() as scope:
-                    on_start = self._start_sink(planned, attempt, scope, step.timeout)
+                    on_start = self._start_sink(planned, attempt, scope, began, container_started)
                     log.on_error = scope.cancel  # a log that cannot be saved stops the step
                     exited = await self.runtime.run(job, on_log=on_log, on_start=on_start)
                 timed_out = scope.cancelled_caught and log.error is None
@@ -188,7 +193,7 @@ class StepAttempts:
         try:
             if container_done is not None:
                 await container_done()
-            return await self._publish(planned, staging, started_at, started, last, exited.usage)
+            return await self._publish(planned, staging, began[0], last, exited.usage)
         except BaseException:
             await self._discard(staging)  # cancelled while publishing: nothing half-done stays
             raise
@@ -197,23 +202,23 @@ class StepAttempts:
         self,
         planned: PlannedStep,
         staging: Staging,
-        started_at: datetime,
-        started: float,
+        began: float,
         last: deque[str],
         usage: ResourceUse | None = None,
     ) -> AttemptOutcome:
         step = planned.step
         self.emit(StepPublishing(step=step.name))
         finished_at = datetime.now(UTC)
+        duration = time.monotonic() - began
         manifest = Manifest(
             key=planned.key,
             step=step.name,
             image=planned.image.ref,
             ingredients=planned.ingredients,
             run_id=self.run_id,
-            started_at=started_at,
+            started_at=finished_at - timedelta(seconds=duration),
             finished_at=finished_at,
-            duration_s=time.monotonic() - started,
+            duration_s=duration,
             exit_code=0,
             usage=usage,
             outputs={},
@@ -299,9 +304,19 @@ class StepAttempts:
         return on_log
 
     def _start_sink(
-        self, planned: PlannedStep, attempt: int, scope: anyio.CancelScope, timeout: float | None
+        self,
+        planned: PlannedStep,
+        attempt: int,
+        scope: anyio.CancelScope,
+        began: list[float],
+        container_started: Callable[[float], object] | None,
     ) -> Callable[[str], None]:
+        timeout = planned.step.timeout
+
         def on_start(container_id: str) -> None:
+            began[0] = time.monotonic()
+            if container_started is not None:
+                container_started(began[0])
             if timeout is not None:
                 scope.deadline = anyio.current_time() + timeout
             self.emit(

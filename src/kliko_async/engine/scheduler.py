@@ -9,6 +9,7 @@ to the cache only on success. Everything that happens is emitted as an event.
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -112,7 +113,7 @@ class Scheduler:
         self._made: set[str] = set()
         self._durations: dict[StepImage, float] = {}  # of the steps done, for later ETAs
         self._waited: dict[str, float] = {}
-        self._began: dict[str, float] = {}  # when a step first held its slot and its lock
+        self._began: dict[str, float] = {}  # when a step's first container started
         self._matrix = matrix_steps(planned.step for planned in plan.steps.values())
 
     async def run(self) -> RunResult:
@@ -279,13 +280,16 @@ class Scheduler:
                 await slot.enter_async_context(self._slots)
                 if self._stopping and attempt == 1:
                     return self._skip(planned, "an earlier step failed (use --keep-going to go on)")
-                self._began.setdefault(planned.name, time.monotonic())
                 inputs = {i: self._output_of(i) for i in planned.step.inputs}
                 # The job slot and the resources go back when the container has ended well,
                 # before its output is published: the next step's container starts meanwhile,
                 # and the steps publishing at once share one durability barrier.
                 outcome = await self.attempts.run(
-                    planned, attempt, inputs, container_done=slot.aclose
+                    planned,
+                    attempt,
+                    inputs,
+                    container_done=slot.aclose,
+                    container_started=functools.partial(self._began.setdefault, planned.name),
                 )
                 if outcome.ok:
                     self._made.add(key)
@@ -367,7 +371,8 @@ class Scheduler:
         """The step's result after its last attempt, announced as finished or failed."""
         step = planned.step
         waited = self._waited.get(step.name, 0.0)
-        # Its own time: from first holding a job slot and its lock (not queueing for them).
+        # Its own time: from its first container's start (not its wait for a job slot, a lock,
+        # a place in a Slurm queue or the engine), or from its first attempt if none started.
         duration = time.monotonic() - self._began.get(step.name, started)
         if outcome.ok and outcome.entry is not None:
             manifest = outcome.entry.manifest
