@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import subprocess
 from collections.abc import Awaitable, Callable, Sequence
 
@@ -33,6 +34,11 @@ TRANSIENT = re.compile(
 """sbatch's errors that waiting may clear (an unreachable controller, a submit limit); every
 other refusal (a bad option, an impossible request) is final at once."""
 
+CALL_DEADLINE_SECONDS = 30
+"""How long one Slurm command may take before it counts as not answering: Slurm's own
+commands give up after MessageTimeout (10 s by default) and retry inside; one that has not
+answered in 30 s waits for a controller that is gone (the poll's deadline is the same)."""
+
 _JOB_ID = re.compile(r"^(\d+)(?:;[\w.-]+)?$")
 
 _HINT = (
@@ -45,16 +51,39 @@ class SlurmCallFailed(ContainerError):
     """A Slurm command failed on every try (or at once, where retrying cannot help)."""
 
 
-async def slurm_command(args: Sequence[str]) -> subprocess.CompletedProcess[bytes]:
-    """Run one Slurm command; its result whatever its exit status. No such command: refused."""
-    try:
-        return await anyio.run_process(list(args), check=False)
-    except FileNotFoundError:
-        raise RuntimeUnavailable(
-            f"Slurm's '{args[0]}' command is not installed", hint=_HINT
-        ) from None
-    except OSError as error:
-        raise RuntimeUnavailable(f"cannot run Slurm's '{args[0]}': {error}", hint=_HINT) from None
+class SlurmNoAnswer(SlurmCallFailed):
+    """A Slurm command gave no answer within its deadline and was stopped: it is not tried
+    again (another try would wait as long), so a controller that is gone is said at once."""
+
+
+async def slurm_command(
+    args: Sequence[str], *, deadline: float | None = None
+) -> subprocess.CompletedProcess[bytes]:
+    """Run one Slurm command; its result whatever its exit status. No such command: refused;
+    no answer within ``deadline`` seconds (``CALL_DEADLINE_SECONDS``): stopped,
+    ``SlurmNoAnswer`` (a hung squeue at start once hung the run for ever, saying nothing)."""
+    deadline = CALL_DEADLINE_SECONDS if deadline is None else deadline
+    with anyio.move_on_after(deadline):
+        try:
+            return await anyio.run_process(list(args), check=False)
+        except FileNotFoundError:
+            raise RuntimeUnavailable(
+                f"Slurm's '{args[0]}' command is not installed", hint=_HINT
+            ) from None
+        except OSError as error:
+            raise RuntimeUnavailable(
+                f"cannot run Slurm's '{args[0]}': {error}", hint=_HINT
+            ) from None
+    raise SlurmNoAnswer(f"{args[0]} gave no answer within {deadline:g} s ({shlex.join(args)})")
+
+
+def not_answering(error: SlurmCallFailed) -> RuntimeUnavailable:
+    """The refusal of a run whose start needs Slurm, when Slurm does not answer."""
+    return RuntimeUnavailable(
+        f"Slurm does not answer: {error}",
+        hint="Check that slurmctld runs and SLURM_CONF points at its slurm.conf "
+        "(the test cluster: scripts/slurm-cluster up).",
+    )
 
 
 def command_error(done: subprocess.CompletedProcess[bytes]) -> str:
@@ -120,11 +149,7 @@ async def sinfo(partition: str | None, fields: str, *, per_node: bool) -> list[l
     try:
         done = await retrying(args, delays=RETRY_DELAYS[:3])
     except SlurmCallFailed as error:
-        raise RuntimeUnavailable(
-            f"Slurm does not answer: {error}",
-            hint="Check that slurmctld runs and SLURM_CONF points at its slurm.conf "
-            "(the test cluster: scripts/slurm-cluster up).",
-        ) from None
+        raise not_answering(error) from None
     rows = [line.split() for line in done.stdout.decode().splitlines() if line.strip()]
     wanted = partition
     # sinfo marks the default partition with '*': naming it is naming it all the same.

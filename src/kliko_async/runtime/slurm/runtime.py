@@ -42,6 +42,8 @@ from kliko_async.runtime.slurm.charliecloud import CharliecloudImages
 from kliko_async.runtime.slurm.commands import (
     RETRY_DELAYS,
     SlurmCallFailed,
+    SlurmNoAnswer,
+    not_answering,
     retrying,
     sinfo,
     user_name,
@@ -400,6 +402,8 @@ class SlurmRuntime:
         found: dict[str, dict[str, str]] = {}
         try:
             ours = await our_active_jobs(delays=RETRY_DELAYS[:3])
+        except SlurmNoAnswer as error:  # a run could submit, but never follow its jobs
+            raise not_answering(error) from None
         except SlurmCallFailed:  # a later run, when squeue answers, finds them
             ours = {}
         for job in ours.values():

@@ -20,6 +20,7 @@ from kliko_async.runtime.base import LABEL_PREFIX, ContainerJob
 from kliko_async.runtime.slurm.arrays import Gatherer, Submission, array_script, shared_labels
 from kliko_async.runtime.slurm.commands import (
     RETRY_DELAYS,
+    SlurmCallFailed,
     command_error,
     parse_job_id,
     sbatch_transient,
@@ -142,7 +143,8 @@ class Submitter:
         """Submit with ``args``, trying again while the controller is out of reach; the job's
         (or array's) ID. A refusal of the job itself fails at once."""
         for tries, delay in enumerate([*RETRY_DELAYS, None], start=1):
-            done = await slurm_command(args)
+            # Bounded as a whole by the caller's deadline (runtime.SUBMIT_DEADLINE_SECONDS).
+            done = await slurm_command(args, deadline=math.inf)
             if done.returncode == 0:
                 job_id = parse_job_id(done)
                 break
@@ -168,7 +170,10 @@ class Submitter:
             f"--name={name}",
             f"--Format={SQUEUE_FIELDS}",
         ]
-        done = await slurm_command(args)
+        try:
+            done = await slurm_command(args)
+        except SlurmCallFailed:
+            return set()
         if done.returncode != 0:
             return set()
         found = parse_squeue(done.stdout.decode("utf-8", "replace"))
