@@ -5,14 +5,24 @@ of Slurm's real commands, as in test_slurm_faults.py."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
-from test_slurm import slurm_cluster, write_chain  # noqa: F401  (the fixture)
+from test_slurm import (
+    active,
+    jobs_after,
+    last_job_id,
+    slurm_cluster,  # noqa: F401  (the fixture)
+    wait_until,
+    write_chain,
+)
 from test_slurm_faults import real, shim
 
-from conftest import KlikoCli
+from conftest import KLIKO_ASYNC, KlikoCli
 
 pytestmark = [
     pytest.mark.docker,
@@ -38,3 +48,51 @@ def test_a_squeue_that_hangs_at_start_refuses_the_run_in_one_paragraph(
     assert "Slurm does not answer: squeue gave no answer within 30 s" in done.stderr
     assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
     assert time.monotonic() - start < 60
+
+
+SWEEP = """\
+steps:
+  sweep:
+    image: example/sleep
+    params: {seconds: 60}
+    matrix: {tag: [i0, i1, i2]}
+"""
+
+
+def sbatch_calls(calls: Path) -> list[str]:
+    """The step jobs' sbatch calls the shim saw (not the check of the cache folder)."""
+    text = calls.read_text() if calls.exists() else ""
+    return [line for line in text.splitlines() if "check-shared" not in line]
+
+
+def test_ctrl_c_while_sbatch_runs_submits_nothing_more_and_cancels_what_went_in(
+    kliko: KlikoCli, tmp_path: Path
+) -> None:
+    """Ctrl-C reaches a terminal's whole process group: sbatch was killed with kliko-async,
+    its failure was taken for a site refusing arrays, and each task went in again alone."""
+    calls = tmp_path / "sbatch-calls"
+    shim(tmp_path, kliko, "sbatch",
+         f'#!/bin/sh\necho "$*" >> {calls}\nsleep 2\nexec {real("sbatch")} "$@"\n')  # fmt: skip
+    first = last_job_id()
+    log = tmp_path / "run.log"
+    with log.open("wb") as sink:
+        process = subprocess.Popen(
+            [KLIKO_ASYNC, "run", write_chain(tmp_path, SWEEP), "--backend", "slurm", "--plain",
+             "--cache-dir", "c"],
+            cwd=tmp_path, env=kliko.env, stdout=sink, stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own group, as a terminal's foreground job
+        )  # fmt: skip
+    try:
+        wait_until(lambda: bool(sbatch_calls(calls)), "the array's sbatch")
+        os.killpg(process.pid, signal.SIGINT)  # as Ctrl-C in a terminal: the whole group
+        start = time.monotonic()
+        assert process.wait(timeout=60) == 130, log.read_text()
+        assert time.monotonic() - start < 15, log.read_text()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert len(sbatch_calls(calls)) == 1 and "--array=0-2" in sbatch_calls(calls)[0]
+    assert active(jobs_after(first)) == [], log.read_text()
+    text = log.read_text()
+    assert "Traceback" not in text and "refused" not in text, text

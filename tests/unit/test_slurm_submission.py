@@ -5,14 +5,22 @@ on the real cluster are in tests/integration/test_slurm_submission.py."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import anyio
 import pytest
 
-from kliko_async.errors import RuntimeUnavailable
-from kliko_async.runtime.slurm import commands
+from kliko_async.errors import ContainerError, RuntimeUnavailable
+from kliko_async.runtime.base import ContainerJob
+from kliko_async.runtime.slurm import commands, submit
+from kliko_async.runtime.slurm.arrays import Submission
+from kliko_async.runtime.slurm.options import SlurmOptions
+from kliko_async.runtime.slurm.queue import JobQueue
+from kliko_async.runtime.slurm.submit import Submitter
 
 
 def on_path(monkeypatch: pytest.MonkeyPatch, folder: Path, name: str, text: str) -> None:
@@ -44,3 +52,93 @@ def test_a_slurm_command_that_does_not_answer_at_start_refuses_the_run_in_time(
     with pytest.raises(RuntimeUnavailable, match=rf"Slurm does not answer: {command} gave no "):
         anyio.run(start_of_a_run)
     assert time.monotonic() - start < 5
+
+
+def test_slurm_commands_run_in_a_session_of_their_own() -> None:
+    """Ctrl-C in a terminal signals its whole process group: an sbatch in it was killed
+    half-way, and its failure was taken for Slurm's (new single jobs went in after Ctrl-C)."""
+    script = "import os; print(os.getsid(0) == os.getpid(), os.getsid(0) != os.getsid(1))"
+    answer = anyio.run(lambda: commands.slurm_command([sys.executable, "-c", script]))
+    assert answer.stdout.split() == [b"True", b"True"]
+
+
+def done(code: int, out: str = "", err: str = "") -> subprocess.CompletedProcess[bytes]:
+    return subprocess.CompletedProcess([], code, out.encode(), err.encode())
+
+
+class FakeSbatch:
+    """sbatch and squeue for a Submitter: ``answers`` are sbatch's, in turn (the last one
+    repeats); squeue shows the jobs named in ``queued``."""
+
+    def __init__(self, *answers: subprocess.CompletedProcess[bytes]) -> None:
+        self.answers = list(answers)
+        self.sbatch: list[list[str]] = []
+        self.queued: dict[str, str] = {}
+
+    async def __call__(
+        self, args: Sequence[str], *, deadline: float | None = None
+    ) -> subprocess.CompletedProcess[bytes]:
+        if args[0] == "squeue":
+            name = next(a.split("=", 1)[1] for a in args if a.startswith("--name="))
+            rows = [f"{i}|{i}|PENDING|None|(null)|0|0|me|{name}|"
+                    for i, n in self.queued.items() if n == name]  # fmt: skip
+            return done(0, "\n".join(rows) + "\n")
+        self.sbatch.append(list(args))
+        return self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
+
+
+def submitted(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, fake: FakeSbatch, expansions: int = 3
+) -> list[str | ContainerError]:
+    """What each of ``expansions`` of one matrix step, ready together, got from submitting:
+    its job ID or its error."""
+    monkeypatch.setattr(submit, "slurm_command", fake)
+    monkeypatch.setattr(submit, "RETRY_DELAYS", (0.01, 0.01))
+    submitter = Submitter(SlurmOptions(), JobQueue(0.01, 0.01), set(), tmp_path / "arrays")
+    results: list[str | ContainerError] = [""] * expansions
+
+    async def one(task: int) -> None:
+        job = ContainerJob(image="sha256:" + "a" * 64, labels={"io.kliko-async.run": "r1"})
+        folder = tmp_path / f"job{task}"
+        folder.mkdir()
+        got = Submission(job, folder, folder / "job.sh", ("--nodes=1",), f"m[{task}]", "m")
+        try:
+            results[task] = await submitter.submit(got)
+        except ContainerError as error:
+            results[task] = error
+
+    async def main() -> None:
+        async with anyio.create_task_group() as tg:
+            for task in range(expansions):
+                tg.start_soon(one, task)
+
+    anyio.run(main)
+    return results
+
+
+def test_an_array_that_sbatch_refuses_for_being_an_array_goes_in_job_by_job(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    fake = FakeSbatch(
+        done(1, err="sbatch: error: Batch job submission failed: Invalid job array specification"),
+        done(0, "11\n"), done(0, "12\n"), done(0, "13\n"),
+    )  # fmt: skip
+    assert submitted(monkeypatch, tmp_path, fake) == ["11", "12", "13"]
+    assert ["--array=0-2" in args for args in fake.sbatch] == [True, False, False, False]
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        done(-2),  # killed by a signal (Ctrl-C reached it)
+        done(1, err="sbatch: error: Batch job submission failed: Invalid account or partition"),
+        done(0, "%%garbage"),  # whether the array went in is unknown
+    ],
+)
+def test_an_array_that_failed_otherwise_is_never_submitted_again_job_by_job(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, answer: subprocess.CompletedProcess[bytes]
+) -> None:
+    fake = FakeSbatch(answer)
+    results = submitted(monkeypatch, tmp_path, fake)
+    assert len(fake.sbatch) == 1
+    assert all(isinstance(r, ContainerError) for r in results), results

@@ -65,7 +65,10 @@ async def slurm_command(
     deadline = CALL_DEADLINE_SECONDS if deadline is None else deadline
     with anyio.move_on_after(deadline):
         try:
-            return await anyio.run_process(list(args), check=False)
+            # In a session of its own: Ctrl-C in a terminal reaches the whole foreground
+            # process group, and an sbatch killed half-way is neither a refusal nor a job
+            # known to be cancelled. kliko-async alone answers the signal.
+            return await anyio.run_process(list(args), check=False, start_new_session=True)
         except FileNotFoundError:
             raise RuntimeUnavailable(
                 f"Slurm's '{args[0]}' command is not installed", hint=_HINT

@@ -34,6 +34,10 @@ JOB_PREFIX = "kliko-"
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]")
 
 
+class SbatchRefused(ContainerError):
+    """sbatch said, with an error, that it did not take the job (or the array)."""
+
+
 class Submitter:
     """sbatch for one runtime: each job is watched in ``queue`` and counted ``live`` from its
     submission; ``arrays`` is the folder for the arrays' scripts. ``submitted`` counts the
@@ -94,7 +98,9 @@ class Submitter:
 
     async def _submit_array(self, group: Sequence[Submission]) -> None:
         """sbatch jobs alike as the tasks of one array; where Slurm refuses the array (a site
-        may disable arrays, or allow smaller ones), each goes in on its own."""
+        may disable arrays, or allow smaller ones: its error names the array), each goes in on
+        its own. Any other failure fails them all: an sbatch interrupted, late or answering
+        oddly may have queued the array, and single jobs then ran each task twice."""
         first = group[0]
         name = f"{JOB_PREFIX}{self._run(first.job)}-{_SAFE.sub('_', first.family or first.step)}"
         try:
@@ -117,8 +123,10 @@ class Submitter:
         ]
         try:
             array_id = await self._sbatch(args, name)
-        except ContainerError:
+        except ContainerError as error:
             await anyio.to_thread.run_sync(remove_tree, folder)
+            if not isinstance(error, SbatchRefused) or "array" not in str(error).lower():
+                raise  # no answer, an odd one, or not about arrays: the array may be queued
             for submission in group:
                 submission.error = None
                 try:
@@ -155,7 +163,7 @@ class Submitter:
                 break
             if delay is None or not sbatch_transient(done):
                 after = f" (after {tries} tries)" if tries > 1 else ""
-                raise ContainerError(f"Slurm refused the job{after}: {command_error(done)}")
+                raise SbatchRefused(f"Slurm refused the job{after}: {command_error(done)}")
             await anyio.sleep(delay)
         self.submitted += 1
         return job_id
