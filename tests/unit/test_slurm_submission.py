@@ -142,3 +142,19 @@ def test_an_array_that_failed_otherwise_is_never_submitted_again_job_by_job(
     results = submitted(monkeypatch, tmp_path, fake)
     assert len(fake.sbatch) == 1
     assert all(isinstance(r, ContainerError) for r in results), results
+
+
+@pytest.mark.parametrize(
+    "out",
+    [
+        "4242\nNOTICE: site wrapper: remember to acknowledge your grant\n",
+        "NOTICE: your account is nearly out of hours\n4242;kliko\n",
+    ],
+)
+def test_a_job_id_among_a_sites_notices_is_the_jobs_and_it_goes_in_once(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, out: str
+) -> None:
+    fake = FakeSbatch(done(0, out))
+    assert commands.parse_job_id(done(0, out)) == "4242"
+    assert submitted(monkeypatch, tmp_path, fake) == ["4242_0", "4242_1", "4242_2"]
+    assert len(fake.sbatch) == 1

@@ -123,10 +123,13 @@ def sbatch_transient(done: subprocess.CompletedProcess[bytes]) -> bool:
 
 
 def parse_job_id(done: subprocess.CompletedProcess[bytes]) -> str:
-    """The job ID in ``sbatch --parsable``'s answer (``ID`` or ``ID;cluster``); anything else
-    is a clear failure rather than a job watched forever."""
+    """The job ID in ``sbatch --parsable``'s answer (``ID`` or ``ID;cluster``): the first line
+    that is one, since a site's wrapper or job_submit plugin may add notices around it (a
+    NOTICE after the ID once failed the step while its job ran). No such line is a clear
+    failure rather than a job watched forever."""
     text = done.stdout.decode("utf-8", "replace").strip()
-    found = _JOB_ID.match(text.splitlines()[-1].strip() if text else "")
+    lines = (_JOB_ID.match(line.strip()) for line in text.splitlines())
+    found = next((line for line in lines if line is not None), None)
     if found is None:
         said = f"'{text[:200]}'" if text else "nothing"
         raise ContainerError(
