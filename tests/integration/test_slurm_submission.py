@@ -96,3 +96,35 @@ def test_ctrl_c_while_sbatch_runs_submits_nothing_more_and_cancels_what_went_in(
     assert active(jobs_after(first)) == [], log.read_text()
     text = log.read_text()
     assert "Traceback" not in text and "refused" not in text, text
+
+
+def test_a_job_that_sbatch_submitted_but_answered_too_late_for_is_adopted_and_runs(
+    kliko: KlikoCli, tmp_path: Path
+) -> None:
+    """sbatch submits, then hangs: the job is found by its name and followed to its end (it
+    once ran on after the run had failed its step and deleted its folder)."""
+    calls = tmp_path / "sbatch-calls"
+    shim(tmp_path, kliko, "sbatch",
+         f'#!/bin/sh\necho "$*" >> {calls}\n{real("sbatch")} "$@"\n'
+         'case "$*" in *check-shared*) exit;; esac\nexec sleep 300\n')  # fmt: skip
+    first = last_job_id()
+    done = kliko("run", write_chain(tmp_path, ONE_STEP), "--backend", "slurm", "--plain",
+                 "--cache-dir", "c", timeout=90)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert len(sbatch_calls(calls)) == 1
+    jobs = jobs_after(first)
+    assert len(jobs) == 1 and active(jobs) == [] and jobs[0]["job_state"] == "COMPLETED"
+
+
+def test_an_sbatch_error_that_persists_is_said_within_the_deadline(
+    kliko: KlikoCli, tmp_path: Path
+) -> None:
+    shim(tmp_path, kliko, "sbatch",
+         f'#!/bin/sh\ncase "$*" in *check-shared*) exec {real("sbatch")} "$@";; esac\n'
+         'echo "sbatch: error: Socket timed out on send/recv operation" >&2\nexit 1\n')  # fmt: skip
+    done = kliko("run", write_chain(tmp_path, ONE_STEP), "--backend", "slurm", "--plain",
+                 "--cache-dir", "c", timeout=90)  # fmt: skip
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "Slurm refused the job (after 7 tries): sbatch: error: Socket timed out" in (
+        done.stdout + done.stderr
+    )

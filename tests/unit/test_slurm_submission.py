@@ -68,12 +68,16 @@ def done(code: int, out: str = "", err: str = "") -> subprocess.CompletedProcess
 
 class FakeSbatch:
     """sbatch and squeue for a Submitter: ``answers`` are sbatch's, in turn (the last one
-    repeats); squeue shows the jobs named in ``queued``."""
+    repeats); squeue shows the jobs named in ``queued``. With ``submits_then_hangs``, sbatch
+    queues job 77 (as tasks 77_<i> of an array) and then gives no answer."""
 
-    def __init__(self, *answers: subprocess.CompletedProcess[bytes]) -> None:
+    def __init__(
+        self, *answers: subprocess.CompletedProcess[bytes], submits_then_hangs: bool = False
+    ) -> None:
         self.answers = list(answers)
         self.sbatch: list[list[str]] = []
         self.queued: dict[str, str] = {}
+        self.hangs = submits_then_hangs
 
     async def __call__(
         self, args: Sequence[str], *, deadline: float | None = None
@@ -84,6 +88,13 @@ class FakeSbatch:
                     for i, n in self.queued.items() if n == name]  # fmt: skip
             return done(0, "\n".join(rows) + "\n")
         self.sbatch.append(list(args))
+        if self.hangs:
+            name = next(a.split("=", 1)[1] for a in args if a.startswith("--job-name="))
+            tasks = next((a for a in args if a.startswith("--array=0-")), "--array=0-0")
+            for task in range(int(tasks.rsplit("-", 1)[1]) + 1):
+                self.queued[f"77_{task}" if "--array" in " ".join(args) else "77"] = name
+            await anyio.sleep(deadline or 0)
+            raise commands.SlurmNoAnswer("sbatch gave no answer")
         return self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
 
 
@@ -158,3 +169,30 @@ def test_a_job_id_among_a_sites_notices_is_the_jobs_and_it_goes_in_once(
     assert commands.parse_job_id(done(0, out)) == "4242"
     assert submitted(monkeypatch, tmp_path, fake) == ["4242_0", "4242_1", "4242_2"]
     assert len(fake.sbatch) == 1
+
+
+def test_a_job_that_sbatch_submitted_but_did_not_answer_for_is_adopted(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Such jobs once ran on, unwatched and unknown to the run, after their steps failed."""
+    monkeypatch.setattr(submit, "CALL_DEADLINE_SECONDS", 0.2)
+    fake = FakeSbatch(done(0), submits_then_hangs=True)
+    assert submitted(monkeypatch, tmp_path, fake) == ["77_0", "77_1", "77_2"]
+    assert len(fake.sbatch) == 1
+
+
+def test_a_persistent_sbatch_error_is_said_when_its_tries_end_within_the_deadline(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The tries (60.5 s of pauses) once outlasted the deadline (60 s): every step said 'sbatch
+    did not answer within 60 s', never Slurm's error."""
+    monkeypatch.setattr(submit, "SUBMIT_DEADLINE_SECONDS", 1.0)
+    timeout = "sbatch: error: Batch job submission failed: Socket timed out on send/recv operation"
+    fake = FakeSbatch(done(1, err=timeout))
+    monkeypatch.setattr(submit, "slurm_command", fake)
+    monkeypatch.setattr(submit, "RETRY_DELAYS", (0.3, 0.3, 0.3, 0.3, 0.3, 0.3))
+    submitter = Submitter(SlurmOptions(), JobQueue(0.01, 0.01), set(), tmp_path / "arrays")
+    start = time.monotonic()
+    with pytest.raises(ContainerError, match=r"Slurm refused the job \(after 4 tries\): .*Socket"):
+        anyio.run(submitter._sbatch, ["sbatch", "--job-name=kliko-r1-a", "job.sh"], "kliko-r1-a")
+    assert time.monotonic() - start < 1.0

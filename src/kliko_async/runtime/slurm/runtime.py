@@ -40,6 +40,7 @@ from kliko_async.runtime.slurm.arrays import (
 )
 from kliko_async.runtime.slurm.charliecloud import CharliecloudImages
 from kliko_async.runtime.slurm.commands import (
+    CALL_DEADLINE_SECONDS,
     RETRY_DELAYS,
     SlurmCallFailed,
     SlurmNoAnswer,
@@ -65,7 +66,12 @@ from kliko_async.runtime.slurm.queue import (
 )
 from kliko_async.runtime.slurm.script import env_file, job_script
 from kliko_async.runtime.slurm.sharedcheck import check_shared
-from kliko_async.runtime.slurm.submit import JOB_PREFIX, Submitter, unlink_with_folder
+from kliko_async.runtime.slurm.submit import (
+    JOB_PREFIX,
+    SUBMIT_DEADLINE_SECONDS,
+    Submitter,
+    unlink_with_folder,
+)
 from kliko_async.runtime.slurm.unchanged import check_unchanged, tree_state
 
 CLEANUP_DEADLINE_SECONDS = 30
@@ -78,8 +84,9 @@ stops the job with scancel, comes first; the job's own limit holds when nobody i
 STATUS_GRACE_SECONDS = 3
 """After Slurm says a job ended, how long its status file may take to appear here."""
 
-SUBMIT_DEADLINE_SECONDS = 60
-"""How long one sbatch call may take (a controller that does not answer)."""
+SUBMIT_LAST_RESORT_SECONDS = SUBMIT_DEADLINE_SECONDS + 2 * CALL_DEADLINE_SECONDS
+"""How long one submission may take in all: sbatch's tries, the look-up by name of what the
+last one submitted, and the array's gathering (each bounded on its own)."""
 
 PROBE_DEADLINE_SECONDS = 60
 """How long the shared-filesystem check at start waits for its job to run."""
@@ -235,10 +242,11 @@ class SlurmRuntime:
         async with self._places.take(family is not None):  # at most max_jobs in Slurm's queue
             job_id = ""
             # Shielded: a job that sbatch submitted is known here, so a cancellation cancels it.
-            with anyio.CancelScope(shield=True), anyio.move_on_after(SUBMIT_DEADLINE_SECONDS):
+            # The submitter keeps its own deadline; this one is a last resort.
+            with anyio.CancelScope(shield=True), anyio.move_on_after(SUBMIT_LAST_RESORT_SECONDS):
                 job_id = await self._submitter.submit(submission)
             if not job_id:
-                raise ContainerError(f"sbatch did not answer within {SUBMIT_DEADLINE_SECONDS} s")
+                raise ContainerError(f"sbatch did not answer within {SUBMIT_LAST_RESORT_SECONDS} s")
             self.most_in_queue = max(self.most_in_queue, self._places.in_use)
             try:
                 exited = await self._follow(job_id, folder, on_log, on_start)

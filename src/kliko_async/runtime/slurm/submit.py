@@ -8,6 +8,7 @@ import contextlib
 import json
 import math
 import re
+import subprocess
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,8 +20,10 @@ from kliko_async.errors import ContainerError
 from kliko_async.runtime.base import LABEL_PREFIX, ContainerJob
 from kliko_async.runtime.slurm.arrays import Gatherer, Submission, array_script, shared_labels
 from kliko_async.runtime.slurm.commands import (
+    CALL_DEADLINE_SECONDS,
     RETRY_DELAYS,
     SlurmCallFailed,
+    SlurmNoAnswer,
     command_error,
     parse_job_id,
     sbatch_transient,
@@ -30,6 +33,10 @@ from kliko_async.runtime.slurm.options import SlurmOptions
 from kliko_async.runtime.slurm.queue import SQUEUE_FIELDS, JobQueue, parse_squeue
 
 JOB_PREFIX = "kliko-"
+
+SUBMIT_DEADLINE_SECONDS = 60
+"""How long sbatch is tried for one submission (a controller that does not answer, or is
+busy), the look-up of what the last try submitted aside."""
 
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]")
 
@@ -50,6 +57,8 @@ class Submitter:
         self.queue = queue
         self.submitted = 0
         self._live = live
+        self._highest = 0
+        """The highest job ID sbatch gave (Slurm's IDs grow)."""
         self._arrays = arrays
         self._gatherer = Gatherer(self._submit_one, self._submit_array)
 
@@ -148,44 +157,66 @@ class Submitter:
         return job.labels.get(f"{LABEL_PREFIX}.run", "run")
 
     async def _sbatch(self, args: list[str], name: str) -> str:
-        """Submit with ``args``, trying again while the controller is out of reach; the job's
-        (or array's) ID. A refusal of the job itself fails at once."""
+        """Submit with ``args``, trying again while the controller is out of reach, for at most
+        ``SUBMIT_DEADLINE_SECONDS``; the job's (or array's) ID. After a call that failed or
+        gave no answer, a job it submitted all the same is looked up by name and adopted (it
+        once ran on, unwatched, after its step failed). A refusal of the job itself fails at
+        once; the deadline fails with the last error (the tries once outlasted it, and it
+        hid a persistent error behind 'did not answer')."""
+        give_up = anyio.current_time() + SUBMIT_DEADLINE_SECONDS
+        floor = self._highest  # jobs of this name up to here are earlier ones (a retry's)
         for tries, delay in enumerate([*RETRY_DELAYS, None], start=1):
-            # Bounded as a whole by the caller's deadline (runtime.SUBMIT_DEADLINE_SECONDS).
-            done = await slurm_command(args, deadline=math.inf)
-            if done.returncode == 0:
+            left = give_up - anyio.current_time()
+            try:
+                done = await slurm_command(args, deadline=min(CALL_DEADLINE_SECONDS, left))
+            except SlurmNoAnswer:
+                done = None
+            if done is not None and done.returncode == 0:
                 job_id = parse_job_id(done)
                 break
-            # The call may have failed after the controller took the job (a timeout): adopt it.
-            adopted = (await self.jobs_named(name)) - self._live  # names hold the run's ID
+            named = (await self.jobs_named(name)) - self._live  # names hold the run's ID
+            adopted = {i for i in named if int(i.split("_")[0]) > floor}
             if adopted:
                 job_id = min((i.split("_")[0] for i in adopted), key=int)
                 break
-            if delay is None or not sbatch_transient(done):
-                after = f" (after {tries} tries)" if tries > 1 else ""
-                raise SbatchRefused(f"Slurm refused the job{after}: {command_error(done)}")
+            retry = done is None or sbatch_transient(done)
+            if delay is None or not retry or anyio.current_time() + delay >= give_up:
+                raise _not_taken(done, tries, min(CALL_DEADLINE_SECONDS, left))
             await anyio.sleep(delay)
         self.submitted += 1
+        self._highest = max(self._highest, int(job_id))
         return job_id
 
     async def jobs_named(self, name: str) -> set[str]:
-        """This user's pending or running jobs called ``name`` (empty when squeue fails)."""
+        """This user's jobs called ``name`` that squeue shows (empty when squeue fails); ended
+        ones too: a short job that a late sbatch submitted may be over before it is looked
+        for."""
         args = [
             "squeue",
             "--noheader",
             "--me",
+            "--states=all",
             "--array",
             f"--name={name}",
             f"--Format={SQUEUE_FIELDS}",
         ]
         try:
-            done = await slurm_command(args)
+            done = await slurm_command(args)  # at most CALL_DEADLINE_SECONDS
         except SlurmCallFailed:
             return set()
         if done.returncode != 0:
             return set()
-        found = parse_squeue(done.stdout.decode("utf-8", "replace"))
-        return {i for i, j in found.items() if j.active}
+        return set(parse_squeue(done.stdout.decode("utf-8", "replace")))
+
+
+def _not_taken(
+    done: subprocess.CompletedProcess[bytes] | None, tries: int, waited: float
+) -> ContainerError:
+    """Why sbatch did not take a job: its last error, or that it gave no answer."""
+    after = f" (after {tries} tries)" if tries > 1 else ""
+    if done is None:
+        return ContainerError(f"sbatch gave no answer within {waited:.0f} s{after}")
+    return SbatchRefused(f"Slurm refused the job{after}: {command_error(done)}")
 
 
 def array_folder(root: Path, folders: Sequence[Path]) -> Path:
