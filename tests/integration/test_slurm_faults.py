@@ -281,3 +281,52 @@ def test_slurm_max_jobs_keeps_the_runs_jobs_in_the_queue_at_or_below_it_and_send
     assert arrays and len(submissions) <= 20, calls
     said = sorted(o.read_text() for o in Path(tmp_path, "c", "entries").rglob("slept.txt"))
     assert said == [f"slept 1.0 t{i:02d}\n" for i in range(40)], "each task ran its own step"
+
+
+PENDING_ARRAY = """\
+steps:
+  many:
+    image: example/sleep
+    params: {seconds: 1}
+    matrix: {tag: [pa-1, pa-2, pa-3, pa-4]}
+"""
+
+
+def test_an_array_cancelled_while_pending_fails_each_task_as_cancelled(
+    kliko: KlikoCli, tmp_path: Path
+) -> None:
+    # scancel '<array>_[0-3]', as squeue prints a pending array: the completion log holds one
+    # line for the array and none per task. The run once ended in a traceback (KeyError), each
+    # task failing as 'the cluster keeps no accounting'.
+    warm = write_chain(tmp_path, "steps:\n  w: {image: example/upper}\n")
+    done = kliko("run", warm, "--backend", "slurm", "--plain", "--cache-dir", "c")
+    assert done.returncode == 0, done.stdout + done.stderr  # the nodes' check, not held back
+    chain = write_chain(tmp_path, PENDING_ARRAY)
+    log = tmp_path / "run.log"
+    process = kliko.popen(
+        "run", chain, "--backend", "slurm", "--plain", "--cache-dir", "c",
+        "--keep-going", "--slurm-opt=--begin=now+120", log=log,
+    )  # fmt: skip
+    run = "none"
+    try:
+        wait_until(lambda: "is pending" in log.read_text(), "a pending task")
+        run = log.read_text().split("run ", 1)[1].split(":", 1)[0]
+        printed = subprocess.run(
+            ["squeue", "-h", "-o", "%i", "-n", f"kliko-{run}-many"],
+            capture_output=True, text=True, check=True,
+        ).stdout.split()  # fmt: skip
+        array = printed[0]
+        assert array.endswith("_[0-3]"), printed
+        subprocess.run(["scancel", array], check=True)
+        assert process.wait(timeout=60) == 1, log.read_text()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+            subprocess.run(["scancel", "--me", "-n", f"kliko-{run}-many"], check=False)
+    text = log.read_text()
+    assert "Traceback" not in text, text
+    for task in range(4):
+        assert f"Slurm job {array[: -len('[0-3]')]}{task} was cancelled (scancel)" in text, text
+    assert "keeps no accounting" not in text
+    assert "4 failed" in text, text

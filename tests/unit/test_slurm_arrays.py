@@ -14,7 +14,8 @@ import pytest
 from kliko_async.errors import ContainerError
 from kliko_async.runtime.base import ContainerJob
 from kliko_async.runtime.slurm.arrays import Gatherer, Submission, array_script, shared_labels
-from kliko_async.runtime.slurm.queue import JobQueue, parse_squeue
+from kliko_async.runtime.slurm.endings import ended_without_status
+from kliko_async.runtime.slurm.queue import NOT_IN_ACCOUNTING, JobQueue, SlurmJob, parse_squeue
 
 pytestmark = pytest.mark.anyio
 
@@ -204,3 +205,48 @@ async def test_a_task_that_left_squeue_is_read_from_accounting_by_its_own_job_id
     assert info is not None and info.job_id == "104_0" and info.state == "FAILED"
     assert "104" not in slurm.sacct_asked, "the array's ID is another task's own job ID"
     assert queue.known("104_1").state == "PENDING"  # type: ignore[union-attr]
+
+
+async def test_tasks_cancelled_while_pending_are_read_from_their_arrays_one_record() -> None:
+    """``scancel '104_[0-2]'`` on a pending array: the completion log holds one line for the
+    array (``104|CANCELLED``), none per task; each task once ended as 'the cluster keeps no
+    accounting', though it does, and not as cancelled."""
+    slurm = ArraySlurm()
+    queue = JobQueue(fastest=0.01, slowest=0.01, accounting_grace=0.5, command=slurm)
+    for task in range(3):
+        queue.watch(f"104_{task}")
+    slurm.squeue = [f"104_{t}|104|PENDING|BeginTime||0|0|me|k|" for t in range(3)]
+    assert (await queue.next_state("104_0")).state == "PENDING"  # type: ignore[union-attr]
+    slurm.squeue = []
+    slurm.completion = {"104": "CANCELLED"}
+    with anyio.fail_after(5):
+        while (info := await queue.next_state("104_0")).state == "PENDING":  # type: ignore[union-attr]
+            pass
+    assert "104" in slurm.sacct_asked
+    for task in range(3):
+        info = queue.known(f"104_{task}")
+        assert info is not None and info.job_id == f"104_{task}" and info.state == "CANCELLED"
+
+
+async def test_the_last_tasks_record_is_not_taken_for_a_task_never_seen_started() -> None:
+    """The array's ID is also its last task's own job ID: that record is not a pending task's
+    end (only a CANCELLED array record is)."""
+    slurm = ArraySlurm()
+    queue = JobQueue(fastest=0.01, slowest=0.01, accounting_grace=0.2, command=slurm)
+    queue.watch("104_0")
+    slurm.squeue = ["104_0|104|PENDING|Priority||0|0|me|k|"]
+    assert (await queue.next_state("104_0")).state == "PENDING"  # type: ignore[union-attr]
+    slurm.squeue = []
+    slurm.completion = {"104": "COMPLETED"}
+    with anyio.fail_after(5):
+        while (info := await queue.next_state("104_0")).state == "PENDING":  # type: ignore[union-attr]
+            pass
+    assert info.state == "UNKNOWN" and info.reason == NOT_IN_ACCOUNTING
+
+
+async def test_a_task_cancelled_on_its_own_while_pending_says_accounting_has_no_record() -> None:
+    info = SlurmJob(job_id="104_1", state="UNKNOWN", reason=NOT_IN_ACCOUNTING, from_sacct=True)
+    with pytest.raises(ContainerError) as caught:
+        ended_without_status("104_1", Path("/nowhere"), info)
+    assert "holds no record of it" in str(caught.value)
+    assert "keeps no accounting" not in str(caught.value)

@@ -609,3 +609,27 @@ def test_hurry_shortens_the_wait_for_the_poll_under_way() -> None:
         assert len(slurm.calls) == 2
 
     anyio.run(main)
+
+
+def test_a_job_forgotten_while_its_poll_runs_is_not_asked_about() -> None:
+    """Steps fail and forget their jobs while a poll's squeue runs (an array cancelled from
+    outside): the poll once looked them up all the same, and the KeyError ended the run in a
+    traceback."""
+    slurm = FakeSlurm({"1": "PENDING", "2": "PENDING"})
+    queue = JobQueue(fastest=0.01, slowest=0.01, command=slurm)
+
+    async def forgetting_squeue(args: Sequence[str]) -> subprocess.CompletedProcess[bytes]:
+        if args[0] == "squeue":
+            del slurm.states["1"], slurm.states["2"]
+            queue.forget("1")  # its step failed meanwhile
+        return await slurm(args)
+
+    async def main() -> None:
+        queue._command = forgetting_squeue
+        queue.watch("1")
+        queue.watch("2")
+        with anyio.fail_after(5):
+            await queue.next_state("2")
+        assert queue.known("1") is None
+
+    anyio.run(main)

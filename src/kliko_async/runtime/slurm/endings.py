@@ -8,7 +8,7 @@ from pathlib import Path
 from kliko_async.errors import ContainerError
 from kliko_async.runtime.base import ContainerExit
 from kliko_async.runtime.slurm.logfiles import read_text
-from kliko_async.runtime.slurm.queue import SlurmJob
+from kliko_async.runtime.slurm.queue import NOT_IN_ACCOUNTING, SlurmJob
 from kliko_async.runtime.slurm.script import REQUEUED_EXIT, UNSEEN_EXIT
 from kliko_async.runtime.slurm.usage import job_usage
 
@@ -60,6 +60,12 @@ def ended_without_status(job_id: str, folder: Path, info: SlurmJob | None) -> Co
         )
     if info.state == "TIMEOUT":
         raise ContainerError(f"Slurm ended job {job_id}{node} at its time limit (TIMEOUT)")
+    if info.state == "UNKNOWN" and info.reason == NOT_IN_ACCOUNTING:
+        raise ContainerError(
+            f"Slurm job {job_id} left squeue before its end was seen, and accounting (sacct) "
+            "holds no record of it (Slurm keeps none for a task of a job array cancelled on its "
+            "own while pending)"
+        )
     if info.state == "UNKNOWN":
         raise ContainerError(
             f"Slurm job {job_id} left squeue before its end was seen, and the cluster keeps no "

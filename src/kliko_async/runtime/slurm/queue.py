@@ -74,6 +74,11 @@ which accounting knows it, follows (it is the array's ID until the task started)
 _JOB_ID = re.compile(r"\d+(?:_\d+)?")
 """A job's ID, or a task's of a job array (``<array>_<task>``)."""
 
+NO_ACCOUNTING = "no accounting"
+NOT_IN_ACCOUNTING = "not in accounting"
+"""The reasons of a job in state UNKNOWN: it left squeue, and the cluster keeps no accounting,
+or its accounting has no record of the job."""
+
 INVALID_JOB_ID = "Invalid job id specified"
 """squeue's answer when none of the IDs asked for is known (all of them left the queue)."""
 
@@ -305,9 +310,14 @@ class JobQueue:
                 found = await self._squeue(ids)
                 # Not in squeue: it left the queue (seen there before), or it ended before any
                 # poll saw it and has left already (squeue may show no ended job): ask
-                # accounting. How a job ended is read from accounting once.
+                # accounting. How a job ended is read from accounting once. A step whose job
+                # ended meanwhile has forgotten it: it is no longer asked about.
                 missing = [
-                    i for i in ids if i not in found and not _ended_in_accounting(self._jobs[i])
+                    i
+                    for i in ids
+                    if i in self._jobs
+                    and i not in found
+                    and not _ended_in_accounting(self._jobs.get(i))
                 ]
                 if missing:
                     found.update(await self._sacct(missing))
@@ -345,13 +355,20 @@ class JobQueue:
             if (seen and now - since >= grace) or now - self._watched_at.get(
                 job_id, now
             ) >= self.patience:
-                found[job_id] = SlurmJob(job_id=job_id, state="UNKNOWN", from_sacct=True)
+                found[job_id] = SlurmJob(
+                    job_id=job_id, state="UNKNOWN", reason=self._unknown_reason(), from_sacct=True
+                )
         for job_id in ids:
             state = found.get(job_id)
             if state is not None and job_id in self._jobs and state != self._jobs[job_id]:
                 self._jobs[job_id] = state
                 changed = True
         self.interval = self.quickest() if changed else min(self.interval * 1.5, self.slowest)
+
+    def _unknown_reason(self) -> str:
+        """Why a job that left squeue has no known end: the cluster keeps no accounting, or
+        its accounting holds no record of the job."""
+        return NO_ACCOUNTING if self._accounting == "none" else NOT_IN_ACCOUNTING
 
     def _poll_failed(self, error: str) -> None:
         self.failed_polls += 1
@@ -386,22 +403,34 @@ class JobQueue:
         """How jobs that left squeue ended, from accounting; {} where there is none.
 
         A task of a job array is asked for by its own job ID (the completion log knows no
-        ``<array>_<task>``), once squeue showed it started; before that it is not asked for.
+        ``<array>_<task>``), once squeue showed it started. One never seen started is asked for
+        by its array's ID: tasks cancelled while pending (``scancel '<array>_[0-3]'``) end in
+        the array's one record, and their steps are told that, not that nothing is known.
         """
         by_raw: dict[str, str] = {}
+        unstarted: dict[str, list[str]] = {}  # an array's ID: its tasks never seen started
         for job_id in ids:
             known = self._jobs.get(job_id)
             raw = known.raw_id if known is not None and known.raw_id else job_id
-            if "_" not in raw:
+            if "_" in raw:
+                unstarted.setdefault(raw.partition("_")[0], []).append(job_id)
+            else:
                 by_raw[raw] = job_id
-        if not by_raw:
+        # An array's ID that is a started task's own (the last task's) is that task's record.
+        arrays = [array for array in unstarted if array not in by_raw]
+        if not by_raw and not arrays:
             return {}
-        asked = set(by_raw.values())
+        asked = {*by_raw.values(), *(t for a in arrays for t in unstarted[a])}
         ended: dict[str, SlurmJob] = {}
-        for printed, job in (await self._accounting_of(list(by_raw))).items():
+        for printed, job in (await self._accounting_of([*by_raw, *arrays])).items():
             # The completion log prints the job ID asked for; a database the task's name.
-            name = by_raw.get(printed) or (printed if printed in asked else None)
-            if name is not None:
+            if printed in by_raw or printed in asked:
+                names = [by_raw.get(printed) or printed]
+            elif printed in unstarted and job.state == "CANCELLED":
+                names = unstarted[printed]  # the array's record, for its pending tasks
+            else:
+                continue
+            for name in names:
                 ended[name] = job.model_copy(update={"job_id": name})
         return ended
 
