@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -330,3 +331,44 @@ def test_an_array_cancelled_while_pending_fails_each_task_as_cancelled(
         assert f"Slurm job {array[: -len('[0-3]')]}{task} was cancelled (scancel)" in text, text
     assert "keeps no accounting" not in text
     assert "4 failed" in text, text
+
+
+FAILING_SCANCEL = """\
+#!/bin/sh
+echo "scancel: error: Unexpected internal failure (injected)" >&2
+exit 1
+"""
+
+
+def test_ctrl_c_names_the_jobs_a_failing_scancel_leaves_running(
+    kliko: KlikoCli, tmp_path: Path
+) -> None:
+    # Every step once showed 'cancelled' and the run exited 130 without a word, while squeue
+    # still showed its jobs running.
+    shim(tmp_path, kliko, "scancel", FAILING_SCANCEL)
+    chain = write_chain(
+        tmp_path, "steps:\n  s: {image: example/sleep, params: {seconds: 120, tag: nocancel}}\n"
+    )
+    first = last_job_id()
+    log = tmp_path / "run.log"
+    process = kliko.popen(
+        "run", chain, "--backend", "slurm", "--plain", "--cache-dir", "c", log=log
+    )
+    try:
+        wait_until(lambda: "s | sleep: 120.0s" in log.read_text(), "the step's first line")
+        (job,) = jobs_after(first)
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=60) == 130, log.read_text()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        for each in jobs_after(first):
+            subprocess.run([real("scancel"), str(each["job_id"])], check=False)
+    text = log.read_text()
+    assert "Traceback" not in text, text
+    assert (
+        f"Slurm job {job['job_id']} (step s, not cancelled, scancel failed: scancel: error: "
+        "Unexpected internal failure (injected))" in text
+    ), text
+    assert f"or remove them now: scancel {job['job_id']}" in text, text

@@ -42,3 +42,15 @@ def test_what_no_run_removes_is_told_apart(tmp_path: Path) -> None:
 
     assert "the next 'kliko-async run' on this host removes container 0123456789ab" in text
     assert describe_left_behind([]) == "nothing was left behind"
+
+
+def test_slurm_jobs_left_behind_are_named_with_the_command_that_cancels_them() -> None:
+    items = [
+        InFlight("step a, not cancelled, scancel failed: no", job_id="745"),
+        InFlight("step b, not cancelled, scancel failed: no", job_id="746_0"),
+    ]
+    text = describe_left_behind(items)
+
+    assert "Slurm job 745 (step a, not cancelled, scancel failed: no)" in text
+    assert "Slurm job 746_0 (step b" in text
+    assert "or remove them now: scancel 745 746_0" in text

@@ -16,8 +16,10 @@ import pytest
 
 from kliko_async.errors import ContainerError, RuntimeUnavailable
 from kliko_async.runtime.base import ContainerJob, Mount
+from kliko_async.runtime.slurm import runtime as slurm_runtime
 from kliko_async.runtime.slurm.commands import SlurmCallFailed, parse_job_id, sbatch_transient
 from kliko_async.runtime.slurm.queue import JobQueue, SlurmJob, parse_squeue
+from kliko_async.runtime.slurm.runtime import SlurmRuntime
 from kliko_async.runtime.slurm.script import (
     charliecloud_command,
     copy_commands,
@@ -633,3 +635,23 @@ def test_a_job_forgotten_while_its_poll_runs_is_not_asked_about() -> None:
         assert queue.known("1") is None
 
     anyio.run(main)
+
+
+def test_a_job_scancel_fails_to_cancel_is_told_with_scancels_words(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failing scancel once left the job running without a word: the run named nothing."""
+    shims = tmp_path / "shims"
+    shims.mkdir()
+    scancel = shims / "scancel"
+    scancel.write_text(
+        "#!/bin/sh\necho 'scancel: error: Unexpected internal failure' >&2\nexit 1\n"
+    )
+    scancel.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{shims}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setattr(slurm_runtime, "CLEANUP_DEADLINE_SECONDS", 1)
+    runtime = SlurmRuntime(tmp_path / "cache")
+
+    left = anyio.run(runtime._cancel, "745")
+
+    assert left == "not cancelled, scancel failed: scancel: error: Unexpected internal failure"

@@ -56,7 +56,11 @@ async def until_signal(work: Callable[[], Awaitable[T]], *, what: str) -> T:
     if failure:
         raise failure[0]
     if received:
-        interrupted = Interrupted("interrupted; finished work is kept")
+        # The cleanup gave up on what is still tracked (scancel failed, or Slurm did not
+        # answer within the cleanup's deadline): named, not left running unsaid.
+        left = left_behind()
+        said = f"; {describe_left_behind(left)}" if left else ""
+        interrupted = Interrupted(f"interrupted; finished work is kept{said}")
         interrupted.exit_status = EXIT_CODES.get(received[0], 130)
         raise interrupted
     return outcome[0]

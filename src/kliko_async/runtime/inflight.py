@@ -18,12 +18,14 @@ from pathlib import Path
 
 @dataclass(frozen=True)
 class InFlight:
-    """One thing under way: a container (``container_id``) or a folder (``folder``)."""
+    """One thing under way: a container (``container_id``), a folder (``folder``) or a Slurm
+    job (``job_id``)."""
 
     what: str
     container_id: str | None = None
     folder: Path | None = None
     next_run_removes: bool = True
+    job_id: str | None = None
 
 
 _under_way: dict[int, InFlight] = {}
@@ -62,7 +64,9 @@ def describe_left_behind(items: list[InFlight]) -> str:
         return "nothing was left behind"
     lines = ["left behind:"]
     for item in items:
-        if item.container_id is not None:
+        if item.job_id is not None:
+            lines.append(f"  Slurm job {item.job_id} ({item.what})")
+        elif item.container_id is not None:
             lines.append(f"  container {item.container_id[:12]} ({item.what})")
         else:
             lines.append(f"  folder {os.path.abspath(item.folder or '')} ({item.what})")
@@ -74,6 +78,9 @@ def describe_left_behind(items: list[InFlight]) -> str:
             + ("them" if not by_hand else ", ".join(_name(i) for i in by_next_run))
         )
     commands = []
+    jobs = [i.job_id for i in items if i.job_id is not None]
+    if jobs:
+        commands.append("scancel " + " ".join(jobs))
     containers = [i.container_id[:12] for i in items if i.container_id is not None]
     if containers:
         commands.append("docker rm -f " + " ".join(containers))
@@ -87,4 +94,6 @@ def describe_left_behind(items: list[InFlight]) -> str:
 
 
 def _name(item: InFlight) -> str:
+    if item.job_id is not None:
+        return f"Slurm job {item.job_id}"
     return f"container {item.container_id[:12]}" if item.container_id else f"folder {item.folder}"

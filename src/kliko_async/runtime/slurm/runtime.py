@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -35,6 +36,7 @@ from kliko_async.runtime.base import (
     LogSink,
 )
 from kliko_async.runtime.docker import DockerRuntime
+from kliko_async.runtime.inflight import InFlight, track, untrack
 from kliko_async.runtime.slurm.arrays import (
     Submission,
 )
@@ -42,11 +44,14 @@ from kliko_async.runtime.slurm.charliecloud import CharliecloudImages
 from kliko_async.runtime.slurm.commands import (
     CALL_DEADLINE_SECONDS,
     RETRY_DELAYS,
+    Command,
     SlurmCallFailed,
     SlurmNoAnswer,
+    command_error,
     not_answering,
     retrying,
     sinfo,
+    slurm_command,
     user_name,
 )
 from kliko_async.runtime.slurm.endings import (
@@ -248,6 +253,7 @@ class SlurmRuntime:
             if not job_id:
                 raise ContainerError(f"sbatch did not answer within {SUBMIT_LAST_RESORT_SECONDS} s")
             self.most_in_queue = max(self.most_in_queue, self._places.in_use)
+            tracked = track(InFlight(f"step {step}", job_id=job_id))
             try:
                 exited = await self._follow(job_id, folder, on_log, on_start)
                 await self._left_queue(job_id)  # before its place goes to the next job
@@ -255,9 +261,12 @@ class SlurmRuntime:
                 return exited
             except BaseException:
                 # Cancelled (Ctrl-C, a timeout, a failed sibling) or failed while the job may live.
-                await self._cancel(job_id)
+                left = await self._cancel(job_id)
+                if left is not None:  # kept tracked: the end of the run names it
+                    track(InFlight(f"step {step}, {left}", job_id=job_id))
                 raise
             finally:
+                untrack(tracked)
                 self.queue.forget(job_id)
                 self._live.discard(job_id)
                 if submission.link is not None:  # the last task's link takes its folder along
@@ -374,21 +383,32 @@ class SlurmRuntime:
         with anyio.move_on_after(CLEANUP_DEADLINE_SECONDS):
             await self._until_gone(job_id)
 
-    async def _cancel(self, job_id: str) -> None:
+    async def _cancel(self, job_id: str) -> str | None:
         """scancel the job; wait until it has left its node (its script removes the container).
+        None once it has (or Slurm took it and stopped answering); else why it may be left
+        running, in words (scancel's error): a Ctrl-C once said nothing of jobs scancel
+        failed to cancel, which kept running after the run had ended.
 
         Shielded, with a deadline: it runs while its caller is being cancelled (Ctrl-C). Slurm
         not answering within the deadline leaves the job to Slurm (a later run cancels it)."""
+        said: list[str] = []  # scancel's last error
+        taken = False
         with anyio.CancelScope(shield=True), anyio.move_on_after(CLEANUP_DEADLINE_SECONDS):
             self.queue.watch(job_id)
             try:
-                await retrying(["scancel", job_id])
+                await retrying(["scancel", job_id], command=_saying_errors(said))
+                taken = True
                 self.queue.ended(job_id, "CANCELLED")
                 await self._until_gone(job_id)
             except SlurmCallFailed:
-                return
+                pass
             finally:
                 self.queue.forget(job_id)
+        if taken:
+            return None
+        if said:
+            return f"not cancelled, scancel failed: {said[-1]}"
+        return f"not cancelled, scancel did not answer within {CLEANUP_DEADLINE_SECONDS} s"
 
     async def _until_gone(self, job_id: str) -> None:
         """Until Slurm no longer shows the job pending, running or completing (not in squeue at
@@ -438,3 +458,16 @@ class SlurmRuntime:
             for job_id in sorted(self._live):
                 await self._cancel(job_id)
         await self._docker.aclose()
+
+
+def _saying_errors(said: list[str]) -> Command:
+    """Slurm's command, keeping each failure's words in ``said`` (retried calls cut short by a
+    deadline raise nothing that says them)."""
+
+    async def command(args: Sequence[str]) -> subprocess.CompletedProcess[bytes]:
+        done = await slurm_command(args)
+        if done.returncode != 0:
+            said.append(command_error(done))
+        return done
+
+    return command
