@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -372,3 +373,50 @@ def test_ctrl_c_names_the_jobs_a_failing_scancel_leaves_running(
         "Unexpected internal failure (injected))" in text
     ), text
     assert f"or remove them now: scancel {job['job_id']}" in text, text
+
+
+HANGING_SQUEUE = """\
+#!/bin/sh
+# squeue, not answering once {trigger} exists (a controller that hangs).
+if [ -e {trigger} ]; then exec sleep 120; fi
+exec {real} "$@"
+"""
+
+
+def test_ctrl_c_while_squeue_hangs_ends_within_the_cleanup_deadline(
+    kliko: KlikoCli, tmp_path: Path
+) -> None:
+    # Each cancelled job had a deadline of its own, and a cancelled poller went from one
+    # 30-second poll to the next: Ctrl-C took 2 to 5 minutes to answer.
+    trigger = tmp_path / "hang-now"
+    shim(tmp_path, kliko, "squeue", HANGING_SQUEUE.format(trigger=trigger, real=real("squeue")))
+    chain = write_chain(
+        tmp_path, "steps:\n  s: {image: example/sleep, params: {seconds: 120, tag: sqhang}}\n"
+    )
+    first = last_job_id()
+    log = tmp_path / "run.log"
+    process = kliko.popen(
+        "run", chain, "--backend", "slurm", "--plain", "--cache-dir", "c", log=log
+    )
+    try:
+        wait_until(lambda: "s | sleep: 120.0s" in log.read_text(), "the step's first line")
+        (job,) = jobs_after(first)
+        trigger.touch()
+        time.sleep(1)  # a poll hangs
+        began = time.monotonic()
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=90) == 130, log.read_text()
+        took = time.monotonic() - began
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        for each in jobs_after(first):
+            subprocess.run(["scancel", str(each["job_id"])], check=False)
+    assert took < 40, f"Ctrl-C took {took:.0f} s"
+    text = log.read_text()
+    assert "Traceback" not in text, text
+    assert (
+        f"Slurm job {job['job_id']} (step s, cancelled, but squeue did not show it leave its "
+        "node within the cleanup's 30 s)" in text
+    ), text

@@ -8,6 +8,7 @@ import itertools
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -15,7 +16,9 @@ import anyio
 import pytest
 
 from kliko_async.errors import ContainerError, RuntimeUnavailable
+from kliko_async.runtime import inflight
 from kliko_async.runtime.base import ContainerJob, Mount
+from kliko_async.runtime.inflight import left_behind
 from kliko_async.runtime.slurm import runtime as slurm_runtime
 from kliko_async.runtime.slurm.commands import SlurmCallFailed, parse_job_id, sbatch_transient
 from kliko_async.runtime.slurm.queue import JobQueue, SlurmJob, parse_squeue
@@ -655,3 +658,104 @@ def test_a_job_scancel_fails_to_cancel_is_told_with_scancels_words(
     left = anyio.run(runtime._cancel, "745")
 
     assert left == "not cancelled, scancel failed: scancel: error: Unexpected internal failure"
+
+
+def test_a_cancelled_poller_starts_no_further_poll_when_squeue_outlasts_the_interval() -> None:
+    """With squeue hanging, each poll outlasted the interval: a cancelled poller (Ctrl-C) went
+    from one shielded poll to the next without a checkpoint, for the whole patience."""
+    slurm = FakeSlurm({"1": "RUNNING"})
+    calls: list[str] = []
+
+    async def slow_squeue(args: Sequence[str]) -> subprocess.CompletedProcess[bytes]:
+        calls.append(args[0])
+        assert len(calls) == 1, "a cancelled poller polled again"
+        await anyio.sleep(0.3)
+        return await slurm(args)
+
+    async def main() -> None:
+        queue = JobQueue(fastest=0.01, slowest=0.01, command=slow_squeue)
+        queue.watch("1")
+        with anyio.move_on_after(0.1):
+            while True:
+                await queue.next_state("1")
+        assert calls == ["squeue"]
+
+    anyio.run(main)
+
+
+def test_a_poll_ends_by_the_cleanups_deadline() -> None:
+    """A cleanup's poll ends by the cleanup's deadline, not 30 s later (squeue hanging)."""
+
+    async def hanging(args: Sequence[str]) -> subprocess.CompletedProcess[bytes]:
+        await anyio.sleep(5)
+        return done(0)
+
+    async def main() -> None:
+        queue = JobQueue(fastest=0.01, slowest=0.01, command=hanging)
+        queue.watch("1")
+        began = anyio.current_time()
+        queue.cleanup_by = began + 0.3
+        await queue.next_state("1")
+        assert anyio.current_time() - began < 1.5
+        assert queue.failed_polls == 1
+
+    anyio.run(main)
+
+
+def test_jobs_cancelled_together_share_one_cleanup_deadline(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each cancellation had a deadline of its own: the cleanup's, one after the other, took
+    their sum. Each job that was left is said so."""
+    shims = tmp_path / "shims"
+    shims.mkdir()
+    scancel = shims / "scancel"
+    scancel.write_text("#!/bin/sh\nexec sleep 30\n")  # a controller that does not answer
+    scancel.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{shims}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setattr(inflight, "_under_way", {})  # what this test leaves is its own
+    monkeypatch.setattr(slurm_runtime, "CLEANUP_DEADLINE_SECONDS", 1)
+    runtime = SlurmRuntime(tmp_path / "cache")
+
+    left: dict[str, str | None] = {}
+
+    async def cancel(job_id: str, after: float) -> None:
+        await anyio.sleep(after)
+        left[job_id] = await runtime._cancel(job_id)
+
+    async def main() -> None:
+        async with anyio.create_task_group() as tg:  # Ctrl-C: each step cancels its job
+            tg.start_soon(cancel, "745", 0)
+            tg.start_soon(cancel, "746", 0.5)
+        runtime._live.add("747")  # (submitted, its step not yet told)
+        await runtime.aclose()
+
+    began = time.monotonic()
+    anyio.run(main)
+
+    assert time.monotonic() - began < 1.8
+    assert left == dict.fromkeys(["745", "746"], "not cancelled, scancel did not answer within 1 s")
+    (item,) = [i for i in left_behind() if i.job_id == "747"]
+    assert item.what == "a job of this run, not cancelled: the cleanup's 1 s were over"
+
+
+def test_a_hanging_poll_is_given_up_when_its_run_is_cancelled() -> None:
+    """Ctrl-C while the poller's squeue hangs: the shielded poll held the step's scancel for
+    up to 30 s; cut short, it ends at once (a healthy one may finish within a second)."""
+
+    async def hanging(args: Sequence[str]) -> subprocess.CompletedProcess[bytes]:
+        await anyio.sleep(5)
+        return done(0)
+
+    async def main() -> None:
+        queue = JobQueue(fastest=0.01, slowest=0.01, command=hanging)
+        queue.watch("1")
+        began = anyio.current_time()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(queue.next_state, "1")
+            await anyio.sleep(1.2)
+            queue.cut_short()
+        assert anyio.current_time() - began < 2
+        assert queue.failed_polls == 1
+
+    anyio.run(main)

@@ -14,6 +14,7 @@ import re
 from collections.abc import Iterable, Sequence
 
 import anyio
+import anyio.lowlevel
 from pydantic import BaseModel, ConfigDict
 
 from kliko_async.runtime.slurm.commands import (
@@ -185,6 +186,9 @@ POLL_DEADLINE_SECONDS = 30
 """The longest one poll's commands may take (a controller that does not answer)."""
 
 
+CUT_SHORT_GRACE_SECONDS = 1.0
+"""How long a poll cut short (:meth:`JobQueue.cut_short`) may take: a well squeue takes ms."""
+
 SECONDS_PER_JOB = 0.01
 """How the shortest poll interval grows with the jobs watched: 0.25 s up to 25 jobs, 1 s with
 100, 2 s with 200 (3 s, the slowest, from 300)."""
@@ -233,6 +237,9 @@ class JobQueue:
         self._failure: SlurmCallFailed | None = None
         self._accounting: str | None = None  # "", "--completion" or "none": found at first use
         self._ended: dict[str, str] = {}
+        self._poll_scope: anyio.CancelScope | None = None  # the poll under way's
+        self.cleanup_by: float | None = None  # a cleanup's deadline (SlurmRuntime._cancel)
+        self._poll_began = 0.0
 
     def watch(self, job_id: str) -> None:
         self._jobs.setdefault(job_id, None)
@@ -252,6 +259,14 @@ class JobQueue:
         One that ended between two polls was never seen in squeue: its place in the queue was
         held for the whole patience with Slurm.)"""
         self._ended[job_id] = state
+
+    def cut_short(self) -> None:
+        """Give up the poll under way if it takes longer than ``CUT_SHORT_GRACE_SECONDS`` (a
+        run being cancelled: its poller's shielded poll held the cancellation, and the scancel
+        after it, for up to ``POLL_DEADLINE_SECONDS`` while squeue hung)."""
+        if self._poll_scope is not None:
+            by = max(self._poll_began + CUT_SHORT_GRACE_SECONDS, anyio.current_time())
+            self._poll_scope.deadline = min(self._poll_scope.deadline, by)
 
     def hurry(self) -> None:
         """Poll at the fastest pace again (a job is being cancelled, or just ended), from the
@@ -286,6 +301,10 @@ class JobQueue:
                     self._hurried = anyio.Event()  # hurry() shortens the wait under way
                     with anyio.move_on_after(wait):
                         await self._hurried.wait()
+                # A waiter cancelled meanwhile (Ctrl-C) starts no poll: with squeue hanging, a
+                # poll outlasts the interval, and the cancelled poller went from one shielded
+                # poll to the next without a checkpoint, holding Ctrl-C for the whole patience.
+                await anyio.lowlevel.checkpoint_if_cancelled()
                 self._polled_at = anyio.current_time()
                 await self._poll()
             finally:
@@ -301,12 +320,17 @@ class JobQueue:
         ids = sorted(self._jobs, key=_order)
         if not ids:
             return
+        # A cleanup under way (Ctrl-C) has polls end by its deadline, not 30 s after it.
+        limit = float(POLL_DEADLINE_SECONDS)
+        if self.cleanup_by is not None and self.cleanup_by > anyio.current_time():
+            limit = min(limit, self.cleanup_by - anyio.current_time())
         try:
             # Shielded: a poll, once its command started, is let end (bounded in time). The
             # poller is whichever follower asked first, and followers are cancelled as their
             # jobs end; a command killed mid-way raced Python's child watcher, which then
             # printed "Unknown child process pid ..." on the user's terminal (Python 3.11).
-            with anyio.CancelScope(shield=True), anyio.fail_after(POLL_DEADLINE_SECONDS):
+            with anyio.CancelScope(shield=True), anyio.fail_after(limit) as self._poll_scope:
+                self._poll_began = anyio.current_time()
                 found = await self._squeue(ids)
                 # Not in squeue: it left the queue (seen there before), or it ended before any
                 # poll saw it and has left already (squeue may show no ended job): ask
@@ -322,10 +346,10 @@ class JobQueue:
                 if missing:
                     found.update(await self._sacct(missing))
         except (SlurmCallFailed, TimeoutError) as error:
-            self._poll_failed(
-                str(error) or f"squeue or sacct did not answer in {POLL_DEADLINE_SECONDS} s"
-            )
+            self._poll_scope = None
+            self._poll_failed(str(error) or "squeue or sacct did not answer in time")
             return
+        self._poll_scope = None
         self._failing_since = None
         self.polls += 1
         changed = False

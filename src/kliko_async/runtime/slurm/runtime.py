@@ -80,7 +80,8 @@ from kliko_async.runtime.slurm.submit import (
 from kliko_async.runtime.slurm.unchanged import check_unchanged, tree_state
 
 CLEANUP_DEADLINE_SECONDS = 30
-"""How long cancelling a job (scancel, then waiting for it to leave the node) may take."""
+"""How long cancelling a job (scancel, then waiting for it to leave the node) may take: all the
+jobs cancelled together (Ctrl-C) share the one deadline."""
 
 TIME_LIMIT_MARGIN_SECONDS = 10
 """The job stops its container this long after the step's timeout: the run's own timer, which
@@ -122,6 +123,7 @@ class SlurmRuntime:
         self._live: set[str] = set()
         self._looks = FolderLooks()
         self._submitter = Submitter(self.options, self.queue, self._live, self.folder / "arrays")
+        self._cleanup_until: float | None = None  # the deadline of the cleanup under way
 
     # -- images: on the local engine ---------------------------------------------------------
 
@@ -308,6 +310,17 @@ class SlurmRuntime:
                 failed.append(error)
                 changed[0].set()
 
+        ending: list[bool] = []
+
+        async def cut_polls_when_cancelled() -> None:
+            # Cancelled from outside (Ctrl-C, a timeout), not at the job's end: the poll under
+            # way, when watch_state's, would hold the scancel until it ends (squeue hanging).
+            try:
+                await anyio.sleep_forever()
+            finally:
+                if not ending:
+                    self.queue.cut_short()
+
         container_id = f"slurm-{job_id}"
         started = False
         ended_at: float | None = None
@@ -315,6 +328,7 @@ class SlurmRuntime:
         pending: str | None = None
         async with anyio.create_task_group() as tg:
             tg.start_soon(watch_state)
+            tg.start_soon(cut_polls_when_cancelled)
             pause = _FOLLOW_FASTEST
             while not failed:
                 # The job's files are on the shared file system: read off the loop, in one
@@ -356,6 +370,7 @@ class SlurmRuntime:
                     with anyio.move_on_after(pause):
                         await changed[0].wait()
                 changed[0] = anyio.Event()
+            ending.append(True)
             tg.cancel_scope.cancel()
         while logs.deliver(await anyio.to_thread.run_sync(logs.fetch)):
             pass  # the rest of what the job wrote
@@ -383,17 +398,21 @@ class SlurmRuntime:
         with anyio.move_on_after(CLEANUP_DEADLINE_SECONDS):
             await self._until_gone(job_id)
 
-    async def _cancel(self, job_id: str) -> str | None:
+    async def _cancel(self, job_id: str, *, closing: bool = False) -> str | None:
         """scancel the job; wait until it has left its node (its script removes the container).
         None once it has (or Slurm took it and stopped answering); else why it may be left
         running, in words (scancel's error): a Ctrl-C once said nothing of jobs scancel
         failed to cancel, which kept running after the run had ended.
 
-        Shielded, with a deadline: it runs while its caller is being cancelled (Ctrl-C). Slurm
-        not answering within the deadline leaves the job to Slurm (a later run cancels it)."""
+        Shielded, with the cleanup's deadline (:meth:`_cleanup_deadline`): it runs while its
+        caller is being cancelled (Ctrl-C). Slurm not answering by then leaves the job to Slurm
+        (a later run cancels it)."""
+        deadline = self._cleanup_deadline(closing=closing)
+        if deadline <= anyio.current_time():
+            return f"not cancelled: the cleanup's {CLEANUP_DEADLINE_SECONDS} s were over"
         said: list[str] = []  # scancel's last error
         taken = False
-        with anyio.CancelScope(shield=True), anyio.move_on_after(CLEANUP_DEADLINE_SECONDS):
+        with anyio.CancelScope(shield=True, deadline=deadline) as scope:
             self.queue.watch(job_id)
             try:
                 await retrying(["scancel", job_id], command=_saying_errors(said))
@@ -404,11 +423,29 @@ class SlurmRuntime:
                 pass
             finally:
                 self.queue.forget(job_id)
+        if taken and scope.cancelled_caught:
+            return (
+                "cancelled, but squeue did not show it leave its node within the cleanup's "
+                f"{CLEANUP_DEADLINE_SECONDS} s"
+            )
         if taken:
             return None
         if said:
             return f"not cancelled, scancel failed: {said[-1]}"
         return f"not cancelled, scancel did not answer within {CLEANUP_DEADLINE_SECONDS} s"
+
+    def _cleanup_deadline(self, *, closing: bool = False) -> float:
+        """When the cleanup under way must end, or one starting now: jobs cancelled together
+        (Ctrl-C) share one deadline, and closing the runtime after them shares theirs, over or
+        not. Each had its own, and polls that outlived it: with squeue hanging, Ctrl-C took 2
+        to 5 minutes to answer, not 30 s."""
+        now = anyio.current_time()
+        if closing and self._cleanup_until is not None:
+            return self._cleanup_until
+        if self._cleanup_until is None or self._cleanup_until <= now:
+            self._cleanup_until = now + CLEANUP_DEADLINE_SECONDS
+            self.queue.cleanup_by = self._cleanup_until
+        return self._cleanup_until
 
     async def _until_gone(self, job_id: str) -> None:
         """Until Slurm no longer shows the job pending, running or completing (not in squeue at
@@ -454,9 +491,11 @@ class SlurmRuntime:
             await self._docker.remove_container(container_id)
 
     async def aclose(self) -> None:
-        with anyio.CancelScope(shield=True), anyio.move_on_after(CLEANUP_DEADLINE_SECONDS):
+        with anyio.CancelScope(shield=True):  # each within the cleanup's deadline
             for job_id in sorted(self._live):
-                await self._cancel(job_id)
+                left = await self._cancel(job_id, closing=True)
+                if left is not None:  # the end of the run names it
+                    track(InFlight(f"a job of this run, {left}", job_id=job_id))
         await self._docker.aclose()
 
 
