@@ -166,3 +166,16 @@ async def sinfo(partition: str | None, fields: str, *, per_node: bool) -> list[l
             raise RuntimeUnavailable(f"Slurm has no partition '{wanted}' (it has: {known})")
         raise RuntimeUnavailable("Slurm has no default partition: give one with --partition")
     return chosen
+
+
+def saying_errors(said: list[str]) -> Command:
+    """Slurm's command, keeping each failure's words in ``said`` (retried calls cut short by a
+    deadline raise nothing that says them)."""
+
+    async def command(args: Sequence[str]) -> subprocess.CompletedProcess[bytes]:
+        done = await slurm_command(args)
+        if done.returncode != 0:
+            said.append(command_error(done))
+        return done
+
+    return command

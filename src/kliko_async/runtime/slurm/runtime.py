@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -44,14 +43,12 @@ from kliko_async.runtime.slurm.charliecloud import CharliecloudImages
 from kliko_async.runtime.slurm.commands import (
     CALL_DEADLINE_SECONDS,
     RETRY_DELAYS,
-    Command,
     SlurmCallFailed,
     SlurmNoAnswer,
-    command_error,
     not_answering,
     retrying,
+    saying_errors,
     sinfo,
-    slurm_command,
     user_name,
 )
 from kliko_async.runtime.slurm.endings import (
@@ -415,7 +412,7 @@ class SlurmRuntime:
         with anyio.CancelScope(shield=True, deadline=deadline) as scope:
             self.queue.watch(job_id)
             try:
-                await retrying(["scancel", job_id], command=_saying_errors(said))
+                await retrying(["scancel", job_id], command=saying_errors(said))
                 taken = True
                 self.queue.ended(job_id, "CANCELLED")
                 await self._until_gone(job_id)
@@ -497,16 +494,3 @@ class SlurmRuntime:
                 if left is not None:  # the end of the run names it
                     track(InFlight(f"a job of this run, {left}", job_id=job_id))
         await self._docker.aclose()
-
-
-def _saying_errors(said: list[str]) -> Command:
-    """Slurm's command, keeping each failure's words in ``said`` (retried calls cut short by a
-    deadline raise nothing that says them)."""
-
-    async def command(args: Sequence[str]) -> subprocess.CompletedProcess[bytes]:
-        done = await slurm_command(args)
-        if done.returncode != 0:
-            said.append(command_error(done))
-        return done
-
-    return command
