@@ -174,12 +174,15 @@ class Submitter:
             if done is not None and done.returncode == 0:
                 job_id = parse_job_id(done)
                 break
-            named = (await self.jobs_named(name)) - self._live  # names hold the run's ID
-            adopted = {i for i in named if int(i.split("_")[0]) > floor}
-            if adopted:
-                job_id = min((i.split("_")[0] for i in adopted), key=int)
-                break
+            # No answer, or a passing error: the job may have gone in all the same. A refusal
+            # went nowhere, though Slurm may keep a record of it (FAILED, BadConstraints).
             retry = done is None or sbatch_transient(done)
+            if retry:
+                named = (await self.jobs_named(name)) - self._live  # names hold the run's ID
+                adopted = {i for i in named if int(i.split("_")[0]) > floor}
+                if adopted:
+                    job_id = min((i.split("_")[0] for i in adopted), key=int)
+                    break
             if delay is None or not retry or anyio.current_time() + delay >= give_up:
                 raise _not_taken(done, tries, min(CALL_DEADLINE_SECONDS, left))
             await anyio.sleep(delay)
