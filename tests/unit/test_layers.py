@@ -108,3 +108,13 @@ def test_every_subpackage_says_what_it_owns_and_may_import() -> None:
 def test_a_module_is_short_enough_to_read_in_one_sitting(path: Path) -> None:
     """A module that needs a table of contents is two modules (STYLE.md): 500 lines at most."""
     assert len(path.read_text().splitlines()) <= 500
+
+
+def test_every_test_module_has_a_name_of_its_own() -> None:
+    """pytest imports test modules by their file name: two ``test_x.py`` in different folders
+    stop the whole suite at collection (a unit and an integration file once shared one)."""
+    tests = Path(__file__).resolve().parents[1]
+    seen: dict[str, list[str]] = {}
+    for path in sorted(tests.rglob("test_*.py")):
+        seen.setdefault(path.name, []).append(str(path.relative_to(tests)))
+    assert {name: where for name, where in seen.items() if len(where) > 1} == {}
