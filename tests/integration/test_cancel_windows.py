@@ -124,7 +124,7 @@ async def test_a_run_cancelled_while_its_container_runs_removes_it() -> None:
     [
         ("created", aiodocker.containers.DockerContainers, "create"),
         # the file is read through the engine's archive endpoint (a bounded read of its own)
-        ("copied from", docker_runtime, "read_file"),
+        ("copied from", docker_runtime, "find_file"),
     ],
 )
 async def test_a_cancelled_kliko_yml_probe_removes_its_container(

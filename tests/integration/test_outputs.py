@@ -111,7 +111,7 @@ def test_out_never_replaces_a_folder_kliko_async_did_not_write(
 
     refused = kliko("run", chain, "--cache-dir", tmp_path / "c", "--out", ".", "--plain")
 
-    assert refused.returncode == 1
+    assert refused.returncode == 2  # an --out that cannot be used: bad input
     assert "data already exists and kliko-async did not write it" in refused.stderr
     assert "Traceback" not in refused.stderr
     assert " | started" not in refused.stdout, "refused before any step runs"
@@ -135,7 +135,7 @@ def test_a_symlinked_step_folder_under_out_is_refused_clearly(
 
     done = kliko("run", tool_chain(tmp_path, images), "--cache-dir", tmp_path / "c", "--out", out)
 
-    assert done.returncode == 1
+    assert done.returncode == 2
     assert f"{out / 'data'} is a symbolic link (to {tmp_path / 'precious'})" in done.stderr
     assert "Traceback" not in done.stderr
     assert list((tmp_path / "precious").iterdir()) == []
