@@ -20,9 +20,11 @@ from kliko_async.events import (
     RunFinished,
     RunStarted,
     StepCached,
+    StepCancelled,
     StepFailed,
     StepFinished,
     StepPreparing,
+    StepSkipped,
     StepStarted,
     StepWaitingForLock,
     log_line,
@@ -417,3 +419,27 @@ def test_an_image_built_before_the_run_starts_is_named_whole_and_then_waits() ->
     for event in events:
         view.update(event)
     assert "2 waiting" in "\n".join(panel(view))
+
+
+def test_steps_that_end_before_they_began_scroll_ten_of_a_kind_and_a_count() -> None:
+    # Ctrl-C in a 10,000-way matrix scrolled a "cancelled" line for every waiting step.
+    names = [f"s{i:03d}" for i in range(40)]
+    events: list[Event] = [started(*names)]
+    events.append(StepStarted(step="s000", key="k", container_id="c0ffee" * 8))
+    events.append(StepFailed(step="s000", key="k", reason="exited with code 3", exit_code=3))
+    events += [StepSkipped(step=n, reason="an earlier step failed") for n in names[1:26]]
+    events.append(StepStarted(step="s026", key="k", container_id="c0ffee" * 8))
+    events += [StepCancelled(step=n) for n in names[26:]]
+    events.append(finished(ok=False, failed=1, skipped=25, cancelled=14))
+
+    lines = play(events)
+
+    assert len([line for line in lines if "| skipped: an earlier step failed" in line]) == 10
+    cancelled = [line for line in lines if line.endswith("| cancelled")]
+    assert len(cancelled) == 11  # ten that waited, and the running one, which is always said
+    assert any(line.startswith("s026 | cancelled") for line in lines)
+    assert any(
+        "… and 15 more steps skipped (each, and why: kliko-async report r1)" in line
+        for line in lines
+    )
+    assert any("… and 3 more steps cancelled before they started" in line for line in lines)

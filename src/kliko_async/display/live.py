@@ -29,8 +29,16 @@ LINES_PER_SECOND = 50
 """At most this many lines of one step scroll per second; the rest are counted, not shown."""
 SAMPLE_PER_SECOND = 3
 """A step that went over the limit in the last second shows only this many: a sample."""
+UNSTARTED_SHOWN = 10
+"""Steps that end without having begun (skipped, or cancelled while they waited) scroll this
+many of each kind; the rest are counted in one line at the end. Ctrl-C in a 10,000-way matrix
+scrolled 9,887 "cancelled" lines (3.5 s of drawing) over what the run did."""
 _PREFIX_WIDTH = 16
 _WIDEST_PREFIX = 32
+_UNSTARTED_ENDS = {
+    "step_skipped": "skipped",
+    "step_cancelled": "cancelled before they started",
+}
 _STATE_STYLES = {"step_failed": "bold red", "step_cached": "cyan", "step_finished": "green"}
 
 
@@ -78,6 +86,7 @@ class LiveDisplay:
         self._hidden_lock = threading.Lock()
         self._stop = threading.Event()
         self._drawer: threading.Thread | None = None
+        self._unstarted: dict[str, int] = {}  # kind -> steps that ended before they began
 
     def __call__(self, event: Event) -> None:
         if event.kind == "log_line":
@@ -91,6 +100,11 @@ class LiveDisplay:
             return
         if self._drawer is None:
             self._start()
+        if event.kind in _UNSTARTED_ENDS and self.view.state_of(event.step) == "waiting":
+            count = self._unstarted[event.kind] = self._unstarted.get(event.kind, 0) + 1
+            if count > UNSTARTED_SHOWN:  # counted, said once at the end
+                self.view.update(event)
+                return
         self.view.update(event)
         if event.kind == "run_started":
             longest = max((len(s) for s in event.steps), default=4)
@@ -195,6 +209,14 @@ class LiveDisplay:
             return
         self._stop.set()
         self._drawer.join()
+        for kind, count in self._unstarted.items():
+            if count > UNSTARTED_SHOWN:
+                what, run = _UNSTARTED_ENDS[kind], self.view.run_id
+                text = (
+                    f"… and {count - UNSTARTED_SHOWN:,} more steps {what} "
+                    f"(each, and why: kliko-async report {run})"
+                )
+                self._queue.append(("", Text(text, style="dim italic")))
         try:
             self._draw()  # what queued since the last tick, then the summary
         finally:

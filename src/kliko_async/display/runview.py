@@ -77,6 +77,11 @@ class RunView:
             view = self.steps.get(name)
             return view.colour if view is not None else STEP_COLOURS[0]
 
+    def state_of(self, name: str) -> str | None:
+        with self.lock:
+            view = self.steps.get(name)
+            return view.state if view is not None else None
+
     def update(self, event: Event) -> None:
         with self.lock:
             self._update(event)
