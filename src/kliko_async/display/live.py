@@ -23,7 +23,7 @@ from rich.text import Text
 from kliko_async.display.runview import RunView
 from kliko_async.display.terminal import printable
 from kliko_async.display.wording import LogChoice, short_name, step_message
-from kliko_async.events import Event, LogLine
+from kliko_async.events import Event, LogLine, StepCancelled, StepSkipped
 
 LINES_PER_SECOND = 50
 """At most this many lines of one step scroll per second; the rest are counted, not shown."""
@@ -100,7 +100,10 @@ class LiveDisplay:
             return
         if self._drawer is None:
             self._start()
-        if event.kind in _UNSTARTED_ENDS and self.view.state_of(event.step) == "waiting":
+        if (
+            isinstance(event, StepSkipped | StepCancelled)
+            and self.view.state_of(event.step) == "waiting"
+        ):
             count = self._unstarted[event.kind] = self._unstarted.get(event.kind, 0) + 1
             if count > UNSTARTED_SHOWN:  # counted, said once at the end
                 self.view.update(event)
