@@ -214,6 +214,11 @@ class OutputExported(_Event):
     files: int
     size_bytes: int
     duration_s: float
+    unchanged: bool = Field(
+        False,
+        description="An earlier export of the same output was there, unchanged since: left as "
+        "it was (``files`` and ``size_bytes`` are what it holds).",
+    )
     done: int = Field(description="Steps exported so far, this one included.")
     total: int = Field(description="Steps to export in all.")
 

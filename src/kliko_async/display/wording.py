@@ -123,10 +123,10 @@ def _run_message(event: Event) -> str | None:
         case "export_started":
             return f"copying the outputs of {len(event.steps)} steps to {event.folder}"
         case "output_exported":  # the run's, after the steps: not one of a step's own lines
-            return (
-                f"copied {event.step} to {event.path} ({event.files} files, "
-                f"{_size(event.size_bytes)}, {event.done}/{event.total})"
-            )
+            what = f"{event.files} files, {_size(event.size_bytes)}, {event.done}/{event.total}"
+            if event.unchanged:
+                return f"{event.step} is in {event.path} already, unchanged ({what})"
+            return f"copied {event.step} to {event.path} ({what})"
         case "run_finished":
             state = run_state(event)
             if not event.outputs_copied:

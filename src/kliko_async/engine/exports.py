@@ -24,6 +24,7 @@ from pathlib import Path
 from kliko_async.cache.durable import remove_tree
 from kliko_async.cache.processes import host_name, pid_alive
 from kliko_async.cache.provenance import EXPORT_MARKER
+from kliko_async.engine.samecopy import same_copy
 from kliko_async.engine.workspace import SpecialFileError, blocking_file, copy_tree_writable
 from kliko_async.errors import KlikoError, ParameterError
 from kliko_async.events import Event, ExportStarted, OutputExported
@@ -93,7 +94,9 @@ def export_outputs(
     for index, (name, step) in enumerate(steps, start=1):
         assert step.output is not None
         started = time.monotonic()
-        files, size = export_step(step.output, out, name, step.key, between_files=between_files)
+        files, size, unchanged = export_step(
+            step.output, out, name, step.key, between_files=between_files
+        )
         if emit is not None:
             emit(
                 OutputExported(
@@ -101,6 +104,7 @@ def export_outputs(
                     path=str(out / name),
                     files=files,
                     size_bytes=size,
+                    unchanged=unchanged,
                     duration_s=time.monotonic() - started,
                     done=index,
                     total=len(steps),
@@ -123,12 +127,17 @@ def export_step(
     key: str,
     *,
     between_files: Callable[[], None] | None = None,
-) -> tuple[int, int]:
-    """Copy one step's output to ``out/<step>``; the number of files and bytes copied."""
+) -> tuple[int, int, bool]:
+    """Copy one step's output to ``out/<step>``: the number of files and bytes there, and
+    whether it was left as it was (an earlier export of the same output, unchanged since)."""
     target = out / step
     where = f"--out {out}"
     hint = "Every finished step is kept in the cache: run again with another --out."
     replacing = _replaceable(out, step)
+    if replacing and _exported_key(target) == key:
+        same = same_copy(source, target, besides=EXPORT_MARKER, between_files=between_files)
+        if same is not None:
+            return (*same, True)
     try:
         out.mkdir(parents=True, exist_ok=True)
         fresh = _hidden(out, step, ".exporting")
@@ -139,7 +148,9 @@ def export_step(
             hint=hint,
         ) from None
     try:
-        files, size = copy_tree_writable(source, fresh, between_files=between_files)
+        files, size = copy_tree_writable(
+            source, fresh, between_files=between_files, keep_times=True
+        )
         marker = fresh / EXPORT_MARKER
         if (marker.exists() or marker.is_symlink()) and not _carried_marker(marker):
             raise KlikoError(
@@ -172,19 +183,31 @@ def export_step(
     except BaseException:
         remove_tree(fresh)
         raise
-    return files, size
+    return files, size, False
+
+
+def _exported_key(folder: Path) -> str | None:
+    """The key an earlier export in ``folder`` says it is a copy of (its marker); None if it
+    says none."""
+    said = _marker_says(folder / EXPORT_MARKER)
+    return said["key"] if said is not None and isinstance(said["key"], str) else None
 
 
 def _carried_marker(marker: Path) -> bool:
     """Whether ``marker`` is the marker of an earlier export, carried through by a step that
     copied its input (an export used as data, copied into /work): replaced, not refused."""
-    if not stat.S_ISREG(_lstat_mode(marker)) or os.lstat(marker).st_size > 4096:
-        return False
+    return _marker_says(marker) is not None
+
+
+def _marker_says(marker: Path) -> dict[str, object] | None:
+    """What an export's marker file says (its step and key); None if ``marker`` is not one."""
     try:
-        said = json.loads(marker.read_text())
+        if not stat.S_ISREG(os.lstat(marker).st_mode) or os.lstat(marker).st_size > 4096:
+            return None
+        said = json.loads(marker.read_bytes())
     except (OSError, ValueError):
-        return False
-    return isinstance(said, dict) and set(said) == {"step", "key"}
+        return None
+    return said if isinstance(said, dict) and set(said) == {"step", "key"} else None
 
 
 def _replaceable(out: Path, step: str) -> bool:

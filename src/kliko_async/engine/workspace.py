@@ -210,7 +210,11 @@ def _copy_input(
 
 
 def copy_tree_writable(
-    source: Path, target: Path, *, between_files: Callable[[], None] | None = None
+    source: Path,
+    target: Path,
+    *,
+    between_files: Callable[[], None] | None = None,
+    keep_times: bool = False,
 ) -> tuple[int, int]:
     """Copy a (possibly read-only) tree so that the copy is writable by its owner.
 
@@ -220,6 +224,8 @@ def copy_tree_writable(
     or device is refused (:class:`SpecialFileError`): copying one could block forever or read a
     device. Returns the number of files and their total size; ``between_files`` is called
     before each file and between pieces of a big one (to stop a long copy on cancellation).
+    With ``keep_times`` each file keeps its modification time (an export: see
+    :mod:`kliko_async.engine.samecopy`).
     """
     files = size = 0
     _make_folder(target, os.lstat(source))
@@ -237,6 +243,8 @@ def copy_tree_writable(
             elif stat.S_ISREG(info.st_mode):
                 copy_file(src, dst, between_chunks=between_files)
                 os.chmod(dst, stat.S_IMODE(info.st_mode) | stat.S_IWUSR | stat.S_IRUSR)
+                if keep_times:
+                    os.utime(dst, ns=(info.st_atime_ns, info.st_mtime_ns))
                 files, size = files + 1, size + info.st_size
             else:
                 raise SpecialFileError(src, info.st_mode)
