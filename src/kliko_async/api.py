@@ -39,6 +39,7 @@ from kliko_async.engine.leftovers import remove_leftovers
 from kliko_async.engine.plan import Plan, plan_chain
 from kliko_async.engine.resources import ResourcePool, machine_cpus
 from kliko_async.engine.scheduler import Scheduler
+from kliko_async.engine.signals import ended_cleanly_by_sigterm
 from kliko_async.errors import KlikoError
 from kliko_async.events import Event, EventConsumer, RunFinished
 from kliko_async.model.chain import RUN_CHAIN_SOURCE, Chain, chain_from_pairs, load_chain
@@ -290,7 +291,8 @@ def run_blocking(function: Callable[[], Awaitable[T]]) -> T:
     """Run an async function to the end from synchronous code.
 
     Where an event loop already runs in this thread (Jupyter, Luigi's worker), it runs on a
-    fresh loop in a helper thread instead, since loops do not nest.
+    fresh loop in a helper thread instead, since loops do not nest. SIGTERM stops the work
+    cleanly before it ends the process (``engine.signals.ended_cleanly_by_sigterm``).
     """
     box: list[T] = []
 
@@ -299,7 +301,7 @@ def run_blocking(function: Callable[[], Awaitable[T]]) -> T:
         # formats that task's repr, result included, while restoring the SIGINT handler (the
         # enum lookup of the old handler fails, and its error message is built): for the plan
         # of a 10,000-step chain, seconds of pydantic reprs thrown away.
-        box.append(await function())
+        box.append(await ended_cleanly_by_sigterm(function))
 
     try:
         asyncio.get_running_loop()

@@ -12,7 +12,7 @@ import signal
 import sys
 import threading
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar, cast
+from typing import Any, NoReturn, TypeVar, cast
 
 import anyio
 
@@ -64,6 +64,56 @@ async def until_signal(work: Callable[[], Awaitable[T]], *, what: str) -> T:
         interrupted.exit_status = EXIT_CODES.get(received[0], 130)
         raise interrupted
     return outcome[0]
+
+
+async def ended_cleanly_by_sigterm(work: Callable[[], Awaitable[T]]) -> T:
+    """Run ``work``; a SIGTERM meanwhile cancels it (its containers are stopped and removed, as
+    for Ctrl-C), and then ends the process as SIGTERM would have: by the signal.
+
+    For the synchronous faces (``run_chain``, Luigi's ``KlikoTask``), whose process nobody
+    else told what SIGTERM means: Python's default dies at once and leaves the containers
+    running, and SIGTERM is how Luigi stops a task (``worker_timeout``, a worker shutting
+    down). Only in the main thread (where signals are received) and while SIGTERM has no
+    handler of the application's own; a second SIGTERM ends the process without waiting.
+    """
+    in_main = threading.current_thread() is threading.main_thread()
+    if not in_main or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        return await work()
+    received: list[bool] = []
+    outcome: list[T] = []
+    failure: list[Exception] = []
+
+    async def watch(scope: anyio.CancelScope) -> None:
+        with anyio.open_signal_receiver(signal.SIGTERM) as signals:
+            async for _ in signals:
+                if received:
+                    end_by_sigterm()
+                received.append(True)
+                scope.cancel()
+
+    try:
+        async with anyio.create_task_group() as group:
+            with anyio.CancelScope() as scope:
+                group.start_soon(watch, scope)
+                try:
+                    outcome.append(await work())
+                except Exception as error:  # raised below as itself, not in a group
+                    failure.append(error)
+                finally:
+                    group.cancel_scope.cancel()
+    finally:
+        if received:  # also when Ctrl-C came first (Luigi sends SIGTERM after it)
+            end_by_sigterm()
+    if failure:
+        raise failure[0]
+    return outcome[0]
+
+
+def end_by_sigterm() -> NoReturn:
+    """End this process by SIGTERM with its default action, as if nobody had caught it."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.raise_signal(signal.SIGTERM)
+    raise SystemExit(EXIT_CODES[signal.SIGTERM])  # not reached: the signal ends the process
 
 
 def while_main_waits(function: Callable[[], T]) -> T:
