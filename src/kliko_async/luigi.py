@@ -32,8 +32,10 @@ instead (``connection`` may hold such a URL too; a client object there is refuse
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
@@ -45,6 +47,7 @@ from kliko_async.cache.store import Cache, default_cache_dir
 from kliko_async.errors import ParameterError
 from kliko_async.events import Event, LogLine
 from kliko_async.model.chain import Chain, chain_from_steps
+from kliko_async.model.chainmodel import step_name_problem
 from kliko_async.model.parameters import validate_parameters
 from kliko_async.model.spec import Field, KlikoSpec
 
@@ -134,8 +137,22 @@ class KlikoTask(luigi.Task):
         return values
 
     def step_name(self) -> str:
-        """A name for this task's step, the same in every chain it appears in."""
-        return f"{self.task_family[:80]}-{self.task_id[-10:]}".replace("_", "-")
+        """A name for this task's step, the same in every chain it appears in and never that
+        of another task: its family and the hash of its parameters (Luigi's task ID's end).
+
+        A family that cannot be a step name as it is (a class name that starts with ``_`` or
+        holds letters beyond ASCII, as Python allows) or that is too long is shown in ASCII and
+        told apart from the others by a hash of it."""
+        family = self.task_family
+        name = f"{family}-{self.task_id[-10:]}".replace("_", "-")
+        if len(family) <= 80 and step_name_problem(name) is None:
+            return name  # as before: the names several inputs are seen by (and keyed) stay
+        shown = re.sub(r"[^A-Za-z0-9.]+", "-", family).strip(".-")
+        while len(shown) > 60 and "." in shown:  # the class's own name matters most
+            shown = shown.partition(".")[2]
+        shown = shown[:60].strip(".-") or "task"
+        digest = hashlib.sha256(family.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+        return f"{shown}-{digest}-{self.task_id[-10:]}"
 
     def to_chain(self) -> Chain:
         """This task and everything it requires, as a kliko-async chain."""
