@@ -20,19 +20,22 @@ cache entry of the task's key, and Luigi and the CLI share results::
 
     luigi.build([Image()], local_scheduler=True)
 
-As with Kliko 0.8: required kliko.yml fields are required Luigi parameters, and parameters are
-validated when a task is created (so Luigi reports a bad value at once, naming the task); the
-container's log lines go to Python logging while it runs (logger ``luigi-interface.kliko``,
-shown by Luigi's default logging); a failed task raises :class:`~kliko_async.errors.RunFailed`
-with the step's exit code, reason, last log lines and log file. Kliko 0.8's ``connection`` held
-a docker-py client; kliko-async talks to the engine itself, so a class sets ``docker_url``
-instead (``connection`` may hold such a URL too; a client object there is refused clearly).
+As Kliko's documentation reads as text, ``image_name`` may also be written without
+``@classmethod`` (it is made one). As with Kliko 0.8: required kliko.yml fields are required
+Luigi parameters, and parameters are validated when a task is created (so Luigi reports a bad
+value at once, naming the task); the container's log lines go to Python logging while it runs
+(logger ``luigi-interface.kliko``, shown by Luigi's default logging); a failed task raises
+:class:`~kliko_async.errors.RunFailed` with the step's exit code, reason, last log lines and log
+file. Kliko 0.8's ``connection`` held a docker-py client; kliko-async talks to the engine
+itself, so a class sets ``docker_url`` instead (``connection`` may hold such a URL too; a client
+object there is refused clearly).
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import inspect
 import logging
 import os
 import re
@@ -84,6 +87,12 @@ class KlikoTask(luigi.Task):
 
     connection: ClassVar[object] = None
     """Kliko 0.8's docker-py client. Only a URL string is accepted here (as ``docker_url``)."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        plain = cls.__dict__.get("image_name")
+        if inspect.isfunction(plain):  # `def image_name(cls):` as Kliko's docs read as text
+            cls.image_name = classmethod(plain)  # type: ignore[method-assign, assignment]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -1,5 +1,6 @@
 """Luigi task classes named as Python allows, each its own step: a name that starts with ``_`` or
-holds letters beyond ASCII, and long namespaced names alike in their first 80 characters."""
+holds letters beyond ASCII, long namespaced names alike in their first 80 characters, and
+``image_name`` written without ``@classmethod`` (as Kliko's documentation reads as text)."""
 
 from __future__ import annotations
 
@@ -62,9 +63,14 @@ class BothPasses(KlikoTask):
         ]
 
 
+class AsTheDocsRead(KlikoTask):
+    def image_name(cls):  # type: ignore[no-untyped-def]
+        return "example/gen"
+
+
 TASKS = (
     _Simulate, Étalonner, CalibrateAntennaGainsWithTheSkyModelPass1,
-    CalibrateAntennaGainsWithTheSkyModelPass2, BothPasses,
+    CalibrateAntennaGainsWithTheSkyModelPass2, BothPasses, AsTheDocsRead,
 )  # fmt: skip
 
 
@@ -89,3 +95,10 @@ def test_classes_alike_in_their_first_80_characters_are_two_steps() -> None:
         (folder / "numbers.txt").read_text() for folder in output.iterdir() if folder.is_dir()
     )
     assert seen == ["LINE 1\n", "LINE 1\nLINE 2\n"]
+
+
+def test_image_name_without_classmethod_as_the_docs_read() -> None:
+    assert [name for name, _ in AsTheDocsRead.get_params()] == ["n", "scale", "prefix", "header"]
+    task = AsTheDocsRead(n=3)
+    assert luigi.build([task], local_scheduler=True) is True
+    assert (Path(task.output().path) / "numbers.txt").read_text().count("\n") == 3
