@@ -182,8 +182,16 @@ class KlikoTask(luigi.Task):
         visit(self)
         return chain_from_steps(steps, source=f"<luigi {self.task_id}>", base_dir=Path.cwd())
 
+    def complete(self) -> bool:
+        """Whether this task's cache entry is there, its key computed afresh: Luigi keeps one
+        instance per set of parameters for the whole process, and a file parameter's content
+        (or anything else upstream) may have changed since the instance last looked."""
+        self.__dict__.pop("cache_key", None)
+        return bool(super().complete())
+
     @functools.cached_property
     def cache_key(self) -> str:
+        """This task's key: from its plan at ``complete()``, then from the run that made it."""
         chain = self.to_chain()
         plan = run_blocking(
             lambda: on_engine(
@@ -209,6 +217,7 @@ class KlikoTask(luigi.Task):
             )
         )
         result.raise_for_failures()
+        self.__dict__["cache_key"] = result.steps[self.step_name()].key  # output(): what ran
 
 
 def _log_line(event: Event) -> None:
