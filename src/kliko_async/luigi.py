@@ -28,7 +28,8 @@ value at once, naming the task); the container's log lines go to Python logging 
 :class:`~kliko_async.errors.RunFailed` with the step's exit code, reason, last log lines and log
 file. Kliko 0.8's ``connection`` held a docker-py client; kliko-async talks to the engine
 itself, so a class sets ``docker_url`` instead (``connection`` may hold such a URL too; a client
-object there is refused clearly).
+object there is refused clearly). A Luigi task outside Kliko that a KlikoTask requires gives
+it its output's files and folders, as data inputs (``data:`` in a chain file).
 """
 
 from __future__ import annotations
@@ -147,46 +148,52 @@ class KlikoTask(luigi.Task):
 
     def step_name(self) -> str:
         """A name for this task's step, the same in every chain it appears in and never that
-        of another task: its family and the hash of its parameters (Luigi's task ID's end).
-
-        A family that cannot be a step name as it is (a class name that starts with ``_`` or
-        holds letters beyond ASCII, as Python allows) or that is too long is shown in ASCII and
-        told apart from the others by a hash of it."""
-        family = self.task_family
-        name = f"{family}-{self.task_id[-10:]}".replace("_", "-")
-        if len(family) <= 80 and step_name_problem(name) is None:
-            return name  # as before: the names several inputs are seen by (and keyed) stay
-        shown = re.sub(r"[^A-Za-z0-9.]+", "-", family).strip(".-")
-        while len(shown) > 60 and "." in shown:  # the class's own name matters most
-            shown = shown.partition(".")[2]
-        shown = shown[:60].strip(".-") or "task"
-        digest = hashlib.sha256(family.encode("utf-8", "surrogatepass")).hexdigest()[:8]
-        return f"{shown}-{digest}-{self.task_id[-10:]}"
+        of another task: see :func:`task_name`."""
+        return task_name(self)
 
     def to_chain(self) -> Chain:
-        """This task and everything it requires, as a kliko-async chain."""
+        """This task and everything it requires, as a kliko-async chain: the Luigi tasks
+        outside Kliko that any of them requires are data, their outputs' files and folders."""
+        steps, data, _ = self._graph()
+        return chain_from_steps(
+            steps, data=data, source=f"<luigi {self.task_id}>", base_dir=Path.cwd()
+        )
+
+    def _graph(self) -> tuple[dict[str, dict[str, Any]], dict[str, str], list[luigi.Task]]:
+        """The steps, the data (name -> path) and the Luigi tasks outside Kliko it comes from."""
         steps: dict[str, dict[str, Any]] = {}
+        data: dict[str, str] = {}
+        outside: list[luigi.Task] = []
 
         def visit(task: KlikoTask) -> None:
             if task.step_name() in steps:
                 return
-            upstream = [t for t in flatten(task.requires()) if isinstance(t, KlikoTask)]
-            for dependency in upstream:
-                visit(dependency)
+            inputs: list[str] = []
+            for required in flatten(task.requires()):
+                if isinstance(required, KlikoTask):
+                    visit(required)
+                    inputs.append(required.step_name())
+                else:
+                    inputs += _data_of(task, required, data)
+                    outside.append(required)
             steps[task.step_name()] = {
                 "image": task.image_name(),
                 "params": task.kliko_params(),
-                "inputs": [t.step_name() for t in upstream],
+                "inputs": inputs,
             }
 
         visit(self)
-        return chain_from_steps(steps, source=f"<luigi {self.task_id}>", base_dir=Path.cwd())
+        return steps, data, outside
 
     def complete(self) -> bool:
         """Whether this task's cache entry is there, its key computed afresh: Luigi keeps one
         instance per set of parameters for the whole process, and a file parameter's content
-        (or anything else upstream) may have changed since the instance last looked."""
+        (or anything else upstream) may have changed since the instance last looked. Not
+        before every Luigi task outside Kliko it reads from is: their data is part of the key.
+        """
         self.__dict__.pop("cache_key", None)
+        if not all(task.complete() for task in self._graph()[2]):
+            return False
         return bool(super().complete())
 
     @functools.cached_property
@@ -218,6 +225,45 @@ class KlikoTask(luigi.Task):
         )
         result.raise_for_failures()
         self.__dict__["cache_key"] = result.steps[self.step_name()].key  # output(): what ran
+
+
+def task_name(task: luigi.Task) -> str:
+    """A step (or data) name for a Luigi task: its family and the hash of its parameters
+    (Luigi's task ID's end), never that of another task.
+
+    A family that cannot be a step name as it is (a class name that starts with ``_`` or holds
+    letters beyond ASCII, as Python allows) or that is too long is shown in ASCII and told
+    apart from the others by a hash of it."""
+    family = task.task_family
+    name = f"{family}-{task.task_id[-10:]}".replace("_", "-")
+    if len(family) <= 80 and step_name_problem(name) is None:
+        return name  # as before: the names several inputs are seen by (and keyed) stay
+    shown = re.sub(r"[^A-Za-z0-9.]+", "-", family).strip(".-")
+    while len(shown) > 60 and "." in shown:  # the class's own name matters most
+        shown = shown.partition(".")[2]
+    shown = shown[:60].strip(".-") or "task"
+    digest = hashlib.sha256(family.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    return f"{shown}-{digest}-{task.task_id[-10:]}"
+
+
+def _data_of(task: KlikoTask, required: luigi.Task, data: dict[str, str]) -> list[str]:
+    """The data inputs that ``required``, a Luigi task outside Kliko, gives ``task``: each
+    file or folder of its output (added to ``data``), as Kliko 0.8 gave a task its input."""
+    targets = flatten(required.output())
+    if not all(isinstance(target, luigi.LocalTarget) for target in targets):
+        kinds = sorted({type(t).__name__ for t in targets if not isinstance(t, luigi.LocalTarget)})
+        raise ParameterError(
+            f"it requires {required.task_id}, whose output is not a file or folder on this "
+            f"machine ({', '.join(kinds)}), and a container can only be given those",
+            where=f"Luigi task {task.task_id}",
+            hint="Make that task's output a luigi.LocalTarget, or add a task that copies it "
+            "to one and require that task instead.",
+        )
+    base = task_name(required)
+    names = [base if len(targets) == 1 else f"{base}-{i}" for i in range(1, len(targets) + 1)]
+    for name, target in zip(names, targets, strict=True):
+        data[name] = os.path.abspath(target.path)
+    return names
 
 
 def _log_line(event: Event) -> None:

@@ -113,11 +113,16 @@ def parse_chain(
 
 
 def chain_from_steps(
-    steps: Mapping[str, Any] | Sequence[Any], *, source: str, base_dir: Path
+    steps: Mapping[str, Any] | Sequence[Any],
+    *,
+    source: str,
+    base_dir: Path,
+    data: Mapping[str, str] | None = None,
 ) -> Chain:
     """A chain from steps built in Python (Luigi tasks, ``run_chain``'s pairs) rather than
-    written in a chain file: they have no variables, so a ``${`` in them is plain text."""
-    return _parse({"steps": steps}, source, base_dir, {}, variables=False)
+    written in a chain file: they have no variables, so a ``${`` in them is plain text.
+    ``data`` names host files and folders, as a chain file's ``data:`` section."""
+    return _parse({"steps": steps, "data": data}, source, base_dir, {}, variables=False)
 
 
 def _may_refer(raw: bytes) -> bool:
