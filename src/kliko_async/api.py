@@ -304,8 +304,10 @@ def run_blocking(function: Callable[[], Awaitable[T]]) -> T:
         box.append(await ended_cleanly_by_sigterm(function))
 
     try:
-        asyncio.get_running_loop()
-    except RuntimeError:  # no loop here: the common case
+        nested = asyncio.get_running_loop() is not None
+    except RuntimeError:  # no loop here, the common case: run below, not in this handler
+        nested = False  # (every error of the work said "no running event loop" first)
+    if not nested:
         anyio.run(main)
     else:
         with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="kliko-async") as pool:

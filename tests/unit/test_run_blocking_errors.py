@@ -19,6 +19,9 @@ def test_an_error_of_the_work_comes_out_as_itself() -> None:
     async def work() -> None:
         raise ImageError("no such image", where="example/none")
 
-    with pytest.raises(ImageError, match="no such image"):
+    with pytest.raises(ImageError, match="no such image") as error:
         api.run_blocking(work)
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    # Not raised while handling the look for a running loop: a traceback said "RuntimeError:
+    # no running event loop ... During handling of the above exception" before every error.
+    assert not isinstance(error.value.__context__, RuntimeError)
