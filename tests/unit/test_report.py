@@ -139,6 +139,17 @@ async def test_no_run_yet_is_one_clear_error(tmp_path: Path) -> None:
         find_record(tmp_path / "cache", "abc")
 
 
+async def test_a_run_id_is_the_start_of_one_never_a_pattern(
+    tmp_path: Path, fake: FakeRuntime
+) -> None:
+    """``report 5d0*`` (a shell habit) had raised a traceback ('**' in a glob pattern)."""
+    run_id = await run(tmp_path, fake, {"gen": {"image": "example/shout"}})
+    assert find_record(tmp_path / "cache", run_id[:4]).run_id == run_id
+    for given in ("*", f"{run_id[:4]}*", "?" * 12, "[0-9a-f]", f"../records/{run_id}"):
+        with pytest.raises(ParameterError, match="no run with an ID starting"):
+            find_record(tmp_path / "cache", given)
+
+
 async def test_provenance_of_an_export_rebuilds_it_from_the_cache(
     tmp_path: Path, fake: FakeRuntime
 ) -> None:

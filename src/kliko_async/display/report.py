@@ -69,7 +69,8 @@ def find_record(cache_root: Path, run_id: str | None) -> RunRecord:
     if run_id is None:
         path = latest_record(cache_root)
     else:
-        matches = sorted(runs_folder(cache_root).glob(f"{run_id}*.json"))
+        records = runs_folder(cache_root).glob("*.json")  # the ID is text, never a pattern
+        matches = sorted(path for path in records if path.name.startswith(run_id))
         if len(matches) != 1:
             found = "no run" if not matches else f"{len(matches)} runs"
             raise ParameterError(f"{found} with an ID starting '{run_id}'", where=str(cache_root))
