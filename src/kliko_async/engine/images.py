@@ -165,8 +165,16 @@ class ImageResolver:
                     where=f"image {ref or image_id}",
                     hint="Add a kliko.yml describing its parameters (COPY kliko.yml /kliko.yml).",
                 )
+            problem = files.problems.get(KLIKO_EXECUTABLE)
+            if files.exists.get(KLIKO_EXECUTABLE, False) and problem:
+                raise SpecError(
+                    f"the image's {KLIKO_EXECUTABLE} {problem}, so no container of it can run",
+                    where=f"image {ref or image_id}",
+                    hint=f"Make it executable in the image: add RUN chmod +x {KLIKO_EXECUTABLE} "
+                    "to its Dockerfile after the line that adds it (or chmod +x the file before "
+                    "building).",
+                )
             if not files.exists.get(KLIKO_EXECUTABLE, False):
-                problem = files.problems.get(KLIKO_EXECUTABLE)
                 raise SpecError(
                     f"the image's {KLIKO_EXECUTABLE} {problem}, so it is not a Kliko image"
                     if problem
@@ -187,7 +195,10 @@ class ImageResolver:
         return self._specs_dir / (image_id.replace(":", "-") + ".kliko.yml")
 
 
-_MEMO_HEADER = b"kliko-async memo sha256="
+_MEMO_HEADER = b"kliko-async memo 2 sha256="
+"""A memo's first line, up to its checksum. Version 2 memos are written only for images whose
+/kliko can be run; an earlier memo (from before /kliko's execute bits were checked) is not
+read, so that its image is probed again."""
 
 
 def _read_memo(path: Path) -> bytes | None:

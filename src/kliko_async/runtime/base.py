@@ -127,8 +127,9 @@ class ImageFiles(BaseModel):
     problems: dict[str, str] = Field(
         default_factory=dict,
         description="Path -> why what is there is no file, to follow the path ('is a folder', "
-        "'is a symbolic link to ..., which does not exist', '... goes round in a loop'); "
-        "absent where a file is, or nothing at all.",
+        "'is a symbolic link to ..., which does not exist', '... goes round in a loop'), or, for "
+        "a path of ``stat`` where a file is, why it cannot be run ('is not executable (mode "
+        "0644)'); absent where a file is (that can be run), or nothing at all.",
     )
 
 
@@ -139,9 +140,10 @@ class Runtime(Protocol):
     may try to pull first). Raises :class:`~kliko_async.errors.ImageError` if there is none.
 
     ``probe_image(image_id, read=..., stat=...)``: the bytes of each path in ``read`` and whether
-    each path in ``stat`` is a file, taken from the image without running it (create, copy,
-    remove); symbolic links are followed within the image, and what stops a path from leading
-    to a file (a folder, a link to nothing, a loop of links) is said in ``problems``.
+    each path in ``stat`` (a program) is a file, taken from the image without running it
+    (create, copy, remove); symbolic links are followed within the image, and what stops a path
+    from leading to a file (a folder, a link to nothing, a loop of links), or a program from
+    being run (no execute bit), is said in ``problems``.
 
     ``build_image(context, tag=..., on_log=..., labels=...)``: build a folder with a Dockerfile
     and return the new image ID, labelled with ``labels``; build output lines go to ``on_log``.

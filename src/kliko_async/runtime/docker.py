@@ -168,7 +168,8 @@ class DockerRuntime:
                 for path in read
             }
             stated = {
-                path: await find_file(self.client, container.id, path, limit=0) for path in stat
+                path: await find_file(self.client, container.id, path, limit=0, program=True)
+                for path in stat
             }
         finally:
             with anyio.CancelScope(shield=True), anyio.move_on_after(CLEANUP_DEADLINE_SECONDS):

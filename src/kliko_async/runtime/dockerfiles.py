@@ -36,19 +36,25 @@ class ImageFile(NamedTuple):
     """The file's first ``limit + 1`` bytes; None if no file is there."""
     problem: str | None
     """Why what is there is not a file, to follow its path ("is a folder", "is a symbolic link
-    to '/x', which does not exist"); None if it is a file, or nothing is there at all."""
+    to '/x', which does not exist"), or, for a program, why the file cannot be run ("is not
+    executable (mode 0644)"); None if it is a file (a program: one that can be run), or nothing
+    is there at all."""
 
 
 async def find_file(
-    client: aiodocker.Docker, container_id: str, path: str, *, limit: int
+    client: aiodocker.Docker, container_id: str, path: str, *, limit: int, program: bool = False
 ) -> ImageFile:
     """The file at ``path`` in a container, its symbolic links followed as ``cat`` in the
     container would (absolute targets from the container's root, never the host's: the engine
     resolves them in the container's filesystem); at most ``limit + 1`` bytes of it (more than
     ``limit`` means it is too big: the caller says so). The engine's archive is read only as far
-    as that, never whole: an image is someone else's, and its kliko.yml may be any size."""
-    if limit == 0 and await _is_plain_file(client, container_id, path):
-        return ImageFile(b"", None)  # present, and nothing of it asked for: no download
+    as that, never whole: an image is someone else's, and its kliko.yml may be any size. With
+    ``program``, a file without any execute bit (which no container can run) has a problem too;
+    its content is still given: it is there."""
+    if limit == 0:
+        mode = await _plain_file_mode(client, container_id, path)
+        if mode is not None:  # present, and nothing of it asked for: no download
+            return _file(b"", mode, program=program, path=path, where=path)
     where = path
     for _ in range(MAX_LINKS + 1):
         try:
@@ -60,11 +66,20 @@ async def find_file(
         member, content, target = found
         if not member.issym():
             if member.isfile():
-                return ImageFile(content, None)
+                return _file(content, member.mode, program=program, path=path, where=where)
             kind = "a folder" if member.isdir() else "a device or a pipe, not a file"
             return ImageFile(None, _via(path, where, kind))
         where = target or _lexically(where, member.linkname)
     return ImageFile(None, _via(path, where, _LOOP))
+
+
+def _file(content: bytes | None, mode: int, *, program: bool, path: str, where: str) -> ImageFile:
+    """The file ``path`` leads to (at ``where``), of permission bits ``mode``. A ``program``
+    with no execute bit gets that for its problem: the kernel would refuse to run it
+    (``permission denied`` when its container starts, after the steps before it ran)."""
+    if program and not mode & 0o111:
+        return ImageFile(content, _via(path, where, f"not executable (mode {mode & 0o777:04o})"))
+    return ImageFile(content, None)
 
 
 def _via(path: str, where: str, kind: str) -> str:
@@ -161,19 +176,21 @@ _GO_MODE_TYPE = (1 << 31) | (1 << 27) | (1 << 26) | (1 << 25) | (1 << 24) | (1 <
 engine's stat ``mode`` of a regular file has none of these bits."""
 
 
-async def _is_plain_file(client: aiodocker.Docker, container_id: str, path: str) -> bool:
-    """Whether ``path`` is a regular file (not a link), by the engine's stat of it alone (a
-    HEAD request, no archive): the common case of a probe, answered without a download (which
-    cost a run's planning 30 ms an image). Anything else, or an error: False, and
-    :func:`find_file` looks closer."""
+async def _plain_file_mode(client: aiodocker.Docker, container_id: str, path: str) -> int | None:
+    """The permission bits of ``path`` if it is a regular file (not a link), by the engine's
+    stat of it alone (a HEAD request, no archive): the common case of a probe, answered without
+    a download (which cost a run's planning 30 ms an image). Anything else, or an error: None,
+    and :func:`find_file` looks closer."""
     try:
         async with engine_response(
             client, f"containers/{container_id}/archive", method="HEAD", params={"path": path}
         ) as response:
             mode = _path_stat(response.headers.get(_STAT_HEADER, "")).get("mode")
     except (ValueError, aiodocker.DockerError):  # a HEAD error reply has no body to decode
-        return False
-    return isinstance(mode, int) and not mode & _GO_MODE_TYPE
+        return None
+    if not isinstance(mode, int) or mode & _GO_MODE_TYPE:
+        return None
+    return mode & 0o777  # Go keeps the Unix permission bits where Unix does
 
 
 def probe_config(image_id: str) -> dict[str, Any]:
