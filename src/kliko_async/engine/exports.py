@@ -20,6 +20,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Final, Literal
 
 from kliko_async.cache.durable import remove_tree
 from kliko_async.cache.processes import host_name, pid_alive
@@ -111,13 +112,7 @@ def export_outputs(
                 )
             )
     unfinished = (name for name, step in result.steps.items() if step.output is None)
-    return [name for name in unfinished if _is_earlier_export(out, name)]
-
-
-def _is_earlier_export(out: Path, step: str) -> bool:
-    """Whether ``out/<step>`` is a folder kliko-async exported (not a link, holding its marker)."""
-    target = out / step
-    return stat.S_ISDIR(_lstat_mode(target)) and stat.S_ISREG(_lstat_mode(target / EXPORT_MARKER))
+    return [name for name in unfinished if _what_is_at(out, name) == _EARLIER_EXPORT]
 
 
 def export_step(
@@ -213,25 +208,41 @@ def _marker_says(marker: Path) -> dict[str, object] | None:
 def _replaceable(out: Path, step: str) -> bool:
     """Whether ``out/<step>`` is an earlier export (True) or absent (False); else refuse: the
     ``--out`` given cannot be used (exit status 2, as for any setting that cannot be)."""
+    found = _what_is_at(out, step)
+    if isinstance(found, ParameterError):
+        raise found
+    return found == _EARLIER_EXPORT
+
+
+_ABSENT: Final = "absent"
+_EARLIER_EXPORT: Final = "an earlier export"
+
+
+def _what_is_at(out: Path, step: str) -> Literal["absent", "an earlier export"] | ParameterError:
+    """What ``out/<step>`` is: ``"absent"``; ``"an earlier export"``, a folder kliko-async
+    exported (not a link, holding its marker as a file); or not ours to replace, as the error
+    that says why, for a caller that refuses it to raise."""
     target = out / step
     where = f"--out {out}"
     try:
         info = os.lstat(target)
     except FileNotFoundError:
-        return False
+        return _ABSENT
     except OSError as error:
-        raise ParameterError(
-            f"cannot look at {target}: {error.strerror or error}", where=where
-        ) from None
+        return ParameterError(f"cannot look at {target}: {error.strerror or error}", where=where)
     if stat.S_ISLNK(info.st_mode):
-        raise ParameterError(
-            f"{target} is a symbolic link (to {os.readlink(target)}); kliko-async never "
+        try:
+            leads_to = os.readlink(target)
+        except OSError as error:  # gone since: not ours to replace in any case
+            return ParameterError(f"cannot look at {target}: {error.strerror}", where=where)
+        return ParameterError(
+            f"{target} is a symbolic link (to {leads_to}); kliko-async never "
             f"exports the output of step '{step}' through a link, nor replaces it",
             where=where,
             hint="Remove the link, or give another --out.",
         )
     if not stat.S_ISDIR(info.st_mode):
-        raise ParameterError(
+        return ParameterError(
             f"{target} exists and is not a folder, so the output of step '{step}' cannot be "
             "copied there; it is left as it is",
             where=where,
@@ -239,13 +250,13 @@ def _replaceable(out: Path, step: str) -> bool:
         )
     marker = target / EXPORT_MARKER
     if not stat.S_ISREG(_lstat_mode(marker)):
-        raise ParameterError(
+        return ParameterError(
             f"{target} already exists and kliko-async did not write it (it has no "
             f"{EXPORT_MARKER} file), so it is not replaced by the output of step '{step}'",
             where=where,
             hint="Move that folder away, or give another --out.",
         )
-    return True
+    return _EARLIER_EXPORT
 
 
 def _lstat_mode(path: Path) -> int:
