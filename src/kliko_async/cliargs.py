@@ -21,10 +21,10 @@ def parse_command_line(args: list[str]) -> argparse.Namespace:
     options, extra = parser.parse_known_args(args)
     if not extra:
         return options
-    command = commands[options.command]
-    after = args[args.index(options.command) + 1 :]  # only -h/--version come before it
     if options.command == "cache":
         return parser.parse_args(args)  # its actions take no positionals: the usual error
+    command = commands[options.command]
+    after = args[args.index(options.command) + 1 :]  # only -h/--version come before it
     mixed = command.parse_intermixed_args(after)
     mixed.command = options.command
     return mixed

@@ -101,6 +101,19 @@ def test_an_unknown_option_among_step_names_is_still_refused(
 
 
 @pytest.mark.parametrize(
+    "args", [["cache", "ls", "extra"], ["cache", "gc", "extra", "--older-than", "1d"]]
+)
+def test_a_cache_action_given_a_positional_is_the_usual_error(
+    capsys: pytest.CaptureFixture[str], args: list[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        parse_command_line(args)
+
+    assert exited.value.code == 2
+    assert "unrecognized arguments: extra" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
     "args",
     [
         ["cache", "gc", "--max-size", "0", "--cache-dir", "/dev/null"],
