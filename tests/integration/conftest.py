@@ -335,6 +335,17 @@ def build_kliko_image(context: Path, kliko_yml: str, script: str) -> str:
     return tag
 
 
+def derived_image(base: str, name: str, run: str, context: Path) -> str:
+    """An image ``FROM base`` changed by the shell line ``run``; its unique tag."""
+    context.mkdir(parents=True)
+    (context / "Dockerfile").write_text(f"FROM {base}\nRUN {run}\n")
+    tag = new_test_tag(name)
+    subprocess.run(
+        ["docker", "build", "-q", "-t", tag, str(context)], check=True, capture_output=True
+    )
+    return tag
+
+
 @pytest.fixture(scope="session")
 def kliko_image_builder(example_images: None) -> Callable[[Path, str, str], str]:
     """``kliko_image_builder(context, kliko_yml, script)``: see :func:`build_kliko_image`."""

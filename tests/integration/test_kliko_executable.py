@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from conftest import new_test_tag
+from conftest import derived_image
 from kliko_async.runtime import dockerfiles
 from kliko_async.runtime.docker import DockerRuntime
 
@@ -54,17 +54,6 @@ REFUSED = {
 }
 """How each image is made from a good one (a RUN line), what the error says of its /kliko, and
 the fix it suggests."""
-
-
-def derived_image(base: str, name: str, run: str, context: Path) -> str:
-    """An image ``FROM base`` changed by the shell line ``run``; its unique tag."""
-    context.mkdir(parents=True)
-    (context / "Dockerfile").write_text(f"FROM {base}\nRUN {run}\n")
-    tag = new_test_tag(name)
-    subprocess.run(
-        ["docker", "build", "-q", "-t", tag, str(context)], check=True, capture_output=True
-    )
-    return tag
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from conftest import new_test_tag
+from conftest import derived_image
 
 if TYPE_CHECKING:
     from conftest import KlikoCli
@@ -61,17 +61,6 @@ REFUSED = {
                        "/kliko is a symbolic link to '/usr/bin/gone', which does not exist"),
 }  # fmt: skip
 """Images that are refused, made the same way, and what the error says of them."""
-
-
-def derived_image(base: str, name: str, run: str, context: Path) -> str:
-    """An image ``FROM base`` changed by the shell line ``run``; its unique tag."""
-    context.mkdir(parents=True)
-    (context / "Dockerfile").write_text(f"FROM {base}\nRUN {run}\n")
-    tag = new_test_tag(name)
-    subprocess.run(
-        ["docker", "build", "-q", "-t", tag, str(context)], check=True, capture_output=True
-    )
-    return tag
 
 
 @pytest.fixture(scope="module")
