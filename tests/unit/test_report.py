@@ -187,6 +187,26 @@ async def test_provenance_of_an_export_rebuilds_it_from_the_cache(
     assert elsewhere.steps["merge"].key == result.steps["merge"].key  # the same keys anew
 
 
+async def test_provenance_names_a_few_renamed_inputs_of_a_matrix_consumer_and_counts_them(
+    tmp_path: Path, fake: FakeRuntime
+) -> None:
+    """A consumer of a 2,000-way matrix had every input's name in one comment line (60 kB)."""
+    steps: dict[str, object] = {
+        "sweep": {"image": "example/shout", "matrix": {"text": [f"t{i}" for i in range(7)]}},
+        "all": {"image": "example/shout", "inputs": ["sweep"]},
+    }
+    chain = parse_chain({"steps": steps}, source=str(tmp_path / "c.yml"), base_dir=tmp_path)
+    result = await api.run(chain, runtime=fake, cache_dir=tmp_path / "cache")
+    assert result.ok
+    cache = Cache(tmp_path / "cache")
+
+    text = provenance_chain(cache, result.steps["all"].key)
+
+    (note,) = [line for line in text.splitlines() if "are renamed here" in line]
+    assert "inputs sweep[text=t0], sweep[text=t1], sweep[text=t2], ... (7 in all) of all" in note
+    assert "sweep[text=t6]" not in note
+
+
 async def test_provenance_of_something_else_is_one_clear_error(
     tmp_path: Path, fake: FakeRuntime
 ) -> None:

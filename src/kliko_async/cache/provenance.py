@@ -117,8 +117,11 @@ def provenance_chain(cache: Cache, key: str) -> str:
         # a lone input is keyed by its place (/input), not its name: renaming it changes nothing
         renamed = {n for n, k in ingredients.inputs.items() if names[k] != n and n[:1] != "/"}
         if renamed:
+            listed = sorted(renamed)
+            if len(listed) > 5:  # a consumer of a 2,000-way matrix: one 60 kB line, before
+                listed = [*listed[:3], f"... ({len(renamed):,} in all)"]
             notes.append(
-                f"#   (inputs {', '.join(sorted(renamed))} of {names[manifest.key]} are renamed "
+                f"#   (inputs {', '.join(listed)} of {names[manifest.key]} are renamed "
                 "here, as a chain file cannot name them so: its key will differ)"
             )
         made = manifest.finished_at.strftime("%Y-%m-%d %H:%M:%S UTC")
