@@ -486,7 +486,8 @@ def _cache(options: argparse.Namespace) -> int:
     freed = sum(len(e.manifest.outputs) for e in removed)
     print(
         f"removed {len(removed)} entr{'y' if len(removed) == 1 else 'ies'} ({freed} files), "
-        f"{removed.run_logs} old run log folder(s), {removed.lock_files} unused lock file(s), "
+        f"{removed.run_logs} old run log folder(s), {removed.run_records} old run record(s), "
+        f"{removed.lock_files} unused lock file(s), "
         f"{removed.shard_folders} empty folder(s)"
     )
     return 0

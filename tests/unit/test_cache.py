@@ -856,11 +856,19 @@ async def test_gc_removes_old_run_logs_unheld_lock_files_and_empty_shard_folders
             pass
     assert len(list((cache.root / "locks").glob("*.lock"))) == 4
 
+    records = cache.root / "records"  # a 10,000-step run's is a few MB: never removed before
+    records.mkdir()
+    for run, age in (("old-run", timedelta(days=9)), ("new-run", timedelta(hours=1))):
+        (records / f"{run}.json").write_text("{}")
+        moment = (NOW - age).timestamp()
+        os.utime(records / f"{run}.json", (moment, moment))
     async with cache.lock(key_of(4), shared=True):  # a run reading key 4 right now
         removed = gc(cache, older_than=timedelta(days=3), now=NOW)
 
         assert removed == [old]
         assert (removed.run_logs, removed.lock_files, removed.shard_folders) == (1, 3, 1)
+        assert removed.run_records == 1
+        assert sorted(p.name for p in records.iterdir()) == ["new-run.json"]
         assert sorted(p.name for p in logs.iterdir()) == ["new-run"]
         assert [p.name for p in (cache.root / "locks").iterdir()] == [f"{key_of(4)}.lock"]
         assert sorted(p.name for p in (cache.root / "entries").iterdir()) == [young.key[:2]]

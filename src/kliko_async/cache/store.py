@@ -47,13 +47,16 @@ from kliko_async.cache.processes import host_name
 from kliko_async.cache.sealing import Sealed, SealingFailed, is_small, seal_staging_files
 from kliko_async.errors import CacheError, UnusableCacheFolder, cache_os_error
 
-__all__ = ["KEY_PATTERN", "RUN_LOGS", "Cache", "default_cache_dir"]
+__all__ = ["KEY_PATTERN", "RUN_LOGS", "RUN_RECORDS", "Cache", "default_cache_dir"]
 
 _ENTRIES = "entries"
 _TMP = "tmp"
 _LOCKS = "locks"
 RUN_LOGS = "logs"
 """``logs/<run-id>/<step>.log``: the logs of failed attempts, kept for people to read."""
+RUN_RECORDS = "records"
+"""``records/<run-id>.json``: what each run did, for ``kliko-async report`` (``runs/`` holds
+live runs' keys)."""
 
 KEY_PATTERN = re.compile(r"[A-Za-z0-9_-]{2,128}")
 """Keys name folders and files, so they may not contain separators or dots (a staging folder is

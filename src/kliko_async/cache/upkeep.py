@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from kliko_async.cache.hashing import hash_tree, sha256_file
 from kliko_async.cache.holds import HeldKeys
 from kliko_async.cache.key import CACHE_FORMAT_VERSION
 from kliko_async.cache.processes import host_name, pid_alive
-from kliko_async.cache.store import KEY_PATTERN, RUN_LOGS, Cache
+from kliko_async.cache.store import KEY_PATTERN, RUN_LOGS, RUN_RECORDS, Cache
 from kliko_async.errors import cache_os_error, os_error_text
 
 __all__ = ["GcReport", "VerifyProblem", "clean_stale_staging", "gc", "verify"]
@@ -93,8 +94,9 @@ def gc(
     :mod:`kliko_async.cache.holds`).
 
     Afterwards the folders around the entries are tidied: the ``logs/<run-id>/`` folders of
-    failed steps whose newest log is more than ``older_than`` old, lock files that no run holds,
-    and empty ``entries/<xx>/`` shard folders.
+    failed steps whose newest log is more than ``older_than`` old, and the records of runs
+    (``records/<run-id>.json``, a few MB for a 10,000-step run) written longer ago than that,
+    lock files that no run holds, and empty ``entries/<xx>/`` shard folders.
     """
     now = _aware(now) if now is not None else datetime.now(UTC)
     clean_stale_staging(cache)
@@ -131,6 +133,7 @@ def gc(
     if older_than is not None:
         held.refresh()
         removed.run_logs = _remove_old_run_logs(cache, now - older_than, keep=held.run_ids)
+        removed.run_records = _remove_old_records(cache, now - older_than, keep=held.run_ids)
     removed.lock_files = cache.locks.remove_unheld()
     removed.shard_folders = cache.remove_empty_shards()
     return removed
@@ -141,6 +144,8 @@ class GcReport(list[CacheEntry]):
 
     run_logs: int = 0
     """``logs/<run-id>/`` folders of old runs."""
+    run_records: int = 0
+    """``records/<run-id>.json`` files of old runs."""
     lock_files: int = 0
     """Lock files that no run held."""
     shard_folders: int = 0
@@ -164,6 +169,37 @@ def _remove_old_run_logs(cache: Cache, before: datetime, *, keep: set[str]) -> i
                     "could not delete an old run's logs", err, where=str(folder), root=cache.root
                 ) from err
             removed += 1
+    return removed
+
+
+def _remove_old_records(cache: Cache, before: datetime, *, keep: set[str]) -> int:
+    """Delete the files in ``records/`` (run records, and any a killed process left half
+    written) last written before ``before``, but those of the live runs ``keep``."""
+    removed = 0
+    limit = before.timestamp()
+    folder = cache.root / RUN_RECORDS
+    try:
+        names = os.listdir(folder)
+    except FileNotFoundError:
+        return 0
+    except OSError as err:
+        raise cache_os_error(
+            "could not list run records", err, where=str(folder), root=cache.root
+        ) from err
+    for name in names:
+        path = folder / name
+        try:
+            info = os.lstat(path)
+            if path.stem in keep or not stat.S_ISREG(info.st_mode) or info.st_mtime >= limit:
+                continue
+            path.unlink()
+        except FileNotFoundError:
+            continue
+        except OSError as err:
+            raise cache_os_error(
+                "could not delete an old run's record", err, where=str(path), root=cache.root
+            ) from err
+        removed += 1
     return removed
 
 

@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from kliko_async.cache.store import RUN_RECORDS
 from kliko_async.engine.plan import Plan
 from kliko_async.events import (
     Event,
@@ -37,9 +38,6 @@ from kliko_async.events import (
     StepStarted,
 )
 from kliko_async.results import ResourceUse
-
-RECORDS = "records"
-"""The folder of run records in the cache folder (``runs/`` holds live runs' keys)."""
 
 RECORD_FORMAT = 1
 
@@ -219,7 +217,7 @@ _FOLDS: dict[str, Callable[[RunRecorder, Any, float], None]] = {
 
 
 def runs_folder(cache_root: Path) -> Path:
-    return cache_root / RECORDS
+    return cache_root / RUN_RECORDS
 
 
 def write_record(record: dict[str, Any], cache_root: Path) -> Path:
