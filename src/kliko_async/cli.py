@@ -483,11 +483,5 @@ def _cache(options: argparse.Namespace) -> int:
         older_than=parse_age(options.older_than) if options.older_than else None,
         max_size=parse_size(options.max_size) if options.max_size else None,
     )
-    freed = sum(len(e.manifest.outputs) for e in removed)
-    print(
-        f"removed {len(removed)} entr{'y' if len(removed) == 1 else 'ies'} ({freed} files), "
-        f"{removed.run_logs} old run log folder(s), {removed.run_records} old run record(s), "
-        f"{removed.lock_files} unused lock file(s), "
-        f"{removed.shard_folders} empty folder(s)"
-    )
+    print(removed.summary())
     return 0

@@ -92,6 +92,23 @@ class StatCache:
             self._known[path] = [*_stamp(info), digest]
         self._changed = True
 
+    def forget_stale(self) -> int:
+        """Drop the digests of files that are gone or changed since (they would be read again
+        anyway); how many went. The file otherwise keeps every data file ever keyed, and each
+        run with data reads and rewrites all of it. Then saved. Blocking: a stat a file."""
+        stale = []
+        for path, known in self._known.items():
+            try:
+                if not isinstance(known, list) or known[:4] != _stamp(os.lstat(path)):
+                    stale.append(path)
+            except OSError:
+                stale.append(path)
+        for path in stale:
+            del self._known[path]
+        self._changed = self._changed or bool(stale)
+        self.save()
+        return len(stale)
+
     def save(self) -> None:
         """Write the cache (atomically) if anything changed; a failure only costs speed."""
         if self.path is None or not self._changed:

@@ -18,7 +18,13 @@ from pathlib import Path
 
 from kliko_async.cache.store import Cache
 
-__all__ = ["DURATIONS", "StepImage", "past_durations_of", "record_durations"]
+__all__ = [
+    "DURATIONS",
+    "StepImage",
+    "forget_durations_but",
+    "past_durations_of",
+    "record_durations",
+]
 
 DURATIONS = "durations.json"
 _LOCK = "durations.lock"
@@ -61,6 +67,21 @@ def record_durations(cache: Cache, durations: Mapping[StepImage, float]) -> None
             _merge(cache.root, durations)
 
 
+def forget_durations_but(cache: Cache, keep: Iterable[StepImage]) -> int:
+    """Drop from the index every step and image not in ``keep`` (those of the entries ``cache
+    gc`` left); how many went. Every run reads and rewrites the whole index, which otherwise
+    grows by every step name ever run (a sweep named by date: a megabyte a day). Blocking."""
+    keep = set(keep)
+    index = _read(cache.root)
+    if not index:
+        return 0
+    gone = sum(1 for step, by in index.items() for image in by if (step, image) not in keep)
+    if gone:
+        with contextlib.suppress(OSError):
+            _merge(cache.root, {}, keep=keep)
+    return gone
+
+
 def _read(root: Path) -> dict[str, dict[str, float]] | None:
     try:
         data = json.loads((root / DURATIONS).read_bytes())
@@ -77,12 +98,26 @@ def _read(root: Path) -> dict[str, dict[str, float]] | None:
     }
 
 
-def _merge(root: Path, durations: Mapping[StepImage, float], *, newer: bool = True) -> None:
+def _merge(
+    root: Path,
+    durations: Mapping[StepImage, float],
+    *,
+    newer: bool = True,
+    keep: set[StepImage] | None = None,
+) -> None:
+    """Add ``durations`` to the index (replacing what it held only if ``newer``), keeping only
+    the steps and images in ``keep`` of what it held, if given."""
     root.mkdir(parents=True, exist_ok=True)
     fd = os.open(root / _LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         index = _read(root) or {}
+        if keep is not None:
+            index = {
+                step: kept
+                for step, by in index.items()
+                if (kept := {i: d for i, d in by.items() if (step, i) in keep})
+            }
         for (step, image), seconds in durations.items():
             by_image = index.setdefault(step, {})
             if newer or image not in by_image:

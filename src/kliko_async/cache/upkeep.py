@@ -9,7 +9,9 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
+from kliko_async.cache.datahash import STAT_CACHE, StatCache
 from kliko_async.cache.durable import remove_tree
+from kliko_async.cache.durations import forget_durations_but
 from kliko_async.cache.entry import LOG, MANIFEST, OUTPUT, CacheEntry, read_manifest, shown_name
 from kliko_async.cache.hashing import hash_tree, sha256_file
 from kliko_async.cache.holds import HeldKeys
@@ -96,7 +98,8 @@ def gc(
     Afterwards the folders around the entries are tidied: the ``logs/<run-id>/`` folders of
     failed steps whose newest log is more than ``older_than`` old, and the records of runs
     (``records/<run-id>.json``, a few MB for a 10,000-step run) written longer ago than that,
-    lock files that no run holds, and empty ``entries/<xx>/`` shard folders.
+    the past durations of steps no entry is left of, the remembered digests of data files that
+    are gone or changed, lock files that no run holds, and empty ``entries/<xx>/`` shard folders.
     """
     now = _aware(now) if now is not None else datetime.now(UTC)
     clean_stale_staging(cache)
@@ -134,6 +137,10 @@ def gc(
         held.refresh()
         removed.run_logs = _remove_old_run_logs(cache, now - older_than, keep=held.run_ids)
         removed.run_records = _remove_old_records(cache, now - older_than, keep=held.run_ids)
+    gone = {entry.key for entry in removed}
+    left = {(e.manifest.step, e.manifest.image) for e in kept if e.key not in gone}
+    removed.durations = forget_durations_but(cache, left)
+    removed.data_digests = StatCache(cache.root / STAT_CACHE).forget_stale()
     removed.lock_files = cache.locks.remove_unheld()
     removed.shard_folders = cache.remove_empty_shards()
     return removed
@@ -146,6 +153,29 @@ class GcReport(list[CacheEntry]):
     """``logs/<run-id>/`` folders of old runs."""
     run_records: int = 0
     """``records/<run-id>.json`` files of old runs."""
+    durations: int = 0
+    """Steps' past durations (for the ETA) of which no entry is left."""
+    data_digests: int = 0
+    """Remembered digests of data files that are gone or changed since."""
+
+    def summary(self) -> str:
+        """One line: the entries removed, and each other kind of thing tidied away, if any."""
+        files = sum(len(e.manifest.outputs) for e in self)
+        tidied = [
+            f"{count} {what}"
+            for count, what in (
+                (self.run_logs, "old run log folder(s)"),
+                (self.run_records, "old run record(s)"),
+                (self.durations, "past duration(s) of steps no entry is left of"),
+                (self.data_digests, "digest(s) of data files gone or changed"),
+                (self.lock_files, "unused lock file(s)"),
+                (self.shard_folders, "empty folder(s)"),
+            )
+            if count
+        ]
+        entries = f"removed {len(self)} entr{'y' if len(self) == 1 else 'ies'} ({files} files)"
+        return ", ".join([entries, *tidied])
+
     lock_files: int = 0
     """Lock files that no run held."""
     shard_folders: int = 0
