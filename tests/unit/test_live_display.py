@@ -443,3 +443,26 @@ def test_steps_that_end_before_they_began_scroll_ten_of_a_kind_and_a_count() -> 
         for line in lines
     )
     assert any("… and 3 more steps cancelled before they started" in line for line in lines)
+
+
+def test_the_summary_says_ten_failures_in_full_and_counts_the_rest() -> None:
+    names = [f"s{i:03d}" for i in range(30)]
+    events: list[Event] = [started(*names)]
+    for name in names:
+        events.append(StepStarted(step=name, key="k", container_id="c0ffee" * 8))
+        last = [f"line {j} of {name}" for j in range(10)]
+        events.append(
+            StepFailed(
+                step=name, key="k", reason="exited with code 1", exit_code=1, last_lines=last
+            )
+        )
+    events.append(finished(ok=False, failed=30))
+
+    lines = play(events, height=400)
+
+    last_drawn = max(i for i, line in enumerate(lines) if line.startswith("summary:"))
+    summary = lines[last_drawn:]
+    assert len([line for line in summary if " failed: exit 1: exited with code 1" in line]) == 10
+    assert not any("line 0 of s010" in line for line in summary)
+    more = "… and 20 more failed steps (s010, s011, s012 …): each, its reason and its log in"
+    assert any(line.startswith(more) for line in summary), summary[-3:]

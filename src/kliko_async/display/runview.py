@@ -29,6 +29,9 @@ from kliko_async.results import ResourceUse
 SETTLED = ("done", "cached", "failed", "skipped", "cancelled")
 ACTIVE = ("building", "preparing", "waiting for another run", "running")
 FAILED_LINES_SHOWN = 10
+FAILURES_SHOWN = 10
+"""The summary says this many failures in full (a matrix step's that failed alike being one);
+the rest are counted in a line: 300 steps that failed each its own way made 3,600 lines."""
 """A failed step's last lines in the final summary (its whole log is in the file named)."""
 STEP_COLOURS = ("cyan", "magenta", "green", "yellow", "blue", "bright_cyan", "bright_magenta")
 """Colours of step names, by the step's place in the chain; red is kept for failures."""
@@ -274,7 +277,8 @@ def summary_lines(finished: RunFinished, steps: list[StepView]) -> list[Renderab
     stale = stale_outputs(finished)
     if stale is not None:
         lines.append(Text(printable(stale), style="yellow"))
-    for views in failures(steps):
+    groups = failures(steps)
+    for views in groups[:FAILURES_SHOWN]:
         first = views[0]
         name = first.name if len(views) == 1 else expansions_name(views)
         lines.append(
@@ -292,6 +296,16 @@ def summary_lines(finished: RunFinished, steps: list[StepView]) -> list[Renderab
             label = "  full logs:" if more else "  full log:"
             where.add_row(Text(label, style="red"), Text(logs[0] + more, style="red"))
             lines.append(where)
+    rest = [view.name for views in groups[FAILURES_SHOWN:] for view in views]
+    if rest:
+        named = ", ".join(rest[:3]) + (" …" if len(rest) > 3 else "")
+        lines.append(
+            Text(
+                f"… and {len(rest):,} more failed steps ({named}): each, its reason and its log "
+                f"in 'kliko-async report {finished.run_id}'",
+                style="red",
+            )
+        )
     return lines
 
 
