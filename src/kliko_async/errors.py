@@ -138,13 +138,20 @@ class StepFailure(KlikoError):
         return f"{reason}; its last lines:\n" + "\n".join(f"    | {line}" for line in shown) + "\n"
 
 
+FAILURES_SAID = 10
+"""A RunFailed's message says this many failures (those alike of a matrix step being one)."""
+
+
 class RunFailed(KlikoError):
     """A chain run in which at least one step failed; ``failures`` holds each one's details."""
 
     def __init__(self, failures: list[StepFailure]) -> None:
         self.failures = failures
         count = f"{len(failures)} step{'s' if len(failures) != 1 else ''} failed"
-        details = "\n".join(f"  {said}" for said in _alike_said_once(failures))
+        said = _alike_said_once(failures)
+        details = "\n".join(f"  {text}" for text in said[:FAILURES_SAID])
+        if len(said) > FAILURES_SAID:  # 300 steps failing each its own way: 3,600 lines
+            details += f"\n  … and {len(said) - FAILURES_SAID:,} more: every one is in .failures"
         super().__init__(f"{count}:\n{details}")
 
 

@@ -217,6 +217,20 @@ async def test_expansions_that_failed_alike_are_said_once_in_the_run_failure() -
     assert message.count("exited with code 3") == 2
 
 
+async def test_a_run_failure_says_ten_failures_and_counts_the_rest() -> None:
+    failures = [
+        StepFailure(f"s{i:03d}", f"exited with code {i}", last_lines=[f"line of s{i:03d}"])
+        for i in range(1, 301)
+    ]
+
+    message = str(RunFailed(failures))
+
+    assert message.startswith("300 steps failed:\n  step 's001': exited with code 1")
+    assert "step 's010': exited with code 10" in message and "s011" not in message
+    assert message.endswith("\n  … and 290 more: every one is in .failures")
+    assert len(RunFailed(failures).failures) == 300
+
+
 async def test_the_run_id_option_names_the_run_and_labels_its_containers(
     tmp_path: Path, fake: FakeRuntime
 ) -> None:
