@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from typing import NamedTuple
 
 from rich.console import Console
 from rich.text import Text
 
+from kliko_async.display.dryrun import shown_inputs
 from kliko_async.engine.plan import Plan
 from kliko_async.errors import KlikoError
 
@@ -48,7 +50,9 @@ def consumers(plan: Plan) -> dict[str, list[str]]:
 
 
 def print_graph(plan: Plan, console: Console) -> None:
-    """The DAG as text: one block per layer, one line per step with its edges."""
+    """The DAG as text: one block per layer, one line per step with its edges; the expansions of
+    a matrix step in a layer are one line when there are more than three (a 10,000-way sweep
+    was 10,000 lines, and its consumer's line named every one of them: 300 kB)."""
     to_run = len(plan.to_run)
     grouped = layers(plan)
     console.print(
@@ -59,23 +63,72 @@ def print_graph(plan: Plan, console: Console) -> None:
             f"{len(plan.order) - to_run} cached, {to_run} to run",
         )
     )
-    width = max((len(n) for n in plan.order), default=4)
-    image_width = max((len(s.image.ref) for s in plan.steps.values()), default=4)
     outputs = consumers(plan)
-    for number, names in enumerate(grouped, start=1):
+    rows = [
+        [_row(plan, members, outputs) for members in _families(plan, names)] for names in grouped
+    ]
+    width = max((len(row.name) for layer in rows for row in layer), default=4)
+    state_width = max((len(row.state) for layer in rows for row in layer), default=6)
+    image_width = max((len(s.image.ref) for s in plan.steps.values()), default=4)
+    for number, layer in enumerate(rows, start=1):
         console.print(Text(f"layer {number}", style="dim"))
-        for name in names:
-            step = plan.steps[name]
-            state = state_of(plan, name)
+        for row in layer:
             line = Text("  ")
-            line.append(f"{name:<{width}}", style="bold")
-            line.append(f"  {state:<6}", style=_STATE_STYLES[state])
-            line.append(f"  {step.image.ref:<{image_width}}", style="dim")
-            if step.step.inputs:
-                line.append("  ← " + ", ".join(step.step.inputs))
-            if outputs[name]:
-                line.append("  → " + ", ".join(outputs[name]))
+            line.append(f"{row.name:<{width}}", style="bold")
+            line.append(f"  {row.state:<{state_width}}", style=_STATE_STYLES.get(row.state, ""))
+            line.append(f"  {row.image:<{image_width}}", style="dim")
+            if row.inputs:
+                line.append("  ← " + shown_inputs(row.inputs))
+            if row.outputs:
+                line.append("  → " + shown_inputs(row.outputs))
             console.print(line)
+
+
+class _Row(NamedTuple):
+    name: str
+    state: str
+    image: str
+    inputs: list[str]
+    outputs: list[str]
+
+
+def _families(plan: Plan, names: list[str]) -> list[list[str]]:
+    """``names`` (one layer) grouped: the expansions of one matrix step together when there
+    are more than three of them, every other step alone; in the order of their first step."""
+    families: dict[str, list[str]] = {}
+    for name in names:
+        matrix = plan.steps[name].step.matrix
+        families.setdefault(matrix.step if matrix is not None else name, []).append(name)
+    return [
+        part
+        for members in families.values()
+        for part in ([members] if len(members) > 3 else [[m] for m in members])
+    ]
+
+
+def _row(plan: Plan, members: list[str], outputs: dict[str, list[str]]) -> _Row:
+    first = plan.steps[members[0]]
+    if len(members) == 1:
+        inputs = list(first.step.inputs)
+        return _Row(
+            members[0], state_of(plan, members[0]), first.image.ref, inputs, outputs[members[0]]
+        )
+    states: dict[str, int] = {}
+    for name in members:
+        states[state_of(plan, name)] = states.get(state_of(plan, name), 0) + 1
+    state = (
+        next(iter(states))
+        if len(states) == 1
+        else ", ".join(f"{count:,} {what}" for what, count in states.items())
+    )
+    family = first.step.matrix.step if first.step.matrix is not None else members[0]
+    return _Row(
+        f"{family}[...] ({len(members):,} expansions)",
+        state,
+        first.image.ref,
+        list(dict.fromkeys(i for name in members for i in plan.steps[name].step.inputs)),
+        list(dict.fromkeys(o for name in members for o in outputs[name])),
+    )
 
 
 def to_dot(plan: Plan) -> str:
