@@ -155,6 +155,19 @@ async def run(cfg: Config) -> ScenarioResult:
         owners.add(owner_label(pid))
         if code != 0:
             raise RuntimeError(f"the CLI re-run failed: {errors.decode()[-2000:]}")
+        # Again into the same --out, which holds the same outputs unchanged: left as they are.
+        exported = [p for p in sorted(out.iterdir()) if not p.name.startswith(".")]
+        before = {p: (p / "slept.txt").stat().st_ino for p in exported}
+        started = time.perf_counter()
+        pid, code, errors = await anyio.to_thread.run_sync(
+            run_cli, [*command, *arguments, "--out", str(out)]
+        )
+        result.add("cli_same_out_s", time.perf_counter() - started)
+        owners.add(owner_label(pid))
+        if code != 0:
+            raise RuntimeError(f"the CLI re-run into the same --out failed: {errors.decode()}")
+        after = {p: (p / "slept.txt").stat().st_ino for p in exported}
+        result.add("cli_same_out_copied", sum(before[p] != after[p] for p in exported))
         remove_tree(out)
 
     async def cli_floor(rep: int) -> None:
@@ -207,5 +220,15 @@ async def run(cfg: Config) -> ScenarioResult:
         "s",
         floor=result.median("cli_floor_s"),
         kliko=result.median("cli_rerun_s"),
+    )
+    result.row(
+        "  again into the same --out (exports unchanged)",
+        "s",
+        floor=result.median("cli_floor_s"),
+        kliko=result.median("cli_same_out_s"),
+    )
+    copied = max(result.samples["cli_same_out_copied"])
+    result.row(
+        "  exports copied again, same --out", "count", kliko=copied, target="0", ok=copied == 0
     )
     return result

@@ -80,6 +80,7 @@ def test_cached_scenario_reruns_without_containers(example_images: None, tmp_pat
     assert rows["step containers created, first run"].ok
     assert rows["containers created, all re-runs"].ok
     assert rows["cached re-run, CLI --plain + --out"].floor is not None
+    assert rows["  exports copied again, same --out"].ok, "unchanged exports are left alone"
 
 
 def test_bigoutput_scenario_runs_its_floors(example_images: None, tmp_path: Path) -> None:
