@@ -15,7 +15,8 @@ from kliko_async.errors import ContainerError
 from kliko_async.runtime.base import ContainerJob
 from kliko_async.runtime.slurm.arrays import Gatherer, Submission, array_script, shared_labels
 from kliko_async.runtime.slurm.endings import ended_without_status
-from kliko_async.runtime.slurm.queue import NOT_IN_ACCOUNTING, JobQueue, SlurmJob, parse_squeue
+from kliko_async.runtime.slurm.jobstates import NOT_IN_ACCOUNTING, SlurmJob, parse_squeue
+from kliko_async.runtime.slurm.queue import JobQueue
 
 pytestmark = pytest.mark.anyio
 

@@ -21,7 +21,8 @@ from kliko_async.runtime.base import ContainerJob, Mount
 from kliko_async.runtime.inflight import left_behind
 from kliko_async.runtime.slurm import runtime as slurm_runtime
 from kliko_async.runtime.slurm.commands import SlurmCallFailed, parse_job_id, sbatch_transient
-from kliko_async.runtime.slurm.queue import JobQueue, SlurmJob, parse_squeue
+from kliko_async.runtime.slurm.jobstates import SlurmJob, parse_squeue
+from kliko_async.runtime.slurm.queue import JobQueue
 from kliko_async.runtime.slurm.runtime import SlurmRuntime
 from kliko_async.runtime.slurm.script import (
     charliecloud_command,

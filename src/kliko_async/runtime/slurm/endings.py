@@ -7,8 +7,8 @@ from pathlib import Path
 
 from kliko_async.errors import ContainerError
 from kliko_async.runtime.base import ContainerExit
+from kliko_async.runtime.slurm.jobstates import NOT_IN_ACCOUNTING, SlurmJob
 from kliko_async.runtime.slurm.logfiles import read_text
-from kliko_async.runtime.slurm.queue import NOT_IN_ACCOUNTING, SlurmJob
 from kliko_async.runtime.slurm.script import REQUEUED_EXIT, UNSEEN_EXIT
 from kliko_async.runtime.slurm.usage import job_usage
 

@@ -2,185 +2,34 @@
 
 One ``squeue`` call per poll asks for this process's watched jobs only (``--me --jobs=ID,...``,
 never every job on the cluster), and a job that has left ``squeue`` (the controller forgets
-finished jobs after ``MinJobAge``) is looked up once with ``sacct``, from the accounting
-database or, without one, from the job completion log (``sacct --completion``). A failed call
-is tried again with backoff; only failures that last ``patience`` seconds reach the steps
-waiting for an answer.
+finished jobs after ``MinJobAge``) is looked up once with ``sacct`` (``accounting.py``), from
+the accounting database or, without one, from the job completion log (``sacct --completion``).
+A failed call is tried again with backoff; only failures that last ``patience`` seconds reach
+the steps waiting for an answer.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 import anyio
 import anyio.lowlevel
-from pydantic import BaseModel, ConfigDict
 
+from kliko_async.runtime.slurm.accounting import Accounting
 from kliko_async.runtime.slurm.commands import (
-    RETRY_DELAYS,
     Command,
     SlurmCallFailed,
     command_error,
-    retrying,
     slurm_command,
 )
-
-ACTIVE_STATES = frozenset(
-    {
-        "PENDING",
-        "CONFIGURING",
-        "RUNNING",
-        "COMPLETING",
-        "SUSPENDED",
-        "REQUEUED",
-        "REQUEUE_FED",
-        "REQUEUE_HOLD",
-        "RESIZING",
-        "SIGNALING",
-        "STAGE_OUT",
-        "STOPPED",
-    }
+from kliko_async.runtime.slurm.jobstates import (
+    INVALID_JOB_ID,
+    NO_ACCOUNTING,
+    NOT_IN_ACCOUNTING,
+    SQUEUE_FIELDS,
+    SlurmJob,
+    parse_squeue,
 )
-"""States of a job that may still run (or is still being cleaned up on its node)."""
-
-REQUEUED_STATES = frozenset({"REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD"})
-"""States of a job whose attempt ended and that Slurm put back into the queue: not a job
-running as usual (its next attempt starts from the beginning)."""
-
-HOPELESS_REASONS = frozenset(
-    {
-        "BadConstraints",
-        "PartitionConfig",
-        "PartitionNodeLimit",
-        "PartitionTimeLimit",
-        "InvalidAccount",
-        "InvalidQOS",
-        "QOSMaxCpuPerJobLimit",
-        "QOSMaxMemoryPerJob",
-        "QOSMaxGRESPerJob",
-        "QOSMaxWallDurationPerJobLimit",
-    }
-)
-"""Pending reasons that never clear by waiting: the step fails with the reason instead."""
-
-SQUEUE_FIELDS = (
-    "JobArrayID:|,JobID:|,State:|,Reason:|,NodeList:|,exit_code:|,RestartCnt:|,UserName:|,Name:|"
-)
-"""``squeue --array --Format``: '|' after each field and no width (nothing is cut or padded).
-The comment, which may hold '|', comes last when it is asked for. A task of a job array is
-``<array>_<task>`` (with ``--array``, one line each, pending ones too); its own job ID, by
-which accounting knows it, follows (it is the array's ID until the task started)."""
-
-_JOB_ID = re.compile(r"\d+(?:_\d+)?")
-"""A job's ID, or a task's of a job array (``<array>_<task>``)."""
-
-NO_ACCOUNTING = "no accounting"
-NOT_IN_ACCOUNTING = "not in accounting"
-"""The reasons of a job in state UNKNOWN: it left squeue, and the cluster keeps no accounting,
-or its accounting has no record of the job."""
-
-INVALID_JOB_ID = "Invalid job id specified"
-"""squeue's answer when none of the IDs asked for is known (all of them left the queue)."""
-
-
-class SlurmJob(BaseModel):
-    """What Slurm says about one job."""
-
-    model_config = ConfigDict(frozen=True)
-
-    job_id: str
-    raw_id: str = ""
-    """For a task of a job array, the job ID of its own (accounting's name for it) once it
-    started; else the same as ``job_id``."""
-    name: str = ""
-    state: str
-    reason: str = ""
-    node: str = ""
-    exit_status: int = 0
-    """The raw wait status: exit code << 8, or the signal number."""
-    restarts: int = 0
-    """How often Slurm requeued the job (its attempt number, from 0)."""
-    user: str = ""
-    comment: str = ""
-    from_sacct: bool = False
-    """Read from accounting after the job left squeue."""
-
-    @property
-    def active(self) -> bool:
-        return self.state in ACTIVE_STATES
-
-    @property
-    def requeued(self) -> bool:
-        return self.state in REQUEUED_STATES
-
-    @property
-    def exit_code(self) -> int:
-        """The job script's exit code, as a shell reports it (128 + signal when killed)."""
-        if self.exit_status & 0x7F:
-            return 128 + (self.exit_status & 0x7F)
-        return (self.exit_status >> 8) & 0xFF
-
-
-def parse_squeue(text: str, *, with_comment: bool = False) -> dict[str, SlurmJob]:
-    """``squeue --noheader --Format=SQUEUE_FIELDS[Comment:|]``'s lines, by job ID."""
-    found: dict[str, SlurmJob] = {}
-    fields = SQUEUE_FIELDS.count("|")
-    for line in text.splitlines():
-        parts = line.split("|", fields)
-        if len(parts) <= fields or not _JOB_ID.fullmatch(parts[0].strip()):
-            continue
-        job_id, raw_id, state, reason, node, status, restarts, user, name = (
-            p.strip() for p in parts[:9]
-        )
-        comment = parts[fields].rstrip().removesuffix("|") if with_comment else ""
-        found[job_id] = SlurmJob(
-            job_id=job_id,
-            # A pending task shows its array's ID, which only its last task will keep.
-            raw_id=raw_id if raw_id.isdigit() and state != "PENDING" else job_id,
-            name=name,
-            state=state.split()[0] if state else "",
-            reason="" if reason in ("None", "(null)") else reason,
-            node="" if node in ("(null)", "None") else node,
-            exit_status=int(status) if status.isdigit() else 0,
-            restarts=int(restarts) if restarts.isdigit() else 0,
-            user=user,
-            comment="" if comment == "(null)" else comment,
-        )
-    return found
-
-
-def parse_sacct(text: str) -> dict[str, SlurmJob]:
-    """``sacct -n -P -o JobID,State,ExitCode,NodeList,JobName``'s job lines, by job ID."""
-    found: dict[str, SlurmJob] = {}
-    for line in text.splitlines():
-        parts = line.split("|")
-        if len(parts) < 5 or not _JOB_ID.fullmatch(parts[0]):
-            continue  # a job step (ID.batch) or an unexpected line
-        code, _, signal = parts[2].partition(":")
-        status = (int(code) << 8 if code.isdigit() else 0) | (
-            int(signal) & 0x7F if signal.isdigit() else 0
-        )
-        found[parts[0]] = SlurmJob(
-            job_id=parts[0],
-            raw_id=parts[0],
-            state=parts[1].split()[0] if parts[1] else "",
-            exit_status=status,
-            node="" if parts[3] in ("None assigned", "(null)") else parts[3],
-            name=parts[4],
-            from_sacct=True,
-        )
-    return found
-
-
-async def our_active_jobs(
-    command: Command = slurm_command, delays: Sequence[float] = RETRY_DELAYS
-) -> dict[str, SlurmJob]:
-    """This user's jobs that are pending or running, with their comments (for leftovers)."""
-    args = ["squeue", "--noheader", "--me", "--array", f"--Format={SQUEUE_FIELDS},Comment:|"]
-    done = await retrying(args, command=command, delays=delays)
-    return parse_squeue(done.stdout.decode("utf-8", "replace"), with_comment=True)
-
 
 POLL_DEADLINE_SECONDS = 30
 """The longest one poll's commands may take (a controller that does not answer)."""
@@ -235,7 +84,7 @@ class JobQueue:
         self._hurried = anyio.Event()
         self._failing_since: float | None = None
         self._failure: SlurmCallFailed | None = None
-        self._accounting: str | None = None  # "", "--completion" or "none": found at first use
+        self._accounting = Accounting(command)
         self._ended: dict[str, str] = {}
         self._poll_scope: anyio.CancelScope | None = None  # the poll under way's
         self.cleanup_by: float | None = None  # a cleanup's deadline (SlurmRuntime._cancel)
@@ -344,7 +193,7 @@ class JobQueue:
                     and not _ended_in_accounting(self._jobs.get(i))
                 ]
                 if missing:
-                    found.update(await self._sacct(missing))
+                    found.update(await self._accounting.ended(missing, self._jobs))
         except (SlurmCallFailed, TimeoutError) as error:
             self._poll_scope = None
             self._poll_failed(str(error) or "squeue or sacct did not answer in time")
@@ -374,7 +223,7 @@ class JobQueue:
             # that just left squeue (the completion log is written as it ends): a job seen
             # before has vanished once that grace is over (at once with no accounting at all),
             # one never seen once the patience with Slurm is. Say so rather than wait forever.
-            grace = 0.0 if self._accounting == "none" else self.accounting_grace
+            grace = 0.0 if self._accounting.mode == "none" else self.accounting_grace
             seen = _seen_in_squeue(self._jobs.get(job_id))
             if (seen and now - since >= grace) or now - self._watched_at.get(
                 job_id, now
@@ -392,7 +241,7 @@ class JobQueue:
     def _unknown_reason(self) -> str:
         """Why a job that left squeue has no known end: the cluster keeps no accounting, or
         its accounting holds no record of the job."""
-        return NO_ACCOUNTING if self._accounting == "none" else NOT_IN_ACCOUNTING
+        return NO_ACCOUNTING if self._accounting.mode == "none" else NOT_IN_ACCOUNTING
 
     def _poll_failed(self, error: str) -> None:
         self.failed_polls += 1
@@ -422,62 +271,6 @@ class JobQueue:
                 return {}  # every one of them has left the queue
             raise SlurmCallFailed(f"squeue failed: {command_error(done)}")
         return parse_squeue(done.stdout.decode("utf-8", "replace"))
-
-    async def _sacct(self, ids: Iterable[str]) -> dict[str, SlurmJob]:
-        """How jobs that left squeue ended, from accounting; {} where there is none.
-
-        A task of a job array is asked for by its own job ID (the completion log knows no
-        ``<array>_<task>``), once squeue showed it started. One never seen started is asked for
-        by its array's ID: tasks cancelled while pending (``scancel '<array>_[0-3]'``) end in
-        the array's one record, and their steps are told that, not that nothing is known.
-        """
-        by_raw: dict[str, str] = {}
-        unstarted: dict[str, list[str]] = {}  # an array's ID: its tasks never seen started
-        for job_id in ids:
-            known = self._jobs.get(job_id)
-            raw = known.raw_id if known is not None and known.raw_id else job_id
-            if "_" in raw:
-                unstarted.setdefault(raw.partition("_")[0], []).append(job_id)
-            else:
-                by_raw[raw] = job_id
-        # An array's ID that is a started task's own (the last task's) is that task's record.
-        arrays = [array for array in unstarted if array not in by_raw]
-        if not by_raw and not arrays:
-            return {}
-        asked = {*by_raw.values(), *(t for a in arrays for t in unstarted[a])}
-        ended: dict[str, SlurmJob] = {}
-        for printed, job in (await self._accounting_of([*by_raw, *arrays])).items():
-            # The completion log prints the job ID asked for; a database the task's name.
-            if printed in by_raw or printed in asked:
-                names = [by_raw.get(printed) or printed]
-            elif printed in unstarted and job.state == "CANCELLED":
-                names = unstarted[printed]  # the array's record, for its pending tasks
-            else:
-                continue
-            for name in names:
-                ended[name] = job.model_copy(update={"job_id": name})
-        return ended
-
-    async def _accounting_of(self, ids: Sequence[str]) -> dict[str, SlurmJob]:
-        if self._accounting == "none":
-            return {}
-        fields = ["-n", "-P", "-X", "-o", "JobID,State,ExitCode,NodeList,JobName"]
-        args = ["sacct", *fields, f"--jobs={','.join(ids)}"]
-        if self._accounting is None:
-            for mode in ("", "--completion"):
-                done = await self._command([*args, mode] if mode else args)
-                if done.returncode == 0:
-                    self._accounting = mode
-                    return parse_sacct(done.stdout.decode("utf-8", "replace"))
-                if "disabled" not in command_error(done) and "none" not in command_error(done):
-                    raise SlurmCallFailed(f"sacct failed: {command_error(done)}")
-            self._accounting = "none"
-            return {}
-        mode_args = [self._accounting] if self._accounting else []
-        done = await self._command([*args, *mode_args])
-        if done.returncode != 0:
-            raise SlurmCallFailed(f"sacct failed: {command_error(done)}")
-        return parse_sacct(done.stdout.decode("utf-8", "replace"))
 
 
 def _order(job_id: str) -> tuple[int, int]:

@@ -56,16 +56,12 @@ from kliko_async.runtime.slurm.endings import (
     pending_for_good,
     status_exit,
 )
+from kliko_async.runtime.slurm.jobstates import HOPELESS_REASONS, SlurmJob, our_active_jobs
 from kliko_async.runtime.slurm.logfiles import LogFiles, job_folder
 from kliko_async.runtime.slurm.looks import FolderLooks
 from kliko_async.runtime.slurm.options import SlurmOptions
 from kliko_async.runtime.slurm.places import Places
-from kliko_async.runtime.slurm.queue import (
-    HOPELESS_REASONS,
-    JobQueue,
-    SlurmJob,
-    our_active_jobs,
-)
+from kliko_async.runtime.slurm.queue import JobQueue
 from kliko_async.runtime.slurm.script import env_file, job_script
 from kliko_async.runtime.slurm.sharedcheck import check_shared
 from kliko_async.runtime.slurm.submit import (

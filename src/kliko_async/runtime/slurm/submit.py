@@ -29,8 +29,9 @@ from kliko_async.runtime.slurm.commands import (
     sbatch_transient,
     slurm_command,
 )
+from kliko_async.runtime.slurm.jobstates import SQUEUE_FIELDS, parse_squeue
 from kliko_async.runtime.slurm.options import SlurmOptions
-from kliko_async.runtime.slurm.queue import SQUEUE_FIELDS, JobQueue, parse_squeue
+from kliko_async.runtime.slurm.queue import JobQueue
 
 JOB_PREFIX = "kliko-"
 
