@@ -19,7 +19,7 @@ from kliko_async.errors import ContainerError, RuntimeUnavailable
 from kliko_async.runtime import inflight
 from kliko_async.runtime.base import ContainerJob, Mount
 from kliko_async.runtime.inflight import left_behind
-from kliko_async.runtime.slurm import runtime as slurm_runtime
+from kliko_async.runtime.slurm import cancelling
 from kliko_async.runtime.slurm.commands import SlurmCallFailed, parse_job_id, sbatch_transient
 from kliko_async.runtime.slurm.jobstates import SlurmJob, parse_squeue
 from kliko_async.runtime.slurm.queue import JobQueue
@@ -653,10 +653,10 @@ def test_a_job_scancel_fails_to_cancel_is_told_with_scancels_words(
     )
     scancel.chmod(0o755)
     monkeypatch.setenv("PATH", f"{shims}{os.pathsep}{os.environ['PATH']}")
-    monkeypatch.setattr(slurm_runtime, "CLEANUP_DEADLINE_SECONDS", 1)
+    monkeypatch.setattr(cancelling, "CLEANUP_DEADLINE_SECONDS", 1)
     runtime = SlurmRuntime(tmp_path / "cache")
 
-    left = anyio.run(runtime._cancel, "745")
+    left = anyio.run(runtime._cancels.cancel, "745")
 
     assert left == "not cancelled, scancel failed: scancel: error: Unexpected internal failure"
 
@@ -715,14 +715,14 @@ def test_jobs_cancelled_together_share_one_cleanup_deadline(
     scancel.chmod(0o755)
     monkeypatch.setenv("PATH", f"{shims}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setattr(inflight, "_under_way", {})  # what this test leaves is its own
-    monkeypatch.setattr(slurm_runtime, "CLEANUP_DEADLINE_SECONDS", 1)
+    monkeypatch.setattr(cancelling, "CLEANUP_DEADLINE_SECONDS", 1)
     runtime = SlurmRuntime(tmp_path / "cache")
 
     left: dict[str, str | None] = {}
 
     async def cancel(job_id: str, after: float) -> None:
         await anyio.sleep(after)
-        left[job_id] = await runtime._cancel(job_id)
+        left[job_id] = await runtime._cancels.cancel(job_id)
 
     async def main() -> None:
         async with anyio.create_task_group() as tg:  # Ctrl-C: each step cancels its job

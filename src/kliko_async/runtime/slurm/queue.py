@@ -87,7 +87,7 @@ class JobQueue:
         self._accounting = Accounting(command)
         self._ended: dict[str, str] = {}
         self._poll_scope: anyio.CancelScope | None = None  # the poll under way's
-        self.cleanup_by: float | None = None  # a cleanup's deadline (SlurmRuntime._cancel)
+        self.cleanup_by: float | None = None  # a cleanup's deadline (Canceller.deadline)
         self._poll_began = 0.0
 
     def watch(self, job_id: str) -> None:

@@ -39,6 +39,7 @@ from kliko_async.runtime.inflight import InFlight, track, untrack
 from kliko_async.runtime.slurm.arrays import (
     Submission,
 )
+from kliko_async.runtime.slurm.cancelling import Canceller
 from kliko_async.runtime.slurm.charliecloud import CharliecloudImages
 from kliko_async.runtime.slurm.commands import (
     CALL_DEADLINE_SECONDS,
@@ -46,8 +47,6 @@ from kliko_async.runtime.slurm.commands import (
     SlurmCallFailed,
     SlurmNoAnswer,
     not_answering,
-    retrying,
-    saying_errors,
     sinfo,
     user_name,
 )
@@ -71,10 +70,6 @@ from kliko_async.runtime.slurm.submit import (
     unlink_with_folder,
 )
 from kliko_async.runtime.slurm.unchanged import check_unchanged, tree_state
-
-CLEANUP_DEADLINE_SECONDS = 30
-"""How long cancelling a job (scancel, then waiting for it to leave the node) may take: all the
-jobs cancelled together (Ctrl-C) share the one deadline."""
 
 TIME_LIMIT_MARGIN_SECONDS = 10
 """The job stops its container this long after the step's timeout: the run's own timer, which
@@ -115,8 +110,8 @@ class SlurmRuntime:
         self._images = CharliecloudImages(self.folder / "images", self._docker)
         self._live: set[str] = set()
         self._looks = FolderLooks()
+        self._cancels = Canceller(self.queue)
         self._submitter = Submitter(self.options, self.queue, self._live, self.folder / "arrays")
-        self._cleanup_until: float | None = None  # the deadline of the cleanup under way
 
     # -- images: on the local engine ---------------------------------------------------------
 
@@ -193,13 +188,13 @@ class SlurmRuntime:
                     info = await self.queue.next_state(job_id)
                     if info is not None and not info.active:
                         return True
-            await self._cancel(job_id)
+            await self._cancels.cancel(job_id)
             return False
         except SlurmCallFailed:  # squeue keeps failing: the check is left to the jobs too
-            await self._cancel(job_id)
+            await self._cancels.cancel(job_id)
             return False
         except BaseException:
-            await self._cancel(job_id)
+            await self._cancels.cancel(job_id)
             raise
         finally:
             self.queue.forget(job_id)
@@ -251,12 +246,12 @@ class SlurmRuntime:
             tracked = track(InFlight(f"step {step}", job_id=job_id))
             try:
                 exited = await self._follow(job_id, folder, on_log, on_start)
-                await self._left_queue(job_id)  # before its place goes to the next job
+                await self._cancels.left_queue(job_id)  # before its place goes to the next job
                 await anyio.to_thread.run_sync(check_unchanged, before, watched)
                 return exited
             except BaseException:
                 # Cancelled (Ctrl-C, a timeout, a failed sibling) or failed while the job may live.
-                left = await self._cancel(job_id)
+                left = await self._cancels.cancel(job_id)
                 if left is not None:  # kept tracked: the end of the run names it
                     track(InFlight(f"step {step}, {left}", job_id=job_id))
                 raise
@@ -372,7 +367,7 @@ class SlurmRuntime:
         if failed and not ended:
             raise failed[0]
         if hopeless is not None:
-            await self._cancel(job_id)
+            await self._cancels.cancel(job_id)
             raise pending_for_good(job_id, self.options.partition, hopeless.reason)
         if ended:
             if not started and on_start:  # the job was over before its start was seen
@@ -380,76 +375,6 @@ class SlurmRuntime:
             return await anyio.to_thread.run_sync(status_exit, job_id, folder, container_id)
         last = latest[0] if latest else None
         return await anyio.to_thread.run_sync(ended_without_status, job_id, folder, last)
-
-    async def _left_queue(self, job_id: str) -> None:
-        """Wait until Slurm no longer counts the job in its queue (at most
-        ``CLEANUP_DEADLINE_SECONDS``). The job's status file comes before the end of its script
-        (the container is still being removed) and Slurm's bookkeeping: its place under
-        ``--slurm-max-jobs`` goes to the next job only once Slurm agrees, as a site's limit
-        counts (under load, a run once had 9 jobs in the queue with a limit of 8)."""
-        self.queue.ended(job_id, "COMPLETED")  # its status file was read
-        with anyio.move_on_after(CLEANUP_DEADLINE_SECONDS):
-            await self._until_gone(job_id)
-
-    async def _cancel(self, job_id: str, *, closing: bool = False) -> str | None:
-        """scancel the job; wait until it has left its node (its script removes the container).
-        None once it has (or Slurm took it and stopped answering); else why it may be left
-        running, in words (scancel's error): a Ctrl-C once said nothing of jobs scancel
-        failed to cancel, which kept running after the run had ended.
-
-        Shielded, with the cleanup's deadline (:meth:`_cleanup_deadline`): it runs while its
-        caller is being cancelled (Ctrl-C). Slurm not answering by then leaves the job to Slurm
-        (a later run cancels it)."""
-        deadline = self._cleanup_deadline(closing=closing)
-        if deadline <= anyio.current_time():
-            return f"not cancelled: the cleanup's {CLEANUP_DEADLINE_SECONDS} s were over"
-        said: list[str] = []  # scancel's last error
-        taken = False
-        with anyio.CancelScope(shield=True, deadline=deadline) as scope:
-            self.queue.watch(job_id)
-            try:
-                await retrying(["scancel", job_id], command=saying_errors(said))
-                taken = True
-                self.queue.ended(job_id, "CANCELLED")
-                await self._until_gone(job_id)
-            except SlurmCallFailed:
-                pass
-            finally:
-                self.queue.forget(job_id)
-        if taken and scope.cancelled_caught:
-            return (
-                "cancelled, but squeue did not show it leave its node within the cleanup's "
-                f"{CLEANUP_DEADLINE_SECONDS} s"
-            )
-        if taken:
-            return None
-        if said:
-            return f"not cancelled, scancel failed: {said[-1]}"
-        return f"not cancelled, scancel did not answer within {CLEANUP_DEADLINE_SECONDS} s"
-
-    def _cleanup_deadline(self, *, closing: bool = False) -> float:
-        """When the cleanup under way must end, or one starting now: jobs cancelled together
-        (Ctrl-C) share one deadline, and closing the runtime after them shares theirs, over or
-        not. Each had its own, and polls that outlived it: with squeue hanging, Ctrl-C took 2
-        to 5 minutes to answer, not 30 s."""
-        now = anyio.current_time()
-        if closing and self._cleanup_until is not None:
-            return self._cleanup_until
-        if self._cleanup_until is None or self._cleanup_until <= now:
-            self._cleanup_until = now + CLEANUP_DEADLINE_SECONDS
-            self.queue.cleanup_by = self._cleanup_until
-        return self._cleanup_until
-
-    async def _until_gone(self, job_id: str) -> None:
-        """Until Slurm no longer shows the job pending, running or completing (not in squeue at
-        all: not counted either); a Slurm that stops answering ends the wait."""
-        self.queue.hurry()
-        try:
-            info = self.queue.known(job_id) or await self.queue.next_state(job_id)
-            while info is not None and info.active:
-                info = await self.queue.next_state(job_id)
-        except SlurmCallFailed:
-            return
 
     # -- leftovers ---------------------------------------------------------------------------
 
@@ -479,14 +404,14 @@ class SlurmRuntime:
 
     async def remove_container(self, container_id: str) -> None:
         if container_id.startswith("slurm-"):
-            await self._cancel(container_id.removeprefix("slurm-"))
+            await self._cancels.cancel(container_id.removeprefix("slurm-"))
         else:
             await self._docker.remove_container(container_id)
 
     async def aclose(self) -> None:
         with anyio.CancelScope(shield=True):  # each within the cleanup's deadline
             for job_id in sorted(self._live):
-                left = await self._cancel(job_id, closing=True)
+                left = await self._cancels.cancel(job_id, closing=True)
                 if left is not None:  # the end of the run names it
                     track(InFlight(f"a job of this run, {left}", job_id=job_id))
         await self._docker.aclose()
