@@ -128,3 +128,165 @@ def test_an_sbatch_error_that_persists_is_said_within_the_deadline(
     assert "Slurm refused the job (after 7 tries): sbatch: error: Socket timed out" in (
         done.stdout + done.stderr
     )
+
+
+def ctrl_c(process: subprocess.Popen[bytes], log: Path, within: float = 15) -> None:
+    """Ctrl-C in a terminal (to the whole process group); the run must end with 130 within
+    ``within`` seconds (a retried sbatch once held it for its 60-90 s deadline)."""
+    os.killpg(process.pid, signal.SIGINT)
+    try:
+        assert process.wait(timeout=within) == 130, log.read_text()
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"Ctrl-C did not end the run within {within:g} s:\n{log.read_text()}")
+
+
+def start_in_a_terminal(kliko: KlikoCli, tmp_path: Path, chain: str) -> subprocess.Popen[bytes]:
+    """``kliko-async run --plain`` of ``chain`` on Slurm, as a terminal's foreground job (a
+    process group of its own), its output in run.log."""
+    with (tmp_path / "run.log").open("wb") as sink:
+        return subprocess.Popen(
+            [KLIKO_ASYNC, "run", write_chain(tmp_path, chain), "--backend", "slurm", "--plain",
+             "--cache-dir", "c"],
+            cwd=tmp_path, env=kliko.env, stdout=sink, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+
+
+SUBMITS_ON_THE_SECOND_TRY_THEN_HANGS = """\
+#!/bin/sh
+# sbatch: a passing error at the first try; the second submits the job and gives no answer.
+case "$*" in *check-shared*) exec {real} "$@";; esac
+echo "$*" >> {calls}
+if [ "$(grep -c . {calls})" -eq 1 ]; then
+    echo "sbatch: error: Batch job submission failed: Socket timed out on send/recv operation" >&2
+    exit 1
+fi
+{real} "$@" > {submitted}
+exec sleep 300
+"""
+
+
+def test_ctrl_c_while_sbatch_is_tried_again_ends_the_run_and_cancels_what_went_in(
+    kliko: KlikoCli, tmp_path: Path
+) -> None:
+    """The tries of sbatch ran in a shield: Ctrl-C waited for them, up to their deadline."""
+    calls, submitted = tmp_path / "sbatch-calls", tmp_path / "submitted"
+    shim(tmp_path, kliko, "sbatch", SUBMITS_ON_THE_SECOND_TRY_THEN_HANGS.format(
+        real=real("sbatch"), calls=calls, submitted=submitted))  # fmt: skip
+    first = last_job_id()
+    process = start_in_a_terminal(kliko, tmp_path, LONG_STEP)
+    log = tmp_path / "run.log"
+    try:
+        wait_until(lambda: submitted.exists() and bool(submitted.read_text()), "the late job")
+        ctrl_c(process, log)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    (job,) = jobs_after(first)
+    assert str(job["job_id"]) == submitted.read_text().strip()
+    assert job["job_state"] == "CANCELLED", job["job_state"]
+    assert len(sbatch_calls(calls)) == 2
+    text = log.read_text()
+    assert "a | cancelled" in text and "Traceback" not in text, text
+
+
+LONG_STEP = "steps:\n  a: {image: example/sleep, params: {seconds: 120, tag: late}}\n"
+
+NO_ARRAYS_AND_ONE_JOB = """\
+#!/bin/sh
+# sbatch: arrays refused; the first job goes in, every later one fails with a passing error.
+case "$*" in *check-shared*) exec {real} "$@";; esac
+echo "$*" >> {calls}
+case "$*" in *--array=*)
+    echo "sbatch: error: Batch job submission failed: Invalid job array specification" >&2
+    exit 1;;
+esac
+if [ "$(grep -vc -- --array= {calls})" -gt 1 ]; then
+    echo "sbatch: error: Batch job submission failed: Socket timed out on send/recv operation" >&2
+    exit 1
+fi
+exec {real} "$@"
+"""
+
+
+def test_ctrl_c_while_an_array_goes_in_job_by_job_stops_the_tries_and_cancels_the_jobs_in(
+    kliko: KlikoCli, tmp_path: Path
+) -> None:
+    """The job-by-job submission of an array Slurm refused ran in a shield: after Ctrl-C it
+    went on trying (and submitting) each job for up to a minute."""
+    calls = tmp_path / "sbatch-calls"
+    shim(tmp_path, kliko, "sbatch", NO_ARRAYS_AND_ONE_JOB.format(real=real("sbatch"), calls=calls))
+    first = last_job_id()
+    process = start_in_a_terminal(kliko, tmp_path, SWEEP)
+    log = tmp_path / "run.log"
+    try:
+        # The array, the first job, and two tries of the second.
+        wait_until(lambda: len(sbatch_calls(calls)) >= 4, "a second try of the second job")
+        tried = len(sbatch_calls(calls))
+        ctrl_c(process, log)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert len(sbatch_calls(calls)) == tried, "sbatch was tried again after Ctrl-C"
+    (job,) = jobs_after(first)
+    assert job["job_state"] == "CANCELLED", job["job_state"]
+    text = log.read_text()
+    assert "Traceback" not in text and "refused" not in text, text
+
+
+SUBMITS_THEN_HANGS = """\
+#!/bin/sh
+# sbatch: submits the job and gives no answer.
+case "$*" in *check-shared*) exec {real} "$@";; esac
+echo "$*" >> {calls}
+{real} "$@" > {submitted}
+exec sleep 300
+"""
+
+LOOKUP_FAILS = """\
+#!/bin/sh
+# squeue: fails when asked for jobs by name.
+case "$*" in *--name=*)
+    echo "squeue: error: Unexpected internal failure (injected)" >&2; exit 1;;
+esac
+exec {real} "$@"
+"""
+
+
+def test_ctrl_c_names_a_job_an_interrupted_sbatch_may_have_submitted_when_squeue_cannot_say(
+    kliko: KlikoCli, tmp_path: Path
+) -> None:
+    """sbatch is stopped at Ctrl-C before it answered, and squeue cannot say what it
+    submitted: the job it may have left running is named, with the command that cancels it."""
+    calls, submitted = tmp_path / "sbatch-calls", tmp_path / "submitted"
+    shim(
+        tmp_path,
+        kliko,
+        "sbatch",
+        SUBMITS_THEN_HANGS.format(real=real("sbatch"), calls=calls, submitted=submitted),
+    )
+    shim(tmp_path, kliko, "squeue", LOOKUP_FAILS.format(real=real("squeue")))  # fmt: skip
+    first = last_job_id()
+    process = start_in_a_terminal(kliko, tmp_path, LONG_STEP)
+    log = tmp_path / "run.log"
+    try:
+        wait_until(lambda: submitted.exists() and bool(submitted.read_text()), "the late job")
+        ctrl_c(process, log)
+        (job,) = jobs_after(first)
+        assert active([job]), job["job_state"]  # left running, as said
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        for each in jobs_after(first):
+            subprocess.run([real("scancel"), str(each["job_id"])], check=False)
+    text = log.read_text()
+    run = text.split("run ", 1)[1].split(":", 1)[0]
+    assert (
+        f"any Slurm job named kliko-{run}-a (step a: its sbatch was stopped, and squeue could "
+        "not say what it submitted)" in text
+    ), text
+    assert f"or remove them now: scancel --name=kliko-{run}-a" in text, text
+    assert "Traceback" not in text, text

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kliko_async.runtime.inflight import InFlight, describe_left_behind, left_behind, under_way
+from kliko_async.runtime.inflight import (
+    InFlight,
+    describe_left_behind,
+    left_behind,
+    under_way,
+)
 
 
 def test_only_what_is_under_way_and_exists_is_listed(tmp_path: Path) -> None:
@@ -54,3 +59,11 @@ def test_slurm_jobs_left_behind_are_named_with_the_command_that_cancels_them() -
     assert "Slurm job 745 (step a, not cancelled, scancel failed: no)" in text
     assert "Slurm job 746_0 (step b" in text
     assert "or remove them now: scancel 745 746_0" in text
+
+
+def test_a_job_known_by_name_only_is_named_with_the_command_that_cancels_it() -> None:
+    item = InFlight("step a: its sbatch was stopped", job_name="kliko-r1-a")
+    text = describe_left_behind([item])
+
+    assert "any Slurm job named kliko-r1-a (step a: its sbatch was stopped)" in text
+    assert "or remove them now: scancel --name=kliko-r1-a" in text

@@ -115,6 +115,56 @@ async def test_a_refused_array_fails_each_of_its_jobs_with_slurms_words() -> Non
     assert errors == ["Slurm refused the job: no"] * 3
 
 
+async def test_tasks_cancelled_while_their_array_goes_in_know_the_job_ids_it_got() -> None:
+    """Ctrl-C cancels every expansion: the others stopped waiting at once, so a task that went
+    in as the array's sbatch answered was known to no step, and none cancelled it."""
+    slurm = Recorder()
+
+    async def answering_late(group: Sequence[Submission]) -> None:
+        with anyio.CancelScope(shield=True):  # sbatch answers within its grace
+            await anyio.sleep(0.2)
+        await slurm.many(group)
+
+    gatherer = Gatherer(slurm.one, answering_late, gather_s=0.01, cancelled_wait=5)
+    known: dict[str, str] = {}
+
+    async def submit(each: Submission) -> None:
+        try:
+            await gatherer.submit(each)
+        finally:
+            known[each.step] = each.job_id
+
+    with anyio.fail_after(2), anyio.move_on_after(0.1):  # Ctrl-C, while sbatch runs
+        async with anyio.create_task_group() as tg:
+            for i in range(3):
+                tg.start_soon(submit, submission(f"m{i}"))
+    assert known == {"m0": "101_0", "m1": "101_1", "m2": "101_2"}
+
+
+async def test_an_array_cancelled_while_it_gathers_leaves_none_of_its_tasks_waiting() -> None:
+    slurm = Recorder()
+    gatherer = Gatherer(slurm.one, slurm.many, gather_s=5, cancelled_wait=60)
+    errors: list[str] = []
+
+    async def first() -> None:
+        with anyio.move_on_after(0.1):  # cancelled in the window (only its step)
+            await gatherer.submit(submission("m0"))
+
+    async def second() -> None:
+        await anyio.sleep(0.02)
+        try:
+            await gatherer.submit(submission("m1"))
+        except ContainerError as error:
+            errors.append(str(error))
+
+    with anyio.fail_after(2):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(first)
+            tg.start_soon(second)
+    assert errors == ["not submitted: its job array was cancelled"]
+    assert slurm.calls == []
+
+
 def test_each_task_of_the_array_script_runs_its_own_folders_job(tmp_path: Path) -> None:
     folders = []
     for name in ("a", "b b", "it's"):

@@ -194,5 +194,7 @@ def test_a_persistent_sbatch_error_is_said_when_its_tries_end_within_the_deadlin
     submitter = Submitter(SlurmOptions(), JobQueue(0.01, 0.01), set(), tmp_path / "arrays")
     start = time.monotonic()
     with pytest.raises(ContainerError, match=r"Slurm refused the job \(after 4 tries\): .*Socket"):
-        anyio.run(submitter._sbatch, ["sbatch", "--job-name=kliko-r1-a", "job.sh"], "kliko-r1-a")
+        anyio.run(
+            submitter._sbatch, ["sbatch", "--job-name=kliko-r1-a", "job.sh"], "kliko-r1-a", "a"
+        )
     assert time.monotonic() - start < 1.0

@@ -19,13 +19,15 @@ from pathlib import Path
 @dataclass(frozen=True)
 class InFlight:
     """One thing under way: a container (``container_id``), a folder (``folder``) or a Slurm
-    job (``job_id``)."""
+    job (``job_id``; ``job_name`` for jobs an interrupted sbatch may have submitted, known by
+    their name only)."""
 
     what: str
     container_id: str | None = None
     folder: Path | None = None
     next_run_removes: bool = True
     job_id: str | None = None
+    job_name: str | None = None
 
 
 _under_way: dict[int, InFlight] = {}
@@ -64,8 +66,8 @@ def describe_left_behind(items: list[InFlight]) -> str:
         return "nothing was left behind"
     lines = ["left behind:"]
     for item in items:
-        if item.job_id is not None:
-            lines.append(f"  Slurm job {item.job_id} ({item.what})")
+        if item.job_id is not None or item.job_name is not None:
+            lines.append(f"  {_name(item)} ({item.what})")
         elif item.container_id is not None:
             lines.append(f"  container {item.container_id[:12]} ({item.what})")
         else:
@@ -81,6 +83,7 @@ def describe_left_behind(items: list[InFlight]) -> str:
     jobs = [i.job_id for i in items if i.job_id is not None]
     if jobs:
         commands.append("scancel " + " ".join(jobs))
+    commands += [f"scancel --name={i.job_name}" for i in items if i.job_name is not None]
     containers = [i.container_id[:12] for i in items if i.container_id is not None]
     if containers:
         commands.append("docker rm -f " + " ".join(containers))
@@ -96,4 +99,6 @@ def describe_left_behind(items: list[InFlight]) -> str:
 def _name(item: InFlight) -> str:
     if item.job_id is not None:
         return f"Slurm job {item.job_id}"
+    if item.job_name is not None:
+        return f"any Slurm job named {item.job_name}"
     return f"container {item.container_id[:12]}" if item.container_id else f"folder {item.folder}"

@@ -65,8 +65,11 @@ class Gatherer:
     ``submit_one`` (at once).
 
     Each of them sets the ``job_id`` (or ``error``) of its submissions. The first submission of a
-    group waits the window and submits for all; the others wait for it. The caller shields
-    :meth:`submit` (a submitted job must be known to be cancelled) and bounds it in time.
+    group waits the window and submits for all; the others wait for it. Cancelled (Ctrl-C
+    cancels them all), each of the others still waits, at most ``cancelled_wait`` seconds, for
+    the first one's submission to end (it ends within seconds, cancelled too), so that the job
+    it may have gone in as is known to be cancelled (its ``job_id``, set, is its caller's to
+    cancel). The caller bounds :meth:`submit` in time.
     """
 
     def __init__(
@@ -76,8 +79,10 @@ class Gatherer:
         *,
         gather_s: float = GATHER_SECONDS,
         most: int = MOST_TASKS,
+        cancelled_wait: float = 0.0,
     ) -> None:
         self._submit_one = submit_one
+        self._cancelled_wait = cancelled_wait
         self._submit_many = submit_many
         self._gather_s = gather_s
         self._most = most
@@ -93,11 +98,21 @@ class Gatherer:
             await self._hand_over([submission])
         elif group is not None and len(group) < self._most:
             group.append(submission)
-            await submission.done.wait()
+            try:
+                await submission.done.wait()
+            except BaseException:
+                with anyio.CancelScope(shield=True), anyio.move_on_after(self._cancelled_wait):
+                    await submission.done.wait()
+                raise
         else:
             group = self._open[key] = [submission]
             try:
                 await anyio.sleep(self._gather_s)
+            except BaseException:  # cancelled: the others are not submitted either
+                for other in group[1:]:
+                    other.error = ContainerError("not submitted: its job array was cancelled")
+                    other.done.set()
+                raise
             finally:
                 if self._open.get(key) is group:
                     del self._open[key]

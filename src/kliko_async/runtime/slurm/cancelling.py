@@ -1,10 +1,12 @@
 """Cancelling the Slurm runtime's jobs (``scancel``), and waiting until Slurm no longer counts
-them, within one deadline for all the jobs cancelled together (Ctrl-C)."""
+them, within one deadline for all the jobs cancelled together (Ctrl-C); a job that may be left
+running is tracked (``inflight``), so that the run's last message names it."""
 
 from __future__ import annotations
 
 import anyio
 
+from kliko_async.runtime.inflight import InFlight, track
 from kliko_async.runtime.slurm.commands import SlurmCallFailed, retrying, saying_errors
 from kliko_async.runtime.slurm.queue import JobQueue
 
@@ -29,6 +31,14 @@ class Canceller:
         self.queue.ended(job_id, "COMPLETED")  # its status file was read
         with anyio.move_on_after(CLEANUP_DEADLINE_SECONDS):
             await self.until_gone(job_id)
+
+    async def cancel_or_keep(self, job_id: str, what: str) -> bool:
+        """:meth:`cancel` the job (``what``: whose it is, for people); True once it is. One
+        that may be left running is tracked: the end of the run names it."""
+        left = await self.cancel(job_id)
+        if left is not None:
+            track(InFlight(f"{what}, {left}", job_id=job_id))
+        return left is None
 
     async def cancel(self, job_id: str, *, closing: bool = False) -> str | None:
         """scancel the job; wait until it has left its node (its script removes the container).

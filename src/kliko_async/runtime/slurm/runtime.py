@@ -111,7 +111,9 @@ class SlurmRuntime:
         self._live: set[str] = set()
         self._looks = FolderLooks()
         self._cancels = Canceller(self.queue)
-        self._submitter = Submitter(self.options, self.queue, self._live, self.folder / "arrays")
+        self._submitter = Submitter(
+            self.options, self.queue, self._live, self.folder / "arrays", self._cancels
+        )
 
     # -- images: on the local engine ---------------------------------------------------------
 
@@ -236,32 +238,43 @@ class SlurmRuntime:
         submission = Submission(job, folder, script, options, step, family)
         async with self._places.take(family is not None):  # at most max_jobs in Slurm's queue
             job_id = ""
-            # Shielded: a job that sbatch submitted is known here, so a cancellation cancels it.
-            # The submitter keeps its own deadline; this one is a last resort.
-            with anyio.CancelScope(shield=True), anyio.move_on_after(SUBMIT_LAST_RESORT_SECONDS):
-                job_id = await self._submitter.submit(submission)
+            try:
+                # Cancelled (Ctrl-C), a submission ends within seconds, and withdraws what its
+                # sbatch submitted; its own deadline comes first, this one is a last resort.
+                with anyio.move_on_after(SUBMIT_LAST_RESORT_SECONDS):
+                    job_id = await self._submitter.submit(submission)
+            except BaseException:
+                if submission.job_id:  # a task of an array that went in as it was cancelled
+                    await self._end(submission, f"step {step}", cancel=True)
+                raise
             if not job_id:
                 raise ContainerError(f"sbatch did not answer within {SUBMIT_LAST_RESORT_SECONDS} s")
             self.most_in_queue = max(self.most_in_queue, self._places.in_use)
             tracked = track(InFlight(f"step {step}", job_id=job_id))
+            cancel = True
             try:
                 exited = await self._follow(job_id, folder, on_log, on_start)
                 await self._cancels.left_queue(job_id)  # before its place goes to the next job
+                cancel = False
                 await anyio.to_thread.run_sync(check_unchanged, before, watched)
                 return exited
-            except BaseException:
-                # Cancelled (Ctrl-C, a timeout, a failed sibling) or failed while the job may live.
-                left = await self._cancels.cancel(job_id)
-                if left is not None:  # kept tracked: the end of the run names it
-                    track(InFlight(f"step {step}, {left}", job_id=job_id))
-                raise
             finally:
+                # Cancelled (Ctrl-C, a timeout) or failed while the job may live: cancelled.
+                await self._end(submission, f"step {step}", cancel=cancel)
                 untrack(tracked)
-                self.queue.forget(job_id)
-                self._live.discard(job_id)
-                if submission.link is not None:  # the last task's link takes its folder along
-                    with anyio.CancelScope(shield=True):  # Ctrl-C: the more so
-                        await anyio.to_thread.run_sync(unlink_with_folder, submission.link)
+
+    async def _end(self, submission: Submission, what: str, *, cancel: bool) -> None:
+        """The end of a step's job: cancelled (``cancel``; one that may be left running is
+        named at the end of the run), not watched any more, and its array task's link removed
+        (the last one takes the array's folder along)."""
+        job_id = submission.job_id
+        if cancel:
+            await self._cancels.cancel_or_keep(job_id, what)
+        self.queue.forget(job_id)
+        self._live.discard(job_id)
+        if submission.link is not None:
+            with anyio.CancelScope(shield=True):  # Ctrl-C: the more so
+                await anyio.to_thread.run_sync(unlink_with_folder, submission.link)
 
     async def _follow(
         self,

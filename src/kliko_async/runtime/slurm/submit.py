@@ -18,7 +18,9 @@ import anyio
 from kliko_async.cache.durable import remove_tree
 from kliko_async.errors import ContainerError
 from kliko_async.runtime.base import LABEL_PREFIX, ContainerJob
+from kliko_async.runtime.inflight import InFlight, track
 from kliko_async.runtime.slurm.arrays import Gatherer, Submission, array_script, shared_labels
+from kliko_async.runtime.slurm.cancelling import CLEANUP_DEADLINE_SECONDS, Canceller
 from kliko_async.runtime.slurm.commands import (
     CALL_DEADLINE_SECONDS,
     RETRY_DELAYS,
@@ -29,7 +31,7 @@ from kliko_async.runtime.slurm.commands import (
     sbatch_transient,
     slurm_command,
 )
-from kliko_async.runtime.slurm.jobstates import SQUEUE_FIELDS, parse_squeue
+from kliko_async.runtime.slurm.jobstates import SQUEUE_FIELDS, SlurmJob, parse_squeue
 from kliko_async.runtime.slurm.options import SlurmOptions
 from kliko_async.runtime.slurm.queue import JobQueue
 
@@ -38,6 +40,11 @@ JOB_PREFIX = "kliko-"
 SUBMIT_DEADLINE_SECONDS = 60
 """How long sbatch is tried for one submission (a controller that does not answer, or is
 busy), the look-up of what the last try submitted aside."""
+
+CANCELLED_SBATCH_GRACE_SECONDS = 2.0
+"""How long an sbatch under way when its submission is cancelled (Ctrl-C) may still answer (it
+takes milliseconds): its answer names the job to cancel, where an sbatch stopped leaves the
+job, if any, to be looked up by its name."""
 
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]")
 
@@ -49,10 +56,19 @@ class SbatchRefused(ContainerError):
 class Submitter:
     """sbatch for one runtime: each job is watched in ``queue`` and counted ``live`` from its
     submission; ``arrays`` is the folder for the arrays' scripts. ``submitted`` counts the
-    sbatch calls that took (an array is one)."""
+    sbatch calls that took (an array is one).
+
+    A submission cancelled (Ctrl-C) ends within seconds wherever it is (gathering an array,
+    in sbatch, between its tries, or going in job by job); whatever sbatch may have submitted
+    for it is cancelled with ``canceller``, or named at the end of the run."""
 
     def __init__(
-        self, options: SlurmOptions, queue: JobQueue, live: set[str], arrays: Path
+        self,
+        options: SlurmOptions,
+        queue: JobQueue,
+        live: set[str],
+        arrays: Path,
+        canceller: Canceller | None = None,
     ) -> None:
         self.options = options
         self.queue = queue
@@ -61,7 +77,11 @@ class Submitter:
         self._highest = 0
         """The highest job ID sbatch gave (Slurm's IDs grow)."""
         self._arrays = arrays
-        self._gatherer = Gatherer(self._submit_one, self._submit_array)
+        self._canceller = canceller or Canceller(queue)
+        # A task of an array waits, once cancelled, for the sbatch of its array (cancelled as
+        # well) to answer or be stopped, and for what it submitted to be cancelled.
+        wait = CANCELLED_SBATCH_GRACE_SECONDS + 2 * CLEANUP_DEADLINE_SECONDS
+        self._gatherer = Gatherer(self._submit_one, self._submit_array, cancelled_wait=wait)
 
     async def submit(self, submission: Submission) -> str:
         """The job ID of ``submission`` (``<array>_<task>`` for a task of an array)."""
@@ -103,7 +123,7 @@ class Submitter:
             *one.options,
             str(one.script),
         ]
-        one.job_id = await self._sbatch(args, name)
+        one.job_id = await self._sbatch(args, name, f"step {one.step}")
         self._watch(one.job_id)
 
     async def _submit_array(self, group: Sequence[Submission]) -> None:
@@ -131,23 +151,28 @@ class Submitter:
             *first.options,
             str(folder / "array.sh"),
         ]
+        what = f"job array of step {first.family or first.step}"
         try:
-            array_id = await self._sbatch(args, name)
+            array_id = await self._sbatch(args, name, what)
         except ContainerError as error:
             await anyio.to_thread.run_sync(remove_tree, folder)
             if not isinstance(error, SbatchRefused) or "array" not in str(error).lower():
                 raise  # no answer, an odd one, or not about arrays: the array may be queued
-            for submission in group:
-                submission.error = None
-                try:
-                    await self._submit_one([submission])
-                except ContainerError as error:
-                    submission.error = error
+            await self._one_by_one(group)
             return
         for task, submission in enumerate(group):
             submission.job_id = f"{array_id}_{task}"
             submission.link = folder / f"{task}.out"
             self._watch(submission.job_id)
+
+    async def _one_by_one(self, group: Sequence[Submission]) -> None:
+        """sbatch each of ``group`` on its own (Slurm refused them as an array)."""
+        for submission in group:
+            submission.error = None
+            try:
+                await self._submit_one([submission])
+            except ContainerError as error:
+                submission.error = error
 
     def _watch(self, job_id: str) -> None:
         self.queue.watch(job_id)
@@ -157,42 +182,111 @@ class Submitter:
     def _run(job: ContainerJob) -> str:
         return job.labels.get(f"{LABEL_PREFIX}.run", "run")
 
-    async def _sbatch(self, args: list[str], name: str) -> str:
+    async def _sbatch(self, args: list[str], name: str, what: str) -> str:
         """Submit with ``args``, trying again while the controller is out of reach, for at most
         ``SUBMIT_DEADLINE_SECONDS``; the job's (or array's) ID. After a call that failed or
         gave no answer, a job it submitted all the same is looked up by name and adopted (it
         once ran on, unwatched, after its step failed). A refusal of the job itself fails at
         once; the deadline fails with the last error (the tries once outlasted it, and it
-        hid a persistent error behind 'did not answer')."""
+        hid a persistent error behind 'did not answer').
+
+        Cancelled (Ctrl-C), it ends within seconds, wherever it is: what sbatch may have
+        submitted is withdrawn (:meth:`_withdraw`; ``what``: whose job it is, for one that
+        cannot be). The tries once went on, in a shield, for up to 90 s after Ctrl-C,
+        submitting all the while."""
         give_up = anyio.current_time() + SUBMIT_DEADLINE_SECONDS
         floor = self._highest  # jobs of this name up to here are earlier ones (a retry's)
-        for tries, delay in enumerate([*RETRY_DELAYS, None], start=1):
-            left = give_up - anyio.current_time()
-            try:
-                done = await slurm_command(args, deadline=min(CALL_DEADLINE_SECONDS, left))
-            except SlurmNoAnswer:
-                done = None
-            if done is not None and done.returncode == 0:
-                job_id = parse_job_id(done)
-                break
-            # No answer, or a passing error: the job may have gone in all the same. A refusal
-            # went nowhere, though Slurm may keep a record of it (FAILED, BadConstraints).
-            retry = done is None or sbatch_transient(done)
-            if retry:
-                named = (await self.jobs_named(name)) - self._live  # names hold the run's ID
-                adopted = {i for i in named if int(i.split("_")[0]) > floor}
-                if adopted:
-                    job_id = min((i.split("_")[0] for i in adopted), key=int)
+        answer: list[subprocess.CompletedProcess[bytes] | None] = [None]
+        try:
+            for tries, delay in enumerate([*RETRY_DELAYS, None], start=1):
+                left = give_up - anyio.current_time()
+                answer[0] = None
+                await self._call(args, min(CALL_DEADLINE_SECONDS, left), answer)
+                done = answer[0]
+                if done is not None and done.returncode == 0:
+                    job_id = parse_job_id(done)
                     break
-            if delay is None or not retry or anyio.current_time() + delay >= give_up:
-                raise _not_taken(done, tries, min(CALL_DEADLINE_SECONDS, left))
-            await anyio.sleep(delay)
+                # No answer, or a passing error: the job may have gone in all the same. A
+                # refusal went nowhere, though Slurm may keep a record of it (FAILED).
+                retry = done is None or sbatch_transient(done)
+                if retry:
+                    named = set(await self.jobs_named(name) or {}) - self._live  # the run's ID
+                    adopted = {i for i in named if int(i.split("_")[0]) > floor}
+                    if adopted:
+                        job_id = min((i.split("_")[0] for i in adopted), key=int)
+                        break
+                if delay is None or not retry or anyio.current_time() + delay >= give_up:
+                    raise _not_taken(done, tries, min(CALL_DEADLINE_SECONDS, left))
+                await anyio.sleep(delay)
+        except ContainerError:
+            raise
+        except BaseException:
+            done = answer[0]
+            took = _job_id_in(done) if done is not None and done.returncode == 0 else None
+            await self._withdraw(name, floor, took, what)
+            raise
         self.submitted += 1
         self._highest = max(self._highest, int(job_id))
         return job_id
 
-    async def jobs_named(self, name: str) -> set[str]:
-        """This user's jobs called ``name`` that squeue shows (empty when squeue fails); ended
+    async def _call(
+        self,
+        args: Sequence[str],
+        limit: float,
+        answer: list[subprocess.CompletedProcess[bytes] | None],
+    ) -> None:
+        """One sbatch call: its answer in ``answer[0]`` (None: no answer within ``limit``).
+        Cancelled meanwhile, it may still answer for ``CANCELLED_SBATCH_GRACE_SECONDS`` (its
+        answer names the job it submitted), and is then stopped; the cancellation follows."""
+        failed: list[Exception] = []  # raised here, not as a task group's exception group
+        async with anyio.create_task_group() as group:
+            with anyio.CancelScope(shield=True) as call:
+
+                async def stop_when_cancelled() -> None:
+                    try:
+                        await anyio.sleep_forever()
+                    finally:
+                        grace = anyio.current_time() + CANCELLED_SBATCH_GRACE_SECONDS
+                        call.deadline = min(call.deadline, grace)
+
+                group.start_soon(stop_when_cancelled)
+                try:
+                    answer[0] = await slurm_command(args, deadline=limit)
+                except SlurmNoAnswer:
+                    pass
+                except Exception as error:  # sbatch is not installed, or cannot be run
+                    failed.append(error)
+            group.cancel_scope.cancel()
+        if failed:
+            raise failed[0]
+
+    async def _withdraw(self, name: str, floor: int, took: str | None, what: str) -> None:
+        """Cancel what an sbatch cancelled under way may have submitted: the job it answered
+        with (``took``), and any job called ``name`` it submitted before it was stopped (IDs
+        above ``floor``, not watched already). One that cannot be cancelled, or looked up (squeue
+        does not answer), is named at the end of the run. Shielded, within the cleanup's
+        deadline that the jobs being cancelled share."""
+        named: dict[str, SlurmJob] | None = None
+        with anyio.CancelScope(shield=True, deadline=self._canceller.deadline()):
+            named = await self.jobs_named(name)
+        if named is None and took is None:
+            track(
+                InFlight(
+                    f"{what}: its sbatch was stopped, and squeue could not say what it submitted",
+                    job_name=name,
+                )
+            )
+        found = {
+            job_id.split("_")[0]
+            for job_id, job in (named or {}).items()
+            if job.active and job_id not in self._live and int(job_id.split("_")[0]) > floor
+        }
+        for job_id in sorted(found | ({took} if took else set()), key=int):
+            with anyio.CancelScope(shield=True):
+                await self._canceller.cancel_or_keep(job_id, what)
+
+    async def jobs_named(self, name: str) -> dict[str, SlurmJob] | None:
+        """This user's jobs called ``name`` that squeue shows (None when squeue fails); ended
         ones too: a short job that a late sbatch submitted may be over before it is looked
         for."""
         args = [
@@ -207,10 +301,17 @@ class Submitter:
         try:
             done = await slurm_command(args)  # at most CALL_DEADLINE_SECONDS
         except SlurmCallFailed:
-            return set()
+            return None
         if done.returncode != 0:
-            return set()
-        return set(parse_squeue(done.stdout.decode("utf-8", "replace")))
+            return None
+        return parse_squeue(done.stdout.decode("utf-8", "replace"))
+
+
+def _job_id_in(done: subprocess.CompletedProcess[bytes]) -> str | None:
+    try:
+        return parse_job_id(done)
+    except ContainerError:
+        return None
 
 
 def _not_taken(
