@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from test_slurm import (
+    active,
     jobs_after,
     last_job_id,
     slurm_cluster,  # noqa: F401  (the fixture)
@@ -372,7 +373,55 @@ def test_ctrl_c_names_the_jobs_a_failing_scancel_leaves_running(
         f"Slurm job {job['job_id']} (step s, not cancelled, scancel failed: scancel: error: "
         "Unexpected internal failure (injected))" in text
     ), text
-    assert f"or remove them now: scancel {job['job_id']}" in text, text
+    # The job still writes into its staging folder: kept (it was deleted under the job), and
+    # said where.
+    (staging,) = (tmp_path / "c" / "tmp").iterdir()
+    assert (staging / "scratch" / "slurm" / "job.sh").is_file()
+    assert (
+        f"folder {staging} (staging folder of step s, kept: Slurm job {job['job_id']} may still "
+        "write into it)" in text
+    ), text
+    assert f"or remove them now: scancel {job['job_id']}; rm -rf {staging}" in text, text
+
+
+def test_a_step_whose_job_scancel_fails_to_stop_says_so_and_keeps_its_staging_folder(
+    kliko: KlikoCli, tmp_path: Path
+) -> None:
+    """A step's timeout: its job went on writing into a staging folder deleted under it, and
+    the step said 'the container was stopped'. (The cleanup's deadline is cut to 5 s here, so
+    that the job, which stops itself 10 s after the step's timeout, still runs at the end.)"""
+    shim(tmp_path, kliko, "scancel", FAILING_SCANCEL)
+    chain = write_chain(
+        tmp_path,
+        "steps:\n  s: {image: example/sleep, params: {seconds: 60, tag: tmo}, timeout: 3}\n",
+    )
+    script = (
+        "import anyio, kliko_async\n"
+        "from kliko_async.runtime.slurm import cancelling\n"
+        "cancelling.CLEANUP_DEADLINE_SECONDS = 5\n"
+        f"r = anyio.run(lambda: kliko_async.run({str(chain)!r}, backend='slurm', "
+        f"cache_dir={str(tmp_path / 'c')!r}))\n"
+        "print(r.steps['s'].reason)\n"
+    )
+    first = last_job_id()
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", script], cwd=tmp_path, env=kliko.env, capture_output=True,
+            text=True, timeout=120,
+        )  # fmt: skip
+        (job,) = jobs_after(first)
+        assert active([job]), job["job_state"]  # still running, as the step says
+    finally:
+        for each in jobs_after(first):
+            subprocess.run([real("scancel"), str(each["job_id"])], check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    (staging,) = (tmp_path / "c" / "tmp").iterdir()
+    assert (staging / "scratch" / "slurm" / "job.sh").is_file()
+    assert done.stdout.strip() == (
+        f"timed out after 3 s; Slurm job {job['job_id']} may still be running (step s, not "
+        "cancelled, scancel failed: scancel: error: Unexpected internal failure (injected)): "
+        f"the step's staging folder is kept, at {staging}"
+    ), done.stdout
 
 
 HANGING_SQUEUE = """\

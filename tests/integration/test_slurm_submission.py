@@ -259,7 +259,8 @@ def test_ctrl_c_names_a_job_an_interrupted_sbatch_may_have_submitted_when_squeue
     kliko: KlikoCli, tmp_path: Path
 ) -> None:
     """sbatch is stopped at Ctrl-C before it answered, and squeue cannot say what it
-    submitted: the job it may have left running is named, with the command that cancels it."""
+    submitted: the job it may have left running is named, with the command that cancels it
+    and its staging folder (kept, since the job writes there)."""
     calls, submitted = tmp_path / "sbatch-calls", tmp_path / "submitted"
     shim(
         tmp_path,
@@ -288,5 +289,11 @@ def test_ctrl_c_names_a_job_an_interrupted_sbatch_may_have_submitted_when_squeue
         f"any Slurm job named kliko-{run}-a (step a: its sbatch was stopped, and squeue could "
         "not say what it submitted)" in text
     ), text
-    assert f"or remove them now: scancel --name=kliko-{run}-a" in text, text
+    (staging,) = (tmp_path / "c" / "tmp").iterdir()
+    assert (staging / "scratch" / "slurm" / "job.sh").is_file()
+    assert (
+        f"folder {staging} (staging folder of step a, kept: any Slurm job named kliko-{run}-a "
+        "may still write into it)" in text
+    ), text
+    assert f"scancel --name=kliko-{run}-a; rm -rf {staging}" in text, text
     assert "Traceback" not in text, text

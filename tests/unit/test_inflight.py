@@ -9,6 +9,7 @@ from kliko_async.runtime.inflight import (
     describe_left_behind,
     left_behind,
     under_way,
+    writing_into,
 )
 
 
@@ -67,3 +68,21 @@ def test_a_job_known_by_name_only_is_named_with_the_command_that_cancels_it() ->
 
     assert "any Slurm job named kliko-r1-a (step a: its sbatch was stopped)" in text
     assert "or remove them now: scancel --name=kliko-r1-a" in text
+
+
+def test_a_folder_a_job_left_running_writes_into_is_said_kept(tmp_path: Path) -> None:
+    staging, other = tmp_path / "tmp" / "k.1.x", tmp_path / "tmp" / "k.2.x"
+    job = InFlight("step a, not cancelled", job_id="745", writes_into=(staging / "scratch",))
+    with under_way(job):
+        assert writing_into(staging) == [job]
+        assert writing_into(staging / "scratch" / "slurm") == [job]
+        assert writing_into(other) == []
+    alone = describe_left_behind([job])
+    kept = InFlight("staging folder of step a, kept", folder=staging)
+    both = describe_left_behind([job, kept])
+
+    said = f"Slurm job 745 (step a, not cancelled); it may still write into {staging / 'scratch'}"
+    assert said in alone
+    assert f"scancel 745; rm -rf {staging / 'scratch'}" in alone
+    assert "Slurm job 745 (step a, not cancelled)\n" in both  # its folder is listed on its own
+    assert f"scancel 745; rm -rf {staging}" in both

@@ -47,7 +47,7 @@ from kliko_async.runtime.base import (
     Stream,
     owner_label,
 )
-from kliko_async.runtime.inflight import InFlight, under_way
+from kliko_async.runtime.inflight import InFlight, track, under_way, writing_into
 
 LAST_LINES = 20
 """A failed step shows this many of its last log lines."""
@@ -182,10 +182,11 @@ class StepAttempts:
             reason = f"could not prepare the step's folders: {error.strerror or error}"
             return await self._failed(planned, staging, reason, None, last)
         except BaseException:
-            await self._discard(staging)  # shielded: runs even while being cancelled
+            await self._discard(staging, planned.name)  # shielded: runs even while being cancelled
             raise
         if timed_out:
-            reason = f"timed out after {step.timeout:g} s; the container was stopped"
+            stopped = "" if writing_into(staging.path) else "; the container was stopped"
+            reason = f"timed out after {step.timeout:g} s{stopped}"
             return await self._failed(planned, staging, reason, None, last)
         if exited.exit_code != 0:
             reason = exit_reason(exited, step.resources.memory)
@@ -195,7 +196,7 @@ class StepAttempts:
                 await container_done()
             return await self._publish(planned, staging, began[0], last, exited.usage)
         except BaseException:
-            await self._discard(staging)  # cancelled while publishing: nothing half-done stays
+            await self._discard(staging, planned.name)  # cancelled while publishing: nothing stays
             raise
 
     async def _publish(
@@ -258,21 +259,35 @@ class StepAttempts:
         exit_code: int | None,
         last: deque[str],
     ) -> AttemptOutcome:
-        """Keep the failed attempt's log in the run's log folder; drop everything else."""
+        """Keep the failed attempt's log in the run's log folder; drop everything else (but a
+        staging folder that a job left running may still write into: said, and kept)."""
         full = full_disk(staging.path, self.cache.root)
         if full is not None and "is full" not in reason:
             reason = f"{reason}; {full}"
+        for item in writing_into(staging.path):
+            reason = f"{reason}; {item.name} may still be running ({item.what})"
         log_path = keep_log(staging.log_path, self.log_dir / f"{planned.name}.log")
-        await self._discard(staging)
+        if not await self._discard(staging, planned.name):
+            kept = staging.path.absolute()
+            reason = f"{reason}: the step's staging folder is kept, at {kept}"
         return AttemptOutcome(
             ok=False, reason=reason, exit_code=exit_code, log_path=log_path, last_lines=tuple(last)
         )
 
-    async def _discard(self, staging: Staging) -> None:
-        """Delete a staging folder in a worker thread (it may hold gigabytes). One left behind
-        is never taken as cached, and the next run removes it."""
+    async def _discard(self, staging: Staging, step: str) -> bool:
+        """Delete a staging folder in a worker thread (it may hold gigabytes); one left behind
+        is never taken as cached, and the next run removes it. False when a job or container
+        left running (scancel failed) may still write into it: it is kept, and named at the
+        end of the run (it was once deleted under the running job)."""
+        writers = writing_into(staging.path)
+        if writers:
+            names = ", ".join(item.name for item in writers)
+            kept = f"staging folder of step {step}, kept: {names} may still write into it"
+            track(InFlight(kept, folder=staging.path))
+            return False
         with anyio.CancelScope(shield=True), contextlib.suppress(CacheError):
             await anyio.to_thread.run_sync(self.cache.discard, staging)
+        return True
 
     def _labels(self, planned: PlannedStep) -> dict[str, str]:
         labels = {

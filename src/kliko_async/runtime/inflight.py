@@ -28,6 +28,14 @@ class InFlight:
     next_run_removes: bool = True
     job_id: str | None = None
     job_name: str | None = None
+    writes_into: tuple[Path, ...] = ()
+    """Folders that a job or container left running may still write into: they are kept (a
+    step's staging folder was deleted under a job that scancel had failed to cancel)."""
+
+    @property
+    def name(self) -> str:
+        """What it is, for people: 'Slurm job 745', 'container 0123456789ab', ..."""
+        return _name(self)
 
 
 _under_way: dict[int, InFlight] = {}
@@ -60,14 +68,33 @@ def left_behind() -> list[InFlight]:
     return [i for i in _under_way.values() if i.folder is None or i.folder.exists()]
 
 
+def writing_into(folder: Path) -> list[InFlight]:
+    """What is left running that may still write into ``folder`` (or a folder in it)."""
+    where = os.path.abspath(folder)
+    return [
+        item
+        for item in _under_way.values()
+        if any(
+            _within(path, [where]) or _within(where, [path])
+            for path in map(os.path.abspath, item.writes_into)
+        )
+    ]
+
+
 def describe_left_behind(items: list[InFlight]) -> str:
     """What a forced exit leaves, and how it will be (or can be) removed, for people."""
     if not items:
         return "nothing was left behind"
     lines = ["left behind:"]
+    listed = [os.path.abspath(i.folder) for i in items if i.folder is not None]
+    folders = list(listed)
     for item in items:
+        # The folders a job may still write into, unless in one listed as left anyway.
+        into = [p for p in map(os.path.abspath, item.writes_into) if not _within(p, listed)]
+        folders += [p for p in into if p not in folders]
+        also = f"; it may still write into {', '.join(into)}, kept" if into else ""
         if item.job_id is not None or item.job_name is not None:
-            lines.append(f"  {_name(item)} ({item.what})")
+            lines.append(f"  {_name(item)} ({item.what}){also}")
         elif item.container_id is not None:
             lines.append(f"  container {item.container_id[:12]} ({item.what})")
         else:
@@ -87,7 +114,6 @@ def describe_left_behind(items: list[InFlight]) -> str:
     containers = [i.container_id[:12] for i in items if i.container_id is not None]
     if containers:
         commands.append("docker rm -f " + " ".join(containers))
-    folders = [os.path.abspath(i.folder) for i in items if i.folder is not None]
     if folders:
         commands.append("rm -rf " + " ".join(shlex.quote(f) for f in folders))
     lines.append(
@@ -102,3 +128,7 @@ def _name(item: InFlight) -> str:
     if item.job_name is not None:
         return f"any Slurm job named {item.job_name}"
     return f"container {item.container_id[:12]}" if item.container_id else f"folder {item.folder}"
+
+
+def _within(path: str, folders: list[str]) -> bool:
+    return any(path == f or path.startswith(f + os.sep) for f in folders)

@@ -1,8 +1,12 @@
 """Cancelling the Slurm runtime's jobs (``scancel``), and waiting until Slurm no longer counts
 them, within one deadline for all the jobs cancelled together (Ctrl-C); a job that may be left
-running is tracked (``inflight``), so that the run's last message names it."""
+running is tracked (``inflight``), so that the run's last message names it with the folders it
+may still write into, which are kept."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
 
 import anyio
 
@@ -32,12 +36,14 @@ class Canceller:
         with anyio.move_on_after(CLEANUP_DEADLINE_SECONDS):
             await self.until_gone(job_id)
 
-    async def cancel_or_keep(self, job_id: str, what: str) -> bool:
+    async def cancel_or_keep(self, job_id: str, what: str, folders: Sequence[Path] = ()) -> bool:
         """:meth:`cancel` the job (``what``: whose it is, for people); True once it is. One
-        that may be left running is tracked: the end of the run names it."""
+        that may be left running is tracked, with ``folders``, the folders it may still write
+        into: the end of the run names both, and they are kept (a step's staging folder was
+        deleted under a job that scancel had failed to cancel)."""
         left = await self.cancel(job_id)
         if left is not None:
-            track(InFlight(f"{what}, {left}", job_id=job_id))
+            track(InFlight(f"{what}, {left}", job_id=job_id, writes_into=tuple(folders)))
         return left is None
 
     async def cancel(self, job_id: str, *, closing: bool = False) -> str | None:

@@ -178,11 +178,10 @@ class SlurmRuntime:
 
     job_prefix = JOB_PREFIX
 
-    async def wait_probe(self, job_id: str) -> bool:
-        """Wait for a probe job to end (True), or cancel it after PROBE_DEADLINE_SECONDS."""
-        return await self._wait_probe(job_id)
-
-    async def _wait_probe(self, job_id: str) -> bool:
+    async def wait_probe(self, job_id: str, folder: Path) -> bool:
+        """Wait for a probe job to end (True), or cancel it after PROBE_DEADLINE_SECONDS; one
+        left running is named at the end of the run, with its ``folder`` (kept)."""
+        what = "the check of the cache folder"
         self.queue.watch(job_id)
         try:
             with anyio.move_on_after(PROBE_DEADLINE_SECONDS):
@@ -190,13 +189,13 @@ class SlurmRuntime:
                     info = await self.queue.next_state(job_id)
                     if info is not None and not info.active:
                         return True
-            await self._cancels.cancel(job_id)
+            await self._cancels.cancel_or_keep(job_id, what, [folder])
             return False
         except SlurmCallFailed:  # squeue keeps failing: the check is left to the jobs too
-            await self._cancels.cancel(job_id)
+            await self._cancels.cancel_or_keep(job_id, what, [folder])
             return False
         except BaseException:
-            await self._cancels.cancel(job_id)
+            await self._cancels.cancel_or_keep(job_id, what, [folder])
             raise
         finally:
             self.queue.forget(job_id)
@@ -264,15 +263,14 @@ class SlurmRuntime:
                 untrack(tracked)
 
     async def _end(self, submission: Submission, what: str, *, cancel: bool) -> None:
-        """The end of a step's job: cancelled (``cancel``; one that may be left running is
-        named at the end of the run), not watched any more, and its array task's link removed
-        (the last one takes the array's folder along)."""
+        """The end of a step's job: cancelled (``cancel``), not watched any more, and its array
+        task's link removed (the last one takes the array's folder along); a job that may be
+        left running keeps its link and is named at the end of the run, with its folder."""
         job_id = submission.job_id
-        if cancel:
-            await self._cancels.cancel_or_keep(job_id, what)
+        left = cancel and not await self._cancels.cancel_or_keep(job_id, what, [submission.folder])
         self.queue.forget(job_id)
         self._live.discard(job_id)
-        if submission.link is not None:
+        if submission.link is not None and not left:
             with anyio.CancelScope(shield=True):  # Ctrl-C: the more so
                 await anyio.to_thread.run_sync(unlink_with_folder, submission.link)
 

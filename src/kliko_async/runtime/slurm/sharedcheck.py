@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from kliko_async.cache.durable import remove_tree_off_loop
 from kliko_async.errors import ContainerError, RuntimeUnavailable
+from kliko_async.runtime.inflight import writing_into
 from kliko_async.runtime.slurm.commands import parse_job_id, retrying, sbatch_transient
 from kliko_async.runtime.slurm.logfiles import read_text
 
@@ -76,7 +77,7 @@ async def check_shared(runtime: SlurmRuntime, paths: Sequence[Path] = ()) -> Non
             raise RuntimeUnavailable(
                 f"could not submit the check of the cache folder: {error}"
             ) from None
-        if not await runtime.wait_probe(job_id):
+        if not await runtime.wait_probe(job_id, probe):
             return  # not run in time: each job checks that it sees its folder
         blind = [n for n in nodes if read_text(probe / f"seen.{n}") != token]
         if blind:
@@ -98,4 +99,5 @@ async def check_shared(runtime: SlurmRuntime, paths: Sequence[Path] = ()) -> Non
             )
         verified.write_text(" ".join(nodes) + "\n")
     finally:
-        await remove_tree_off_loop(probe)
+        if not writing_into(probe):  # not under a check job left running
+            await remove_tree_off_loop(probe)

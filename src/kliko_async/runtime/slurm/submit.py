@@ -18,7 +18,7 @@ import anyio
 from kliko_async.cache.durable import remove_tree
 from kliko_async.errors import ContainerError
 from kliko_async.runtime.base import LABEL_PREFIX, ContainerJob
-from kliko_async.runtime.inflight import InFlight, track
+from kliko_async.runtime.inflight import InFlight, track, writing_into
 from kliko_async.runtime.slurm.arrays import Gatherer, Submission, array_script, shared_labels
 from kliko_async.runtime.slurm.cancelling import CLEANUP_DEADLINE_SECONDS, Canceller
 from kliko_async.runtime.slurm.commands import (
@@ -123,7 +123,7 @@ class Submitter:
             *one.options,
             str(one.script),
         ]
-        one.job_id = await self._sbatch(args, name, f"step {one.step}")
+        one.job_id = await self._sbatch(args, name, f"step {one.step}", [one.folder])
         self._watch(one.job_id)
 
     async def _submit_array(self, group: Sequence[Submission]) -> None:
@@ -153,13 +153,18 @@ class Submitter:
         ]
         what = f"job array of step {first.family or first.step}"
         try:
-            array_id = await self._sbatch(args, name, what)
+            array_id = await self._sbatch(args, name, what, [folder, *(s.folder for s in group)])
         except ContainerError as error:
             await anyio.to_thread.run_sync(remove_tree, folder)
             if not isinstance(error, SbatchRefused) or "array" not in str(error).lower():
                 raise  # no answer, an odd one, or not about arrays: the array may be queued
             await self._one_by_one(group)
             return
+        except BaseException:  # cancelled: the folder goes, unless a task left may use it
+            if not writing_into(folder):
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(remove_tree, folder)
+            raise
         for task, submission in enumerate(group):
             submission.job_id = f"{array_id}_{task}"
             submission.link = folder / f"{task}.out"
@@ -182,7 +187,9 @@ class Submitter:
     def _run(job: ContainerJob) -> str:
         return job.labels.get(f"{LABEL_PREFIX}.run", "run")
 
-    async def _sbatch(self, args: list[str], name: str, what: str) -> str:
+    async def _sbatch(
+        self, args: list[str], name: str, what: str, folders: Sequence[Path] = ()
+    ) -> str:
         """Submit with ``args``, trying again while the controller is out of reach, for at most
         ``SUBMIT_DEADLINE_SECONDS``; the job's (or array's) ID. After a call that failed or
         gave no answer, a job it submitted all the same is looked up by name and adopted (it
@@ -191,9 +198,9 @@ class Submitter:
         hid a persistent error behind 'did not answer').
 
         Cancelled (Ctrl-C), it ends within seconds, wherever it is: what sbatch may have
-        submitted is withdrawn (:meth:`_withdraw`; ``what``: whose job it is, for one that
-        cannot be). The tries once went on, in a shield, for up to 90 s after Ctrl-C,
-        submitting all the while."""
+        submitted is withdrawn (:meth:`_withdraw`; ``what`` and ``folders``: whose job it is
+        and the folders it writes into, for one that cannot be). The tries once went on, in a
+        shield, for up to 90 s after Ctrl-C, submitting all the while."""
         give_up = anyio.current_time() + SUBMIT_DEADLINE_SECONDS
         floor = self._highest  # jobs of this name up to here are earlier ones (a retry's)
         answer: list[subprocess.CompletedProcess[bytes] | None] = [None]
@@ -223,7 +230,7 @@ class Submitter:
         except BaseException:
             done = answer[0]
             took = _job_id_in(done) if done is not None and done.returncode == 0 else None
-            await self._withdraw(name, floor, took, what)
+            await self._withdraw(name, floor, took, what, folders)
             raise
         self.submitted += 1
         self._highest = max(self._highest, int(job_id))
@@ -260,12 +267,14 @@ class Submitter:
         if failed:
             raise failed[0]
 
-    async def _withdraw(self, name: str, floor: int, took: str | None, what: str) -> None:
+    async def _withdraw(
+        self, name: str, floor: int, took: str | None, what: str, folders: Sequence[Path]
+    ) -> None:
         """Cancel what an sbatch cancelled under way may have submitted: the job it answered
         with (``took``), and any job called ``name`` it submitted before it was stopped (IDs
         above ``floor``, not watched already). One that cannot be cancelled, or looked up (squeue
-        does not answer), is named at the end of the run. Shielded, within the cleanup's
-        deadline that the jobs being cancelled share."""
+        does not answer), is named at the end of the run with ``folders``, which are kept.
+        Shielded, within the cleanup's deadline that the jobs being cancelled share."""
         named: dict[str, SlurmJob] | None = None
         with anyio.CancelScope(shield=True, deadline=self._canceller.deadline()):
             named = await self.jobs_named(name)
@@ -274,6 +283,7 @@ class Submitter:
                 InFlight(
                     f"{what}: its sbatch was stopped, and squeue could not say what it submitted",
                     job_name=name,
+                    writes_into=tuple(folders),
                 )
             )
         found = {
@@ -283,7 +293,7 @@ class Submitter:
         }
         for job_id in sorted(found | ({took} if took else set()), key=int):
             with anyio.CancelScope(shield=True):
-                await self._canceller.cancel_or_keep(job_id, what)
+                await self._canceller.cancel_or_keep(job_id, what, folders)
 
     async def jobs_named(self, name: str) -> dict[str, SlurmJob] | None:
         """This user's jobs called ``name`` that squeue shows (None when squeue fails); ended
