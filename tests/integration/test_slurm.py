@@ -8,19 +8,28 @@ not come up is a failure, never a skip.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
 import pytest
 import test_kliko_compat as compat
+from slurmrun import (
+    BackgroundRun,
+    active,
+    background_run,
+    jobs_after,
+    last_job_id,
+    sleep_chain,
+    wait_until,
+    write_chain,
+)
 
 from conftest import KLIKO_ASYNC, KlikoCli
 
@@ -48,33 +57,6 @@ def slurm_cluster() -> None:
         pytest.fail(f"scripts/slurm-cluster up failed:\n{done.stderr}")
 
 
-def slurm_jobs() -> list[dict[str, Any]]:
-    out = subprocess.run(
-        ["squeue", "--json", "--states=all"], capture_output=True, text=True, check=True
-    )
-    return list(json.loads(out.stdout)["jobs"])
-
-
-def last_job_id() -> int:
-    return max((int(j["job_id"]) for j in slurm_jobs()), default=0)
-
-
-def jobs_after(first: int) -> list[dict[str, Any]]:
-    """The kliko-async step jobs submitted after job ``first`` (not the cache checks)."""
-    return [
-        j
-        for j in slurm_jobs()
-        if int(j["job_id"]) > first
-        and j["name"].startswith("kliko-")
-        and j["name"] != "kliko-check-shared"
-    ]
-
-
-def active(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    states = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED"}
-    return [j for j in jobs if j["job_state"] in states]
-
-
 def job_containers(jobs: list[dict[str, Any]]) -> list[str]:
     """Docker containers of these jobs that still exist (a job's container is its own: the
     autouse check for leftovers does not count it)."""
@@ -93,12 +75,6 @@ def tree_bytes(root: Path) -> dict[str, bytes]:
     return {
         str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
     }
-
-
-def write_chain(tmp_path: Path, text: str) -> Path:
-    chain = tmp_path / "chain.yaml"
-    chain.write_text(text)
-    return chain
 
 
 @pytest.fixture(scope="module")
@@ -257,36 +233,16 @@ steps:
 """
 
 
-def wait_until(check: Callable[[], bool], what: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
-
-
-@contextmanager
 def running_and_pending(
     kliko: KlikoCli, tmp_path: Path, chain_text: str
-) -> Iterator[tuple[subprocess.Popen[bytes], Path, int]]:
+) -> AbstractContextManager[BackgroundRun]:
     """``kliko-async run --plain`` of ``chain_text`` on Slurm, once some of its jobs run and
-    others wait for a node: the process, its output file and the last job ID before it. The
-    process is killed on the way out if it still runs."""
-    chain = write_chain(tmp_path, chain_text)
-    first = last_job_id()
-    log = tmp_path / "run.log"
-    process = kliko.popen(
-        "run", chain, "--backend", "slurm", "--plain", "--cache-dir", "c", log=log
-    )
-    try:
-        wait_until(
-            lambda: {j["job_state"] for j in jobs_after(first)} >= {"RUNNING", "PENDING"},
-            "running and pending jobs",
-        )
-        yield process, log, first
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+    others wait for a node."""
+    return background_run(
+        kliko, tmp_path, chain_text,
+        ready=lambda run: {j["job_state"] for j in run.jobs()} >= {"RUNNING", "PENDING"},
+        what="running and pending jobs",
+    )  # fmt: skip
 
 
 def all_cancelled_and_gone(first: int, tmp_path: Path) -> list[dict[str, Any]]:
@@ -302,19 +258,17 @@ def all_cancelled_and_gone(first: int, tmp_path: Path) -> list[dict[str, Any]]:
 
 def test_sigterm_mid_run_leaves_no_job_pending_or_running(kliko: KlikoCli, tmp_path: Path) -> None:
     # Some jobs run, at least one waits for a node (c, d, e each need a whole node).
-    with running_and_pending(kliko, tmp_path, SLOW) as (process, log, first):
-        wait_until(lambda: "| started" in log.read_text(), "a started step")
+    with running_and_pending(kliko, tmp_path, SLOW) as run:
+        wait_until(lambda: "| started" in run.text(), "a started step")
         # The display says which job each step is, where it runs, and why a job waits.
         wait_until(
-            lambda: bool(
-                re.search(r"\| \[kliko-async\] Slurm job \d+ is pending: \w", log.read_text())
-            ),
+            lambda: bool(re.search(r"\| \[kliko-async\] Slurm job \d+ is pending: \w", run.text())),
             "a pending job's reason",
         )
-        assert re.search(r"\| \[kliko-async\] Slurm job \d+ runs on node \w", log.read_text())
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=60) == 143, log.read_text()
-    assert len(all_cancelled_and_gone(first, tmp_path)) >= 3
+        assert re.search(r"\| \[kliko-async\] Slurm job \d+ runs on node \w", run.text())
+        run.signal(signal.SIGTERM)
+        run.exits_with(143, within=60)
+        assert len(all_cancelled_and_gone(run.first, tmp_path)) >= 3
 
 
 SLOW_MATRIX = """\
@@ -333,39 +287,30 @@ def test_ctrl_c_cancels_every_task_of_an_array_running_or_pending(
     """The six expansions go in as one array; each needs a whole node, so some tasks run and
     the others wait. Ctrl-C then: every task cancelled (the pending ones too), no container
     left on a node, no staging folder and no array folder left in the cache."""
-    with running_and_pending(kliko, tmp_path, SLOW_MATRIX) as (process, log, first):
-        wait_until(lambda: log.read_text().count("| started") >= 2, "two started steps")
-        assert re.search(r"\| \[kliko-async\] Slurm job \d+_\d runs on node \w", log.read_text())
-        process.send_signal(signal.SIGINT)
-        assert process.wait(timeout=60) == 130, log.read_text()
-    jobs = all_cancelled_and_gone(first, tmp_path)
+    with running_and_pending(kliko, tmp_path, SLOW_MATRIX) as run:
+        wait_until(lambda: run.text().count("| started") >= 2, "two started steps")
+        assert re.search(r"\| \[kliko-async\] Slurm job \d+_\d runs on node \w", run.text())
+        run.ctrl_c()
+        jobs = all_cancelled_and_gone(run.first, tmp_path)  # (by the run, not by the test)
     assert {j["array_job_id"] for j in jobs} - {0} != set(), "the expansions went in as an array"
     arrays = tmp_path / "c" / "slurm" / "arrays"
     assert not arrays.exists() or not list(arrays.iterdir()), list(arrays.iterdir())
 
 
 def test_a_later_run_cancels_the_jobs_of_a_killed_run(kliko: KlikoCli, tmp_path: Path) -> None:
-    chain = write_chain(
-        tmp_path, "steps:\n  a: {image: example/sleep, params: {seconds: 120, tag: kill9}}\n"
-    )
-    first = last_job_id()
-    log = tmp_path / "run.log"
-    process = kliko.popen(
-        "run", chain, "--backend", "slurm", "--plain", "--cache-dir", "c", log=log
-    )
-    try:
-        wait_until(lambda: "| started" in log.read_text(), "a started step")
-    finally:
-        process.kill()  # kill -9: nothing cleans up
-        process.wait()
-    assert [j["job_state"] for j in jobs_after(first)] == ["RUNNING"]
-    (tmp_path / "other").mkdir()
-    other = write_chain(tmp_path / "other", "steps:\n  x: {image: example/gen, params: {n: 1}}\n")
-    done = kliko("run", other, "--backend", "slurm", "--plain", "--cache-dir", "c")
-    assert done.returncode == 0, done.stdout + done.stderr
-    leftover = [j for j in jobs_after(first) if j["name"].endswith("-a")]
-    assert [j["job_state"] for j in leftover] == ["CANCELLED"]
-    assert job_containers(leftover) == []
+    with background_run(kliko, tmp_path, sleep_chain(120, "kill9", step="a")) as run:
+        run.process.kill()  # kill -9: nothing cleans up
+        run.process.wait()
+        assert run.job()["job_state"] == "RUNNING"
+        (tmp_path / "other").mkdir()
+        other = write_chain(
+            tmp_path / "other", "steps:\n  x: {image: example/gen, params: {n: 1}}\n"
+        )
+        done = kliko("run", other, "--backend", "slurm", "--plain", "--cache-dir", "c")
+        assert done.returncode == 0, done.stdout + done.stderr
+        leftover = run.job()
+    assert leftover["job_state"] == "CANCELLED"
+    assert job_containers([leftover]) == []
 
 
 def test_a_cache_the_nodes_cannot_see_is_refused(kliko: KlikoCli, tmp_path: Path) -> None:

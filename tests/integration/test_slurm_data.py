@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+from slurmrun import jobs_after, last_job_id
 from test_data_docker import CHAIN, make_data
-from test_slurm import jobs_after, last_job_id, slurm_cluster, tree_bytes  # noqa: F401
+from test_slurm import slurm_cluster, tree_bytes  # noqa: F401
 
 if TYPE_CHECKING:
     from conftest import KlikoCli

@@ -7,9 +7,6 @@ the real cluster.
 
 from __future__ import annotations
 
-import os
-import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -17,14 +14,18 @@ import time
 from pathlib import Path
 
 import pytest
-from test_slurm import (
+from slurmrun import (
     active,
+    background_run,
     jobs_after,
     last_job_id,
-    slurm_cluster,  # noqa: F401  (the fixture)
+    real,
+    shim,
+    sleep_chain,
     wait_until,
     write_chain,
 )
+from test_slurm import slurm_cluster  # noqa: F401  (the fixture)
 
 from conftest import KlikoCli
 
@@ -46,22 +47,6 @@ exec {real} "$@"
 """
 
 
-def shim(tmp_path: Path, kliko: KlikoCli, name: str, text: str) -> None:
-    """Put ``text`` as command ``name`` in front of the real one on kliko's PATH."""
-    folder = tmp_path / "shims"
-    folder.mkdir(exist_ok=True)
-    path = folder / name
-    path.write_text(text)
-    path.chmod(0o755)
-    kliko.env["PATH"] = f"{folder}{os.pathsep}{kliko.env['PATH']}"
-
-
-def real(command: str) -> str:
-    found = shutil.which(command)
-    assert found is not None
-    return found
-
-
 TWO_STEPS = """\
 steps:
   first: {image: example/sleep, params: {seconds: 3, tag: one}}
@@ -77,21 +62,15 @@ def test_a_squeue_failing_twice_in_the_middle_of_a_run_does_not_stop_it(
         tmp_path, kliko, "squeue",
         FAILING_SQUEUE.format(times=2, trigger=trigger, count=count, real=real("squeue")),
     )  # fmt: skip
-    chain = write_chain(tmp_path, TWO_STEPS)
-    log = tmp_path / "run.log"
-    process = kliko.popen(
-        "run", chain, "--backend", "slurm", "--plain", "--cache-dir", "c", log=log
-    )
-    try:
-        wait_until(lambda: "first | started" in log.read_text(), "a started step")
+    started = background_run(
+        kliko, tmp_path, TWO_STEPS, ready=lambda run: "first | started" in run.text(),
+        what="a started step",
+    )  # fmt: skip
+    with started as run:
         trigger.touch()
-        assert process.wait(timeout=180) == 0, log.read_text()
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        run.exits_with(0, within=180)
     assert count.read_text().strip() == "2"  # it did fail twice, while the run went on
-    text = log.read_text()
+    text = run.text()
     assert "second | done" in text and "Traceback" not in text
     assert (tmp_path / "kliko-out" / "second").is_dir()
 
@@ -104,10 +83,7 @@ def test_a_squeue_that_keeps_failing_fails_the_steps_not_the_run(
         tmp_path, kliko, "squeue",
         FAILING_SQUEUE.format(times=10**6, trigger=trigger, count=count, real=real("squeue")),
     )  # fmt: skip
-    chain = write_chain(
-        tmp_path,
-        "steps:\n  a: {image: example/sleep, params: {seconds: 30, tag: pers}}\n",
-    )
+    chain = write_chain(tmp_path, sleep_chain(30, "pers", step="a"))
     script = (
         "import anyio, kliko_async\n"
         "from kliko_async import SlurmOptions\n"
@@ -144,41 +120,19 @@ def test_a_job_that_leaves_squeue_is_read_from_the_job_completion_log(
         "exit 0\n"
     )
     shim(tmp_path, kliko, "squeue", hiding)
-    chain = write_chain(
-        tmp_path, "steps:\n  s: {image: example/sleep, params: {seconds: 60, tag: gone}}\n"
-    )
-    first = last_job_id()
-    log = tmp_path / "run.log"
-    process = kliko.popen(
-        "run", chain, "--backend", "slurm", "--plain", "--cache-dir", "c", log=log
-    )
-    try:
-        wait_until(lambda: "s | sleep: 60.0s" in log.read_text(), "the step's first line")
-        (job,) = jobs_after(first)
+    with background_run(kliko, tmp_path, sleep_chain(60, "gone")) as run:
+        job = run.job()
         subprocess.run(["scancel", str(job["job_id"])], check=True)  # no status file: sacct's
-        assert process.wait(timeout=120) == 1, log.read_text()
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-    assert f"Slurm job {job['job_id']} was cancelled" in log.read_text()
+        run.exits_with(1, within=120)
+    assert f"Slurm job {job['job_id']} was cancelled" in run.text()
 
 
 def test_a_requeued_job_starts_clean_and_gives_the_right_output(
     kliko: KlikoCli, tmp_path: Path
 ) -> None:
-    chain = write_chain(
-        tmp_path, "steps:\n  s: {image: example/sleep, params: {seconds: 8, tag: requeued}}\n"
-    )
-    first = last_job_id()
-    log = tmp_path / "run.log"
-    process = kliko.popen(
-        "run", chain, "--backend", "slurm", "--plain", "--cache-dir", "c",
-        "--slurm-opt=--requeue", log=log,
-    )  # fmt: skip
-    try:
-        wait_until(lambda: "s | sleep: 8.0s" in log.read_text(), "the step's first line")
-        (job,) = jobs_after(first)
+    chain = sleep_chain(8, "requeued")
+    with background_run(kliko, tmp_path, chain, "--slurm-opt=--requeue") as run:
+        job = run.job()
         # The first attempt's output folder gets a file the second must not see.
         staged = next((tmp_path / "c" / "tmp").glob("*/output"))
         (staged / "first-attempt.txt").write_text("stale\n")
@@ -190,12 +144,8 @@ def test_a_requeued_job_starts_clean_and_gives_the_right_output(
         # `scontrol update StartTime=now` would save that, but the update can hide the job from
         # squeue for a moment, when the first attempt's record in the completion log was read as
         # its end (found so, left for another session): the test waits the hold out.
-        assert process.wait(timeout=300) == 0, log.read_text()
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-    text = log.read_text()
+        run.exits_with(0, within=300)
+    text = run.text()
     assert "Slurm requeued job" in text and "attempt 2" in text
     out = tmp_path / "kliko-out" / "s"
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".kliko")) == ["slept.txt"]
@@ -206,26 +156,12 @@ def test_a_requeued_job_starts_clean_and_gives_the_right_output(
 
 
 def test_jobs_go_in_without_requeue_by_default(kliko: KlikoCli, tmp_path: Path) -> None:
-    chain = write_chain(
-        tmp_path, "steps:\n  s: {image: example/sleep, params: {seconds: 20, tag: noreq}}\n"
-    )
-    first = last_job_id()
-    log = tmp_path / "run.log"
-    process = kliko.popen(
-        "run", chain, "--backend", "slurm", "--plain", "--cache-dir", "c", log=log
-    )
-    try:
-        wait_until(lambda: "| started" in log.read_text(), "a started step")
-        (job,) = jobs_after(first)
+    with background_run(kliko, tmp_path, sleep_chain(20, "noreq")) as run:
         requeue = subprocess.run(
-            ["scontrol", "requeue", str(job["job_id"])], capture_output=True, text=True
+            ["scontrol", "requeue", str(run.job()["job_id"])], capture_output=True, text=True
         )
         assert requeue.returncode != 0  # Slurm refuses: the job is not requeueable
-        assert process.wait(timeout=120) == 0, log.read_text()
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        run.exits_with(0, within=120)
 
 
 MATRIX = """\
@@ -304,30 +240,20 @@ def test_an_array_cancelled_while_pending_fails_each_task_as_cancelled(
     warm = write_chain(tmp_path, "steps:\n  w: {image: example/upper}\n")
     done = kliko("run", warm, "--backend", "slurm", "--plain", "--cache-dir", "c")
     assert done.returncode == 0, done.stdout + done.stderr  # the nodes' check, not held back
-    chain = write_chain(tmp_path, PENDING_ARRAY)
-    log = tmp_path / "run.log"
-    process = kliko.popen(
-        "run", chain, "--backend", "slurm", "--plain", "--cache-dir", "c",
-        "--keep-going", "--slurm-opt=--begin=now+120", log=log,
+    pending = background_run(
+        kliko, tmp_path, PENDING_ARRAY, "--keep-going", "--slurm-opt=--begin=now+120",
+        ready=lambda run: "is pending" in run.text(), what="a pending task",
     )  # fmt: skip
-    run = "none"
-    try:
-        wait_until(lambda: "is pending" in log.read_text(), "a pending task")
-        run = log.read_text().split("run ", 1)[1].split(":", 1)[0]
+    with pending as run:
         printed = subprocess.run(
-            ["squeue", "-h", "-o", "%i", "-n", f"kliko-{run}-many"],
+            ["squeue", "-h", "-o", "%i", "-n", f"kliko-{run.run_id()}-many"],
             capture_output=True, text=True, check=True,
         ).stdout.split()  # fmt: skip
         array = printed[0]
         assert array.endswith("_[0-3]"), printed
         subprocess.run(["scancel", array], check=True)
-        assert process.wait(timeout=60) == 1, log.read_text()
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-            subprocess.run(["scancel", "--me", "-n", f"kliko-{run}-many"], check=False)
-    text = log.read_text()
+        run.exits_with(1, within=60)
+    text = run.text()
     assert "Traceback" not in text, text
     for task in range(4):
         assert f"Slurm job {array[: -len('[0-3]')]}{task} was cancelled (scancel)" in text, text
@@ -348,26 +274,11 @@ def test_ctrl_c_names_the_jobs_a_failing_scancel_leaves_running(
     # Every step once showed 'cancelled' and the run exited 130 without a word, while squeue
     # still showed its jobs running.
     shim(tmp_path, kliko, "scancel", FAILING_SCANCEL)
-    chain = write_chain(
-        tmp_path, "steps:\n  s: {image: example/sleep, params: {seconds: 120, tag: nocancel}}\n"
-    )
-    first = last_job_id()
-    log = tmp_path / "run.log"
-    process = kliko.popen(
-        "run", chain, "--backend", "slurm", "--plain", "--cache-dir", "c", log=log
-    )
-    try:
-        wait_until(lambda: "s | sleep: 120.0s" in log.read_text(), "the step's first line")
-        (job,) = jobs_after(first)
-        process.send_signal(signal.SIGINT)
-        assert process.wait(timeout=60) == 130, log.read_text()
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        for each in jobs_after(first):
-            subprocess.run([real("scancel"), str(each["job_id"])], check=False)
-    text = log.read_text()
+    with background_run(kliko, tmp_path, sleep_chain(120, "nocancel")) as run:
+        job = run.job()
+        run.ctrl_c()
+        assert active([run.job()]), "the job is left running, as the run says"
+    text = run.text()
     assert "Traceback" not in text, text
     assert (
         f"Slurm job {job['job_id']} (step s, not cancelled, scancel failed: scancel: error: "
@@ -391,10 +302,7 @@ def test_a_step_whose_job_scancel_fails_to_stop_says_so_and_keeps_its_staging_fo
     the step said 'the container was stopped'. (The cleanup's deadline is cut to 5 s here, so
     that the job, which stops itself 10 s after the step's timeout, still runs at the end.)"""
     shim(tmp_path, kliko, "scancel", FAILING_SCANCEL)
-    chain = write_chain(
-        tmp_path,
-        "steps:\n  s: {image: example/sleep, params: {seconds: 60, tag: tmo}, timeout: 3}\n",
-    )
+    chain = write_chain(tmp_path, sleep_chain(60, "tmo", extra="timeout: 3"))
     script = (
         "import anyio, kliko_async\n"
         "from kliko_async.runtime.slurm import cancelling\n"
@@ -439,31 +347,15 @@ def test_ctrl_c_while_squeue_hangs_ends_within_the_cleanup_deadline(
     # 30-second poll to the next: Ctrl-C took 2 to 5 minutes to answer.
     trigger = tmp_path / "hang-now"
     shim(tmp_path, kliko, "squeue", HANGING_SQUEUE.format(trigger=trigger, real=real("squeue")))
-    chain = write_chain(
-        tmp_path, "steps:\n  s: {image: example/sleep, params: {seconds: 120, tag: sqhang}}\n"
-    )
-    first = last_job_id()
-    log = tmp_path / "run.log"
-    process = kliko.popen(
-        "run", chain, "--backend", "slurm", "--plain", "--cache-dir", "c", log=log
-    )
-    try:
-        wait_until(lambda: "s | sleep: 120.0s" in log.read_text(), "the step's first line")
-        (job,) = jobs_after(first)
+    with background_run(kliko, tmp_path, sleep_chain(120, "sqhang")) as run:
+        job = run.job()
         trigger.touch()
         time.sleep(1)  # a poll hangs
         began = time.monotonic()
-        process.send_signal(signal.SIGINT)
-        assert process.wait(timeout=90) == 130, log.read_text()
+        run.ctrl_c(within=90)
         took = time.monotonic() - began
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        for each in jobs_after(first):
-            subprocess.run(["scancel", str(each["job_id"])], check=False)
     assert took < 40, f"Ctrl-C took {took:.0f} s"
-    text = log.read_text()
+    text = run.text()
     assert "Traceback" not in text, text
     assert (
         f"Slurm job {job['job_id']} (step s, cancelled, but squeue did not show it leave its "

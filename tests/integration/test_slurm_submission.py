@@ -5,24 +5,26 @@ of Slurm's real commands, as in test_slurm_faults.py."""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import pytest
-from test_slurm import (
+from slurmrun import (
+    BackgroundRun,
     active,
+    background_run,
     jobs_after,
     last_job_id,
-    slurm_cluster,  # noqa: F401  (the fixture)
-    wait_until,
+    real,
+    shim,
+    sleep_chain,
     write_chain,
 )
-from test_slurm_faults import real, shim
+from test_slurm import slurm_cluster  # noqa: F401  (the fixture)
 
-from conftest import KLIKO_ASYNC, KlikoCli
+from conftest import KlikoCli
 
 pytestmark = [
     pytest.mark.docker,
@@ -30,7 +32,7 @@ pytestmark = [
     pytest.mark.usefixtures("example_images", "slurm_cluster"),
 ]
 
-ONE_STEP = "steps:\n  a: {image: example/sleep, params: {seconds: 1, tag: sub}}\n"
+ONE_STEP = sleep_chain(1, "sub", step="a")
 
 
 def test_a_squeue_that_hangs_at_start_refuses_the_run_in_one_paragraph(
@@ -73,28 +75,11 @@ def test_ctrl_c_while_sbatch_runs_submits_nothing_more_and_cancels_what_went_in(
     calls = tmp_path / "sbatch-calls"
     shim(tmp_path, kliko, "sbatch",
          f'#!/bin/sh\necho "$*" >> {calls}\nsleep 2\nexec {real("sbatch")} "$@"\n')  # fmt: skip
-    first = last_job_id()
-    log = tmp_path / "run.log"
-    with log.open("wb") as sink:
-        process = subprocess.Popen(
-            [KLIKO_ASYNC, "run", write_chain(tmp_path, SWEEP), "--backend", "slurm", "--plain",
-             "--cache-dir", "c"],
-            cwd=tmp_path, env=kliko.env, stdout=sink, stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own group, as a terminal's foreground job
-        )  # fmt: skip
-    try:
-        wait_until(lambda: bool(sbatch_calls(calls)), "the array's sbatch")
-        os.killpg(process.pid, signal.SIGINT)  # as Ctrl-C in a terminal: the whole group
-        start = time.monotonic()
-        assert process.wait(timeout=60) == 130, log.read_text()
-        assert time.monotonic() - start < 15, log.read_text()
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+    with in_a_terminal(kliko, tmp_path, SWEEP, lambda: bool(sbatch_calls(calls))) as run:
+        run.ctrl_c(within=15)
+        assert active(run.jobs()) == [], run.text()
     assert len(sbatch_calls(calls)) == 1 and "--array=0-2" in sbatch_calls(calls)[0]
-    assert active(jobs_after(first)) == [], log.read_text()
-    text = log.read_text()
+    text = run.text()
     assert "Traceback" not in text and "refused" not in text, text
 
 
@@ -130,26 +115,14 @@ def test_an_sbatch_error_that_persists_is_said_within_the_deadline(
     )
 
 
-def ctrl_c(process: subprocess.Popen[bytes], log: Path, within: float = 15) -> None:
-    """Ctrl-C in a terminal (to the whole process group); the run must end with 130 within
-    ``within`` seconds (a retried sbatch once held it for its 60-90 s deadline)."""
-    os.killpg(process.pid, signal.SIGINT)
-    try:
-        assert process.wait(timeout=within) == 130, log.read_text()
-    except subprocess.TimeoutExpired:
-        pytest.fail(f"Ctrl-C did not end the run within {within:g} s:\n{log.read_text()}")
-
-
-def start_in_a_terminal(kliko: KlikoCli, tmp_path: Path, chain: str) -> subprocess.Popen[bytes]:
-    """``kliko-async run --plain`` of ``chain`` on Slurm, as a terminal's foreground job (a
-    process group of its own), its output in run.log."""
-    with (tmp_path / "run.log").open("wb") as sink:
-        return subprocess.Popen(
-            [KLIKO_ASYNC, "run", write_chain(tmp_path, chain), "--backend", "slurm", "--plain",
-             "--cache-dir", "c"],
-            cwd=tmp_path, env=kliko.env, stdout=sink, stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )  # fmt: skip
+def in_a_terminal(
+    kliko: KlikoCli, tmp_path: Path, chain: str, ready: Callable[[], bool]
+) -> AbstractContextManager[BackgroundRun]:
+    """``kliko-async run`` of ``chain`` on Slurm as a terminal's foreground job (Ctrl-C reaches
+    its whole process group, Slurm's commands too unless they run apart), once ``ready``."""
+    return background_run(
+        kliko, tmp_path, chain, ready=lambda _: ready(), what="the fault", in_terminal=True
+    )
 
 
 SUBMITS_ON_THE_SECOND_TRY_THEN_HANGS = """\
@@ -173,25 +146,22 @@ def test_ctrl_c_while_sbatch_is_tried_again_ends_the_run_and_cancels_what_went_i
     calls, submitted = tmp_path / "sbatch-calls", tmp_path / "submitted"
     shim(tmp_path, kliko, "sbatch", SUBMITS_ON_THE_SECOND_TRY_THEN_HANGS.format(
         real=real("sbatch"), calls=calls, submitted=submitted))  # fmt: skip
-    first = last_job_id()
-    process = start_in_a_terminal(kliko, tmp_path, LONG_STEP)
-    log = tmp_path / "run.log"
-    try:
-        wait_until(lambda: submitted.exists() and bool(submitted.read_text()), "the late job")
-        ctrl_c(process, log)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-    (job,) = jobs_after(first)
-    assert str(job["job_id"]) == submitted.read_text().strip()
-    assert job["job_state"] == "CANCELLED", job["job_state"]
+    with in_a_terminal(kliko, tmp_path, LONG_STEP, lambda: has_text(submitted)) as run:
+        run.ctrl_c(within=15)  # the tries' deadline is 60 s
+        job = run.job()
+        assert str(job["job_id"]) == submitted.read_text().strip()
+        assert job["job_state"] == "CANCELLED", job["job_state"]
     assert len(sbatch_calls(calls)) == 2
-    text = log.read_text()
+    text = run.text()
     assert "a | cancelled" in text and "Traceback" not in text, text
 
 
-LONG_STEP = "steps:\n  a: {image: example/sleep, params: {seconds: 120, tag: late}}\n"
+LONG_STEP = sleep_chain(120, "late", step="a")
+
+
+def has_text(path: Path) -> bool:
+    return path.exists() and bool(path.read_text())
+
 
 NO_ARRAYS_AND_ONE_JOB = """\
 #!/bin/sh
@@ -217,22 +187,13 @@ def test_ctrl_c_while_an_array_goes_in_job_by_job_stops_the_tries_and_cancels_th
     went on trying (and submitting) each job for up to a minute."""
     calls = tmp_path / "sbatch-calls"
     shim(tmp_path, kliko, "sbatch", NO_ARRAYS_AND_ONE_JOB.format(real=real("sbatch"), calls=calls))
-    first = last_job_id()
-    process = start_in_a_terminal(kliko, tmp_path, SWEEP)
-    log = tmp_path / "run.log"
-    try:
-        # The array, the first job, and two tries of the second.
-        wait_until(lambda: len(sbatch_calls(calls)) >= 4, "a second try of the second job")
+    # The array, the first job, and two tries of the second.
+    with in_a_terminal(kliko, tmp_path, SWEEP, lambda: len(sbatch_calls(calls)) >= 4) as run:
         tried = len(sbatch_calls(calls))
-        ctrl_c(process, log)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-    assert len(sbatch_calls(calls)) == tried, "sbatch was tried again after Ctrl-C"
-    (job,) = jobs_after(first)
-    assert job["job_state"] == "CANCELLED", job["job_state"]
-    text = log.read_text()
+        run.ctrl_c(within=15)  # each job's tries: up to 60 s
+        assert len(sbatch_calls(calls)) == tried, "sbatch was tried again after Ctrl-C"
+        assert run.job()["job_state"] == "CANCELLED", run.job()
+    text = run.text()
     assert "Traceback" not in text and "refused" not in text, text
 
 
@@ -269,31 +230,19 @@ def test_ctrl_c_names_a_job_an_interrupted_sbatch_may_have_submitted_when_squeue
         SUBMITS_THEN_HANGS.format(real=real("sbatch"), calls=calls, submitted=submitted),
     )
     shim(tmp_path, kliko, "squeue", LOOKUP_FAILS.format(real=real("squeue")))  # fmt: skip
-    first = last_job_id()
-    process = start_in_a_terminal(kliko, tmp_path, LONG_STEP)
-    log = tmp_path / "run.log"
-    try:
-        wait_until(lambda: submitted.exists() and bool(submitted.read_text()), "the late job")
-        ctrl_c(process, log)
-        (job,) = jobs_after(first)
-        assert active([job]), job["job_state"]  # left running, as said
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        for each in jobs_after(first):
-            subprocess.run([real("scancel"), str(each["job_id"])], check=False)
-    text = log.read_text()
-    run = text.split("run ", 1)[1].split(":", 1)[0]
+    with in_a_terminal(kliko, tmp_path, LONG_STEP, lambda: has_text(submitted)) as run:
+        run.ctrl_c(within=15)
+        assert active([run.job()]), run.job()  # left running, as said
+    text, name = run.text(), f"kliko-{run.run_id()}-a"
     assert (
-        f"any Slurm job named kliko-{run}-a (step a: its sbatch was stopped, and squeue could "
-        "not say what it submitted)" in text
+        f"any Slurm job named {name} (step a: its sbatch was stopped, and squeue could not say "
+        "what it submitted)" in text
     ), text
     (staging,) = (tmp_path / "c" / "tmp").iterdir()
     assert (staging / "scratch" / "slurm" / "job.sh").is_file()
     assert (
-        f"folder {staging} (staging folder of step a, kept: any Slurm job named kliko-{run}-a "
-        "may still write into it)" in text
+        f"folder {staging} (staging folder of step a, kept: any Slurm job named {name} may "
+        "still write into it)" in text
     ), text
-    assert f"scancel --name=kliko-{run}-a; rm -rf {staging}" in text, text
+    assert f"scancel --name={name}; rm -rf {staging}" in text, text
     assert "Traceback" not in text, text
