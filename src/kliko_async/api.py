@@ -414,9 +414,6 @@ async def _execute(
         exports.check_export_targets(Path(out), loaded.steps)
     cache = Cache(Path(cache_dir) if cache_dir else default_cache_dir())
     cache.ensure_writable()
-    # Off the loop: a cache with many stale folders takes a while (a host application's
-    # other tasks, and Ctrl-C, stay served meanwhile).
-    await anyio.to_thread.run_sync(clean_stale_staging, cache)
     pool: ResourcePool | None = None
     owned = runtime is None and backend == "slurm"
     if owned:
@@ -448,6 +445,10 @@ async def _execute(
     try:
         async with open_runtime(runtime, close=owned) as rt:
             await remove_leftovers(rt)
+            # After the leftovers are stopped: a killed run's job may still write into its
+            # staging folder. Off the loop: a cache with many stale folders takes a while (a
+            # host application's other tasks, and Ctrl-C, stay served meanwhile).
+            await anyio.to_thread.run_sync(clean_stale_staging, cache)
             resolver = ImageResolver(rt, cache.specs_dir)
             plan = await plan_chain(
                 loaded,

@@ -26,6 +26,8 @@ from slurmrun import (
     background_run,
     jobs_after,
     last_job_id,
+    real,
+    shim,
     sleep_chain,
     wait_until,
     write_chain,
@@ -298,10 +300,16 @@ def test_ctrl_c_cancels_every_task_of_an_array_running_or_pending(
 
 
 def test_a_later_run_cancels_the_jobs_of_a_killed_run(kliko: KlikoCli, tmp_path: Path) -> None:
+    """... before it removes their staging folders, where they still write (the folders were
+    removed first)."""
+    seen, staged = tmp_path / "staging-at-scancel", tmp_path / "c" / "tmp"
+    noting = f'#!/bin/sh\nls {staged} >> {seen}\nexec {real("scancel")} "$@"\n'
+    shim(tmp_path, kliko, "scancel", noting)
     with background_run(kliko, tmp_path, sleep_chain(120, "kill9", step="a")) as run:
         run.process.kill()  # kill -9: nothing cleans up
         run.process.wait()
         assert run.job()["job_state"] == "RUNNING"
+        (staging,) = staged.iterdir()
         (tmp_path / "other").mkdir()
         other = write_chain(
             tmp_path / "other", "steps:\n  x: {image: example/gen, params: {n: 1}}\n"
@@ -311,6 +319,8 @@ def test_a_later_run_cancels_the_jobs_of_a_killed_run(kliko: KlikoCli, tmp_path:
         leftover = run.job()
     assert leftover["job_state"] == "CANCELLED"
     assert job_containers([leftover]) == []
+    assert staging.name in seen.read_text().split(), "its folder went before its job"
+    assert not staging.exists()
 
 
 def test_a_cache_the_nodes_cannot_see_is_refused(kliko: KlikoCli, tmp_path: Path) -> None:
