@@ -24,7 +24,8 @@ from kliko_async.runtime.base import (
     ImageFiles,
     LogSink,
 )
-from kliko_async.runtime.buildcontext import CONTEXT_ENCODING, open_context_archive
+from kliko_async.runtime.buildcontext import open_context_archive
+from kliko_async.runtime.dockerbuild import stream_build
 from kliko_async.runtime.dockerfiles import container_config, find_file, probe_config
 from kliko_async.runtime.dockerlogs import LogFollower, LogReader, ending_events
 from kliko_async.runtime.dockerowners import Owners, lend_mounts, return_mounts
@@ -193,37 +194,12 @@ class DockerRuntime:
         if not (context / "Dockerfile").is_file():
             raise ImageError("no Dockerfile in the build folder", where=f"build '{context}'")
         archive = await anyio.to_thread.run_sync(open_context_archive, context)
-        image_id: str | None = None
-        output: list[str] = []
         try:
-            stream = self.client.images.build(
-                fileobj=archive,
-                encoding=CONTEXT_ENCODING,
-                tag=tag,
-                rm=True,
-                forcerm=True,
-                stream=True,
-                labels=dict(labels or {}),
+            image_id = await stream_build(
+                self.client, context, archive, tag=tag, on_log=on_log, labels=labels
             )
-            async for item in stream:
-                text = str(item.get("stream", "")).rstrip("\n")
-                if text:
-                    output.append(text)
-                    if on_log:
-                        on_log(text)
-                aux = item.get("aux")
-                if isinstance(aux, dict) and "ID" in aux:
-                    image_id = str(aux["ID"])
-                if "error" in item:
-                    raise aiodocker.DockerError(500, str(item["error"]))
         except (aiohttp.ClientError, OSError) as exc:
             raise self._unavailable(exc) from None
-        except aiodocker.DockerError as exc:
-            tail = "\n".join(output[-10:])
-            raise ImageError(
-                f"the build failed: {exc.message.strip()}" + (f"\n{tail}" if tail else ""),
-                where=f"build '{context}'",
-            ) from None
         if image_id is None:
             if tag is None:
                 raise ImageError("the build reported no image ID", where=f"build '{context}'")
@@ -240,7 +216,11 @@ class DockerRuntime:
         await self._ready()
         container = await self._create(container_config(job))
         step = job.labels.get(f"{LABEL_PREFIX}.step")
-        tracked = track(InFlight(f"step {step}" if step else "a container", container.id))
+        # Until it is removed it may write into its writable mounts: a step's staging folder
+        # is kept, and named, if it cannot be removed (it was deleted under it, unsaid).
+        writes = tuple(m.source for m in job.mounts if not m.read_only)
+        what = f"step {step}" if step else "a container"
+        tracked = track(InFlight(what, container.id, writes_into=writes))
         lent: list[dict[str, Owners]] = []  # the mounts' former owners while they are lent
         try:
             ended = await self._run_created(container, job, on_log, on_start, lent)
@@ -250,9 +230,14 @@ class DockerRuntime:
             with anyio.CancelScope(shield=True), anyio.move_on_after(CLEANUP_DEADLINE_SECONDS):
                 if lent:
                     await self._stop_and_return(container, job, lent[0])
-                with contextlib.suppress(ContainerError, aiohttp.ClientError, OSError):
+                try:
                     await self._stop_and_delete(container)
-                untrack(tracked)
+                except (ContainerError, aiohttp.ClientError, OSError) as exc:
+                    untrack(tracked)  # still tracked, now with why: said at the run's end
+                    why = f"{what}, not removed: {_short(exc)}"
+                    tracked = track(InFlight(why, container.id, writes_into=writes))
+                else:
+                    untrack(tracked)
             raise
         with anyio.CancelScope(shield=True), anyio.move_on_after(CLEANUP_DEADLINE_SECONDS):
             try:
