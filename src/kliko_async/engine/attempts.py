@@ -265,7 +265,8 @@ class StepAttempts:
         if full is not None and "is full" not in reason:
             reason = f"{reason}; {full}"
         for item in writing_into(staging.path):
-            reason = f"{reason}; {item.name} may still be running ({item.what})"
+            if item.name not in reason:  # the engine's going away names its container already
+                reason = f"{reason}; {item.name} may still be running ({item.what})"
         log_path = keep_log(staging.log_path, self.log_dir / f"{planned.name}.log")
         if not await self._discard(staging, planned.name):
             kept = staging.path.absolute()
