@@ -246,7 +246,10 @@ def test_cache_dir_keeps_the_image_spec_out_of_the_users_cache(
     [
         ("a-file", "a-file is not a folder"),
         ("a-file/under", "a-file is not a folder"),
-        ("/proc/x", "cannot create the folder"),
+        # root may write in /proc's folder, but not make one there; nobody else may write
+        ("/proc/x", "cannot create the folder" if os.geteuid() == 0 else "/proc is not writable"),
+        # a traceback (OSError: [Errno 36]) as any user, as /root/out was as kliko-tester
+        ("x" * 300 + "/out", "cannot look at xxx"),
     ],
 )
 def test_a_folder_flag_that_cannot_be_a_folder_is_a_clear_error(
@@ -259,4 +262,22 @@ def test_a_folder_flag_that_cannot_be_a_folder_is_a_clear_error(
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr
     assert done.stderr.startswith(f"kliko-async: error: {flag} {folder}: {said}"), done.stderr
+    assert done.stderr.count("\n") == 1, "one line"
     assert (tmp_path / "a-file").read_text() == "not a folder\n"
+
+
+def test_a_folder_flag_naming_a_folder_nobody_may_write_is_refused_before_the_container(
+    kliko: KlikoCli, read_only_folder: Path
+) -> None:
+    """As kliko-tester, 'run-image example/gen --output /work/main' (root's folder) started
+    the container, which failed with "can't create /output/numbers.txt: Permission denied"."""
+    done = kliko("run-image", "example/gen", "--output", read_only_folder)
+
+    assert done.returncode == 2, done.stderr
+    assert done.stderr == (
+        f"kliko-async: error: --output {read_only_folder}: {read_only_folder} is not writable "
+        f"({'read-only file system' if os.geteuid() == 0 else 'permission denied'}), so the "
+        "container's files cannot be written there. Give --output a folder you can write (it "
+        "is created if missing).\n"
+    )
+    assert "gen: writing" not in done.stdout + done.stderr, "no container ran"

@@ -460,6 +460,44 @@ def test_an_out_folder_that_is_a_file_is_refused_before_running(
     assert (tmp_path / "results").read_text() == "not a folder\n"
 
 
+def test_an_out_folder_that_cannot_be_written_is_refused_before_running(
+    tmp_path: Path, cache_dir: Path, read_only_folder: Path
+) -> None:
+    """As kliko-tester, '--out /work/main/out' (root's folder) ran the chain and then failed
+    its export with exit status 1; a setting that cannot be used is said before the run."""
+    write(tmp_path, "chain.yaml", GOOD_CHAIN)
+    out = read_only_folder / "results"
+
+    done = kliko(
+        tmp_path,
+        "run",
+        "chain.yaml",
+        "--cache-dir",
+        cache_dir,
+        "--out",
+        out,
+        env={"DOCKER_HOST": NO_ENGINE},  # refused before the engine is asked anything
+    )
+
+    assert_fails_clearly(done, f"--out {out}", f"{read_only_folder} is not writable")
+    assert done.returncode == 2, "a setting that cannot be used, said before the run"
+    assert not out.exists()
+
+
+def test_an_out_folder_that_cannot_be_looked_at_is_refused_without_a_traceback(
+    tmp_path: Path, cache_dir: Path
+) -> None:
+    """A part of the path the system cannot look up (a name too long here; a folder the user
+    may not search, such as /root/x as kliko-tester) ended in 'OSError: [Errno 36] ...'."""
+    write(tmp_path, "chain.yaml", GOOD_CHAIN)
+    out = "x" * 300 + "/results"
+
+    done = kliko(tmp_path, "run", "chain.yaml", "--cache-dir", cache_dir, "--out", out)
+
+    assert_fails_clearly(done, "--out x", "cannot look at x", "File name too long")
+    assert done.returncode == 2, "a setting that cannot be used, said before the run"
+
+
 # -- command-line options ----------------------------------------------------------------------
 
 

@@ -26,7 +26,7 @@ from kliko_async.cache.durable import remove_tree
 from kliko_async.cache.processes import host_name, pid_alive
 from kliko_async.cache.provenance import EXPORT_MARKER
 from kliko_async.engine.samecopy import same_copy
-from kliko_async.engine.workspace import SpecialFileError, blocking_file, copy_tree_writable
+from kliko_async.engine.workspace import SpecialFileError, copy_tree_writable, folder_problem
 from kliko_async.errors import KlikoError, ParameterError
 from kliko_async.events import Event, ExportStarted, OutputExported
 from kliko_async.results import RunResult
@@ -62,12 +62,12 @@ def remove_abandoned_copies(out: Path) -> list[Path]:
 
 def check_export_targets(out: Path, steps: Iterable[str]) -> None:
     """Refuse, before any step runs, an ``--out`` whose ``<out>/<step>`` is not ours to replace."""
-    existing = blocking_file(out)
-    if existing is not None:
+    problem = folder_problem(out, "so step outputs cannot be copied under it")
+    if problem is not None:
         raise ParameterError(
-            f"{existing} is not a folder, so step outputs cannot be copied under it",
+            problem,
             where=f"--out {out}",
-            hint="Give --out a folder (it is created if missing).",
+            hint="Give --out a folder you can write (it is created if missing).",
         )
     for step in steps:
         _replaceable(out, step)

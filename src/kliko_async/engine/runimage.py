@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from kliko_async.engine.images import KlikoImage
-from kliko_async.engine.workspace import blocking_file, build_job
+from kliko_async.engine.workspace import build_job, folder_problem
 from kliko_async.errors import ParameterError, os_error_text, shown
 from kliko_async.model.chainmodel import check_user
 from kliko_async.model.inputfiles import InputFileError, read_input_file
@@ -186,12 +186,12 @@ async def run_single_image(
 
 def make_folder(folder: Path, flag: str) -> None:
     """Create ``folder`` (given as ``flag``) if missing; a clear error if it cannot be one."""
-    blocking = blocking_file(folder)
-    if blocking is not None:
+    problem = folder_problem(folder, "so the container's files cannot be written there")
+    if problem is not None:
         raise ParameterError(
-            f"{blocking} is not a folder, so the container's files cannot be written there",
+            problem,
             where=f"{flag} {folder}",
-            hint=f"Give {flag} a folder (it is created if missing).",
+            hint=f"Give {flag} a folder you can write (it is created if missing).",
         )
     try:
         folder.mkdir(parents=True, exist_ok=True)

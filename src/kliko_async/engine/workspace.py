@@ -26,13 +26,33 @@ EMPTY_INPUT = "empty-input"
 without inputs."""
 
 
-def blocking_file(folder: Path) -> Path | None:
-    """The existing non-folder (a file, say) that keeps ``folder`` from ever being a folder:
-    ``folder`` itself or the nearest of its parents that exists; None if nothing blocks it."""
+def folder_problem(folder: Path, consequence: str) -> str | None:
+    """Why this process cannot write in ``folder`` (created if missing), said of the part of its
+    path that stops it and followed by ``consequence`` ("so ... cannot be written there"); None
+    if it can. Checked before a container runs, so that its work is not lost after it: a file
+    where a folder is wanted, a part of the path that cannot be looked at (a name too long, a
+    folder not searchable), or the nearest existing folder not writable (read-only, not yours).
+    """
     existing = folder
-    while not existing.exists() and existing.parent != existing:
-        existing = existing.parent
-    return existing if existing.exists() and not existing.is_dir() else None
+    try:
+        while not existing.exists() and existing.parent != existing:
+            existing = existing.parent
+        is_folder = existing.is_dir()
+    except OSError as error:
+        return f"cannot look at {error.filename or existing}: {error.strerror or error}"
+    if not is_folder:
+        return f"{existing} is not a folder, {consequence}"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        reason = "read-only file system" if _read_only(existing) else "permission denied"
+        return f"{existing} is not writable ({reason}), {consequence}"
+    return None
+
+
+def _read_only(path: Path) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
 
 
 def absolute(path: Path) -> Path:
