@@ -13,7 +13,9 @@ from kliko_async.display.plain import PlainDisplay
 from kliko_async.events import (
     EVENT_ADAPTER,
     Event,
+    ExportStarted,
     LogLine,
+    OutputExported,
     RunFinished,
     RunStarted,
     StepCached,
@@ -143,6 +145,46 @@ def test_live_display_renders_to_a_terminal_console() -> None:
     text = buffer.getvalue()
     assert "summary" in text
     assert "\x1b[" in text  # drawn with terminal control codes
+
+
+def exports(count: int) -> list[Event]:
+    """The copy of ``count`` steps' outputs to ``out``, as a run ends."""
+    names = [f"s{i:02}" for i in range(1, count + 1)]
+    copied: list[Event] = [ExportStarted(folder="out", steps=names)]
+    for done, name in enumerate(names, start=1):
+        copied.append(
+            OutputExported(
+                step=name,
+                path=f"out/{name}",
+                files=1,
+                size_bytes=35,
+                duration_s=0.01,
+                done=done,
+                total=count,
+            )
+        )
+    return copied
+
+
+def test_the_live_view_shows_the_copy_of_the_outputs_to_out() -> None:
+    """On a terminal, 'run chain.yaml --out o4' said nothing of the copy that --plain shows a
+    line for each step of (usage.md: "with a line per step as it is copied"); a big sweep's
+    copy scrolls ten of them, and one line counts the rest."""
+    buffer = io.StringIO()
+    console = Console(file=buffer, width=100, force_terminal=True, color_system=None)
+    display = LiveDisplay(console=console, refresh_per_second=20)
+    run = sample_run()
+    for event in [*run[:-1], *exports(12), run[-1]]:
+        display(event)
+    display.close()
+    text = buffer.getvalue()
+
+    assert "copying the outputs of 12 steps to out" in text
+    for name in [f"s{i:02}" for i in range(1, 11)]:
+        assert f"copied {name} to out/{name} (1 files, 35 bytes," in text
+    assert "copied s11" not in text and "copied s12" not in text
+    assert "… and 2 more steps copied to out" in text
+    assert text.index("… and 2 more") < text.index("summary"), "the copy, then the summary"
 
 
 def test_a_fast_log_line_is_the_same_event_as_a_validated_one() -> None:

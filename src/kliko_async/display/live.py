@@ -15,15 +15,22 @@ from __future__ import annotations
 import threading
 from collections import deque
 
-from rich.console import Console
+from rich.console import Console, Group, RenderableType
 from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
 from kliko_async.display.runview import RunView
 from kliko_async.display.terminal import printable
-from kliko_async.display.wording import LogChoice, short_name, step_message
-from kliko_async.events import Event, LogLine, StepCancelled, StepSkipped
+from kliko_async.display.wording import LogChoice, run_message, short_name, step_message
+from kliko_async.events import (
+    Event,
+    ExportStarted,
+    LogLine,
+    OutputExported,
+    StepCancelled,
+    StepSkipped,
+)
 
 LINES_PER_SECOND = 50
 """At most this many lines of one step scroll per second; the rest are counted, not shown."""
@@ -33,6 +40,9 @@ UNSTARTED_SHOWN = 10
 """Steps that end without having begun (skipped, or cancelled while they waited) scroll this
 many of each kind; the rest are counted in one line at the end. Ctrl-C in a 10,000-way matrix
 scrolled 9,887 "cancelled" lines (3.5 s of drawing) over what the run did."""
+EXPORTS_SHOWN = 10
+"""Of the steps whose outputs are copied to ``--out`` after the run, this many scroll a line
+each (``copied gen to out/gen (...)``); one line counts the rest."""
 _PREFIX_WIDTH = 16
 _WIDEST_PREFIX = 32
 _UNSTARTED_ENDS = {
@@ -72,7 +82,8 @@ class LiveDisplay:
             redirect_stderr=True,  # messages printed meanwhile (Ctrl-C) go above the panel
         )
         # What is to scroll: appended on the event loop, taken by the drawing thread.
-        self._queue: deque[LogLine | tuple[str, Text]] = deque()
+        # A run's own line (the export's) is a Text alone, drawn without a step's name.
+        self._queue: deque[LogLine | tuple[str, Text] | Text] = deque()
         self._prefix_width = 4
         # How wide the step names before the lines may be: a fifth of a wide terminal. Read
         # once: the console's width asks the terminal each time, and this is per line drawn.
@@ -87,6 +98,7 @@ class LiveDisplay:
         self._stop = threading.Event()
         self._drawer: threading.Thread | None = None
         self._unstarted: dict[str, int] = {}  # kind -> steps that ended before they began
+        self._export_folder = ""
 
     def __call__(self, event: Event) -> None:
         if event.kind == "log_line":
@@ -115,6 +127,8 @@ class LiveDisplay:
             return
         message = step_message(event)
         if message is None:
+            if isinstance(event, ExportStarted | OutputExported):
+                self._export_line(event)
             return
         step, text = message
         self._queue.append((step, Text(text, style=_STATE_STYLES.get(event.kind, ""))))
@@ -123,6 +137,21 @@ class LiveDisplay:
                 self._queue.append((step, Text(printable(last))))
         if event.kind in ("step_failed", "step_finished", "step_cancelled"):
             self._note_hidden(step, getattr(event, "log_path", None), final=True)
+
+    def _export_line(self, event: ExportStarted | OutputExported) -> None:
+        """The copy of the outputs to ``--out``, after the steps: a line as it starts, and one
+        per step copied, the first ``EXPORTS_SHOWN`` of them; the rest counted at its end."""
+        if isinstance(event, ExportStarted):
+            self._export_folder = event.folder
+        elif event.done > EXPORTS_SHOWN:
+            if event.done == event.total:
+                rest = event.total - EXPORTS_SHOWN
+                text = f"… and {rest:,} more steps copied to {self._export_folder}"
+                self._queue.append(Text(printable(text), style="dim italic"))
+            return
+        line = run_message(event)
+        if line is not None:
+            self._queue.append(Text(line))
 
     def _log_line(self, event: LogLine) -> None:
         """The hot path of a flood: a few dictionary operations per line, no drawing."""
@@ -195,17 +224,25 @@ class LiveDisplay:
             self._live.refresh()
             return
         # Two columns: a long line folds within its own column, under its text, and never
-        # pushes the step's name away.
-        grid = Table.grid(padding=(0, 1))
-        grid.add_column(no_wrap=True)
-        grid.add_column(overflow="fold")
+        # pushes the step's name away. A run's own line takes the whole width.
+        drawn: list[RenderableType] = []
+        grid: Table | None = None
         while queue:
             item = queue.popleft()
+            if isinstance(item, Text):
+                drawn.append(item)
+                grid = None
+                continue
+            if grid is None:
+                grid = Table.grid(padding=(0, 1))
+                grid.add_column(no_wrap=True)
+                grid.add_column(overflow="fold")
+                drawn.append(grid)
             if isinstance(item, tuple):
                 grid.add_row(self._prefix(item[0]), item[1])
             else:
                 grid.add_row(self._prefix(item.step), Text(printable(item.text)))
-        self.console.print(grid)
+        self.console.print(Group(*drawn))
 
     def close(self) -> None:
         if self._drawer is None:
