@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -281,3 +282,32 @@ def test_a_folder_flag_naming_a_folder_nobody_may_write_is_refused_before_the_co
         "is created if missing).\n"
     )
     assert "gen: writing" not in done.stdout + done.stderr, "no container ran"
+
+
+@pytest.fixture
+def merge_as_in_this_checkout(tmp_path: Path) -> Iterator[str]:
+    """example/merge built from this checkout's examples/images under a tag of its own, so that
+    the shared example/merge of another test run on the engine is left as it is."""
+    tag = f"kliko-async-test/merge-{uuid.uuid4().hex[:10]}"
+    images = Path(__file__).resolve().parents[2] / "examples" / "images"
+    subprocess.run(
+        ["docker", "build", "-q", "-t", tag, "-f", images / "merge" / "Dockerfile", images],
+        capture_output=True,
+        check=True,
+    )
+    try:
+        yield tag
+    finally:
+        subprocess.run(["docker", "rmi", "-f", tag], capture_output=True)
+
+
+def test_the_join_io_example_of_the_usage_page_works_on_a_new_work_folder(
+    kliko: KlikoCli, tmp_path: Path, merge_as_in_this_checkout: str
+) -> None:
+    """docs/usage.md's 'kliko-async run-image example/merge --work work/', run as written
+    (work/ new, or empty), failed: "mv: can't rename 'merged.txt.part': No such file or
+    directory", exit status 1."""
+    done = kliko("run-image", merge_as_in_this_checkout, "--work", "work/")
+
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "work" / "merged.txt").read_text() == ""
