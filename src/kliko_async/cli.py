@@ -163,7 +163,8 @@ def _chain(options: argparse.Namespace) -> Chain:
     except VariableError as error:
         raise ParameterError(str(error), hint="Write --set NAME=VALUE once per variable.") from None
     chain = while_main_waits(functools.partial(load_chain, options.chain, sets=given))
-    return chain.needed_for(targets) if targets else chain
+    force = getattr(options, "force", None) or ()
+    return chain.needed_for(targets, force=force) if targets else chain
 
 
 def _slurm_options(options: argparse.Namespace) -> Any:

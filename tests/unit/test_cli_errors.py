@@ -498,6 +498,48 @@ def test_an_out_folder_that_cannot_be_looked_at_is_refused_without_a_traceback(
     assert done.returncode == 2, "a setting that cannot be used, said before the run"
 
 
+DIAMOND = (
+    "steps:\n  gen: {image: example/gen}\n  upper: {image: example/upper, inputs: [gen]}\n"
+    "  lower: {image: example/lower, inputs: [gen]}\n"
+    "  merge: {image: example/merge, inputs: [upper, lower]}\n"
+)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["--force", "upper", "lower"], ["lower", "--force", "upper"]],
+    ids=["several-after-one-force", "target-and-force"],
+)
+def test_a_forced_step_the_targets_leave_out_is_said_so(
+    tmp_path: Path, cache_dir: Path, args: list[str]
+) -> None:
+    """'run chain.yaml --force upper lower' (usage.md's synopsis read '[--force STEP ...]')
+    made lower a target step, then said '--force names unknown step(s): upper. Steps are:
+    gen, lower', of a step the chain has."""
+    write(tmp_path, "chain.yaml", DIAMOND)
+
+    done = kliko(tmp_path, "run", "chain.yaml", *args, "--cache-dir", cache_dir)
+
+    message = assert_fails_clearly(
+        done, "chain.yaml: --force upper: not among the target steps (lower)", "--force lower"
+    )
+    assert "unknown" not in message
+    assert done.returncode == 2
+
+
+def test_an_unknown_step_to_force_is_said_of_the_whole_chain(
+    tmp_path: Path, cache_dir: Path
+) -> None:
+    write(tmp_path, "chain.yaml", DIAMOND)
+
+    done = kliko(
+        tmp_path, "run", "chain.yaml", "lower", "--force", "uper", "--cache-dir", cache_dir
+    )
+
+    assert_fails_clearly(done, "no step to force (--force) named 'uper'", "did you mean 'upper'")
+    assert done.returncode == 2
+
+
 # -- command-line options ----------------------------------------------------------------------
 
 

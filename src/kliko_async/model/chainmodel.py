@@ -390,11 +390,14 @@ class Chain(BaseModel):
                     queue.append(child)
         return seen
 
-    def needed_for(self, targets: Collection[str]) -> Chain:
+    def needed_for(self, targets: Collection[str], *, force: Collection[str] = ()) -> Chain:
         """The chain cut down to the steps ``targets`` mean (as :meth:`select`) and every step
         they read from, directly or through others, in file order: what running those targets
         runs. Each step keeps its inputs, so its key is the same as in the whole chain and the
-        cache is shared with runs of it."""
+        cache is shared with runs of it. A step to ``force`` that the cut leaves out is an
+        error: ``run chain.yaml --force upper lower`` (as if --force took several names) made
+        lower the target and then called upper unknown, though the chain has it."""
+        self.select(force, what="step to force (--force)")  # unknown names: said of the chain
         queue = deque(self.select(targets, what="target step"))
         needed = set(queue)
         while queue:
@@ -403,6 +406,15 @@ class Chain(BaseModel):
                 if source not in needed:
                     needed.add(source)
                     queue.append(source)
+        left_out = [name for name in force if needed.isdisjoint(self.select([name]))]
+        if left_out:
+            raise ChainError(
+                f"--force {', '.join(left_out)}: not among the target steps "
+                f"({', '.join(targets)}) nor the steps they read from, so it would not run",
+                where=self.source,
+                hint="Give --force once for each step to force (--force upper --force lower); "
+                "a step name after the chain file is a target step.",
+            )
         steps = {name: step for name, step in self.steps.items() if name in needed}
         data = {name: data for name, data in self.data.items() if name in needed}
         return Chain(source=self.source, steps=steps, data=data)
