@@ -73,7 +73,9 @@ def build_parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argumen
     run.add_argument(
         "--keep-going", action="store_true", help="after a failure, run what does not depend on it"
     )
-    cache_dir_option(run, profile="a profile of run options from the config file (see the README)")
+    cache_dir_option(
+        run, profile="a profile of run options from the config file (see docs/cluster.md)"
+    )
     run.add_argument(
         "--out", type=Path, default=Path("kliko-out"), help="copy outputs to OUT/<step>/"
     )

@@ -70,7 +70,7 @@ def load_profile(name: str | None) -> Profile:
             raise ParameterError(
                 f"no config file, so there is no profile '{name}'",
                 where=str(path),
-                hint="Write the file with a 'profiles:' mapping (see the README), or set "
+                hint="Write the file with a 'profiles:' mapping (see docs/cluster.md), or set "
                 "KLIKO_ASYNC_CONFIG to its path.",
             )
         return Profile()
