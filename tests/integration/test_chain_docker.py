@@ -79,6 +79,23 @@ def test_diamond_chain_runs_every_step_and_merges(kliko: KlikoCli, tmp_path: Pat
     assert "4 ran, 0 cached, 0 failed" in done.stdout
 
 
+def test_the_example_chain_with_a_build_step_builds_its_image_and_runs(
+    kliko: KlikoCli, tmp_path: Path
+) -> None:
+    """examples/chains/build.yaml named a build folder, ../build/count, that was never in the
+    repository: 'cannot read the build folder: No such file or directory'."""
+    out = tmp_path / "out"
+
+    done = kliko(
+        "run", ROOT / "examples/chains/build.yaml", "--cache-dir", tmp_path / "c", "--out", out
+    )
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert (out / "count" / "counts.txt").read_text() == (
+        "./numbers.txt lines 4\n./numbers.txt words 8\n./numbers.txt bytes 28\n"
+    )
+
+
 def test_a_fully_cached_rerun_starts_no_container(
     kliko: KlikoCli, tmp_path: Path, container_creations: Creations
 ) -> None:
