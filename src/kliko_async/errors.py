@@ -95,6 +95,13 @@ class MissingImage(ImageError):
     exit_status = INPUT_EXIT
 
 
+class UnusableBuildFolder(ImageError):
+    """A step's ``build:`` folder that does not exist, is not a folder or holds no Dockerfile:
+    the chain names what is not there, said before anything runs."""
+
+    exit_status = INPUT_EXIT
+
+
 class ContainerError(KlikoError):
     """The container engine refused or lost a container."""
 

@@ -338,14 +338,32 @@ def test_a_build_that_fails_shows_the_build_error(
     assert "compiling the calibrator" in message, "the build's own output is shown"
 
 
-def test_a_build_folder_without_dockerfile(
-    kliko: KlikoCli, tmp_path: Path, cache_dir: Path
+@pytest.mark.parametrize(
+    ("build", "said", "dry_run"),
+    [
+        ("empty", "no Dockerfile in the build folder", False),
+        ("nowhere", "the build folder does not exist", False),
+        ("nowhere", "the build folder does not exist", True),
+        ("a-file", "is not a folder", False),
+        ("a-file", "is not a folder", True),
+    ],
+)
+def test_a_build_folder_that_cannot_be_built_is_bad_input(
+    kliko: KlikoCli, tmp_path: Path, cache_dir: Path, build: str, said: str, dry_run: bool
 ) -> None:
+    """examples/chains/build.yaml, whose folder was missing, failed with exit status 1, as a run
+    whose step failed, and said 'building image from' the folder first."""
     (tmp_path / "empty").mkdir()
+    (tmp_path / "a-file").write_text("not a folder\n")
+    chain = tmp_path / "chain.yaml"
+    chain.write_text(f"steps:\n  first: {{image: example/gen}}\n  bad: {{build: {build}}}\n")
 
-    done = run_one_step(kliko, tmp_path, cache_dir, "{build: empty}")
+    done = kliko("run", chain, "--cache-dir", cache_dir, "--plain", *["--dry-run"] * dry_run)
 
-    assert_fails_clearly(done, "step 'bad'", "no Dockerfile in the build folder")
+    assert_fails_clearly(done, "step 'bad'", f"build '{tmp_path / build}': {said}")
+    assert done.returncode == 2, "the chain names a build folder that is not there: bad input"
+    if build != "empty":  # what a folder must hold is the engine's to say, as it builds
+        assert "building image" not in done.stdout
 
 
 def test_outputs_that_cannot_be_exported_keep_the_computed_steps(

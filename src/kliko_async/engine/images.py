@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict
 
 from kliko_async.cache.durable import fsync_dir
 from kliko_async.cache.hashing import sha256_file
-from kliko_async.errors import ImageError, KlikoError, SpecError
+from kliko_async.errors import ImageError, KlikoError, SpecError, UnusableBuildFolder
 from kliko_async.model.spec import KlikoSpec, parse_spec
 from kliko_async.runtime.base import KLIKO_EXECUTABLE, LABEL_PREFIX, Runtime
 from kliko_async.runtime.buildcontext import context_members
@@ -67,6 +67,17 @@ def context_digest(context: Path) -> str:
                 ) from None
         digest.update(f"{os.fsencode(member.path).hex()} {content} {int(executable)}\n".encode())
     return digest.hexdigest()
+
+
+def check_build_folder(context: Path) -> None:
+    """Refuse a build folder that is not there: missing, or not a folder. (What it must hold,
+    a Dockerfile, is the runtime's to say.)"""
+    where = f"build '{context}'"
+    hint = "Give the step's build: a folder holding a Dockerfile (relative to the chain file)."
+    if not context.exists():
+        raise UnusableBuildFolder("the build folder does not exist", where=where, hint=hint)
+    if not context.is_dir():
+        raise UnusableBuildFolder("is not a folder", where=where, hint=hint)
 
 
 class ImageResolver:
@@ -121,6 +132,7 @@ class ImageResolver:
 
         The image is labelled (:data:`BUILT_LABEL`, its folder and the folder's digest).
         """
+        check_build_folder(context)
         labels = {
             BUILT_LABEL: "1",
             CONTEXT_LABEL: str(context),
@@ -131,6 +143,7 @@ class ImageResolver:
 
     async def find_built(self, context: Path) -> KlikoImage | None:
         """The image an earlier build of ``context``, as its files are now, gave; else None."""
+        check_build_folder(context)
         try:
             digest = await anyio.to_thread.run_sync(context_digest, context)
         except OSError:

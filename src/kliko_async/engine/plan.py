@@ -28,7 +28,12 @@ from kliko_async.cache.entry import CacheEntry
 from kliko_async.cache.key import LONE_INPUT, KeyIngredients, cache_key
 from kliko_async.cache.paramfiles import FileSnapshots, hash_files
 from kliko_async.cache.store import Cache
-from kliko_async.engine.images import KLIKO_COMMAND, ImageResolver, KlikoImage
+from kliko_async.engine.images import (
+    KLIKO_COMMAND,
+    ImageResolver,
+    KlikoImage,
+    check_build_folder,
+)
 from kliko_async.engine.problems import PlanProblems
 from kliko_async.engine.resources import ResourcePool
 from kliko_async.engine.workspace import each_in_a_folder
@@ -298,6 +303,7 @@ async def _image_of(
     step: Step, resolver: ImageResolver, emit: Callable[[Event], None] | None
 ) -> KlikoImage:
     if step.build is not None:
+        check_build_folder(step.build)  # before "building image from" a folder that is not there
         if emit:
             emit(ImageBuilding(step=step.name, context=str(step.build)))
         image = await resolver.build(step.build)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from kliko_async.errors import ImageError
+from kliko_async.errors import ImageError, UnusableBuildFolder
 from kliko_async.runtime.dockerignore import IGNORE_FILE, IgnorePatternError, IgnoreRules
 
 DOCKERFILE = "Dockerfile"
@@ -178,7 +178,14 @@ class ContextArchive(io.RawIOBase):
 
 def open_context_archive(context: Path) -> ContextArchive:
     """The build context of ``context`` as a tar stream (listing it now; blocking: call it in
-    a worker thread). Raises ImageError for a bad ``.dockerignore`` or an unreadable file."""
+    a worker thread). Raises ImageError for a bad ``.dockerignore`` or an unreadable file, and
+    UnusableBuildFolder (bad input) for a folder without a Dockerfile."""
+    if not (context / "Dockerfile").is_file():
+        raise UnusableBuildFolder(
+            "no Dockerfile in the build folder",
+            where=f"build '{context}'",
+            hint="Give the step's build: a folder holding a Dockerfile.",
+        )
     return ContextArchive(context, context_members(context))
 
 

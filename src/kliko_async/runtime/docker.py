@@ -191,8 +191,6 @@ class DockerRuntime:
         labels: Mapping[str, str] | None = None,
     ) -> str:
         await self._ready()
-        if not (context / "Dockerfile").is_file():
-            raise ImageError("no Dockerfile in the build folder", where=f"build '{context}'")
         archive = await anyio.to_thread.run_sync(open_context_archive, context)
         try:
             image_id = await stream_build(
