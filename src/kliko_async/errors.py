@@ -39,7 +39,9 @@ class KlikoError(Exception):
 
     def __str__(self) -> str:
         text = f"{self.where}: {self.message}" if self.where else self.message
-        if self.hint:
+        if self.hint and text.endswith("\n"):  # after quoted lines: on a line of its own
+            text = f"{text}  {self.hint}"
+        elif self.hint:
             text = f"{text.rstrip('.')}. {self.hint}"
         if len(text) > MAX_MESSAGE_CHARACTERS:
             cut = len(text) - MAX_MESSAGE_CHARACTERS

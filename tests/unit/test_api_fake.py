@@ -166,6 +166,8 @@ async def test_raise_for_failures_says_why_each_step_failed_with_its_last_lines_
     assert message.startswith("1 step failed:\n  step 'bad': exited with code 4")
     assert "    | wrote hello\n" in message
     assert f"Its full log is in {failure.log_path}" in message
+    # after the quoted lines, on a line of its own: it began with ". Its full log" (run_chain)
+    assert message.endswith(f"    | wrote hello\n  Its full log is in {failure.log_path}.")
 
 
 async def test_raise_for_failures_says_once_how_many_expansions_failed_alike(
