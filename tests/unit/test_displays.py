@@ -181,7 +181,7 @@ def test_the_live_view_shows_the_copy_of_the_outputs_to_out() -> None:
 
     assert "copying the outputs of 12 steps to out" in text
     for name in [f"s{i:02}" for i in range(1, 11)]:
-        assert f"copied {name} to out/{name} (1 files, 35 bytes," in text
+        assert f"copied {name} to out/{name} (1 file, 35 bytes," in text
     assert "copied s11" not in text and "copied s12" not in text
     assert "… and 2 more steps copied to out" in text
     assert text.index("… and 2 more") < text.index("summary"), "the copy, then the summary"
@@ -220,3 +220,20 @@ def test_plain_and_live_displays_never_pass_terminal_escapes_on() -> None:
     assert "beforelink" in shown
     for sequence in ("\x1b[2J", "\x1b]0;PWNED", "\x1b]8;;", "\x07", "\x9b"):
         assert sequence not in shown, repr(sequence)
+
+
+def test_one_step_and_one_file_are_said_in_the_singular() -> None:
+    """A one-step run said 'run r1: 1 steps, up to 2 at once' and 'copied s01 to out/s01 (1
+    files, ...)'."""
+    stream = io.StringIO()
+    plain = PlainDisplay(stream)
+    plain(RunStarted(run_id="r1", steps=["s01"], images={"s01": "example/gen"}, jobs=2))
+    for event in exports(1):
+        plain(event)
+    plain.close()
+
+    assert stream.getvalue().splitlines() == [
+        "run r1: 1 step, up to 2 at once",
+        "copying the outputs of 1 step to out",
+        "copied s01 to out/s01 (1 file, 35 bytes, 1/1)",
+    ]

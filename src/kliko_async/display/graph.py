@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.text import Text
 
 from kliko_async.display.dryrun import shown_inputs
+from kliko_async.display.wording import counted
 from kliko_async.engine.plan import Plan
 from kliko_async.errors import KlikoError
 
@@ -58,8 +59,7 @@ def print_graph(plan: Plan, console: Console) -> None:
     console.print(
         Text.assemble(
             (plan.source, "bold"),
-            f": {len(plan.order)} steps in {len(grouped)} "
-            f"layer{'s' if len(grouped) != 1 else ''}; "
+            f": {counted(len(plan.order), 'step')} in {counted(len(grouped), 'layer')}; "
             f"{len(plan.order) - to_run} cached, {to_run} to run",
         )
     )

@@ -22,7 +22,7 @@ from kliko_async.cache.store import Cache
 from kliko_async.display.reportsvg import STATE_COLOURS, graph_svg, group_steps, timeline_svg
 from kliko_async.display.runrecord import RunRecord, StepRecord, runs_folder
 from kliko_async.display.terminal import printable
-from kliko_async.display.wording import describe_usage
+from kliko_async.display.wording import counted, describe_usage
 from kliko_async.errors import CacheError, KlikoError, ParameterError, os_error_text
 
 _STYLE = """
@@ -123,7 +123,7 @@ def _totals(record: RunRecord) -> str:
         f"<span><b>{outcome}</b></span>",
         f"<span>started {started}</span>",
         f"<span>wall time {wall}</span>",
-        f"<span>{len(record.steps)} steps: "
+        f"<span>{counted(len(record.steps), 'step')}: "
         + ", ".join(f"{n} {s}" for s, n in sorted(tally.items()))
         + "</span>",
         f"<span>the cache saved {record.saved_s:.1f}s</span>",
@@ -223,7 +223,7 @@ def _parameters(step: StepRecord, manifest: Manifest | None) -> str:
         for path, digest in sorted(file_hashes.items())
     )
     return (
-        f"<details><summary>{len(parameters)} parameters</summary>"
+        f"<details><summary>{counted(len(parameters), 'parameter')}</summary>"
         f"<pre>{escape(printable(text))}</pre>{files}{env}</details>"
     )
 

@@ -55,7 +55,7 @@ def _step_message(event: Event) -> tuple[str, str] | None:
                 else "none read"
             )
             return event.data, (
-                f"data: {event.files} files, {_size(event.size_bytes)} ({read}) "
+                f"data: {counted(event.files, 'file')}, {_size(event.size_bytes)} ({read}) "
                 f"in {event.duration_s:.1f}s"
             )
         case "image_building":
@@ -103,6 +103,11 @@ def describe_usage(usage: ResourceUse) -> str:
     return ", ".join(parts)
 
 
+def counted(number: int, noun: str) -> str:
+    """``1 step``, ``2 steps``: a number and its noun, plural but for one."""
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
+
+
 def _size(size: int) -> str:
     for unit, scale in (("GB", 10**9), ("MB", 10**6), ("kB", 10**3)):
         if size >= scale:
@@ -119,11 +124,13 @@ def run_message(event: Event) -> str | None:
 def _run_message(event: Event) -> str | None:
     match event.kind:
         case "run_started":
-            return f"run {event.run_id}: {len(event.steps)} steps, up to {event.jobs} at once"
+            steps = counted(len(event.steps), "step")
+            return f"run {event.run_id}: {steps}, up to {event.jobs} at once"
         case "export_started":
-            return f"copying the outputs of {len(event.steps)} steps to {event.folder}"
+            return f"copying the outputs of {counted(len(event.steps), 'step')} to {event.folder}"
         case "output_exported":  # the run's, after the steps: not one of a step's own lines
-            what = f"{event.files} files, {_size(event.size_bytes)}, {event.done}/{event.total}"
+            files = counted(event.files, "file")
+            what = f"{files}, {_size(event.size_bytes)}, {event.done}/{event.total}"
             if event.unchanged:
                 return f"{event.step} is in {event.path} already, unchanged ({what})"
             return f"copied {event.step} to {event.path} ({what})"
