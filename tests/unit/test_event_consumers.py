@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import threading
 import time
@@ -133,6 +134,27 @@ async def test_a_consumer_that_raises_gets_no_more_events_and_is_closed(
     assert consumer.events[-1] == "step_started"
     assert consumer.events.count("step_started") == 1, "nothing after its failure"
     assert consumer.closed == 1
+
+
+async def test_a_consumer_that_raises_without_on_event_error_is_said_in_the_log(
+    tmp_path: Path, fake: FakeRuntime, caplog: pytest.LogCaptureFixture
+) -> None:
+    """usage.md's 'await kliko_async.run("chain.yaml", on_event=...)' with a callback that
+    raised: the run went on, the callback got nothing more, and nothing said so anywhere."""
+
+    def broken(event: Event) -> None:
+        raise ValueError("my consumer is broken")
+
+    with caplog.at_level(logging.ERROR, logger="kliko_async"):
+        result = await api.run(
+            two_steps(tmp_path), runtime=fake, cache_dir=tmp_path / "cache", on_event=broken
+        )
+
+    assert result.ok, "the consumer's error is not the run's"
+    (record,) = caplog.records
+    assert "failed and gets no more events" in record.getMessage()
+    assert "on_event_error" in record.getMessage()
+    assert record.exc_info is not None and str(record.exc_info[1]) == "my consumer is broken"
 
 
 async def test_a_consumer_that_blocks_for_seconds_never_holds_up_the_run(

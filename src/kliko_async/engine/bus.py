@@ -8,6 +8,7 @@ consumer that fails ends alone.
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -15,6 +16,8 @@ from contextlib import asynccontextmanager
 import anyio
 
 from kliko_async.events import Event, EventConsumer, LogLine, LogLinesSkipped
+
+_log = logging.getLogger("kliko_async")
 
 
 class _Skipped:
@@ -158,9 +161,16 @@ class ConsumerFeed:
                 delivered = True  # its thread returned, with this error
                 self.error = error
                 self.queue.close()
-                if self._on_failure is not None:
-                    with contextlib.suppress(Exception):  # nor may the report of its error
+                with contextlib.suppress(Exception):  # nor may the report of its error
+                    if self._on_failure is not None:
                         self._on_failure(error)
+                    else:  # never silent: a bug in a callback would look like a quiet run
+                        _log.error(
+                            "the event consumer %r failed and gets no more events (the run "
+                            "goes on; pass on_event_error to handle this yourself)",
+                            self.consumer,
+                            exc_info=error,
+                        )
             if delivered:  # not while an abandoned delivery may still run in its thread
                 await anyio.to_thread.run_sync(
                     self._close, limiter=self._limiter, abandon_on_cancel=True
