@@ -17,7 +17,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from kliko_async.cliargs import apply_profile, build_parser, parse_command_line, profile_named
+from kliko_async.cliargs import (
+    apply_profile,
+    build_parser,
+    check_cache_dir,
+    parse_command_line,
+    profile_named,
+)
 from kliko_async.collector import fewer_collections
 from kliko_async.errors import KlikoError, ParameterError
 
@@ -80,7 +86,7 @@ def _dispatch(args: list[str]) -> int:
     if options.command != "run" and hasattr(options, "cache_dir"):
         # The same cache as `run` with these options: the profile's (see _apply_profile).
         options.cache_dir = options.cache_dir or profile_named(options.profile).cache_dir
-        _check_cache_dir(options.cache_dir)
+        check_cache_dir(options.cache_dir)
     handlers: dict[str, Callable[[argparse.Namespace], int]] = {
         "run": _run,
         "validate": _validate,
@@ -93,17 +99,6 @@ def _dispatch(args: list[str]) -> int:
         "provenance": _provenance,
     }
     return handlers[options.command](options)
-
-
-def _check_cache_dir(cache_dir: Path | None) -> None:
-    """Refuse a cache folder given that is something else (a file, /dev/null): read as a cache,
-    it would look empty ("0 entries"), and `cache gc` would fail on it."""
-    if cache_dir is not None and cache_dir.exists() and not cache_dir.is_dir():
-        raise ParameterError(
-            "is not a folder, so it holds no cache",
-            where=f"--cache-dir {cache_dir}",
-            hint="Give the cache folder of the runs (the profile's, or the default one).",
-        )
 
 
 # -- run ---------------------------------------------------------------------------------------
@@ -444,8 +439,9 @@ def _schema(options: argparse.Namespace) -> int:
 
 def _report(options: argparse.Namespace) -> int:
     from kliko_async.cache.store import Cache, default_cache_dir
-    from kliko_async.display.report import write_report
+    from kliko_async.display.report import check_report_target, write_report
 
+    check_report_target(options.output, "-o")
     cache = Cache(options.cache_dir or default_cache_dir())
     print(write_report(cache, options.run_id, options.output))
     return 0

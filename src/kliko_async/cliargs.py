@@ -4,11 +4,12 @@ parsing them, and the options a profile of the config file fills in."""
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kliko_async import __version__
-from kliko_async.errors import ParameterError
+from kliko_async.errors import ParameterError, os_error_text
 
 if TYPE_CHECKING:
     from kliko_async.model.profiles import Profile
@@ -273,3 +274,27 @@ def set_option(parser: argparse.ArgumentParser) -> None:
         help="give the chain's variable NAME (under vars:) this value, typed by the parameter "
         "it lands in; repeatable",
     )
+
+
+def check_cache_dir(cache_dir: Path | None) -> None:
+    """Refuse a cache folder given to a command that reads it, if it cannot be read as one: a
+    file (/dev/null), read as a cache, would look empty ("0 entries") and `cache gc` would fail
+    on it; a folder you may not read or look into (another user's) ended in a traceback."""
+    if cache_dir is None:
+        return
+    where = f"--cache-dir {cache_dir}"
+    hint = "Give the cache folder of the runs (the profile's, or the default one)."
+    try:
+        exists, is_folder = cache_dir.exists(), cache_dir.is_dir()
+    except OSError as error:
+        raise ParameterError(
+            f"cannot look at it: {os_error_text(error)}", where=where, hint=hint
+        ) from None
+    if exists and not is_folder:
+        raise ParameterError("is not a folder, so it holds no cache", where=where, hint=hint)
+    if is_folder and not os.access(cache_dir, os.R_OK | os.X_OK):
+        raise ParameterError(
+            "cannot be read (permission denied)",
+            where=where,
+            hint="Give a cache folder you may read (its owner may share it with a group).",
+        )

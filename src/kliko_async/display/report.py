@@ -232,20 +232,32 @@ def _log(step: StepRecord) -> str:
     return f"<code>{escape(step.log_path)}</code>" if step.log_path else ""
 
 
-def check_report_target(target: Path) -> None:
+def check_report_target(target: Path, flag: str = "--report") -> None:
     """Refuse, before a run, a ``--report`` that could not be written after it: its folder
-    missing or not a folder, or a folder in its place."""
+    missing or not a folder, or a folder in its place (``flag``: the option that gave it)."""
     folder = target.parent
-    if target.is_dir():
+    try:
+        is_folder, folder_is_folder, folder_exists = (
+            target.is_dir(),
+            folder.is_dir(),
+            folder.exists(),
+        )
+    except OSError as error:  # a folder on the way you may not look into, a name too long
+        raise ParameterError(
+            f"cannot look at it: {os_error_text(error)}",
+            where=f"{flag} {target}",
+            hint="Give a file in a folder you can write.",
+        ) from None
+    if is_folder:
         problem, hint = "is a folder", "Give the report a file name, such as report.html."
-    elif not folder.is_dir():
-        missing = "" if folder.exists() else " (it does not exist)"
+    elif not folder_is_folder:
+        missing = "" if folder_exists else " (it does not exist)"
         problem, hint = f"{folder} is not a folder{missing}", "Give a file in an existing folder."
     elif not os.access(folder, os.W_OK):
         problem, hint = f"cannot write in {folder}", "Give a file in a folder you can write."
     else:
         return
-    raise ParameterError(problem, where=f"--report {target}", hint=hint)
+    raise ParameterError(problem, where=f"{flag} {target}", hint=hint)
 
 
 def write_report(cache: Cache, run_id: str | None, target: Path) -> Path:
