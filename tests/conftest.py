@@ -1,4 +1,5 @@
-"""Shared test settings: async tests run on anyio's asyncio backend; a folder nobody may write."""
+"""Shared test settings: async tests run on anyio's asyncio backend; folders nobody may write
+or read, and how to meet them as root too."""
 
 from __future__ import annotations
 
@@ -36,3 +37,24 @@ def read_only_folder(tmp_path: Path) -> Iterator[Path]:
         yield folder
     finally:
         subprocess.run(["umount", str(folder)], check=True)
+
+
+@pytest.fixture
+def as_any_user() -> list[str]:
+    """What to put before a command so that it meets permission bits as any user does: root
+    passes them through two capabilities, which setpriv drops (a user needs nothing)."""
+    if os.geteuid() != 0:
+        return []
+    return ["setpriv", "--bounding-set=-dac_override,-dac_read_search"]
+
+
+@pytest.fixture
+def locked(tmp_path: Path) -> Iterator[Path]:
+    """A folder nobody but root may read or look into (another user's cache, /root)."""
+    folder = tmp_path / "locked"
+    folder.mkdir()
+    folder.chmod(0)
+    try:
+        yield folder
+    finally:
+        folder.chmod(0o755)

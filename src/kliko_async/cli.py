@@ -409,23 +409,28 @@ def _graph(options: argparse.Namespace) -> int:
     chain = _chain(options)
     plan = run_blocking(lambda: dry_run(chain, cache_dir=options.cache_dir))
     if options.format == "text":
+        import io
+
         from rich.console import Console
 
         if options.output is None:
             graph.print_graph(plan, Console(soft_wrap=True))
-        else:
-            with options.output.open("w", encoding="utf-8") as handle:
-                graph.print_graph(plan, Console(file=handle, no_color=True, soft_wrap=True))
-        return 0
-    data = graph.to_svg(plan) if options.format == "svg" else graph.to_dot(plan).encode()
+            return 0
+        text = io.StringIO()  # written below as the other formats: one way to fail, said once
+        graph.print_graph(plan, Console(file=text, no_color=True, soft_wrap=True))
+        data = text.getvalue().encode()
+    else:
+        data = graph.to_svg(plan) if options.format == "svg" else graph.to_dot(plan).encode()
     if options.output is None:
         sys.stdout.buffer.write(data)
     else:
         try:
             options.output.write_bytes(data)
         except OSError as error:
-            raise KlikoError(
-                f"could not write the graph: {error.strerror or error}", where=str(options.output)
+            raise ParameterError(
+                f"could not write the graph: {error.strerror or error}",
+                where=f"-o {options.output}",
+                hint="Give a file in a folder you can write.",
             ) from None
     return 0
 

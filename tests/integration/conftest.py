@@ -14,7 +14,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -164,10 +164,11 @@ class KlikoCli:
         self.env = dict(os.environ, XDG_CACHE_HOME=str(cwd / "xdg-cache"))
 
     def __call__(
-        self, *args: str | os.PathLike[str], timeout: float = 120
+        self, *args: str | os.PathLike[str], timeout: float = 120, before: Sequence[str] = ()
     ) -> subprocess.CompletedProcess[str]:
+        """``before``: a command that runs it (``setpriv ...``: see ``as_any_user``)."""
         return subprocess.run(
-            [KLIKO_ASYNC, *map(str, args)],
+            [*before, KLIKO_ASYNC, *map(str, args)],
             cwd=self.cwd,
             env=self.env,
             capture_output=True,

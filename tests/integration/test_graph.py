@@ -72,3 +72,18 @@ def test_graph_as_svg_without_graphviz_says_what_to_install(
     assert "Traceback" not in done.stderr
     assert "needs Graphviz's 'dot' program" in done.stderr
     assert "apt-get install graphviz" in done.stderr
+
+
+@pytest.mark.parametrize("format", ["text", "dot"])
+def test_a_graph_file_in_a_folder_you_may_not_write_is_one_line(
+    kliko: KlikoCli, locked: Path, as_any_user: list[str], format: str
+) -> None:
+    """As kliko-tester, 'graph chain.yaml -o /root/g.txt' ended in a PermissionError traceback
+    (the text format opened the file itself); dot said it in a line, with exit status 1."""
+    done = kliko("graph", DIAMOND, "--format", format, "-o", locked / "g", before=as_any_user)
+
+    assert done.returncode == 2, done.stderr
+    assert done.stderr == (
+        f"kliko-async: error: -o {locked / 'g'}: could not write the graph: Permission denied. "
+        "Give a file in a folder you can write.\n"
+    )

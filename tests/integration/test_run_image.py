@@ -311,3 +311,21 @@ def test_the_join_io_example_of_the_usage_page_works_on_a_new_work_folder(
 
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "work" / "merged.txt").read_text() == ""
+
+
+def test_an_input_folder_you_may_not_look_into_is_one_line(
+    kliko: KlikoCli, tmp_path: Path, locked: Path, as_any_user: list[str]
+) -> None:
+    """As kliko-tester, 'run-image example/upper --input /root/in' ended in a PermissionError
+    traceback."""
+    given = locked / "in"
+
+    done = kliko(
+        "run-image", "example/upper", "--input", given, "--output", tmp_path / "out",
+        before=as_any_user,
+    )  # fmt: skip
+
+    assert done.returncode == 2, done.stderr
+    assert done.stderr == (
+        f"kliko-async: error: --input {given}: cannot look at it: Permission denied\n"
+    )

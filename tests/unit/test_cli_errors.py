@@ -498,25 +498,6 @@ def test_an_out_folder_that_cannot_be_looked_at_is_refused_without_a_traceback(
     assert done.returncode == 2, "a setting that cannot be used, said before the run"
 
 
-# Root ignores permission bits through these two capabilities: without them (setpriv), root
-# meets a folder it may not read as any user does; a user meets it as it is.
-AS_ANY_USER = (
-    ["setpriv", "--bounding-set=-dac_override,-dac_read_search"] if os.geteuid() == 0 else []
-)
-
-
-@pytest.fixture
-def locked(tmp_path: Path) -> Iterator[Path]:
-    """A folder nobody but root may read or look into (another user's cache, /root)."""
-    folder = tmp_path / "locked"
-    folder.mkdir()
-    folder.chmod(0)
-    try:
-        yield folder
-    finally:
-        folder.chmod(0o755)
-
-
 @pytest.mark.parametrize(
     ("args", "said"),
     [
@@ -525,18 +506,20 @@ def locked(tmp_path: Path) -> Iterator[Path]:
         (["cache", "ls", "--cache-dir", "{locked}/c"], "--cache-dir {locked}/c: cannot look at"),
         (["run", "chain.yaml", "--report", "{locked}/r.html"], "--report {locked}/r.html: cannot"),
         (["report", "-o", "{locked}/r.html"], "-o {locked}/r.html: cannot look at it"),
+        (["provenance", "{locked}/gen"], "{locked}/gen: cannot look at it: Permission denied"),
     ],
-    ids=["cache-ls", "logs", "cache-inside", "run-report", "report"],
+    ids=["cache-ls", "logs", "cache-inside", "run-report", "report", "provenance"],
 )
 def test_a_folder_you_may_not_read_is_refused_in_one_line(
-    tmp_path: Path, locked: Path, args: list[str], said: str
+    tmp_path: Path, locked: Path, as_any_user: list[str], args: list[str], said: str
 ) -> None:
     """As kliko-tester: 'cache ls --cache-dir /root/.cache/kliko-async', 'logs --key 00
     --cache-dir /root' and 'run chain.yaml --report /root/r.html' ended in a PermissionError
-    traceback; 'report -o /root/r.html' made the report and then failed, exit 1."""
+    traceback ('provenance /root/out/gen' too); 'report -o /root/r.html' made the report and
+    then failed, exit 1."""
     write(tmp_path, "chain.yaml", GOOD_CHAIN)
     environment = dict(os.environ, XDG_CACHE_HOME=str(tmp_path / "xdg-cache"))
-    command = [*AS_ANY_USER, KLIKO_ASYNC, *(a.format(locked=locked) for a in args)]
+    command = [*as_any_user, KLIKO_ASYNC, *(a.format(locked=locked) for a in args)]
 
     done = subprocess.run(
         command, cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=60

@@ -33,6 +33,19 @@ def key_of(target: str, cache: Cache) -> str:
     """The key that ``target`` names: an exported step folder, an entry folder, or a key or a
     unique prefix of one."""
     path = Path(target)
+    try:
+        key = _key_of_folder(path, target)
+    except OSError as error:  # a folder on the way you may not look into, a name too long
+        raise ParameterError(
+            f"cannot look at it: {error.strerror or error}",
+            where=target,
+            hint="Give a folder that 'kliko-async run --out' wrote, or a cache key.",
+        ) from None
+    return key or _key_of_key(target, cache)
+
+
+def _key_of_folder(path: Path, target: str) -> str | None:
+    """The key of an exported step folder or an entry folder; None if ``target`` is no path."""
     if (path / EXPORT_MARKER).is_file():
         try:
             key = str(json.loads((path / EXPORT_MARKER).read_text())["key"])
@@ -50,6 +63,11 @@ def key_of(target: str, cache: Cache) -> str:
             where=target,
             hint="Give a folder that 'kliko-async run --out' wrote, or a cache key.",
         )
+    return None
+
+
+def _key_of_key(target: str, cache: Cache) -> str:
+    """The key ``target`` is, or the one key it is the start of."""
     if not KEY_PATTERN.fullmatch(target):
         raise ParameterError(f"no such folder, and not a cache key: '{target}'")
     if cache.lookup(target) is not None:

@@ -163,8 +163,15 @@ async def run_single_image(
     folder = options.output if image.spec.io == "split" else options.work
     make_folder(folder, "--output" if image.spec.io == "split" else "--work")
     inputs = {"input": options.input} if getattr(options, "input", None) else {}
-    if inputs and not inputs["input"].is_dir():
-        raise ParameterError("is not a folder", where=f"--input {inputs['input']}")
+    if inputs:
+        try:
+            is_folder = inputs["input"].is_dir()
+        except OSError as error:  # a folder on the way you may not look into, a name too long
+            raise ParameterError(
+                f"cannot look at it: {os_error_text(error)}", where=f"--input {inputs['input']}"
+            ) from None
+        if not is_folder:
+            raise ParameterError("is not a folder", where=f"--input {inputs['input']}")
     with (
         tempfile.TemporaryDirectory(prefix="kliko-run-") as scratch,
         under_way(InFlight("run-image's parameters", folder=Path(scratch), next_run_removes=False)),
