@@ -86,7 +86,8 @@ def _dispatch(args: list[str]) -> int:
     if options.command != "run" and hasattr(options, "cache_dir"):
         # The same cache as `run` with these options: the profile's (see _apply_profile).
         options.cache_dir = options.cache_dir or profile_named(options.profile).cache_dir
-        check_cache_dir(options.cache_dir)
+        reads_it = options.command in ("logs", "why", "cache", "report", "provenance")
+        check_cache_dir(options.cache_dir, default_too=reads_it)
     handlers: dict[str, Callable[[argparse.Namespace], int]] = {
         "run": _run,
         "validate": _validate,

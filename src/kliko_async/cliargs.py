@@ -276,14 +276,23 @@ def set_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def check_cache_dir(cache_dir: Path | None) -> None:
-    """Refuse a cache folder given to a command that reads it, if it cannot be read as one: a
-    file (/dev/null), read as a cache, would look empty ("0 entries") and `cache gc` would fail
-    on it; a folder you may not read or look into (another user's) ended in a traceback."""
+def check_cache_dir(cache_dir: Path | None, *, default_too: bool) -> None:
+    """Refuse the cache folder given to a command (or else, ``default_too``, the default one),
+    if it cannot be read as one: a file (/dev/null), read as a cache, would look empty ("0
+    entries") and `cache gc` would fail on it; a folder you may not read or look into (another
+    user's) ended in a traceback. (``validate`` and ``graph`` do without a default cache they
+    cannot read.)"""
     if cache_dir is None:
-        return
-    where = f"--cache-dir {cache_dir}"
-    hint = "Give the cache folder of the runs (the profile's, or the default one)."
+        if not default_too:
+            return
+        from kliko_async.cache.store import default_cache_dir
+
+        where = f"cache folder {default_cache_dir()}"
+        cache_dir = default_cache_dir()
+        hint = "Give --cache-dir, or set XDG_CACHE_HOME to a folder of yours."
+    else:
+        where = f"--cache-dir {cache_dir}"
+        hint = "Give the cache folder of the runs (the profile's, or the default one)."
     try:
         exists, is_folder = cache_dir.exists(), cache_dir.is_dir()
     except OSError as error:

@@ -478,3 +478,26 @@ def test_a_file_parameter_too_big_for_the_cache_disk_is_refused_before_running(
     assert list((tiny_cache / "tmp").iterdir()) == [], "the copies of file parameters are deleted"
     verified = kliko("cache", "verify", "--cache-dir", tiny_cache)
     assert verified.returncode == 0, verified.stdout
+
+
+@pytest.mark.parametrize("dry_run", [False, True], ids=["run", "dry-run"])
+def test_a_file_parameter_in_a_folder_you_may_not_look_into_is_bad_input(
+    kliko: KlikoCli,
+    tmp_path: Path,
+    cache_dir: Path,
+    locked: Path,
+    as_any_user: list[str],
+    dry_run: bool,
+) -> None:
+    """As kliko-tester, 'header: /root/header.txt' ended in a PermissionError traceback."""
+    chain = tmp_path / "chain.yaml"
+    chain.write_text(f"steps:\n  gen: {{image: example/gen, params: {{header: {locked}/h}}}}\n")
+
+    done = kliko(
+        "run", chain, "--cache-dir", cache_dir, *["--dry-run"] * dry_run, before=as_any_user
+    )
+
+    assert_fails_clearly(  # (a long path is cut in the message)
+        done, "step 'gen'", "file parameter 'header'", "cannot be read: Permission denied"
+    )
+    assert done.returncode == 2

@@ -195,3 +195,16 @@ def test_validate_an_image_without_kliko_yml_is_a_clear_error(
     assert "kliko-async/busybox" in done.stderr
     assert "no /kliko.yml" in done.stderr
     assert "not a Kliko image" in done.stderr
+
+
+def test_validate_does_without_a_default_cache_it_may_not_read(
+    kliko: KlikoCli, locked: Path, as_any_user: list[str]
+) -> None:
+    """Its cache only remembers kliko.yml files: one you may not read (XDG_CACHE_HOME in
+    another user's home) is no reason to refuse, as the commands that read results do."""
+    kliko.env["XDG_CACHE_HOME"] = str(locked)
+
+    done = kliko("validate", "example/gen", before=as_any_user)
+
+    assert done.returncode == 0, done.stderr
+    assert "valid: 4 parameter(s)" in done.stdout

@@ -529,6 +529,45 @@ def test_a_folder_you_may_not_read_is_refused_in_one_line(
     assert done.returncode == 2
 
 
+@pytest.mark.parametrize(
+    ("chain", "env", "args", "said"),
+    [
+        (GOOD_CHAIN, {"XDG_CACHE_HOME": "{locked}"}, ["cache", "ls"], "cache folder {locked}/"),
+        (GOOD_CHAIN, {"KLIKO_ASYNC_CONFIG": "{locked}/c.yaml"}, ["run", "chain.yaml"], "c.yaml"),
+        (GOOD_CHAIN, {"XDG_CONFIG_HOME": "{locked}"}, ["why", "chain.yaml"], "config.yaml"),
+        ("steps:\n  b: {build: LOCKED/b}\n", {}, ["run", "chain.yaml", "--dry-run"], "/b'"),
+    ],
+    ids=["default-cache", "config-file", "config-home", "build-folder"],
+)
+def test_a_setting_or_chain_naming_what_you_may_not_look_into_is_one_line(
+    tmp_path: Path,
+    locked: Path,
+    as_any_user: list[str],
+    chain: str,
+    env: dict[str, str],
+    args: list[str],
+    said: str,
+) -> None:
+    """As kliko-tester, with XDG_CACHE_HOME, KLIKO_ASYNC_CONFIG or XDG_CONFIG_HOME in a folder
+    you may not look into (another user's home), or a build: folder there, every command
+    ended in a PermissionError traceback."""
+    write(tmp_path, "chain.yaml", chain.replace("LOCKED", str(locked)))
+    environment = {"XDG_CACHE_HOME": str(tmp_path / "xdg-cache"), "DOCKER_HOST": NO_ENGINE}
+    environment |= {name: value.format(locked=locked) for name, value in env.items()}
+
+    done = subprocess.run(
+        [*as_any_user, KLIKO_ASYNC, *args],
+        cwd=tmp_path,
+        env=dict(os.environ, **environment),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert_fails_clearly(done, said.format(locked=locked), "Permission denied")
+    assert done.returncode == 2
+
+
 DIAMOND = (
     "steps:\n  gen: {image: example/gen}\n  upper: {image: example/upper, inputs: [gen]}\n"
     "  lower: {image: example/lower, inputs: [gen]}\n"

@@ -74,9 +74,14 @@ def check_build_folder(context: Path) -> None:
     a Dockerfile, is the runtime's to say.)"""
     where = f"build '{context}'"
     hint = "Give the step's build: a folder holding a Dockerfile (relative to the chain file)."
-    if not context.exists():
+    try:
+        exists, is_folder = context.exists(), context.is_dir()
+    except OSError as error:  # a folder on the way you may not look into
+        message = f"cannot look at the build folder: {error.strerror or error}"
+        raise UnusableBuildFolder(message, where=where, hint=hint) from None
+    if not exists:
         raise UnusableBuildFolder("the build folder does not exist", where=where, hint=hint)
-    if not context.is_dir():
+    if not is_folder:
         raise UnusableBuildFolder("is not a folder", where=where, hint=hint)
 
 

@@ -270,22 +270,29 @@ def _locate_files(
         label = f"file parameter {field.name!r}: {shown(given)}"
         if given != str(host_path):
             label += f" ({host_path})"
-        if not host_path.exists():
-            problems.append(f"{label} does not exist")
-        elif host_path.is_dir():
-            problems.append(f"{label} is a folder, not a file")
-        elif not host_path.is_file():  # a device or pipe: hashing it might never end
-            problems.append(f"{label} is not a regular file (a device, pipe or socket)")
-        else:
-            try:
-                host_path.open("rb").close()
-            except OSError as error:
-                problems.append(f"{label} cannot be read: {error.strerror or error}")
-                continue
-            files.append(
-                FileParameter(name=field.name, host_path=host_path, container_path=container_path)
-            )
+        problem = _file_problem(host_path)
+        if problem is not None:
+            problems.append(f"{label} {problem}")
+            continue
+        files.append(
+            FileParameter(name=field.name, host_path=host_path, container_path=container_path)
+        )
     return [container for _, container in paths] if field.is_list() else paths[0][1]
+
+
+def _file_problem(host_path: Path) -> str | None:
+    """Why the host file of a file parameter cannot be given to a container; None if it can."""
+    try:
+        if not host_path.exists():
+            return "does not exist"
+        if host_path.is_dir():
+            return "is a folder, not a file"
+        if not host_path.is_file():  # a device or pipe: hashing it might never end
+            return "is not a regular file (a device, pipe or socket)"
+        host_path.open("rb").close()
+    except OSError as error:  # also a folder on the way you may not look into
+        return f"cannot be read: {error.strerror or error}"
+    return None
 
 
 def _describe_unknown(name: str, known: list[str]) -> str:

@@ -65,7 +65,15 @@ def config_path() -> Path:
 def load_profile(name: str | None) -> Profile:
     """The profile ``name`` (or the file's default, or none) from the config file."""
     path = config_path()
-    if not path.is_file():
+    try:
+        is_file = path.is_file()
+    except OSError as error:  # a folder on the way you may not look into
+        raise ParameterError(
+            f"cannot look at the config file: {error.strerror or error}",
+            where=str(path),
+            hint="Set KLIKO_ASYNC_CONFIG (or XDG_CONFIG_HOME) to a place you may read.",
+        ) from None
+    if not is_file:
         if name is not None:
             raise ParameterError(
                 f"no config file, so there is no profile '{name}'",
