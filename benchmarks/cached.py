@@ -144,28 +144,25 @@ async def run(cfg: Config) -> ScenarioResult:
         result.add("library_plan_s", clock.first["run_started"] - started)
         result.add("library_schedule_s", wall - (clock.first["run_started"] - started))
 
-    async def cli(rep: int) -> None:
-        out = work / f"out-{rep}"
-        started = time.perf_counter()
+    async def cli_into(out: Path, sample: str) -> None:
+        """The CLI re-run with ``--out out``, timed as ``sample``."""
         arguments = ["run", str(chain_file), "--plain", "--cache-dir", str(cache_dir)]
+        started = time.perf_counter()
         pid, code, errors = await anyio.to_thread.run_sync(
             run_cli, [*command, *arguments, "--out", str(out)]
         )
-        result.add("cli_rerun_s", time.perf_counter() - started)
+        result.add(sample, time.perf_counter() - started)
         owners.add(owner_label(pid))
         if code != 0:
-            raise RuntimeError(f"the CLI re-run failed: {errors.decode()[-2000:]}")
+            raise RuntimeError(f"the CLI re-run ({sample}) failed: {errors.decode()[-2000:]}")
+
+    async def cli(rep: int) -> None:
+        out = work / f"out-{rep}"
+        await cli_into(out, "cli_rerun_s")
         # Again into the same --out, which holds the same outputs unchanged: left as they are.
         exported = [p for p in sorted(out.iterdir()) if not p.name.startswith(".")]
         before = {p: (p / "slept.txt").stat().st_ino for p in exported}
-        started = time.perf_counter()
-        pid, code, errors = await anyio.to_thread.run_sync(
-            run_cli, [*command, *arguments, "--out", str(out)]
-        )
-        result.add("cli_same_out_s", time.perf_counter() - started)
-        owners.add(owner_label(pid))
-        if code != 0:
-            raise RuntimeError(f"the CLI re-run into the same --out failed: {errors.decode()}")
+        await cli_into(out, "cli_same_out_s")
         after = {p: (p / "slept.txt").stat().st_ino for p in exported}
         result.add("cli_same_out_copied", sum(before[p] != after[p] for p in exported))
         remove_tree(out)
