@@ -336,6 +336,17 @@ def build_kliko_image(context: Path, kliko_yml: str, script: str) -> str:
     return tag
 
 
+def out_too_deep_to_copy_into(tmp_path: Path) -> Path:
+    """A writable ``--out`` (made), so deep that a step's copy inside it is longer than the
+    system allows: the run itself succeeds and its export fails, for root and any user alike
+    (an ``--out`` that cannot be written at all is refused before the run)."""
+    out = tmp_path
+    while len(str(out)) < os.pathconf("/", "PC_PATH_MAX") - 60:  # room for out/, not a copy
+        out = out / ("d" * 50)
+    out.mkdir(parents=True)
+    return out
+
+
 def derived_image(base: str, name: str, run: str, context: Path) -> str:
     """An image ``FROM base`` changed by the shell line ``run``; its unique tag."""
     context.mkdir(parents=True)

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from conftest import new_test_tag
+from conftest import new_test_tag, out_too_deep_to_copy_into
 
 if TYPE_CHECKING:
     from conftest import KlikoCli
@@ -372,10 +372,7 @@ def test_outputs_that_cannot_be_exported_keep_the_computed_steps(
     """The run itself succeeds; copying to ``--out`` fails, the cache keeps all. (An --out that
     cannot be written at all is refused before the run: unit/test_cli_errors.py.) Here --out
     can be written, but a copy's path inside it is longer than the system allows."""
-    out = tmp_path
-    while len(str(out)) < os.pathconf("/", "PC_PATH_MAX") - 60:  # room for out/, not a copy
-        out = out / ("d" * 50)
-    out.mkdir(parents=True)
+    out = out_too_deep_to_copy_into(tmp_path)
     chain = tmp_path / "chain.yaml"
     chain.write_text("steps:\n  gen: {image: example/gen, params: {n: 2}}\n")
     cache = tmp_path / "cache"

@@ -21,6 +21,7 @@ from pathlib import Path
 import pyte
 import pytest
 
+from conftest import out_too_deep_to_copy_into
 from kliko_async.cache.logfiles import log_content
 from kliko_async.events import EVENT_ADAPTER, LogLine
 
@@ -344,7 +345,7 @@ def test_json_output_is_one_event_per_line_with_every_log_line(
 @pytest.mark.usefixtures("example_images")
 def test_quiet_run_whose_outputs_cannot_be_copied_does_not_say_ok(tmp_path: Path) -> None:
     chain = ROOT / "examples" / "chains" / "diamond.yaml"
-    out = "/proc/kliko-async-out"  # not even root can make a folder there
+    out = str(out_too_deep_to_copy_into(tmp_path))  # the run succeeds, its copy fails
     done = subprocess.run(
         [KLIKO_ASYNC, "run", str(chain), "-q", "--cache-dir", str(tmp_path / "c"), "--out", out],
         cwd=tmp_path,
