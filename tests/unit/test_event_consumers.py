@@ -23,7 +23,7 @@ from kliko_async.cache.logfiles import log_content
 from kliko_async.cache.store import Cache
 from kliko_async.display.jsonl import JsonLinesDisplay
 from kliko_async.display.plain import PlainDisplay
-from kliko_async.engine.bus import EventBus
+from kliko_async.engine.bus import ConsumerFeed, EventBus
 from kliko_async.events import (
     Event,
     LogLine,
@@ -302,3 +302,28 @@ async def test_the_last_log_lines_before_a_quiet_spell_reach_a_pipe_at_once(disp
     finally:
         stream.close()
         os.close(read_end)
+
+
+async def test_a_consumer_behind_by_a_whole_batch_is_fed_without_the_gathering_pause(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The pause that gathers a few events into one batch is for a consumer that keeps up; one
+    that is a batch or more behind (a 10,000-step run's burst of queued steps) is fed at once,
+    batch after batch."""
+    pauses: list[float] = []
+    sleep = anyio.sleep
+
+    async def noted(seconds: float) -> None:
+        pauses.append(seconds)
+        await sleep(seconds)
+
+    monkeypatch.setattr("kliko_async.engine.bus.anyio.sleep", noted)
+    got: list[Event] = []
+    bus = EventBus()
+    bus.on_event(got.append)
+    async with bus.delivering():
+        for n in range(3 * bus._feeds[0].BATCH):
+            bus.emit(log_line(f"s{n}", "stdout", "x"))
+        while len(got) < 3 * bus._feeds[0].BATCH:
+            await anyio.sleep(0.001)
+    assert ConsumerFeed.GATHER_S not in pauses

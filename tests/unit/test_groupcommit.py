@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import os
+import threading
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -13,7 +15,7 @@ import pytest
 from kliko_async.cache import durable
 from kliko_async.cache.durable import Barrier, remove_small_tree
 from kliko_async.cache.entry import Manifest, Staging
-from kliko_async.cache.groupcommit import GroupCommit
+from kliko_async.cache.groupcommit import COMMIT_HERE_S, GroupCommit
 from kliko_async.cache.key import KeyIngredients, cache_key
 from kliko_async.cache.store import Cache
 
@@ -186,3 +188,55 @@ def test_publish_alone_makes_its_name_durable(
     staging = stage_files(cache, key_of(3), {"a.txt": b"a"})
     entry = cache.publish(staging, manifest_for(key_of(3)))
     assert str(entry.path.parent) in watch.durable
+
+
+async def test_fast_commits_move_into_the_loop_and_a_slow_one_sends_the_rest_to_the_thread(
+    cache: Cache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A thread round trip costs more than a commit on a fast file system (tmpfs): after three
+    fast commits in the thread, commits run in the loop; the first slow one there (a disk's
+    barrier) sends every later one back to the thread, for good."""
+    loop_thread = threading.get_ident()
+    where: list[str] = []
+    slow = {6}  # the 7th commit takes longer than COMMIT_HERE_S
+    publish_many = cache.publish_many
+
+    def watched(staged):  # type: ignore[no-untyped-def]
+        where.append("loop" if threading.get_ident() == loop_thread else "thread")
+        if len(where) - 1 in slow:
+            time.sleep(COMMIT_HERE_S * 3)
+        return publish_many(staged)
+
+    monkeypatch.setattr(cache, "publish_many", watched)
+    commits = GroupCommit(cache)
+    for n in range(10):
+        staging = stage_files(cache, key_of(n), {"a.txt": b"a"})
+        remove_small_tree(staging.path / "scratch")
+        await commits.publish(staging, manifest_for(key_of(n)))
+    await commits.close()
+    assert where == ["thread"] * 3 + ["loop"] * 4 + ["thread"] * 3
+    assert all(cache.lookup(key_of(n)) is not None for n in range(10))
+
+
+async def test_a_group_with_a_scratch_folder_to_remove_is_committed_in_the_thread(
+    cache: Cache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Removing a scratch folder (copies of file parameters, a Slurm job's files) may take long:
+    never in the loop, however fast the commits before were."""
+    loop_thread = threading.get_ident()
+    where: list[str] = []
+    publish_many = cache.publish_many
+
+    def watched(staged):  # type: ignore[no-untyped-def]
+        where.append("loop" if threading.get_ident() == loop_thread else "thread")
+        return publish_many(staged)
+
+    monkeypatch.setattr(cache, "publish_many", watched)
+    commits = GroupCommit(cache)
+    for n in range(5):
+        staging = stage_files(cache, key_of(n), {"a.txt": b"a"})
+        scratch = staging.path / "scratch"
+        if n < 4:
+            remove_small_tree(scratch)
+        await commits.publish(staging, manifest_for(key_of(n)), scratch=scratch if n == 4 else None)
+    assert where == ["thread"] * 3 + ["loop", "thread"]

@@ -10,7 +10,7 @@ import anyio
 import pytest
 from test_scheduler import Lab, plan_and_schedule, states
 
-from kliko_async.engine.resources import ResourcePool
+from kliko_async.engine.resources import JobSlots, ResourcePool
 
 pytestmark = pytest.mark.anyio
 
@@ -91,3 +91,32 @@ async def test_a_cancelled_waiting_claim_lets_those_behind_it_go() -> None:
         assert order == ["first", "small"], "once the large claim is gone, the small one goes"
         first_done.set()
         small_done.set()
+
+
+async def test_job_slots_are_granted_in_order_and_a_cancelled_waiter_leaves_the_line() -> None:
+    slots = JobSlots(2)
+    order: list[str] = []
+    release = anyio.Event()
+
+    async def job(name: str, scope: anyio.CancelScope) -> None:
+        with scope:
+            await slots.take()
+            try:
+                order.append(name)
+                await release.wait()
+            finally:
+                slots.give()
+
+    scopes = {name: anyio.CancelScope() for name in ("a", "b", "c", "d", "e")}
+    async with anyio.create_task_group() as tg:
+        for name, scope in scopes.items():
+            tg.start_soon(job, name, scope)
+            await anyio.wait_all_tasks_blocked()
+        assert order == ["a", "b"] and slots.free == 0, "two slots, taken in order"
+        scopes["c"].cancel()  # c leaves the line
+        await anyio.wait_all_tasks_blocked()
+        scopes["a"].cancel()  # a gives its slot back: to d, the first still in line
+        await anyio.wait_all_tasks_blocked()
+        assert order == ["a", "b", "d"]
+        release.set()
+    assert order == ["a", "b", "d", "e"] and slots.free == 2, "every slot given back"

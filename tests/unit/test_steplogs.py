@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 
 from kliko_async.engine.steplogs import StepLog
@@ -38,3 +39,33 @@ def test_a_surrogate_in_the_time_stamp_is_replaced_not_recursed_on(tmp_path: Pat
     # A library caller's runtime gave it; before, the fallback re-encoded only the text and
     # called itself until RecursionError.
     assert written(tmp_path, ("x \udcff", f"{AT}\ud800")) == [f"{AT}? stdout x ".encode() + b"\xff"]
+
+
+def test_lines_beyond_one_buffer_and_a_huge_line_are_saved_whole_and_in_order(
+    tmp_path: Path,
+) -> None:
+    huge = "h" * (3 * StepLog.BUFFER + 7)  # written as it is, after what was buffered before it
+    lines = [(f"line {n}", AT) for n in range(5000)]  # several buffers full
+    lines.insert(2500, (huge, AT))
+
+    assert written(tmp_path, *lines) == [f"{AT} stdout {text}".encode() for text, _at in lines]
+
+
+def test_a_log_that_cannot_be_written_says_so_once_and_stops_the_step() -> None:
+    log = StepLog(Path("/dev/full"))
+    told: list[str] = []
+    log.on_error = lambda: told.append("stop")
+    log.write_line("stdout", "x" * (2 * StepLog.BUFFER), AT)  # straight to the disk: full
+    log.write_line("stdout", "more", AT)
+    log.close()
+    assert log.error is not None and log.error.errno == errno.ENOSPC
+    assert told == ["stop"], "reported once, however many writes failed"
+
+
+def test_a_full_disk_found_only_at_close_is_reported_too() -> None:
+    log = StepLog(Path("/dev/full"))
+    told: list[str] = []
+    log.on_error = lambda: told.append("stop")
+    log.write_line("stdout", "short", AT)  # buffered: the disk is met at close
+    log.close()
+    assert log.error is not None and told == ["stop"]

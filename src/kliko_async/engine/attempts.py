@@ -11,7 +11,7 @@ import functools
 import os
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -47,7 +47,7 @@ from kliko_async.runtime.base import (
     Stream,
     owner_label,
 )
-from kliko_async.runtime.inflight import InFlight, track, under_way, writing_into
+from kliko_async.runtime.inflight import InFlight, track, untrack, writing_into
 
 LAST_LINES = 20
 """A failed step shows this many of its last log lines."""
@@ -103,12 +103,12 @@ class StepAttempts:
         attempt: int,
         inputs: Mapping[str, Path],
         *,
-        container_done: Callable[[], Awaitable[object]] | None = None,
+        container_done: Callable[[], object] | None = None,
         container_started: Callable[[float], object] | None = None,
     ) -> AttemptOutcome:
         """Attempt ``planned`` once (the ``attempt``-th time) with its inputs' output folders.
 
-        ``container_done`` is awaited when the container has ended well, before its output is
+        ``container_done`` is called when the container has ended well, before its output is
         published (the scheduler gives its job slot back there); ``container_started`` is told
         when (``time.monotonic()``) the container started: a step's time counts from there, not
         from its wait for a place in a Slurm queue or for the engine."""
@@ -118,10 +118,13 @@ class StepAttempts:
             staging = self.cache.stage(planned.key)
         except CacheError as error:
             return AttemptOutcome(ok=False, reason=str(error))
-        with under_way(InFlight(f"staging folder of step {step.name}", folder=staging.path)):
+        tracked = track(InFlight(f"staging folder of step {step.name}", folder=staging.path))
+        try:
             return await self._run_staged(
                 planned, attempt, inputs, staging, last, container_done, container_started
             )
+        finally:
+            untrack(tracked)
 
     async def _run_staged(
         self,
@@ -130,7 +133,7 @@ class StepAttempts:
         inputs: Mapping[str, Path],
         staging: Staging,
         last: deque[str],
-        container_done: Callable[[], Awaitable[object]] | None = None,
+        container_done: Callable[[], object] | None = None,
         container_started: Callable[[float], object] | None = None,
     ) -> AttemptOutcome:
         step = planned.step
@@ -193,7 +196,7 @@ class StepAttempts:
             return await self._failed(planned, staging, reason, exited.exit_code, last)
         try:
             if container_done is not None:
-                await container_done()
+                container_done()
             return await self._publish(planned, staging, began[0], last, exited.usage)
         except BaseException:
             await self._discard(staging, planned.name)  # cancelled while publishing: nothing stays

@@ -26,7 +26,7 @@ from kliko_async.cache.logfiles import run_log_dir
 from kliko_async.cache.store import Cache
 from kliko_async.engine.attempts import AttemptOutcome, StepAttempts
 from kliko_async.engine.plan import Plan, PlannedStep, check_resources
-from kliko_async.engine.resources import ResourcePool
+from kliko_async.engine.resources import JobSlots, ResourcePool
 from kliko_async.events import (
     Event,
     RunFinished,
@@ -91,7 +91,7 @@ class Scheduler:
         for name in plan.order:
             for dep in set(self._step_inputs[name]):
                 self._consumers.setdefault(dep, []).append(name)
-        self._slots = anyio.CapacityLimiter(self.jobs)
+        self._slots = JobSlots(self.jobs)
         self._stopping = False
         self.commits = GroupCommit(cache)
         self.attempts = StepAttempts(
@@ -113,6 +113,7 @@ class Scheduler:
         self._made: set[str] = set()
         self._durations: dict[StepImage, float] = {}  # of the steps done, for later ETAs
         self._waited: dict[str, float] = {}
+        self._waiting: dict[str, float] = {}  # since when a step waits for another run's lock
         self._began: dict[str, float] = {}  # when a step's first container started
         self._matrix = matrix_steps(planned.step for planned in plan.steps.values())
 
@@ -251,52 +252,89 @@ class Scheduler:
         Taken in that order, so that a step waiting for another run's lock, or for CPUs, memory
         or GPUs, holds no job slot: a ready step that fits never waits behind it.
         """
-        key, resources = planned.key, planned.step.resources
-        async with contextlib.AsyncExitStack() as reading:
-            if key in self._shared_keys:
-                await reading.enter_async_context(self._shared_keys[key])
-                made = self.cache.lookup(key) if key in self._made else None
-                if made is not None:  # by a twin in this run: read it as a hit, as others do
-                    entry = await self._hold_cached(key, made)
-                    if entry is not None:
-                        return self._cached(planned, entry)
-            await self._lock_key(planned, reading)
+        key = planned.key
+        twins = self._shared_keys.get(key)
+        if twins is None:
+            return await self._attempt_locked(planned, attempt)
+        async with twins:
+            made = self.cache.lookup(key) if key in self._made else None
+            if made is not None:  # by a twin in this run: read it as a hit, as others do
+                entry = await self._hold_cached(key, made)
+                if entry is not None:
+                    return self._cached(planned, entry)
+            return await self._attempt_locked(planned, attempt)
+
+    async def _attempt_locked(
+        self, planned: PlannedStep, attempt: int
+    ) -> AttemptOutcome | StepResult:
+        """The attempt under its key's lock; if another run holds it, the step says so and the
+        time waited, which is not the step's own, is counted apart."""
+        key, name = planned.key, planned.name
+        on_wait = functools.partial(self._lock_waited, planned)
+        async with self.cache.lock(key, on_wait=on_wait, patience=LOCK_PATIENCE_S):
+            began_waiting = self._waiting.pop(name, None)
+            if began_waiting is not None:
+                waited = time.monotonic() - began_waiting
+                self._waited[name] = self._waited.get(name, 0.0) + waited
             entry = self.cache.lookup(key)
             if entry is not None and (not planned.forced or key in self._made):
                 self._note(key)
                 return self._cached(planned, entry)  # made meanwhile, by this run or another
-            for input_key in sorted({self.results[i].key for i in self._step_inputs[planned.name]}):
-                # Readers hold a shared lock: `cache gc` leaves these entries alone.
-                await reading.enter_async_context(self.cache.lock(input_key, shared=True))
-            gone = [i for i in planned.step.inputs if not self._input_there(i)]
-            if gone:
-                result = self._input_gone(planned, gone)
-                self._stop_unless_keep_going()
-                return result
-            async with contextlib.AsyncExitStack() as slot:
-                await slot.enter_async_context(
-                    self.pool.claim(resources.cpus, resources.memory, resources.gpus)
-                )
-                await slot.enter_async_context(self._slots)
-                if self._stopping and attempt == 1:
-                    return self._skip(planned, "an earlier step failed (use --keep-going to go on)")
-                inputs = {i: self._output_of(i) for i in planned.step.inputs}
-                # The job slot and the resources go back when the container has ended well,
-                # before its output is published: the next step's container starts meanwhile,
-                # and the steps publishing at once share one durability barrier.
-                outcome = await self.attempts.run(
-                    planned,
-                    attempt,
-                    inputs,
-                    container_done=slot.aclose,
-                    container_started=functools.partial(self._began.setdefault, planned.name),
-                )
-                if outcome.ok:
-                    self._made.add(key)
-                    self._note(key)  # still under its lock, so `cache gc` sees it held
-                if not outcome.ok and attempt > planned.step.retries:
-                    self._stop_unless_keep_going()  # before the slot goes to a waiting step
-                return outcome
+            input_keys = sorted({self.results[i].key for i in self._step_inputs[name]})
+            if not input_keys:
+                return await self._attempt_reading(planned, attempt)
+            async with contextlib.AsyncExitStack() as reading:
+                for input_key in input_keys:
+                    # Readers hold a shared lock: `cache gc` leaves these entries alone.
+                    await reading.enter_async_context(self.cache.lock(input_key, shared=True))
+                return await self._attempt_reading(planned, attempt)
+
+    async def _attempt_reading(
+        self, planned: PlannedStep, attempt: int
+    ) -> AttemptOutcome | StepResult:
+        """The attempt, its inputs held: within the step's resources and a job slot, which go
+        back as soon as its container has ended well, before its output is published (the next
+        step's container starts meanwhile, and the steps publishing at once share one
+        durability barrier)."""
+        gone = [i for i in planned.step.inputs if not self._input_there(i)]
+        if gone:
+            result = self._input_gone(planned, gone)
+            self._stop_unless_keep_going()
+            return result
+        resources = planned.step.resources
+        claim = await self.pool.take(resources.cpus, resources.memory, resources.gpus)
+        try:
+            await self._slots.take()
+        except BaseException:
+            self.pool.give(claim)
+            raise
+        held = [True]
+
+        def give_back() -> None:
+            if held:
+                held.clear()
+                self._slots.give()
+                self.pool.give(claim)
+
+        try:
+            if self._stopping and attempt == 1:
+                return self._skip(planned, "an earlier step failed (use --keep-going to go on)")
+            inputs = {i: self._output_of(i) for i in planned.step.inputs}
+            outcome = await self.attempts.run(
+                planned,
+                attempt,
+                inputs,
+                container_done=give_back,
+                container_started=functools.partial(self._began.setdefault, planned.name),
+            )
+            if outcome.ok:
+                self._made.add(planned.key)
+                self._note(planned.key)  # still under its lock, so `cache gc` sees it held
+            if not outcome.ok and attempt > planned.step.retries:
+                self._stop_unless_keep_going()  # before the slot goes to a waiting step
+            return outcome
+        finally:
+            give_back()
 
     async def _hold_cached(self, key: str, entry: CacheEntry) -> CacheEntry | None:
         """Hold a cache hit (found at planning, or made by a twin step of this run) for the rest
@@ -309,22 +347,10 @@ class Scheduler:
         assert self.hold is not None  # set for the whole of run()
         self.hold.note(key)
 
-    async def _lock_key(self, planned: PlannedStep, stack: contextlib.AsyncExitStack) -> None:
-        """Hold the step's key's lock in ``stack``; if another run holds it, say so and count
-        the time waited, which is not the step's own."""
-        waiting: list[float] = []
-
-        def on_wait() -> None:
-            self.emit(StepWaitingForLock(step=planned.name, key=planned.key))
-            waiting.append(time.monotonic())
-
-        lock = self.cache.lock(planned.key, on_wait=on_wait, patience=LOCK_PATIENCE_S)
-        try:
-            await stack.enter_async_context(lock)
-        finally:
-            if waiting:
-                waited = time.monotonic() - waiting[0]
-                self._waited[planned.name] = self._waited.get(planned.name, 0.0) + waited
+    def _lock_waited(self, planned: PlannedStep) -> None:
+        """Another run holds the step's key's lock: say so, and count the wait."""
+        self.emit(StepWaitingForLock(step=planned.name, key=planned.key))
+        self._waiting[planned.name] = time.monotonic()
 
     def _stop_unless_keep_going(self) -> None:
         if not self.keep_going:
