@@ -21,3 +21,8 @@ def test_parent_steps_are_taken_out_without_touching_the_disk() -> None:
 def test_an_absolute_normal_path_is_given_back_as_it_is() -> None:
     path = Path("/cache/tmp/k.1.ab.host/output")
     assert absolute(path) is path
+
+
+def test_a_name_that_only_starts_with_two_dots_is_kept() -> None:
+    assert absolute(Path("/data/..hidden/x")) == Path("/data/..hidden/x")
+    assert absolute(Path("/data/x/..")) == Path("/data")

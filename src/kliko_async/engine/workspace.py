@@ -57,7 +57,10 @@ def _read_only(path: Path) -> bool:
 
 def absolute(path: Path) -> Path:
     """``path`` made absolute and normalised without touching the disk (Docker wants both)."""
-    if path.is_absolute() and ".." not in path.parts:  # pathlib dropped "." and "//" already
+    # pathlib dropped "." and "//" already; a ".." is in the text as "/.." (a name that only
+    # starts with ".." goes the long way, to the same result). The text is kept by the path:
+    # cheaper than its parts, which are a new tuple each time.
+    if path.is_absolute() and "/.." not in str(path):
         return path  # (the cache's own paths: no new Path for each of a step's mounts)
     return Path(os.path.abspath(path))
 
