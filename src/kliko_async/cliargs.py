@@ -225,8 +225,17 @@ def build_parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argumen
 
     cache = commands.add_parser("cache", help="inspect and clean the cache", description="Cache.")
     cache_commands = cache.add_subparsers(dest="cache_command", required=True, metavar="ACTION")
-    for name, text in (("ls", "list entries"), ("verify", "re-hash outputs against manifests")):
-        cache_dir_option(cache_commands.add_parser(name, help=text, description=text))
+    ls_text = "list entries"
+    cache_dir_option(cache_commands.add_parser("ls", help=ls_text, description=ls_text))
+    verify_text = "re-hash outputs against manifests"
+    verify = cache_commands.add_parser("verify", help=verify_text, description=verify_text)
+    verify.add_argument(
+        "--remove",
+        action="store_true",
+        help="remove the entries with problems (runs take an entry as it is, without re-hashing "
+        "it), so that the next run computes them again; not one a live run is using",
+    )
+    cache_dir_option(verify)
     gc = cache_commands.add_parser("gc", help="remove old entries", description="Remove entries.")
     gc.add_argument("--older-than", help="e.g. 30d, 12h")
     gc.add_argument("--max-size", help="e.g. 10G: remove oldest entries until under it")

@@ -378,6 +378,20 @@ def test_cache_ls_and_verify(kliko: KlikoCli, tmp_path: Path) -> None:
     key = manifest.parent.name
     assert f"{key}: output/numbers.txt: content changed" in verified.stdout
     assert "1 problem(s)" in verified.stdout
+    assert "runs take these entries as they are: 'kliko-async cache verify --remove'" in (
+        verified.stdout
+    )
+
+    # Runs take an entry by its manifest: the tampered one is removed, and computed again.
+    removed = kliko("cache", "verify", "--remove", "--cache-dir", cache)
+    assert removed.returncode == 0, removed.stdout + removed.stderr
+    assert "removed 1: the next run computes them again" in removed.stdout
+    assert not manifest.parent.exists()
+    rerun = kliko("run", DIAMOND, "--cache-dir", cache, "--out", "out", "--plain")
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert "3 cached" in rerun.stdout, rerun.stdout
+    assert (tmp_path / "out" / "gen" / "numbers.txt").read_text() != "not what gen wrote\n"
+    assert "0 problem(s)" in kliko("cache", "verify", "--cache-dir", cache).stdout
 
 
 # -- the library -------------------------------------------------------------------------------

@@ -22,10 +22,17 @@ from kliko_async.cache import key as key_module
 from kliko_async.cache import store as store_module
 from kliko_async.cache.entry import CacheEntry, Manifest, Staging
 from kliko_async.cache.hashing import sha256_file
+from kliko_async.cache.holds import RunHold
 from kliko_async.cache.key import CACHE_FORMAT_VERSION, KeyIngredients, cache_key
 from kliko_async.cache.processes import host_name
 from kliko_async.cache.store import Cache, default_cache_dir
-from kliko_async.cache.upkeep import VerifyProblem, clean_stale_staging, gc, verify
+from kliko_async.cache.upkeep import (
+    VerifyProblem,
+    clean_stale_staging,
+    gc,
+    remove_entries_with_problems,
+    verify,
+)
 from kliko_async.errors import CacheError, UnpublishableOutput
 from kliko_async.model.quantities import parse_age, parse_size
 
@@ -1089,3 +1096,47 @@ def test_a_staging_folder_is_its_fields_whatever_subfolders_were_asked_for(
     assert dict(staging) == fresh == {"key": "k", "path": tmp_path / "a"}
     assert Staging(**dict(staging)) == staging
     assert staging.model_dump() == fresh
+
+
+def tampered_entry(cache: Cache, n: int) -> CacheEntry:
+    entry = publish_files(cache, key_of(n), {"a.txt": b"a"})
+    make_writable(entry.output_dir / "a.txt")
+    (entry.output_dir / "a.txt").write_bytes(b"tampered")
+    return entry
+
+
+def test_verify_remove_takes_out_the_entries_with_problems_and_only_those(cache: Cache) -> None:
+    """A run takes an entry by its manifest, without re-hashing it: one that verify found
+    tampered with is removed, so that the next run computes it again."""
+    bad = tampered_entry(cache, 1)
+    good = publish_files(cache, key_of(2), {"a.txt": b"a"})
+    misplaced = cache.root / "entries" / "zz" / "not-a-key"
+    misplaced.mkdir(parents=True)
+
+    removed, in_use = remove_entries_with_problems(cache, verify(cache))
+
+    assert sorted(removed) == sorted([bad.key, "not-a-key"]) and in_use == []
+    assert cache.lookup(bad.key) is None and not misplaced.exists()
+    assert cache.lookup(good.key) == good
+    assert verify(cache) == []
+
+
+def test_verify_remove_leaves_an_entry_a_live_run_is_using(cache: Cache) -> None:
+    bad = tampered_entry(cache, 1)
+    hold = RunHold(cache.root, "run-reading-it")
+    hold.note(bad.key)
+    try:
+        removed, in_use = remove_entries_with_problems(cache, verify(cache))
+    finally:
+        hold.close()
+    assert (removed, in_use) == ([], [bad.key])
+    assert cache.lookup(bad.key) is not None, "left until that run has ended"
+    assert remove_entries_with_problems(cache, verify(cache)) == ([bad.key], [])
+
+
+def test_verify_remove_leaves_an_entry_made_again_since_it_was_verified(cache: Cache) -> None:
+    bad = tampered_entry(cache, 1)
+    problems = verify(cache)
+    (bad.output_dir / "a.txt").write_bytes(b"a")  # sound again (as if published anew)
+    assert remove_entries_with_problems(cache, problems) == ([], [])
+    assert cache.lookup(bad.key) is not None

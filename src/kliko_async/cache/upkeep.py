@@ -20,7 +20,14 @@ from kliko_async.cache.processes import host_name, pid_alive
 from kliko_async.cache.store import KEY_PATTERN, RUN_LOGS, RUN_RECORDS, Cache
 from kliko_async.errors import cache_os_error, os_error_text
 
-__all__ = ["GcReport", "VerifyProblem", "clean_stale_staging", "gc", "verify"]
+__all__ = [
+    "GcReport",
+    "VerifyProblem",
+    "clean_stale_staging",
+    "gc",
+    "remove_entries_with_problems",
+    "verify",
+]
 
 
 class VerifyProblem(BaseModel):
@@ -263,6 +270,31 @@ def verify(cache: Cache) -> list[VerifyProblem]:
     for path in cache.entry_dirs():
         problems += _verify_entry(path)
     return problems
+
+
+def remove_entries_with_problems(
+    cache: Cache, problems: list[VerifyProblem]
+) -> tuple[list[str], list[str]]:
+    """Remove the entries :func:`verify` found problems in, so that runs compute them again
+    (a run takes an entry by its manifest, without re-hashing it); the keys removed, and the
+    keys left because a live run is using them (as ``cache gc`` leaves them)."""
+    held = HeldKeys(cache.root)
+    removed: list[str] = []
+    in_use: list[str] = []
+    keys = {problem.key for problem in problems}  # an entry folder's name (misplaced or not)
+    for folder in [path for path in cache.entry_dirs() if path.name in keys]:
+        key = folder.name
+        if not KEY_PATTERN.fullmatch(key):  # misplaced: no run ever finds it, nor locks it
+            cache.remove_path(folder)
+            removed.append(key)
+            continue
+        with cache.locks.try_exclusive(key) as free:
+            if not free or key in held.refresh():
+                in_use.append(key)
+            elif _verify_entry(folder):  # still wrong (not made again since), under its lock
+                cache.remove_path(folder)
+                removed.append(key)
+    return removed, in_use
 
 
 def _verify_entry(path: Path) -> list[VerifyProblem]:
