@@ -12,7 +12,7 @@ import pytest
 from kliko_async import api
 from kliko_async.cache.store import Cache
 from kliko_async.engine.logsearch import find_step_log
-from kliko_async.errors import ChainError, ParameterError
+from kliko_async.errors import CacheError, ChainError, ParameterError
 from kliko_async.model.chain import Chain, chain_json_schema, load_chain
 from kliko_async.runtime.fake import FakeContainer, FakeRuntime
 
@@ -487,3 +487,28 @@ async def test_force_with_the_matrix_steps_name_reruns_every_expansion(
     }
     with pytest.raises(ChainError, match="--force names unknown step"):
         await api.dry_run(chain, runtime=fake, cache_dir=cache, force=["imag"])
+
+
+@pytest.mark.anyio
+async def test_the_log_of_a_step_skipped_after_a_failed_input_names_that_input(
+    tmp_path: Path,
+) -> None:
+    """It did not run: not "run the chain first" (it was run), but which input stopped it and
+    how to see why."""
+    runtime = FakeRuntime()
+    runtime.add_image("example/imager", IMAGER, fail_for_uniform)
+    runtime.add_image("example/merge", PLAIN, list_inputs)
+    chain = load(tmp_path, MATRIX_CHAIN.format(weights="natural, uniform"))
+    cache = Cache(tmp_path / "cache")
+    result = await api.run(chain, runtime=runtime, cache_dir=cache.root, keep_going=True)
+    assert result.steps["report"].state == "skipped"
+    plan = await api.dry_run(chain, runtime=runtime, cache_dir=cache.root)
+
+    with pytest.raises(CacheError) as skipped:
+        find_step_log(cache, plan, "report")
+    failed = "image[weight=uniform,robust=0.5]"
+    assert f"since its input '{failed}' has not finished as it is now" in str(skipped.value)
+    assert str(skipped.value).endswith(
+        f"See why '{failed}' failed: kliko-async logs {plan.source} '{failed}'."
+    )
+    assert "Run the chain first" not in str(skipped.value)

@@ -11,8 +11,17 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 from collections.abc import Callable
 from pathlib import Path
+
+COPY_FILE_BITS = stat.S_IRUSR | stat.S_IWUSR
+"""Mode bits a copy of a file gets besides its source's: its owner reads and writes it (a read-
+only cache entry's files become a step's writable /work, or an export)."""
+
+COPY_FOLDER_BITS = stat.S_IRWXU
+"""Mode bits a copy of a folder gets besides its source's: its owner may do anything in it.
+:mod:`kliko_async.engine.samecopy` knows an unchanged copy by these too."""
 
 CHUNK = 1 << 20
 """Bytes per read and write where the kernel cannot copy between the files itself."""

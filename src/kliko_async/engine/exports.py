@@ -197,7 +197,8 @@ def _carried_marker(marker: Path) -> bool:
 def _marker_says(marker: Path) -> dict[str, object] | None:
     """What an export's marker file says (its step and key); None if ``marker`` is not one."""
     try:
-        if not stat.S_ISREG(os.lstat(marker).st_mode) or os.lstat(marker).st_size > 4096:
+        info = os.lstat(marker)
+        if not stat.S_ISREG(info.st_mode) or info.st_size > 4096:
             return None
         said = json.loads(marker.read_bytes())
     except (OSError, ValueError):

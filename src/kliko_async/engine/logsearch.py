@@ -67,6 +67,25 @@ def find_step_log(cache: Cache, plan: Plan, step: str) -> Path:
     failed = newest_failed_logs(cache, step).get(step)
     if failed is not None:
         return failed
+    unmade = [
+        name
+        for name in dict.fromkeys(plan.steps[step].step.inputs)
+        if name in plan.steps
+        and (plan.steps[name].cached or cache.lookup(plan.steps[name].key)) is None
+    ]
+    if unmade:  # skipped, or not reached: it waits for them (a failed one skips what follows)
+        inputs = " and ".join(f"'{name}'" for name in unmade[:3])
+        more = f" (and {len(unmade) - 3:,} more)" if len(unmade) > 3 else ""
+        broken = [name for name in unmade if newest_failed_logs(cache, name).get(name)]
+        raise CacheError(
+            f"no saved log for step '{step}': it has not run with its current inputs and "
+            f"parameters, since its input {inputs}{more} has not finished as it is now "
+            "(a step runs once its inputs have; a failed one skips the steps after it)",
+            where=plan.source,
+            hint=f"See why '{broken[0]}' failed: kliko-async logs {plan.source} '{broken[0]}'."
+            if broken
+            else "Run the chain first.",
+        )
     raise CacheError(
         f"no saved log for step '{step}': it has not run with its current inputs and parameters",
         where=plan.source,

@@ -16,8 +16,7 @@ import os
 import stat
 from collections.abc import Callable
 
-_FILE_BITS = stat.S_IRUSR | stat.S_IWUSR
-"""Bits a copied file gets besides its source's (the owner reads and writes its copy)."""
+from kliko_async.cache.filecopy import COPY_FILE_BITS, COPY_FOLDER_BITS
 
 
 def same_copy(
@@ -63,7 +62,7 @@ def _compare(
                 if (
                     was.st_size != now.st_size
                     or was.st_mtime_ns != now.st_mtime_ns
-                    or stat.S_IMODE(was.st_mode) | _FILE_BITS != stat.S_IMODE(now.st_mode)
+                    or stat.S_IMODE(was.st_mode) | COPY_FILE_BITS != stat.S_IMODE(now.st_mode)
                 ):
                     return None
                 files, size = files + 1, size + was.st_size
@@ -85,5 +84,5 @@ def _same_folder_mode(was: os.stat_result, now: os.stat_result) -> bool:
     return (
         stat.S_ISDIR(was.st_mode)
         and stat.S_ISDIR(now.st_mode)
-        and stat.S_IMODE(was.st_mode) | stat.S_IRWXU == stat.S_IMODE(now.st_mode)
+        and stat.S_IMODE(was.st_mode) | COPY_FOLDER_BITS == stat.S_IMODE(now.st_mode)
     )

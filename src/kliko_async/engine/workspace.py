@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from kliko_async.cache.durable import special_kind
-from kliko_async.cache.filecopy import copy_file
+from kliko_async.cache.filecopy import COPY_FILE_BITS, COPY_FOLDER_BITS, copy_file
 from kliko_async.engine.images import KLIKO_COMMAND, KlikoImage
 from kliko_async.model.parameters import PARAM_FILES_DIR, ValidatedParameters
 from kliko_async.runtime.base import ContainerJob, Mount
@@ -225,9 +225,7 @@ def _copy_input(
     if source.is_file():
         folder.mkdir(exist_ok=True)
         copy_file(source, folder / source.name, between_chunks=between_files)
-        os.chmod(
-            folder / source.name, stat.S_IMODE(source.stat().st_mode) | stat.S_IRUSR | stat.S_IWUSR
-        )
+        os.chmod(folder / source.name, stat.S_IMODE(source.stat().st_mode) | COPY_FILE_BITS)
     else:
         copy_tree_writable(source, folder, between_files=between_files)
 
@@ -265,7 +263,7 @@ def copy_tree_writable(
                 _make_folder(dst, info)
             elif stat.S_ISREG(info.st_mode):
                 copy_file(src, dst, between_chunks=between_files)
-                os.chmod(dst, stat.S_IMODE(info.st_mode) | stat.S_IWUSR | stat.S_IRUSR)
+                os.chmod(dst, stat.S_IMODE(info.st_mode) | COPY_FILE_BITS)
                 if keep_times:
                     os.utime(dst, ns=(info.st_atime_ns, info.st_mtime_ns))
                 files, size = files + 1, size + info.st_size
@@ -284,7 +282,7 @@ class SpecialFileError(OSError):
 
 def _make_folder(path: Path, info: os.stat_result) -> None:
     path.mkdir(exist_ok=True)
-    os.chmod(path, stat.S_IMODE(info.st_mode) | stat.S_IRWXU)
+    os.chmod(path, stat.S_IMODE(info.st_mode) | COPY_FOLDER_BITS)
 
 
 def readable_by_anyone(root: Path) -> None:
