@@ -12,8 +12,10 @@ import pytest
 from kliko_async import api
 from kliko_async.cache.store import Cache
 from kliko_async.engine.logsearch import find_step_log
+from kliko_async.engine.plan import Plan
 from kliko_async.errors import CacheError, ChainError, ParameterError
 from kliko_async.model.chain import Chain, chain_json_schema, load_chain
+from kliko_async.results import RunResult
 from kliko_async.runtime.fake import FakeContainer, FakeRuntime
 
 IMAGER = """\
@@ -403,17 +405,24 @@ async def fail_for_uniform(container: FakeContainer) -> int:
     return 3 if params["weight"] == "uniform" else 0
 
 
-@pytest.mark.anyio
-async def test_the_log_of_a_failed_expansion_is_found_by_its_name(tmp_path: Path) -> None:
+async def run_with_a_failed_expansion(tmp_path: Path) -> tuple[Cache, Plan, RunResult]:
+    """The matrix chain run once (--keep-going) with ``image[weight=uniform,...]`` failing, so
+    that ``report`` is skipped; its cache, its plan as it is now, and the run's result."""
     runtime = FakeRuntime()
     runtime.add_image("example/imager", IMAGER, fail_for_uniform)
     runtime.add_image("example/merge", PLAIN, list_inputs)
     chain = load(tmp_path, MATRIX_CHAIN.format(weights="natural, uniform"))
     cache = Cache(tmp_path / "cache")
     result = await api.run(chain, runtime=runtime, cache_dir=cache.root, keep_going=True)
+    plan = await api.dry_run(chain, runtime=runtime, cache_dir=cache.root)
+    return cache, plan, result
+
+
+@pytest.mark.anyio
+async def test_the_log_of_a_failed_expansion_is_found_by_its_name(tmp_path: Path) -> None:
+    cache, plan, result = await run_with_a_failed_expansion(tmp_path)
     name = "image[weight=uniform,robust=0.5]"
     assert result.steps[name].state == "failed"
-    plan = await api.dry_run(chain, runtime=runtime, cache_dir=cache.root)
     # '[...]' is not a glob pattern here: the log of exactly this expansion.
     assert find_step_log(cache, plan, name).read_text().strip().endswith("imaging uniform")
 
@@ -495,14 +504,8 @@ async def test_the_log_of_a_step_skipped_after_a_failed_input_names_that_input(
 ) -> None:
     """It did not run: not "run the chain first" (it was run), but which input stopped it and
     how to see why."""
-    runtime = FakeRuntime()
-    runtime.add_image("example/imager", IMAGER, fail_for_uniform)
-    runtime.add_image("example/merge", PLAIN, list_inputs)
-    chain = load(tmp_path, MATRIX_CHAIN.format(weights="natural, uniform"))
-    cache = Cache(tmp_path / "cache")
-    result = await api.run(chain, runtime=runtime, cache_dir=cache.root, keep_going=True)
+    cache, plan, result = await run_with_a_failed_expansion(tmp_path)
     assert result.steps["report"].state == "skipped"
-    plan = await api.dry_run(chain, runtime=runtime, cache_dir=cache.root)
 
     with pytest.raises(CacheError) as skipped:
         find_step_log(cache, plan, "report")
