@@ -28,6 +28,7 @@ one takes longer (a slow disk's barrier), after which the rest of the run commit
 On a disk whose barrier waits for writes (most), commits stay in the thread."""
 
 FAST_COMMITS = 3
+"""How many fast commits in a row (each under ``COMMIT_HERE_S``) move the next into the loop."""
 
 SEAL_HERE_S = 0.005
 """Sealing a small staging folder in the event loop takes a fraction of a millisecond on a local

@@ -308,11 +308,12 @@ class Scheduler:
         except BaseException:
             self.pool.give(claim)
             raise
-        held = [True]
+        held = True
 
-        def give_back() -> None:
+        def give_back() -> None:  # once: when the container has ended well, or at the end
+            nonlocal held
             if held:
-                held.clear()
+                held = False
                 self._slots.give()
                 self.pool.give(claim)
 
