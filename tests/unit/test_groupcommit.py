@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 import anyio
 import pytest
 
-from kliko_async.cache import durable
+from kliko_async.cache import durable, groupcommit
 from kliko_async.cache.durable import Barrier, remove_small_tree
 from kliko_async.cache.entry import Manifest, Staging
 from kliko_async.cache.groupcommit import COMMIT_HERE_S, GroupCommit
@@ -190,6 +189,15 @@ def test_publish_alone_makes_its_name_durable(
     assert str(entry.path.parent) in watch.durable
 
 
+class FakeClock:
+    """The group commit's clock (``time.perf_counter``), standing still unless moved: how long
+    a commit took is then what the test says, not what a busy machine or its disk made it."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.now = 0.0
+        monkeypatch.setattr(groupcommit.time, "perf_counter", lambda: self.now)
+
+
 async def test_fast_commits_move_into_the_loop_and_a_slow_one_sends_the_rest_to_the_thread(
     cache: Cache, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -200,11 +208,12 @@ async def test_fast_commits_move_into_the_loop_and_a_slow_one_sends_the_rest_to_
     where: list[str] = []
     slow = {6}  # the 7th commit takes longer than COMMIT_HERE_S
     publish_many = cache.publish_many
+    clock = FakeClock(monkeypatch)  # a commit takes no time, but the slow one
 
     def watched(staged):  # type: ignore[no-untyped-def]
         where.append("loop" if threading.get_ident() == loop_thread else "thread")
         if len(where) - 1 in slow:
-            time.sleep(COMMIT_HERE_S * 3)
+            clock.now += COMMIT_HERE_S * 3
         return publish_many(staged)
 
     monkeypatch.setattr(cache, "publish_many", watched)
@@ -226,6 +235,7 @@ async def test_a_group_with_a_scratch_folder_to_remove_is_committed_in_the_threa
     loop_thread = threading.get_ident()
     where: list[str] = []
     publish_many = cache.publish_many
+    FakeClock(monkeypatch)  # every commit is fast, whatever the disk under the test
 
     def watched(staged):  # type: ignore[no-untyped-def]
         where.append("loop" if threading.get_ident() == loop_thread else "thread")
