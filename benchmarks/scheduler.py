@@ -199,12 +199,18 @@ class MemoryCache(Cache):
     ) -> list[CacheEntry | CacheError]:
         entries: list[CacheEntry | CacheError] = []
         for item in staged:
-            assert not isinstance(item, Sealed), "seal_small seals nothing here"
-            entries.append(self.publish(*item))
+            if isinstance(item, Sealed):
+                self._entries[item.staging.key] = item.entry
+                entries.append(item.entry)
+            else:
+                entries.append(self.publish(*item))
         return entries
 
-    def seal_small(self, staging: Staging, manifest_without_outputs: Manifest) -> None:
-        return None  # nothing sealed on disk: publish_many keeps the entry in memory
+    def seal_small(self, staging: Staging, manifest_without_outputs: Manifest) -> Sealed:
+        """Sealed as the real cache seals a small output (every one here), without its file
+        work: publish_many keeps the entry in memory."""
+        entry = CacheEntry(key=staging.key, path=staging.path, manifest=manifest_without_outputs)
+        return Sealed(staging, entry, [])
 
     def sync(self) -> None:
         pass

@@ -16,6 +16,7 @@ from kliko_async.cache.durable import Barrier, remove_small_tree
 from kliko_async.cache.entry import Manifest, Staging
 from kliko_async.cache.groupcommit import COMMIT_HERE_S, GroupCommit
 from kliko_async.cache.key import KeyIngredients, cache_key
+from kliko_async.cache.sealing import SMALL_FILES
 from kliko_async.cache.store import Cache
 
 pytestmark = pytest.mark.anyio
@@ -227,11 +228,13 @@ async def test_fast_commits_move_into_the_loop_and_a_slow_one_sends_the_rest_to_
     assert all(cache.lookup(key_of(n)) is not None for n in range(10))
 
 
-async def test_a_group_with_a_scratch_folder_to_remove_is_committed_in_the_thread(
-    cache: Cache, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("slow_work", ["a scratch folder to remove", "a big output to seal"])
+async def test_a_group_with_slow_work_left_is_committed_in_the_thread(
+    cache: Cache, monkeypatch: pytest.MonkeyPatch, slow_work: str
 ) -> None:
-    """Removing a scratch folder (copies of file parameters, a Slurm job's files) may take long:
-    never in the loop, however fast the commits before were."""
+    """Removing a scratch folder (copies of file parameters, a Slurm job's files) or sealing and
+    hashing a big output (not sealed in the loop) may take seconds: never in the loop, however
+    fast the commits before were."""
     loop_thread = threading.get_ident()
     where: list[str] = []
     publish_many = cache.publish_many
@@ -244,9 +247,17 @@ async def test_a_group_with_a_scratch_folder_to_remove_is_committed_in_the_threa
     monkeypatch.setattr(cache, "publish_many", watched)
     commits = GroupCommit(cache)
     for n in range(5):
-        staging = stage_files(cache, key_of(n), {"a.txt": b"a"})
+        last = n == 4
+        files = {"a.txt": b"a"}
+        if last and slow_work == "a big output to seal":
+            files = {f"f{i}.txt": b"x" for i in range(SMALL_FILES + 1)}
+        staging = stage_files(cache, key_of(n), files)
         scratch = staging.path / "scratch"
-        if n < 4:
+        keep_scratch = last and slow_work == "a scratch folder to remove"
+        if not keep_scratch:
             remove_small_tree(scratch)
-        await commits.publish(staging, manifest_for(key_of(n)), scratch=scratch if n == 4 else None)
+        await commits.publish(
+            staging, manifest_for(key_of(n)), scratch=scratch if keep_scratch else None
+        )
     assert where == ["thread"] * 3 + ["loop", "thread"]
+    assert cache.lookup(key_of(4)) is not None

@@ -25,7 +25,8 @@ COMMIT_HERE_S = 0.001
 the worker thread, is cheaper than the round trip to that thread (about 70 µs of the loop's
 time, and the GIL passed to and fro): the next groups are committed in the event loop, until
 one takes longer (a slow disk's barrier), after which the rest of the run commits in the thread.
-On a disk whose barrier waits for writes (most), commits stay in the thread."""
+On a disk whose barrier waits for writes (most), commits stay in the thread. Only groups sealed
+in the loop already (small outputs) are committed there: hashing a big output takes seconds."""
 
 FAST_COMMITS = 3
 """How many fast commits in a row (each under ``COMMIT_HERE_S``) move the next into the loop."""
@@ -120,7 +121,7 @@ class GroupCommit:
         group, self._waiting = self._waiting, []
         self._committing = group
         try:
-            if self._fast_commits >= FAST_COMMITS and all(r.scratch is None for r in group):
+            if self._fast_commits >= FAST_COMMITS and all(r.sealed is not None for r in group):
                 if self._commit(group) > COMMIT_HERE_S:  # fast no more: in the thread from now
                     self._commit_here_ended = True
             else:
