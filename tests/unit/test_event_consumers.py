@@ -319,11 +319,18 @@ async def test_a_consumer_behind_by_a_whole_batch_is_fed_without_the_gathering_p
 
     monkeypatch.setattr("kliko_async.engine.bus.anyio.sleep", noted)
     got: list[Event] = []
+    wanted = 3 * ConsumerFeed.BATCH
+    all_there = anyio.Event()
+
+    def consumer(event: Event) -> None:  # in the feed's worker thread
+        got.append(event)
+        if len(got) == wanted:
+            anyio.from_thread.run_sync(all_there.set)
+
     bus = EventBus()
-    bus.on_event(got.append)
-    async with bus.delivering():
-        for n in range(3 * bus._feeds[0].BATCH):
+    bus.on_event(consumer)
+    async with bus.delivering():  # open until all are delivered: no pause skipped for closing
+        for n in range(wanted):
             bus.emit(log_line(f"s{n}", "stdout", "x"))
-        while len(got) < 3 * bus._feeds[0].BATCH:
-            await anyio.sleep(0.001)
-    assert ConsumerFeed.GATHER_S not in pauses
+        await all_there.wait()
+    assert len(got) == wanted and ConsumerFeed.GATHER_S not in pauses
