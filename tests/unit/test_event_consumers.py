@@ -23,7 +23,7 @@ from kliko_async.cache.logfiles import log_content
 from kliko_async.cache.store import Cache
 from kliko_async.display.jsonl import JsonLinesDisplay
 from kliko_async.display.plain import PlainDisplay
-from kliko_async.engine.bus import ConsumerFeed, EventBus
+from kliko_async.engine.bus import EventBus
 from kliko_async.events import (
     Event,
     LogLine,
@@ -302,35 +302,3 @@ async def test_the_last_log_lines_before_a_quiet_spell_reach_a_pipe_at_once(disp
     finally:
         stream.close()
         os.close(read_end)
-
-
-async def test_a_consumer_behind_by_a_whole_batch_is_fed_without_the_gathering_pause(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """The pause that gathers a few events into one batch is for a consumer that keeps up; one
-    that is a batch or more behind (a 10,000-step run's burst of queued steps) is fed at once,
-    batch after batch."""
-    pauses: list[float] = []
-    sleep = anyio.sleep
-
-    async def noted(seconds: float) -> None:
-        pauses.append(seconds)
-        await sleep(seconds)
-
-    monkeypatch.setattr("kliko_async.engine.bus.anyio.sleep", noted)
-    got: list[Event] = []
-    wanted = 3 * ConsumerFeed.BATCH
-    all_there = anyio.Event()
-
-    def consumer(event: Event) -> None:  # in the feed's worker thread
-        got.append(event)
-        if len(got) == wanted:
-            anyio.from_thread.run_sync(all_there.set)
-
-    bus = EventBus()
-    bus.on_event(consumer)
-    async with bus.delivering():  # open until all are delivered: no pause skipped for closing
-        for n in range(wanted):
-            bus.emit(log_line(f"s{n}", "stdout", "x"))
-        await all_there.wait()
-    assert len(got) == wanted and ConsumerFeed.GATHER_S not in pauses

@@ -58,9 +58,6 @@ class _EventQueue:
         self._events.append(event)
         self._wakeup.set()
 
-    def __len__(self) -> int:
-        return len(self._events)
-
     def close(self) -> None:
         self.closed = True
         self._wakeup.set()
@@ -152,7 +149,7 @@ class ConsumerFeed:
             delivered = True
             try:
                 while await self.queue.wait():
-                    if not self.queue.closed and len(self.queue) < self.BATCH:
+                    if not self.queue.closed:
                         await anyio.sleep(self.GATHER_S)  # fewer, larger batches
                     batch = self.queue.take(self.BATCH)
                     delivered = False
