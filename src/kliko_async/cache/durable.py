@@ -131,13 +131,19 @@ def fsync_path(path: str) -> None:
         os.close(fd)
 
 
+def write_all(fd: int, data: bytes | bytearray) -> None:
+    """Write all of ``data`` to ``fd`` (``os.write`` may write only part of it)."""
+    with memoryview(data) as view:
+        written = 0
+        while written < len(view):
+            written += os.write(fd, view[written:])
+
+
 def write_sealed(path: Path, data: bytes, barrier: Barrier | None = None) -> None:
     """Write ``data`` to a new file (``FILE_MODE``); fsync it, or leave that to ``barrier``."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
+        write_all(fd, data)
         if barrier is None:
             os.fsync(fd)
     finally:

@@ -12,6 +12,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
+from kliko_async.cache.durable import write_all
+
 
 class StepLog:
     """A step's saved log file: one record per line, ``<time stamp> <stream> <bytes>``.
@@ -81,10 +83,7 @@ class StepLog:
 
     def _write(self, data: bytes | bytearray) -> None:
         assert self._fd is not None  # only close() closes it
-        with memoryview(data) as view:
-            written = 0
-            while written < len(view):
-                written += os.write(self._fd, view[written:])
+        write_all(self._fd, data)
 
     def _failed(self, error: OSError) -> None:
         if self.error is None:

@@ -14,7 +14,7 @@ import stat
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from kliko_async.cache.durable import special_kind
+from kliko_async.cache.durable import special_kind, write_all
 from kliko_async.cache.filecopy import COPY_FILE_BITS, COPY_FOLDER_BITS, copy_file
 from kliko_async.engine.images import KLIKO_COMMAND, KlikoImage
 from kliko_async.model.parameters import PARAM_FILES_DIR, ValidatedParameters
@@ -133,9 +133,7 @@ def parameter_mounts(params: ValidatedParameters, scratch: Path) -> list[Mount]:
     parameters = scratch / PARAMETERS_FILE
     fd = os.open(parameters, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
     try:
-        data = memoryview(params.parameters_json().encode())
-        while data:
-            data = data[os.write(fd, data) :]
+        write_all(fd, params.parameters_json().encode())
         os.fchmod(fd, 0o644)  # whatever the umask: the container's user reads it
     finally:
         os.close(fd)
