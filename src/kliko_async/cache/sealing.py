@@ -9,12 +9,24 @@ commit's worker thread.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import stat
+from pathlib import Path
 from typing import NamedTuple
 
-from kliko_async.cache.durable import Barrier, seal_tree, small_tree, write_sealed
+from kliko_async.cache.durable import (
+    DIR_MODE,
+    EXEC_FILE_MODE,
+    FILE_MODE,
+    Barrier,
+    seal_one,
+    seal_tree,
+    small_tree,
+    special_kind,
+    write_sealed,
+)
 from kliko_async.cache.entry import LOG, MANIFEST, OUTPUT, CacheEntry, Manifest, Staging
-from kliko_async.cache.hashing import hash_tree, sha256_file
 from kliko_async.errors import UnpublishableOutput
 
 SMALL_FILES = 64
@@ -62,7 +74,7 @@ def seal_staging_files(staging: Staging, manifest: Manifest, barrier: Barrier) -
     :class:`UnpublishableOutput`."""
     action = "sealing the output"
     try:
-        special = seal_tree(staging.output_dir, barrier)
+        outputs, special = seal_and_hash(staging.output_dir, barrier)
         if special:
             raise UnpublishableOutput(
                 "its output holds "
@@ -72,11 +84,11 @@ def seal_staging_files(staging: Staging, manifest: Manifest, barrier: Barrier) -
                 where=f"step '{manifest.step}'",
                 hint="Let the step write only files, folders and links to its output",
             )
-        action = "hashing the output"
-        outputs = hash_tree(staging.output_dir)
         action = "hashing the log"
-        log = staging.path / LOG
-        log_sha256 = sha256_file(log) if log.exists() else None
+        try:
+            log_sha256: str | None = _sha256(os.fspath(staging.log_path))
+        except FileNotFoundError:
+            log_sha256 = None
         manifest = manifest.model_copy(update={"outputs": outputs, "log_sha256": log_sha256})
         action = "writing manifest.json"
         # No temporary file needed: nobody reads a staging folder before its rename.
@@ -89,3 +101,85 @@ def seal_staging_files(staging: Staging, manifest: Manifest, barrier: Barrier) -
     except OSError as err:
         raise SealingFailed(action) from err
     return manifest
+
+
+def seal_and_hash(root: Path, barrier: Barrier) -> tuple[dict[str, str], list[tuple[str, str]]]:
+    """:func:`~kliko_async.cache.durable.seal_tree` and
+    :func:`~kliko_async.cache.hashing.hash_tree` of ``root`` in one look at each folder: every
+    file and folder owner-writable only and added to ``barrier``, and the hashes in the order
+    ``hash_tree`` gives them; with the special files (named pipes, sockets, devices) as
+    ``seal_tree`` names them, which are not hashed.
+
+    Two walks of the tree (each file looked at three times more) took a fifth of the time of a
+    small step on a real cache. A folder is sealed before it is looked into, so one that its
+    container made unreadable is read all the same; one that still cannot be read raises (it
+    was skipped, and its files left out of the manifest). No recursion: a hostile tree's depth
+    costs a list, not the stack. An OSError while hashing is raised as :class:`SealingFailed`
+    ("hashing the output").
+    """
+    top = os.fspath(root)
+    if not stat.S_ISDIR(os.lstat(top).st_mode):  # as seal_tree and hash_tree take it
+        seal_one(top, barrier)
+        return {}, []
+    outputs: dict[str, str] = {}
+    special: list[tuple[str, str]] = []
+    folders = [(top, "")]
+    while folders:
+        folder, prefix = folders.pop()
+        os.chmod(folder, DIR_MODE)
+        barrier.add(folder)
+        with os.scandir(folder) as found:
+            entries = sorted(found, key=_name)
+        files: list[os.DirEntry[str]] = []
+        subfolders: list[os.DirEntry[str]] = []
+        linked_folders: list[os.DirEntry[str]] = []
+        for entry in entries:
+            if not entry.is_symlink():
+                (subfolders if entry.is_dir(follow_symlinks=False) else files).append(entry)
+            elif _leads_to_a_folder(entry):  # os.walk, and so hash_tree, counts it a folder
+                linked_folders.append(entry)
+            else:
+                files.append(entry)
+        for entry in files + linked_folders:
+            rel = prefix + entry.name
+            if entry.is_symlink():
+                outputs[rel] = "symlink:" + os.readlink(entry.path)
+                continue
+            mode = entry.stat(follow_symlinks=False).st_mode
+            if not stat.S_ISREG(mode):
+                special.append((rel, special_kind(mode)))
+                continue
+            os.chmod(entry.path, EXEC_FILE_MODE if mode & 0o111 else FILE_MODE)
+            barrier.add(entry.path)
+            try:
+                outputs[rel] = _sha256(entry.path)
+            except OSError as err:
+                raise SealingFailed("hashing the output") from err
+        folders.extend((entry.path, f"{prefix}{entry.name}/") for entry in reversed(subfolders))
+    return outputs, sorted(special)
+
+
+def _name(entry: os.DirEntry[str]) -> str:
+    return entry.name
+
+
+def _leads_to_a_folder(link: os.DirEntry[str]) -> bool:
+    try:
+        return link.is_dir()
+    except OSError:  # as os.walk takes it
+        return False
+
+
+_CHUNK = 1 << 20
+
+
+def _sha256(path: str) -> str:
+    """The hex SHA-256 of a file's bytes, read through its descriptor (no file object)."""
+    digest = hashlib.sha256()
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        while chunk := os.read(fd, _CHUNK):
+            digest.update(chunk)
+    finally:
+        os.close(fd)
+    return digest.hexdigest()
