@@ -41,6 +41,15 @@ if [ -n "$ETC" ]; then ln -s /etc /output/etc; fi
 mkdir /output/sub
 ln -s "$HOST_DIR" /output/sub/host
 """
+# Nests $DEPTH folders in /output, as deep as the shell can go by path and then on folder by
+# folder (cd), with a file at the bottom: past Python's recursion limit, or past the longest path.
+NESTER = r"""#!/bin/sh
+echo top > /output/top.txt
+cd /output || exit 1
+i=0
+while [ "$i" -lt "$DEPTH" ]; do mkdir d && cd -P d || exit 1; i=$((i + 1)); done
+echo bottom > bottom.txt
+"""
 # Writes into /work (it must be able to, as its own user) and lists what it was given.
 WRITER = r"""#!/bin/sh
 echo made > /work/made.txt
@@ -55,7 +64,8 @@ def images(
     root = tmp_path_factory.mktemp("hostile-output-images")
     tags: dict[str, str] = {}
     try:
-        for name, (spec, script) in {"linker": (SPLIT, LINKER), "writer": (JOIN, WRITER)}.items():
+        made = {"linker": (SPLIT, LINKER), "writer": (JOIN, WRITER), "nester": (SPLIT, NESTER)}
+        for name, (spec, script) in made.items():
             tags[name] = kliko_image_builder(root / name, spec.format(name=name), script)
         yield tags
     finally:
@@ -188,3 +198,44 @@ def test_run_image_with_another_user_leaves_the_users_folder_and_links_out_of_it
     assert not made[0] & stat.S_IWOTH
     if os.geteuid() != 0:  # and what the step made is the invoking user's to change
         assert made[1:] == (os.getuid(), os.getgid())
+
+
+def test_an_output_past_the_recursion_limit_is_kept_handed_on_exported_and_collected(
+    kliko: KlikoCli, tmp_path: Path, images: dict[str, str]
+) -> None:
+    """1,200 folders deep: the run crashed in a RecursionError traceback (copying it into the
+    next step's /work, exporting it, deleting it). A tree past the longest path a system takes
+    fails its own step, clearly, and the rest of the run goes on."""
+    cache, out = tmp_path / "cache", tmp_path / "out"
+    chain = tmp_path / "chain.yaml"
+    chain.write_text(
+        "steps:\n"
+        f"  deep:\n    image: {images['nester']}\n    env: {{DEPTH: '1200'}}\n"
+        f"  theirs:\n    image: {images['writer']}\n    inputs: [deep]\n"
+        f"  too-deep:\n    image: {images['nester']}\n    env: {{DEPTH: '2500'}}\n"
+    )
+
+    try:
+        deep_run_checked(kliko, chain, cache, out)
+    finally:  # pytest's own clean-up of tmp_path recurses, and would fail on what is left
+        subprocess.run(["rm", "-rf", str(out), str(cache)], check=True)
+
+
+def deep_run_checked(kliko: KlikoCli, chain: Path, cache: Path, out: Path) -> None:
+    done = kliko("run", chain, "--cache-dir", cache, "--out", out, "--plain", "--keep-going")
+
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "Traceback" not in done.stdout + done.stderr
+    assert "too-deep | FAILED: its output holds folders nested so deep" in done.stdout, done.stdout[
+        -3000:
+    ]
+    bottom = "d/" * 1200 + "bottom.txt"
+    assert (out / "deep" / bottom).read_text() == "bottom\n"
+    assert (out / "theirs" / bottom).read_text() == "bottom\n", "copied into /work, and out"
+    assert (out / "theirs" / "made.txt").is_file()
+    assert list((cache / "tmp").iterdir()) == [], "the failed step's staging folder is gone"
+    verified = kliko("cache", "verify", "--cache-dir", cache)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    tidied = kliko("cache", "gc", "--max-size", "0", "--cache-dir", cache)
+    assert tidied.returncode == 0, tidied.stdout + tidied.stderr
+    assert not [p for p in (cache / "entries").glob("*/*") if p.is_dir()], "all collected"

@@ -19,13 +19,14 @@ from __future__ import annotations
 import functools
 import os
 import platform
-import shutil
 import stat
 from collections.abc import Callable
 from contextlib import suppress
 from pathlib import Path
 
 import anyio
+
+from kliko_async.cache.treewalk import remove_deep, walk
 
 FILE_MODE = 0o644
 EXEC_FILE_MODE = 0o755
@@ -35,7 +36,7 @@ DIR_MODE = 0o755
 def tree_size(root: Path) -> int:
     """Apparent size (sum of ``st_size``) of every file under ``root``."""
     total = 0
-    for dirpath, _dirnames, filenames in os.walk(root):
+    for dirpath, _dirnames, filenames in walk(root):
         for name in filenames:
             with suppress(OSError):
                 total += os.lstat(os.path.join(dirpath, name)).st_size
@@ -163,7 +164,7 @@ def seal_tree(root: Path, barrier: Barrier | None = None) -> list[tuple[str, str
     """
     special: list[tuple[str, str]] = []
     if stat.S_ISDIR(os.lstat(root).st_mode):
-        for dirpath, dirnames, filenames in os.walk(root, topdown=False):
+        for dirpath, dirnames, filenames in walk(root, topdown=False):
             for name in [*filenames, *dirnames]:
                 path = os.path.join(dirpath, name)
                 mode = seal_one(path, barrier)
@@ -271,16 +272,16 @@ def remove_tree(path: Path) -> None:
         path.unlink()
         return
     try:  # one pass where every folder may be written (and always as root)
-        shutil.rmtree(path)
+        remove_deep(path)
         return
     except PermissionError:
         pass  # a read-only folder: opened up below, then the rest deleted
     with suppress(FileNotFoundError):
         os.chmod(path, 0o700)
-    for dirpath, dirnames, _filenames in os.walk(path):
+    for dirpath, dirnames, _filenames in walk(path):
         for name in dirnames:
             child = os.path.join(dirpath, name)
             if not os.path.islink(child):
                 with suppress(FileNotFoundError):
                     os.chmod(child, 0o700)
-    shutil.rmtree(path)
+    remove_deep(path)

@@ -6,6 +6,8 @@ import hashlib
 import os
 from pathlib import Path
 
+from kliko_async.cache.treewalk import walk
+
 _CHUNK = 1 << 20
 
 
@@ -25,7 +27,7 @@ def hash_tree(root: Path) -> dict[str, str]:
     so a link pointing outside the tree cannot leak foreign content into a hash.
     """
     hashes: dict[str, str] = {}
-    for dirpath, dirnames, filenames in os.walk(root):
+    for dirpath, dirnames, filenames in walk(root):
         dirnames.sort()
         base = Path(dirpath)
         for name in sorted(filenames) + [d for d in dirnames if (base / d).is_symlink()]:

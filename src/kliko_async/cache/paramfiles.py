@@ -20,6 +20,7 @@ from pathlib import Path
 
 from kliko_async.cache.durable import remove_tree
 from kliko_async.cache.hashing import sha256_file
+from kliko_async.cache.treewalk import walk
 from kliko_async.errors import CacheError, ParameterError, cache_hint, os_error_text
 from kliko_async.model.parameters import PARAM_FILES_DIR, FileParameter, ValidatedParameters
 
@@ -72,7 +73,7 @@ class FileSnapshots:
                         error.message, where=where, hint=cache_hint(cause, self._cache_root)
                     ) from cause
                 raise
-        for folder, _dirnames, _files in os.walk(root):  # never enters a link
+        for folder, _dirnames, _files in walk(root):  # never enters a link
             os.chmod(folder, 0o555)
         return params.model_copy(update={"files": tuple(taken), "files_root": root})
 

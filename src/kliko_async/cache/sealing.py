@@ -9,6 +9,7 @@ commit's worker thread.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import stat
@@ -99,6 +100,14 @@ def seal_staging_files(staging: Staging, manifest: Manifest, barrier: Barrier) -
                 seal_tree(child, barrier)
         barrier.add(str(staging.path))
     except OSError as err:
+        if err.errno == errno.ENAMETOOLONG and action == "sealing the output":
+            raise UnpublishableOutput(
+                "its output holds folders nested so deep that their path is longer than this "
+                f"system allows ({err.strerror}), which the cache cannot keep, so nothing of the "
+                "step was published",
+                where=f"step '{manifest.step}'",
+                hint="Let the step write a shallower tree to its output",
+            ) from err
         raise SealingFailed(action) from err
     return manifest
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from kliko_async.cache.durable import special_kind, write_all
 from kliko_async.cache.filecopy import COPY_FILE_BITS, COPY_FOLDER_BITS, copy_file
+from kliko_async.cache.treewalk import walk
 from kliko_async.engine.images import KLIKO_COMMAND, KlikoImage
 from kliko_async.model.parameters import PARAM_FILES_DIR, ValidatedParameters
 from kliko_async.runtime.base import ContainerJob, Mount
@@ -248,7 +249,7 @@ def copy_tree_writable(
     """
     files = size = 0
     _make_folder(target, os.lstat(source))
-    for dirpath, dirnames, filenames in os.walk(source):
+    for dirpath, dirnames, filenames in walk(source):
         rel = Path(dirpath).relative_to(source)
         for name in [*dirnames, *filenames]:
             if between_files is not None:
@@ -289,7 +290,7 @@ def readable_by_anyone(root: Path) -> None:
     Links are never followed (``os.walk`` lists them but never enters them), and nothing is
     made writable by anyone but its owner.
     """
-    for dirpath, _dirnames, filenames in os.walk(root):
+    for dirpath, _dirnames, filenames in walk(root):
         os.chmod(dirpath, 0o755)
         for name in filenames:
             path = os.path.join(dirpath, name)

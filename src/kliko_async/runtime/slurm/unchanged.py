@@ -13,6 +13,7 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
+from kliko_async.cache.treewalk import walk
 from kliko_async.errors import ContainerError
 
 __all__ = ["TreeState", "changed_paths", "check_unchanged", "tree_state"]
@@ -27,7 +28,7 @@ def tree_state(roots: Iterable[Path]) -> TreeState:
     for root in roots:
         _add(state, str(root))
         if root.is_dir() and not root.is_symlink():
-            for dirpath, dirnames, filenames in os.walk(root):
+            for dirpath, dirnames, filenames in walk(root):
                 for name in [*dirnames, *filenames]:
                     _add(state, os.path.join(dirpath, name))
     return state
