@@ -137,39 +137,56 @@ def seal_and_hash(root: Path, barrier: Barrier) -> tuple[dict[str, str], list[tu
         folder, prefix = folders.pop()
         os.chmod(folder, DIR_MODE)
         barrier.add(folder)
-        with os.scandir(folder) as found:
-            entries = sorted(found, key=_name)
-        files: list[os.DirEntry[str]] = []
-        subfolders: list[os.DirEntry[str]] = []
-        linked_folders: list[os.DirEntry[str]] = []
-        for entry in entries:
-            if not entry.is_symlink():
-                (subfolders if entry.is_dir(follow_symlinks=False) else files).append(entry)
-            elif _leads_to_a_folder(entry):  # os.walk, and so hash_tree, counts it a folder
-                linked_folders.append(entry)
-            else:
-                files.append(entry)
-        for entry in files + linked_folders:
-            rel = prefix + entry.name
-            if entry.is_symlink():
-                outputs[rel] = "symlink:" + os.readlink(entry.path)
-                continue
-            mode = entry.stat(follow_symlinks=False).st_mode
-            if not stat.S_ISREG(mode):
-                special.append((rel, special_kind(mode)))
-                continue
-            os.chmod(entry.path, EXEC_FILE_MODE if mode & 0o111 else FILE_MODE)
-            barrier.add(entry.path)
-            try:
-                outputs[rel] = _sha256(entry.path)
-            except OSError as err:
-                raise SealingFailed("hashing the output") from err
-        folders.extend((entry.path, f"{prefix}{entry.name}/") for entry in reversed(subfolders))
+        with os.scandir(folder) as found:  # names and kinds only: a folder may hold a million
+            listed = sorted((entry.name, _kind(entry)) for entry in found)
+        for name, kind in listed:  # as hash_tree: files and links, then links to folders
+            if kind == _OTHER:
+                _seal_and_hash_one(folder, name, prefix, barrier, outputs, special)
+        for name, kind in listed:
+            if kind == _LINKED_FOLDER:
+                outputs[prefix + name] = "symlink:" + os.readlink(os.path.join(folder, name))
+        folders.extend(
+            (os.path.join(folder, name), f"{prefix}{name}/")
+            for name, kind in reversed(listed)
+            if kind == _FOLDER
+        )
     return outputs, sorted(special)
 
 
-def _name(entry: os.DirEntry[str]) -> str:
-    return entry.name
+_FOLDER, _LINKED_FOLDER, _OTHER = 0, 1, 2
+"""What a name in a folder is, as os.walk (and so hash_tree) sorts them: a folder (entered), a
+link to a folder (listed among the folders, never entered), anything else."""
+
+
+def _kind(entry: os.DirEntry[str]) -> int:
+    if not entry.is_symlink():
+        return _FOLDER if entry.is_dir(follow_symlinks=False) else _OTHER
+    return _LINKED_FOLDER if _leads_to_a_folder(entry) else _OTHER
+
+
+def _seal_and_hash_one(
+    folder: str,
+    name: str,
+    prefix: str,
+    barrier: Barrier,
+    outputs: dict[str, str],
+    special: list[tuple[str, str]],
+) -> None:
+    """A file sealed and hashed into ``outputs``, a link's target text noted, or a special
+    file named in ``special``."""
+    path, rel = os.path.join(folder, name), prefix + name
+    mode = os.lstat(path).st_mode
+    if stat.S_ISLNK(mode):
+        outputs[rel] = "symlink:" + os.readlink(path)
+    elif not stat.S_ISREG(mode):
+        special.append((rel, special_kind(mode)))
+    else:
+        os.chmod(path, EXEC_FILE_MODE if mode & 0o111 else FILE_MODE)
+        barrier.add(path)
+        try:
+            outputs[rel] = _sha256(path)
+        except OSError as err:
+            raise SealingFailed("hashing the output") from err
 
 
 def _leads_to_a_folder(link: os.DirEntry[str]) -> bool:
