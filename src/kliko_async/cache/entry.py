@@ -174,6 +174,20 @@ class Staging(_EntryFolder):
 def read_manifest(entry_path: Path) -> Manifest | None:
     """The manifest in ``entry_path``, or None if it is missing or unreadable."""
     try:
-        return Manifest.model_validate_json((entry_path / MANIFEST).read_bytes())
+        # A miss is the common case (every step to run is looked up twice): no file object
+        # and no Path made for it.
+        fd = os.open(f"{entry_path}/{MANIFEST}", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            data = _read_all(fd)
+        finally:
+            os.close(fd)
+        return Manifest.model_validate_json(data)
     except (OSError, ValidationError, ValueError):
         return None
+
+
+def _read_all(fd: int) -> bytes:
+    chunks = []
+    while chunk := os.read(fd, 1 << 16):
+        chunks.append(chunk)
+    return b"".join(chunks)

@@ -16,8 +16,8 @@ from __future__ import annotations
 import fcntl
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import anyio
@@ -37,8 +37,7 @@ class KeyLocks:
     def path(self, key: str) -> Path:
         return self.folder / f"{key}.lock"
 
-    @asynccontextmanager
-    async def hold(
+    def hold(
         self,
         key: str,
         *,
@@ -46,43 +45,12 @@ class KeyLocks:
         poll: float = 0.05,
         on_wait: Callable[[], None] | None = None,
         patience: float = 0.0,
-    ) -> AsyncIterator[None]:
+    ) -> _Held:
         """Hold the lock of ``key``; waiting polls with ``anyio.sleep`` and can be cancelled.
 
         ``on_wait`` is called once, when the lock has been held by someone else for
         ``patience`` seconds (a lock free at once costs no timer)."""
-        path = self.path(key)
-        fd = self._open(path)
-        mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
-        busy_since: float | None = None
-        try:
-            while True:
-                try:
-                    fcntl.flock(fd, mode | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    if on_wait is not None:
-                        now = time.monotonic()
-                        busy_since = now if busy_since is None else busy_since
-                        if now - busy_since >= patience:
-                            on_wait()
-                            on_wait = None
-                    await anyio.sleep(poll)
-                    continue
-                except OSError as err:
-                    raise CacheError(
-                        f"could not lock the lock file ({os_error_text(err)})",
-                        where=str(path),
-                        hint="Put the cache on a local filesystem that supports flock.",
-                    ) from err
-                if _same_file(fd, path):
-                    break
-                fd = self._reopen(fd, path)  # gc deleted the file meanwhile: lock the new one
-            try:
-                yield
-            finally:
-                fcntl.flock(fd, fcntl.LOCK_UN)
-        finally:
-            os.close(fd)
+        return _Held(self, key, shared, poll, on_wait, patience)
 
     @contextmanager
     def try_exclusive(self, key: str) -> Iterator[bool]:
@@ -155,6 +123,71 @@ class KeyLocks:
             raise cache_os_error(
                 "could not open the lock file", err, where=str(path), root=self._root
             ) from err
+
+
+class _Held:
+    """One hold of a key's lock (:meth:`KeyLocks.hold`): an ``async with`` of its own, not a
+    generator, since every step takes one or more (its key, and each input's, shared)."""
+
+    __slots__ = ("_fd", "_key", "_locks", "_on_wait", "_patience", "_poll", "_shared")
+
+    def __init__(
+        self,
+        locks: KeyLocks,
+        key: str,
+        shared: bool,
+        poll: float,
+        on_wait: Callable[[], None] | None,
+        patience: float,
+    ) -> None:
+        self._locks = locks
+        self._key = key
+        self._shared = shared
+        self._poll = poll
+        self._on_wait = on_wait
+        self._patience = patience
+        self._fd = -1
+
+    async def __aenter__(self) -> None:
+        locks = self._locks
+        path = locks.path(self._key)
+        fd = locks._open(path)
+        mode = fcntl.LOCK_SH if self._shared else fcntl.LOCK_EX
+        on_wait = self._on_wait
+        busy_since: float | None = None
+        try:
+            while True:
+                try:
+                    fcntl.flock(fd, mode | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    if on_wait is not None:
+                        now = time.monotonic()
+                        busy_since = now if busy_since is None else busy_since
+                        if now - busy_since >= self._patience:
+                            on_wait()
+                            on_wait = None
+                    await anyio.sleep(self._poll)
+                    continue
+                except OSError as err:
+                    raise CacheError(
+                        f"could not lock the lock file ({os_error_text(err)})",
+                        where=str(path),
+                        hint="Put the cache on a local filesystem that supports flock.",
+                    ) from err
+                if _same_file(fd, path):
+                    break
+                fd = locks._reopen(fd, path)  # gc deleted the file meanwhile: lock the new one
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        fd, self._fd = self._fd, -1
+        try:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
 
 
 def _same_file(fd: int, path: Path) -> bool:
