@@ -31,11 +31,12 @@ from benchmarks.scheduler import measure, tmpfs_dir
 _REFS = re.compile(r"I\s+refs:\s+([\d,]+)")
 
 
-def instructions(steps: int) -> int:
+def instructions(steps: int, *, real_cache: bool = False) -> int:
     """User-space instructions of one process measuring ``steps`` steps (:func:`_child`)."""
     folder = Path(tempfile.mkdtemp(prefix="kliko-bench-instr-", dir=tmpfs_dir()))
     command = ["valgrind", "--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null"]
     command += [sys.executable, "-m", "benchmarks.instructions", "--child", str(steps), str(folder)]
+    command += ["--real-cache"] if real_cache else []
     try:
         done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=True)
     finally:
@@ -46,30 +47,39 @@ def instructions(steps: int) -> int:
     return int(found.group(1).replace(",", ""))
 
 
-def _child(steps: int, folder: Path) -> None:
-    """The measured process: the in-memory run, then out at once (no clean-up counted)."""
-    numbers = anyio.run(lambda: measure(steps, workdir=folder, memory_cache=True))
+def _child(steps: int, folder: Path, *, real_cache: bool = False) -> None:
+    """The measured process: the in-memory run (or the real cache's, in ``folder``), then out at
+    once (no clean-up counted)."""
+    numbers = anyio.run(lambda: measure(steps, workdir=folder, memory_cache=not real_cache))
     os._exit(0 if numbers["ok"] and numbers["done"] == steps else 1)
 
 
-def per_step(small: int, large: int) -> float:
+def per_step(small: int, large: int, *, real_cache: bool = False) -> float:
     """Instructions a step: the ``large`` run's less the ``small`` one's, over the difference."""
-    return (instructions(large) - instructions(small)) / (large - small)
+    more = instructions(large, real_cache=real_cache) - instructions(small, real_cache=real_cache)
+    return more / (large - small)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.instructions")
     parser.add_argument("--small", type=int, default=200, help="steps of the smaller run")
     parser.add_argument("--large", type=int, default=1200, help="steps of the larger run")
+    parser.add_argument(
+        "--real-cache",
+        action="store_true",
+        help="the real cache on tmpfs (sealing, manifests, lock files) instead of the stub",
+    )
     parser.add_argument("--child", nargs=2, metavar=("STEPS", "FOLDER"), help=argparse.SUPPRESS)
     options = parser.parse_args(argv)
     if options.child:
-        _child(int(options.child[0]), Path(options.child[1]))
+        _child(int(options.child[0]), Path(options.child[1]), real_cache=options.real_cache)
     if shutil.which("valgrind") is None:
         parser.exit(2, "benchmarks.instructions: valgrind is missing (apt install valgrind)\n")
     if options.large <= options.small:
         parser.error("--large must be more steps than --small")
-    print(f"{per_step(options.small, options.large):,.0f} instructions a step")
+    count = per_step(options.small, options.large, real_cache=options.real_cache)
+    where = "the real cache on tmpfs" if options.real_cache else "the in-memory cache stub"
+    print(f"{count:,.0f} instructions a step ({where})")
 
 
 if __name__ == "__main__":
