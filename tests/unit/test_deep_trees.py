@@ -9,12 +9,14 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
 import pytest
 
 from kliko_async import api
+from kliko_async.cache import treewalk
 from kliko_async.cache.durable import remove_tree, tree_size
 from kliko_async.cache.hashing import hash_tree
 from kliko_async.cache.store import Cache
@@ -117,6 +119,113 @@ def test_a_deep_sealed_tree_is_deleted_with_its_read_only_folders(tmp_path: Path
 
     assert not root.exists()
     assert (outside / "kept.txt").read_text() == "kept", "a link is deleted, never followed"
+
+
+def test_walk_does_not_enter_a_folder_swapped_for_a_link_meanwhile(tmp_path: Path) -> None:
+    """As os.walk: a folder is looked at when its turn comes, not when its parent was listed."""
+    outside = tmp_path / "outside"
+    (outside / "secret").mkdir(parents=True)
+    (tmp_path / "tree" / "a").mkdir(parents=True)
+    (tmp_path / "tree" / "b").mkdir()
+
+    def walked(walker: Iterator[tuple[str, list[str], list[str]]]) -> list[str]:
+        seen = []
+        for folder, folders, _others in walker:
+            folders.sort()
+            seen.append(os.path.relpath(folder, tmp_path))
+            if folder.endswith("/a"):  # while a is walked, b becomes a link out of the tree
+                (tmp_path / "tree" / "b").rmdir()
+                (tmp_path / "tree" / "b").symlink_to(outside)
+        (tmp_path / "tree" / "b").unlink()
+        (tmp_path / "tree" / "b").mkdir()
+        return seen
+
+    assert walked(walk(tmp_path / "tree")) == walked(os.walk(tmp_path / "tree"))
+    assert walked(walk(tmp_path / "tree")) == ["tree", "tree/a"]
+
+
+def test_a_link_deep_in_a_deep_tree_is_deleted_not_followed(tmp_path: Path) -> None:
+    root = tmp_path / "deep"
+    root.mkdir()
+    nest(root, DEEP)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "kept.txt").write_text("kept")
+    fd = os.open(root / ("d/" * (DEEP - 1)), os.O_RDONLY)  # past where rmtree's recursion ends
+    try:
+        os.symlink(outside, "link-out", dir_fd=fd)
+    finally:
+        os.close(fd)
+
+    remove_deep(root)
+
+    assert not root.exists()
+    assert (outside / "kept.txt").read_text() == "kept"
+
+
+def test_a_folder_moved_while_being_deleted_stops_the_deletion_where_it_is(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Back up by ``..`` is checked to be the folder it came down from: a folder moved
+    elsewhere meanwhile raises, rather than deleting its new neighbours."""
+    root = tmp_path / "tree"
+    (root / "a" / "b").mkdir(parents=True)
+    (root / "a" / "s").mkdir()
+    (root / "a" / "s" / "precious.txt").write_text("p")
+    other = tmp_path / "other"
+    (other / "s").mkdir(parents=True)
+    (other / "s" / "precious.txt").write_text("theirs")
+    real_clear = treewalk._clear
+    moved: list[bool] = []
+
+    def clear_then_move(fd: int) -> list[str]:
+        folders = real_clear(fd)
+        if not moved and os.path.samefile(f"/proc/self/fd/{fd}", root / "a" / "b"):
+            moved.append(True)
+            (root / "a" / "b").rename(other / "b")  # the race, made to happen here
+        return folders
+
+    monkeypatch.setattr(treewalk, "_clear", clear_then_move)
+    with pytest.raises(OSError, match="moved while it was being deleted"):
+        treewalk._remove_by_descriptors(str(root))
+    assert (other / "s" / "precious.txt").read_text() == "theirs"
+    monkeypatch.undo()
+    remove_deep(root)
+    remove_deep(other)
+
+
+def test_a_failed_deletion_leaves_no_folder_open(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "tree").mkdir()
+
+    def refuse(fd: int) -> list[str]:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(treewalk, "_clear", refuse)
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(3):
+        with pytest.raises(PermissionError):
+            treewalk._remove_by_descriptors(str(tmp_path / "tree"))
+    assert len(os.listdir("/proc/self/fd")) == before
+
+
+def test_a_deep_tree_with_closed_folders_is_deleted(tmp_path: Path) -> None:
+    """Folders not writable, and one not even searchable, past the longest path: opened up as
+    the deletion comes to them (for anyone but root; root passes them anyway)."""
+    root = tmp_path / "closed"
+    root.mkdir()
+    nest(root, TOO_DEEP)
+    (root / "d").chmod(0o555)
+    fd = os.open(root / ("d/" * 1500), os.O_RDONLY)
+    try:
+        os.chmod("d", 0o000, dir_fd=fd)
+    finally:
+        os.close(fd)
+
+    remove_tree(root)
+
+    assert not root.exists()
 
 
 KLIKO_SPLIT = "schema_version: 3\nio: split\nsections:\n  - name: m\n    fields:\n"

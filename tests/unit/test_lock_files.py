@@ -61,3 +61,23 @@ def test_a_failed_reopen_in_try_exclusive_closes_the_old_file_once(
     with pytest.raises(CacheError), KeyLocks(tmp_path, tmp_path).try_exclusive(KEY):
         pass
     assert list(failing_reopen.values()) == [1]
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_a_wait_for_a_lock_cancelled_leaves_no_file_open(tmp_path: Path) -> None:
+    """Cancelled while it polls for a lock another holder has: its lock file is closed."""
+    keys = KeyLocks(tmp_path / "locks", tmp_path)
+
+    async def main() -> int:
+        async with keys.hold("k"):
+            before = open_fds()
+            with anyio.move_on_after(0.2) as scope:
+                async with keys.hold("k", poll=0.01):
+                    raise AssertionError("the lock is held: never got")
+            assert scope.cancelled_caught
+            return open_fds() - before
+
+    assert anyio.run(main) == 0

@@ -271,17 +271,4 @@ def remove_tree(path: Path) -> None:
     if not path.is_dir():
         path.unlink()
         return
-    try:  # one pass where every folder may be written (and always as root)
-        remove_deep(path)
-        return
-    except PermissionError:
-        pass  # a read-only folder: opened up below, then the rest deleted
-    with suppress(FileNotFoundError):
-        os.chmod(path, 0o700)
-    for dirpath, dirnames, _filenames in walk(path):
-        for name in dirnames:
-            child = os.path.join(dirpath, name)
-            if not os.path.islink(child):
-                with suppress(FileNotFoundError):
-                    os.chmod(child, 0o700)
-    remove_deep(path)
+    remove_deep(path)  # a read-only folder is opened up as it comes, at any depth

@@ -124,7 +124,10 @@ def seal_and_hash(root: Path, barrier: Barrier) -> tuple[dict[str, str], list[tu
     container made unreadable is read all the same; one that still cannot be read raises (it
     was skipped, and its files left out of the manifest). No recursion: a hostile tree's depth
     costs a list, not the stack. An OSError while hashing is raised as :class:`SealingFailed`
-    ("hashing the output").
+    ("hashing the output"). One difference in order, for anyone but root: a link to a folder
+    inside a folder that was not searchable before it was sealed here is taken for a file (as
+    ``os.walk`` takes a link it cannot follow), so its key comes among the files' keys; its
+    value (``symlink:`` and its target) is the same.
     """
     top = os.fspath(root)
     if not stat.S_ISDIR(os.lstat(top).st_mode):  # as seal_tree and hash_tree take it

@@ -7,6 +7,7 @@ thousand: the run ended in a traceback, at sealing, copying into ``/work``, expo
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 from collections.abc import Iterator
@@ -19,13 +20,18 @@ def walk(top: str | os.PathLike[str], *, topdown: bool = True) -> Iterator[Walke
     same order, folder names that a top-down caller removes or sorts in place steer it the same
     way, links are listed (a link to a folder among the folders) and never entered, and a
     folder that cannot be listed is left out."""
-    stack: list[str | Walked] = [os.fspath(top)]
+    stack: list[str | Walked | tuple[str]] = [os.fspath(top)]
     while stack:
         item = stack.pop()
-        if isinstance(item, tuple):  # bottom up: a folder, after everything under it
-            yield item
-            continue
-        folder = item
+        if isinstance(item, tuple):
+            if len(item) == 3:  # bottom up: a folder, after everything under it
+                yield item
+                continue
+            (folder,) = item  # top down: looked at when its turn comes, as os.walk does (a
+            if os.path.islink(folder):  # folder swapped for a link meanwhile is not entered)
+                continue
+        else:
+            folder = item
         folders: list[str] = []
         others: list[str] = []
         entered: list[str] = []  # bottom up: the folders to go into (not links)
@@ -47,10 +53,7 @@ def walk(top: str | os.PathLike[str], *, topdown: bool = True) -> Iterator[Walke
                 continue
         if topdown:
             yield folder, folders, others
-            for name in reversed(folders):  # as the caller left them
-                path = os.path.join(folder, name)
-                if not os.path.islink(path):
-                    stack.append(path)
+            stack.extend((os.path.join(folder, name),) for name in reversed(folders))
         else:
             stack.append((folder, folders, others))
             stack.extend(reversed(entered))
@@ -65,45 +68,70 @@ def _is_link(entry: os.DirEntry[str]) -> bool:
 
 def remove_deep(path: str | os.PathLike[str]) -> None:
     """``shutil.rmtree(path)``, which deletes through folder descriptors, safe from links
-    swapped in meanwhile; where a tree is deeper than its recursion goes, the rest is deleted
-    the same way without recursion (:func:`_remove_by_descriptors`), as deep as it is, even past
-    the longest path the system takes. Raises the OSError of what could not be deleted."""
+    swapped in meanwhile; where it cannot go on (a tree deeper than its recursion goes, or a
+    folder that is not writable or not searchable: a sealed entry's, for anyone but root), the
+    rest is deleted the same way without recursion (:func:`_remove_by_descriptors`), opening up
+    each folder as it goes, as deep as it is, even past the longest path the system takes.
+    Raises the OSError of what could not be deleted."""
     try:
         shutil.rmtree(path)
-    except RecursionError:
+    except (RecursionError, PermissionError):
         _remove_by_descriptors(os.fspath(path))
 
 
-_FOLDER = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+_FOLDER = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | os.O_NOFOLLOW
 
 
 def _remove_by_descriptors(path: str) -> None:
     """Delete the folder ``path`` and everything under it with one folder open at a time:
-    down by name (links never followed), back up by ``..``. The trees deleted here are ones
-    that no container writes any more (a staging folder, an entry, an export's old copy)."""
-    fd = os.open(path, _FOLDER | os.O_NOFOLLOW)
-    below: list[list[str]] = [_clear(fd)]  # each level's folders not deleted yet
-    names: list[str] = []  # of the folders from ``path`` down to ``fd``
+    down by name (links never followed), back up by ``..``, checked to be the very folder it
+    came down from (one moved meanwhile raises, rather than deleting in its new place). The
+    trees deleted here are ones that no container writes any more (a staging folder, an
+    entry, an export's old copy)."""
     try:
+        fd = os.open(path, _FOLDER)
+    except PermissionError:  # not searchable, not even to list it
+        os.chmod(path, 0o700)
+        fd = os.open(path, _FOLDER)
+    try:
+        below: list[list[str]] = [_clear(fd)]  # each level's folders not deleted yet
+        above: list[tuple[str, tuple[int, int]]] = []  # each folder's name, and its parent's
         while below:
             if below[-1]:
                 name = below[-1].pop()
-                child = os.open(name, _FOLDER | os.O_NOFOLLOW, dir_fd=fd)
+                child = _open_folder(name, fd)
+                above.append((name, _identity(fd)))
                 os.close(fd)
                 fd = child
-                names.append(name)
                 below.append(_clear(fd))
                 continue
             below.pop()
-            if not names:
+            if not above:
                 break
+            name, parent_was = above.pop()
             parent = os.open("..", _FOLDER, dir_fd=fd)
             os.close(fd)
             fd = parent
-            os.rmdir(names.pop(), dir_fd=fd)
+            if _identity(fd) != parent_was:
+                raise OSError(errno.ESTALE, "a folder was moved while it was being deleted", path)
+            os.rmdir(name, dir_fd=fd)
     finally:
         os.close(fd)
     os.rmdir(path)
+
+
+def _open_folder(name: str, parent: int) -> int:
+    """The folder ``name`` in ``parent``, opened; made searchable first if it was not."""
+    try:
+        return os.open(name, _FOLDER, dir_fd=parent)
+    except PermissionError:
+        os.chmod(name, 0o700, dir_fd=parent)  # a folder (scandir said so): no link followed
+        return os.open(name, _FOLDER, dir_fd=parent)
+
+
+def _identity(fd: int) -> tuple[int, int]:
+    info = os.fstat(fd)
+    return info.st_dev, info.st_ino
 
 
 def _clear(fd: int) -> list[str]:
