@@ -46,6 +46,16 @@ def nest(root: Path, depth: int) -> None:
         os.close(fd)
 
 
+def deep_beside_outside(tmp_path: Path) -> tuple[Path, Path]:
+    """A tree ``DEEP`` folders deep, and beside it a folder with a file that must be kept."""
+    root, outside = tmp_path / "deep", tmp_path / "outside"
+    root.mkdir()
+    nest(root, DEEP)
+    outside.mkdir()
+    (outside / "kept.txt").write_text("kept")
+    return root, outside
+
+
 def a_tree(root: Path) -> Path:
     (root / "b" / "c").mkdir(parents=True)
     (root / "a").mkdir()
@@ -105,12 +115,7 @@ def test_a_tree_deeper_than_any_path_is_deleted(tmp_path: Path) -> None:
 
 def test_a_deep_sealed_tree_is_deleted_with_its_read_only_folders(tmp_path: Path) -> None:
     """A sealed entry's folders are 0755, a container's may be 0555: opened up as they go."""
-    root = tmp_path / "entry"
-    root.mkdir()
-    nest(root, DEEP)
-    outside = tmp_path / "outside"
-    outside.mkdir()
-    (outside / "kept.txt").write_text("kept")
+    root, outside = deep_beside_outside(tmp_path)
     (root / "d" / "link-out").symlink_to(outside)
     for folder, _folders, _others in walk(root):
         os.chmod(folder, 0o555)
@@ -145,12 +150,7 @@ def test_walk_does_not_enter_a_folder_swapped_for_a_link_meanwhile(tmp_path: Pat
 
 
 def test_a_link_deep_in_a_deep_tree_is_deleted_not_followed(tmp_path: Path) -> None:
-    root = tmp_path / "deep"
-    root.mkdir()
-    nest(root, DEEP)
-    outside = tmp_path / "outside"
-    outside.mkdir()
-    (outside / "kept.txt").write_text("kept")
+    root, outside = deep_beside_outside(tmp_path)
     fd = os.open(root / ("d/" * (DEEP - 1)), os.O_RDONLY)  # past where rmtree's recursion ends
     try:
         os.symlink(outside, "link-out", dir_fd=fd)
