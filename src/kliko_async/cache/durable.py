@@ -140,6 +140,14 @@ def write_all(fd: int, data: bytes | bytearray) -> None:
             written += os.write(fd, view[written:])
 
 
+def read_all(fd: int) -> bytes:
+    """Read ``fd`` to its end."""
+    chunks = []
+    while chunk := os.read(fd, 1 << 16):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def write_sealed(path: Path, data: bytes, barrier: Barrier | None = None) -> None:
     """Write ``data`` to a new file (``FILE_MODE``); fsync it, or leave that to ``barrier``."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)

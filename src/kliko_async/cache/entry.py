@@ -24,7 +24,7 @@ from pydantic import (
     field_validator,
 )
 
-from kliko_async.cache.durable import tree_size
+from kliko_async.cache.durable import read_all, tree_size
 from kliko_async.cache.key import CACHE_FORMAT_VERSION, KeyIngredients
 from kliko_async.results import ResourceUse
 
@@ -178,16 +178,9 @@ def read_manifest(entry_path: Path) -> Manifest | None:
         # and no Path made for it.
         fd = os.open(f"{entry_path}/{MANIFEST}", os.O_RDONLY | os.O_CLOEXEC)
         try:
-            data = _read_all(fd)
+            data = read_all(fd)
         finally:
             os.close(fd)
         return Manifest.model_validate_json(data)
     except (OSError, ValidationError, ValueError):
         return None
-
-
-def _read_all(fd: int) -> bytes:
-    chunks = []
-    while chunk := os.read(fd, 1 << 16):
-        chunks.append(chunk)
-    return b"".join(chunks)

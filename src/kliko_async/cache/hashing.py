@@ -11,12 +11,16 @@ from kliko_async.cache.treewalk import walk
 _CHUNK = 1 << 20
 
 
-def sha256_file(path: Path) -> str:
-    """The hex SHA-256 of one file's bytes."""
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """The hex SHA-256 of one file's bytes, read through its descriptor (no file object: a
+    step's publish hashes each of its files)."""
     digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(_CHUNK):
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        while chunk := os.read(fd, _CHUNK):
             digest.update(chunk)
+    finally:
+        os.close(fd)
     return digest.hexdigest()
 
 

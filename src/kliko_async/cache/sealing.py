@@ -10,7 +10,6 @@ commit's worker thread.
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import stat
 from pathlib import Path
@@ -28,6 +27,7 @@ from kliko_async.cache.durable import (
     write_sealed,
 )
 from kliko_async.cache.entry import LOG, MANIFEST, OUTPUT, CacheEntry, Manifest, Staging
+from kliko_async.cache.hashing import sha256_file
 from kliko_async.errors import UnpublishableOutput
 
 SMALL_FILES = 64
@@ -87,7 +87,7 @@ def seal_staging_files(staging: Staging, manifest: Manifest, barrier: Barrier) -
             )
         action = "hashing the log"
         try:
-            log_sha256: str | None = _sha256(os.fspath(staging.log_path))
+            log_sha256: str | None = sha256_file(os.fspath(staging.log_path))
         except FileNotFoundError:
             log_sha256 = None
         manifest = manifest.model_copy(update={"outputs": outputs, "log_sha256": log_sha256})
@@ -187,7 +187,7 @@ def _seal_and_hash_one(
         os.chmod(path, EXEC_FILE_MODE if mode & 0o111 else FILE_MODE)
         barrier.add(path)
         try:
-            outputs[rel] = _sha256(path)
+            outputs[rel] = sha256_file(path)
         except OSError as err:
             raise SealingFailed("hashing the output") from err
 
@@ -197,18 +197,3 @@ def _leads_to_a_folder(link: os.DirEntry[str]) -> bool:
         return link.is_dir()
     except OSError:  # as os.walk takes it
         return False
-
-
-_CHUNK = 1 << 20
-
-
-def _sha256(path: str) -> str:
-    """The hex SHA-256 of a file's bytes, read through its descriptor (no file object)."""
-    digest = hashlib.sha256()
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        while chunk := os.read(fd, _CHUNK):
-            digest.update(chunk)
-    finally:
-        os.close(fd)
-    return digest.hexdigest()
